@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine (see README.md):
+#   make demo   # venv + libtorch, build, sample data, tiny model, SFT then ORPO on CPU
+#   make test   # the same set-up, then lint and the whole test suite
+# Both are idempotent; when everything is installed they only run what changed.
+
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+CARGO ?= cargo
+
+# tch builds against the PyTorch in the venv (tch's documented route).
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(PATH)
+export JANUS_PYTHON := $(PY)
+
+.PHONY: demo test build lint unit bench bench-train clean-demo
+
+$(STAMP): requirements-dev.txt
+	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	@command -v $(CARGO) >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs"; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+build: $(STAMP)
+	$(CARGO) build --release --workspace --bins
+
+demo: build
+	target/release/janus demo --dir target/janus-demo
+
+lint: $(STAMP)
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+unit: $(STAMP)
+	$(CARGO) test --release --workspace
+
+test: build lint unit
+
+bench: bench-train
+
+bench-train: build
+	$(PY) bench/train_bench.py --janus target/release/janus --reps 5
+
+clean-demo:
+	rm -rf target/janus-demo

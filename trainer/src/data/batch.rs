@@ -1,0 +1,165 @@
+//! Micro-batches as tensors. Targets are pre-shifted: `targets[j]` is the token after
+//! `input_ids[j]`, or `IGNORE` where no loss is taken (prompt, padding).
+
+use tch::{Device, Tensor};
+
+use super::examples::{Example, Pair};
+use crate::model::AttentionMask;
+
+/// Target value that takes no loss (PyTorch's `ignore_index` default).
+pub const IGNORE: i64 = -100;
+
+/// A causal-LM micro-batch (SFT).
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub targets: Tensor,
+    pub positions: Tensor,
+    pub mask: AttentionMask,
+    /// Targets that take loss.
+    pub loss_tokens: i64,
+    /// Real (non-pad) input tokens.
+    pub tokens: i64,
+}
+
+/// Rows of host data before they become tensors.
+struct Rows {
+    ids: Vec<i64>,
+    targets: Vec<i64>,
+    positions: Vec<i64>,
+    segments: Vec<i64>,
+    response: Vec<bool>,
+    width: usize,
+    tokens: i64,
+}
+
+impl Rows {
+    /// Lay out rows of examples (several per row when packing), right-padded to the
+    /// longest row.
+    fn new(rows: &[Vec<&Example>], pad_id: i64) -> Self {
+        let width = rows.iter().map(|r| r.iter().map(|e| e.tokens.len() - 1).sum::<usize>()).max().unwrap_or(0).max(1);
+        let n = rows.len() * width;
+        let mut out = Rows {
+            ids: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            segments: Vec::with_capacity(n),
+            response: Vec::with_capacity(n),
+            width,
+            tokens: 0,
+        };
+        for row in rows {
+            let mut used = 0;
+            for (seg, e) in row.iter().enumerate() {
+                let len = e.tokens.len() - 1;
+                out.ids.extend_from_slice(&e.tokens[..len]);
+                out.targets.extend_from_slice(&e.tokens[1..]);
+                out.positions.extend(0..len as i64);
+                out.segments.extend(std::iter::repeat_n(seg as i64, len));
+                // Target j is token j + 1: it is a response token when j + 1 >= prompt_len.
+                out.response.extend((0..len).map(|j| j + 1 >= e.prompt_len));
+                used += len;
+            }
+            out.tokens += used as i64;
+            let pad = width - used;
+            out.ids.extend(std::iter::repeat_n(pad_id, pad));
+            out.targets.extend(std::iter::repeat_n(IGNORE, pad));
+            out.positions.extend(std::iter::repeat_n(0, pad));
+            out.segments.extend(std::iter::repeat_n(-1, pad));
+            out.response.extend(std::iter::repeat_n(false, pad));
+        }
+        out
+    }
+
+    fn tensor(&self, v: &[i64], device: Device) -> Tensor {
+        Tensor::from_slice(v).view([-1, self.width as i64]).to_device(device)
+    }
+
+    fn masked_targets(&self, keep: impl Fn(usize) -> bool) -> Vec<i64> {
+        self.targets.iter().enumerate().map(|(i, &t)| if keep(i) { t } else { IGNORE }).collect()
+    }
+}
+
+impl Batch {
+    /// One example per row; loss on response tokens only.
+    pub fn unpacked(examples: &[&Example], pad_id: i64, device: Device) -> Self {
+        let rows: Vec<Vec<&Example>> = examples.iter().map(|e| vec![*e]).collect();
+        Self::build(&rows, pad_id, device, false)
+    }
+
+    /// Several examples per row; each attends only to itself and positions restart.
+    pub fn packed(rows: &[Vec<&Example>], pad_id: i64, device: Device) -> Self {
+        Self::build(rows, pad_id, device, true)
+    }
+
+    fn build(rows: &[Vec<&Example>], pad_id: i64, device: Device, packed: bool) -> Self {
+        let r = Rows::new(rows, pad_id);
+        let targets = r.masked_targets(|i| r.response[i]);
+        let loss_tokens = targets.iter().filter(|&&t| t != IGNORE).count() as i64;
+        let mask = if packed { AttentionMask::packed(&r.tensor(&r.segments, device)) } else { AttentionMask::Causal };
+        Self {
+            input_ids: r.tensor(&r.ids, device),
+            targets: r.tensor(&targets, device),
+            positions: r.tensor(&r.positions, device),
+            mask,
+            loss_tokens,
+            tokens: r.tokens,
+        }
+    }
+}
+
+/// Greedily pack examples (in `order`) into rows of at most `capacity` input tokens.
+pub fn pack(examples: &[Example], order: &[usize], capacity: usize) -> Vec<Vec<usize>> {
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut used = usize::MAX;
+    for &i in order {
+        let len = examples[i].tokens.len() - 1;
+        if used.saturating_add(len) > capacity {
+            rows.push(Vec::new());
+            used = 0;
+        }
+        rows.last_mut().expect("a row was pushed").push(i);
+        used += len;
+    }
+    rows
+}
+
+/// A micro-batch of preference pairs: rows `0..n` are the chosen answers, rows
+/// `n..2n` the rejected ones, right-padded to a common width.
+pub struct PreferenceBatch {
+    pub input_ids: Tensor,
+    /// Every real next token (prompt and response).
+    pub targets: Tensor,
+    pub positions: Tensor,
+    /// 1.0 on response targets: the log-probabilities ORPO compares.
+    pub response_mask: Tensor,
+    /// 1.0 on the chosen rows' targets that enter the NLL term.
+    pub nll_mask: Tensor,
+    pub pairs: i64,
+    pub nll_tokens: i64,
+    pub tokens: i64,
+}
+
+impl PreferenceBatch {
+    pub fn new(pairs: &[&Pair], pad_id: i64, nll_on_prompt: bool, device: Device) -> Self {
+        let rows: Vec<Vec<&Example>> =
+            pairs.iter().map(|p| vec![&p.chosen]).chain(pairs.iter().map(|p| vec![&p.rejected])).collect();
+        let r = Rows::new(&rows, pad_id);
+        let chosen_cells = pairs.len() * r.width;
+        let response: Vec<f32> = r.response.iter().map(|&b| b as u8 as f32).collect();
+        let nll: Vec<f32> = (0..r.targets.len())
+            .map(|i| (i < chosen_cells && r.targets[i] != IGNORE && (nll_on_prompt || r.response[i])) as u8 as f32)
+            .collect();
+        let nll_tokens = nll.iter().filter(|&&x| x > 0.0).count() as i64;
+        let floats = |v: &[f32]| Tensor::from_slice(v).view([-1, r.width as i64]).to_device(device);
+        Self {
+            input_ids: r.tensor(&r.ids, device),
+            targets: r.tensor(&r.targets, device),
+            positions: r.tensor(&r.positions, device),
+            response_mask: floats(&response),
+            nll_mask: floats(&nll),
+            pairs: pairs.len() as i64,
+            nll_tokens,
+            tokens: r.tokens,
+        }
+    }
+}

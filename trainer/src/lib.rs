@@ -1,0 +1,15 @@
+//! The `janus` trainer: Mistral/Llama SFT and ORPO on libtorch.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod progress;
+pub mod sample;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,387 @@
+//! The training loop: data units in a seeded per-epoch order, gradient accumulation,
+//! clipping, AdamW on the cosine schedule, checkpoints and exact resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::Device;
+
+use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
+use crate::config::{DeviceChoice, Method, TrainConfig};
+use crate::data::{self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats};
+use crate::error::{Error, IoContext, Result};
+use crate::loss::{orpo_loss, sft_loss, OrpoSums};
+use crate::model::{load_model_dir, save_model_dir, ModelConfig, Transformer};
+use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::progress::Progress;
+use crate::tokenizer::Tokenizer;
+
+pub fn select_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(Error::Config("`model.device` is `cuda` but no CUDA device is available".into())),
+    }
+}
+
+/// A model with its variables and optimizer: one training step at a time.
+pub struct Trainer {
+    pub vs: VarStore,
+    pub model: Transformer,
+    pub opt: AdamW,
+    pub max_grad_norm: f64,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Default)]
+pub struct StepResult {
+    pub loss: f64,
+    pub grad_norm: f64,
+    /// Real input tokens processed.
+    pub tokens: i64,
+    pub orpo: Option<OrpoSums>,
+}
+
+impl Trainer {
+    /// A model from `config` with random weights (std 0.02) in `kind` on `device`.
+    pub fn new(config: &ModelConfig, kind: tch::Kind, device: Device, adam: AdamWConfig, max_grad_norm: f64) -> Self {
+        let mut vs = VarStore::new(device);
+        let model = Transformer::new(&vs.root(), config);
+        vs.set_kind(kind);
+        let opt = AdamW::new(vs.trainable_variables_named(), adam);
+        Self { vs, model, opt, max_grad_norm }
+    }
+
+    fn finish_step(&mut self, lr: f64, mut r: StepResult) -> StepResult {
+        r.grad_norm = clip_grad_norm(self.opt.params(), self.max_grad_norm);
+        self.opt.step(lr);
+        self.opt.zero_grad();
+        r
+    }
+
+    /// SFT step over micro-batches; the loss is normalised by the response tokens of
+    /// all of them together.
+    pub fn sft_step(&mut self, micro: &[Batch], lr: f64) -> StepResult {
+        let step_tokens: i64 = micro.iter().map(|b| b.loss_tokens).sum();
+        let mut r = StepResult::default();
+        for b in micro {
+            let logits = self.model.forward(&b.input_ids, &b.positions, &b.mask);
+            let loss = sft_loss(&logits, &b.targets, step_tokens);
+            loss.backward();
+            r.loss += loss.double_value(&[]);
+            r.tokens += b.tokens;
+        }
+        self.finish_step(lr, r)
+    }
+
+    /// ORPO step over micro-batches of pairs.
+    pub fn orpo_step(&mut self, micro: &[PreferenceBatch], lambda: f64, lr: f64) -> StepResult {
+        let nll_tokens: i64 = micro.iter().map(|b| b.nll_tokens).sum();
+        let pairs: i64 = micro.iter().map(|b| b.pairs).sum();
+        let mut r = StepResult::default();
+        let mut sums = OrpoSums::default();
+        for b in micro {
+            let logits = self.model.forward(&b.input_ids, &b.positions, &crate::model::AttentionMask::Causal);
+            let (loss, s) = orpo_loss(&logits, b, lambda, nll_tokens, pairs);
+            loss.backward();
+            r.loss += loss.double_value(&[]);
+            r.tokens += b.tokens;
+            sums.add(&s);
+        }
+        r.orpo = Some(sums);
+        self.finish_step(lr, r)
+    }
+}
+
+trait NamedVariables {
+    fn trainable_variables_named(&self) -> Vec<(String, tch::Tensor)>;
+}
+
+impl NamedVariables for VarStore {
+    fn trainable_variables_named(&self) -> Vec<(String, tch::Tensor)> {
+        self.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+}
+
+/// Options of a run that are not part of the job's config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop (as if interrupted) right after the checkpoint of this step is saved.
+    pub stop_after_steps: Option<u64>,
+    /// Draw a progress bar (a terminal); otherwise log lines.
+    pub progress_bar: bool,
+}
+
+/// What a run did, printed at the end and written as `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub job: String,
+    pub method: Method,
+    pub resumed_from_step: Option<u64>,
+    pub steps_completed: u64,
+    pub total_steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub tokens_per_second: f64,
+    pub records: usize,
+    pub skipped_records: usize,
+    pub tokenize: TokenizeStats,
+    pub last_checkpoint: Option<PathBuf>,
+    /// The final HF model directory (None when the run stopped early).
+    pub output_dir: Option<PathBuf>,
+    pub finished: bool,
+}
+
+/// The data of a run, as units the schedule counts: examples, packed rows, or pairs.
+enum Units {
+    Examples(Vec<Example>),
+    Packed { examples: Vec<Example>, rows: Vec<Vec<usize>> },
+    Pairs(Vec<Pair>),
+}
+
+impl Units {
+    fn len(&self) -> usize {
+        match self {
+            Units::Examples(e) => e.len(),
+            Units::Packed { rows, .. } => rows.len(),
+            Units::Pairs(p) => p.len(),
+        }
+    }
+}
+
+/// Order of the units in `epoch`: a seeded shuffle, the same on every run and resume.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch));
+    order.shuffle(&mut rng);
+    order
+}
+
+struct Prepared {
+    units: Units,
+    records: usize,
+    skipped: usize,
+    stats: TokenizeStats,
+}
+
+fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
+    let d = &cfg.data;
+    let overhead = tok.encode(&d.prompt_format.prompt("", "x"))?.len() + tok.encode(&d.prompt_format.response("x"))?.len() + 2;
+    if d.max_seq_len < overhead + d.min_response_tokens.max(1) {
+        return Err(Error::Config(format!(
+            "`data.max_seq_len` ({}) is below what the {:?} prompt format needs with this tokenizer ({} tokens of markup + data.min_response_tokens {})",
+            d.max_seq_len, d.prompt_format, overhead, d.min_response_tokens
+        )));
+    }
+    let (units, records, skipped, stats) = match cfg.method {
+        Method::Sft => {
+            let (recs, ls) = data::load_records::<SftRecord>(&d.train, d.skip_bad_records)?;
+            let (examples, stats) = data::tokenize_sft(&recs, tok, d.prompt_format, d.max_seq_len, d.truncation, d.min_response_tokens)?;
+            let units = if d.packing {
+                let order = epoch_order(examples.len(), cfg.hyperparameters.seed, u64::MAX);
+                let rows = data::pack(&examples, &order, d.max_seq_len);
+                Units::Packed { examples, rows }
+            } else {
+                Units::Examples(examples)
+            };
+            (units, ls.rows, ls.skipped, stats)
+        }
+        Method::Orpo => {
+            let (recs, ls) = data::load_records::<PreferenceRecord>(&d.train, d.skip_bad_records)?;
+            let (pairs, stats) = data::tokenize_pairs(&recs, tok, d.prompt_format, d.max_seq_len, d.truncation, d.min_response_tokens)?;
+            (Units::Pairs(pairs), ls.rows, ls.skipped, stats)
+        }
+    };
+    if units.len() == 0 {
+        return Err(Error::Data(format!(
+            "no example fits `data.max_seq_len` = {} ({} dropped by truncation policy {:?})",
+            d.max_seq_len, stats.dropped, d.truncation
+        )));
+    }
+    Ok(Prepared { units, records, skipped, stats })
+}
+
+/// Run a training job to completion (or to `stop_after_steps`).
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    let h = &cfg.hyperparameters;
+    let device = select_device(cfg.model.device)?;
+    tch::manual_seed(h.seed as i64);
+    let model_config = ModelConfig::from_file(&cfg.model.path.join("config.json"))?;
+    let tokenizer_path = cfg.model.tokenizer.clone().unwrap_or_else(|| cfg.model.path.join("tokenizer.json"));
+    let tok = Tokenizer::from_file(&tokenizer_path)?;
+    if tok.vocab_size() > model_config.vocab_size {
+        return Err(Error::Model(format!(
+            "{}: tokenizer has {} tokens, the model's vocab_size is {}",
+            tokenizer_path.display(),
+            tok.vocab_size(),
+            model_config.vocab_size
+        )));
+    }
+    let prepared = prepare_data(cfg, &tok)?;
+    tracing::info!(records = prepared.records, skipped = prepared.skipped, kept = prepared.stats.kept,
+        truncated = prepared.stats.truncated, dropped = prepared.stats.dropped, units = prepared.units.len(), "data ready");
+
+    let per_step = h.micro_batch_size * h.gradient_accumulation_steps;
+    let steps_per_epoch = prepared.units.len().div_ceil(per_step) as u64;
+    let total_steps = h.max_steps.unwrap_or(h.epochs * steps_per_epoch);
+    let adam = AdamWConfig { beta1: h.adam_beta1, beta2: h.adam_beta2, eps: h.adam_epsilon, weight_decay: h.weight_decay };
+    let mut trainer = Trainer::new(&model_config, cfg.model.dtype.kind(), device, adam, h.max_grad_norm);
+    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job);
+    let config_hash = cfg.trajectory_hash();
+
+    let mut state = TrainerState {
+        step: 0,
+        total_steps,
+        cursor: DataCursor { epoch: 0, position: 0, seed: h.seed },
+        learning_rate: 0.0,
+        config_hash: config_hash.clone(),
+        tokenizer: tok.identity.clone(),
+        world_size: 1,
+        tokens_seen: 0,
+        losses: vec![],
+    };
+    let mut resumed_from = None;
+    let mut last_checkpoint = None;
+    match cfg.checkpoint.resume.then(|| ckpt.latest()).transpose()?.flatten() {
+        Some((dir, saved)) => {
+            if saved.config_hash != config_hash || saved.tokenizer != tok.identity || saved.total_steps != total_steps {
+                return Err(Error::Checkpoint(format!(
+                    "{} was written by a run with a different config, tokenizer or data size (config {} vs {}, total steps {} vs {}); \
+                     use a new job name or checkpoint.resume=false",
+                    dir.display(), saved.config_hash, config_hash, saved.total_steps, total_steps
+                )));
+            }
+            restore(&dir, &trainer.vs, &model_config, &mut trainer.opt, &saved)?;
+            tracing::info!(checkpoint = %dir.display(), step = saved.step, "resumed");
+            resumed_from = Some(saved.step);
+            state = saved;
+            last_checkpoint = Some(dir);
+        }
+        None => load_model_dir(&cfg.model.path, &trainer.vs, &model_config)?,
+    }
+
+    let progress = Progress::new(opts.progress_bar, total_steps, state.step);
+    let mut order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
+    let started = Instant::now();
+    let mut tokens_this_run = 0i64;
+    let mut compute_secs = 0.0;
+    while state.step < total_steps {
+        if state.cursor.position >= order.len() {
+            state.cursor.epoch += 1;
+            state.cursor.position = 0;
+            order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
+        }
+        let end = (state.cursor.position + per_step).min(order.len());
+        let ids = &order[state.cursor.position..end];
+        let lr = cosine_lr(state.step, total_steps, h.warmup_steps, h.learning_rate, h.min_lr_ratio);
+        let t0 = Instant::now();
+        let r = step_on(&mut trainer, &prepared.units, ids, cfg, tok.pad_id, device, lr);
+        compute_secs += t0.elapsed().as_secs_f64();
+        state.cursor.position = end;
+        state.step += 1;
+        state.learning_rate = lr;
+        state.tokens_seen += r.tokens as u64;
+        state.losses.push(r.loss);
+        tokens_this_run += r.tokens;
+        let tps = tokens_this_run as f64 / compute_secs.max(1e-9);
+        let mut fields: Vec<(&str, f64)> = vec![("loss", r.loss), ("grad_norm", r.grad_norm), ("learning_rate", lr), ("tokens_per_second", tps)];
+        if let Some(o) = &r.orpo {
+            fields.extend(o.metrics(h.orpo_lambda));
+        }
+        progress.step(state.step, &fields, state.step % cfg.log_every_steps.max(1) == 0 || state.step == total_steps);
+
+        let every = cfg.checkpoint.every_steps;
+        let stop_here = opts.stop_after_steps == Some(state.step);
+        if (every > 0 && state.step % every == 0) || state.step == total_steps || stop_here {
+            let t = Instant::now();
+            let dir = ckpt.save(&trainer.vs, &model_config, &tokenizer_path, &trainer.opt, &state, cfg.checkpoint.keep)?;
+            tracing::info!(checkpoint = %dir.display(), step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
+            last_checkpoint = Some(dir);
+        }
+        if stop_here && state.step < total_steps {
+            progress.finish();
+            tracing::warn!(step = state.step, "stopping early as asked (--stop-after-steps)");
+            return Ok(summary(cfg, &prepared, &state, resumed_from, tokens_this_run, compute_secs, last_checkpoint, None));
+        }
+    }
+    progress.finish();
+    let out = publish(cfg, &trainer.vs, &model_config, &tokenizer_path)?;
+    let s = summary(cfg, &prepared, &state, resumed_from, tokens_this_run, compute_secs, last_checkpoint, Some(out));
+    let path = cfg.output_dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&s).expect("summary serializes")).ctx(|| path.display().to_string())?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "training finished");
+    Ok(s)
+}
+
+fn step_on(trainer: &mut Trainer, units: &Units, ids: &[usize], cfg: &TrainConfig, pad: i64, device: Device, lr: f64) -> StepResult {
+    let mb = cfg.hyperparameters.micro_batch_size;
+    match units {
+        Units::Examples(ex) => {
+            let micro: Vec<Batch> = ids
+                .chunks(mb)
+                .map(|c| Batch::unpacked(&c.iter().map(|&i| &ex[i]).collect::<Vec<_>>(), pad, device))
+                .collect();
+            trainer.sft_step(&micro, lr)
+        }
+        Units::Packed { examples, rows } => {
+            let micro: Vec<Batch> = ids
+                .chunks(mb)
+                .map(|c| {
+                    let rs: Vec<Vec<&Example>> = c.iter().map(|&r| rows[r].iter().map(|&i| &examples[i]).collect()).collect();
+                    Batch::packed(&rs, pad, device)
+                })
+                .collect();
+            trainer.sft_step(&micro, lr)
+        }
+        Units::Pairs(pairs) => {
+            let on_prompt = cfg.hyperparameters.orpo_nll_on_prompt;
+            let micro: Vec<PreferenceBatch> = ids
+                .chunks(mb)
+                .map(|c| PreferenceBatch::new(&c.iter().map(|&i| &pairs[i]).collect::<Vec<_>>(), pad, on_prompt, device))
+                .collect();
+            trainer.orpo_step(&micro, cfg.hyperparameters.orpo_lambda, lr)
+        }
+    }
+}
+
+/// Write the final model (HF format, with tokenizer) to `output_dir`.
+fn publish(cfg: &TrainConfig, vs: &VarStore, model_config: &ModelConfig, tokenizer: &Path) -> Result<PathBuf> {
+    let out = &cfg.output_dir;
+    save_model_dir(out, vs, model_config, crate::checkpoint::MAX_SHARD_BYTES)?;
+    std::fs::copy(tokenizer, out.join("tokenizer.json")).ctx(|| out.display().to_string())?;
+    Ok(out.clone())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    cfg: &TrainConfig,
+    p: &Prepared,
+    state: &TrainerState,
+    resumed_from: Option<u64>,
+    tokens: i64,
+    secs: f64,
+    last_checkpoint: Option<PathBuf>,
+    output_dir: Option<PathBuf>,
+) -> Summary {
+    Summary {
+        job: cfg.job.clone(),
+        method: cfg.method,
+        resumed_from_step: resumed_from,
+        steps_completed: state.step,
+        total_steps: state.total_steps,
+        first_loss: state.losses.first().copied(),
+        last_loss: state.losses.last().copied(),
+        tokens_per_second: tokens as f64 / secs.max(1e-9),
+        records: p.records,
+        skipped_records: p.skipped,
+        tokenize: p.stats.clone(),
+        last_checkpoint,
+        finished: output_dir.is_some(),
+        output_dir,
+    }
+}
