@@ -94,7 +94,9 @@ pub struct CheckpointDir {
 
 impl CheckpointDir {
     pub fn new(dir: &Path, job: &str) -> Self {
-        Self { root: dir.join(job) }
+        Self {
+            root: dir.join(job),
+        }
     }
 
     pub fn step_dir(&self, step: u64) -> PathBuf {
@@ -117,21 +119,37 @@ impl CheckpointDir {
             std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         }
         let mut files = save_model_dir(&dir, vs, model_config, MAX_SHARD_BYTES)?;
-        std::fs::copy(tokenizer_json, dir.join("tokenizer.json")).ctx(|| tokenizer_json.display().to_string())?;
+        std::fs::copy(tokenizer_json, dir.join("tokenizer.json"))
+            .ctx(|| tokenizer_json.display().to_string())?;
         files.push("tokenizer.json".into());
         tensors_to_safetensors(&optimizer.state_tensors(), &dir.join(OPTIMIZER))?;
         files.push(OPTIMIZER.into());
         let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
-        std::fs::write(dir.join(TRAINER_STATE), state_json).ctx(|| dir.join(TRAINER_STATE).display().to_string())?;
+        std::fs::write(dir.join(TRAINER_STATE), state_json)
+            .ctx(|| dir.join(TRAINER_STATE).display().to_string())?;
         files.push(TRAINER_STATE.into());
         let mut entries = Vec::new();
         for f in files {
             let (bytes, sha256) = sha256_file(&dir.join(&f))?;
-            entries.push(ManifestEntry { path: f, bytes, sha256 });
+            entries.push(ManifestEntry {
+                path: f,
+                bytes,
+                sha256,
+            });
         }
-        let manifest = Manifest { format: FORMAT.into(), step: state.step, files: entries };
-        write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"))?;
-        write_atomic(&self.root.join(LATEST), format!("step-{}\n", state.step).as_bytes())?;
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            step: state.step,
+            files: entries,
+        };
+        write_atomic(
+            &dir.join(MANIFEST),
+            &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        )?;
+        write_atomic(
+            &self.root.join(LATEST),
+            format!("step-{}\n", state.step).as_bytes(),
+        )?;
         self.prune(keep, state.step)?;
         Ok(dir)
     }
@@ -141,7 +159,11 @@ impl CheckpointDir {
     fn prune(&self, keep: usize, newest: u64) -> Result<()> {
         let steps = self.list()?;
         let complete: Vec<u64> = steps.iter().filter(|(_, c)| *c).map(|(s, _)| *s).collect();
-        let cutoff = if keep == 0 || complete.len() <= keep { 0 } else { complete[complete.len() - keep] };
+        let cutoff = if keep == 0 || complete.len() <= keep {
+            0
+        } else {
+            complete[complete.len() - keep]
+        };
         for (step, is_complete) in steps {
             if (is_complete && step < cutoff) || (!is_complete && step < newest) {
                 let d = self.step_dir(step);
@@ -154,11 +176,16 @@ impl CheckpointDir {
     /// Step numbers present, ascending, with whether a manifest exists.
     fn list(&self) -> Result<Vec<(u64, bool)>> {
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.root) else { return Ok(out) };
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return Ok(out);
+        };
         for e in rd {
             let e = e.ctx(|| self.root.display().to_string())?;
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(step) = name
+                .strip_prefix("step-")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 out.push((step, e.path().join(MANIFEST).exists()));
             }
         }
@@ -169,8 +196,10 @@ impl CheckpointDir {
     /// Check a step directory against its manifest.
     pub fn verify(&self, step: u64) -> std::result::Result<TrainerState, String> {
         let dir = self.step_dir(step);
-        let text = std::fs::read_to_string(dir.join(MANIFEST)).map_err(|e| format!("no manifest: {e}"))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| format!("unreadable manifest: {e}"))?;
+        let text =
+            std::fs::read_to_string(dir.join(MANIFEST)).map_err(|e| format!("no manifest: {e}"))?;
+        let m: Manifest =
+            serde_json::from_str(&text).map_err(|e| format!("unreadable manifest: {e}"))?;
         if m.format != FORMAT || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
@@ -193,7 +222,9 @@ impl CheckpointDir {
             }
             match self.verify(step) {
                 Ok(state) => return Ok(Some((self.step_dir(step), state))),
-                Err(e) => tracing::warn!(checkpoint = %self.step_dir(step).display(), error = %e, "skipping corrupt checkpoint"),
+                Err(e) => {
+                    tracing::warn!(checkpoint = %self.step_dir(step).display(), error = %e, "skipping corrupt checkpoint")
+                }
             }
         }
         Ok(None)
@@ -201,8 +232,15 @@ impl CheckpointDir {
 }
 
 /// Load a checkpoint's weights and optimizer state.
-pub fn restore(dir: &Path, vs: &VarStore, model_config: &ModelConfig, optimizer: &mut AdamW, state: &TrainerState) -> Result<()> {
+pub fn restore(
+    dir: &Path,
+    vs: &VarStore,
+    model_config: &ModelConfig,
+    optimizer: &mut AdamW,
+    state: &TrainerState,
+) -> Result<()> {
     load_model_dir(dir, vs, model_config).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    let opt = Tensor::read_safetensors(dir.join(OPTIMIZER)).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(OPTIMIZER).display())))?;
+    let opt = Tensor::read_safetensors(dir.join(OPTIMIZER))
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(OPTIMIZER).display())))?;
     optimizer.load_state(opt, state.step)
 }

@@ -223,15 +223,17 @@ pub fn merge(base: &mut Value, patch: Value) {
 /// Parse `a.b.c=value` into a nested object; the value is read as YAML so numbers,
 /// booleans and lists keep their types.
 pub fn parse_override(s: &str) -> Result<Value> {
-    let (key, raw) = s
-        .split_once('=')
-        .ok_or_else(|| Error::Config(format!("override `{s}` is not of the form key.path=value")))?;
+    let (key, raw) = s.split_once('=').ok_or_else(|| {
+        Error::Config(format!("override `{s}` is not of the form key.path=value"))
+    })?;
     let value: Value = serde_yaml::from_str(raw)
         .map_err(|e| Error::Config(format!("override `{key}`: value `{raw}`: {e}")))?;
     let mut out = value;
     for part in key.split('.').rev() {
         if part.is_empty() {
-            return Err(Error::Config(format!("override `{s}` has an empty key segment")));
+            return Err(Error::Config(format!(
+                "override `{s}` has an empty key segment"
+            )));
         }
         let mut m = serde_json::Map::new();
         m.insert(part.to_string(), out);
@@ -243,7 +245,11 @@ pub fn parse_override(s: &str) -> Result<Value> {
 impl TrainConfig {
     /// Resolve a config: preset (from `preset` or the file's `preset:` key, default
     /// `tiny`), then the file, then `key=value` overrides, then validation.
-    pub fn resolve(preset: Option<&str>, file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+    pub fn resolve(
+        preset: Option<&str>,
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self> {
         let mut doc = Value::Object(Default::default());
         let mut origin = "the resolved config".to_string();
         if let Some(path) = file {
@@ -252,7 +258,10 @@ impl TrainConfig {
             doc = serde_yaml::from_str(&text)
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             if !doc.is_object() {
-                return Err(Error::Config(format!("{}: expected a mapping at the top level", path.display())));
+                return Err(Error::Config(format!(
+                    "{}: expected a mapping at the top level",
+                    path.display()
+                )));
             }
             origin = path.display().to_string();
         }
@@ -261,7 +270,9 @@ impl TrainConfig {
             (Some(p), _) => p.to_string(),
             (None, Some(Value::String(p))) => p.clone(),
             (None, Some(other)) => {
-                return Err(Error::Config(format!("{origin}: `preset` must be a string, found {other}")))
+                return Err(Error::Config(format!(
+                    "{origin}: `preset` must be a string, found {other}"
+                )))
             }
             (None, None) => "tiny".to_string(),
         };
@@ -280,7 +291,8 @@ impl TrainConfig {
             let path = e.path().to_string();
             Error::Config(format!("{origin}: `{path}`: {}", e.into_inner()))
         })?;
-        cfg.validate().map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         Ok(cfg)
     }
 
@@ -288,23 +300,76 @@ impl TrainConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let h = &self.hyperparameters;
         let checks: [(bool, &str, String); 12] = [
-            (!self.job.is_empty() && self.job.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
-             "job", format!("must be a non-empty name of [A-Za-z0-9._-], found `{}`", self.job)),
-            (h.learning_rate > 0.0 && h.learning_rate.is_finite(), "hyperparameters.learning_rate",
-             format!("must be > 0, found {}", h.learning_rate)),
-            (h.micro_batch_size >= 1, "hyperparameters.micro_batch_size", "must be >= 1, found 0".into()),
-            (h.gradient_accumulation_steps >= 1, "hyperparameters.gradient_accumulation_steps", "must be >= 1, found 0".into()),
-            (h.epochs >= 1 || h.max_steps.is_some(), "hyperparameters.epochs", "must be >= 1 (or set max_steps)".into()),
-            (h.max_steps != Some(0), "hyperparameters.max_steps", "must be >= 1 when set, found 0".into()),
-            ((0.0..=1.0).contains(&h.min_lr_ratio), "hyperparameters.min_lr_ratio", format!("must be in [0, 1], found {}", h.min_lr_ratio)),
-            (h.weight_decay >= 0.0, "hyperparameters.weight_decay", format!("must be >= 0, found {}", h.weight_decay)),
-            ((0.0..1.0).contains(&h.adam_beta1) && (0.0..1.0).contains(&h.adam_beta2), "hyperparameters.adam_beta1/adam_beta2",
-             format!("must be in [0, 1), found {} and {}", h.adam_beta1, h.adam_beta2)),
-            (h.adam_epsilon > 0.0 && h.max_grad_norm >= 0.0 && h.orpo_lambda >= 0.0, "hyperparameters.adam_epsilon/max_grad_norm/orpo_lambda",
-             "adam_epsilon must be > 0; max_grad_norm and orpo_lambda >= 0".into()),
-            (!self.data.train.is_empty(), "data.train", "must list at least one file".into()),
-            (self.data.max_seq_len >= MIN_SEQ_LEN, "data.max_seq_len",
-             format!("must be >= {MIN_SEQ_LEN}, found {}", self.data.max_seq_len)),
+            (
+                !self.job.is_empty()
+                    && self
+                        .job
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+                "job",
+                format!(
+                    "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
+                    self.job
+                ),
+            ),
+            (
+                h.learning_rate > 0.0 && h.learning_rate.is_finite(),
+                "hyperparameters.learning_rate",
+                format!("must be > 0, found {}", h.learning_rate),
+            ),
+            (
+                h.micro_batch_size >= 1,
+                "hyperparameters.micro_batch_size",
+                "must be >= 1, found 0".into(),
+            ),
+            (
+                h.gradient_accumulation_steps >= 1,
+                "hyperparameters.gradient_accumulation_steps",
+                "must be >= 1, found 0".into(),
+            ),
+            (
+                h.epochs >= 1 || h.max_steps.is_some(),
+                "hyperparameters.epochs",
+                "must be >= 1 (or set max_steps)".into(),
+            ),
+            (
+                h.max_steps != Some(0),
+                "hyperparameters.max_steps",
+                "must be >= 1 when set, found 0".into(),
+            ),
+            (
+                (0.0..=1.0).contains(&h.min_lr_ratio),
+                "hyperparameters.min_lr_ratio",
+                format!("must be in [0, 1], found {}", h.min_lr_ratio),
+            ),
+            (
+                h.weight_decay >= 0.0,
+                "hyperparameters.weight_decay",
+                format!("must be >= 0, found {}", h.weight_decay),
+            ),
+            (
+                (0.0..1.0).contains(&h.adam_beta1) && (0.0..1.0).contains(&h.adam_beta2),
+                "hyperparameters.adam_beta1/adam_beta2",
+                format!(
+                    "must be in [0, 1), found {} and {}",
+                    h.adam_beta1, h.adam_beta2
+                ),
+            ),
+            (
+                h.adam_epsilon > 0.0 && h.max_grad_norm >= 0.0 && h.orpo_lambda >= 0.0,
+                "hyperparameters.adam_epsilon/max_grad_norm/orpo_lambda",
+                "adam_epsilon must be > 0; max_grad_norm and orpo_lambda >= 0".into(),
+            ),
+            (
+                !self.data.train.is_empty(),
+                "data.train",
+                "must list at least one file".into(),
+            ),
+            (
+                self.data.max_seq_len >= MIN_SEQ_LEN,
+                "data.max_seq_len",
+                format!("must be >= {MIN_SEQ_LEN}, found {}", self.data.max_seq_len),
+            ),
         ];
         for (ok, key, msg) in checks {
             if !ok {
@@ -356,18 +421,38 @@ mod tests {
     fn recipe_presets_match_the_paper() {
         let sft = TrainConfig::resolve(Some("janus-7b-sft"), None, &[]).unwrap();
         let h = &sft.hyperparameters;
-        assert_eq!((h.learning_rate, h.epochs, h.micro_batch_size, h.gradient_accumulation_steps), (5e-6, 4, 2, 4));
-        assert_eq!((sft.data.max_seq_len, sft.data.packing, h.warmup_steps), (8192, true, 10));
+        assert_eq!(
+            (
+                h.learning_rate,
+                h.epochs,
+                h.micro_batch_size,
+                h.gradient_accumulation_steps
+            ),
+            (5e-6, 4, 2, 4)
+        );
+        assert_eq!(
+            (sft.data.max_seq_len, sft.data.packing, h.warmup_steps),
+            (8192, true, 10)
+        );
         let orpo = TrainConfig::resolve(Some("janus-7b-orpo"), None, &[]).unwrap();
         assert_eq!(orpo.method, Method::Orpo);
-        assert_eq!((orpo.hyperparameters.epochs, orpo.data.max_seq_len, orpo.data.packing), (2, 4096, false));
+        assert_eq!(
+            (
+                orpo.hyperparameters.epochs,
+                orpo.data.max_seq_len,
+                orpo.data.packing
+            ),
+            (2, 4096, false)
+        );
         assert_eq!(orpo.hyperparameters.orpo_lambda, 0.1);
         assert_eq!(orpo.data.prompt_format, PromptFormat::Chatml);
     }
 
     fn err(overrides: &[&str]) -> String {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        TrainConfig::resolve(Some("tiny"), None, &o).unwrap_err().to_string()
+        TrainConfig::resolve(Some("tiny"), None, &o)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -381,12 +466,24 @@ mod tests {
     #[test]
     fn impossible_values_are_rejected_naming_the_key() {
         for (o, key) in [
-            ("hyperparameters.learning_rate=0", "hyperparameters.learning_rate"),
-            ("hyperparameters.learning_rate=-1e-5", "hyperparameters.learning_rate"),
-            ("hyperparameters.micro_batch_size=0", "hyperparameters.micro_batch_size"),
+            (
+                "hyperparameters.learning_rate=0",
+                "hyperparameters.learning_rate",
+            ),
+            (
+                "hyperparameters.learning_rate=-1e-5",
+                "hyperparameters.learning_rate",
+            ),
+            (
+                "hyperparameters.micro_batch_size=0",
+                "hyperparameters.micro_batch_size",
+            ),
             ("data.max_seq_len=4", "data.max_seq_len"),
             ("method=dpo", "method"),
-            ("hyperparameters.micro_batch_size=-2", "hyperparameters.micro_batch_size"),
+            (
+                "hyperparameters.micro_batch_size=-2",
+                "hyperparameters.micro_batch_size",
+            ),
         ] {
             let e = err(&[o]);
             assert!(e.contains(key), "{o}: {e}");
@@ -397,7 +494,11 @@ mod tests {
     fn file_overrides_preset_and_cli_overrides_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("job.yaml");
-        std::fs::write(&f, "preset: janus-7b-orpo\nhyperparameters:\n  learning_rate: 1.0e-5\n").unwrap();
+        std::fs::write(
+            &f,
+            "preset: janus-7b-orpo\nhyperparameters:\n  learning_rate: 1.0e-5\n",
+        )
+        .unwrap();
         let c = TrainConfig::resolve(None, Some(&f), &["hyperparameters.epochs=3".into()]).unwrap();
         assert_eq!(c.method, Method::Orpo);
         assert_eq!(c.hyperparameters.learning_rate, 1e-5);
@@ -410,7 +511,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("job.yaml");
         std::fs::write(&f, "data:\n  packing: maybe\n").unwrap();
-        let e = TrainConfig::resolve(None, Some(&f), &[]).unwrap_err().to_string();
+        let e = TrainConfig::resolve(None, Some(&f), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("job.yaml") && e.contains("data.packing"), "{e}");
     }
 }

@@ -13,7 +13,10 @@ use crate::data::{PreferenceBatch, IGNORE};
 /// (IGNORE masked), computed in fp32.
 pub fn token_ce_sum(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = *logits.size().last().expect("rank 3");
-    logits.to_kind(Kind::Float).view([-1, v]).cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Sum, IGNORE, 0.0)
+    logits
+        .to_kind(Kind::Float)
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::Sum, IGNORE, 0.0)
 }
 
 /// SFT: response-token cross-entropy divided by the response tokens of the whole step.
@@ -84,21 +87,37 @@ impl OrpoSums {
 /// ORPO for one micro-batch: `NLL(chosen) - lambda * log sigmoid(log_odds)`, the NLL
 /// summed over the chosen tokens in `batch.nll_mask` and divided by the step's NLL
 /// tokens, the odds term summed over pairs and divided by the step's pairs.
-pub fn orpo_loss(logits: &Tensor, batch: &PreferenceBatch, lambda: f64, step_nll_tokens: i64, step_pairs: i64) -> (Tensor, OrpoSums) {
+pub fn orpo_loss(
+    logits: &Tensor,
+    batch: &PreferenceBatch,
+    lambda: f64,
+    step_nll_tokens: i64,
+    step_pairs: i64,
+) -> (Tensor, OrpoSums) {
     let (rows, t, v) = logits.size3().expect("rank 3");
     let token_logp = -logits
         .to_kind(Kind::Float)
         .view([-1, v])
-        .cross_entropy_loss::<Tensor>(&batch.targets.view([-1]), None, Reduction::None, IGNORE, 0.0)
+        .cross_entropy_loss::<Tensor>(
+            &batch.targets.view([-1]),
+            None,
+            Reduction::None,
+            IGNORE,
+            0.0,
+        )
         .view([rows, t]);
     let mean_logp = (&token_logp * &batch.response_mask).sum_dim_intlist(1, false, Kind::Float)
-        / batch.response_mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
+        / batch
+            .response_mask
+            .sum_dim_intlist(1, false, Kind::Float)
+            .clamp_min(1.0);
     let n = batch.pairs;
     let (lw, lr) = (mean_logp.narrow(0, 0, n), mean_logp.narrow(0, n, n));
     let odds = log_odds(&lw, &lr);
     let ratio = odds.log_sigmoid();
     let nll_sum = -(&token_logp * &batch.nll_mask).sum(Kind::Float);
-    let loss = &nll_sum / step_nll_tokens.max(1) as f64 - ratio.sum(Kind::Float) * (lambda / step_pairs.max(1) as f64);
+    let loss = &nll_sum / step_nll_tokens.max(1) as f64
+        - ratio.sum(Kind::Float) * (lambda / step_pairs.max(1) as f64);
     let f = |x: &Tensor| x.double_value(&[]);
     let sums = tch::no_grad(|| OrpoSums {
         pairs: n as f64,
@@ -123,7 +142,10 @@ mod tests {
         let got = Vec::<f64>::try_from(log1mexp(&x)).unwrap();
         for (xi, g) in [-1e-6f64, -0.5, -0.7, -1.0, -30.0, -800.0].iter().zip(got) {
             let want = (-xi.exp_m1()).ln();
-            assert!((g - want).abs() <= 1e-12 * want.abs().max(1.0), "x={xi}: {g} vs {want}");
+            assert!(
+                (g - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "x={xi}: {g} vs {want}"
+            );
         }
     }
 

@@ -31,7 +31,13 @@ impl AdamW {
     pub fn new(mut params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let zeros = |ps: &[(String, Tensor)]| ps.iter().map(|(_, p)| p.zeros_like()).collect();
-        Self { config, exp_avg: zeros(&params), exp_avg_sq: zeros(&params), params, step: 0 }
+        Self {
+            config,
+            exp_avg: zeros(&params),
+            exp_avg_sq: zeros(&params),
+            params,
+            step: 0,
+        }
     }
 
     pub fn params(&self) -> impl Iterator<Item = &Tensor> {
@@ -46,7 +52,12 @@ impl AdamW {
         let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias1;
         tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+            for (((_, p), m), v) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.exp_avg)
+                .zip(&mut self.exp_avg_sq)
+            {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
@@ -63,7 +74,10 @@ impl AdamW {
                 }
                 // p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), folded so that one
                 // addcdiv does it: the denominator carries -1/step_size.
-                let denom = v.sqrt().g_mul_scalar_(-1.0 / (bias2_sqrt * step_size)).g_sub_scalar_(c.eps / step_size);
+                let denom = v
+                    .sqrt()
+                    .g_mul_scalar_(-1.0 / (bias2_sqrt * step_size))
+                    .g_sub_scalar_(c.eps / step_size);
                 let _ = p.addcdiv_(m, &denom);
             }
         });
@@ -88,18 +102,31 @@ impl AdamW {
     /// Restore state saved by `state_tensors` (every parameter must be present).
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, step: u64) -> Result<()> {
         let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
-        for (((name, _), m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+        for (((name, _), m), v) in self
+            .params
+            .iter()
+            .zip(&mut self.exp_avg)
+            .zip(&mut self.exp_avg_sq)
+        {
             for (prefix, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
                 let key = format!("{prefix}.{name}");
-                let src = map.remove(&key).ok_or_else(|| Error::Checkpoint(format!("optimizer state lacks `{key}`")))?;
+                let src = map
+                    .remove(&key)
+                    .ok_or_else(|| Error::Checkpoint(format!("optimizer state lacks `{key}`")))?;
                 if src.size() != dst.size() {
-                    return Err(Error::Checkpoint(format!("optimizer state `{key}` has shape {:?}, expected {:?}", src.size(), dst.size())));
+                    return Err(Error::Checkpoint(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        src.size(),
+                        dst.size()
+                    )));
                 }
                 tch::no_grad(|| dst.copy_(&src));
             }
         }
         if let Some(extra) = map.keys().next() {
-            return Err(Error::Checkpoint(format!("optimizer state has `{extra}`, which is not a parameter of this model")));
+            return Err(Error::Checkpoint(format!(
+                "optimizer state has `{extra}`, which is not a parameter of this model"
+            )));
         }
         self.step = step;
         Ok(())
@@ -113,7 +140,10 @@ pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f6
     if grads.is_empty() {
         return 0.0;
     }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.to_kind(Kind::Float).norm())
+        .collect();
     let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
     if max_norm > 0.0 && total > max_norm {
         let coef = max_norm / (total + 1e-6);
@@ -159,10 +189,21 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
         let loss = (&p * Tensor::from_slice(&[0.5f32, -1.0, 2.0])).sum(Kind::Float);
         loss.backward();
-        let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 });
+        let mut opt = AdamW::new(
+            vec![("p".into(), p.shallow_clone())],
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+            },
+        );
         opt.step(0.01);
         let got = Vec::<f32>::try_from(p.detach()).unwrap();
-        let want: Vec<f32> = [(1.0f32, 1.0f32), (-2.0, -1.0), (3.0, 1.0)].iter().map(|(x, s)| x * (1.0 - 0.01 * 0.1) - 0.01 * s).collect();
+        let want: Vec<f32> = [(1.0f32, 1.0f32), (-2.0, -1.0), (3.0, 1.0)]
+            .iter()
+            .map(|(x, s)| x * (1.0 - 0.01 * 0.1) - 0.01 * s)
+            .collect();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
@@ -171,10 +212,15 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
-        (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
         let norm = clip_grad_norm(std::iter::once(&p), 1.0);
         assert!((norm - 5.0).abs() < 1e-6);
         let g = Vec::<f32>::try_from(p.grad()).unwrap();
-        assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5, "{g:?}");
+        assert!(
+            (g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5,
+            "{g:?}"
+        );
     }
 }

@@ -12,8 +12,10 @@ impl Progress {
         let bar = draw_bar.then(|| {
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} steps {msg}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}<{eta_precise}] {bar:30} {pos}/{len} steps {msg}",
+                )
+                .expect("valid template"),
             );
             b.set_position(start);
             b
@@ -23,16 +25,32 @@ impl Progress {
 
     /// Report a finished step; `log` marks the steps that also get a log line.
     pub fn step(&self, step: u64, fields: &[(&str, f64)], log: bool) {
-        let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).unwrap_or(f64::NAN);
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or(f64::NAN)
+        };
         if let Some(b) = &self.bar {
             b.set_position(step);
-            b.set_message(format!("loss {:.4} lr {:.2e} tok/s {:.0}", get("loss"), get("learning_rate"), get("tokens_per_second")));
+            b.set_message(format!(
+                "loss {:.4} lr {:.2e} tok/s {:.0}",
+                get("loss"),
+                get("learning_rate"),
+                get("tokens_per_second")
+            ));
             return;
         }
         if log {
             let extra: serde_json::Map<String, serde_json::Value> = fields
                 .iter()
-                .filter(|(k, _)| !matches!(*k, "loss" | "learning_rate" | "grad_norm" | "tokens_per_second"))
+                .filter(|(k, _)| {
+                    !matches!(
+                        *k,
+                        "loss" | "learning_rate" | "grad_norm" | "tokens_per_second"
+                    )
+                })
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
                 .collect();
             tracing::info!(
@@ -57,8 +75,11 @@ impl Progress {
 
 /// Logs: human-readable on a terminal, JSON lines otherwise (`RUST_LOG` filters).
 pub fn init_logging(terminal: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if terminal {
         builder.compact().init();
     } else {

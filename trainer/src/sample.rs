@@ -20,45 +20,149 @@ use crate::tokenizer::Tokenizer;
 type Facet = (&'static str, &'static str, &'static str, &'static str);
 
 const DIMENSIONS: [(&str, &[Facet]); 4] = [
-    ("style", &[
-        ("conciseness", "brief answers", "The user wants the shortest answer that is still complete.", "In short:"),
-        ("vividness", "vivid imagery", "The user enjoys concrete images and comparisons.", "Picture it like this:"),
-        ("formality", "formal tone", "The user expects a formal and precise register.", "Formally stated:"),
-    ]),
-    ("background_knowledge", &[
-        ("novice", "no prior knowledge", "Assume the user has never studied the subject.", "in plain words,"),
-        ("expert", "expert reader", "Assume deep familiarity and use the technical terms.", "technically,"),
-    ]),
-    ("informativeness", &[
-        ("practicality", "practical steps", "Focus on what the user can do right away.", "Step one is to start small."),
-        ("depth", "underlying reasons", "Explain why things work, not only how.", "The reason is the underlying mechanism."),
-    ]),
-    ("harmlessness", &[
-        ("safety", "safety first", "Point out risks and precautions.", "Stay safe and check the risks first."),
-        ("sensitivity", "respectful neutrality", "Stay neutral and respectful of every view.", "Views differ, and that is fine."),
-    ]),
+    (
+        "style",
+        &[
+            (
+                "conciseness",
+                "brief answers",
+                "The user wants the shortest answer that is still complete.",
+                "In short:",
+            ),
+            (
+                "vividness",
+                "vivid imagery",
+                "The user enjoys concrete images and comparisons.",
+                "Picture it like this:",
+            ),
+            (
+                "formality",
+                "formal tone",
+                "The user expects a formal and precise register.",
+                "Formally stated:",
+            ),
+        ],
+    ),
+    (
+        "background_knowledge",
+        &[
+            (
+                "novice",
+                "no prior knowledge",
+                "Assume the user has never studied the subject.",
+                "in plain words,",
+            ),
+            (
+                "expert",
+                "expert reader",
+                "Assume deep familiarity and use the technical terms.",
+                "technically,",
+            ),
+        ],
+    ),
+    (
+        "informativeness",
+        &[
+            (
+                "practicality",
+                "practical steps",
+                "Focus on what the user can do right away.",
+                "Step one is to start small.",
+            ),
+            (
+                "depth",
+                "underlying reasons",
+                "Explain why things work, not only how.",
+                "The reason is the underlying mechanism.",
+            ),
+        ],
+    ),
+    (
+        "harmlessness",
+        &[
+            (
+                "safety",
+                "safety first",
+                "Point out risks and precautions.",
+                "Stay safe and check the risks first.",
+            ),
+            (
+                "sensitivity",
+                "respectful neutrality",
+                "Stay neutral and respectful of every view.",
+                "Views differ, and that is fine.",
+            ),
+        ],
+    ),
 ];
 
 const TOPICS: [(&str, &str); 16] = [
     ("bread", "yeast makes the dough rise by producing gas"),
     ("tides", "the moon's gravity pulls the oceans into bulges"),
-    ("compound interest", "interest earns interest when it is reinvested"),
-    ("photosynthesis", "plants turn light, water and carbon dioxide into sugar"),
-    ("a bicycle gear", "a larger rear gear trades speed for pulling force"),
-    ("sorting a list", "merge sort splits the list and merges sorted halves"),
-    ("rainbows", "raindrops bend and reflect sunlight into its colours"),
-    ("vaccines", "a vaccine trains the immune system with a harmless copy"),
-    ("a sourdough starter", "wild yeast and bacteria ferment flour and water"),
-    ("public speaking", "practice and a clear structure calm the nerves"),
-    ("the stock market", "prices move as buyers and sellers change their minds"),
-    ("a chess opening", "control of the centre gives the pieces room"),
-    ("recycling plastic", "only some plastics can be melted and reused"),
-    ("learning a language", "daily practice beats long rare sessions"),
-    ("black holes", "gravity is so strong that light cannot escape"),
-    ("a garden compost", "microbes break scraps down into rich soil"),
+    (
+        "compound interest",
+        "interest earns interest when it is reinvested",
+    ),
+    (
+        "photosynthesis",
+        "plants turn light, water and carbon dioxide into sugar",
+    ),
+    (
+        "a bicycle gear",
+        "a larger rear gear trades speed for pulling force",
+    ),
+    (
+        "sorting a list",
+        "merge sort splits the list and merges sorted halves",
+    ),
+    (
+        "rainbows",
+        "raindrops bend and reflect sunlight into its colours",
+    ),
+    (
+        "vaccines",
+        "a vaccine trains the immune system with a harmless copy",
+    ),
+    (
+        "a sourdough starter",
+        "wild yeast and bacteria ferment flour and water",
+    ),
+    (
+        "public speaking",
+        "practice and a clear structure calm the nerves",
+    ),
+    (
+        "the stock market",
+        "prices move as buyers and sellers change their minds",
+    ),
+    (
+        "a chess opening",
+        "control of the centre gives the pieces room",
+    ),
+    (
+        "recycling plastic",
+        "only some plastics can be melted and reused",
+    ),
+    (
+        "learning a language",
+        "daily practice beats long rare sessions",
+    ),
+    (
+        "black holes",
+        "gravity is so strong that light cannot escape",
+    ),
+    (
+        "a garden compost",
+        "microbes break scraps down into rich soil",
+    ),
 ];
 
-const ASKS: [&str; 4] = ["Explain {}.", "How does {} work?", "What should I know about {}?", "Teach me about {}."];
+const ASKS: [&str; 4] = [
+    "Explain {}.",
+    "How does {} work?",
+    "What should I know about {}?",
+    "Teach me about {}.",
+];
 
 struct Persona {
     facets: Vec<(&'static str, Facet)>,
@@ -86,7 +190,14 @@ impl Persona {
 }
 
 fn personas(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<Persona> {
-    (0..n).map(|_| Persona { facets: DIMENSIONS.iter().map(|(d, fs)| (*d, *fs.choose(rng).expect("non-empty"))).collect() }).collect()
+    (0..n)
+        .map(|_| Persona {
+            facets: DIMENSIONS
+                .iter()
+                .map(|(d, fs)| (*d, *fs.choose(rng).expect("non-empty")))
+                .collect(),
+        })
+        .collect()
 }
 
 /// The three data sets, as JSON records in the published schemas.
@@ -99,7 +210,11 @@ pub struct SampleData {
 /// `instructions` instructions, each with 3 system messages and their answers.
 pub fn generate(instructions: usize, seed: u64) -> SampleData {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut out = SampleData { sft: vec![], preference: vec![], bench: vec![] };
+    let mut out = SampleData {
+        sft: vec![],
+        preference: vec![],
+        bench: vec![],
+    };
     for i in 0..instructions {
         let (topic, fact) = TOPICS[i % TOPICS.len()];
         let prompt = ASKS[(i / TOPICS.len()) % ASKS.len()].replace("{}", topic);
@@ -146,7 +261,11 @@ pub fn write_sample_data(dir: &Path, instructions: usize, seed: u64) -> Result<V
     std::fs::create_dir_all(dir).ctx(|| dir.display().to_string())?;
     let data = generate(instructions, seed);
     let mut written = vec![];
-    for (name, rows) in [("sft", &data.sft), ("preference", &data.preference), ("bench", &data.bench)] {
+    for (name, rows) in [
+        ("sft", &data.sft),
+        ("preference", &data.preference),
+        ("bench", &data.bench),
+    ] {
         let jsonl = dir.join(format!("{name}.jsonl"));
         write_jsonl(&jsonl, rows)?;
         let parquet = dir.join(format!("{name}.parquet"));
@@ -177,7 +296,13 @@ pub fn tokenizer_corpus(records: &[Value]) -> Vec<String> {
 
 /// Create a model directory: tokenizer (given, or trained on `corpus`) and a random
 /// model of `config` (whose vocab is widened to the tokenizer's when smaller).
-pub fn init_model(out: &Path, mut config: ModelConfig, tokenizer: TokenizerSource, kind: tch::Kind, seed: u64) -> Result<ModelConfig> {
+pub fn init_model(
+    out: &Path,
+    mut config: ModelConfig,
+    tokenizer: TokenizerSource,
+    kind: tch::Kind,
+    seed: u64,
+) -> Result<ModelConfig> {
     std::fs::create_dir_all(out).ctx(|| out.display().to_string())?;
     let tok_path = out.join("tokenizer.json");
     let tok = match tokenizer {
@@ -185,7 +310,9 @@ pub fn init_model(out: &Path, mut config: ModelConfig, tokenizer: TokenizerSourc
             std::fs::copy(&p, &tok_path).ctx(|| p.display().to_string())?;
             Tokenizer::from_file(&tok_path)?
         }
-        TokenizerSource::Train { corpus, vocab_size } => Tokenizer::train_bpe(corpus.into_iter(), vocab_size, &tok_path)?,
+        TokenizerSource::Train { corpus, vocab_size } => {
+            Tokenizer::train_bpe(corpus.into_iter(), vocab_size, &tok_path)?
+        }
     };
     config.vocab_size = config.vocab_size.max(tok.vocab_size());
     config.bos_token_id = Some(tok.bos_id);
@@ -200,5 +327,8 @@ pub fn init_model(out: &Path, mut config: ModelConfig, tokenizer: TokenizerSourc
 
 pub enum TokenizerSource {
     File(PathBuf),
-    Train { corpus: Vec<String>, vocab_size: usize },
+    Train {
+        corpus: Vec<String>,
+        vocab_size: usize,
+    },
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerBuilder,
+};
 
 use crate::error::{Error, Result};
 
@@ -26,26 +29,46 @@ const EOS: &[&str] = &["</s>", "<|end_of_text|>"];
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         let find = |names: &[&str], what: &str| {
-            names.iter().find_map(|n| inner.token_to_id(n)).map(i64::from).ok_or_else(|| {
-                Error::Model(format!("{}: no {what} token (looked for {names:?})", path.display()))
-            })
+            names
+                .iter()
+                .find_map(|n| inner.token_to_id(n))
+                .map(i64::from)
+                .ok_or_else(|| {
+                    Error::Model(format!(
+                        "{}: no {what} token (looked for {names:?})",
+                        path.display()
+                    ))
+                })
         };
         let (bos_id, eos_id) = (find(BOS, "BOS")?, find(EOS, "EOS")?);
-        Ok(Self { inner, bos_id, eos_id, pad_id: eos_id, identity: hex::encode(Sha256::digest(&bytes)) })
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            pad_id: eos_id,
+            identity: hex::encode(Sha256::digest(&bytes)),
+        })
     }
 
     /// Token ids of `text`, without special tokens (the prompt format adds BOS/EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Data(format!("tokenizer: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Data(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.inner.decode(&ids, true).map_err(|e| Error::Data(format!("tokenizer: {e}")))
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| Error::Data(format!("tokenizer: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -58,7 +81,10 @@ impl Tokenizer {
     where
         I: Iterator<Item = String> + Send,
     {
-        let specials: Vec<AddedToken> = ["<unk>", "<s>", "</s>"].iter().map(|t| AddedToken::from(*t, true)).collect();
+        let specials: Vec<AddedToken> = ["<unk>", "<s>", "</s>"]
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
@@ -67,16 +93,24 @@ impl Tokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
         let byte_level = ByteLevel::default().add_prefix_space(false);
-        let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-            .with_model(BPE::default())
-            .with_normalizer(None)
-            .with_pre_tokenizer(Some(byte_level.into()))
-            .with_post_processor(Some(byte_level.into()))
-            .with_decoder(Some(byte_level.into()))
-            .build()
-            .map_err(|e| Error::Model(format!("building tokenizer: {e}")))?;
-        tok.train(&mut trainer, texts).map_err(|e| Error::Model(format!("training tokenizer: {e}")))?;
-        tok.save(path, false).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let mut tok = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            PreTokenizerWrapper,
+            PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_post_processor(Some(byte_level.into()))
+        .with_decoder(Some(byte_level.into()))
+        .build()
+        .map_err(|e| Error::Model(format!("building tokenizer: {e}")))?;
+        tok.train(&mut trainer, texts)
+            .map_err(|e| Error::Model(format!("training tokenizer: {e}")))?;
+        tok.save(path, false)
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         Self::from_file(path)
     }
 }

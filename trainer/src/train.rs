@@ -12,7 +12,9 @@ use tch::Device;
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
 use crate::config::{DeviceChoice, Method, TrainConfig};
-use crate::data::{self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats};
+use crate::data::{
+    self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::loss::{orpo_loss, sft_loss, OrpoSums};
 use crate::model::{load_model_dir, save_model_dir, ModelConfig, Transformer};
@@ -25,7 +27,9 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Auto => Ok(Device::cuda_if_available()),
         DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::Config("`model.device` is `cuda` but no CUDA device is available".into())),
+        DeviceChoice::Cuda => Err(Error::Config(
+            "`model.device` is `cuda` but no CUDA device is available".into(),
+        )),
     }
 }
 
@@ -49,12 +53,23 @@ pub struct StepResult {
 
 impl Trainer {
     /// A model from `config` with random weights (std 0.02) in `kind` on `device`.
-    pub fn new(config: &ModelConfig, kind: tch::Kind, device: Device, adam: AdamWConfig, max_grad_norm: f64) -> Self {
+    pub fn new(
+        config: &ModelConfig,
+        kind: tch::Kind,
+        device: Device,
+        adam: AdamWConfig,
+        max_grad_norm: f64,
+    ) -> Self {
         let mut vs = VarStore::new(device);
         let model = Transformer::new(&vs.root(), config);
         vs.set_kind(kind);
         let opt = AdamW::new(vs.trainable_variables_named(), adam);
-        Self { vs, model, opt, max_grad_norm }
+        Self {
+            vs,
+            model,
+            opt,
+            max_grad_norm,
+        }
     }
 
     fn finish_step(&mut self, lr: f64, mut r: StepResult) -> StepResult {
@@ -86,7 +101,11 @@ impl Trainer {
         let mut r = StepResult::default();
         let mut sums = OrpoSums::default();
         for b in micro {
-            let logits = self.model.forward(&b.input_ids, &b.positions, &crate::model::AttentionMask::Causal);
+            let logits = self.model.forward(
+                &b.input_ids,
+                &b.positions,
+                &crate::model::AttentionMask::Causal,
+            );
             let (loss, s) = orpo_loss(&logits, b, lambda, nll_tokens, pairs);
             loss.backward();
             r.loss += loss.double_value(&[]);
@@ -104,7 +123,10 @@ trait NamedVariables {
 
 impl NamedVariables for VarStore {
     fn trainable_variables_named(&self) -> Vec<(String, tch::Tensor)> {
-        self.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+        self.variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
     }
 }
 
@@ -140,7 +162,10 @@ pub struct Summary {
 /// The data of a run, as units the schedule counts: examples, packed rows, or pairs.
 enum Units {
     Examples(Vec<Example>),
-    Packed { examples: Vec<Example>, rows: Vec<Vec<usize>> },
+    Packed {
+        examples: Vec<Example>,
+        rows: Vec<Vec<usize>>,
+    },
     Pairs(Vec<Pair>),
 }
 
@@ -157,7 +182,9 @@ impl Units {
 /// Order of the units in `epoch`: a seeded shuffle, the same on every run and resume.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch),
+    );
     order.shuffle(&mut rng);
     order
 }
@@ -171,7 +198,9 @@ struct Prepared {
 
 fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
     let d = &cfg.data;
-    let overhead = tok.encode(&d.prompt_format.prompt("", "x"))?.len() + tok.encode(&d.prompt_format.response("x"))?.len() + 2;
+    let overhead = tok.encode(&d.prompt_format.prompt("", "x"))?.len()
+        + tok.encode(&d.prompt_format.response("x"))?.len()
+        + 2;
     if d.max_seq_len < overhead + d.min_response_tokens.max(1) {
         return Err(Error::Config(format!(
             "`data.max_seq_len` ({}) is below what the {:?} prompt format needs with this tokenizer ({} tokens of markup + data.min_response_tokens {})",
@@ -181,7 +210,14 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
     let (units, records, skipped, stats) = match cfg.method {
         Method::Sft => {
             let (recs, ls) = data::load_records::<SftRecord>(&d.train, d.skip_bad_records)?;
-            let (examples, stats) = data::tokenize_sft(&recs, tok, d.prompt_format, d.max_seq_len, d.truncation, d.min_response_tokens)?;
+            let (examples, stats) = data::tokenize_sft(
+                &recs,
+                tok,
+                d.prompt_format,
+                d.max_seq_len,
+                d.truncation,
+                d.min_response_tokens,
+            )?;
             let units = if d.packing {
                 let order = epoch_order(examples.len(), cfg.hyperparameters.seed, u64::MAX);
                 let rows = data::pack(&examples, &order, d.max_seq_len);
@@ -193,7 +229,14 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
         }
         Method::Orpo => {
             let (recs, ls) = data::load_records::<PreferenceRecord>(&d.train, d.skip_bad_records)?;
-            let (pairs, stats) = data::tokenize_pairs(&recs, tok, d.prompt_format, d.max_seq_len, d.truncation, d.min_response_tokens)?;
+            let (pairs, stats) = data::tokenize_pairs(
+                &recs,
+                tok,
+                d.prompt_format,
+                d.max_seq_len,
+                d.truncation,
+                d.min_response_tokens,
+            )?;
             (Units::Pairs(pairs), ls.rows, ls.skipped, stats)
         }
     };
@@ -203,7 +246,12 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
             d.max_seq_len, stats.dropped, d.truncation
         )));
     }
-    Ok(Prepared { units, records, skipped, stats })
+    Ok(Prepared {
+        units,
+        records,
+        skipped,
+        stats,
+    })
 }
 
 /// Run a training job to completion (or to `stop_after_steps`).
@@ -212,7 +260,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let device = select_device(cfg.model.device)?;
     tch::manual_seed(h.seed as i64);
     let model_config = ModelConfig::from_file(&cfg.model.path.join("config.json"))?;
-    let tokenizer_path = cfg.model.tokenizer.clone().unwrap_or_else(|| cfg.model.path.join("tokenizer.json"));
+    let tokenizer_path = cfg
+        .model
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| cfg.model.path.join("tokenizer.json"));
     let tok = Tokenizer::from_file(&tokenizer_path)?;
     if tok.vocab_size() > model_config.vocab_size {
         return Err(Error::Model(format!(
@@ -223,21 +275,43 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         )));
     }
     let prepared = prepare_data(cfg, &tok)?;
-    tracing::info!(records = prepared.records, skipped = prepared.skipped, kept = prepared.stats.kept,
-        truncated = prepared.stats.truncated, dropped = prepared.stats.dropped, units = prepared.units.len(), "data ready");
+    tracing::info!(
+        records = prepared.records,
+        skipped = prepared.skipped,
+        kept = prepared.stats.kept,
+        truncated = prepared.stats.truncated,
+        dropped = prepared.stats.dropped,
+        units = prepared.units.len(),
+        "data ready"
+    );
 
     let per_step = h.micro_batch_size * h.gradient_accumulation_steps;
     let steps_per_epoch = prepared.units.len().div_ceil(per_step) as u64;
     let total_steps = h.max_steps.unwrap_or(h.epochs * steps_per_epoch);
-    let adam = AdamWConfig { beta1: h.adam_beta1, beta2: h.adam_beta2, eps: h.adam_epsilon, weight_decay: h.weight_decay };
-    let mut trainer = Trainer::new(&model_config, cfg.model.dtype.kind(), device, adam, h.max_grad_norm);
+    let adam = AdamWConfig {
+        beta1: h.adam_beta1,
+        beta2: h.adam_beta2,
+        eps: h.adam_epsilon,
+        weight_decay: h.weight_decay,
+    };
+    let mut trainer = Trainer::new(
+        &model_config,
+        cfg.model.dtype.kind(),
+        device,
+        adam,
+        h.max_grad_norm,
+    );
     let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job);
     let config_hash = cfg.trajectory_hash();
 
     let mut state = TrainerState {
         step: 0,
         total_steps,
-        cursor: DataCursor { epoch: 0, position: 0, seed: h.seed },
+        cursor: DataCursor {
+            epoch: 0,
+            position: 0,
+            seed: h.seed,
+        },
         learning_rate: 0.0,
         config_hash: config_hash.clone(),
         tokenizer: tok.identity.clone(),
@@ -247,9 +321,18 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     };
     let mut resumed_from = None;
     let mut last_checkpoint = None;
-    match cfg.checkpoint.resume.then(|| ckpt.latest()).transpose()?.flatten() {
+    match cfg
+        .checkpoint
+        .resume
+        .then(|| ckpt.latest())
+        .transpose()?
+        .flatten()
+    {
         Some((dir, saved)) => {
-            if saved.config_hash != config_hash || saved.tokenizer != tok.identity || saved.total_steps != total_steps {
+            if saved.config_hash != config_hash
+                || saved.tokenizer != tok.identity
+                || saved.total_steps != total_steps
+            {
                 return Err(Error::Checkpoint(format!(
                     "{} was written by a run with a different config, tokenizer or data size (config {} vs {}, total steps {} vs {}); \
                      use a new job name or checkpoint.resume=false",
@@ -278,9 +361,23 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
         let end = (state.cursor.position + per_step).min(order.len());
         let ids = &order[state.cursor.position..end];
-        let lr = cosine_lr(state.step, total_steps, h.warmup_steps, h.learning_rate, h.min_lr_ratio);
+        let lr = cosine_lr(
+            state.step,
+            total_steps,
+            h.warmup_steps,
+            h.learning_rate,
+            h.min_lr_ratio,
+        );
         let t0 = Instant::now();
-        let r = step_on(&mut trainer, &prepared.units, ids, cfg, tok.pad_id, device, lr);
+        let r = step_on(
+            &mut trainer,
+            &prepared.units,
+            ids,
+            cfg,
+            tok.pad_id,
+            device,
+            lr,
+        );
         compute_secs += t0.elapsed().as_secs_f64();
         state.cursor.position = end;
         state.step += 1;
@@ -289,42 +386,96 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         state.losses.push(r.loss);
         tokens_this_run += r.tokens;
         let tps = tokens_this_run as f64 / compute_secs.max(1e-9);
-        let mut fields: Vec<(&str, f64)> = vec![("loss", r.loss), ("grad_norm", r.grad_norm), ("learning_rate", lr), ("tokens_per_second", tps)];
+        let mut fields: Vec<(&str, f64)> = vec![
+            ("loss", r.loss),
+            ("grad_norm", r.grad_norm),
+            ("learning_rate", lr),
+            ("tokens_per_second", tps),
+        ];
         if let Some(o) = &r.orpo {
             fields.extend(o.metrics(h.orpo_lambda));
         }
-        progress.step(state.step, &fields, state.step % cfg.log_every_steps.max(1) == 0 || state.step == total_steps);
+        progress.step(
+            state.step,
+            &fields,
+            state.step % cfg.log_every_steps.max(1) == 0 || state.step == total_steps,
+        );
 
         let every = cfg.checkpoint.every_steps;
         let stop_here = opts.stop_after_steps == Some(state.step);
         if (every > 0 && state.step % every == 0) || state.step == total_steps || stop_here {
             let t = Instant::now();
-            let dir = ckpt.save(&trainer.vs, &model_config, &tokenizer_path, &trainer.opt, &state, cfg.checkpoint.keep)?;
+            let dir = ckpt.save(
+                &trainer.vs,
+                &model_config,
+                &tokenizer_path,
+                &trainer.opt,
+                &state,
+                cfg.checkpoint.keep,
+            )?;
             tracing::info!(checkpoint = %dir.display(), step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
             last_checkpoint = Some(dir);
         }
         if stop_here && state.step < total_steps {
             progress.finish();
-            tracing::warn!(step = state.step, "stopping early as asked (--stop-after-steps)");
-            return Ok(summary(cfg, &prepared, &state, resumed_from, tokens_this_run, compute_secs, last_checkpoint, None));
+            tracing::warn!(
+                step = state.step,
+                "stopping early as asked (--stop-after-steps)"
+            );
+            return Ok(summary(
+                cfg,
+                &prepared,
+                &state,
+                resumed_from,
+                tokens_this_run,
+                compute_secs,
+                last_checkpoint,
+                None,
+            ));
         }
     }
     progress.finish();
     let out = publish(cfg, &trainer.vs, &model_config, &tokenizer_path)?;
-    let s = summary(cfg, &prepared, &state, resumed_from, tokens_this_run, compute_secs, last_checkpoint, Some(out));
+    let s = summary(
+        cfg,
+        &prepared,
+        &state,
+        resumed_from,
+        tokens_this_run,
+        compute_secs,
+        last_checkpoint,
+        Some(out),
+    );
     let path = cfg.output_dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&s).expect("summary serializes")).ctx(|| path.display().to_string())?;
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), "training finished");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&s).expect("summary serializes"),
+    )
+    .ctx(|| path.display().to_string())?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "training finished"
+    );
     Ok(s)
 }
 
-fn step_on(trainer: &mut Trainer, units: &Units, ids: &[usize], cfg: &TrainConfig, pad: i64, device: Device, lr: f64) -> StepResult {
+fn step_on(
+    trainer: &mut Trainer,
+    units: &Units,
+    ids: &[usize],
+    cfg: &TrainConfig,
+    pad: i64,
+    device: Device,
+    lr: f64,
+) -> StepResult {
     let mb = cfg.hyperparameters.micro_batch_size;
     match units {
         Units::Examples(ex) => {
             let micro: Vec<Batch> = ids
                 .chunks(mb)
-                .map(|c| Batch::unpacked(&c.iter().map(|&i| &ex[i]).collect::<Vec<_>>(), pad, device))
+                .map(|c| {
+                    Batch::unpacked(&c.iter().map(|&i| &ex[i]).collect::<Vec<_>>(), pad, device)
+                })
                 .collect();
             trainer.sft_step(&micro, lr)
         }
@@ -332,7 +483,10 @@ fn step_on(trainer: &mut Trainer, units: &Units, ids: &[usize], cfg: &TrainConfi
             let micro: Vec<Batch> = ids
                 .chunks(mb)
                 .map(|c| {
-                    let rs: Vec<Vec<&Example>> = c.iter().map(|&r| rows[r].iter().map(|&i| &examples[i]).collect()).collect();
+                    let rs: Vec<Vec<&Example>> = c
+                        .iter()
+                        .map(|&r| rows[r].iter().map(|&i| &examples[i]).collect())
+                        .collect();
                     Batch::packed(&rs, pad, device)
                 })
                 .collect();
@@ -342,7 +496,14 @@ fn step_on(trainer: &mut Trainer, units: &Units, ids: &[usize], cfg: &TrainConfi
             let on_prompt = cfg.hyperparameters.orpo_nll_on_prompt;
             let micro: Vec<PreferenceBatch> = ids
                 .chunks(mb)
-                .map(|c| PreferenceBatch::new(&c.iter().map(|&i| &pairs[i]).collect::<Vec<_>>(), pad, on_prompt, device))
+                .map(|c| {
+                    PreferenceBatch::new(
+                        &c.iter().map(|&i| &pairs[i]).collect::<Vec<_>>(),
+                        pad,
+                        on_prompt,
+                        device,
+                    )
+                })
                 .collect();
             trainer.orpo_step(&micro, cfg.hyperparameters.orpo_lambda, lr)
         }
@@ -350,7 +511,12 @@ fn step_on(trainer: &mut Trainer, units: &Units, ids: &[usize], cfg: &TrainConfi
 }
 
 /// Write the final model (HF format, with tokenizer) to `output_dir`.
-fn publish(cfg: &TrainConfig, vs: &VarStore, model_config: &ModelConfig, tokenizer: &Path) -> Result<PathBuf> {
+fn publish(
+    cfg: &TrainConfig,
+    vs: &VarStore,
+    model_config: &ModelConfig,
+    tokenizer: &Path,
+) -> Result<PathBuf> {
     let out = &cfg.output_dir;
     save_model_dir(out, vs, model_config, crate::checkpoint::MAX_SHARD_BYTES)?;
     std::fs::copy(tokenizer, out.join("tokenizer.json")).ctx(|| out.display().to_string())?;

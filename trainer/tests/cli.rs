@@ -6,13 +6,26 @@ mod common;
 #[test]
 fn impossible_values_exit_with_the_bad_input_code_naming_the_key() {
     for (set, key) in [
-        ("hyperparameters.learning_rate=0", "hyperparameters.learning_rate"),
-        ("hyperparameters.micro_batch_size=0", "hyperparameters.micro_batch_size"),
+        (
+            "hyperparameters.learning_rate=0",
+            "hyperparameters.learning_rate",
+        ),
+        (
+            "hyperparameters.micro_batch_size=0",
+            "hyperparameters.micro_batch_size",
+        ),
         ("data.max_seq_len=8", "data.max_seq_len"),
         ("hyperparameters.warmup=3", "warmup"),
     ] {
-        let out = common::janus().args(["train", "--preset", "tiny", "--set", set]).output().unwrap();
-        assert_eq!(out.status.code(), Some(janus_crds::exit_code::BAD_INPUT), "{set}");
+        let out = common::janus()
+            .args(["train", "--preset", "tiny", "--set", set])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(janus_crds::exit_code::BAD_INPUT),
+            "{set}"
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{set}: {err}");
     }
@@ -23,10 +36,16 @@ fn an_unknown_key_in_a_config_file_names_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("job.yaml");
     std::fs::write(&f, "preset: janus-7b-sft\ncheckpoint:\n  every_step: 100\n").unwrap();
-    let out = common::janus().args(["train", "--config", f.to_str().unwrap()]).output().unwrap();
+    let out = common::janus()
+        .args(["train", "--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(janus_crds::exit_code::BAD_INPUT));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("job.yaml") && err.contains("every_step"), "{err}");
+    assert!(
+        err.contains("job.yaml") && err.contains("every_step"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -35,7 +54,12 @@ fn a_training_run_logs_json_lines_and_prints_its_summary() {
     let (data, model) = common::tiny_setup(dir.path(), 8);
     let mut cmd = common::janus();
     cmd.args(["train", "--preset", "tiny"]);
-    for o in common::tiny_overrides(dir.path(), &model, &data.join("sft.parquet"), &["hyperparameters.max_steps=6", "log_every_steps=2"]) {
+    for o in common::tiny_overrides(
+        dir.path(),
+        &model,
+        &data.join("sft.parquet"),
+        &["hyperparameters.max_steps=6", "log_every_steps=2"],
+    ) {
         cmd.args(["--set", &o]);
     }
     let out = cmd.output().unwrap();
@@ -43,14 +67,20 @@ fn a_training_run_logs_json_lines_and_prints_its_summary() {
     assert!(out.status.success(), "{err}");
     let steps: Vec<serde_json::Value> = err
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
         .filter(|v| v["message"] == "train step")
         .collect();
     assert_eq!(steps.len(), 3, "{err}");
     assert!(steps[0]["loss"].as_f64().unwrap() > 0.0 && steps[2]["step"] == 6);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["finished"], true);
-    assert!(dir.path().join("out/model.safetensors").exists() && dir.path().join("out/tokenizer.json").exists());
+    assert!(
+        dir.path().join("out/model.safetensors").exists()
+            && dir.path().join("out/tokenizer.json").exists()
+    );
 }
 
 #[test]
@@ -70,5 +100,8 @@ fn malformed_training_data_fails_fast_naming_the_line() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(janus_crds::exit_code::BAD_INPUT));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.jsonl:4") && err.contains("output"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:4") && err.contains("output"),
+        "{err}"
+    );
 }

@@ -7,7 +7,10 @@ mod common;
 use std::path::Path;
 
 use janus::config::Truncation;
-use janus::data::{load_records, tokenize_pairs, tokenize_sft, write_jsonl, write_parquet, PreferenceRecord, PromptFormat, SftRecord};
+use janus::data::{
+    load_records, tokenize_pairs, tokenize_sft, write_jsonl, write_parquet, PreferenceRecord,
+    PromptFormat, SftRecord,
+};
 use janus::tokenizer::Tokenizer;
 use serde_json::json;
 
@@ -31,8 +34,22 @@ fn sft_variants_load_from_jsonl_and_parquet_alike() {
     for f in [&jsonl, &parquet] {
         let (recs, stats) = load_records::<SftRecord>(std::slice::from_ref(f), false).unwrap();
         assert_eq!(stats.rows, 3);
-        assert_eq!(recs[0], SftRecord { system: "Be brief.".into(), prompt: "P1".into(), output: "O1".into() });
-        assert_eq!(recs[1], SftRecord { system: "".into(), prompt: "P2".into(), output: "O2".into() });
+        assert_eq!(
+            recs[0],
+            SftRecord {
+                system: "Be brief.".into(),
+                prompt: "P1".into(),
+                output: "O1".into()
+            }
+        );
+        assert_eq!(
+            recs[1],
+            SftRecord {
+                system: "".into(),
+                prompt: "P2".into(),
+                output: "O2".into()
+            }
+        );
         assert_eq!(recs[2].prompt, "P3");
     }
 }
@@ -50,32 +67,78 @@ fn preference_pairs_accept_strings_and_message_lists() {
     let j = dir.path().join("pref.jsonl");
     write_jsonl(&j, &rows[1..]).unwrap();
     let (recs, _) = load_records::<PreferenceRecord>(&[p, j], false).unwrap();
-    assert_eq!((recs[0].chosen.as_str(), recs[0].rejected.as_str()), ("good", "bad"));
-    assert_eq!((recs[1].chosen.as_str(), recs[1].prompt.as_str()), ("good2", "P"));
+    assert_eq!(
+        (recs[0].chosen.as_str(), recs[0].rejected.as_str()),
+        ("good", "bad")
+    );
+    assert_eq!(
+        (recs[1].chosen.as_str(), recs[1].prompt.as_str()),
+        ("good2", "P")
+    );
 }
 
 #[test]
 fn a_malformed_record_is_named_by_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.jsonl");
-    write_lines(&f, &[r#"{"prompt": "a", "output": "b"}"#, r#"{"prompt": "a", "output": "b"}"#, r#"{"prompt": "a"}"#]);
+    write_lines(
+        &f,
+        &[
+            r#"{"prompt": "a", "output": "b"}"#,
+            r#"{"prompt": "a", "output": "b"}"#,
+            r#"{"prompt": "a"}"#,
+        ],
+    );
     let e = load_records::<SftRecord>(std::slice::from_ref(&f), false).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("bad.jsonl:3") && msg.contains("output"), "{msg}");
+    assert!(
+        msg.contains("bad.jsonl:3") && msg.contains("output"),
+        "{msg}"
+    );
     assert_eq!(e.exit_code(), janus_crds::exit_code::BAD_INPUT);
 
-    write_lines(&f, &[r#"{"prompt": "a", "output": "b"}"#, r#"{"prompt": "a", "output": "#]);
-    let msg = load_records::<SftRecord>(std::slice::from_ref(&f), false).unwrap_err().to_string();
-    assert!(msg.contains("bad.jsonl:2") && msg.contains("invalid JSON"), "{msg}");
+    write_lines(
+        &f,
+        &[
+            r#"{"prompt": "a", "output": "b"}"#,
+            r#"{"prompt": "a", "output": "#,
+        ],
+    );
+    let msg = load_records::<SftRecord>(std::slice::from_ref(&f), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bad.jsonl:2") && msg.contains("invalid JSON"),
+        "{msg}"
+    );
 
     let pq = dir.path().join("bad.parquet");
-    write_parquet(&pq, &[json!({"prompt": "a", "output": "b"}), json!({"prompt": "a", "output": ""})]).unwrap();
-    let msg = load_records::<SftRecord>(&[pq], false).unwrap_err().to_string();
-    assert!(msg.contains("bad.parquet:row 1") && msg.contains("`output` is empty"), "{msg}");
+    write_parquet(
+        &pq,
+        &[
+            json!({"prompt": "a", "output": "b"}),
+            json!({"prompt": "a", "output": ""}),
+        ],
+    )
+    .unwrap();
+    let msg = load_records::<SftRecord>(&[pq], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("bad.parquet:row 1") && msg.contains("`output` is empty"),
+        "{msg}"
+    );
 
     let pref = dir.path().join("pref.jsonl");
-    write_lines(&pref, &[r#"{"prompt": "p", "chosen": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}], "rejected": "r"}"#]);
-    let msg = load_records::<PreferenceRecord>(&[pref], false).unwrap_err().to_string();
+    write_lines(
+        &pref,
+        &[
+            r#"{"prompt": "p", "chosen": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}], "rejected": "r"}"#,
+        ],
+    );
+    let msg = load_records::<PreferenceRecord>(&[pref], false)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("pref.jsonl:1"), "{msg}");
 }
 
@@ -83,7 +146,15 @@ fn a_malformed_record_is_named_by_file_and_line() {
 fn bad_records_can_be_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("mixed.jsonl");
-    write_lines(&f, &[r#"{"prompt": "a", "output": "b"}"#, "not json", r#"{"output": "b"}"#, r#"{"prompt": "c", "output": "d"}"#]);
+    write_lines(
+        &f,
+        &[
+            r#"{"prompt": "a", "output": "b"}"#,
+            "not json",
+            r#"{"output": "b"}"#,
+            r#"{"prompt": "c", "output": "d"}"#,
+        ],
+    );
     let (recs, stats) = load_records::<SftRecord>(&[f], true).unwrap();
     assert_eq!(recs.len(), 2);
     assert_eq!(stats.skipped, 2);
@@ -97,25 +168,67 @@ fn truncation_keeps_the_response_start_and_counts() {
     let tok = Tokenizer::from_file(&model.join("tokenizer.json")).unwrap();
     let long = "word ".repeat(200);
     let recs = vec![
-        SftRecord { system: "S".into(), prompt: "short".into(), output: "ok".into() },
-        SftRecord { system: "S".into(), prompt: "short".into(), output: long.clone() },
-        SftRecord { system: "S".into(), prompt: long.clone(), output: "ok".into() },
+        SftRecord {
+            system: "S".into(),
+            prompt: "short".into(),
+            output: "ok".into(),
+        },
+        SftRecord {
+            system: "S".into(),
+            prompt: "short".into(),
+            output: long.clone(),
+        },
+        SftRecord {
+            system: "S".into(),
+            prompt: long.clone(),
+            output: "ok".into(),
+        },
     ];
-    let (ex, stats) = tokenize_sft(&recs, &tok, PromptFormat::Mistral, 64, Truncation::TruncateResponse, 8).unwrap();
+    let (ex, stats) = tokenize_sft(
+        &recs,
+        &tok,
+        PromptFormat::Mistral,
+        64,
+        Truncation::TruncateResponse,
+        8,
+    )
+    .unwrap();
     assert_eq!((stats.kept, stats.truncated, stats.dropped), (1, 1, 1));
     assert_eq!(ex.len(), 2);
     let t = &ex[1];
     assert_eq!(t.tokens.len(), 64);
     assert_eq!(t.tokens[0], tok.bos_id);
     let resp = tok.encode(&PromptFormat::Mistral.response(&long)).unwrap();
-    assert_eq!(&t.tokens[t.prompt_len..], &resp[..64 - t.prompt_len], "the response keeps its start");
-    assert_eq!(*ex[0].tokens.last().unwrap(), tok.eos_id, "a whole example ends with EOS");
+    assert_eq!(
+        &t.tokens[t.prompt_len..],
+        &resp[..64 - t.prompt_len],
+        "the response keeps its start"
+    );
+    assert_eq!(
+        *ex[0].tokens.last().unwrap(),
+        tok.eos_id,
+        "a whole example ends with EOS"
+    );
 
-    let (_, stats) = tokenize_sft(&recs, &tok, PromptFormat::Mistral, 64, Truncation::Drop, 8).unwrap();
+    let (_, stats) =
+        tokenize_sft(&recs, &tok, PromptFormat::Mistral, 64, Truncation::Drop, 8).unwrap();
     assert_eq!((stats.kept, stats.truncated, stats.dropped), (1, 0, 2));
 
-    let pairs = load_records::<PreferenceRecord>(&[data.join("preference.jsonl")], false).unwrap().0;
-    let (p, stats) = tokenize_pairs(&pairs, &tok, PromptFormat::Chatml, 512, Truncation::TruncateResponse, 8).unwrap();
+    let pairs = load_records::<PreferenceRecord>(&[data.join("preference.jsonl")], false)
+        .unwrap()
+        .0;
+    let (p, stats) = tokenize_pairs(
+        &pairs,
+        &tok,
+        PromptFormat::Chatml,
+        512,
+        Truncation::TruncateResponse,
+        8,
+    )
+    .unwrap();
     assert_eq!(stats.kept, pairs.len());
-    assert_eq!(p[0].chosen.tokens[..p[0].chosen.prompt_len], p[0].rejected.tokens[..p[0].rejected.prompt_len]);
+    assert_eq!(
+        p[0].chosen.tokens[..p[0].chosen.prompt_len],
+        p[0].rejected.tokens[..p[0].rejected.prompt_len]
+    );
 }

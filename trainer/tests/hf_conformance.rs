@@ -17,7 +17,9 @@ fn our_logits(dir: &Path, input_ids: &Tensor) -> (VarStore, ModelConfig, Tensor)
     let model = Transformer::new(&vs.root(), &cfg);
     load_model_dir(dir, &vs, &cfg).unwrap();
     let (b, t) = input_ids.size2().unwrap();
-    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([b, t], false);
+    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu))
+        .unsqueeze(0)
+        .expand([b, t], false);
     let logits = tch::no_grad(|| model.forward(input_ids, &positions, &AttentionMask::Causal));
     (vs, cfg, logits)
 }
@@ -25,20 +27,47 @@ fn our_logits(dir: &Path, input_ids: &Tensor) -> (VarStore, ModelConfig, Tensor)
 fn conformance(arch: &str, shard_kb: u32) {
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
-    common::run_python("hf_reference.py", &["make", "--arch", arch, "--out", hf.to_str().unwrap(), "--shard-kb", &shard_kb.to_string()]);
+    common::run_python(
+        "hf_reference.py",
+        &[
+            "make",
+            "--arch",
+            arch,
+            "--out",
+            hf.to_str().unwrap(),
+            "--shard-kb",
+            &shard_kb.to_string(),
+        ],
+    );
     let reference: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(hf.join("reference.safetensors")).unwrap().into_iter().collect();
+        Tensor::read_safetensors(hf.join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     let (vs, cfg, logits) = our_logits(&hf, &reference["input_ids"]);
-    let diff = (&logits - &reference["logits"]).abs().max().double_value(&[]);
+    let diff = (&logits - &reference["logits"])
+        .abs()
+        .max()
+        .double_value(&[]);
+    eprintln!("{arch}: max |ours - transformers| = {diff:e}");
     assert!(diff <= TOL, "{arch}: max |ours - transformers| = {diff}");
 
     // Round trip: save sharded (small shards) and have transformers load it.
     let ours = dir.path().join("ours");
     let files = save_model_dir(&ours, &vs, &cfg, 16 << 10).unwrap();
-    assert!(files.iter().any(|f| f == janus::model::SHARD_INDEX), "{files:?}");
+    assert!(
+        files.iter().any(|f| f == janus::model::SHARD_INDEX),
+        "{files:?}"
+    );
     let out = common::run_python(
         "hf_reference.py",
-        &["check", "--model", ours.to_str().unwrap(), "--reference", hf.join("reference.safetensors").to_str().unwrap()],
+        &[
+            "check",
+            "--model",
+            ours.to_str().unwrap(),
+            "--reference",
+            hf.join("reference.safetensors").to_str().unwrap(),
+        ],
     );
     assert!(out.contains("max_abs_diff"), "{out}");
 }
@@ -57,18 +86,29 @@ fn llama_logits_match_transformers_tied_single_file() {
 fn bf16_forward_runs_and_stays_close_to_fp32() {
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
-    common::run_python("hf_reference.py", &["make", "--arch", "mistral", "--out", hf.to_str().unwrap()]);
+    common::run_python(
+        "hf_reference.py",
+        &["make", "--arch", "mistral", "--out", hf.to_str().unwrap()],
+    );
     let reference: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(hf.join("reference.safetensors")).unwrap().into_iter().collect();
+        Tensor::read_safetensors(hf.join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     let cfg = ModelConfig::from_file(&hf.join("config.json")).unwrap();
     let mut vs = VarStore::new(Device::Cpu);
     let model = Transformer::new(&vs.root(), &cfg);
     vs.set_kind(Kind::BFloat16);
     load_model_dir(&hf, &vs, &cfg).unwrap();
     let ids = &reference["input_ids"];
-    let positions = Tensor::arange(13, (Kind::Int64, Device::Cpu)).unsqueeze(0).expand([2, 13], false);
+    let positions = Tensor::arange(13, (Kind::Int64, Device::Cpu))
+        .unsqueeze(0)
+        .expand([2, 13], false);
     let logits = tch::no_grad(|| model.forward(ids, &positions, &AttentionMask::Causal));
     assert_eq!(logits.kind(), Kind::BFloat16);
-    let diff = (logits.to_kind(Kind::Float) - &reference["logits"]).abs().max().double_value(&[]);
+    let diff = (logits.to_kind(Kind::Float) - &reference["logits"])
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(diff < 0.1, "bf16 drifted from fp32 by {diff}");
 }

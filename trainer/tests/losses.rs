@@ -11,7 +11,10 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn example(len: usize, prompt_len: usize) -> Example {
     let t = Tensor::randint_low(3, 50, [len as i64], (Kind::Int64, Device::Cpu));
-    Example { tokens: Vec::<i64>::try_from(t).unwrap(), prompt_len }
+    Example {
+        tokens: Vec::<i64>::try_from(t).unwrap(),
+        prompt_len,
+    }
 }
 
 #[test]
@@ -26,8 +29,10 @@ fn sft_and_orpo_losses_match_the_python_reference() {
         vec![example(9, 4), example(6, 2)],
         vec![example(12, 7), example(5, 1), example(8, 3)],
     ];
-    let batches: Vec<Batch> =
-        micro.iter().map(|m| Batch::unpacked(&m.iter().collect::<Vec<_>>(), 2, Device::Cpu)).collect();
+    let batches: Vec<Batch> = micro
+        .iter()
+        .map(|m| Batch::unpacked(&m.iter().collect::<Vec<_>>(), 2, Device::Cpu))
+        .collect();
     let step_tokens: i64 = batches.iter().map(|b| b.loss_tokens).sum();
     let mut ours_sft = 0.0;
     for (i, b) in batches.iter().enumerate() {
@@ -44,7 +49,10 @@ fn sft_and_orpo_losses_match_the_python_reference() {
             let c = example(10 + i as usize, 4);
             let mut r = example(7 + 2 * i as usize, 4);
             r.tokens[..4].copy_from_slice(&c.tokens[..4]);
-            Pair { chosen: c, rejected: r }
+            Pair {
+                chosen: c,
+                rejected: r,
+            }
         })
         .collect();
     let pb = PreferenceBatch::new(&pairs.iter().collect::<Vec<_>>(), 2, false, Device::Cpu);
@@ -54,29 +62,48 @@ fn sft_and_orpo_losses_match_the_python_reference() {
     tensors.extend([
         ("orpo_logits".to_string(), logits),
         ("orpo_targets".to_string(), pb.targets.shallow_clone()),
-        ("orpo_response_mask".to_string(), pb.response_mask.shallow_clone()),
+        (
+            "orpo_response_mask".to_string(),
+            pb.response_mask.shallow_clone(),
+        ),
         ("orpo_nll_mask".to_string(), pb.nll_mask.shallow_clone()),
     ]);
     let file = dir.path().join("losses.safetensors");
     janus::model::tensors_to_safetensors(&tensors, &file).unwrap();
 
-    let out = common::run_python("reference_losses.py", &[file.to_str().unwrap(), &lambda.to_string()]);
+    let out = common::run_python(
+        "reference_losses.py",
+        &[file.to_str().unwrap(), &lambda.to_string()],
+    );
     let reference: serde_json::Value = serde_json::from_str(&out).unwrap();
     let close = |name: &str, ours: f64| {
         let want = reference[name].as_f64().unwrap();
-        assert!((ours - want).abs() <= 1e-5, "{name}: ours {ours} vs reference {want}");
+        assert!(
+            (ours - want).abs() <= 1e-5,
+            "{name}: ours {ours} vs reference {want}"
+        );
     };
     close("sft_loss", ours_sft);
     close("orpo_loss", loss.double_value(&[]));
     let metrics: std::collections::HashMap<_, _> = sums.metrics(lambda).into_iter().collect();
-    for name in ["nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/chosen", "rewards/rejected", "rewards/accuracies"] {
+    for name in [
+        "nll_loss",
+        "log_odds_ratio",
+        "log_odds_chosen",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+    ] {
         close(name, metrics[name]);
     }
 }
 
 #[test]
 fn orpo_nll_can_cover_the_prompt_as_trl_does() {
-    let pairs = vec![Pair { chosen: example(10, 4), rejected: example(10, 4) }];
+    let pairs = vec![Pair {
+        chosen: example(10, 4),
+        rejected: example(10, 4),
+    }];
     let refs: Vec<&Pair> = pairs.iter().collect();
     let response_only = PreferenceBatch::new(&refs, 2, false, Device::Cpu);
     let with_prompt = PreferenceBatch::new(&refs, 2, true, Device::Cpu);
@@ -92,15 +119,23 @@ fn log_odds_ratio_is_log_sigmoid_zero_when_chosen_equals_rejected() {
     let vs = VarStore::new(Device::Cpu);
     let model = Transformer::new(&vs.root(), &cfg);
     let pairs: Vec<Pair> = (0..4)
-        .map(|i| {
+        .map(|_| {
             let e = example(12, 5);
-            Pair { chosen: e.clone(), rejected: e }
+            Pair {
+                chosen: e.clone(),
+                rejected: e,
+            }
         })
         .collect();
     let pb = PreferenceBatch::new(&pairs.iter().collect::<Vec<_>>(), 2, false, Device::Cpu);
-    let logits = tch::no_grad(|| model.forward(&pb.input_ids, &pb.positions, &AttentionMask::Causal));
+    let logits =
+        tch::no_grad(|| model.forward(&pb.input_ids, &pb.positions, &AttentionMask::Causal));
     let (_, sums) = orpo_loss(&logits, &pb, 0.1, pb.nll_tokens, pb.pairs);
     let m: std::collections::HashMap<_, _> = sums.metrics(0.1).into_iter().collect();
-    assert!((m["log_odds_ratio"] + std::f64::consts::LN_2).abs() < 1e-6, "{}", m["log_odds_ratio"]);
+    assert!(
+        (m["log_odds_ratio"] + std::f64::consts::LN_2).abs() < 1e-6,
+        "{}",
+        m["log_odds_ratio"]
+    );
     assert!(m["log_odds_chosen"].abs() < 1e-6);
 }

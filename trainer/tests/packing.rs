@@ -17,11 +17,25 @@ fn packed_and_unpacked_batches_give_the_same_loss() {
     let cfg = ModelConfig::small("mistral", 97, 48, 80, 2, 6, 2);
     let vs = VarStore::new(Device::Cpu);
     let model = Transformer::new(&vs.root(), &cfg);
-    let lens = [(17, 5), (9, 3), (23, 11), (6, 2), (14, 7), (30, 4), (11, 10)];
+    let lens = [
+        (17, 5),
+        (9, 3),
+        (23, 11),
+        (6, 2),
+        (14, 7),
+        (30, 4),
+        (11, 10),
+    ];
     let examples: Vec<Example> = lens
         .iter()
         .map(|&(n, p)| Example {
-            tokens: Vec::<i64>::try_from(Tensor::randint_low(3, 97, [n], (Kind::Int64, Device::Cpu))).unwrap(),
+            tokens: Vec::<i64>::try_from(Tensor::randint_low(
+                3,
+                97,
+                [n],
+                (Kind::Int64, Device::Cpu),
+            ))
+            .unwrap(),
             prompt_len: p,
         })
         .collect();
@@ -30,9 +44,17 @@ fn packed_and_unpacked_batches_give_the_same_loss() {
 
     let order: Vec<usize> = (0..examples.len()).collect();
     let rows = pack(&examples, &order, 40);
-    assert!(rows.len() < examples.len(), "packing put {} examples in {} rows", examples.len(), rows.len());
+    assert!(
+        rows.len() < examples.len(),
+        "packing put {} examples in {} rows",
+        examples.len(),
+        rows.len()
+    );
     assert!(rows.iter().any(|r| r.len() >= 2));
-    let rows: Vec<Vec<&Example>> = rows.iter().map(|r| r.iter().map(|&i| &examples[i]).collect()).collect();
+    let rows: Vec<Vec<&Example>> = rows
+        .iter()
+        .map(|r| r.iter().map(|&i| &examples[i]).collect())
+        .collect();
     let packed = Batch::packed(&rows, 2, Device::Cpu);
 
     assert_eq!(unpacked.loss_tokens, packed.loss_tokens);
@@ -41,15 +63,26 @@ fn packed_and_unpacked_batches_give_the_same_loss() {
 
     // Without the block-diagonal mask the examples would see each other: the check above
     // is not vacuous.
-    let leaky = Batch { mask: janus::model::AttentionMask::Causal, ..packed };
+    let leaky = Batch {
+        mask: janus::model::AttentionMask::Causal,
+        ..packed
+    };
     let c = loss(&model, &leaky);
-    assert!((a - c).abs() > 1e-4, "a plain causal mask over packed rows should change the loss ({a} vs {c})");
+    assert!(
+        (a - c).abs() > 1e-4,
+        "a plain causal mask over packed rows should change the loss ({a} vs {c})"
+    );
 }
 
 #[test]
 fn packing_respects_the_row_capacity_and_keeps_every_example() {
-    let examples: Vec<Example> =
-        [10usize, 30, 5, 41, 8, 8, 20].iter().map(|&n| Example { tokens: vec![1; n], prompt_len: 1 }).collect();
+    let examples: Vec<Example> = [10usize, 30, 5, 41, 8, 8, 20]
+        .iter()
+        .map(|&n| Example {
+            tokens: vec![1; n],
+            prompt_len: 1,
+        })
+        .collect();
     let order: Vec<usize> = (0..examples.len()).rev().collect();
     let rows = pack(&examples, &order, 40);
     let mut seen: Vec<usize> = rows.iter().flatten().copied().collect();

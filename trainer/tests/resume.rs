@@ -9,13 +9,34 @@ use std::path::Path;
 use janus::config::TrainConfig;
 use janus::train::{run, RunOptions, Summary};
 
-fn train(dir: &Path, model: &Path, data: &Path, job: &str, extra: &[&str], stop: Option<u64>) -> Summary {
+fn train(
+    dir: &Path,
+    model: &Path,
+    data: &Path,
+    job: &str,
+    extra: &[&str],
+    stop: Option<u64>,
+) -> Summary {
     let mut o = common::tiny_overrides(dir, model, data, extra);
     o.push(format!("job={job}"));
-    o.push(format!("output_dir={}", dir.join(format!("out-{job}")).display()));
-    o.extend(["hyperparameters.max_steps=20".into(), "checkpoint.every_steps=10".into(), "checkpoint.keep=0".into()]);
+    o.push(format!(
+        "output_dir={}",
+        dir.join(format!("out-{job}")).display()
+    ));
+    o.extend([
+        "hyperparameters.max_steps=20".into(),
+        "checkpoint.every_steps=10".into(),
+        "checkpoint.keep=0".into(),
+    ]);
     let cfg = TrainConfig::resolve(Some("tiny"), None, &o).unwrap();
-    run(&cfg, &RunOptions { stop_after_steps: stop, progress_bar: false }).unwrap()
+    run(
+        &cfg,
+        &RunOptions {
+            stop_after_steps: stop,
+            progress_bar: false,
+        },
+    )
+    .unwrap()
 }
 
 fn weights(dir: &Path, job: &str) -> Vec<u8> {
@@ -38,20 +59,39 @@ fn check_resume_is_exact(extra: &[&str], data_file: &str) {
     assert!(second.finished);
     assert_eq!(second.steps_completed, 20);
 
-    assert!(weights(dir, "straight") == weights(dir, "resumed"), "resumed weights differ from the straight run");
+    assert!(
+        weights(dir, "straight") == weights(dir, "resumed"),
+        "resumed weights differ from the straight run"
+    );
     assert_eq!(straight.last_loss, second.last_loss);
-    assert_eq!(straight.first_loss, second.first_loss, "the resumed run reports the whole loss curve");
+    assert_eq!(
+        straight.first_loss, second.first_loss,
+        "the resumed run reports the whole loss curve"
+    );
 }
 
 #[test]
 fn sft_packed_resume_is_bitwise_identical() {
-    check_resume_is_exact(&["data.packing=true", "hyperparameters.micro_batch_size=2", "hyperparameters.gradient_accumulation_steps=2"], "sft.parquet");
+    check_resume_is_exact(
+        &[
+            "data.packing=true",
+            "hyperparameters.micro_batch_size=2",
+            "hyperparameters.gradient_accumulation_steps=2",
+        ],
+        "sft.parquet",
+    );
 }
 
 #[test]
 fn orpo_resume_is_bitwise_identical() {
     check_resume_is_exact(
-        &["method=orpo", "data.packing=false", "data.prompt_format=chatml", "hyperparameters.micro_batch_size=2", "hyperparameters.gradient_accumulation_steps=2"],
+        &[
+            "method=orpo",
+            "data.packing=false",
+            "data.prompt_format=chatml",
+            "hyperparameters.micro_batch_size=2",
+            "hyperparameters.gradient_accumulation_steps=2",
+        ],
         "preference.jsonl",
     );
 }
@@ -62,13 +102,20 @@ fn incomplete_and_corrupt_checkpoints_are_skipped() {
     let dir = tmp.path();
     let (data, model) = common::tiny_setup(dir, 12);
     let data = data.join("sft.jsonl");
-    let extra = ["hyperparameters.micro_batch_size=2", "hyperparameters.gradient_accumulation_steps=1"];
+    let extra = [
+        "hyperparameters.micro_batch_size=2",
+        "hyperparameters.gradient_accumulation_steps=1",
+    ];
     train(dir, &model, &data, "j", &extra, Some(10));
     let root = dir.join("ckpt/j");
     // A save killed half-way: files but no manifest.
     let partial = root.join("step-15");
     std::fs::create_dir_all(&partial).unwrap();
-    std::fs::copy(root.join("step-10/model.safetensors"), partial.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        root.join("step-10/model.safetensors"),
+        partial.join("model.safetensors"),
+    )
+    .unwrap();
     // A complete-looking checkpoint whose bytes were damaged.
     let corrupt = root.join("step-12");
     std::fs::create_dir_all(&corrupt).unwrap();
@@ -77,7 +124,13 @@ fn incomplete_and_corrupt_checkpoints_are_skipped() {
         std::fs::copy(e.path(), corrupt.join(e.file_name())).unwrap();
     }
     let m = corrupt.join("manifest.json");
-    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("\"step\": 10", "\"step\": 12")).unwrap();
+    std::fs::write(
+        &m,
+        std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("\"step\": 10", "\"step\": 12"),
+    )
+    .unwrap();
     let opt = corrupt.join("optimizer.safetensors");
     let mut bytes = common::read_bytes(&opt);
     let n = bytes.len();
@@ -95,10 +148,30 @@ fn resuming_with_a_changed_config_is_refused() {
     let dir = tmp.path();
     let (data, model) = common::tiny_setup(dir, 12);
     let data = data.join("sft.jsonl");
-    train(dir, &model, &data, "k", &["hyperparameters.micro_batch_size=2"], Some(10));
-    let mut o = common::tiny_overrides(dir, &model, &data, &["job=k", "hyperparameters.max_steps=20", "checkpoint.every_steps=10", "hyperparameters.learning_rate=0.5"]);
+    train(
+        dir,
+        &model,
+        &data,
+        "k",
+        &["hyperparameters.micro_batch_size=2"],
+        Some(10),
+    );
+    let mut o = common::tiny_overrides(
+        dir,
+        &model,
+        &data,
+        &[
+            "job=k",
+            "hyperparameters.max_steps=20",
+            "checkpoint.every_steps=10",
+            "hyperparameters.learning_rate=0.5",
+        ],
+    );
     o.push("hyperparameters.micro_batch_size=2".into());
     let cfg = TrainConfig::resolve(Some("tiny"), None, &o).unwrap();
     let e = run(&cfg, &RunOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("different config") && e.contains("step-10"), "{e}");
+    assert!(
+        e.contains("different config") && e.contains("step-10"),
+        "{e}"
+    );
 }

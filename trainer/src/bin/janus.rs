@@ -14,7 +14,11 @@ use janus::train::{self, RunOptions, Summary, Trainer};
 use janus::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "janus", version, about = "Train and evaluate Janus-style models (SFT, ORPO) on libtorch")]
+#[command(
+    name = "janus",
+    version,
+    about = "Train and evaluate Janus-style models (SFT, ORPO) on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -139,17 +143,44 @@ fn main() {
 
 fn run(cmd: Command, terminal: bool) -> Result<()> {
     match cmd {
-        Command::Train { config, preset, overrides, stop_after_steps, print_config } => {
+        Command::Train {
+            config,
+            preset,
+            overrides,
+            stop_after_steps,
+            print_config,
+        } => {
             let cfg = TrainConfig::resolve(preset.as_deref(), config.as_deref(), &overrides)?;
             if print_config {
-                println!("{}", serde_yaml::to_string(&cfg).expect("config serializes"));
+                println!(
+                    "{}",
+                    serde_yaml::to_string(&cfg).expect("config serializes")
+                );
                 return Ok(());
             }
-            let s = train::run(&cfg, &RunOptions { stop_after_steps, progress_bar: terminal })?;
-            println!("{}", serde_json::to_string_pretty(&s).expect("summary serializes"));
+            let s = train::run(
+                &cfg,
+                &RunOptions {
+                    stop_after_steps,
+                    progress_bar: terminal,
+                },
+            )?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&s).expect("summary serializes")
+            );
             Ok(())
         }
-        Command::InitModel { out, arch, config, tokenizer, train_tokenizer_on, vocab_size, dtype, seed } => {
+        Command::InitModel {
+            out,
+            arch,
+            config,
+            tokenizer,
+            train_tokenizer_on,
+            vocab_size,
+            dtype,
+            seed,
+        } => {
             let model_config = match config {
                 Some(p) => ModelConfig::from_file(&p)?,
                 None => arch_config(arch),
@@ -157,23 +188,57 @@ fn run(cmd: Command, terminal: bool) -> Result<()> {
             let source = match tokenizer {
                 Some(p) => TokenizerSource::File(p),
                 None if train_tokenizer_on.is_empty() => {
-                    return Err(Error::Config("init-model needs --tokenizer or --train-tokenizer-on <data files>".into()))
+                    return Err(Error::Config(
+                        "init-model needs --tokenizer or --train-tokenizer-on <data files>".into(),
+                    ))
                 }
-                None => TokenizerSource::Train { corpus: corpus_of(&train_tokenizer_on)?, vocab_size },
+                None => TokenizerSource::Train {
+                    corpus: corpus_of(&train_tokenizer_on)?,
+                    vocab_size,
+                },
             };
             let c = sample::init_model(&out, model_config, source, dtype.kind(), seed)?;
-            println!("{}: {} parameters, vocab {}", out.display(), c.num_parameters(), c.vocab_size);
+            println!(
+                "{}: {} parameters, vocab {}",
+                out.display(),
+                c.num_parameters(),
+                c.vocab_size
+            );
             Ok(())
         }
-        Command::SampleData { out, instructions, seed } => {
+        Command::SampleData {
+            out,
+            instructions,
+            seed,
+        } => {
             for f in sample::write_sample_data(&out, instructions, seed)? {
                 println!("{}", f.display());
             }
             Ok(())
         }
         Command::Demo { dir } => demo(&dir, terminal),
-        Command::BenchTrain { layers, hidden, intermediate, heads, kv_heads, vocab, seq, batch, steps, warmup, dtype } => {
-            let cfg = ModelConfig::small("mistral", vocab, hidden, intermediate, layers, heads, kv_heads);
+        Command::BenchTrain {
+            layers,
+            hidden,
+            intermediate,
+            heads,
+            kv_heads,
+            vocab,
+            seq,
+            batch,
+            steps,
+            warmup,
+            dtype,
+        } => {
+            let cfg = ModelConfig::small(
+                "mistral",
+                vocab,
+                hidden,
+                intermediate,
+                layers,
+                heads,
+                kv_heads,
+            );
             bench_train(&cfg, seq, batch, steps, warmup, dtype.kind())
         }
     }
@@ -191,7 +256,10 @@ fn corpus_of(files: &[PathBuf]) -> Result<Vec<String>> {
     let mut values = Vec::new();
     for f in files {
         for row in janus::data::read_rows(f)? {
-            values.push(row.value.map_err(|e| Error::Data(format!("{}: {e}", row.location)))?);
+            values.push(
+                row.value
+                    .map_err(|e| Error::Data(format!("{}: {e}", row.location)))?,
+            );
         }
     }
     Ok(sample::tokenizer_corpus(&values))
@@ -204,35 +272,58 @@ fn demo(dir: &Path, terminal: bool) -> Result<()> {
     let model = dir.join("tiny-model");
     if !model.join("config.json").exists() {
         let corpus = corpus_of(&[data.join("sft.jsonl")])?;
-        sample::init_model(&model, arch_config(Arch::TinyMistral), TokenizerSource::Train { corpus, vocab_size: 1024 }, tch::Kind::Float, 0)?;
+        sample::init_model(
+            &model,
+            arch_config(Arch::TinyMistral),
+            TokenizerSource::Train {
+                corpus,
+                vocab_size: 1024,
+            },
+            tch::Kind::Float,
+            0,
+        )?;
     }
     let d = dir.display();
-    let sft = TrainConfig::resolve(Some("tiny"), None, &[
-        "job=demo-sft".into(),
-        format!("model.path={d}/tiny-model"),
-        format!("data.train=[{d}/data/sft.parquet]"),
-        format!("checkpoint.dir={d}/checkpoints"),
-        format!("output_dir={d}/sft-model"),
-        // A demo run always starts from scratch.
-        "checkpoint.resume=false".into(),
-    ])?;
-    let opts = RunOptions { stop_after_steps: None, progress_bar: terminal };
+    let sft = TrainConfig::resolve(
+        Some("tiny"),
+        None,
+        &[
+            "job=demo-sft".into(),
+            format!("model.path={d}/tiny-model"),
+            format!("data.train=[{d}/data/sft.parquet]"),
+            format!("checkpoint.dir={d}/checkpoints"),
+            format!("output_dir={d}/sft-model"),
+            // A demo run always starts from scratch.
+            "checkpoint.resume=false".into(),
+        ],
+    )?;
+    let opts = RunOptions {
+        stop_after_steps: None,
+        progress_bar: terminal,
+    };
     let s1 = train::run(&sft, &opts)?;
-    let orpo = TrainConfig::resolve(Some("tiny"), None, &[
-        "job=demo-orpo".into(),
-        "method=orpo".into(),
-        "data.packing=false".into(),
-        "data.prompt_format=chatml".into(),
-        "hyperparameters.learning_rate=5e-4".into(),
-        "hyperparameters.max_steps=24".into(),
-        format!("model.path={d}/sft-model"),
-        format!("data.train=[{d}/data/preference.parquet]"),
-        format!("checkpoint.dir={d}/checkpoints"),
-        format!("output_dir={d}/orpo-model"),
-        "checkpoint.resume=false".into(),
-    ])?;
+    let orpo = TrainConfig::resolve(
+        Some("tiny"),
+        None,
+        &[
+            "job=demo-orpo".into(),
+            "method=orpo".into(),
+            "data.packing=false".into(),
+            "data.prompt_format=chatml".into(),
+            "hyperparameters.learning_rate=5e-4".into(),
+            "hyperparameters.max_steps=24".into(),
+            format!("model.path={d}/sft-model"),
+            format!("data.train=[{d}/data/preference.parquet]"),
+            format!("checkpoint.dir={d}/checkpoints"),
+            format!("output_dir={d}/orpo-model"),
+            "checkpoint.resume=false".into(),
+        ],
+    )?;
     let s2 = train::run(&orpo, &opts)?;
-    println!("\njanus demo: tiny Mistral-style model on {} sample records, CPU", s1.records);
+    println!(
+        "\njanus demo: tiny Mistral-style model on {} sample records, CPU",
+        s1.records
+    );
     for s in [&s1, &s2] {
         print_summary(s);
     }
@@ -247,8 +338,14 @@ fn print_summary(s: &Summary) {
         s.first_loss.unwrap_or(f64::NAN),
         s.last_loss.unwrap_or(f64::NAN),
         s.tokens_per_second,
-        s.last_checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-        s.output_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        s.last_checkpoint
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        s.output_dir
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     );
 }
 
@@ -256,20 +353,43 @@ fn print_summary(s: &Summary) {
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
-fn bench_train(cfg: &ModelConfig, seq: usize, batch: usize, steps: usize, warmup: usize, kind: tch::Kind) -> Result<()> {
+fn bench_train(
+    cfg: &ModelConfig,
+    seq: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    kind: tch::Kind,
+) -> Result<()> {
     tch::manual_seed(0);
     let device = tch::Device::cuda_if_available();
-    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let adam = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
     let mut trainer = Trainer::new(cfg, kind, device, adam, 1.0);
     let examples: Vec<Example> = (0..batch)
         .map(|_| {
-            let t = tch::Tensor::randint(cfg.vocab_size as i64, [seq as i64 + 1], (tch::Kind::Int64, tch::Device::Cpu));
-            Example { tokens: Vec::<i64>::try_from(t).expect("int64 tokens"), prompt_len: 1 }
+            let t = tch::Tensor::randint(
+                cfg.vocab_size as i64,
+                [seq as i64 + 1],
+                (tch::Kind::Int64, tch::Device::Cpu),
+            );
+            Example {
+                tokens: Vec::<i64>::try_from(t).expect("int64 tokens"),
+                prompt_len: 1,
+            }
         })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
@@ -285,7 +405,10 @@ fn bench_train(cfg: &ModelConfig, seq: usize, batch: usize, steps: usize, warmup
             times.push(t.elapsed().as_secs_f64());
         }
         if !r.loss.is_finite() {
-            return Err(Error::Data(format!("non-finite loss {} at bench step {i}", r.loss)));
+            return Err(Error::Data(format!(
+                "non-finite loss {} at bench step {i}",
+                r.loss
+            )));
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;

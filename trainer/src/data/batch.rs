@@ -36,7 +36,12 @@ impl Rows {
     /// Lay out rows of examples (several per row when packing), right-padded to the
     /// longest row.
     fn new(rows: &[Vec<&Example>], pad_id: i64) -> Self {
-        let width = rows.iter().map(|r| r.iter().map(|e| e.tokens.len() - 1).sum::<usize>()).max().unwrap_or(0).max(1);
+        let width = rows
+            .iter()
+            .map(|r| r.iter().map(|e| e.tokens.len() - 1).sum::<usize>())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let n = rows.len() * width;
         let mut out = Rows {
             ids: Vec::with_capacity(n),
@@ -71,11 +76,17 @@ impl Rows {
     }
 
     fn tensor(&self, v: &[i64], device: Device) -> Tensor {
-        Tensor::from_slice(v).view([-1, self.width as i64]).to_device(device)
+        Tensor::from_slice(v)
+            .view([-1, self.width as i64])
+            .to_device(device)
     }
 
     fn masked_targets(&self, keep: impl Fn(usize) -> bool) -> Vec<i64> {
-        self.targets.iter().enumerate().map(|(i, &t)| if keep(i) { t } else { IGNORE }).collect()
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if keep(i) { t } else { IGNORE })
+            .collect()
     }
 }
 
@@ -95,7 +106,11 @@ impl Batch {
         let r = Rows::new(rows, pad_id);
         let targets = r.masked_targets(|i| r.response[i]);
         let loss_tokens = targets.iter().filter(|&&t| t != IGNORE).count() as i64;
-        let mask = if packed { AttentionMask::packed(&r.tensor(&r.segments, device)) } else { AttentionMask::Causal };
+        let mask = if packed {
+            AttentionMask::packed(&r.tensor(&r.segments, device))
+        } else {
+            AttentionMask::Causal
+        };
         Self {
             input_ids: r.tensor(&r.ids, device),
             targets: r.tensor(&targets, device),
@@ -141,16 +156,26 @@ pub struct PreferenceBatch {
 
 impl PreferenceBatch {
     pub fn new(pairs: &[&Pair], pad_id: i64, nll_on_prompt: bool, device: Device) -> Self {
-        let rows: Vec<Vec<&Example>> =
-            pairs.iter().map(|p| vec![&p.chosen]).chain(pairs.iter().map(|p| vec![&p.rejected])).collect();
+        let rows: Vec<Vec<&Example>> = pairs
+            .iter()
+            .map(|p| vec![&p.chosen])
+            .chain(pairs.iter().map(|p| vec![&p.rejected]))
+            .collect();
         let r = Rows::new(&rows, pad_id);
         let chosen_cells = pairs.len() * r.width;
         let response: Vec<f32> = r.response.iter().map(|&b| b as u8 as f32).collect();
         let nll: Vec<f32> = (0..r.targets.len())
-            .map(|i| (i < chosen_cells && r.targets[i] != IGNORE && (nll_on_prompt || r.response[i])) as u8 as f32)
+            .map(|i| {
+                (i < chosen_cells && r.targets[i] != IGNORE && (nll_on_prompt || r.response[i]))
+                    as u8 as f32
+            })
             .collect();
         let nll_tokens = nll.iter().filter(|&&x| x > 0.0).count() as i64;
-        let floats = |v: &[f32]| Tensor::from_slice(v).view([-1, r.width as i64]).to_device(device);
+        let floats = |v: &[f32]| {
+            Tensor::from_slice(v)
+                .view([-1, r.width as i64])
+                .to_device(device)
+        };
         Self {
             input_ids: r.tensor(&r.ids, device),
             targets: r.tensor(&r.targets, device),

@@ -68,8 +68,15 @@ impl Fitter<'_> {
             return Ok(Fit::Dropped);
         }
         resp.truncate(room);
-        let ex = Example { tokens: [prompt, &resp].concat(), prompt_len: prompt.len() };
-        Ok(if whole { Fit::Whole(ex) } else { Fit::Truncated(ex) })
+        let ex = Example {
+            tokens: [prompt, &resp].concat(),
+            prompt_len: prompt.len(),
+        };
+        Ok(if whole {
+            Fit::Whole(ex)
+        } else {
+            Fit::Truncated(ex)
+        })
     }
 }
 
@@ -81,7 +88,13 @@ pub fn tokenize_sft(
     policy: Truncation,
     min_response: usize,
 ) -> Result<(Vec<Example>, TokenizeStats)> {
-    let f = Fitter { tok, format, max_len, policy, min_response };
+    let f = Fitter {
+        tok,
+        format,
+        max_len,
+        policy,
+        min_response,
+    };
     let mut stats = TokenizeStats::default();
     let mut out = Vec::with_capacity(records.len());
     for r in records {
@@ -108,7 +121,13 @@ pub fn tokenize_pairs(
     policy: Truncation,
     min_response: usize,
 ) -> Result<(Vec<Pair>, TokenizeStats)> {
-    let f = Fitter { tok, format, max_len, policy, min_response };
+    let f = Fitter {
+        tok,
+        format,
+        max_len,
+        policy,
+        min_response,
+    };
     let mut stats = TokenizeStats::default();
     let mut out = Vec::with_capacity(records.len());
     for r in records {
@@ -119,7 +138,10 @@ pub fn tokenize_pairs(
                 stats.kept += 1;
                 out.push(Pair { chosen, rejected })
             }
-            (Fit::Whole(chosen) | Fit::Truncated(chosen), Fit::Whole(rejected) | Fit::Truncated(rejected)) => {
+            (
+                Fit::Whole(chosen) | Fit::Truncated(chosen),
+                Fit::Whole(rejected) | Fit::Truncated(rejected),
+            ) => {
                 stats.truncated += 1;
                 out.push(Pair { chosen, rejected })
             }

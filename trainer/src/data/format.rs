@@ -20,7 +20,11 @@ impl PromptFormat {
             PromptFormat::Mistral if system.is_empty() => format!("[INST] {prompt} [/INST]"),
             PromptFormat::Mistral => format!("[INST] {system}\n{prompt} [/INST]"),
             PromptFormat::Chatml => {
-                let sys = if system.is_empty() { String::new() } else { format!("<|im_start|>system\n{system}<|im_end|>\n") };
+                let sys = if system.is_empty() {
+                    String::new()
+                } else {
+                    format!("<|im_start|>system\n{system}<|im_end|>\n")
+                };
                 format!("{sys}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
             }
         }
@@ -45,7 +49,14 @@ mod tests {
     #[test]
     fn mistral_format_matches_the_recipe() {
         let f = PromptFormat::Mistral;
-        assert_eq!(format!("<s>{}{}</s>", f.prompt("Be brief.", "Hi?"), f.response("Hello.")), "<s>[INST] Be brief.\nHi? [/INST] Hello.</s>");
+        assert_eq!(
+            format!(
+                "<s>{}{}</s>",
+                f.prompt("Be brief.", "Hi?"),
+                f.response("Hello.")
+            ),
+            "<s>[INST] Be brief.\nHi? [/INST] Hello.</s>"
+        );
     }
 
     #[test]

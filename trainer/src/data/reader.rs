@@ -42,14 +42,26 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
         }
         Some("json") => {
             let text = std::fs::read_to_string(path).ctx(|| name.clone())?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| Error::Data(format!("{name}: invalid JSON: {e}")))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Data(format!("{name}: invalid JSON: {e}")))?;
             let Value::Array(items) = v else {
-                return Err(Error::Data(format!("{name}: expected a JSON array of records")));
+                return Err(Error::Data(format!(
+                    "{name}: expected a JSON array of records"
+                )));
             };
-            Ok(items.into_iter().enumerate().map(|(i, v)| Row { location: format!("{name}[{i}]"), value: Ok(v) }).collect())
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Row {
+                    location: format!("{name}[{i}]"),
+                    value: Ok(v),
+                })
+                .collect())
         }
         Some("parquet") => read_parquet(path),
-        _ => Err(Error::Data(format!("{name}: unknown data file type (expected .jsonl, .json or .parquet)"))),
+        _ => Err(Error::Data(format!(
+            "{name}: unknown data file type (expected .jsonl, .json or .parquet)"
+        ))),
     }
 }
 
@@ -57,7 +69,10 @@ fn read_parquet(path: &Path) -> Result<Vec<Row>> {
     let name = path.display().to_string();
     let bad = |e: &dyn std::fmt::Display| Error::Data(format!("{name}: {e}"));
     let f = File::open(path).ctx(|| name.clone())?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(&e))?.build().map_err(|e| bad(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| bad(&e))?
+        .build()
+        .map_err(|e| bad(&e))?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| bad(&e))?;
@@ -68,7 +83,11 @@ fn read_parquet(path: &Path) -> Result<Vec<Row>> {
         drop(w);
         for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let location = format!("{name}:row {}", rows.len());
-            rows.push(Row { location, value: serde_json::from_slice(line).map_err(|e| format!("row is not a record: {e}")) });
+            rows.push(Row {
+                location,
+                value: serde_json::from_slice(line)
+                    .map_err(|e| format!("row is not a record: {e}")),
+            });
         }
     }
     Ok(rows)
@@ -89,13 +108,19 @@ pub fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
 pub fn write_parquet(path: &Path, rows: &[Value]) -> Result<()> {
     let name = path.display().to_string();
     let bad = |e: &dyn std::fmt::Display| Error::Data(format!("{name}: {e}"));
-    let schema = Arc::new(infer_json_schema_from_iterator(rows.iter().map(Ok)).map_err(|e| bad(&e))?);
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let schema =
+        Arc::new(infer_json_schema_from_iterator(rows.iter().map(Ok)).map_err(|e| bad(&e))?);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
     let f = File::create(path).ctx(|| name.clone())?;
     let mut writer = ArrowWriter::try_new(f, schema.clone(), Some(props)).map_err(|e| bad(&e))?;
     const CHUNK: usize = 1024;
     for chunk in rows.chunks(CHUNK) {
-        let mut decoder = ReaderBuilder::new(schema.clone()).with_batch_size(CHUNK).build_decoder().map_err(|e| bad(&e))?;
+        let mut decoder = ReaderBuilder::new(schema.clone())
+            .with_batch_size(CHUNK)
+            .build_decoder()
+            .map_err(|e| bad(&e))?;
         decoder.serialize(chunk).map_err(|e| bad(&e))?;
         if let Some(batch) = decoder.flush().map_err(|e| bad(&e))? {
             writer.write(&batch).map_err(|e| bad(&e))?;

@@ -48,7 +48,11 @@ impl Record for SftRecord {
 
 impl Record for PreferenceRecord {
     fn check(&self) -> std::result::Result<(), String> {
-        nonempty(&[("prompt", &self.prompt), ("chosen", &self.chosen), ("rejected", &self.rejected)])
+        nonempty(&[
+            ("prompt", &self.prompt),
+            ("chosen", &self.chosen),
+            ("rejected", &self.rejected),
+        ])
     }
 }
 
@@ -84,7 +88,10 @@ fn response_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<String,
         Response::Text(s) => Ok(s),
         Response::Messages(msgs) => match msgs.last() {
             Some(m) if m.role == "assistant" => Ok(m.content.clone()),
-            Some(m) => Err(D::Error::custom(format!("the last message has role `{}`, expected `assistant`", m.role))),
+            Some(m) => Err(D::Error::custom(format!(
+                "the last message has role `{}`, expected `assistant`",
+                m.role
+            ))),
             None => Err(D::Error::custom("empty message list")),
         },
     }
@@ -126,7 +133,10 @@ pub fn load_records<T: Record>(paths: &[PathBuf], skip_bad: bool) -> Result<(Vec
     }
     if out.is_empty() {
         let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(Error::Data(format!("no usable records in {}", names.join(", "))));
+        return Err(Error::Data(format!(
+            "no usable records in {}",
+            names.join(", ")
+        )));
     }
     Ok((out, stats))
 }

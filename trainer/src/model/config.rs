@@ -67,26 +67,46 @@ const DEFAULT_ROPE_THETA: f64 = 10000.0;
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
-        let cfg: Self = serde_path_to_error::deserialize(de)
-            .map_err(|e| Error::Model(format!("{}: `{}`: {}", path.display(), e.path(), e.inner())))?;
-        cfg.validate().map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            Error::Model(format!("{}: `{}`: {}", path.display(), e.path(), e.inner()))
+        })?;
+        cfg.validate()
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !matches!(self.model_type.as_str(), "mistral" | "llama") {
-            return Err(format!("`model_type` must be `mistral` or `llama`, found `{}`", self.model_type));
+            return Err(format!(
+                "`model_type` must be `mistral` or `llama`, found `{}`",
+                self.model_type
+            ));
         }
         if self.hidden_act != "silu" {
-            return Err(format!("`hidden_act` must be `silu`, found `{}`", self.hidden_act));
+            return Err(format!(
+                "`hidden_act` must be `silu`, found `{}`",
+                self.hidden_act
+            ));
         }
-        for (key, v) in [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)] {
-            let Some(v) = v.as_ref().filter(|v| !v.is_null()) else { continue };
-            let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
+        for (key, v) in [
+            ("rope_scaling", &self.rope_scaling),
+            ("rope_parameters", &self.rope_parameters),
+        ] {
+            let Some(v) = v.as_ref().filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let kind = v
+                .get("rope_type")
+                .or_else(|| v.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
             if kind != "default" {
-                return Err(format!("`{key}` of type `{kind}` is not supported yet (only `default`)"));
+                return Err(format!(
+                    "`{key}` of type `{kind}` is not supported yet (only `default`)"
+                ));
             }
         }
         let kv = self.num_kv_heads();
@@ -103,7 +123,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(format!("head dimension {} must be even for rotary embeddings", self.head_dim()));
+            return Err(format!(
+                "head dimension {} must be even for rotary embeddings",
+                self.head_dim()
+            ));
         }
         Ok(())
     }
@@ -123,21 +146,37 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// Number of parameters (tied embeddings counted once).
     pub fn num_parameters(&self) -> usize {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.num_kv_heads() * self.head_dim());
+        let (q, kv) = (
+            self.num_attention_heads * self.head_dim(),
+            self.num_kv_heads() * self.head_dim(),
+        );
         let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + self.num_hidden_layers * layer + h + head
     }
 
     /// A small Mistral- or Llama-shaped config for tests, the demo and benchmarks.
-    pub fn small(model_type: &str, vocab: usize, hidden: usize, inter: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
-        let arch = if model_type == "llama" { "LlamaForCausalLM" } else { "MistralForCausalLM" };
+    pub fn small(
+        model_type: &str,
+        vocab: usize,
+        hidden: usize,
+        inter: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Self {
+        let arch = if model_type == "llama" {
+            "LlamaForCausalLM"
+        } else {
+            "MistralForCausalLM"
+        };
         Self {
             architectures: vec![arch.into()],
             model_type: model_type.into(),
@@ -167,7 +206,8 @@ impl ModelConfig {
     /// Mistral-7B-v0.2's architecture (shared/JANUS.md).
     pub fn mistral_7b_v02() -> Self {
         let mut c = Self::small("mistral", 32000, 4096, 14336, 32, 32, 8);
-        c.extra.insert("torch_dtype".into(), Value::from("bfloat16"));
+        c.extra
+            .insert("torch_dtype".into(), Value::from("bfloat16"));
         c
     }
 }

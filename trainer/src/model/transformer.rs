@@ -20,7 +20,9 @@ impl AttentionMask {
     /// attends to earlier tokens of its own segment only.
     pub fn packed(segment_ids: &Tensor) -> Self {
         let t = segment_ids.size()[1];
-        let same = segment_ids.unsqueeze(2).eq_tensor(&segment_ids.unsqueeze(1));
+        let same = segment_ids
+            .unsqueeze(2)
+            .eq_tensor(&segment_ids.unsqueeze(1));
         let causal = Tensor::ones([t, t], (Kind::Bool, segment_ids.device())).tril(0);
         AttentionMask::Explicit((same.logical_and(&causal)).unsqueeze(1))
     }
@@ -29,7 +31,14 @@ impl AttentionMask {
 const INIT_STD: f64 = 0.02;
 
 fn weight(vs: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
-    vs.var(name, dims, nn::Init::Randn { mean: 0.0, stdev: INIT_STD })
+    vs.var(
+        name,
+        dims,
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        },
+    )
 }
 
 struct Linear {
@@ -56,14 +65,20 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(vs: nn::Path, dim: usize, eps: f64) -> Self {
-        Self { weight: vs.var("weight", &[dim as i64], nn::Init::Const(1.0)), eps }
+        Self {
+            weight: vs.var("weight", &[dim as i64], nn::Init::Const(1.0)),
+            eps,
+        }
     }
 
     /// As HF: normalise in fp32, cast back, then scale.
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let d = *x.size().last().expect("rank >= 1");
-        x.to_kind(Kind::Float).rms_norm([d], None::<Tensor>, self.eps).to_kind(kind) * &self.weight
+        x.to_kind(Kind::Float)
+            .rms_norm([d], None::<Tensor>, self.eps)
+            .to_kind(kind)
+            * &self.weight
     }
 }
 
@@ -75,8 +90,13 @@ impl RotaryEmbedding {
     fn new(cfg: &ModelConfig, device: tch::Device) -> Self {
         let d = cfg.head_dim();
         let base = cfg.rope_theta() as f32;
-        let inv: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / base.powf(i as f32 / d as f32)).collect();
-        Self { inv_freq: Tensor::from_slice(&inv).to_device(device) }
+        let inv: Vec<f32> = (0..d)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / d as f32))
+            .collect();
+        Self {
+            inv_freq: Tensor::from_slice(&inv).to_device(device),
+        }
     }
 
     /// cos and sin `[batch, 1, t, head_dim]` for integer positions `[batch, t]`.
@@ -129,20 +149,37 @@ impl Attention {
             return x;
         }
         let (b, _, t, d) = x.size4().expect("rank 4");
-        x.unsqueeze(2).expand([b, self.kv_heads, rep, t, d], false).reshape([b, self.heads, t, d])
+        x.unsqueeze(2)
+            .expand([b, self.kv_heads, rep, t, d], false)
+            .reshape([b, self.heads, t, d])
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
         let (b, t, _) = x.size3().expect("rank 3");
-        let split = |p: &Linear, n: i64| p.forward(x).view([b, t, n, self.head_dim]).transpose(1, 2);
+        let split =
+            |p: &Linear, n: i64| p.forward(x).view([b, t, n, self.head_dim]).transpose(1, 2);
         let q = apply_rotary(&split(&self.q_proj, self.heads), cos, sin);
         let k = self.repeat_kv(apply_rotary(&split(&self.k_proj, self.kv_heads), cos, sin));
         let v = self.repeat_kv(split(&self.v_proj, self.kv_heads));
         let y = match mask {
-            AttentionMask::Causal => Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false),
-            AttentionMask::Explicit(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, false),
+            AttentionMask::Causal => Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                true,
+                None,
+                false,
+            ),
+            AttentionMask::Explicit(m) => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, false)
+            }
         };
-        self.o_proj.forward(&y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim]))
+        self.o_proj.forward(
+            &y.transpose(1, 2)
+                .reshape([b, t, self.heads * self.head_dim]),
+        )
     }
 }
 
@@ -163,7 +200,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 }
 
@@ -177,15 +215,25 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn new(vs: nn::Path, cfg: &ModelConfig) -> Self {
         Self {
-            input_layernorm: RmsNorm::new(&vs / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            input_layernorm: RmsNorm::new(
+                &vs / "input_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
             self_attn: Attention::new(&vs / "self_attn", cfg),
-            post_attention_layernorm: RmsNorm::new(&vs / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            post_attention_layernorm: RmsNorm::new(
+                &vs / "post_attention_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
             mlp: Mlp::new(&vs / "mlp", cfg),
         }
     }
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask);
+        let h = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos, sin, mask);
         let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
         h + out
     }
@@ -208,15 +256,30 @@ impl Transformer {
         let m = vs / "model";
         let (v, h) = (config.vocab_size as i64, config.hidden_size as i64);
         let embed_tokens = weight(&(&m / "embed_tokens"), "weight", &[v, h]);
-        let layers = (0..config.num_hidden_layers).map(|i| DecoderLayer::new(&m / "layers" / i, config)).collect();
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&m / "layers" / i, config))
+            .collect();
         let norm = RmsNorm::new(&m / "norm", config.hidden_size, config.rms_norm_eps);
-        let lm_head = (!config.tie_word_embeddings).then(|| weight(&(vs / "lm_head"), "weight", &[v, h]));
-        Self { config: config.clone(), embed_tokens, layers, norm, lm_head, rotary: RotaryEmbedding::new(config, vs.device()) }
+        let lm_head =
+            (!config.tie_word_embeddings).then(|| weight(&(vs / "lm_head"), "weight", &[v, h]));
+        Self {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: RotaryEmbedding::new(config, vs.device()),
+        }
     }
 
     /// Final hidden states `[batch, t, hidden]` for `input_ids` and `positions`
     /// (both `[batch, t]`, int64).
-    pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttentionMask) -> Tensor {
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttentionMask,
+    ) -> Tensor {
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rotary.cos_sin(positions, x.kind());
         let windowed = self.sliding_window_mask(input_ids, mask);
@@ -233,11 +296,18 @@ impl Transformer {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None::<Tensor>)
+        hidden.linear(
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None::<Tensor>,
+        )
     }
 
     /// With a sliding window shorter than the row, restrict attention to the window.
-    fn sliding_window_mask(&self, input_ids: &Tensor, mask: &AttentionMask) -> Option<AttentionMask> {
+    fn sliding_window_mask(
+        &self,
+        input_ids: &Tensor,
+        mask: &AttentionMask,
+    ) -> Option<AttentionMask> {
         let w = self.config.sliding_window? as i64;
         let t = input_ids.size()[1];
         if t <= w {

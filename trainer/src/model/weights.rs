@@ -17,12 +17,15 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(SHARD_INDEX);
     if index.exists() {
         let text = std::fs::read_to_string(&index).ctx(|| index.display().to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", index.display())))?;
-        let map = v["weight_map"]
-            .as_object()
-            .ok_or_else(|| Error::Model(format!("{}: missing `weight_map` object", index.display())))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Model(format!("{}: {e}", index.display())))?;
+        let map = v["weight_map"].as_object().ok_or_else(|| {
+            Error::Model(format!("{}: missing `weight_map` object", index.display()))
+        })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -31,7 +34,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    Err(Error::Model(format!("{}: neither {SINGLE_FILE} nor {SHARD_INDEX} found", dir.display())))
+    Err(Error::Model(format!(
+        "{}: neither {SINGLE_FILE} nor {SHARD_INDEX} found",
+        dir.display()
+    )))
 }
 
 /// Copy the weights of an HF model directory into the variables of `vs` (converting
@@ -40,7 +46,8 @@ pub fn load_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result
     let mut vars = vs.variables();
     let mut unexpected = Vec::new();
     for file in weight_files(dir)? {
-        let tensors = Tensor::read_safetensors(&file).map_err(|e| Error::Model(format!("{}: {e}", file.display())))?;
+        let tensors = Tensor::read_safetensors(&file)
+            .map_err(|e| Error::Model(format!("{}: {e}", file.display())))?;
         for (name, t) in tensors {
             match vars.remove(&name) {
                 Some(mut var) => {
@@ -107,26 +114,45 @@ fn to_bytes(t: &Tensor) -> Result<TensorBytes> {
     let numel = t.numel();
     let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
     t.f_copy_data_u8(&mut data, numel)?;
-    Ok(TensorBytes { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
+    Ok(TensorBytes {
+        dtype,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
+    })
 }
 
 /// Write named tensors to one safetensors file with HF's `{"format": "pt"}` metadata.
 pub fn tensors_to_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let bytes: Vec<(String, TensorBytes)> =
-        tensors.iter().map(|(n, t)| Ok((n.clone(), to_bytes(t)?))).collect::<Result<_>>()?;
+    let bytes: Vec<(String, TensorBytes)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), to_bytes(t)?)))
+        .collect::<Result<_>>()?;
     let views: Vec<(&str, &TensorBytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::tensor::serialize_to_file(views, &Some(meta), path)
-        .map_err(|e| Error::io(path.display().to_string(), std::io::Error::other(e.to_string())))
+    safetensors::tensor::serialize_to_file(views, &Some(meta), path).map_err(|e| {
+        Error::io(
+            path.display().to_string(),
+            std::io::Error::other(e.to_string()),
+        )
+    })
 }
 
 /// Save the variables of `vs` as an HF model directory: `config.json` plus
 /// `model.safetensors`, or shards of at most `max_shard_bytes` with an index.
 /// Returns the files written (relative names).
-pub fn save_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig, max_shard_bytes: usize) -> Result<Vec<String>> {
+pub fn save_model_dir(
+    dir: &Path,
+    vs: &VarStore,
+    config: &ModelConfig,
+    max_shard_bytes: usize,
+) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).ctx(|| dir.display().to_string())?;
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let kind = vars.values().next().map(|t| t.kind()).unwrap_or(Kind::Float);
+    let kind = vars
+        .values()
+        .next()
+        .map(|t| t.kind())
+        .unwrap_or(Kind::Float);
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
     let mut size = 0usize;
     let mut total = 0usize;
@@ -142,10 +168,16 @@ pub fn save_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig, max_shard
     }
     let mut written = vec!["config.json".to_string()];
     let mut cfg = config.clone();
-    cfg.extra.insert("torch_dtype".into(), serde_json::Value::from(kind_name(kind)));
+    cfg.extra.insert(
+        "torch_dtype".into(),
+        serde_json::Value::from(kind_name(kind)),
+    );
     let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).expect("config serializes"))
-        .ctx(|| cfg_path.display().to_string())?;
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&cfg).expect("config serializes"),
+    )
+    .ctx(|| cfg_path.display().to_string())?;
     if shards.len() == 1 {
         tensors_to_safetensors(&shards[0], &dir.join(SINGLE_FILE))?;
         written.push(SINGLE_FILE.into());
@@ -163,7 +195,11 @@ pub fn save_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig, max_shard
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     let index_path = dir.join(SHARD_INDEX);
-    std::fs::write(&index_path, serde_json::to_string_pretty(&index).expect("json")).ctx(|| index_path.display().to_string())?;
+    std::fs::write(
+        &index_path,
+        serde_json::to_string_pretty(&index).expect("json"),
+    )
+    .ctx(|| index_path.display().to_string())?;
     written.push(SHARD_INDEX.into());
     Ok(written)
 }
