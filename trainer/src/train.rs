@@ -398,12 +398,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         progress.step(
             state.step,
             &fields,
-            state.step % cfg.log_every_steps.max(1) == 0 || state.step == total_steps,
+            state.step.is_multiple_of(cfg.log_every_steps.max(1)) || state.step == total_steps,
         );
 
         let every = cfg.checkpoint.every_steps;
         let stop_here = opts.stop_after_steps == Some(state.step);
-        if (every > 0 && state.step % every == 0) || state.step == total_steps || stop_here {
+        if (every > 0 && state.step.is_multiple_of(every)) || state.step == total_steps || stop_here
+        {
             let t = Instant::now();
             let dir = ckpt.save(
                 &trainer.vs,

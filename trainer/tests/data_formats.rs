@@ -57,7 +57,7 @@ fn sft_variants_load_from_jsonl_and_parquet_alike() {
 #[test]
 fn preference_pairs_accept_strings_and_message_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = vec![
+    let rows = [
         json!({"system": "S", "prompt": "P", "chosen": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "good"}],
                "rejected": [{"role": "user", "content": "P"}, {"role": "assistant", "content": "bad"}]}),
         json!({"system": "S", "instruction": "P", "chosen": "good2", "rejected": "bad2"}),

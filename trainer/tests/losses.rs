@@ -100,7 +100,7 @@ fn sft_and_orpo_losses_match_the_python_reference() {
 
 #[test]
 fn orpo_nll_can_cover_the_prompt_as_trl_does() {
-    let pairs = vec![Pair {
+    let pairs = [Pair {
         chosen: example(10, 4),
         rejected: example(10, 4),
     }];
