@@ -1,6 +1,6 @@
 """Reference side of the conformance tests: Hugging Face transformers models.
 
-  make  --arch mistral|llama --out DIR [--shard-kb N]
+  make  --arch mistral|llama --out DIR [--shard-kb N] [--sliding-window W]
         writes a tiny random HF model (odd sizes, GQA) to DIR plus reference.safetensors
         (input_ids [2, 13] and fp32 logits)
   check --model DIR --reference FILE [--tol 1e-4]
@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 
-def tiny_config(arch):
+def tiny_config(arch, sliding_window=None):
     common = dict(
         vocab_size=101,
         hidden_size=72,
@@ -31,13 +31,13 @@ def tiny_config(arch):
         eos_token_id=2,
     )
     if arch == "mistral":
-        return MistralConfig(rope_theta=1e6, sliding_window=None, tie_word_embeddings=False, **common)
+        return MistralConfig(rope_theta=1e6, sliding_window=sliding_window, tie_word_embeddings=False, **common)
     return LlamaConfig(rope_theta=10000.0, tie_word_embeddings=True, **common)
 
 
 def make(args):
     torch.manual_seed(1234)
-    cfg = tiny_config(args.arch)
+    cfg = tiny_config(args.arch, args.sliding_window)
     cfg._attn_implementation = "eager"
     cls = MistralForCausalLM if args.arch == "mistral" else LlamaForCausalLM
     model = cls(cfg).float().eval()
@@ -74,6 +74,7 @@ def main():
     m.add_argument("--arch", choices=["mistral", "llama"], required=True)
     m.add_argument("--out", required=True)
     m.add_argument("--shard-kb", type=int, default=0)
+    m.add_argument("--sliding-window", type=int, default=None)
     c = sub.add_parser("check")
     c.add_argument("--model", required=True)
     c.add_argument("--reference", required=True)

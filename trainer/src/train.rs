@@ -13,7 +13,7 @@ use tch::Device;
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
 use crate::config::{DeviceChoice, Method, TrainConfig};
 use crate::data::{
-    self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats,
+    self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats, IGNORE,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::loss::{orpo_loss, sft_loss, OrpoSums};
@@ -32,6 +32,9 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
         )),
     }
 }
+
+/// Positions per LM-head + cross-entropy chunk (see `Trainer::sft_backward`).
+pub const LOSS_CHUNK_TOKENS: usize = 1024;
 
 /// A model with its variables and optimizer: one training step at a time.
 pub struct Trainer {
@@ -85,13 +88,49 @@ impl Trainer {
         let step_tokens: i64 = micro.iter().map(|b| b.loss_tokens).sum();
         let mut r = StepResult::default();
         for b in micro {
-            let logits = self.model.forward(&b.input_ids, &b.positions, &b.mask);
-            let loss = sft_loss(&logits, &b.targets, step_tokens);
-            loss.backward();
-            r.loss += loss.double_value(&[]);
+            r.loss += self.sft_backward(b, step_tokens);
             r.tokens += b.tokens;
         }
         self.finish_step(lr, r)
+    }
+
+    /// Forward and backward of one SFT micro-batch; returns its share of the loss.
+    ///
+    /// The LM head and cross-entropy run only on positions that take loss (prompt and
+    /// padding are skipped), in chunks of `LOSS_CHUNK_TOKENS`, with the gradient
+    /// flowing back into the hidden states once at the end. Full `[tokens, vocab]`
+    /// logits (and their softmax and gradient) are never alive at once, which is most
+    /// of the activation memory of a small model with a 32k vocabulary.
+    pub fn sft_backward(&self, b: &Batch, step_tokens: i64) -> f64 {
+        let hidden = self
+            .model
+            .hidden_states(&b.input_ids, &b.positions, &b.mask);
+        let detached = hidden.detach().set_requires_grad(true);
+        let h = *hidden.size().last().expect("rank 3");
+        let targets = b.targets.view([-1]);
+        let keep = targets.ne(IGNORE).nonzero().view([-1]);
+        let flat = detached.view([-1, h]);
+        let n = keep.size()[0];
+        let mut loss = 0.0;
+        for start in (0..n).step_by(LOSS_CHUNK_TOKENS) {
+            let len = LOSS_CHUNK_TOKENS.min((n - start) as usize) as i64;
+            // Each chunk selects its own rows, so each backward has its own graph.
+            let rows = keep.narrow(0, start, len);
+            let logits = self.model.lm_head(&flat.index_select(0, &rows));
+            let part = sft_loss(
+                &logits.unsqueeze(0),
+                &targets.index_select(0, &rows).unsqueeze(0),
+                step_tokens,
+            );
+            part.backward();
+            loss += part.double_value(&[]);
+        }
+        let grad = detached.grad();
+        if grad.defined() {
+            // d/d(hidden) of sum(hidden * grad) is grad: one backward through the body.
+            (hidden * grad).sum(tch::Kind::Float).backward();
+        }
+        loss
     }
 
     /// ORPO step over micro-batches of pairs.

@@ -24,21 +24,21 @@ fn our_logits(dir: &Path, input_ids: &Tensor) -> (VarStore, ModelConfig, Tensor)
     (vs, cfg, logits)
 }
 
-fn conformance(arch: &str, shard_kb: u32) {
+fn conformance(arch: &str, shard_kb: u32, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
-    common::run_python(
-        "hf_reference.py",
-        &[
-            "make",
-            "--arch",
-            arch,
-            "--out",
-            hf.to_str().unwrap(),
-            "--shard-kb",
-            &shard_kb.to_string(),
-        ],
-    );
+    let shard_kb = shard_kb.to_string();
+    let mut args = vec![
+        "make",
+        "--arch",
+        arch,
+        "--out",
+        hf.to_str().unwrap(),
+        "--shard-kb",
+        &shard_kb,
+    ];
+    args.extend(extra);
+    common::run_python("hf_reference.py", &args);
     let reference: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(hf.join("reference.safetensors"))
             .unwrap()
@@ -74,12 +74,18 @@ fn conformance(arch: &str, shard_kb: u32) {
 
 #[test]
 fn mistral_logits_match_transformers_sharded() {
-    conformance("mistral", 64);
+    conformance("mistral", 64, &[]);
+}
+
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    // 13 tokens, window 5: the window really cuts attention.
+    conformance("mistral", 0, &["--sliding-window", "5"]);
 }
 
 #[test]
 fn llama_logits_match_transformers_tied_single_file() {
-    conformance("llama", 0);
+    conformance("llama", 0, &[]);
 }
 
 #[test]
