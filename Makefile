@@ -4,7 +4,9 @@
 # Both are idempotent; when everything is installed they only run what changed.
 
 SHELL := /bin/bash
-VENV := $(CURDIR)/.venv
+# Both may point outside the checkout (CI keeps them under ~/.cache between runs).
+VENV := $(or $(JANUS_VENV),$(CURDIR)/.venv)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 CARGO ?= cargo
@@ -27,7 +29,7 @@ build: $(STAMP)
 	$(CARGO) build --release --workspace --bins
 
 demo: build
-	target/release/janus demo --dir target/janus-demo
+	$(TARGET_DIR)/release/janus demo --dir target/janus-demo
 
 lint: $(STAMP)
 	$(CARGO) fmt --all --check
@@ -41,7 +43,7 @@ test: build lint unit
 bench: bench-train
 
 bench-train: build
-	$(PY) bench/train_bench.py --janus target/release/janus --reps 5
+	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
 
 clean-demo:
 	rm -rf target/janus-demo

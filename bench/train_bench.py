@@ -92,10 +92,11 @@ def main():
     print(f"\nModel: Mistral-style, {a.layers} layers, hidden {a.hidden}, {a.heads} heads / {a.kv_heads} KV, vocab {a.vocab}, "
           f"{params / 1e6:.1f}M params; batch {a.batch} x seq {a.seq}; fp32 CPU, {a.threads} threads; "
           f"median of {a.reps} runs x {a.steps} timed steps\n")
-    print("| implementation | tokens/s (median) | peak RSS MiB (median) | ratio vs PyTorch eager |")
-    print("|---|---|---|---|")
-    for k in ["janus", "pytorch-eager"]:
-        print(f"| {k} | {med[k]:.0f} | {rss[k]:.0f} | {med[k] / med['pytorch-eager']:.3f}x |")
+    print("| implementation | tokens/s (median) | speed vs PyTorch eager | peak RSS MiB (median) | RSS vs PyTorch eager |")
+    print("|---|---|---|---|---|")
+    base = "pytorch-eager"
+    for k in ["janus", base]:
+        print(f"| {k} | {med[k]:.0f} | {med[k] / med[base]:.3f}x | {rss[k]:.0f} | {rss[k] / rss[base]:.2f}x |")
 
 
 if __name__ == "__main__":
