@@ -7,7 +7,9 @@ use std::path::Path;
 
 fn main() {
     // torch-sys exports its library directory to direct dependents (`links = "tch"`).
-    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     if Path::new(&dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
