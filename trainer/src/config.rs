@@ -67,6 +67,7 @@ pub struct TrainConfig {
     pub data: DataSection,
     pub hyperparameters: Hyperparameters,
     pub checkpoint: CheckpointSection,
+    pub distributed: DistributedSection,
     /// Directory that receives the final model in Hugging Face format.
     pub output_dir: PathBuf,
     /// Log a line (or update the progress bar's message) every this many steps.
@@ -139,6 +140,15 @@ pub struct CheckpointSection {
     pub resume: bool,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSection {
+    /// Gradients are all-reduced in buckets of about this many MiB.
+    pub bucket_mib: usize,
+    /// How long a rank waits for the others (rendezvous, collectives) before failing.
+    pub timeout_seconds: u64,
+}
+
 /// Named starting points. Users override any key on top of one.
 pub const PRESETS: &[&str] = &["tiny", "janus-7b-sft", "janus-7b-orpo"];
 
@@ -161,6 +171,7 @@ fn preset_value(name: &str) -> Result<Value> {
         },
         "hyperparameters": recipe_sft,
         "checkpoint": {"dir": "checkpoints", "every_steps": 500, "keep": 3, "resume": true},
+        "distributed": {"bucket_mib": 25, "timeout_seconds": 1800},
         "output_dir": "output",
         "log_every_steps": 10
     });
@@ -299,7 +310,7 @@ impl TrainConfig {
     /// Check values that parse but cannot train. Messages name the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let h = &self.hyperparameters;
-        let checks: [(bool, &str, String); 12] = [
+        let checks: [(bool, &str, String); 13] = [
             (
                 !self.job.is_empty()
                     && self
@@ -370,6 +381,11 @@ impl TrainConfig {
                 "data.max_seq_len",
                 format!("must be >= {MIN_SEQ_LEN}, found {}", self.data.max_seq_len),
             ),
+            (
+                self.distributed.bucket_mib >= 1 && self.distributed.timeout_seconds >= 1,
+                "distributed.bucket_mib/timeout_seconds",
+                "must both be >= 1".into(),
+            ),
         ];
         for (ok, key, msg) in checks {
             if !ok {
@@ -393,6 +409,7 @@ impl TrainConfig {
             for k in ["output_dir", "log_every_steps"] {
                 m.remove(k);
             }
+            m.remove("distributed");
             if let Some(Value::Object(c)) = m.get_mut("checkpoint") {
                 c.remove("keep");
                 c.remove("resume");

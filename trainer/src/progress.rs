@@ -5,11 +5,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
+    /// Only rank 0 reports steps; the others stay quiet.
+    enabled: bool,
 }
 
 impl Progress {
-    pub fn new(draw_bar: bool, total: u64, start: u64) -> Self {
-        let bar = draw_bar.then(|| {
+    pub fn new(draw_bar: bool, enabled: bool, total: u64, start: u64) -> Self {
+        let bar = (draw_bar && enabled).then(|| {
             let b = ProgressBar::new(total);
             b.set_style(
                 ProgressStyle::with_template(
@@ -20,7 +22,11 @@ impl Progress {
             b.set_position(start);
             b
         });
-        Self { bar, total }
+        Self {
+            bar,
+            total,
+            enabled,
+        }
     }
 
     /// Report a finished step; `log` marks the steps that also get a log line.
@@ -42,7 +48,7 @@ impl Progress {
             ));
             return;
         }
-        if log {
+        if log && self.enabled {
             let extra: serde_json::Map<String, serde_json::Value> = fields
                 .iter()
                 .filter(|(k, _)| {

@@ -34,6 +34,7 @@ fn train(
         &RunOptions {
             stop_after_steps: stop,
             progress_bar: false,
+            world: None,
         },
     )
     .unwrap()

@@ -1,5 +1,6 @@
 //! `janus`: train, make models and data, benchmark.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,6 +8,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use janus::config::{Dtype, TrainConfig};
 use janus::data::{Batch, Example};
+use janus::dist::env::Role;
+use janus::dist::launch::{free_port, launch, LaunchSpec};
+use janus::dist::{rendezvous, Collective};
 use janus::model::ModelConfig;
 use janus::optim::AdamWConfig;
 use janus::sample::{self, TokenizerSource};
@@ -43,6 +47,25 @@ enum Command {
         /// Print the resolved config and exit.
         #[arg(long)]
         print_config: bool,
+    },
+    /// Start N local ranks of a janus command (one per GPU, or CPU processes):
+    /// `janus launch --nproc 2 -- train --config job.yaml`.
+    Launch {
+        #[arg(long)]
+        nproc: usize,
+        /// The command every rank runs.
+        #[arg(last = true, required = true)]
+        args: Vec<OsString>,
+    },
+    /// All-reduce bandwidth of the CPU ring (run under `janus launch`); rank 0 prints
+    /// one JSON line per size.
+    BenchAllreduce {
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+        sizes_mib: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
     },
     /// Write a random model and its tokenizer as a Hugging Face directory.
     InitModel {
@@ -158,19 +181,61 @@ fn run(cmd: Command, terminal: bool) -> Result<()> {
                 );
                 return Ok(());
             }
-            let s = train::run(
-                &cfg,
-                &RunOptions {
-                    stop_after_steps,
-                    progress_bar: terminal,
-                },
-            )?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&s).expect("summary serializes")
-            );
+            let world = match Role::from_env()? {
+                // A pod with several GPUs: start one rank per GPU, as `janus launch` does.
+                Role::Launcher {
+                    nproc,
+                    node_rank,
+                    nnodes,
+                    master_addr,
+                    master_port,
+                } => {
+                    let args = std::env::args_os().skip(1).collect();
+                    let spec = LaunchSpec {
+                        nproc,
+                        node_rank,
+                        nnodes,
+                        master_addr,
+                        master_port,
+                        args,
+                    };
+                    std::process::exit(launch(&spec)?);
+                }
+                Role::Rank(info) => info,
+            };
+            let opts = RunOptions {
+                stop_after_steps,
+                progress_bar: terminal,
+                world: Some(world.clone()),
+            };
+            let s = train::run(&cfg, &opts)?;
+            if world.rank == 0 {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("summary serializes")
+                );
+            }
             Ok(())
         }
+        Command::Launch { nproc, args } => {
+            if nproc == 0 {
+                return Err(Error::Config("--nproc must be >= 1".into()));
+            }
+            let spec = LaunchSpec {
+                nproc,
+                node_rank: 0,
+                nnodes: 1,
+                master_addr: "127.0.0.1".into(),
+                master_port: free_port()?,
+                args,
+            };
+            std::process::exit(launch(&spec)?);
+        }
+        Command::BenchAllreduce {
+            sizes_mib,
+            iters,
+            warmup,
+        } => bench_allreduce(&sizes_mib, iters, warmup),
         Command::InitModel {
             out,
             arch,
@@ -300,6 +365,7 @@ fn demo(dir: &Path, terminal: bool) -> Result<()> {
     let opts = RunOptions {
         stop_after_steps: None,
         progress_bar: terminal,
+        world: None,
     };
     let s1 = train::run(&sft, &opts)?;
     let orpo = TrainConfig::resolve(
@@ -379,6 +445,15 @@ fn bench_train(
         weight_decay: 0.0,
     };
     let mut trainer = Trainer::new(cfg, kind, device, adam, 1.0);
+    // Under `janus launch` every rank trains its own batch, data-parallel.
+    let rank = match Role::from_env()? {
+        Role::Rank(info) if info.world_size > 1 => {
+            let peers = rendezvous(&info, "bench", std::time::Duration::from_secs(120), None)?;
+            trainer.set_collective(Box::new(peers.ring));
+            info.rank
+        }
+        _ => 0,
+    };
     let examples: Vec<Example> = (0..batch)
         .map(|_| {
             let t = tch::Tensor::randint(
@@ -397,7 +472,7 @@ fn bench_train(
     for i in 0..warmup + steps {
         let b = Batch::unpacked(&refs, 2, device);
         let t = Instant::now();
-        let r = trainer.sft_step(std::slice::from_ref(&b), 1e-4);
+        let r = trainer.sft_step(std::slice::from_ref(&b), 1e-4)?;
         if device.is_cuda() {
             tch::Cuda::synchronize(0);
         }
@@ -412,11 +487,58 @@ fn bench_train(
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let world = trainer.comm.world_size();
     let out = serde_json::json!({
-        "impl": "janus", "params": cfg.num_parameters(), "seq": seq, "batch": batch,
+        "impl": "janus", "params": cfg.num_parameters(), "seq": seq, "batch": batch, "ranks": world,
         "threads": tch::get_num_threads(), "step_seconds": times,
-        "tokens_per_second": (seq * batch) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
+        "tokens_per_second": (seq * batch * world) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
     });
-    println!("{out}");
+    if rank == 0 {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// Time the ring all-reduce at several sizes (f32). Bus bandwidth as NCCL reports it:
+/// bytes * 2 (n - 1) / n / seconds.
+fn bench_allreduce(sizes_mib: &[usize], iters: usize, warmup: usize) -> Result<()> {
+    let Role::Rank(info) = Role::from_env()? else {
+        return Err(Error::Config(
+            "bench-allreduce runs as one rank: start it with `janus launch --nproc N --`".into(),
+        ));
+    };
+    let mut ring = rendezvous(&info, "bench", std::time::Duration::from_secs(60), None)?.ring;
+    let n = info.world_size as f64;
+    for &mib in sizes_mib {
+        let elems = (mib << 20) / 4;
+        let mut t = tch::Tensor::ones([elems as i64], (tch::Kind::Float, tch::Device::Cpu));
+        let mut times = Vec::new();
+        for i in 0..warmup + iters {
+            ring.barrier()?;
+            let start = Instant::now();
+            ring.all_reduce_sum(&mut t)?;
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        // After warmup + iters sums of ones the value is world^(warmup + iters).
+        let expect = n.powi((warmup + iters) as i32);
+        let got = t.double_value(&[0]);
+        if (got - expect).abs() > 1e-3 * expect {
+            return Err(Error::Data(format!(
+                "all-reduce gave {got}, expected {expect}"
+            )));
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        let bytes = (elems * 4) as f64;
+        if info.rank == 0 {
+            let out = serde_json::json!({
+                "impl": "janus-ring", "world_size": info.world_size, "mib": mib, "median_seconds": median,
+                "bus_gb_per_s": bytes * 2.0 * (n - 1.0) / n / median / 1e9,
+            });
+            println!("{out}");
+        }
+    }
     Ok(())
 }

@@ -10,15 +10,18 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::Device;
 
+mod step;
+pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES, LOSS_CHUNK_TOKENS};
+
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
 use crate::config::{DeviceChoice, Method, TrainConfig};
 use crate::data::{
-    self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats, IGNORE,
+    self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats,
 };
+use crate::dist::{rendezvous, WorldInfo};
 use crate::error::{Error, IoContext, Result};
-use crate::loss::{orpo_loss, sft_loss, OrpoSums};
-use crate::model::{load_model_dir, save_model_dir, ModelConfig, Transformer};
-use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::model::{load_model_dir, save_model_dir, ModelConfig};
+use crate::optim::{cosine_lr, AdamWConfig};
 use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
@@ -33,142 +36,6 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// Positions per LM-head + cross-entropy chunk (see `Trainer::sft_backward`).
-pub const LOSS_CHUNK_TOKENS: usize = 1024;
-
-/// A model with its variables and optimizer: one training step at a time.
-pub struct Trainer {
-    pub vs: VarStore,
-    pub model: Transformer,
-    pub opt: AdamW,
-    pub max_grad_norm: f64,
-}
-
-/// What one optimizer step did.
-#[derive(Debug, Clone, Default)]
-pub struct StepResult {
-    pub loss: f64,
-    pub grad_norm: f64,
-    /// Real input tokens processed.
-    pub tokens: i64,
-    pub orpo: Option<OrpoSums>,
-}
-
-impl Trainer {
-    /// A model from `config` with random weights (std 0.02) in `kind` on `device`.
-    pub fn new(
-        config: &ModelConfig,
-        kind: tch::Kind,
-        device: Device,
-        adam: AdamWConfig,
-        max_grad_norm: f64,
-    ) -> Self {
-        let mut vs = VarStore::new(device);
-        let model = Transformer::new(&vs.root(), config);
-        vs.set_kind(kind);
-        let opt = AdamW::new(vs.trainable_variables_named(), adam);
-        Self {
-            vs,
-            model,
-            opt,
-            max_grad_norm,
-        }
-    }
-
-    fn finish_step(&mut self, lr: f64, mut r: StepResult) -> StepResult {
-        r.grad_norm = clip_grad_norm(self.opt.params(), self.max_grad_norm);
-        self.opt.step(lr);
-        self.opt.zero_grad();
-        r
-    }
-
-    /// SFT step over micro-batches; the loss is normalised by the response tokens of
-    /// all of them together.
-    pub fn sft_step(&mut self, micro: &[Batch], lr: f64) -> StepResult {
-        let step_tokens: i64 = micro.iter().map(|b| b.loss_tokens).sum();
-        let mut r = StepResult::default();
-        for b in micro {
-            r.loss += self.sft_backward(b, step_tokens);
-            r.tokens += b.tokens;
-        }
-        self.finish_step(lr, r)
-    }
-
-    /// Forward and backward of one SFT micro-batch; returns its share of the loss.
-    ///
-    /// The LM head and cross-entropy run only on positions that take loss (prompt and
-    /// padding are skipped), in chunks of `LOSS_CHUNK_TOKENS`, with the gradient
-    /// flowing back into the hidden states once at the end. Full `[tokens, vocab]`
-    /// logits (and their softmax and gradient) are never alive at once, which is most
-    /// of the activation memory of a small model with a 32k vocabulary.
-    pub fn sft_backward(&self, b: &Batch, step_tokens: i64) -> f64 {
-        let hidden = self
-            .model
-            .hidden_states(&b.input_ids, &b.positions, &b.mask);
-        let detached = hidden.detach().set_requires_grad(true);
-        let h = *hidden.size().last().expect("rank 3");
-        let targets = b.targets.view([-1]);
-        let keep = targets.ne(IGNORE).nonzero().view([-1]);
-        let flat = detached.view([-1, h]);
-        let n = keep.size()[0];
-        let mut loss = 0.0;
-        for start in (0..n).step_by(LOSS_CHUNK_TOKENS) {
-            let len = LOSS_CHUNK_TOKENS.min((n - start) as usize) as i64;
-            // Each chunk selects its own rows, so each backward has its own graph.
-            let rows = keep.narrow(0, start, len);
-            let logits = self.model.lm_head(&flat.index_select(0, &rows));
-            let part = sft_loss(
-                &logits.unsqueeze(0),
-                &targets.index_select(0, &rows).unsqueeze(0),
-                step_tokens,
-            );
-            part.backward();
-            loss += part.double_value(&[]);
-        }
-        let grad = detached.grad();
-        if grad.defined() {
-            // d/d(hidden) of sum(hidden * grad) is grad: one backward through the body.
-            (hidden * grad).sum(tch::Kind::Float).backward();
-        }
-        loss
-    }
-
-    /// ORPO step over micro-batches of pairs.
-    pub fn orpo_step(&mut self, micro: &[PreferenceBatch], lambda: f64, lr: f64) -> StepResult {
-        let nll_tokens: i64 = micro.iter().map(|b| b.nll_tokens).sum();
-        let pairs: i64 = micro.iter().map(|b| b.pairs).sum();
-        let mut r = StepResult::default();
-        let mut sums = OrpoSums::default();
-        for b in micro {
-            let logits = self.model.forward(
-                &b.input_ids,
-                &b.positions,
-                &crate::model::AttentionMask::Causal,
-            );
-            let (loss, s) = orpo_loss(&logits, b, lambda, nll_tokens, pairs);
-            loss.backward();
-            r.loss += loss.double_value(&[]);
-            r.tokens += b.tokens;
-            sums.add(&s);
-        }
-        r.orpo = Some(sums);
-        self.finish_step(lr, r)
-    }
-}
-
-trait NamedVariables {
-    fn trainable_variables_named(&self) -> Vec<(String, tch::Tensor)>;
-}
-
-impl NamedVariables for VarStore {
-    fn trainable_variables_named(&self) -> Vec<(String, tch::Tensor)> {
-        self.variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect()
-    }
-}
-
 /// Options of a run that are not part of the job's config.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -176,6 +43,8 @@ pub struct RunOptions {
     pub stop_after_steps: Option<u64>,
     /// Draw a progress bar (a terminal); otherwise log lines.
     pub progress_bar: bool,
+    /// This process's place in a data-parallel job (None: a job of one).
+    pub world: Option<WorldInfo>,
 }
 
 /// What a run did, printed at the end and written as `summary.json`.
@@ -296,7 +165,15 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
 /// Run a training job to completion (or to `stop_after_steps`).
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let h = &cfg.hyperparameters;
-    let device = select_device(cfg.model.device)?;
+    let (rank, world) = opts
+        .world
+        .as_ref()
+        .map(|w| (w.rank, w.world_size))
+        .unwrap_or((0, 1));
+    let device = match select_device(cfg.model.device)? {
+        Device::Cuda(_) => Device::Cuda(opts.world.as_ref().map(|w| w.local_rank).unwrap_or(0)),
+        d => d,
+    };
     tch::manual_seed(h.seed as i64);
     let model_config = ModelConfig::from_file(&cfg.model.path.join("config.json"))?;
     let tokenizer_path = cfg
@@ -324,7 +201,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         "data ready"
     );
 
-    let per_step = h.micro_batch_size * h.gradient_accumulation_steps;
+    // Each rank takes `per_rank` units of every step; together they take `per_step`.
+    let per_rank = h.micro_batch_size * h.gradient_accumulation_steps;
+    let per_step = per_rank * world;
     let steps_per_epoch = prepared.units.len().div_ceil(per_step) as u64;
     let total_steps = h.max_steps.unwrap_or(h.epochs * steps_per_epoch);
     let adam = AdamWConfig {
@@ -342,6 +221,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     );
     let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job);
     let config_hash = cfg.trajectory_hash();
+    if let Some(info) = opts.world.as_ref().filter(|w| w.world_size > 1) {
+        let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_seconds);
+        let peers = rendezvous(info, &config_hash, timeout, None)?;
+        trainer.set_collective(Box::new(peers.ring));
+        trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
+        tracing::info!(rank, world_size = world, "joined the ring");
+    }
 
     let mut state = TrainerState {
         step: 0,
@@ -354,7 +240,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         learning_rate: 0.0,
         config_hash: config_hash.clone(),
         tokenizer: tok.identity.clone(),
-        world_size: 1,
+        world_size: world,
         tokens_seen: 0,
         losses: vec![],
     };
@@ -368,6 +254,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         .flatten()
     {
         Some((dir, saved)) => {
+            if saved.world_size != world {
+                return Err(Error::Checkpoint(format!(
+                    "{} was written by {} ranks, this run has {world}: resume with the same number of ranks \
+                     (the data order and schedule depend on it), or start a new job from its model files",
+                    dir.display(),
+                    saved.world_size
+                )));
+            }
             if saved.config_hash != config_hash
                 || saved.tokenizer != tok.identity
                 || saved.total_steps != total_steps
@@ -386,8 +280,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
         None => load_model_dir(&cfg.model.path, &trainer.vs, &model_config)?,
     }
+    // Every rank loaded the same files; broadcasting makes identity a guarantee.
+    trainer.broadcast_weights()?;
 
-    let progress = Progress::new(opts.progress_bar, total_steps, state.step);
+    let progress = Progress::new(opts.progress_bar, rank == 0, total_steps, state.step);
     let mut order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
     let started = Instant::now();
     let mut tokens_this_run = 0i64;
@@ -399,7 +295,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
         }
         let end = (state.cursor.position + per_step).min(order.len());
-        let ids = &order[state.cursor.position..end];
+        let step_ids = &order[state.cursor.position..end];
+        let ids = step_ids.chunks(per_rank).nth(rank).unwrap_or(&[]);
         let lr = cosine_lr(
             state.step,
             total_steps,
@@ -416,7 +313,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             tok.pad_id,
             device,
             lr,
-        );
+        )?;
         compute_secs += t0.elapsed().as_secs_f64();
         state.cursor.position = end;
         state.step += 1;
@@ -444,17 +341,22 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         let stop_here = opts.stop_after_steps == Some(state.step);
         if (every > 0 && state.step.is_multiple_of(every)) || state.step == total_steps || stop_here
         {
-            let t = Instant::now();
-            let dir = ckpt.save(
-                &trainer.vs,
-                &model_config,
-                &tokenizer_path,
-                &trainer.opt,
-                &state,
-                cfg.checkpoint.keep,
-            )?;
-            tracing::info!(checkpoint = %dir.display(), step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
-            last_checkpoint = Some(dir);
+            // Rank 0 writes (weights are identical everywhere); the others wait so
+            // that no rank runs ahead of a checkpoint that may fail.
+            if rank == 0 {
+                let t = Instant::now();
+                let dir = ckpt.save(
+                    &trainer.vs,
+                    &model_config,
+                    &tokenizer_path,
+                    &trainer.opt,
+                    &state,
+                    cfg.checkpoint.keep,
+                )?;
+                tracing::info!(checkpoint = %dir.display(), step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
+            }
+            trainer.comm.barrier()?;
+            last_checkpoint = Some(ckpt.step_dir(state.step));
         }
         if stop_here && state.step < total_steps {
             progress.finish();
@@ -471,10 +373,24 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 compute_secs,
                 last_checkpoint,
                 None,
+                false,
             ));
         }
     }
     progress.finish();
+    if rank != 0 {
+        return Ok(summary(
+            cfg,
+            &prepared,
+            &state,
+            resumed_from,
+            tokens_this_run,
+            compute_secs,
+            last_checkpoint,
+            None,
+            true,
+        ));
+    }
     let out = publish(cfg, &trainer.vs, &model_config, &tokenizer_path)?;
     let s = summary(
         cfg,
@@ -485,6 +401,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         compute_secs,
         last_checkpoint,
         Some(out),
+        true,
     );
     let path = cfg.output_dir.join("summary.json");
     std::fs::write(
@@ -507,7 +424,7 @@ fn step_on(
     pad: i64,
     device: Device,
     lr: f64,
-) -> StepResult {
+) -> Result<StepResult> {
     let mb = cfg.hyperparameters.micro_batch_size;
     match units {
         Units::Examples(ex) => {
@@ -573,6 +490,7 @@ fn summary(
     secs: f64,
     last_checkpoint: Option<PathBuf>,
     output_dir: Option<PathBuf>,
+    finished: bool,
 ) -> Summary {
     Summary {
         job: cfg.job.clone(),
@@ -587,7 +505,7 @@ fn summary(
         skipped_records: p.skipped,
         tokenize: p.stats.clone(),
         last_checkpoint,
-        finished: output_dir.is_some(),
+        finished,
         output_dir,
     }
 }

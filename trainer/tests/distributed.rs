@@ -1,0 +1,380 @@
+//! Data parallelism on CPU: the ring against a reference sum, equivalence of 2 ranks x
+//! b with 1 rank x 2b, fault handling of the launcher, rendezvous failures.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use janus::dist::launch::free_port;
+use janus::dist::{rendezvous, Collective, WorldInfo};
+use tch::{Device, Kind, Tensor};
+
+fn info(rank: usize, world: usize, port: u16) -> WorldInfo {
+    WorldInfo {
+        rank,
+        world_size: world,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+    }
+}
+
+/// Run `f(rank, collective)` on `world` in-process ranks joined by a real rendezvous.
+fn with_ring<T: Send>(world: usize, f: impl Fn(usize, &mut dyn Collective) -> T + Sync) -> Vec<T> {
+    let port = free_port().unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world)
+            .map(|r| {
+                let f = &f;
+                s.spawn(move || {
+                    let mut ring =
+                        rendezvous(&info(r, world, port), "h", Duration::from_secs(30), None)
+                            .unwrap()
+                            .ring;
+                    f(r, &mut ring)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn ring_all_reduce_matches_the_reference_sum() {
+    for world in 1..=4 {
+        for len in [1i64, 2, 3, 7, 1000, 262_147] {
+            let results = with_ring(world, |rank, ring| {
+                let mut t = Tensor::arange(len, (Kind::Float, Device::Cpu)) * (rank as f64 + 1.0)
+                    - rank as f64;
+                ring.all_reduce_sum(&mut t).unwrap();
+                t
+            });
+            let w = world as f64;
+            let want = Tensor::arange(len, (Kind::Float, Device::Cpu)) * (w * (w + 1.0) / 2.0)
+                - w * (w - 1.0) / 2.0;
+            for (rank, got) in results.iter().enumerate() {
+                let diff = (got - &want).abs().max().double_value(&[]);
+                assert!(
+                    diff <= 1e-6 * want.abs().max().double_value(&[]).max(1.0),
+                    "world {world} len {len} rank {rank}: off by {diff}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ring_handles_f64_bf16_non_contiguous_and_broadcast() {
+    let results = with_ring(3, |rank, ring| {
+        let mut d = Tensor::full([5], rank as f64 + 0.5, (Kind::Double, Device::Cpu));
+        ring.all_reduce_sum(&mut d).unwrap();
+        let mut b = Tensor::full([9], 1.0 + rank as f64, (Kind::BFloat16, Device::Cpu));
+        ring.all_reduce_sum(&mut b).unwrap();
+        let base = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4]);
+        let mut nc = base.transpose(0, 1);
+        ring.all_reduce_sum(&mut nc).unwrap();
+        let mut x = Tensor::full([1001], rank as f64, (Kind::Float, Device::Cpu));
+        ring.broadcast(&mut x, 1).unwrap();
+        ring.barrier().unwrap();
+        (d, b, nc, x)
+    });
+    let base = Tensor::arange(12, (Kind::Float, Device::Cpu))
+        .view([3, 4])
+        .transpose(0, 1)
+        * 3.0;
+    for (d, b, nc, x) in results {
+        assert_eq!(Vec::<f64>::try_from(&d).unwrap(), vec![4.5; 5]);
+        assert_eq!(b.kind(), Kind::BFloat16);
+        assert_eq!(
+            Vec::<f32>::try_from(b.to_kind(Kind::Float)).unwrap(),
+            vec![6.0; 9]
+        );
+        assert!(nc.equal(&base));
+        assert_eq!(Vec::<f32>::try_from(&x).unwrap(), vec![1.0; 1001]);
+    }
+}
+
+fn read_weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn train_args(dir: &Path, model: &Path, data: &Path, job: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["train".to_string(), "--preset".into(), "tiny".into()];
+    let mut o = common::tiny_overrides(dir, model, data, extra);
+    o.push(format!("job={job}"));
+    o.push(format!(
+        "output_dir={}",
+        dir.join(format!("out-{job}")).display()
+    ));
+    for s in o {
+        args.push("--set".into());
+        args.push(s);
+    }
+    args
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
+    err
+}
+
+fn check_equivalence(extra: &[&str], data_file: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join(data_file);
+    let common_extra: Vec<&str> = [
+        &[
+            "hyperparameters.max_steps=5",
+            "hyperparameters.gradient_accumulation_steps=1",
+        ],
+        extra,
+    ]
+    .concat();
+    let mut one = common::janus();
+    one.args(train_args(
+        dir,
+        &model,
+        &data,
+        "one",
+        &[
+            common_extra.as_slice(),
+            &["hyperparameters.micro_batch_size=4"],
+        ]
+        .concat(),
+    ));
+    run_ok(one);
+    let mut two = common::janus();
+    two.args(["launch", "--nproc", "2", "--"]);
+    two.args(train_args(
+        dir,
+        &model,
+        &data,
+        "two",
+        &[
+            common_extra.as_slice(),
+            &["hyperparameters.micro_batch_size=2"],
+        ]
+        .concat(),
+    ));
+    let log = run_ok(two);
+    assert!(log.contains("[rank 1]"), "{log}");
+
+    let (a, b) = (
+        read_weights(&dir.join("out-one")),
+        read_weights(&dir.join("out-two")),
+    );
+    assert_eq!(a.len(), b.len());
+    let start = read_weights(&model);
+    let (mut moved, mut worst) = (0.0f64, 0.0f64);
+    for (((name, x), (_, y)), (_, s)) in a.iter().zip(&b).zip(&start) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-6,
+            "{name}: 1 rank x 4 and 2 ranks x 2 differ by {diff}"
+        );
+        worst = worst.max(diff);
+        moved = moved.max((x - s).abs().max().double_value(&[]));
+    }
+    eprintln!("max |1 rank - 2 ranks| = {worst:e}, max |trained - initial| = {moved:e}");
+    assert!(
+        moved > 1e-3,
+        "training did not change the weights ({moved})"
+    );
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_the_combined_batch_sft() {
+    check_equivalence(&["data.packing=false"], "sft.jsonl");
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_the_combined_batch_orpo() {
+    check_equivalence(
+        &[
+            "method=orpo",
+            "data.packing=false",
+            "data.prompt_format=chatml",
+        ],
+        "preference.parquet",
+    );
+}
+
+#[test]
+fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    let extra = [
+        "hyperparameters.max_steps=400",
+        "checkpoint.every_steps=3",
+        "hyperparameters.micro_batch_size=2",
+        "hyperparameters.gradient_accumulation_steps=1",
+    ];
+    let args = train_args(dir, &model, &data, "fault", &extra);
+    let mut launcher = common::janus();
+    launcher
+        .args(["launch", "--nproc", "2", "--"])
+        .args(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = launcher.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut rank1_pid = None;
+    let mut saw_checkpoint = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("\"started rank\"") && line.contains("\"rank\":1") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            rank1_pid = v["pid"].as_i64();
+        }
+        if line.contains("checkpoint saved") {
+            saw_checkpoint = true;
+            break;
+        }
+    }
+    assert!(saw_checkpoint, "no checkpoint was saved");
+    let pid = rank1_pid.expect("the launcher logs each rank's pid");
+    let killed_at = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let stopped_in = killed_at.elapsed();
+    assert!(!status.success());
+    assert!(
+        stopped_in < Duration::from_secs(15),
+        "the launcher took {stopped_in:?} to stop"
+    );
+    let text = rest.join("\n");
+    assert!(text.contains("janus launch: rank 1 exited"), "{text}");
+
+    let mut again = common::janus();
+    again
+        .args(["launch", "--nproc", "2", "--"])
+        .args(train_args(
+            dir,
+            &model,
+            &data,
+            "fault",
+            &[
+                "hyperparameters.max_steps=400",
+                "checkpoint.every_steps=3",
+                "hyperparameters.micro_batch_size=2",
+                "hyperparameters.gradient_accumulation_steps=1",
+            ],
+        ));
+    // Finish quickly: same trajectory settings, so the checkpoint is accepted.
+    let log = run_ok(again);
+    assert!(log.contains("\"message\":\"resumed\""), "{log}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out-fault/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["finished"], true);
+    assert_eq!(summary["steps_completed"], 400);
+    assert!(summary["resumed_from_step"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn a_rank_with_a_wrong_master_address_fails_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 4);
+    let port = free_port().unwrap();
+    let mut cmd = common::janus();
+    cmd.args(train_args(
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "lost",
+        &["distributed.timeout_seconds=2"],
+    ))
+    .env("RANK", "1")
+    .env("WORLD_SIZE", "2")
+    .env("MASTER_ADDR", "127.0.0.1")
+    .env("MASTER_PORT", port.to_string());
+    let start = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(janus_crds::exit_code::RETRYABLE));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "could not reach rank 0 at 127.0.0.1:{port} for 2s"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn mismatched_configs_are_refused_at_rendezvous() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 4);
+    let port = free_port().unwrap().to_string();
+    let spawn = |rank: &str, lr: &str| {
+        let mut cmd = common::janus();
+        cmd.args(train_args(
+            dir,
+            &model,
+            &data.join("sft.jsonl"),
+            "mm",
+            &[lr, "distributed.timeout_seconds=20"],
+        ))
+        .env("RANK", rank)
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", &port)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let r0 = spawn("0", "hyperparameters.learning_rate=1e-3");
+    let r1 = spawn("1", "hyperparameters.learning_rate=2e-3");
+    let (o0, o1) = (
+        r0.wait_with_output().unwrap(),
+        r1.wait_with_output().unwrap(),
+    );
+    assert_eq!(o0.status.code(), Some(janus_crds::exit_code::BAD_INPUT));
+    assert_eq!(o1.status.code(), Some(janus_crds::exit_code::BAD_INPUT));
+    let err = String::from_utf8_lossy(&o1.stderr);
+    assert!(
+        err.contains("config hash") && err.contains("rank 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn resuming_with_another_number_of_ranks_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 8);
+    let data = data.join("sft.jsonl");
+    let extra = [
+        "hyperparameters.max_steps=6",
+        "checkpoint.every_steps=2",
+        "hyperparameters.micro_batch_size=2",
+    ];
+    let mut one = common::janus();
+    one.args(train_args(dir, &model, &data, "n", &extra))
+        .arg("--stop-after-steps")
+        .arg("2");
+    run_ok(one);
+    let mut two = common::janus();
+    two.args(["launch", "--nproc", "2", "--"])
+        .args(train_args(dir, &model, &data, "n", &extra));
+    let out = two.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("written by 1 ranks, this run has 2"), "{err}");
+}
