@@ -32,10 +32,11 @@ def torch_worker(a):
         max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1e6, sliding_window=None,
         tie_word_embeddings=False,
     )
-    model = MistralForCausalLM(cfg).float().train()
+    dtype = torch.bfloat16 if a.bf16 else torch.float32
+    model = MistralForCausalLM(cfg).to(device=a.device, dtype=dtype).train()
     model.config._attn_implementation = "sdpa"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    tokens = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+    tokens = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=a.device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     times = []
     for i in range(a.warmup + a.steps):
@@ -46,13 +47,19 @@ def torch_worker(a):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if a.device == "cuda":
+            torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
     mean = sum(times) / len(times)
+    params = sum(p.numel() for p in model.parameters())
+    tps = a.seq * a.batch / mean
     print(json.dumps({
-        "impl": "pytorch-eager", "params": sum(p.numel() for p in model.parameters()),
+        "device": a.device, "dtype": str(dtype),
+        "mfu": 6 * params * tps / (a.peak_tflops * 1e12) if a.device == "cuda" else None,
+        "impl": "pytorch-eager", "params": params,
         "threads": torch.get_num_threads(), "step_seconds": times,
-        "tokens_per_second": a.seq * a.batch / mean,
+        "tokens_per_second": tps,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
@@ -70,6 +77,9 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--torch-worker", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=989.0)
     for k, v in SHAPE.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     a = p.parse_args()

@@ -143,10 +143,20 @@ pub struct CheckpointSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedSection {
+    /// `nccl` (CUDA), `ring` (TCP, CPU tensors) or `auto`: NCCL on GPUs, the ring on CPUs.
+    pub backend: Backend,
     /// Gradients are all-reduced in buckets of about this many MiB.
     pub bucket_mib: usize,
     /// How long a rank waits for the others (rendezvous, collectives) before failing.
     pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Nccl,
+    Ring,
 }
 
 /// Named starting points. Users override any key on top of one.
@@ -171,7 +181,7 @@ fn preset_value(name: &str) -> Result<Value> {
         },
         "hyperparameters": recipe_sft,
         "checkpoint": {"dir": "checkpoints", "every_steps": 500, "keep": 3, "resume": true},
-        "distributed": {"bucket_mib": 25, "timeout_seconds": 1800},
+        "distributed": {"backend": "auto", "bucket_mib": 25, "timeout_seconds": 1800},
         "output_dir": "output",
         "log_every_steps": 10
     });

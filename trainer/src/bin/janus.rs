@@ -10,6 +10,7 @@ use janus::config::{Dtype, TrainConfig};
 use janus::data::{Batch, Example};
 use janus::dist::env::Role;
 use janus::dist::launch::{free_port, launch, LaunchSpec};
+use janus::dist::nccl::{self, Nccl};
 use janus::dist::{rendezvous, Collective};
 use janus::model::ModelConfig;
 use janus::optim::AdamWConfig;
@@ -128,6 +129,12 @@ enum Command {
         warmup: usize,
         #[arg(long, value_enum, default_value = "float32")]
         dtype: DtypeArg,
+        /// Use a real NCCL communicator even alone (CUDA; checks the NCCL path end to end).
+        #[arg(long)]
+        nccl: bool,
+        /// Peak dense bf16 TFLOP/s of the GPU, for MFU (H100/H200 SXM: 989).
+        #[arg(long, default_value_t = 989.0)]
+        peak_tflops: f64,
     },
 }
 
@@ -294,6 +301,8 @@ fn run(cmd: Command, terminal: bool) -> Result<()> {
             steps,
             warmup,
             dtype,
+            nccl,
+            peak_tflops,
         } => {
             let cfg = ModelConfig::small(
                 "mistral",
@@ -304,7 +313,16 @@ fn run(cmd: Command, terminal: bool) -> Result<()> {
                 heads,
                 kv_heads,
             );
-            bench_train(&cfg, seq, batch, steps, warmup, dtype.kind())
+            let opts = BenchTrainOpts {
+                seq,
+                batch,
+                steps,
+                warmup,
+                kind: dtype.kind(),
+                nccl,
+                peak_tflops,
+            };
+            bench_train(&cfg, &opts)
         }
     }
 }
@@ -428,14 +446,25 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn bench_train(
-    cfg: &ModelConfig,
+struct BenchTrainOpts {
     seq: usize,
     batch: usize,
     steps: usize,
     warmup: usize,
     kind: tch::Kind,
-) -> Result<()> {
+    nccl: bool,
+    peak_tflops: f64,
+}
+
+fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
+    let BenchTrainOpts {
+        seq,
+        batch,
+        steps,
+        warmup,
+        kind,
+        ..
+    } = *o;
     tch::manual_seed(0);
     let device = tch::Device::cuda_if_available();
     let adam = AdamWConfig {
@@ -447,9 +476,24 @@ fn bench_train(
     let mut trainer = Trainer::new(cfg, kind, device, adam, 1.0);
     // Under `janus launch` every rank trains its own batch, data-parallel.
     let rank = match Role::from_env()? {
-        Role::Rank(info) if info.world_size > 1 => {
-            let peers = rendezvous(&info, "bench", std::time::Duration::from_secs(120), None)?;
-            trainer.set_collective(Box::new(peers.ring));
+        Role::Rank(info) if info.world_size > 1 || o.nccl => {
+            let id = if o.nccl && info.rank == 0 {
+                Some(nccl::unique_id()?)
+            } else {
+                None
+            };
+            let peers = rendezvous(&info, "bench", std::time::Duration::from_secs(120), id)?;
+            if o.nccl {
+                let id = peers.blob.unwrap_or_default();
+                trainer.set_collective(Box::new(Nccl::new(
+                    info.rank,
+                    info.world_size,
+                    info.local_rank,
+                    &id,
+                )?));
+            } else {
+                trainer.set_collective(Box::new(peers.ring));
+            }
             info.rank
         }
         _ => 0,
@@ -488,10 +532,18 @@ fn bench_train(
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let world = trainer.comm.world_size();
+    let tokens_per_second = (seq * batch * world) as f64 / mean;
+    // Model FLOPs utilisation as the issue defines it: 6 x params x tokens / peak.
+    let mfu = device.is_cuda().then(|| {
+        6.0 * cfg.num_parameters() as f64 * tokens_per_second
+            / world as f64
+            / (o.peak_tflops * 1e12)
+    });
     let out = serde_json::json!({
         "impl": "janus", "params": cfg.num_parameters(), "seq": seq, "batch": batch, "ranks": world,
+        "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
         "threads": tch::get_num_threads(), "step_seconds": times,
-        "tokens_per_second": (seq * batch * world) as f64 / mean, "peak_rss_mib": peak_rss_mib(),
+        "tokens_per_second": tokens_per_second, "mfu": mfu, "peak_rss_mib": peak_rss_mib(),
     });
     if rank == 0 {
         println!("{out}");

@@ -33,18 +33,23 @@ pub enum Role {
 
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
+/// Variables from the process environment, or from a table in tests.
+struct Vars<F: Fn(&str) -> Option<String>>(F);
 
-fn parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
-    match var(name) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            Error::Config(format!(
-                "environment variable {name}={v:?} is not a valid number"
-            ))
-        }),
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                Error::Config(format!(
+                    "environment variable {name}={v:?} is not a valid number"
+                ))
+            }),
+        }
     }
 }
 
@@ -52,16 +57,23 @@ impl Role {
     /// torchrun's `RANK`/`WORLD_SIZE` win (set by our launcher too); then the operator's
     /// `JANUS_*`; else a single process.
     pub fn from_env() -> Result<Self> {
-        let master_addr = var("MASTER_ADDR")
-            .or_else(|| var(janus_env::MASTER_ADDR))
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let v = Vars(get);
+        let master_addr = v
+            .get("MASTER_ADDR")
+            .or_else(|| v.get(janus_env::MASTER_ADDR))
             .unwrap_or_else(|| "127.0.0.1".into());
-        let master_port = parse::<u16>("MASTER_PORT")?
-            .or(parse::<u16>(janus_env::MASTER_PORT)?)
+        let master_port = v
+            .num::<u16>("MASTER_PORT")?
+            .or(v.num::<u16>(janus_env::MASTER_PORT)?)
             .unwrap_or(DEFAULT_MASTER_PORT);
         if let (Some(rank), Some(world_size)) =
-            (parse::<usize>("RANK")?, parse::<usize>("WORLD_SIZE")?)
+            (v.num::<usize>("RANK")?, v.num::<usize>("WORLD_SIZE")?)
         {
-            let local_rank = parse::<usize>("LOCAL_RANK")?.unwrap_or(0);
+            let local_rank = v.num::<usize>("LOCAL_RANK")?.unwrap_or(0);
             if rank >= world_size {
                 return Err(Error::Config(format!(
                     "RANK={rank} is not below WORLD_SIZE={world_size}"
@@ -75,13 +87,15 @@ impl Role {
                 master_port,
             }));
         }
-        let nnodes = parse::<usize>(janus_env::NNODES)?.unwrap_or(1);
-        let node_rank = parse::<usize>(janus_env::NODE_RANK)?.unwrap_or(0);
-        let nproc = parse::<usize>(janus_env::NPROC_PER_NODE)?.unwrap_or(1);
+        let nnodes = v.num::<usize>(janus_env::NNODES)?.unwrap_or(1);
+        let node_rank = v.num::<usize>(janus_env::NODE_RANK)?.unwrap_or(0);
+        let nproc = v.num::<usize>(janus_env::NPROC_PER_NODE)?.unwrap_or(1);
         if nnodes == 0 || nproc == 0 || node_rank >= nnodes {
             return Err(Error::Config(format!(
                 "{}={nnodes}, {}={node_rank}, {}={nproc}: need nnodes >= 1, nproc >= 1 and node rank < nnodes",
-                janus_env::NNODES, janus_env::NODE_RANK, janus_env::NPROC_PER_NODE
+                janus_env::NNODES,
+                janus_env::NODE_RANK,
+                janus_env::NPROC_PER_NODE
             )));
         }
         if nproc > 1 {
@@ -100,5 +114,95 @@ impl Role {
             master_addr,
             master_port,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(vars: &[(&str, &str)]) -> Result<Role> {
+        let map: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Role::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn nothing_set_is_a_job_of_one() {
+        let Role::Rank(w) = role(&[]).unwrap() else {
+            panic!("not a rank")
+        };
+        assert_eq!(
+            (w.rank, w.world_size, w.master_port),
+            (0, 1, DEFAULT_MASTER_PORT)
+        );
+    }
+
+    #[test]
+    fn torchrun_names_are_accepted() {
+        let r = role(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "1234"),
+        ]);
+        let want = WorldInfo {
+            rank: 3,
+            world_size: 4,
+            local_rank: 1,
+            master_addr: "h".into(),
+            master_port: 1234,
+        };
+        assert_eq!(r.unwrap(), Role::Rank(want));
+    }
+
+    #[test]
+    fn operator_names_give_a_rank_or_a_launcher() {
+        let r = role(&[
+            ("JANUS_NODE_RANK", "2"),
+            ("JANUS_NNODES", "3"),
+            ("JANUS_MASTER_ADDR", "j-worker-0.j.ns.svc"),
+            ("JANUS_MASTER_PORT", "29400"),
+        ]);
+        let Role::Rank(w) = r.unwrap() else {
+            panic!("not a rank")
+        };
+        assert_eq!(
+            (w.rank, w.world_size, w.master_addr.as_str(), w.master_port),
+            (2, 3, "j-worker-0.j.ns.svc", 29400)
+        );
+        let r = role(&[
+            ("JANUS_NODE_RANK", "1"),
+            ("JANUS_NNODES", "2"),
+            ("JANUS_NPROC_PER_NODE", "4"),
+        ])
+        .unwrap();
+        assert!(
+            matches!(
+                r,
+                Role::Launcher {
+                    nproc: 4,
+                    node_rank: 1,
+                    nnodes: 2,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = role(&[("RANK", "x"), ("WORLD_SIZE", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RANK=\"x\""), "{e}");
+        let e = role(&[("RANK", "2"), ("WORLD_SIZE", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RANK=2"), "{e}");
     }
 }

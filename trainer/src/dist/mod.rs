@@ -4,6 +4,7 @@
 
 pub mod env;
 pub mod launch;
+pub mod nccl;
 mod rendezvous;
 mod ring;
 
@@ -22,6 +23,10 @@ use crate::error::Result;
 pub trait Collective: Send {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
+    /// Whether collectives can be skipped (a job of one without a real communicator).
+    fn is_noop(&self) -> bool {
+        self.world_size() == 1
+    }
     /// Sum `t` (contiguous) over all ranks, in place.
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()>;
     /// Replace `t` with rank `root`'s copy.
@@ -53,7 +58,7 @@ impl Collective for Single {
 
 /// Sum host-side scalars over all ranks (step token counts, metric sums).
 pub fn all_reduce_f64(comm: &mut dyn Collective, values: &[f64]) -> Result<Vec<f64>> {
-    if comm.world_size() == 1 {
+    if comm.is_noop() {
         return Ok(values.to_vec());
     }
     let mut t = Tensor::from_slice(values);
@@ -104,7 +109,7 @@ fn grad_bytes(g: &Tensor) -> usize {
 
 /// Copy rank `root`'s values of `params` to every rank.
 pub fn broadcast_params(comm: &mut dyn Collective, params: &[Tensor], root: usize) -> Result<()> {
-    if comm.world_size() == 1 {
+    if comm.is_noop() {
         return Ok(());
     }
     for p in params {

@@ -14,10 +14,11 @@ mod step;
 pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES, LOSS_CHUNK_TOKENS};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
-use crate::config::{DeviceChoice, Method, TrainConfig};
+use crate::config::{Backend, DeviceChoice, Method, TrainConfig};
 use crate::data::{
     self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats,
 };
+use crate::dist::nccl::{self, Nccl};
 use crate::dist::{rendezvous, WorldInfo};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{load_model_dir, save_model_dir, ModelConfig};
@@ -223,10 +224,27 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let config_hash = cfg.trajectory_hash();
     if let Some(info) = opts.world.as_ref().filter(|w| w.world_size > 1) {
         let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_seconds);
-        let peers = rendezvous(info, &config_hash, timeout, None)?;
-        trainer.set_collective(Box::new(peers.ring));
+        let use_nccl = match cfg.distributed.backend {
+            Backend::Nccl => true,
+            Backend::Ring => false,
+            Backend::Auto => device.is_cuda(),
+        };
+        let id = if use_nccl && rank == 0 {
+            Some(nccl::unique_id()?)
+        } else {
+            None
+        };
+        let peers = rendezvous(info, &config_hash, timeout, id)?;
+        if use_nccl {
+            let id = peers.blob.ok_or_else(|| {
+                Error::Config("rank 0 sent no NCCL id (does it run the same config?)".into())
+            })?;
+            trainer.set_collective(Box::new(Nccl::new(rank, world, info.local_rank, &id)?));
+        } else {
+            trainer.set_collective(Box::new(peers.ring));
+        }
         trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
-        tracing::info!(rank, world_size = world, "joined the ring");
+        tracing::info!(rank, world_size = world, nccl = use_nccl, "joined the job");
     }
 
     let mut state = TrainerState {
