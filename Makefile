@@ -16,7 +16,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit bench bench-train clean-demo
+.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling clean-demo
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -40,10 +40,16 @@ unit: $(STAMP)
 
 test: build lint unit
 
-bench: bench-train
+bench: bench-train bench-allreduce bench-scaling
 
 bench-train: build
 	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
+
+bench-allreduce: build
+	$(PY) bench/allreduce_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
+
+bench-scaling: build
+	$(PY) bench/scaling_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
 clean-demo:
 	rm -rf target/janus-demo
