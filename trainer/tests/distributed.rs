@@ -378,3 +378,120 @@ fn resuming_with_another_number_of_ranks_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("written by 1 ranks, this run has 2"), "{err}");
 }
+
+#[test]
+fn two_rank_resume_is_bitwise_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.parquet");
+    let extra = [
+        "hyperparameters.max_steps=8",
+        "checkpoint.every_steps=4",
+        "hyperparameters.micro_batch_size=2",
+    ];
+    let launch = |job: &str, stop: Option<&str>| {
+        let mut cmd = common::janus();
+        cmd.args(["launch", "--nproc", "2", "--"])
+            .args(train_args(dir, &model, &data, job, &extra));
+        if let Some(s) = stop {
+            cmd.args(["--stop-after-steps", s]);
+        }
+        run_ok(cmd)
+    };
+    launch("straight", None);
+    launch("resumed", Some("4"));
+    let log = launch("resumed", None);
+    assert!(log.contains("\"message\":\"resumed\""), "{log}");
+    let a = common::read_bytes(&dir.join("out-straight/model.safetensors"));
+    let b = common::read_bytes(&dir.join("out-resumed/model.safetensors"));
+    assert!(
+        a == b,
+        "2-rank resume is not bitwise identical to the straight 2-rank run"
+    );
+}
+
+#[test]
+fn a_pod_with_several_gpus_worth_of_ranks_launches_them_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 8);
+    let mut cmd = common::janus();
+    cmd.args(train_args(
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "pod",
+        &["hyperparameters.max_steps=3"],
+    ))
+    .env("JANUS_NNODES", "1")
+    .env("JANUS_NODE_RANK", "0")
+    .env("JANUS_NPROC_PER_NODE", "2")
+    .env("JANUS_MASTER_ADDR", "127.0.0.1")
+    .env("JANUS_MASTER_PORT", free_port().unwrap().to_string());
+    let log = run_ok(cmd);
+    assert!(
+        log.contains("[rank 1]") && log.contains("\"world_size\":2"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigterm_to_the_launcher_stops_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let args = train_args(
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "term",
+        &[
+            "hyperparameters.max_steps=100000",
+            "checkpoint.every_steps=2",
+        ],
+    );
+    let mut launcher = common::janus();
+    launcher
+        .args(["launch", "--nproc", "2", "--"])
+        .args(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = launcher.spawn().unwrap();
+    let mut pids = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("\"started rank\"") {
+            pids.push(
+                serde_json::from_str::<serde_json::Value>(&line).unwrap()["pid"]
+                    .as_i64()
+                    .unwrap(),
+            );
+        }
+        if line.contains("checkpoint saved") {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2);
+    let sent = Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _rest: Vec<_> = lines.collect();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        sent.elapsed()
+    );
+    for pid in pids {
+        // kill(pid, 0) fails once the rank is gone (reaped by the launcher).
+        let alive = unsafe { libc::kill(pid as i32, 0) } == 0;
+        assert!(
+            !alive,
+            "rank pid {pid} still running after the launcher exited"
+        );
+    }
+}
