@@ -11,6 +11,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 CARGO ?= cargo
 
+# The real S3 server of the object-storage tests: versitygw (Apache-2.0) built from
+# its Go module once, cached outside the checkout.
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW := $(HOME)/.cache/janus/versitygw-$(VERSITYGW_VERSION)/versitygw
+export JANUS_VERSITYGW := $(VERSITYGW)
+
 # tch builds against the PyTorch in the venv (tch's documented route).
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
@@ -25,6 +31,10 @@ $(STAMP): requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
+$(VERSITYGW):
+	@command -v go >/dev/null || { echo "go is required to build the S3 test server"; exit 1; }
+	GOBIN=$(dir $(VERSITYGW)) go install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
 build: $(STAMP)
 	$(CARGO) build --release --workspace --bins
 
@@ -35,7 +45,7 @@ lint: $(STAMP)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-unit: $(STAMP)
+unit: $(STAMP) $(VERSITYGW)
 	$(CARGO) test --release --workspace
 
 test: build lint unit

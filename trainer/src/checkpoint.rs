@@ -3,8 +3,9 @@
 //! directory without a manifest does not exist. `<dir>/<job>/latest` names the newest
 //! complete step.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,6 +15,7 @@ use tch::Tensor;
 use crate::error::{Error, IoContext, Result};
 use crate::model::{load_model_dir, save_model_dir, tensors_to_safetensors, ModelConfig};
 use crate::optim::AdamW;
+use crate::storage::Store;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
@@ -78,32 +80,44 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
-/// Write `bytes` to `path` atomically (temp file, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).ctx(|| tmp.display().to_string())?;
-    f.write_all(bytes).ctx(|| tmp.display().to_string())?;
-    f.sync_all().ctx(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).ctx(|| path.display().to_string())
+/// Checkpoints of one job in any store: files are written to a local staging
+/// directory, uploaded (multipart, parts in parallel), then the manifest, then
+/// `latest`. Resuming downloads a complete checkpoint to a local cache and checks it.
+pub struct CheckpointDir {
+    store: Store,
+    staging: PathBuf,
 }
 
-/// Checkpoints of one job.
-pub struct CheckpointDir {
-    pub root: PathBuf,
+fn step_name(step: u64) -> String {
+    format!("step-{step}")
 }
 
 impl CheckpointDir {
-    pub fn new(dir: &Path, job: &str) -> Self {
-        Self {
-            root: dir.join(job),
-        }
+    /// `dir` is a URL or a path; checkpoints go below `<dir>/<job>/`.
+    pub fn new(dir: &str, job: &str, retry_timeout: Duration) -> Result<Self> {
+        let store = Store::open(dir, retry_timeout)?.child(job);
+        let base = std::env::var_os("JANUS_STAGING_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let staging = base.join(format!("janus-{job}-{}", std::process::id()));
+        Ok(Self { store, staging })
     }
 
-    pub fn step_dir(&self, step: u64) -> PathBuf {
-        self.root.join(format!("step-{step}"))
+    pub fn url(&self) -> &str {
+        self.store.url()
     }
 
-    /// Save a complete checkpoint; returns its directory.
+    /// Where the checkpoint of `step` lives (URL or path).
+    pub fn step_url(&self, step: u64) -> String {
+        format!("{}/{}", self.store.url(), step_name(step))
+    }
+
+    /// Fail early when the store cannot be reached or read.
+    pub fn check_access(&self) -> Result<()> {
+        self.store.check_access()
+    }
+
+    /// Save a complete checkpoint; returns its URL.
     pub fn save(
         &self,
         vs: &VarStore,
@@ -112,10 +126,10 @@ impl CheckpointDir {
         optimizer: &AdamW,
         state: &TrainerState,
         keep: usize,
-    ) -> Result<PathBuf> {
-        let dir = self.step_dir(state.step);
+    ) -> Result<String> {
+        let name = step_name(state.step);
+        let dir = self.staging.join(&name);
         if dir.exists() {
-            // A leftover from a crash mid-save (no manifest) or an older run of this step.
             std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         }
         let mut files = save_model_dir(&dir, vs, model_config, MAX_SHARD_BYTES)?;
@@ -129,33 +143,38 @@ impl CheckpointDir {
             .ctx(|| dir.join(TRAINER_STATE).display().to_string())?;
         files.push(TRAINER_STATE.into());
         let mut entries = Vec::new();
-        for f in files {
-            let (bytes, sha256) = sha256_file(&dir.join(&f))?;
+        for f in &files {
+            let (bytes, sha256) = sha256_file(&dir.join(f))?;
             entries.push(ManifestEntry {
-                path: f,
+                path: f.clone(),
                 bytes,
                 sha256,
             });
+        }
+        // A leftover of this step (a crash mid-upload, or an older run) goes first.
+        self.store.delete_prefix(&name)?;
+        tracing::info!(checkpoint = %self.step_url(state.step), files = files.len(), "uploading checkpoint");
+        for f in &files {
+            self.store.put_file(&format!("{name}/{f}"), &dir.join(f))?;
         }
         let manifest = Manifest {
             format: FORMAT.into(),
             step: state.step,
             files: entries,
         };
-        write_atomic(
-            &dir.join(MANIFEST),
-            &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        self.store.put_bytes(
+            &format!("{name}/{MANIFEST}"),
+            serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
         )?;
-        write_atomic(
-            &self.root.join(LATEST),
-            format!("step-{}\n", state.step).as_bytes(),
-        )?;
+        self.store
+            .put_bytes(LATEST, format!("{name}\n").into_bytes())?;
+        std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         self.prune(keep, state.step)?;
-        Ok(dir)
+        Ok(self.step_url(state.step))
     }
 
     /// Delete complete checkpoints beyond the newest `keep` (0 keeps all), and
-    /// incomplete ones older than `newest`.
+    /// incomplete ones older than `newest`. Runs only after `newest` is complete.
     fn prune(&self, keep: usize, newest: u64) -> Result<()> {
         let steps = self.list()?;
         let complete: Vec<u64> = steps.iter().filter(|(_, c)| *c).map(|(s, _)| *s).collect();
@@ -166,8 +185,7 @@ impl CheckpointDir {
         };
         for (step, is_complete) in steps {
             if (is_complete && step < cutoff) || (!is_complete && step < newest) {
-                let d = self.step_dir(step);
-                std::fs::remove_dir_all(&d).ctx(|| d.display().to_string())?;
+                self.store.delete_prefix(&step_name(step))?;
             }
         }
         Ok(())
@@ -176,58 +194,68 @@ impl CheckpointDir {
     /// Step numbers present, ascending, with whether a manifest exists.
     fn list(&self) -> Result<Vec<(u64, bool)>> {
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.root) else {
-            return Ok(out);
-        };
-        for e in rd {
-            let e = e.ctx(|| self.root.display().to_string())?;
-            let name = e.file_name().to_string_lossy().to_string();
+        for name in self.store.list_dirs("")? {
             if let Some(step) = name
                 .strip_prefix("step-")
                 .and_then(|s| s.parse::<u64>().ok())
             {
-                out.push((step, e.path().join(MANIFEST).exists()));
+                out.push((step, self.store.exists(&format!("{name}/{MANIFEST}"))?));
             }
         }
         out.sort();
         Ok(out)
     }
 
-    /// Check a step directory against its manifest.
-    pub fn verify(&self, step: u64) -> std::result::Result<TrainerState, String> {
-        let dir = self.step_dir(step);
-        let text =
-            std::fs::read_to_string(dir.join(MANIFEST)).map_err(|e| format!("no manifest: {e}"))?;
+    /// Download a step and check it against its manifest; returns the local copy.
+    fn fetch(&self, step: u64) -> std::result::Result<(PathBuf, TrainerState), String> {
+        let name = step_name(step);
+        let text = self
+            .store
+            .get_bytes(&format!("{name}/{MANIFEST}"))
+            .map_err(|e| format!("no manifest: {e}"))?;
         let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| format!("unreadable manifest: {e}"))?;
+            serde_json::from_slice(&text).map_err(|e| format!("unreadable manifest: {e}"))?;
         if m.format != FORMAT || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
+        let local = self.staging.join("restore").join(&name);
         for f in &m.files {
-            let (bytes, sha) = sha256_file(&dir.join(&f.path)).map_err(|e| e.to_string())?;
+            let dst = local.join(&f.path);
+            self.store
+                .get_file(&format!("{name}/{}", f.path), &dst)
+                .map_err(|e| e.to_string())?;
+            let (bytes, sha) = sha256_file(&dst).map_err(|e| e.to_string())?;
             if bytes != f.bytes || sha != f.sha256 {
                 return Err(format!("{} does not match its checksum", f.path));
             }
         }
-        let s = std::fs::read_to_string(dir.join(TRAINER_STATE)).map_err(|e| e.to_string())?;
-        serde_json::from_str(&s).map_err(|e| format!("{TRAINER_STATE}: {e}"))
+        let s = std::fs::read_to_string(local.join(TRAINER_STATE)).map_err(|e| e.to_string())?;
+        let state = serde_json::from_str(&s).map_err(|e| format!("{TRAINER_STATE}: {e}"))?;
+        Ok((local, state))
     }
 
-    /// The newest complete, intact checkpoint; broken ones are skipped with a warning.
+    /// The newest complete, intact checkpoint (downloaded to a local directory);
+    /// incomplete or corrupt ones are skipped with a warning naming them.
     pub fn latest(&self) -> Result<Option<(PathBuf, TrainerState)>> {
         for (step, complete) in self.list()?.into_iter().rev() {
             if !complete {
-                tracing::warn!(checkpoint = %self.step_dir(step).display(), "skipping checkpoint without manifest (incomplete save)");
+                tracing::warn!(checkpoint = %self.step_url(step), "skipping checkpoint without manifest (incomplete save)");
                 continue;
             }
-            match self.verify(step) {
-                Ok(state) => return Ok(Some((self.step_dir(step), state))),
+            match self.fetch(step) {
+                Ok(found) => return Ok(Some(found)),
                 Err(e) => {
-                    tracing::warn!(checkpoint = %self.step_dir(step).display(), error = %e, "skipping corrupt checkpoint")
+                    tracing::warn!(checkpoint = %self.step_url(step), error = %e, "skipping corrupt checkpoint")
                 }
             }
         }
         Ok(None)
+    }
+}
+
+impl Drop for CheckpointDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
     }
 }
 

@@ -131,13 +131,17 @@ pub struct Hyperparameters {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSection {
-    pub dir: PathBuf,
+    /// Where checkpoints go: a path or a URL (`s3://`, `gs://`, `az://`, `file://`).
+    pub dir: String,
     /// Save every this many optimizer steps (0: only at the end).
     pub every_steps: u64,
     /// Keep the newest this many checkpoints (0: keep all).
     pub keep: usize,
     /// Resume from the newest complete checkpoint of this job when one exists.
     pub resume: bool,
+    /// How long one storage request is retried (timeouts, 5xx) before the run fails
+    /// with the retryable exit code.
+    pub retry_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,7 +184,7 @@ fn preset_value(name: &str) -> Result<Value> {
             "min_response_tokens": 16, "skip_bad_records": false
         },
         "hyperparameters": recipe_sft,
-        "checkpoint": {"dir": "checkpoints", "every_steps": 500, "keep": 3, "resume": true},
+        "checkpoint": {"dir": "checkpoints", "every_steps": 500, "keep": 3, "resume": true, "retry_timeout_seconds": 180},
         "distributed": {"backend": "auto", "bucket_mib": 25, "timeout_seconds": 1800},
         "output_dir": "output",
         "log_every_steps": 10
@@ -422,6 +426,7 @@ impl TrainConfig {
             m.remove("distributed");
             if let Some(Value::Object(c)) = m.get_mut("checkpoint") {
                 c.remove("keep");
+                c.remove("retry_timeout_seconds");
                 c.remove("resume");
                 c.remove("dir");
             }

@@ -10,6 +10,7 @@ pub mod model;
 pub mod optim;
 pub mod progress;
 pub mod sample;
+pub mod storage;
 pub mod tokenizer;
 pub mod train;
 

@@ -62,7 +62,7 @@ pub struct Summary {
     pub records: usize,
     pub skipped_records: usize,
     pub tokenize: TokenizeStats,
-    pub last_checkpoint: Option<PathBuf>,
+    pub last_checkpoint: Option<String>,
     /// The final HF model directory (None when the run stopped early).
     pub output_dir: Option<PathBuf>,
     pub finished: bool,
@@ -176,6 +176,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         d => d,
     };
     tch::manual_seed(h.seed as i64);
+    let retry = std::time::Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
+    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?;
+    // Wrong credentials or an unreachable endpoint fail here, before any other work.
+    ckpt.check_access()?;
     let model_config = ModelConfig::from_file(&cfg.model.path.join("config.json"))?;
     let tokenizer_path = cfg
         .model
@@ -220,7 +224,6 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         adam,
         h.max_grad_norm,
     );
-    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job);
     let config_hash = cfg.trajectory_hash();
     if let Some(info) = opts.world.as_ref().filter(|w| w.world_size > 1) {
         let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_seconds);
@@ -272,11 +275,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         .flatten()
     {
         Some((dir, saved)) => {
+            let url = ckpt.step_url(saved.step);
             if saved.world_size != world {
                 return Err(Error::Checkpoint(format!(
                     "{} was written by {} ranks, this run has {world}: resume with the same number of ranks \
                      (the data order and schedule depend on it), or start a new job from its model files",
-                    dir.display(),
+                    url,
                     saved.world_size
                 )));
             }
@@ -287,14 +291,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 return Err(Error::Checkpoint(format!(
                     "{} was written by a run with a different config, tokenizer or data size (config {} vs {}, total steps {} vs {}); \
                      use a new job name or checkpoint.resume=false",
-                    dir.display(), saved.config_hash, config_hash, saved.total_steps, total_steps
+                    url, saved.config_hash, config_hash, saved.total_steps, total_steps
                 )));
             }
             restore(&dir, &trainer.vs, &model_config, &mut trainer.opt, &saved)?;
-            tracing::info!(checkpoint = %dir.display(), step = saved.step, "resumed");
+            tracing::info!(checkpoint = %url, step = saved.step, "resumed");
             resumed_from = Some(saved.step);
             state = saved;
-            last_checkpoint = Some(dir);
+            last_checkpoint = Some(url);
         }
         None => load_model_dir(&cfg.model.path, &trainer.vs, &model_config)?,
     }
@@ -371,10 +375,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     &state,
                     cfg.checkpoint.keep,
                 )?;
-                tracing::info!(checkpoint = %dir.display(), step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
+                tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
             }
             trainer.comm.barrier()?;
-            last_checkpoint = Some(ckpt.step_dir(state.step));
+            last_checkpoint = Some(ckpt.step_url(state.step));
         }
         if stop_here && state.step < total_steps {
             progress.finish();
@@ -506,7 +510,7 @@ fn summary(
     resumed_from: Option<u64>,
     tokens: i64,
     secs: f64,
-    last_checkpoint: Option<PathBuf>,
+    last_checkpoint: Option<String>,
     output_dir: Option<PathBuf>,
     finished: bool,
 ) -> Summary {

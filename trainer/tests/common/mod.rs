@@ -90,3 +90,99 @@ pub fn tiny_overrides(dir: &Path, model: &Path, train: &Path, extra: &[&str]) ->
 pub fn read_bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// A real S3 server (versitygw, posix backend) on a loopback port, with one bucket.
+pub struct S3Server {
+    pub port: u16,
+    pub bucket: String,
+    root: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+pub const S3_KEY: &str = "janus-test-key";
+pub const S3_SECRET: &str = "janus-test-secret";
+
+impl S3Server {
+    /// The server binary: `JANUS_VERSITYGW`, set by the Makefile, which builds it.
+    pub fn binary() -> PathBuf {
+        let p = std::env::var_os("JANUS_VERSITYGW")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        assert!(
+            p.exists(),
+            "S3 server `{}` not found: run the tests with `make test`, which builds it",
+            p.display()
+        );
+        p
+    }
+
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let bucket = "janus-test".to_string();
+        std::fs::create_dir_all(root.path().join(&bucket)).unwrap();
+        let port = janus::dist::launch::free_port().unwrap();
+        let mut s = Self {
+            port,
+            bucket,
+            root,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// Start (again) on the same port and data.
+    pub fn restart(&mut self) {
+        let child = Command::new(Self::binary())
+            .args(["--port", &format!("127.0.0.1:{}", self.port), "posix"])
+            .arg(self.root.path())
+            .env("ROOT_ACCESS_KEY", S3_KEY)
+            .env("ROOT_SECRET_KEY", S3_SECRET)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("versitygw starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "S3 server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `s3://bucket/<path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("s3://{}/{path}", self.bucket)
+    }
+
+    /// Where an object's bytes live on disk (the posix backend stores them as files).
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.path().join(&self.bucket).join(key)
+    }
+
+    /// The standard variables that point a client at this server.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ACCESS_KEY_ID", S3_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,295 @@
+//! Object storage by URL (`s3://`, `gs://`, `az://`, `file://` or a plain path) through
+//! the `object_store` crate, with a blocking interface for the trainer.
+//!
+//! Credentials and endpoints come from the standard environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`,
+//! `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`), which the operator fills from a Secret;
+//! they are never logged. Transient failures (timeouts, 5xx) are retried with
+//! exponential backoff up to `retry_timeout`, then reported naming the URL.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
+
+use crate::error::{Error, Result};
+
+/// Parts of a multipart upload; several are in flight at once.
+const PART_BYTES: usize = 16 << 20;
+const PARTS_IN_FLIGHT: usize = 8;
+
+/// A location in object storage: a store and a prefix inside it.
+#[derive(Clone)]
+pub struct Store {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// The URL as the user wrote it (no credentials ever live in it).
+    url: String,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.url)
+    }
+}
+
+fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    static RT: std::sync::OnceLock<Arc<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt.clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the I/O runtime", e))?;
+    Ok(RT.get_or_init(|| Arc::new(rt)).clone())
+}
+
+/// An object_store error without the server's XML body (which can run to kilobytes).
+fn concise(e: &object_store::Error) -> String {
+    let s = e.to_string();
+    let s = s
+        .split("<?xml")
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .trim_end_matches(':');
+    s.chars().take(600).collect()
+}
+
+/// Whether `s` names a remote store rather than a local path.
+pub fn is_url(s: &str) -> bool {
+    s.contains("://")
+}
+
+impl Store {
+    /// Open `url` with credentials from the environment. `retry_timeout` bounds how
+    /// long one request is retried.
+    pub fn open(url: &str, retry_timeout: Duration) -> Result<Self> {
+        let bad = |e: &dyn std::fmt::Display| Error::Config(format!("storage URL `{url}`: {e}"));
+        // The time budget bounds retries, not a count: a refused connection fails in
+        // microseconds, and a few seconds of restart must not exhaust ten tries.
+        let backoff = object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        };
+        let retry = RetryConfig {
+            retry_timeout,
+            max_retries: usize::MAX,
+            backoff,
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) =
+            if !is_url(url) || url.starts_with("file://") {
+                let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                    .map_err(|e| bad(&e))?;
+                (Arc::new(fs), ObjectPath::default())
+            } else {
+                let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
+                let prefix = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(&e))?;
+                let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+                    "s3" | "s3a" => Arc::new(
+                        object_store::aws::AmazonS3Builder::from_env()
+                            .with_url(url)
+                            .with_retry(retry)
+                            .build()
+                            .map_err(|e| bad(&e))?,
+                    ),
+                    "gs" => Arc::new(
+                        object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                            .with_url(url)
+                            .with_retry(retry)
+                            .build()
+                            .map_err(|e| bad(&e))?,
+                    ),
+                    "az" | "abfs" | "abfss" => Arc::new(
+                        object_store::azure::MicrosoftAzureBuilder::from_env()
+                            .with_url(url)
+                            .with_retry(retry)
+                            .build()
+                            .map_err(|e| bad(&e))?,
+                    ),
+                    other => {
+                        return Err(bad(&format!(
+                        "unsupported scheme `{other}` (use s3://, gs://, az://, file:// or a path)"
+                    )))
+                    }
+                };
+                (store, prefix)
+            };
+        Ok(Self {
+            store,
+            prefix,
+            url: url.trim_end_matches('/').to_string(),
+            rt: runtime()?,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A store for `rel` below this one.
+    pub fn child(&self, rel: &str) -> Self {
+        let mut s = self.clone();
+        s.prefix = self.path(rel);
+        s.url = format!("{}/{rel}", self.url);
+        s
+    }
+
+    fn path(&self, rel: &str) -> ObjectPath {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+
+    fn error(&self, rel: &str, what: &str, e: object_store::Error) -> Error {
+        let url = format!("{}/{rel}", self.url);
+        match e {
+            object_store::Error::NotFound { .. } => Error::io(
+                format!("{url}: {what}"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such object"),
+            ),
+            other => Error::io(
+                format!("{url}: {what}"),
+                std::io::Error::other(concise(&other)),
+            ),
+        }
+    }
+
+    pub fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| self.error(rel, "upload", e))
+    }
+
+    /// Upload a local file with a multipart upload, several parts in flight.
+    pub fn put_file(&self, rel: &str, local: &Path) -> Result<()> {
+        let path = self.path(rel);
+        let file = local.to_path_buf();
+        let store = self.store.clone();
+        self.rt
+            .block_on(async move {
+                let upload = store.put_multipart(&path).await?;
+                let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                let mut f = tokio::fs::File::open(&file).await.map_err(|e| {
+                    object_store::Error::Generic {
+                        store: "local",
+                        source: Box::new(e),
+                    }
+                })?;
+                let mut buf = vec![0u8; PART_BYTES];
+                loop {
+                    use tokio::io::AsyncReadExt;
+                    let n = f
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| object_store::Error::Generic {
+                            store: "local",
+                            source: Box::new(e),
+                        })?;
+                    if n == 0 {
+                        break;
+                    }
+                    w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                    w.write(&buf[..n]);
+                }
+                w.finish().await.map(|_| ())
+            })
+            .map_err(|e| self.error(rel, &format!("uploading {}", local.display()), e))
+    }
+
+    pub fn get_bytes(&self, rel: &str) -> Result<Vec<u8>> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(async { self.store.get(&path).await?.bytes().await })
+            .map(|b| b.to_vec())
+            .map_err(|e| self.error(rel, "download", e))
+    }
+
+    /// Download to a local file (written to a temporary name, then renamed).
+    pub fn get_file(&self, rel: &str, local: &Path) -> Result<()> {
+        let bytes = self.get_bytes(rel)?;
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(parent.display().to_string(), e))?;
+        }
+        let tmp = local.with_extension("part");
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        std::fs::rename(&tmp, local).map_err(|e| Error::io(local.display().to_string(), e))
+    }
+
+    pub fn exists(&self, rel: &str) -> Result<bool> {
+        let path = self.path(rel);
+        match self.rt.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(rel, "checking", e)),
+        }
+    }
+
+    /// Names directly below `rel` that are "directories" (common prefixes).
+    pub fn list_dirs(&self, rel: &str) -> Result<Vec<String>> {
+        let path = self.path(rel);
+        let listing = self
+            .rt
+            .block_on(self.store.list_with_delimiter(Some(&path)))
+            .map_err(|e| self.error(rel, "listing", e))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Delete every object below `rel`.
+    pub fn delete_prefix(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(async {
+                let objects: Vec<_> = self.store.list(Some(&path)).try_collect().await?;
+                for o in objects {
+                    self.store.delete(&o.location).await?;
+                }
+                Ok::<_, object_store::Error>(())
+            })
+            .map_err(|e| self.error(rel, "deleting", e))
+    }
+
+    /// Fail now, naming the URL, when the store cannot be listed (wrong credentials,
+    /// missing bucket, unreachable endpoint), before any training work.
+    pub fn check_access(&self) -> Result<()> {
+        self.rt
+            .block_on(async { self.store.list_with_delimiter(Some(&self.prefix)).await })
+            .map(|_| ())
+            .map_err(|e| {
+                let msg = format!("{}: cannot access storage: {}", self.url, concise(&e));
+                // Refused credentials will not get better by retrying: bad input.
+                if msg.contains(" 403 ")
+                    || msg.contains(" 401 ")
+                    || matches!(
+                        e,
+                        object_store::Error::PermissionDenied { .. }
+                            | object_store::Error::Unauthenticated { .. }
+                    )
+                {
+                    Error::Config(format!("{msg} (check the storage credentials)"))
+                } else {
+                    Error::io(
+                        msg,
+                        std::io::Error::other("unreachable endpoint or missing bucket?"),
+                    )
+                }
+            })
+    }
+}

@@ -1,0 +1,245 @@
+//! Checkpoints in a real S3 server (versitygw on loopback): exact resume, a crash during
+//! upload, outages shorter and longer than the retry budget, wrong credentials.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::S3Server;
+
+fn train_cmd(
+    s3: &S3Server,
+    dir: &Path,
+    model: &Path,
+    data: &Path,
+    job: &str,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = common::janus();
+    cmd.args(["train", "--preset", "tiny"]);
+    let mut o = common::tiny_overrides(dir, model, data, extra);
+    o.push(format!("job={job}"));
+    o.push(format!("checkpoint.dir={}", s3.url("ckpt")));
+    o.push(format!(
+        "output_dir={}",
+        dir.join(format!("out-{job}")).display()
+    ));
+    for s in o {
+        cmd.args(["--set", &s]);
+    }
+    s3.apply_env(&mut cmd);
+    cmd
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
+    err
+}
+
+#[test]
+fn resume_from_s3_is_bitwise_identical() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.parquet");
+    let extra = [
+        "hyperparameters.max_steps=12",
+        "checkpoint.every_steps=6",
+        "hyperparameters.micro_batch_size=2",
+    ];
+    run_ok(train_cmd(&s3, dir, &model, &data, "straight", &extra));
+    let mut first = train_cmd(&s3, dir, &model, &data, "resumed", &extra);
+    first.args(["--stop-after-steps", "6"]);
+    run_ok(first);
+    assert!(s3.object_path("ckpt/resumed/step-6/manifest.json").exists());
+    let log = run_ok(train_cmd(&s3, dir, &model, &data, "resumed", &extra));
+    assert!(
+        log.contains("\"message\":\"resumed\"")
+            && log.contains("s3://janus-test/ckpt/resumed/step-6"),
+        "{log}"
+    );
+    let a = common::read_bytes(&dir.join("out-straight/model.safetensors"));
+    let b = common::read_bytes(&dir.join("out-resumed/model.safetensors"));
+    assert!(
+        a == b,
+        "resumed-from-S3 weights differ from the straight run"
+    );
+}
+
+/// Spawn a training run and return it with its stderr lines.
+fn spawn(
+    mut cmd: Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+fn wait_for(lines: &mut impl Iterator<Item = std::io::Result<String>>, needle: &str) -> String {
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if l.contains(needle) {
+            return l;
+        }
+        seen.push(l);
+    }
+    panic!(
+        "the run ended before logging {needle:?}:\n{}",
+        seen.join("\n")
+    );
+}
+
+#[test]
+fn a_crash_during_checkpoint_upload_leaves_no_usable_partial_checkpoint() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, _) = common::tiny_setup(dir, 8);
+    // A model big enough (about 250 MB of checkpoint) that its upload takes a while.
+    let model = dir.join("big-model");
+    let cfg = janus::model::ModelConfig::small("mistral", 16000, 384, 1024, 4, 6, 2);
+    let tok = janus::sample::TokenizerSource::File(dir.join("model/tokenizer.json"));
+    janus::sample::init_model(&model, cfg, tok, tch::Kind::Float, 0).unwrap();
+    let data = data.join("sft.jsonl");
+    let extra = [
+        "hyperparameters.max_steps=8",
+        "checkpoint.every_steps=2",
+        "hyperparameters.micro_batch_size=1",
+    ];
+    let (mut child, mut lines) = spawn(train_cmd(&s3, dir, &model, &data, "crash", &extra));
+    wait_for(&mut lines, "\"checkpoint saved\"");
+    wait_for(&mut lines, "\"uploading checkpoint\"");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(s3.object_path("ckpt/crash/step-2/manifest.json").exists());
+    assert!(
+        !s3.object_path("ckpt/crash/step-4/manifest.json").exists(),
+        "the upload finished before the kill: test inconclusive"
+    );
+
+    let log = run_ok(train_cmd(&s3, dir, &model, &data, "crash", &extra));
+    assert!(
+        log.contains("\"message\":\"resumed\"") && log.contains("ckpt/crash/step-2"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_short_outage_is_retried_and_the_run_finishes() {
+    let mut s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let extra = [
+        "hyperparameters.max_steps=300",
+        "checkpoint.every_steps=10",
+        "hyperparameters.micro_batch_size=2",
+        "checkpoint.retry_timeout_seconds=60",
+    ];
+    let (mut child, mut lines) = spawn(train_cmd(
+        &s3,
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "outage",
+        &extra,
+    ));
+    wait_for(&mut lines, "\"checkpoint saved\"");
+    s3.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    s3.restart();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", rest.join("\n"));
+    assert!(s3
+        .object_path("ckpt/outage/step-300/manifest.json")
+        .exists());
+}
+
+#[test]
+fn a_long_outage_exits_retryable_naming_the_endpoint_and_keeps_checkpoints() {
+    let mut s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let extra = [
+        "hyperparameters.max_steps=100000",
+        "checkpoint.every_steps=10",
+        "hyperparameters.micro_batch_size=2",
+        "checkpoint.retry_timeout_seconds=3",
+    ];
+    let (mut child, mut lines) = spawn(train_cmd(
+        &s3,
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "down",
+        &extra,
+    ));
+    let saved = wait_for(&mut lines, "\"checkpoint saved\"");
+    s3.stop();
+    let stopped = Instant::now();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(60),
+        "took {:?} to give up",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(janus_crds::exit_code::RETRYABLE),
+        "{}",
+        rest.join("\n")
+    );
+    let text = rest.join("\n");
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", s3.port))
+            || text.contains("s3://janus-test/ckpt/down"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let step = v["step"].as_u64().unwrap();
+    assert!(
+        s3.object_path(&format!("ckpt/down/step-{step}/manifest.json"))
+            .exists(),
+        "a completed checkpoint was lost"
+    );
+}
+
+#[test]
+fn wrong_credentials_fail_before_any_training_work() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 4);
+    let mut cmd = train_cmd(&s3, dir, &model, &data.join("sft.jsonl"), "creds", &[]);
+    cmd.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(janus_crds::exit_code::BAD_INPUT),
+        "{err}"
+    );
+    assert!(
+        err.contains("s3://janus-test/ckpt/creds") && err.contains("credentials"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("data ready") && !err.contains("train step"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-secret"), "the secret was printed");
+}
