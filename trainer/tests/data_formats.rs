@@ -8,8 +8,8 @@ use std::path::Path;
 
 use janus::config::Truncation;
 use janus::data::{
-    load_records, tokenize_pairs, tokenize_sft, write_jsonl, write_parquet, PreferenceRecord,
-    PromptFormat, SftRecord,
+    load_records, write_jsonl, write_parquet, PreferenceRecord, PromptFormat, SftRecord,
+    Tokenization,
 };
 use janus::tokenizer::Tokenizer;
 use serde_json::json;
@@ -184,24 +184,23 @@ fn truncation_keeps_the_response_start_and_counts() {
             output: "ok".into(),
         },
     ];
-    let (ex, stats) = tokenize_sft(
-        &recs,
-        &tok,
-        PromptFormat::Mistral,
-        64,
-        Truncation::TruncateResponse,
-        8,
-    )
-    .unwrap();
+    let mut t = Tokenization {
+        tok: &tok,
+        format: PromptFormat::Mistral,
+        max_len: 64,
+        policy: Truncation::TruncateResponse,
+        min_response: 8,
+    };
+    let (ex, stats) = t.sft(&recs).unwrap();
     assert_eq!((stats.kept, stats.truncated, stats.dropped), (1, 1, 1));
     assert_eq!(ex.len(), 2);
-    let t = &ex[1];
-    assert_eq!(t.tokens.len(), 64);
-    assert_eq!(t.tokens[0], tok.bos_id);
+    let e = &ex[1];
+    assert_eq!(e.tokens.len(), 64);
+    assert_eq!(e.tokens[0], tok.bos_id);
     let resp = tok.encode(&PromptFormat::Mistral.response(&long)).unwrap();
     assert_eq!(
-        &t.tokens[t.prompt_len..],
-        &resp[..64 - t.prompt_len],
+        &e.tokens[e.prompt_len..],
+        &resp[..64 - e.prompt_len],
         "the response keeps its start"
     );
     assert_eq!(
@@ -210,22 +209,20 @@ fn truncation_keeps_the_response_start_and_counts() {
         "a whole example ends with EOS"
     );
 
-    let (_, stats) =
-        tokenize_sft(&recs, &tok, PromptFormat::Mistral, 64, Truncation::Drop, 8).unwrap();
+    t.policy = Truncation::Drop;
+    let (_, stats) = t.sft(&recs).unwrap();
     assert_eq!((stats.kept, stats.truncated, stats.dropped), (1, 0, 2));
 
     let pairs = load_records::<PreferenceRecord>(&[data.join("preference.jsonl")], false)
         .unwrap()
         .0;
-    let (p, stats) = tokenize_pairs(
-        &pairs,
-        &tok,
-        PromptFormat::Chatml,
-        512,
-        Truncation::TruncateResponse,
-        8,
-    )
-    .unwrap();
+    let t = Tokenization {
+        format: PromptFormat::Chatml,
+        max_len: 512,
+        policy: Truncation::TruncateResponse,
+        ..t
+    };
+    let (p, stats) = t.pairs(&pairs).unwrap();
     assert_eq!(stats.kept, pairs.len());
     assert_eq!(
         p[0].chosen.tokens[..p[0].chosen.prompt_len],

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use janus::dist::launch::free_port;
@@ -118,13 +118,6 @@ fn train_args(dir: &Path, model: &Path, data: &Path, job: &str, extra: &[&str]) 
     args
 }
 
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
-    err
-}
-
 fn check_equivalence(extra: &[&str], data_file: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -150,7 +143,7 @@ fn check_equivalence(extra: &[&str], data_file: &str) {
         ]
         .concat(),
     ));
-    run_ok(one);
+    common::run_ok(one);
     let mut two = common::janus();
     two.args(["launch", "--nproc", "2", "--"]);
     two.args(train_args(
@@ -164,7 +157,7 @@ fn check_equivalence(extra: &[&str], data_file: &str) {
         ]
         .concat(),
     ));
-    let log = run_ok(two);
+    let log = common::run_ok(two);
     assert!(log.contains("[rank 1]"), "{log}");
 
     let (a, b) = (
@@ -274,7 +267,7 @@ fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
             ],
         ));
     // Finish quickly: same trajectory settings, so the checkpoint is accepted.
-    let log = run_ok(again);
+    let log = common::run_ok(again);
     assert!(log.contains("\"message\":\"resumed\""), "{log}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("out-fault/summary.json")).unwrap())
@@ -369,7 +362,7 @@ fn resuming_with_another_number_of_ranks_is_refused() {
     one.args(train_args(dir, &model, &data, "n", &extra))
         .arg("--stop-after-steps")
         .arg("2");
-    run_ok(one);
+    common::run_ok(one);
     let mut two = common::janus();
     two.args(["launch", "--nproc", "2", "--"])
         .args(train_args(dir, &model, &data, "n", &extra));
@@ -397,7 +390,7 @@ fn two_rank_resume_is_bitwise_identical() {
         if let Some(s) = stop {
             cmd.args(["--stop-after-steps", s]);
         }
-        run_ok(cmd)
+        common::run_ok(cmd)
     };
     launch("straight", None);
     launch("resumed", Some("4"));
@@ -429,7 +422,7 @@ fn a_pod_with_several_gpus_worth_of_ranks_launches_them_itself() {
     .env("JANUS_NPROC_PER_NODE", "2")
     .env("JANUS_MASTER_ADDR", "127.0.0.1")
     .env("JANUS_MASTER_PORT", free_port().unwrap().to_string());
-    let log = run_ok(cmd);
+    let log = common::run_ok(cmd);
     assert!(
         log.contains("[rank 1]") && log.contains("\"world_size\":2"),
         "{log}"

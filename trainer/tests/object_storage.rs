@@ -34,13 +34,6 @@ fn train_cmd(
     cmd
 }
 
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
-    err
-}
-
 #[test]
 fn resume_from_s3_is_bitwise_identical() {
     let s3 = S3Server::start();
@@ -53,12 +46,12 @@ fn resume_from_s3_is_bitwise_identical() {
         "checkpoint.every_steps=6",
         "hyperparameters.micro_batch_size=2",
     ];
-    run_ok(train_cmd(&s3, dir, &model, &data, "straight", &extra));
+    common::run_ok(train_cmd(&s3, dir, &model, &data, "straight", &extra));
     let mut first = train_cmd(&s3, dir, &model, &data, "resumed", &extra);
     first.args(["--stop-after-steps", "6"]);
-    run_ok(first);
+    common::run_ok(first);
     assert!(s3.object_path("ckpt/resumed/step-6/manifest.json").exists());
-    let log = run_ok(train_cmd(&s3, dir, &model, &data, "resumed", &extra));
+    let log = common::run_ok(train_cmd(&s3, dir, &model, &data, "resumed", &extra));
     assert!(
         log.contains("\"message\":\"resumed\"")
             && log.contains("s3://janus-test/ckpt/resumed/step-6"),
@@ -128,7 +121,7 @@ fn a_crash_during_checkpoint_upload_leaves_no_usable_partial_checkpoint() {
         "the upload finished before the kill: test inconclusive"
     );
 
-    let log = run_ok(train_cmd(&s3, dir, &model, &data, "crash", &extra));
+    let log = common::run_ok(train_cmd(&s3, dir, &model, &data, "crash", &extra));
     assert!(
         log.contains("\"message\":\"resumed\"") && log.contains("ckpt/crash/step-2"),
         "{log}"
@@ -242,4 +235,59 @@ fn wrong_credentials_fail_before_any_training_work() {
         "{err}"
     );
     assert!(!err.contains("not-the-secret"), "the secret was printed");
+}
+
+#[test]
+fn data_is_read_from_s3_and_the_final_model_is_published_there() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 8);
+    let key = s3.object_path("data/sft.parquet");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::copy(data.join("sft.parquet"), &key).unwrap();
+    let out_url = s3.url("models/demo");
+    let mut cmd = train_cmd(
+        &s3,
+        dir,
+        &model,
+        Path::new(&s3.url("data/sft.parquet")),
+        "remote",
+        &["hyperparameters.max_steps=3"],
+    );
+    cmd.args(["--set", &format!("output_dir={out_url}")]);
+    let log = common::run_ok(cmd);
+    assert!(log.contains("downloaded training data"), "{log}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "summary.json",
+    ] {
+        assert!(
+            s3.object_path(&format!("models/demo/{f}")).exists(),
+            "{f} was not published"
+        );
+    }
+
+    let mut missing = train_cmd(
+        &s3,
+        dir,
+        &model,
+        Path::new(&s3.url("data/nope.parquet")),
+        "missing",
+        &[],
+    );
+    missing.stderr(Stdio::piped());
+    let out = missing.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(janus_crds::exit_code::BAD_INPUT),
+        "{err}"
+    );
+    assert!(
+        err.contains("s3://janus-test/data/nope.parquet: no such object"),
+        "{err}"
+    );
 }

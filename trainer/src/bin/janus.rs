@@ -423,10 +423,7 @@ fn print_summary(s: &Summary) {
         s.last_loss.unwrap_or(f64::NAN),
         s.tokens_per_second,
         s.last_checkpoint.clone().unwrap_or_default(),
-        s.output_dir
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        s.output_dir.clone().unwrap_or_default(),
     );
 }
 

@@ -38,12 +38,14 @@ pub struct TokenizeStats {
     pub dropped: usize,
 }
 
-struct Fitter<'a> {
-    tok: &'a Tokenizer,
-    format: PromptFormat,
-    max_len: usize,
-    policy: Truncation,
-    min_response: usize,
+/// How records become examples: tokenizer, prompt format and length policy.
+pub struct Tokenization<'a> {
+    pub tok: &'a Tokenizer,
+    pub format: PromptFormat,
+    pub max_len: usize,
+    pub policy: Truncation,
+    /// With `TruncateResponse`, the fewest response tokens an example must keep.
+    pub min_response: usize,
 }
 
 enum Fit {
@@ -52,7 +54,7 @@ enum Fit {
     Dropped,
 }
 
-impl Fitter<'_> {
+impl Tokenization<'_> {
     fn prompt(&self, system: &str, prompt: &str) -> Result<Vec<i64>> {
         let mut t = vec![self.tok.bos_id];
         t.extend(self.tok.encode(&self.format.prompt(system, prompt))?);
@@ -78,74 +80,50 @@ impl Fitter<'_> {
             Fit::Truncated(ex)
         })
     }
-}
 
-pub fn tokenize_sft(
-    records: &[SftRecord],
-    tok: &Tokenizer,
-    format: PromptFormat,
-    max_len: usize,
-    policy: Truncation,
-    min_response: usize,
-) -> Result<(Vec<Example>, TokenizeStats)> {
-    let f = Fitter {
-        tok,
-        format,
-        max_len,
-        policy,
-        min_response,
-    };
-    let mut stats = TokenizeStats::default();
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        match f.fit(&f.prompt(&r.system, &r.prompt)?, &r.output)? {
-            Fit::Whole(e) => {
-                stats.kept += 1;
-                out.push(e)
-            }
-            Fit::Truncated(e) => {
-                stats.truncated += 1;
-                out.push(e)
-            }
-            Fit::Dropped => stats.dropped += 1,
-        }
-    }
-    Ok((out, stats))
-}
-
-pub fn tokenize_pairs(
-    records: &[PreferenceRecord],
-    tok: &Tokenizer,
-    format: PromptFormat,
-    max_len: usize,
-    policy: Truncation,
-    min_response: usize,
-) -> Result<(Vec<Pair>, TokenizeStats)> {
-    let f = Fitter {
-        tok,
-        format,
-        max_len,
-        policy,
-        min_response,
-    };
-    let mut stats = TokenizeStats::default();
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        let prompt = f.prompt(&r.system, &r.prompt)?;
-        match (f.fit(&prompt, &r.chosen)?, f.fit(&prompt, &r.rejected)?) {
-            (Fit::Dropped, _) | (_, Fit::Dropped) => stats.dropped += 1,
-            (Fit::Whole(chosen), Fit::Whole(rejected)) => {
-                stats.kept += 1;
-                out.push(Pair { chosen, rejected })
-            }
-            (
-                Fit::Whole(chosen) | Fit::Truncated(chosen),
-                Fit::Whole(rejected) | Fit::Truncated(rejected),
-            ) => {
-                stats.truncated += 1;
-                out.push(Pair { chosen, rejected })
+    pub fn sft(&self, records: &[SftRecord]) -> Result<(Vec<Example>, TokenizeStats)> {
+        let mut stats = TokenizeStats::default();
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            match self.fit(&self.prompt(&r.system, &r.prompt)?, &r.output)? {
+                Fit::Whole(e) => {
+                    stats.kept += 1;
+                    out.push(e)
+                }
+                Fit::Truncated(e) => {
+                    stats.truncated += 1;
+                    out.push(e)
+                }
+                Fit::Dropped => stats.dropped += 1,
             }
         }
+        Ok((out, stats))
     }
-    Ok((out, stats))
+
+    /// Pairs share their prompt; a pair is dropped when either answer is.
+    pub fn pairs(&self, records: &[PreferenceRecord]) -> Result<(Vec<Pair>, TokenizeStats)> {
+        let mut stats = TokenizeStats::default();
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let prompt = self.prompt(&r.system, &r.prompt)?;
+            match (
+                self.fit(&prompt, &r.chosen)?,
+                self.fit(&prompt, &r.rejected)?,
+            ) {
+                (Fit::Dropped, _) | (_, Fit::Dropped) => stats.dropped += 1,
+                (Fit::Whole(chosen), Fit::Whole(rejected)) => {
+                    stats.kept += 1;
+                    out.push(Pair { chosen, rejected })
+                }
+                (
+                    Fit::Whole(chosen) | Fit::Truncated(chosen),
+                    Fit::Whole(rejected) | Fit::Truncated(rejected),
+                ) => {
+                    stats.truncated += 1;
+                    out.push(Pair { chosen, rejected })
+                }
+            }
+        }
+        Ok((out, stats))
+    }
 }

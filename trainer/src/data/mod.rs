@@ -9,7 +9,7 @@ mod reader;
 mod records;
 
 pub use batch::{pack, Batch, PreferenceBatch, IGNORE};
-pub use examples::{tokenize_pairs, tokenize_sft, Example, Pair, TokenizeStats};
+pub use examples::{Example, Pair, Tokenization, TokenizeStats};
 pub use format::PromptFormat;
 pub use reader::{read_rows, write_jsonl, write_parquet, Row};
 pub use records::{load_records, LoadStats, PreferenceRecord, Record, SftRecord};

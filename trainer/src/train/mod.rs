@@ -24,6 +24,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::model::{load_model_dir, save_model_dir, ModelConfig};
 use crate::optim::{cosine_lr, AdamWConfig};
 use crate::progress::Progress;
+use crate::storage::{self, Store};
 use crate::tokenizer::Tokenizer;
 
 pub fn select_device(choice: DeviceChoice) -> Result<Device> {
@@ -64,7 +65,7 @@ pub struct Summary {
     pub tokenize: TokenizeStats,
     pub last_checkpoint: Option<String>,
     /// The final HF model directory (None when the run stopped early).
-    pub output_dir: Option<PathBuf>,
+    pub output_dir: Option<String>,
     pub finished: bool,
 }
 
@@ -107,6 +108,9 @@ struct Prepared {
 
 fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
     let d = &cfg.data;
+    let cache = std::env::temp_dir().join(format!("janus-data-{}", std::process::id()));
+    let retry = std::time::Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
+    let train = fetch_data_files(&d.train, &cache, retry)?;
     let overhead = tok.encode(&d.prompt_format.prompt("", "x"))?.len()
         + tok.encode(&d.prompt_format.response("x"))?.len()
         + 2;
@@ -116,17 +120,17 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
             d.max_seq_len, d.prompt_format, overhead, d.min_response_tokens
         )));
     }
+    let tokenization = data::Tokenization {
+        tok,
+        format: d.prompt_format,
+        max_len: d.max_seq_len,
+        policy: d.truncation,
+        min_response: d.min_response_tokens,
+    };
     let (units, records, skipped, stats) = match cfg.method {
         Method::Sft => {
-            let (recs, ls) = data::load_records::<SftRecord>(&d.train, d.skip_bad_records)?;
-            let (examples, stats) = data::tokenize_sft(
-                &recs,
-                tok,
-                d.prompt_format,
-                d.max_seq_len,
-                d.truncation,
-                d.min_response_tokens,
-            )?;
+            let (recs, ls) = data::load_records::<SftRecord>(&train, d.skip_bad_records)?;
+            let (examples, stats) = tokenization.sft(&recs)?;
             let units = if d.packing {
                 let order = epoch_order(examples.len(), cfg.hyperparameters.seed, u64::MAX);
                 let rows = data::pack(&examples, &order, d.max_seq_len);
@@ -137,18 +141,13 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
             (units, ls.rows, ls.skipped, stats)
         }
         Method::Orpo => {
-            let (recs, ls) = data::load_records::<PreferenceRecord>(&d.train, d.skip_bad_records)?;
-            let (pairs, stats) = data::tokenize_pairs(
-                &recs,
-                tok,
-                d.prompt_format,
-                d.max_seq_len,
-                d.truncation,
-                d.min_response_tokens,
-            )?;
+            let (recs, ls) = data::load_records::<PreferenceRecord>(&train, d.skip_bad_records)?;
+            let (pairs, stats) = tokenization.pairs(&recs)?;
             (Units::Pairs(pairs), ls.rows, ls.skipped, stats)
         }
     };
+    // Everything is in memory now; downloaded copies are not needed.
+    let _ = std::fs::remove_dir_all(&cache);
     if units.len() == 0 {
         return Err(Error::Data(format!(
             "no example fits `data.max_seq_len` = {} ({} dropped by truncation policy {:?})",
@@ -413,7 +412,6 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             true,
         ));
     }
-    let out = publish(cfg, &trainer.vs, &model_config, &tokenizer_path)?;
     let s = summary(
         cfg,
         &prepared,
@@ -422,15 +420,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         tokens_this_run,
         compute_secs,
         last_checkpoint,
-        Some(out),
+        Some(cfg.output_dir.to_string_lossy().to_string()),
         true,
     );
-    let path = cfg.output_dir.join("summary.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&s).expect("summary serializes"),
-    )
-    .ctx(|| path.display().to_string())?;
+    publish(cfg, &trainer.vs, &model_config, &tokenizer_path, &s)?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "training finished"
@@ -490,16 +483,70 @@ fn step_on(
 }
 
 /// Write the final model (HF format, with tokenizer) to `output_dir`.
+/// A URL `output_dir` gets the same files, written locally first and then uploaded.
 fn publish(
     cfg: &TrainConfig,
     vs: &VarStore,
     model_config: &ModelConfig,
     tokenizer: &Path,
-) -> Result<PathBuf> {
-    let out = &cfg.output_dir;
-    save_model_dir(out, vs, model_config, crate::checkpoint::MAX_SHARD_BYTES)?;
-    std::fs::copy(tokenizer, out.join("tokenizer.json")).ctx(|| out.display().to_string())?;
-    Ok(out.clone())
+    summary: &Summary,
+) -> Result<()> {
+    let target = cfg.output_dir.to_string_lossy().to_string();
+    let remote = storage::is_url(&target);
+    let local = if remote {
+        std::env::temp_dir().join(format!("janus-output-{}", std::process::id()))
+    } else {
+        cfg.output_dir.clone()
+    };
+    let mut files = save_model_dir(&local, vs, model_config, crate::checkpoint::MAX_SHARD_BYTES)?;
+    std::fs::copy(tokenizer, local.join("tokenizer.json")).ctx(|| local.display().to_string())?;
+    files.push("tokenizer.json".into());
+    let path = local.join("summary.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(summary).expect("summary serializes"),
+    )
+    .ctx(|| path.display().to_string())?;
+    files.push("summary.json".into());
+    if remote {
+        let store = Store::open(
+            &target,
+            std::time::Duration::from_secs(cfg.checkpoint.retry_timeout_seconds),
+        )?;
+        for f in &files {
+            store.put_file(f, &local.join(f))?;
+        }
+        std::fs::remove_dir_all(&local).ctx(|| local.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Local copies of the training files; URLs are downloaded into `cache`.
+fn fetch_data_files(
+    train: &[PathBuf],
+    cache: &Path,
+    retry: std::time::Duration,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(train.len());
+    for (i, f) in train.iter().enumerate() {
+        let s = f.to_string_lossy();
+        if !storage::is_url(&s) {
+            out.push(f.clone());
+            continue;
+        }
+        let (dir, name) = s
+            .rsplit_once('/')
+            .ok_or_else(|| Error::Config(format!("data URL `{s}` names no object")))?;
+        let store = Store::open(dir, retry)?;
+        if !store.exists(name)? {
+            return Err(Error::Data(format!("{s}: no such object")));
+        }
+        let local = cache.join(format!("{i}-{name}"));
+        store.get_file(name, &local)?;
+        tracing::info!(url = %s, bytes = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0), "downloaded training data");
+        out.push(local);
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -511,7 +558,7 @@ fn summary(
     tokens: i64,
     secs: f64,
     last_checkpoint: Option<String>,
-    output_dir: Option<PathBuf>,
+    output_dir: Option<String>,
     finished: bool,
 ) -> Summary {
     Summary {

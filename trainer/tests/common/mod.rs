@@ -44,6 +44,14 @@ pub fn run_python(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// Run a command to success; returns its stderr (the log), panicking with it otherwise.
+pub fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{cmd:?} failed:\n{err}");
+    err
+}
+
 pub fn janus() -> Command {
     Command::new(env!("CARGO_BIN_EXE_janus"))
 }
