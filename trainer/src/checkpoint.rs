@@ -85,7 +85,8 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 /// `latest`. Resuming downloads a complete checkpoint to a local cache and checks it.
 pub struct CheckpointDir {
     store: Store,
-    staging: PathBuf,
+    /// Unique per instance (and removed with it): runs in one process never share it.
+    staging: tempfile::TempDir,
 }
 
 fn step_name(step: u64) -> String {
@@ -96,10 +97,7 @@ impl CheckpointDir {
     /// `dir` is a URL or a path; checkpoints go below `<dir>/<job>/`.
     pub fn new(dir: &str, job: &str, retry_timeout: Duration) -> Result<Self> {
         let store = Store::open(dir, retry_timeout)?.child(job);
-        let base = std::env::var_os("JANUS_STAGING_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let staging = base.join(format!("janus-{job}-{}", std::process::id()));
+        let staging = staging_dir(&format!("janus-{job}-"))?;
         Ok(Self { store, staging })
     }
 
@@ -128,7 +126,7 @@ impl CheckpointDir {
         keep: usize,
     ) -> Result<String> {
         let name = step_name(state.step);
-        let dir = self.staging.join(&name);
+        let dir = self.staging.path().join(&name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         }
@@ -218,7 +216,7 @@ impl CheckpointDir {
         if m.format != FORMAT || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
-        let local = self.staging.join("restore").join(&name);
+        let local = self.staging.path().join("restore").join(&name);
         for f in &m.files {
             let dst = local.join(&f.path);
             self.store
@@ -253,10 +251,17 @@ impl CheckpointDir {
     }
 }
 
-impl Drop for CheckpointDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.staging);
-    }
+/// A fresh local scratch directory under `JANUS_STAGING_DIR` (default: the system
+/// temp dir), removed when dropped.
+pub fn staging_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let base = std::env::var_os("JANUS_STAGING_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).ctx(|| base.display().to_string())?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .ctx(|| base.display().to_string())
 }
 
 /// Load a checkpoint's weights and optimizer state.

@@ -58,6 +58,16 @@ enum Command {
         #[arg(last = true, required = true)]
         args: Vec<OsString>,
     },
+    /// Seconds to save and to find + load a checkpoint (model and AdamW state) of the
+    /// model in --model, to --dir (a path or URL); prints one JSON line.
+    BenchCheckpoint {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        dir: String,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// All-reduce bandwidth of the CPU ring (run under `janus launch`); rank 0 prints
     /// one JSON line per size.
     BenchAllreduce {
@@ -238,6 +248,7 @@ fn run(cmd: Command, terminal: bool) -> Result<()> {
             };
             std::process::exit(launch(&spec)?);
         }
+        Command::BenchCheckpoint { model, dir, reps } => bench_checkpoint(&model, &dir, reps),
         Command::BenchAllreduce {
             sizes_mib,
             iters,
@@ -587,4 +598,75 @@ fn bench_allreduce(sizes_mib: &[usize], iters: usize, warmup: usize) -> Result<(
         }
     }
     Ok(())
+}
+
+fn bench_checkpoint(model: &Path, dir: &str, reps: usize) -> Result<()> {
+    use janus::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
+    let cfg = ModelConfig::from_file(&model.join("config.json"))?;
+    let adam = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut trainer = Trainer::new(&cfg, tch::Kind::Float, tch::Device::Cpu, adam, 1.0);
+    janus::model::load_model_dir(model, &trainer.vs, &cfg)?;
+    let ckpt = CheckpointDir::new(dir, "bench", std::time::Duration::from_secs(60))?;
+    ckpt.check_access()?;
+    let (mut save, mut load) = (Vec::new(), Vec::new());
+    let mut bytes = 0u64;
+    for rep in 0..reps {
+        let state = TrainerState {
+            step: rep as u64 + 1,
+            total_steps: reps as u64,
+            cursor: DataCursor {
+                epoch: 0,
+                position: 0,
+                seed: 0,
+            },
+            learning_rate: 0.0,
+            config_hash: "bench".into(),
+            tokenizer: "bench".into(),
+            world_size: 1,
+            tokens_seen: 0,
+            losses: vec![],
+        };
+        let t = Instant::now();
+        ckpt.save(
+            &trainer.vs,
+            &cfg,
+            &model.join("tokenizer.json"),
+            &trainer.opt,
+            &state,
+            1,
+        )?;
+        save.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (local, found) = ckpt
+            .latest()?
+            .ok_or_else(|| Error::Checkpoint("the checkpoint just saved was not found".into()))?;
+        restore(&local, &trainer.vs, &cfg, &mut trainer.opt, &found)?;
+        load.push(t.elapsed().as_secs_f64());
+        bytes = walk_bytes(&local);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let out = serde_json::json!({
+        "dir": dir, "params": cfg.num_parameters(), "checkpoint_bytes": bytes,
+        "save_seconds": median(&mut save), "load_seconds": median(&mut load),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn walk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }

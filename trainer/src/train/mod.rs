@@ -108,9 +108,10 @@ struct Prepared {
 
 fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
     let d = &cfg.data;
-    let cache = std::env::temp_dir().join(format!("janus-data-{}", std::process::id()));
+    let cache_dir = crate::checkpoint::staging_dir("janus-data-")?;
+    let cache = cache_dir.path();
     let retry = std::time::Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
-    let train = fetch_data_files(&d.train, &cache, retry)?;
+    let train = fetch_data_files(&d.train, cache, retry)?;
     let overhead = tok.encode(&d.prompt_format.prompt("", "x"))?.len()
         + tok.encode(&d.prompt_format.response("x"))?.len()
         + 2;
@@ -147,7 +148,7 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
         }
     };
     // Everything is in memory now; downloaded copies are not needed.
-    let _ = std::fs::remove_dir_all(&cache);
+    drop(cache_dir);
     if units.len() == 0 {
         return Err(Error::Data(format!(
             "no example fits `data.max_seq_len` = {} ({} dropped by truncation policy {:?})",
@@ -493,11 +494,15 @@ fn publish(
 ) -> Result<()> {
     let target = cfg.output_dir.to_string_lossy().to_string();
     let remote = storage::is_url(&target);
-    let local = if remote {
-        std::env::temp_dir().join(format!("janus-output-{}", std::process::id()))
+    let scratch = if remote {
+        Some(crate::checkpoint::staging_dir("janus-output-")?)
     } else {
-        cfg.output_dir.clone()
+        None
     };
+    let local = scratch
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_else(|| cfg.output_dir.clone());
     let mut files = save_model_dir(&local, vs, model_config, crate::checkpoint::MAX_SHARD_BYTES)?;
     std::fs::copy(tokenizer, local.join("tokenizer.json")).ctx(|| local.display().to_string())?;
     files.push("tokenizer.json".into());
@@ -516,7 +521,6 @@ fn publish(
         for f in &files {
             store.put_file(f, &local.join(f))?;
         }
-        std::fs::remove_dir_all(&local).ctx(|| local.display().to_string())?;
     }
     Ok(())
 }
