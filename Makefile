@@ -22,7 +22,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling clean-demo
+.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling bench-checkpoint clean-demo
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -50,7 +50,7 @@ unit: $(STAMP) $(VERSITYGW)
 
 test: build lint unit
 
-bench: bench-train bench-allreduce bench-scaling
+bench: bench-train bench-allreduce bench-scaling bench-checkpoint
 
 bench-train: build
 	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
@@ -60,6 +60,9 @@ bench-allreduce: build
 
 bench-scaling: build
 	$(PY) bench/scaling_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
+
+bench-checkpoint: build $(VERSITYGW)
+	$(PY) bench/checkpoint_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
 clean-demo:
 	rm -rf target/janus-demo
