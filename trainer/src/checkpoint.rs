@@ -126,10 +126,17 @@ impl CheckpointDir {
         keep: usize,
     ) -> Result<String> {
         let name = step_name(state.step);
-        let dir = self.staging.path().join(&name);
+        // A leftover of this step (a crash mid-save, or an older run) goes first.
+        self.store.delete_prefix(&name)?;
+        // Local targets are written in place; remote ones are staged, then uploaded.
+        let in_place = self.store.local_dir().map(|root| root.join(&name));
+        let dir = in_place
+            .clone()
+            .unwrap_or_else(|| self.staging.path().join(&name));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         }
+        let started = std::time::Instant::now();
         let mut files = save_model_dir(&dir, vs, model_config, MAX_SHARD_BYTES)?;
         std::fs::copy(tokenizer_json, dir.join("tokenizer.json"))
             .ctx(|| tokenizer_json.display().to_string())?;
@@ -140,6 +147,7 @@ impl CheckpointDir {
         std::fs::write(dir.join(TRAINER_STATE), state_json)
             .ctx(|| dir.join(TRAINER_STATE).display().to_string())?;
         files.push(TRAINER_STATE.into());
+        let written = started.elapsed().as_secs_f64();
         let mut entries = Vec::new();
         for f in &files {
             let (bytes, sha256) = sha256_file(&dir.join(f))?;
@@ -149,12 +157,20 @@ impl CheckpointDir {
                 sha256,
             });
         }
-        // A leftover of this step (a crash mid-upload, or an older run) goes first.
-        self.store.delete_prefix(&name)?;
-        tracing::info!(checkpoint = %self.step_url(state.step), files = files.len(), "uploading checkpoint");
-        for f in &files {
-            self.store.put_file(&format!("{name}/{f}"), &dir.join(f))?;
+        let hashed = started.elapsed().as_secs_f64();
+        if in_place.is_none() {
+            tracing::info!(checkpoint = %self.step_url(state.step), files = files.len(), "uploading checkpoint");
+            for f in &files {
+                self.store.put_file(&format!("{name}/{f}"), &dir.join(f))?;
+            }
+            std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         }
+        tracing::debug!(
+            written,
+            hashed,
+            uploaded = started.elapsed().as_secs_f64(),
+            "checkpoint phases (cumulative seconds)"
+        );
         let manifest = Manifest {
             format: FORMAT.into(),
             step: state.step,
@@ -166,7 +182,6 @@ impl CheckpointDir {
         )?;
         self.store
             .put_bytes(LATEST, format!("{name}\n").into_bytes())?;
-        std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         self.prune(keep, state.step)?;
         Ok(self.step_url(state.step))
     }
@@ -216,12 +231,18 @@ impl CheckpointDir {
         if m.format != FORMAT || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
-        let local = self.staging.path().join("restore").join(&name);
+        // Local checkpoints are checked where they are; remote ones are downloaded.
+        let in_place = self.store.local_dir().map(|root| root.join(&name));
+        let local = in_place
+            .clone()
+            .unwrap_or_else(|| self.staging.path().join("restore").join(&name));
         for f in &m.files {
             let dst = local.join(&f.path);
-            self.store
-                .get_file(&format!("{name}/{}", f.path), &dst)
-                .map_err(|e| e.to_string())?;
+            if in_place.is_none() {
+                self.store
+                    .get_file(&format!("{name}/{}", f.path), &dst)
+                    .map_err(|e| e.to_string())?;
+            }
             let (bytes, sha) = sha256_file(&dst).map_err(|e| e.to_string())?;
             if bytes != f.bytes || sha != f.sha256 {
                 return Err(format!("{} does not match its checksum", f.path));

@@ -28,6 +28,9 @@ pub struct Store {
     prefix: ObjectPath,
     /// The URL as the user wrote it (no credentials ever live in it).
     url: String,
+    /// The directory behind a local store (`file://` or a path), for callers that can
+    /// write in place instead of copying.
+    local_root: Option<PathBuf>,
     rt: Arc<tokio::runtime::Runtime>,
 }
 
@@ -84,51 +87,53 @@ impl Store {
             max_retries: usize::MAX,
             backoff,
         };
-        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) =
-            if !is_url(url) || url.starts_with("file://") {
-                let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
-                    .map_err(|e| bad(&e))?;
-                (Arc::new(fs), ObjectPath::default())
-            } else {
-                let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
-                let prefix = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(&e))?;
-                let store: Arc<dyn ObjectStore> = match parsed.scheme() {
-                    "s3" | "s3a" => Arc::new(
-                        object_store::aws::AmazonS3Builder::from_env()
-                            .with_url(url)
-                            .with_retry(retry)
-                            .build()
-                            .map_err(|e| bad(&e))?,
-                    ),
-                    "gs" => Arc::new(
-                        object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                            .with_url(url)
-                            .with_retry(retry)
-                            .build()
-                            .map_err(|e| bad(&e))?,
-                    ),
-                    "az" | "abfs" | "abfss" => Arc::new(
-                        object_store::azure::MicrosoftAzureBuilder::from_env()
-                            .with_url(url)
-                            .with_retry(retry)
-                            .build()
-                            .map_err(|e| bad(&e))?,
-                    ),
-                    other => {
-                        return Err(bad(&format!(
+        let local = !is_url(url) || url.starts_with("file://");
+        let local_root = local.then(|| PathBuf::from(url.strip_prefix("file://").unwrap_or(url)));
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if local {
+            let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+            std::fs::create_dir_all(&path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| bad(&e))?;
+            (Arc::new(fs), ObjectPath::default())
+        } else {
+            let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
+            let prefix = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(&e))?;
+            let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+                "s3" | "s3a" => Arc::new(
+                    object_store::aws::AmazonS3Builder::from_env()
+                        .with_url(url)
+                        .with_retry(retry)
+                        .build()
+                        .map_err(|e| bad(&e))?,
+                ),
+                "gs" => Arc::new(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_url(url)
+                        .with_retry(retry)
+                        .build()
+                        .map_err(|e| bad(&e))?,
+                ),
+                "az" | "abfs" | "abfss" => Arc::new(
+                    object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(url)
+                        .with_retry(retry)
+                        .build()
+                        .map_err(|e| bad(&e))?,
+                ),
+                other => {
+                    return Err(bad(&format!(
                         "unsupported scheme `{other}` (use s3://, gs://, az://, file:// or a path)"
                     )))
-                    }
-                };
-                (store, prefix)
+                }
             };
+            (store, prefix)
+        };
         Ok(Self {
             store,
             prefix,
             url: url.trim_end_matches('/').to_string(),
+            local_root,
             rt: runtime()?,
         })
     }
@@ -142,7 +147,13 @@ impl Store {
         let mut s = self.clone();
         s.prefix = self.path(rel);
         s.url = format!("{}/{rel}", self.url);
+        s.local_root = self.local_root.as_ref().map(|r| r.join(rel));
         s
+    }
+
+    /// The local directory of this store, when it is one.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local_root.as_deref()
     }
 
     fn path(&self, rel: &str) -> ObjectPath {
