@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -214,31 +213,18 @@ fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
     ];
     let args = train_args(dir, &model, &data, "fault", &extra);
     let mut launcher = common::janus();
-    launcher
-        .args(["launch", "--nproc", "2", "--"])
-        .args(&args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
-    let mut child = launcher.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut rank1_pid = None;
-    let mut saw_checkpoint = false;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("\"started rank\"") && line.contains("\"rank\":1") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            rank1_pid = v["pid"].as_i64();
-        }
-        if line.contains("checkpoint saved") {
-            saw_checkpoint = true;
-            break;
-        }
-    }
-    assert!(saw_checkpoint, "no checkpoint was saved");
-    let pid = rank1_pid.expect("the launcher logs each rank's pid");
+    launcher.args(["launch", "--nproc", "2", "--"]).args(&args);
+    let (mut child, mut lines) = common::spawn_logged(launcher);
+    let seen = common::read_until(&mut lines, "checkpoint saved");
+    let pids = common::rank_pids(&seen);
+    let pid = pids
+        .iter()
+        .find(|(r, _)| *r == 1)
+        .expect("the launcher logs each rank's pid")
+        .1;
     let killed_at = Instant::now();
     unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
     }
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
@@ -254,18 +240,7 @@ fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
     let mut again = common::janus();
     again
         .args(["launch", "--nproc", "2", "--"])
-        .args(train_args(
-            dir,
-            &model,
-            &data,
-            "fault",
-            &[
-                "hyperparameters.max_steps=400",
-                "checkpoint.every_steps=3",
-                "hyperparameters.micro_batch_size=2",
-                "hyperparameters.gradient_accumulation_steps=1",
-            ],
-        ));
+        .args(train_args(dir, &model, &data, "fault", &extra));
     // Finish quickly: same trajectory settings, so the checkpoint is accepted.
     let log = common::run_ok(again);
     assert!(log.contains("\"message\":\"resumed\""), "{log}");
@@ -445,27 +420,13 @@ fn sigterm_to_the_launcher_stops_every_rank() {
         ],
     );
     let mut launcher = common::janus();
-    launcher
-        .args(["launch", "--nproc", "2", "--"])
-        .args(&args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
-    let mut child = launcher.spawn().unwrap();
-    let mut pids = Vec::new();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("\"started rank\"") {
-            pids.push(
-                serde_json::from_str::<serde_json::Value>(&line).unwrap()["pid"]
-                    .as_i64()
-                    .unwrap(),
-            );
-        }
-        if line.contains("checkpoint saved") {
-            break;
-        }
-    }
+    launcher.args(["launch", "--nproc", "2", "--"]).args(&args);
+    let (mut child, mut lines) = common::spawn_logged(launcher);
+    let seen = common::read_until(&mut lines, "checkpoint saved");
+    let pids: Vec<i32> = common::rank_pids(&seen)
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
     assert_eq!(pids.len(), 2);
     let sent = Instant::now();
     unsafe {
@@ -481,7 +442,7 @@ fn sigterm_to_the_launcher_stops_every_rank() {
     );
     for pid in pids {
         // kill(pid, 0) fails once the rank is gone (reaped by the launcher).
-        let alive = unsafe { libc::kill(pid as i32, 0) } == 0;
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(
             !alive,
             "rank pid {pid} still running after the launcher exited"

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,32 +64,11 @@ fn resume_from_s3_is_bitwise_identical() {
     );
 }
 
-/// Spawn a training run and return it with its stderr lines.
-fn spawn(
-    mut cmd: Command,
-) -> (
-    std::process::Child,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-) {
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    (child, lines)
-}
-
+/// The first log line containing `needle`.
 fn wait_for(lines: &mut impl Iterator<Item = std::io::Result<String>>, needle: &str) -> String {
-    let mut seen = Vec::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        if l.contains(needle) {
-            return l;
-        }
-        seen.push(l);
-    }
-    panic!(
-        "the run ended before logging {needle:?}:\n{}",
-        seen.join("\n")
-    );
+    common::read_until(lines, needle)
+        .pop()
+        .expect("at least the matching line")
 }
 
 #[test]
@@ -110,7 +88,8 @@ fn a_crash_during_checkpoint_upload_leaves_no_usable_partial_checkpoint() {
         "checkpoint.every_steps=2",
         "hyperparameters.micro_batch_size=1",
     ];
-    let (mut child, mut lines) = spawn(train_cmd(&s3, dir, &model, &data, "crash", &extra));
+    let (mut child, mut lines) =
+        common::spawn_logged(train_cmd(&s3, dir, &model, &data, "crash", &extra));
     wait_for(&mut lines, "\"checkpoint saved\"");
     wait_for(&mut lines, "\"uploading checkpoint\"");
     child.kill().unwrap();
@@ -140,7 +119,7 @@ fn a_short_outage_is_retried_and_the_run_finishes() {
         "hyperparameters.micro_batch_size=2",
         "checkpoint.retry_timeout_seconds=60",
     ];
-    let (mut child, mut lines) = spawn(train_cmd(
+    let (mut child, mut lines) = common::spawn_logged(train_cmd(
         &s3,
         dir,
         &model,
@@ -172,7 +151,7 @@ fn a_long_outage_exits_retryable_naming_the_endpoint_and_keeps_checkpoints() {
         "hyperparameters.micro_batch_size=2",
         "checkpoint.retry_timeout_seconds=3",
     ];
-    let (mut child, mut lines) = spawn(train_cmd(
+    let (mut child, mut lines) = common::spawn_logged(train_cmd(
         &s3,
         dir,
         &model,

@@ -52,6 +52,54 @@ pub fn run_ok(mut cmd: Command) -> String {
     err
 }
 
+/// Start a command with its stderr (the JSON log) captured line by line.
+pub fn spawn_logged(
+    mut cmd: Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    use std::io::BufRead;
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("command starts");
+    let lines = std::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    (child, lines)
+}
+
+/// Read log lines up to and including the first containing `needle`; panics with
+/// everything read when the log ends first.
+pub fn read_until(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    needle: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.expect("utf-8 log line");
+        let found = l.contains(needle);
+        seen.push(l);
+        if found {
+            return seen;
+        }
+    }
+    panic!("the log ended before {needle:?}:\n{}", seen.join("\n"));
+}
+
+/// Pids of the ranks a launcher started, from its `started rank` log lines.
+pub fn rank_pids(lines: &[String]) -> Vec<(u64, i32)> {
+    lines
+        .iter()
+        .filter(|l| l.contains("\"started rank\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON log line");
+            (
+                v["rank"].as_u64().expect("rank"),
+                v["pid"].as_i64().expect("pid") as i32,
+            )
+        })
+        .collect()
+}
+
 pub fn janus() -> Command {
     Command::new(env!("CARGO_BIN_EXE_janus"))
 }
