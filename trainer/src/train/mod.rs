@@ -265,8 +265,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         tokens_seen: 0,
         losses: vec![],
     };
-    let mut resumed_from = None;
-    let mut last_checkpoint = None;
+    let mut run = RunRecord::default();
     match cfg
         .checkpoint
         .resume
@@ -296,9 +295,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             }
             restore(&dir, &trainer.vs, &model_config, &mut trainer.opt, &saved)?;
             tracing::info!(checkpoint = %url, step = saved.step, "resumed");
-            resumed_from = Some(saved.step);
+            run.resumed_from = Some(saved.step);
             state = saved;
-            last_checkpoint = Some(url);
+            run.last_checkpoint = Some(url);
         }
         None => load_model_dir(&cfg.model.path, &trainer.vs, &model_config)?,
     }
@@ -308,8 +307,6 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let progress = Progress::new(opts.progress_bar, rank == 0, total_steps, state.step);
     let mut order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
     let started = Instant::now();
-    let mut tokens_this_run = 0i64;
-    let mut compute_secs = 0.0;
     while state.step < total_steps {
         if state.cursor.position >= order.len() {
             state.cursor.epoch += 1;
@@ -336,14 +333,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             device,
             lr,
         )?;
-        compute_secs += t0.elapsed().as_secs_f64();
+        run.compute_secs += t0.elapsed().as_secs_f64();
         state.cursor.position = end;
         state.step += 1;
         state.learning_rate = lr;
         state.tokens_seen += r.tokens as u64;
         state.losses.push(r.loss);
-        tokens_this_run += r.tokens;
-        let tps = tokens_this_run as f64 / compute_secs.max(1e-9);
+        run.tokens += r.tokens;
+        let tps = run.tokens_per_second();
         let mut fields: Vec<(&str, f64)> = vec![
             ("loss", r.loss),
             ("grad_norm", r.grad_norm),
@@ -378,7 +375,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
             }
             trainer.comm.barrier()?;
-            last_checkpoint = Some(ckpt.step_url(state.step));
+            run.last_checkpoint = Some(ckpt.step_url(state.step));
         }
         if stop_here && state.step < total_steps {
             progress.finish();
@@ -386,44 +383,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 step = state.step,
                 "stopping early as asked (--stop-after-steps)"
             );
-            return Ok(summary(
-                cfg,
-                &prepared,
-                &state,
-                resumed_from,
-                tokens_this_run,
-                compute_secs,
-                last_checkpoint,
-                None,
-                false,
-            ));
+            return Ok(summary(cfg, &prepared, &state, &run, None, false));
         }
     }
     progress.finish();
     if rank != 0 {
-        return Ok(summary(
-            cfg,
-            &prepared,
-            &state,
-            resumed_from,
-            tokens_this_run,
-            compute_secs,
-            last_checkpoint,
-            None,
-            true,
-        ));
+        return Ok(summary(cfg, &prepared, &state, &run, None, true));
     }
-    let s = summary(
-        cfg,
-        &prepared,
-        &state,
-        resumed_from,
-        tokens_this_run,
-        compute_secs,
-        last_checkpoint,
-        Some(cfg.output_dir.to_string_lossy().to_string()),
-        true,
-    );
+    let output = cfg.output_dir.to_string_lossy().to_string();
+    let s = summary(cfg, &prepared, &state, &run, Some(output), true);
     publish(cfg, &trainer.vs, &model_config, &tokenizer_path, &s)?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
@@ -553,31 +521,44 @@ fn fetch_data_files(
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What this process has done so far, beyond the checkpointed trainer state.
+#[derive(Default)]
+struct RunRecord {
+    resumed_from: Option<u64>,
+    last_checkpoint: Option<String>,
+    /// Tokens processed by all ranks in this run (not before a resume).
+    tokens: i64,
+    /// Seconds spent in training steps (not data preparation or checkpoints).
+    compute_secs: f64,
+}
+
+impl RunRecord {
+    fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.compute_secs.max(1e-9)
+    }
+}
+
 fn summary(
     cfg: &TrainConfig,
     p: &Prepared,
     state: &TrainerState,
-    resumed_from: Option<u64>,
-    tokens: i64,
-    secs: f64,
-    last_checkpoint: Option<String>,
+    run: &RunRecord,
     output_dir: Option<String>,
     finished: bool,
 ) -> Summary {
     Summary {
         job: cfg.job.clone(),
         method: cfg.method,
-        resumed_from_step: resumed_from,
+        resumed_from_step: run.resumed_from,
         steps_completed: state.step,
         total_steps: state.total_steps,
         first_loss: state.losses.first().copied(),
         last_loss: state.losses.last().copied(),
-        tokens_per_second: tokens as f64 / secs.max(1e-9),
+        tokens_per_second: run.tokens_per_second(),
         records: p.records,
         skipped_records: p.skipped,
         tokenize: p.stats.clone(),
-        last_checkpoint,
+        last_checkpoint: run.last_checkpoint.clone(),
         finished,
         output_dir,
     }
