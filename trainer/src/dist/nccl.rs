@@ -41,13 +41,19 @@ pub fn available() -> bool {
     tch::Cuda::is_available() && unsafe { sys::is_culib_present() }
 }
 
+/// The guard before any cudarc call.
+fn require() -> Result<()> {
+    if available() {
+        return Ok(());
+    }
+    Err(Error::Config(
+        "NCCL requested but CUDA or libnccl.so is not available (check LD_LIBRARY_PATH)".into(),
+    ))
+}
+
 /// A new unique id (rank 0 makes it; the rendezvous hands it to the others).
 pub fn unique_id() -> Result<Vec<u8>> {
-    if !available() {
-        return Err(Error::Config(
-            "NCCL requested but CUDA or libnccl.so is not available (check LD_LIBRARY_PATH)".into(),
-        ));
-    }
+    require()?;
     let id = result::get_uniqueid().map_err(|e| nccl_error("get unique id", e))?;
     Ok(id.internal.iter().map(|&c| c as u8).collect())
 }
@@ -55,12 +61,7 @@ pub fn unique_id() -> Result<Vec<u8>> {
 impl Nccl {
     /// Join the communicator `id` as `rank` of `world`, on CUDA device `local_rank`.
     pub fn new(rank: usize, world: usize, local_rank: usize, id: &[u8]) -> Result<Self> {
-        if !available() {
-            return Err(Error::Config(
-                "NCCL requested but CUDA or libnccl.so is not available (check LD_LIBRARY_PATH)"
-                    .into(),
-            ));
-        }
+        require()?;
         if id.len() != ID_BYTES {
             return Err(Error::Config(format!(
                 "NCCL unique id has {} bytes, expected {ID_BYTES}",
