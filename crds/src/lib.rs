@@ -1,8 +1,34 @@
 //! API types shared by the operator and the trainer.
 //!
-//! For now this holds the operator <-> trainer contract from `shared/DESIGN.md`
-//! (environment variable names and exit codes), so both sides name them once.
-//! The `JanusTrainingJob` / `JanusEvalJob` custom resources land here next.
+//! Always available (no Kubernetes dependencies, so the trainer can use them): the
+//! operator <-> trainer contract from `shared/DESIGN.md` (environment variable names,
+//! exit codes, labels, the progress annotation and its JSON document).
+//!
+//! With the `k8s` feature: the `JanusTrainingJob` / `JanusEvalJob` custom resources
+//! (kube `CustomResource`, schemars schemas with CEL validation rules) and the Janus
+//! recipe that fills in the hyperparameters a job leaves out.
+
+pub mod progress;
+
+#[cfg(feature = "k8s")]
+pub mod crd_yaml;
+#[cfg(feature = "k8s")]
+pub mod eval;
+#[cfg(feature = "k8s")]
+pub mod recipe;
+#[cfg(feature = "k8s")]
+pub mod training;
+#[cfg(feature = "k8s")]
+mod url;
+
+pub use progress::Progress;
+
+#[cfg(feature = "k8s")]
+pub use eval::{JanusEvalJob, JanusEvalJobSpec, JanusEvalJobStatus};
+#[cfg(feature = "k8s")]
+pub use training::{JanusTrainingJob, JanusTrainingJobSpec, JanusTrainingJobStatus};
+#[cfg(feature = "k8s")]
+pub use url::StorageUrl;
 
 /// API group of the custom resources.
 pub const GROUP: &str = "janus.dev";
@@ -19,6 +45,11 @@ pub mod env {
     pub const MASTER_PORT: &str = "JANUS_MASTER_PORT";
     pub const ATTEMPT: &str = "JANUS_ATTEMPT";
     pub const CONFIG: &str = "JANUS_CONFIG";
+    /// Name of the pod the process runs in (downward API); rank 0 writes the progress
+    /// annotation on this pod.
+    pub const POD_NAME: &str = "JANUS_POD_NAME";
+    /// Namespace of that pod (downward API).
+    pub const POD_NAMESPACE: &str = "JANUS_POD_NAMESPACE";
 }
 
 /// Process exit codes of the `janus` trainer.
@@ -31,4 +62,32 @@ pub mod exit_code {
     /// Anything else (I/O, a lost peer, an out-of-memory kill) is retryable; the trainer
     /// uses this code for errors it recognises as transient.
     pub const RETRYABLE: i32 = 75;
+}
+
+/// Labels the operator puts on every child object.
+pub mod labels {
+    /// Name of the owning job (on pods, the Service, the ConfigMap, RBAC objects).
+    pub const JOB: &str = "janus.dev/job";
+    /// Worker index `i` of pod `J-worker-i`.
+    pub const RANK: &str = "janus.dev/rank";
+    /// Gang attempt the pod belongs to (0 for the first, +1 per gang restart).
+    pub const ATTEMPT: &str = "janus.dev/attempt";
+    /// Kueue's queue label: a job carrying it is admitted by Kueue through `suspend`.
+    pub const KUEUE_QUEUE_NAME: &str = "kueue.x-k8s.io/queue-name";
+}
+
+/// Annotations of the contract.
+pub mod annotations {
+    /// On the rank-0 pod: a JSON [`crate::Progress`] document written by the trainer.
+    pub const PROGRESS: &str = "janus.dev/progress";
+}
+
+/// Defaults of the worker pods that the trainer relies on too.
+pub mod defaults {
+    /// Port of the rank-0 rendezvous (`JANUS_MASTER_PORT`).
+    pub const MASTER_PORT: i32 = 29500;
+    /// Where the operator mounts the trainer config (`JANUS_CONFIG`).
+    pub const CONFIG_PATH: &str = "/etc/janus/config.yaml";
+    /// Name of the trainer container in each worker pod.
+    pub const CONTAINER_NAME: &str = "trainer";
 }

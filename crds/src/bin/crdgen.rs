@@ -1,0 +1,24 @@
+//! Writes the CRD YAML of the custom resources, generated from the Rust types.
+//!
+//! `cargo run -p janus-crds --features k8s --bin crdgen` rewrites
+//! `charts/janus-operator/crds/`; `--stdout` prints instead.
+
+use std::path::PathBuf;
+
+fn main() {
+    let to_stdout = std::env::args().any(|a| a == "--stdout");
+    let files = janus_crds::crd_yaml::all();
+    if to_stdout {
+        for (_, yaml) in &files {
+            print!("---\n{yaml}");
+        }
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/janus-operator/crds");
+    std::fs::create_dir_all(&dir).expect("create the chart's crds/ directory");
+    for (name, yaml) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        eprintln!("wrote {}", path.display());
+    }
+}

@@ -1,0 +1,68 @@
+//! The progress report rank 0 publishes as the `janus.dev/progress` annotation on its
+//! own pod (a per-job Role allows `get`/`patch` on exactly that pod). The operator
+//! mirrors it into `status.progress` of the job.
+
+use serde::{Deserialize, Serialize};
+
+/// JSON value of the [`crate::annotations::PROGRESS`] annotation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Optimizer steps the schedule is sized for.
+    pub total_steps: u64,
+    /// Loss of the latest logged step (absent before the first one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Training throughput over all ranks, tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+    /// URL of the newest complete checkpoint (`<ckpt-url>/<job>/step-<N>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<String>,
+    /// When the trainer wrote this report (RFC 3339, UTC).
+    pub updated_at: String,
+}
+
+impl Progress {
+    /// Parse the annotation value; `None` for a malformed one (the operator keeps the
+    /// last good progress rather than failing a reconcile on a trainer's typo).
+    pub fn from_annotation(value: &str) -> Option<Self> {
+        serde_json::from_str(value).ok()
+    }
+
+    /// The annotation value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("progress serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_annotation_round_trips_with_camel_case_keys() {
+        let p = Progress {
+            step: 120,
+            total_steps: 3004,
+            loss: Some(1.25),
+            tokens_per_second: Some(10500.0),
+            last_checkpoint: Some("s3://ckpt/j/step-100".into()),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let s = p.to_annotation();
+        assert!(s.contains("\"totalSteps\":3004") && s.contains("\"lastCheckpoint\""));
+        assert!(s.contains("\"tokensPerSecond\"") && s.contains("\"updatedAt\""));
+        assert_eq!(Progress::from_annotation(&s), Some(p));
+    }
+
+    #[test]
+    fn malformed_progress_is_ignored() {
+        assert_eq!(Progress::from_annotation("{\"step\": \"x\"}"), None);
+        let minimal =
+            Progress::from_annotation(r#"{"step":1,"totalSteps":2,"updatedAt":"t"}"#).unwrap();
+        assert_eq!(minimal.loss, None);
+    }
+}

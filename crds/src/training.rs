@@ -1,0 +1,625 @@
+//! `JanusTrainingJob`: a gang of trainer pods that fine-tunes a model with the Janus
+//! recipe. Field names follow the Kubeflow training operator where a user would look
+//! for them (`runPolicy.backoffLimit`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished`,
+//! `suspend`, `cleanPodPolicy`, `replicas`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::url::StorageUrl;
+
+/// Longest job name: it names the headless Service (a DNS-1035 label) and the pods
+/// `<name>-worker-<i>`, whose hostnames must stay within 63 characters.
+pub const MAX_NAME_LENGTH: usize = 48;
+
+/// Spec of a `JanusTrainingJob`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "janus.dev",
+    version = "v1alpha1",
+    kind = "JanusTrainingJob",
+    namespaced,
+    shortname = "jtj",
+    category = "janus",
+    status = "JanusTrainingJobStatus",
+    derive = "PartialEq",
+    doc = "A Janus fine-tuning job: a gang of trainer pods, restarted together from the latest checkpoint when a worker fails.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.progress.step"),
+    printcolumn(name = "Loss", type_ = "number", json_path = ".status.progress.loss"),
+    printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 48 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS-1035 label of at most 48 characters (it names the headless Service and the pods <name>-worker-<i>)")
+)]
+#[x_kube(
+    validation = Rule::new("!(self.method == 'orpo' && has(self.hyperparameters.packing) && self.hyperparameters.packing)")
+        .message("spec.hyperparameters.packing must be false with method orpo (pairs are scored per sequence)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct JanusTrainingJobSpec {
+    /// Training objective: `sft` (supervised fine-tuning) or `orpo` (odds-ratio
+    /// preference optimisation). `dpo` is reserved for a later version.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.method is immutable"))]
+    pub method: Method,
+    /// The base model: a Hugging Face format directory.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.model is immutable"))]
+    pub model: ModelSpec,
+    /// Training data.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.dataset is immutable"))]
+    pub dataset: DatasetSpec,
+    /// Optimisation settings. Every field left out takes the Janus recipe's value for
+    /// the method (see `recipe`), resolved by the operator when it renders the config.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.hyperparameters is immutable"))]
+    pub hyperparameters: Hyperparameters,
+    /// The worker pods: one per node, each running one trainer rank per GPU.
+    pub workers: WorkersSpec,
+    /// Where and how often checkpoints are written; a restarted gang resumes from the
+    /// newest complete one.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.checkpoint is immutable"))]
+    pub checkpoint: CheckpointSpec,
+    /// Where the final model goes (Hugging Face format).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.output is immutable"))]
+    pub output: OutputSpec,
+    /// Secret whose keys become environment variables of every worker (for example
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, `AWS_REGION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_secret_ref: Option<SecretRef>,
+    /// Restart, deadline, clean-up and suspension policy (Kubeflow `runPolicy`).
+    #[serde(default)]
+    pub run_policy: RunPolicy,
+    /// Scheduler and gang (pod group) settings.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+}
+
+/// Training objective.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Supervised fine-tuning on (system, prompt, output) records.
+    Sft,
+    /// Odds-ratio preference optimisation on (system, prompt, chosen, rejected) records.
+    Orpo,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::Orpo => "orpo",
+        }
+    }
+}
+
+/// Parameter dtype for training.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Bfloat16,
+    Float32,
+}
+
+/// The base model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// URL of a Hugging Face format directory (`config.json`, `*.safetensors`,
+    /// `tokenizer.json`): s3://, gs://, az://, file://, https:// or an absolute path.
+    pub url: StorageUrl,
+    /// `tokenizer.json` to use instead of the model directory's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_url: Option<StorageUrl>,
+    /// Parameter dtype for training.
+    #[serde(default)]
+    pub dtype: Dtype,
+}
+
+/// File format of the training data.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Chosen per URL by its extension (`.jsonl` or `.parquet`).
+    #[default]
+    Auto,
+    /// JSON lines; every URL must end in `.jsonl`.
+    Jsonl,
+    /// Parquet; every URL must end in `.parquet`.
+    Parquet,
+}
+
+/// How records become token sequences.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptFormat {
+    /// `<s>[INST] {system}\n{prompt} [/INST] {output}</s>` (the Janus SFT format).
+    Mistral,
+    /// ChatML markers as ordinary text (the released ORPO and DPO runs).
+    Chatml,
+}
+
+/// What to do with an example longer than `maxSeqLen`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Truncation {
+    /// Keep the whole prompt and cut the end of the response (examples whose prompt
+    /// leaves fewer than `minResponseTokens` are dropped).
+    #[default]
+    TruncateResponse,
+    /// Drop every example that does not fit.
+    Drop,
+}
+
+/// Training data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.format == 'auto' || self.urls.all(u, u.endsWith('.' + self.format))")
+        .message("spec.dataset.urls must all end in .<format> when spec.dataset.format is jsonl or parquet")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetSpec {
+    /// Training files (Multifaceted-Collection-style records): s3://, gs://, az://,
+    /// file://, https:// URLs or absolute paths.
+    #[schemars(length(min = 1, max = 256))]
+    pub urls: Vec<StorageUrl>,
+    /// File format of every URL.
+    #[serde(default)]
+    pub format: DataFormat,
+    /// Prompt format; default: `mistral` for sft, `chatml` for orpo (the Janus recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_format: Option<PromptFormat>,
+    /// What to do with examples longer than `hyperparameters.maxSeqLen`.
+    #[serde(default)]
+    pub truncation: Truncation,
+    /// With `TruncateResponse`, the fewest response tokens an example must keep.
+    #[serde(default = "default_min_response_tokens")]
+    #[schemars(range(min = 1))]
+    pub min_response_tokens: u32,
+    /// Skip malformed records (counted and logged) instead of failing the job.
+    #[serde(default)]
+    pub skip_bad_records: bool,
+}
+
+fn default_min_response_tokens() -> u32 {
+    16
+}
+
+/// Optimisation settings. Unset fields take the Janus recipe's value for the method.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hyperparameters {
+    /// Peak learning rate (recipe: 5e-6). Must be > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("spec.hyperparameters.learningRate must be > 0"))]
+    pub learning_rate: Option<f64>,
+    /// Passes over the data (recipe: 4 for sft, 2 for orpo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub epochs: Option<u32>,
+    /// Stop after this many optimizer steps (the schedule is sized for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_steps: Option<u64>,
+    /// Sequences per micro-batch per rank (recipe: 2 for sft, 1 for orpo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub micro_batch_size: Option<u32>,
+    /// Micro-batches per optimizer step (recipe: 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub gradient_accumulation_steps: Option<u32>,
+    /// Tokens per sequence (recipe: 8192 for sft, 4096 for orpo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 1048576))]
+    pub max_seq_len: Option<u32>,
+    /// Pack several SFT examples per sequence (recipe: true for sft; orpo cannot pack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing: Option<bool>,
+    /// Linear warm-up steps before the cosine decay (recipe: 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub warmup_steps: Option<u64>,
+    /// The cosine schedule decays to learningRate * minLrRatio (recipe: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_lr_ratio: Option<f64>,
+    /// AdamW weight decay (recipe: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub weight_decay: Option<f64>,
+    /// AdamW beta1 (default 0.9), in [0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("spec.hyperparameters.adamBeta1 must be in [0, 1)"))]
+    pub adam_beta1: Option<f64>,
+    /// AdamW beta2 (default 0.999), in [0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("spec.hyperparameters.adamBeta2 must be in [0, 1)"))]
+    pub adam_beta2: Option<f64>,
+    /// AdamW epsilon (default 1e-8), > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("spec.hyperparameters.adamEpsilon must be > 0"))]
+    pub adam_epsilon: Option<f64>,
+    /// Global gradient-norm clipping; 0 disables it (default 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_grad_norm: Option<f64>,
+    /// ORPO's lambda, the weight of the odds-ratio term (recipe: 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub orpo_lambda: Option<f64>,
+    /// ORPO's NLL term over prompt + response tokens (as TRL does) instead of the
+    /// response only (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orpo_nll_on_prompt: Option<bool>,
+    /// Random seed (default 42).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub seed: Option<u64>,
+}
+
+/// The worker pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.replicas == oldSelf.replicas").message("spec.workers.replicas is immutable"),
+    validation = Rule::new("self.gpusPerWorker == oldSelf.gpusPerWorker").message("spec.workers.gpusPerWorker is immutable")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    /// Number of worker pods (nodes). Must be >= 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(max = 4096))]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.workers.replicas must be >= 1"))]
+    pub replicas: i32,
+    /// GPUs per worker (`nvidia.com/gpu`); the trainer starts one rank per GPU. 0 runs
+    /// one CPU rank per worker.
+    #[serde(default = "default_gpus")]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpus_per_worker: i32,
+    /// Container image with the `janus` trainer.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Image pull policy (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
+    /// CPU / memory requests and limits of the trainer container (the GPU count comes
+    /// from `gpusPerWorker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the workers must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Rendezvous port of rank 0 (`JANUS_MASTER_PORT`).
+    #[serde(default = "default_master_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub master_port: i32,
+    /// A partial PodTemplateSpec merged over the generated pod: maps merge, lists of
+    /// named items (containers, env, volumes, volumeMounts) merge by `name` (the
+    /// generated container is named `trainer`), anything else replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub template: Option<serde_json::Value>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_gpus() -> i32 {
+    1
+}
+fn default_master_port() -> i32 {
+    crate::defaults::MASTER_PORT
+}
+
+fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "description": "A partial PodTemplateSpec merged over the generated pod."
+    })
+}
+
+/// Checkpointing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Checkpoints go to `<url>/<job name>/step-<N>`.
+    pub url: StorageUrl,
+    /// Save every this many optimizer steps (0: only at the end).
+    #[serde(default = "default_every_steps")]
+    #[schemars(range(min = 0))]
+    pub every_steps: u64,
+    /// Keep the newest this many checkpoints (0: keep all).
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 0))]
+    pub keep: u32,
+    /// How long one storage request is retried before the attempt fails (retryable).
+    #[serde(default = "default_retry_timeout")]
+    #[schemars(range(min = 1))]
+    pub retry_timeout_seconds: u64,
+}
+
+fn default_every_steps() -> u64 {
+    500
+}
+fn default_keep() -> u32 {
+    3
+}
+fn default_retry_timeout() -> u64 {
+    180
+}
+
+/// The final model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSpec {
+    /// Directory URL that receives the final model in Hugging Face format.
+    pub url: StorageUrl,
+}
+
+/// Reference to a Secret in the job's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Which pods are deleted when the job finishes (Kubeflow `cleanPodPolicy`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum CleanPodPolicy {
+    /// Delete the pods that are still running; keep finished ones for their logs.
+    #[default]
+    Running,
+    /// Delete every pod.
+    All,
+    /// Keep every pod.
+    None,
+}
+
+/// Restart, deadline and clean-up policy (Kubeflow `runPolicy`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPolicy {
+    /// Gang restarts allowed before the job is Failed (BackoffLimitExceeded).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0))]
+    pub backoff_limit: i32,
+    /// Seconds the job may run (since it last started or resumed) before it is Failed
+    /// with DeadlineExceeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Delete the job this many seconds after it Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// Delete the worker pods and keep the checkpoint; false resumes from it. Kueue
+    /// admits jobs by flipping this field.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Which pods are deleted when the job finishes.
+    #[serde(default)]
+    pub clean_pod_policy: CleanPodPolicy,
+}
+
+fn default_backoff_limit() -> i32 {
+    3
+}
+
+impl Default for RunPolicy {
+    fn default() -> Self {
+        RunPolicy {
+            backoff_limit: default_backoff_limit(),
+            active_deadline_seconds: None,
+            ttl_seconds_after_finished: None,
+            suspend: false,
+            clean_pod_policy: CleanPodPolicy::default(),
+        }
+    }
+}
+
+/// Scheduler and gang settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Scheduler of the worker pods (for example `volcano` or `scheduler-plugins-scheduler`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
+    /// Gang scheduling through a PodGroup; absent: no PodGroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_group: Option<PodGroupSpec>,
+}
+
+/// Which PodGroup API the gang scheduler reads.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PodGroupProvider {
+    /// `scheduling.volcano.sh/v1beta1` PodGroup; pods carry the
+    /// `scheduling.k8s.io/group-name` annotation.
+    Volcano,
+    /// scheduler-plugins coscheduling `scheduling.x-k8s.io/v1alpha1` PodGroup; pods carry
+    /// the `scheduling.x-k8s.io/pod-group` label.
+    Coscheduling,
+}
+
+/// A PodGroup that makes the scheduler place all workers or none.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodGroupSpec {
+    /// The gang scheduler's API.
+    pub provider: PodGroupProvider,
+    /// Pods that must be placed together; default: `workers.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_member: Option<i32>,
+    /// Volcano queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Coscheduling: seconds to wait for the whole gang before rejecting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub schedule_timeout_seconds: Option<i32>,
+}
+
+/// Lifecycle phase of a training job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum JobPhase {
+    /// Children created, waiting for the workers to run.
+    #[default]
+    Pending,
+    /// Every worker is running.
+    Running,
+    /// The gang is being deleted and recreated after a failure.
+    Restarting,
+    /// Suspended: no pods; resumes from the checkpoint.
+    Suspended,
+    /// Every rank exited 0.
+    Succeeded,
+    /// Failed for the reason in the Failed condition.
+    Failed,
+}
+
+impl JobPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::Pending => "Pending",
+            JobPhase::Running => "Running",
+            JobPhase::Restarting => "Restarting",
+            JobPhase::Suspended => "Suspended",
+            JobPhase::Succeeded => "Succeeded",
+            JobPhase::Failed => "Failed",
+        }
+    }
+
+    pub const ALL: [JobPhase; 6] = [
+        JobPhase::Pending,
+        JobPhase::Running,
+        JobPhase::Restarting,
+        JobPhase::Suspended,
+        JobPhase::Succeeded,
+        JobPhase::Failed,
+    ];
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobPhase::Succeeded | JobPhase::Failed)
+    }
+}
+
+/// Condition types of a training job.
+pub mod condition {
+    pub const CREATED: &str = "Created";
+    pub const RUNNING: &str = "Running";
+    pub const RESTARTING: &str = "Restarting";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+}
+
+/// Condition reasons (CamelCase constants tests match on).
+pub mod reason {
+    pub const JOB_CREATED: &str = "JobCreated";
+    pub const WORKERS_PENDING: &str = "WorkersPending";
+    pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
+    pub const WORKER_FAILED: &str = "WorkerFailed";
+    pub const WORKER_EVICTED: &str = "WorkerEvicted";
+    pub const WORKER_LOST: &str = "WorkerLost";
+    pub const GANG_RECREATED: &str = "GangRecreated";
+    pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+    pub const NON_RETRYABLE_EXIT: &str = "NonRetryableExit";
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    pub const JOB_SUSPENDED: &str = "JobSuspended";
+    pub const JOB_RESUMED: &str = "JobResumed";
+    pub const ALL_WORKERS_SUCCEEDED: &str = "AllWorkersSucceeded";
+}
+
+/// Observed state of a `JanusTrainingJob`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JanusTrainingJobStatus {
+    /// Pending, Running, Restarting, Suspended, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    /// Created, Running, Restarting, Suspended, Succeeded, Failed (with reason and message).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Worker pods by phase, for the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkerCounts>,
+    /// Gang restarts so far (the current attempt number).
+    #[serde(default)]
+    pub restarts: i32,
+    /// When the job (last) started or resumed; `activeDeadlineSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Training progress mirrored from the rank-0 pod's `janus.dev/progress` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    /// URL of the newest complete checkpoint reported by rank 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Worker pods of the current attempt by phase.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCounts {
+    pub desired: i32,
+    pub pending: i32,
+    pub running: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+}
+
+/// Training progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProgress {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Optimizer steps in the schedule.
+    pub total_steps: u64,
+    /// Latest logged loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Tokens per second over all ranks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+    /// Estimated seconds to the last step, from the step rate between two reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// When rank 0 wrote the report (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl JanusTrainingJob {
+    /// Current phase (Pending before the first status write).
+    pub fn phase(&self) -> JobPhase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+}
