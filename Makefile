@@ -17,6 +17,15 @@ VERSITYGW_VERSION := v1.8.0
 VERSITYGW := $(HOME)/.cache/janus/versitygw-$(VERSITYGW_VERSION)/versitygw
 export JANUS_VERSITYGW := $(VERSITYGW)
 
+# The real Kubernetes control plane of the integration tests (tests/controlplane/):
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok, built
+# once from their Go modules at the release pinned in tests/controlplane/k8s/go.mod and
+# cached outside the checkout. Tests start clusters with $JANUS_CONTROLPLANE/up.sh DIR.
+K8S_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {print $$2}' tests/controlplane/k8s/go.mod)
+K8S_BIN := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/k8s-$(K8S_VERSION)/bin
+export JANUS_K8S_BIN := $(K8S_BIN)
+export JANUS_CONTROLPLANE := $(CURDIR)/tests/controlplane
+
 # tch builds against the PyTorch in the venv (tch's documented route).
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
@@ -49,6 +58,16 @@ unit: $(STAMP) $(VERSITYGW)
 	$(CARGO) test --release --workspace
 
 test: build lint unit
+
+.PHONY: controlplane controlplane-smoke
+# build.sh keeps a stamp of the pinned go.mod/go.sum: returns at once when up to date.
+controlplane:
+	@tests/controlplane/build.sh >/dev/null
+
+unit: controlplane
+
+controlplane-smoke: controlplane
+	tests/controlplane/smoke.sh
 
 bench: bench-train bench-allreduce bench-scaling bench-checkpoint
 
