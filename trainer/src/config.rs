@@ -100,6 +100,17 @@ pub struct DataSection {
     pub min_response_tokens: usize,
     /// Skip malformed records (counted and logged) instead of failing.
     pub skip_bad_records: bool,
+    /// How a sharded dataset (`janus data shard` output) is streamed.
+    pub streaming: StreamingSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingSection {
+    /// Blocks (about 1 MiB of records each) read together and shuffled together.
+    pub window_blocks: usize,
+    /// Windows fetched ahead of the one being trained on (memory: window x (1 + this)).
+    pub prefetch_windows: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +192,8 @@ fn preset_value(name: &str) -> Result<Value> {
         "data": {
             "train": ["data/multifaceted-collection.parquet"], "prompt_format": "mistral",
             "max_seq_len": 8192, "packing": true, "truncation": "truncate_response",
-            "min_response_tokens": 16, "skip_bad_records": false
+            "min_response_tokens": 16, "skip_bad_records": false,
+            "streaming": {"window_blocks": 4, "prefetch_windows": 2}
         },
         "hyperparameters": recipe_sft,
         "checkpoint": {"dir": "checkpoints", "every_steps": 500, "keep": 3, "resume": true, "retry_timeout_seconds": 180},
@@ -324,7 +336,7 @@ impl TrainConfig {
     /// Check values that parse but cannot train. Messages name the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let h = &self.hyperparameters;
-        let checks: [(bool, &str, String); 13] = [
+        let checks: [(bool, &str, String); 14] = [
             (
                 !self.job.is_empty()
                     && self
@@ -391,6 +403,11 @@ impl TrainConfig {
                 "must list at least one file".into(),
             ),
             (
+                self.data.streaming.window_blocks >= 1,
+                "data.streaming.window_blocks",
+                "must be >= 1".into(),
+            ),
+            (
                 self.data.max_seq_len >= MIN_SEQ_LEN,
                 "data.max_seq_len",
                 format!("must be >= {MIN_SEQ_LEN}, found {}", self.data.max_seq_len),
@@ -424,6 +441,9 @@ impl TrainConfig {
                 m.remove(k);
             }
             m.remove("distributed");
+            if let Some(Value::Object(s)) = m.get_mut("data").and_then(|d| d.get_mut("streaming")) {
+                s.remove("prefetch_windows");
+            }
             if let Some(Value::Object(c)) = m.get_mut("checkpoint") {
                 c.remove("keep");
                 c.remove("retry_timeout_seconds");

@@ -37,6 +37,11 @@ impl Error {
         }
     }
 
+    /// Whether this is an object or file that does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// Process exit code for this error: bad input is final, the rest is retryable.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -240,6 +240,57 @@ impl Store {
         std::fs::rename(&tmp, local).map_err(|e| Error::io(local.display().to_string(), e))
     }
 
+    /// Bytes `range` of an object (one ranged GET). A missing object is an error
+    /// naming its URL, with `ErrorKind::NotFound` so callers can tell it apart.
+    pub fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.store.get_range(&path, range.clone()))
+            .map(|b| b.to_vec())
+            .map_err(|e| self.error(rel, &format!("download of bytes {range:?}"), e))
+    }
+
+    /// Ranged GETs of several objects at once (at most `in_flight` requests open),
+    /// results in the order asked.
+    pub fn get_ranges(
+        &self,
+        parts: &[(String, std::ops::Range<u64>)],
+        in_flight: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        use futures::StreamExt;
+        let fetches = parts.iter().map(|(rel, range)| {
+            let path = self.path(rel);
+            async move {
+                self.store
+                    .get_range(&path, range.clone())
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| self.error(rel, &format!("download of bytes {range:?}"), e))
+            }
+        });
+        self.rt.block_on(
+            futures::stream::iter(fetches)
+                .buffered(in_flight.max(1))
+                .try_collect(),
+        )
+    }
+
+    /// Objects directly below `rel`: (name, size), sorted by name.
+    pub fn list_objects(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        let path = self.path(rel);
+        let listing = self
+            .rt
+            .block_on(self.store.list_with_delimiter(Some(&path)))
+            .map_err(|e| self.error(rel, "listing", e))?;
+        let mut out: Vec<(String, u64)> = listing
+            .objects
+            .iter()
+            .filter_map(|o| Some((o.location.filename()?.to_string(), o.size)))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     pub fn exists(&self, rel: &str) -> Result<bool> {
         let path = self.path(rel);
         match self.rt.block_on(self.store.head(&path)) {

@@ -64,6 +64,43 @@ fn resume_from_s3_is_bitwise_identical() {
     );
 }
 
+#[test]
+fn streamed_training_from_s3_shards_resumes_bitwise_identical() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let mut shard = common::janus();
+    shard
+        .args(["data", "shard", "--input"])
+        .arg(data.join("sft.parquet"))
+        .args(["--output", &s3.url("sharded"), "--block-size", "2KiB"]);
+    s3.apply_env(&mut shard);
+    common::run_ok(shard);
+    assert!(s3.object_path("sharded/index.json").exists());
+    let url = s3.url("sharded");
+    let dataset = Path::new(&url);
+    // 48 records, 4 per step: 12 steps per epoch; 18 steps cross into epoch 1, and the
+    // stop at step 7 falls inside a window of the stream.
+    let extra = [
+        "hyperparameters.max_steps=18",
+        "checkpoint.every_steps=7",
+        "hyperparameters.micro_batch_size=2",
+        "data.packing=false",
+        "data.streaming.window_blocks=2",
+    ];
+    let log = common::run_ok(train_cmd(&s3, dir, &model, dataset, "straight", &extra));
+    assert!(log.contains("\"message\":\"streaming data\""), "{log}");
+    let mut first = train_cmd(&s3, dir, &model, dataset, "resumed", &extra);
+    first.args(["--stop-after-steps", "7"]);
+    common::run_ok(first);
+    let log = common::run_ok(train_cmd(&s3, dir, &model, dataset, "resumed", &extra));
+    assert!(log.contains("s3://janus-test/ckpt/resumed/step-7"), "{log}");
+    let a = common::read_bytes(&dir.join("out-straight/model.safetensors"));
+    let b = common::read_bytes(&dir.join("out-resumed/model.safetensors"));
+    assert!(a == b, "resumed streamed run differs from the straight run");
+}
+
 /// The first log line containing `needle`.
 fn wait_for(lines: &mut impl Iterator<Item = std::io::Result<String>>, needle: &str) -> String {
     common::read_until(lines, needle)

@@ -18,6 +18,9 @@ use janus::sample::{self, TokenizerSource};
 use janus::train::{self, RunOptions, Summary, Trainer};
 use janus::{Error, Result};
 
+#[path = "../cli/data.rs"]
+mod data_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "janus",
@@ -48,6 +51,11 @@ enum Command {
         /// Print the resolved config and exit.
         #[arg(long)]
         print_config: bool,
+    },
+    /// Shard a dataset for streaming; stream a rank's share of one.
+    Data {
+        #[command(subcommand)]
+        command: data_cmd::DataCommand,
     },
     /// Start N local ranks of a janus command (one per GPU, or CPU processes):
     /// `janus launch --nproc 2 -- train --config job.yaml`.
@@ -234,6 +242,7 @@ fn run(cmd: Command, terminal: bool) -> Result<()> {
             }
             Ok(())
         }
+        Command::Data { command } => data_cmd::run(command, terminal),
         Command::Launch { nproc, args } => {
             if nproc == 0 {
                 return Err(Error::Config("--nproc must be >= 1".into()));

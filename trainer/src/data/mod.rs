@@ -7,6 +7,8 @@ mod examples;
 mod format;
 mod reader;
 mod records;
+pub mod shards;
+pub mod stream;
 
 pub use batch::{pack, Batch, PreferenceBatch, IGNORE};
 pub use examples::{Example, Pair, Tokenization, TokenizeStats};

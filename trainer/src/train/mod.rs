@@ -1,23 +1,21 @@
 //! The training loop: data units in a seeded per-epoch order, gradient accumulation,
 //! clipping, AdamW on the cosine schedule, checkpoints and exact resume.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::Device;
 
+mod feed;
 mod step;
+pub use feed::{epoch_order, Counts, Feed, Share, StepData};
 pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES, LOSS_CHUNK_TOKENS};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
 use crate::config::{Backend, DeviceChoice, Method, TrainConfig};
-use crate::data::{
-    self, Batch, Example, Pair, PreferenceBatch, PreferenceRecord, SftRecord, TokenizeStats,
-};
+use crate::data::{Batch, Example, PreferenceBatch, TokenizeStats};
 use crate::dist::nccl::{self, Nccl};
 use crate::dist::{rendezvous, WorldInfo};
 use crate::error::{Error, IoContext, Result};
@@ -69,100 +67,6 @@ pub struct Summary {
     pub finished: bool,
 }
 
-/// The data of a run, as units the schedule counts: examples, packed rows, or pairs.
-enum Units {
-    Examples(Vec<Example>),
-    Packed {
-        examples: Vec<Example>,
-        rows: Vec<Vec<usize>>,
-    },
-    Pairs(Vec<Pair>),
-}
-
-impl Units {
-    fn len(&self) -> usize {
-        match self {
-            Units::Examples(e) => e.len(),
-            Units::Packed { rows, .. } => rows.len(),
-            Units::Pairs(p) => p.len(),
-        }
-    }
-}
-
-/// Order of the units in `epoch`: a seeded shuffle, the same on every run and resume.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch),
-    );
-    order.shuffle(&mut rng);
-    order
-}
-
-struct Prepared {
-    units: Units,
-    records: usize,
-    skipped: usize,
-    stats: TokenizeStats,
-}
-
-fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer) -> Result<Prepared> {
-    let d = &cfg.data;
-    let cache_dir = crate::checkpoint::staging_dir("janus-data-")?;
-    let cache = cache_dir.path();
-    let retry = std::time::Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
-    let train = fetch_data_files(&d.train, cache, retry)?;
-    let overhead = tok.encode(&d.prompt_format.prompt("", "x"))?.len()
-        + tok.encode(&d.prompt_format.response("x"))?.len()
-        + 2;
-    if d.max_seq_len < overhead + d.min_response_tokens.max(1) {
-        return Err(Error::Config(format!(
-            "`data.max_seq_len` ({}) is below what the {:?} prompt format needs with this tokenizer ({} tokens of markup + data.min_response_tokens {})",
-            d.max_seq_len, d.prompt_format, overhead, d.min_response_tokens
-        )));
-    }
-    let tokenization = data::Tokenization {
-        tok,
-        format: d.prompt_format,
-        max_len: d.max_seq_len,
-        policy: d.truncation,
-        min_response: d.min_response_tokens,
-    };
-    let (units, records, skipped, stats) = match cfg.method {
-        Method::Sft => {
-            let (recs, ls) = data::load_records::<SftRecord>(&train, d.skip_bad_records)?;
-            let (examples, stats) = tokenization.sft(&recs)?;
-            let units = if d.packing {
-                let order = epoch_order(examples.len(), cfg.hyperparameters.seed, u64::MAX);
-                let rows = data::pack(&examples, &order, d.max_seq_len);
-                Units::Packed { examples, rows }
-            } else {
-                Units::Examples(examples)
-            };
-            (units, ls.rows, ls.skipped, stats)
-        }
-        Method::Orpo => {
-            let (recs, ls) = data::load_records::<PreferenceRecord>(&train, d.skip_bad_records)?;
-            let (pairs, stats) = tokenization.pairs(&recs)?;
-            (Units::Pairs(pairs), ls.rows, ls.skipped, stats)
-        }
-    };
-    // Everything is in memory now; downloaded copies are not needed.
-    drop(cache_dir);
-    if units.len() == 0 {
-        return Err(Error::Data(format!(
-            "no example fits `data.max_seq_len` = {} ({} dropped by truncation policy {:?})",
-            d.max_seq_len, stats.dropped, d.truncation
-        )));
-    }
-    Ok(Prepared {
-        units,
-        records,
-        skipped,
-        stats,
-    })
-}
-
 /// Run a training job to completion (or to `stop_after_steps`).
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let h = &cfg.hyperparameters;
@@ -195,22 +99,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             model_config.vocab_size
         )));
     }
-    let prepared = prepare_data(cfg, &tok)?;
-    tracing::info!(
-        records = prepared.records,
-        skipped = prepared.skipped,
-        kept = prepared.stats.kept,
-        truncated = prepared.stats.truncated,
-        dropped = prepared.stats.dropped,
-        units = prepared.units.len(),
-        "data ready"
-    );
-
-    // Each rank takes `per_rank` units of every step; together they take `per_step`.
-    let per_rank = h.micro_batch_size * h.gradient_accumulation_steps;
-    let per_step = per_rank * world;
-    let steps_per_epoch = prepared.units.len().div_ceil(per_step) as u64;
-    let total_steps = h.max_steps.unwrap_or(h.epochs * steps_per_epoch);
+    // Each rank takes `per_rank` units of every step.
+    let share = Share {
+        rank,
+        world,
+        per_rank: h.micro_batch_size * h.gradient_accumulation_steps,
+    };
+    let mut feed = Feed::open(cfg, &tok, share)?;
+    let total_steps = feed.total_steps(h, share);
     let adam = AdamWConfig {
         beta1: h.adam_beta1,
         beta2: h.adam_beta2,
@@ -305,17 +201,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     trainer.broadcast_weights()?;
 
     let progress = Progress::new(opts.progress_bar, rank == 0, total_steps, state.step);
-    let mut order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
     let started = Instant::now();
     while state.step < total_steps {
-        if state.cursor.position >= order.len() {
-            state.cursor.epoch += 1;
-            state.cursor.position = 0;
-            order = epoch_order(prepared.units.len(), h.seed, state.cursor.epoch);
-        }
-        let end = (state.cursor.position + per_step).min(order.len());
-        let step_ids = &order[state.cursor.position..end];
-        let ids = step_ids.chunks(per_rank).nth(rank).unwrap_or(&[]);
+        let data = feed.next_step(&mut state.cursor, share)?;
         let lr = cosine_lr(
             state.step,
             total_steps,
@@ -324,17 +212,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             h.min_lr_ratio,
         );
         let t0 = Instant::now();
-        let r = step_on(
-            &mut trainer,
-            &prepared.units,
-            ids,
-            cfg,
-            tok.pad_id,
-            device,
-            lr,
-        )?;
+        let r = step_on(&mut trainer, data, cfg, tok.pad_id, device, lr)?;
         run.compute_secs += t0.elapsed().as_secs_f64();
-        state.cursor.position = end;
         state.step += 1;
         state.learning_rate = lr;
         state.tokens_seen += r.tokens as u64;
@@ -383,15 +262,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 step = state.step,
                 "stopping early as asked (--stop-after-steps)"
             );
-            return Ok(summary(cfg, &prepared, &state, &run, None, false));
+            return Ok(summary(cfg, feed.counts(), &state, &run, None, false));
         }
     }
     progress.finish();
     if rank != 0 {
-        return Ok(summary(cfg, &prepared, &state, &run, None, true));
+        return Ok(summary(cfg, feed.counts(), &state, &run, None, true));
     }
     let output = cfg.output_dir.to_string_lossy().to_string();
-    let s = summary(cfg, &prepared, &state, &run, Some(output), true);
+    let s = summary(cfg, feed.counts(), &state, &run, Some(output), true);
     publish(cfg, &trainer.vs, &model_config, &tokenizer_path, &s)?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
@@ -402,48 +281,37 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
 
 fn step_on(
     trainer: &mut Trainer,
-    units: &Units,
-    ids: &[usize],
+    data: StepData,
     cfg: &TrainConfig,
     pad: i64,
     device: Device,
     lr: f64,
 ) -> Result<StepResult> {
     let mb = cfg.hyperparameters.micro_batch_size;
-    match units {
-        Units::Examples(ex) => {
-            let micro: Vec<Batch> = ids
+    match data {
+        StepData::Examples(ex) => {
+            let micro: Vec<Batch> = ex
                 .chunks(mb)
-                .map(|c| {
-                    Batch::unpacked(&c.iter().map(|&i| &ex[i]).collect::<Vec<_>>(), pad, device)
-                })
+                .map(|c| Batch::unpacked(&c.iter().collect::<Vec<_>>(), pad, device))
                 .collect();
             trainer.sft_step(&micro, lr)
         }
-        Units::Packed { examples, rows } => {
-            let micro: Vec<Batch> = ids
+        StepData::Rows(rows) => {
+            let micro: Vec<Batch> = rows
                 .chunks(mb)
                 .map(|c| {
-                    let rs: Vec<Vec<&Example>> = c
-                        .iter()
-                        .map(|&r| rows[r].iter().map(|&i| &examples[i]).collect())
-                        .collect();
+                    let rs: Vec<Vec<&Example>> = c.iter().map(|r| r.iter().collect()).collect();
                     Batch::packed(&rs, pad, device)
                 })
                 .collect();
             trainer.sft_step(&micro, lr)
         }
-        Units::Pairs(pairs) => {
+        StepData::Pairs(pairs) => {
             let on_prompt = cfg.hyperparameters.orpo_nll_on_prompt;
-            let micro: Vec<PreferenceBatch> = ids
+            let micro: Vec<PreferenceBatch> = pairs
                 .chunks(mb)
                 .map(|c| {
-                    PreferenceBatch::new(
-                        &c.iter().map(|&i| &pairs[i]).collect::<Vec<_>>(),
-                        pad,
-                        on_prompt,
-                        device,
-                    )
+                    PreferenceBatch::new(&c.iter().collect::<Vec<_>>(), pad, on_prompt, device)
                 })
                 .collect();
             trainer.orpo_step(&micro, cfg.hyperparameters.orpo_lambda, lr)
@@ -493,34 +361,6 @@ fn publish(
     Ok(())
 }
 
-/// Local copies of the training files; URLs are downloaded into `cache`.
-fn fetch_data_files(
-    train: &[PathBuf],
-    cache: &Path,
-    retry: std::time::Duration,
-) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::with_capacity(train.len());
-    for (i, f) in train.iter().enumerate() {
-        let s = f.to_string_lossy();
-        if !storage::is_url(&s) {
-            out.push(f.clone());
-            continue;
-        }
-        let (dir, name) = s
-            .rsplit_once('/')
-            .ok_or_else(|| Error::Config(format!("data URL `{s}` names no object")))?;
-        let store = Store::open(dir, retry)?;
-        if !store.exists(name)? {
-            return Err(Error::Data(format!("{s}: no such object")));
-        }
-        let local = cache.join(format!("{i}-{name}"));
-        store.get_file(name, &local)?;
-        tracing::info!(url = %s, bytes = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0), "downloaded training data");
-        out.push(local);
-    }
-    Ok(out)
-}
-
 /// What this process has done so far, beyond the checkpointed trainer state.
 #[derive(Default)]
 struct RunRecord {
@@ -540,7 +380,7 @@ impl RunRecord {
 
 fn summary(
     cfg: &TrainConfig,
-    p: &Prepared,
+    c: &Counts,
     state: &TrainerState,
     run: &RunRecord,
     output_dir: Option<String>,
@@ -555,9 +395,9 @@ fn summary(
         first_loss: state.losses.first().copied(),
         last_loss: state.losses.last().copied(),
         tokens_per_second: run.tokens_per_second(),
-        records: p.records,
-        skipped_records: p.skipped,
-        tokenize: p.stats.clone(),
+        records: c.records,
+        skipped_records: c.skipped,
+        tokenize: c.stats.clone(),
         last_checkpoint: run.last_checkpoint.clone(),
         finished,
         output_dir,

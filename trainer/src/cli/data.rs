@@ -1,0 +1,218 @@
+//! `janus data shard` and `janus data stream`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use janus::data::shards::{self, ShardOptions};
+use janus::data::stream::{ShardedData, StreamPlan};
+use janus::storage::Store;
+use janus::{Error, Result};
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Turn Multifaceted Collection records (JSONL/JSON/Parquet: a file, a directory or a
+    /// URL of either) into compressed shards + index.json at --output (a path or URL).
+    /// The same input gives byte-identical shards.
+    Shard {
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        /// Start a new shard at this compressed size (B, KiB, MiB, GiB).
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        shard_size: u64,
+        /// Uncompressed records per block, the unit a rank fetches and shuffles.
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+        block_size: u64,
+        /// zstd level.
+        #[arg(long, default_value_t = shards::DEFAULT_LEVEL)]
+        level: i32,
+        /// Skip malformed records (counted in index.json) instead of failing.
+        #[arg(long)]
+        skip_bad_records: bool,
+        /// Seconds a request to object storage is retried.
+        #[arg(long, default_value_t = 180)]
+        retry_timeout_seconds: u64,
+    },
+    /// Stream one rank's records of a sharded dataset in training order: JSON lines on
+    /// stdout, or with --stats only a throughput line (samples/s, MB/s, peak RSS).
+    Stream {
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, default_value_t = 0)]
+        rank: usize,
+        #[arg(long, default_value_t = 1)]
+        world: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+        /// Start at this record of the rank's share (as a resume does).
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        #[arg(long, default_value_t = 4)]
+        window_blocks: usize,
+        #[arg(long, default_value_t = 2)]
+        prefetch_windows: usize,
+        #[arg(long)]
+        stats: bool,
+        /// Baseline for --stats: fetch the same shard bytes whole, without checking,
+        /// decompressing or parsing them.
+        #[arg(long, requires = "stats")]
+        raw: bool,
+        #[arg(long, default_value_t = 180)]
+        retry_timeout_seconds: u64,
+    },
+}
+
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (B, KiB, MiB, GiB)")),
+    };
+    match n * mult {
+        0 => Err("size must be > 0".into()),
+        v => Ok(v),
+    }
+}
+
+pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
+    match cmd {
+        DataCommand::Shard {
+            input,
+            output,
+            shard_size,
+            block_size,
+            level,
+            skip_bad_records,
+            retry_timeout_seconds,
+        } => {
+            let retry = Duration::from_secs(retry_timeout_seconds);
+            let opts = ShardOptions {
+                shard_bytes: shard_size,
+                block_bytes: block_size.min(shard_size),
+                level,
+                skip_bad_records,
+            };
+            let out = Store::open(&output, retry)?;
+            let bar = terminal.then(|| {
+                let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} files {msg}")
+                        .expect("valid template"),
+                );
+                b.enable_steady_tick(Duration::from_millis(200));
+                b
+            });
+            let t = Instant::now();
+            let mut records = 0u64;
+            let index = shards::write_shards(&input, &out, &opts, retry, |name, n| {
+                records += n;
+                match &bar {
+                    Some(b) => {
+                        b.inc(1);
+                        b.set_message(format!("{records} records, last {name}"));
+                    }
+                    None => tracing::info!(file = name, records = n, "sharded"),
+                }
+            })?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            let line = serde_json::json!({
+                "output": out.url(),
+                "shards": index.shards.len(),
+                "blocks": index.shards.iter().map(|s| s.blocks.len()).sum::<usize>(),
+                "samples": index.samples,
+                "bytes": index.bytes,
+                "uncompressed_bytes": index.uncompressed_bytes,
+                "records": index.records,
+                "seconds": t.elapsed().as_secs_f64(),
+            });
+            println!("{line}");
+            Ok(())
+        }
+        DataCommand::Stream {
+            dataset,
+            rank,
+            world,
+            seed,
+            epoch,
+            start,
+            window_blocks,
+            prefetch_windows,
+            stats,
+            raw,
+            retry_timeout_seconds,
+        } => {
+            if world == 0 || rank >= world {
+                return Err(Error::Config(format!(
+                    "--rank {rank} --world {world}: need 0 <= rank < world"
+                )));
+            }
+            let data = ShardedData::open(&dataset, Duration::from_secs(retry_timeout_seconds))?;
+            let plan = StreamPlan {
+                seed,
+                epoch,
+                rank,
+                world,
+                window_blocks,
+                prefetch_windows,
+            };
+            let t = Instant::now();
+            if raw {
+                let bytes = data.fetch_raw(window_blocks)?;
+                let secs = t.elapsed().as_secs_f64();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dataset": data.url(), "raw": true, "bytes": bytes, "seconds": secs,
+                        "mb_per_second": bytes as f64 / secs / 1e6,
+                        "peak_rss_mib": crate::peak_rss_mib(),
+                    })
+                );
+                return Ok(());
+            }
+            let mut stream = data.stream(plan, start)?;
+            let mut n = 0u64;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            while let Some(r) = stream.next_record()? {
+                n += 1;
+                if !stats && writeln!(out, "{}", r.value).is_err() {
+                    break; // stdout closed (e.g. `| head`)
+                }
+            }
+            let _ = out.flush();
+            if stats {
+                let secs = t.elapsed().as_secs_f64();
+                // Bytes fetched (compressed, as stored: what `cat` of the shards reads)
+                // and the JSON they decode to.
+                let fetched = data.rank_bytes(seed, epoch, rank, world);
+                let decoded = data.index.uncompressed_bytes as f64 * n as f64
+                    / data.index.samples.max(1) as f64;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "dataset": data.url(), "rank": rank, "world": world, "samples": n,
+                        "bytes": fetched, "seconds": secs,
+                        "samples_per_second": n as f64 / secs,
+                        "mb_per_second": fetched as f64 / secs / 1e6,
+                        "decoded_mb_per_second": decoded / secs / 1e6,
+                        "peak_rss_mib": crate::peak_rss_mib(),
+                    })
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Streaming a sharded dataset: each rank fetches only its blocks, a bounded window
+//! ahead, in an order fixed by (seed, epoch), from any position.
+//!
+//! Order of an epoch: all blocks of the dataset are permuted by (seed, epoch) and
+//! dealt round-robin to the ranks; a rank reads its blocks in windows of
+//! `window_blocks` consecutive blocks, and the records of a window are shuffled by
+//! (seed, epoch, window). Memory is the window being read plus `prefetch_windows`
+//! windows fetched ahead, whatever the size of the dataset. A position in the stream
+//! is a record count, so a resume re-derives the same windows and skips into one.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::shards::{decode_block, ShardIndex, INDEX};
+use crate::error::{Error, Result};
+use crate::storage::Store;
+
+/// A sharded dataset opened for reading.
+#[derive(Clone)]
+pub struct ShardedData {
+    store: Store,
+    pub index: ShardIndex,
+    /// Every block of the dataset as (shard, block) indices, in index order.
+    blocks: Vec<(u32, u32)>,
+}
+
+/// Where a record came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLocation {
+    pub shard: u32,
+    pub block: u32,
+    pub line: u32,
+}
+
+pub struct StreamedRecord {
+    pub value: Value,
+    pub location: RecordLocation,
+}
+
+/// Which part of the data a stream reads, and how far it looks ahead.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPlan {
+    pub seed: u64,
+    pub epoch: u64,
+    pub rank: usize,
+    pub world: usize,
+    /// Blocks read (concurrently) and shuffled together.
+    pub window_blocks: usize,
+    /// Windows fetched ahead of the one being consumed.
+    pub prefetch_windows: usize,
+}
+
+fn permutation(n: usize, seed: u64, salt: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Whether `s` (a path or URL from `data.train`) names a sharded dataset: a
+/// directory or prefix rather than a data file.
+pub fn is_dataset(s: &str) -> bool {
+    let s = s.trim_end_matches('/');
+    !(s.ends_with(".jsonl")
+        || s.ends_with(".ndjson")
+        || s.ends_with(".json")
+        || s.ends_with(".parquet"))
+        || s.ends_with(INDEX)
+}
+
+impl ShardedData {
+    /// Open the dataset at `url` (a path, `file://`, `s3://`, ... ; `/index.json` optional).
+    pub fn open(url: &str, retry: Duration) -> Result<Self> {
+        let url = url.trim_end_matches('/');
+        let url = url.strip_suffix(INDEX).unwrap_or(url).trim_end_matches('/');
+        let store = Store::open(url, retry)?;
+        let what = format!("{url}/{INDEX}");
+        let bytes = store.get_bytes(INDEX).map_err(|e| {
+            if e.is_not_found() {
+                Error::Data(format!(
+                    "{what}: no such object (a sharded dataset is written by `janus data shard`)"
+                ))
+            } else {
+                e
+            }
+        })?;
+        let index = ShardIndex::parse(&bytes, &what)?;
+        let blocks = index
+            .shards
+            .iter()
+            .enumerate()
+            .flat_map(|(s, sh)| (0..sh.blocks.len()).map(move |b| (s as u32, b as u32)))
+            .collect();
+        Ok(Self {
+            store,
+            index,
+            blocks,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    /// The blocks `rank` reads in `epoch`, in reading order.
+    pub fn rank_blocks(&self, seed: u64, epoch: u64, rank: usize, world: usize) -> Vec<(u32, u32)> {
+        permutation(self.blocks.len(), seed, epoch)
+            .into_iter()
+            .skip(rank)
+            .step_by(world.max(1))
+            .map(|i| self.blocks[i])
+            .collect()
+    }
+
+    fn block_samples(&self, (s, b): (u32, u32)) -> u64 {
+        self.index.shards[s as usize].blocks[b as usize].samples
+    }
+
+    /// Compressed bytes `rank` fetches in `epoch`.
+    pub fn rank_bytes(&self, seed: u64, epoch: u64, rank: usize, world: usize) -> u64 {
+        self.rank_blocks(seed, epoch, rank, world)
+            .into_iter()
+            .map(|(s, b)| self.index.shards[s as usize].blocks[b as usize].bytes)
+            .sum()
+    }
+
+    /// Records each rank reads in `epoch`.
+    pub fn rank_samples(&self, seed: u64, epoch: u64, world: usize) -> Vec<u64> {
+        (0..world)
+            .map(|r| {
+                self.rank_blocks(seed, epoch, r, world)
+                    .into_iter()
+                    .map(|b| self.block_samples(b))
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// Records every rank consumes in `epoch`: the fewest any rank has, so all ranks
+    /// take the same number of steps (the others' surplus waits for the next epoch's
+    /// deal).
+    pub fn epoch_samples(&self, seed: u64, epoch: u64, world: usize) -> u64 {
+        self.rank_samples(seed, epoch, world)
+            .into_iter()
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// A stream of this rank's records of `plan.epoch`, starting at record `start`.
+    pub fn stream(&self, plan: StreamPlan, start: u64) -> Result<RankStream> {
+        let window = plan.window_blocks.max(1);
+        let windows: Vec<Vec<(u32, u32)>> = self
+            .rank_blocks(plan.seed, plan.epoch, plan.rank, plan.world)
+            .chunks(window)
+            .map(<[_]>::to_vec)
+            .collect();
+        // Find the window holding record `start`.
+        let (mut first, mut before) = (windows.len(), 0u64);
+        for (i, w) in windows.iter().enumerate() {
+            let n: u64 = w.iter().map(|&b| self.block_samples(b)).sum();
+            if before + n > start {
+                first = i;
+                break;
+            }
+            before += n;
+        }
+        let skip = (start - before) as usize;
+        let (tx, rx) = sync_channel(plan.prefetch_windows);
+        let data = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("janus-data".into())
+            .spawn(move || {
+                for (i, w) in windows.iter().enumerate().skip(first) {
+                    let salt = plan.epoch.wrapping_mul(1 << 32) ^ i as u64 ^ (1 << 63);
+                    let r = data.read_window(w, window).map(|mut recs| {
+                        let order = permutation(recs.len(), plan.seed, salt);
+                        let mut slots: Vec<Option<StreamedRecord>> =
+                            recs.drain(..).map(Some).collect();
+                        order
+                            .into_iter()
+                            .map(|j| slots[j].take().expect("a permutation"))
+                            .collect::<Vec<_>>()
+                    });
+                    let failed = r.is_err();
+                    // The consumer hung up (stream dropped): stop fetching.
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the data thread", e))?;
+        Ok(RankStream {
+            rx,
+            current: Vec::new().into_iter(),
+            skip,
+            _thread: handle,
+        })
+    }
+
+    /// Fetch, verify and parse the blocks of one window.
+    fn read_window(&self, blocks: &[(u32, u32)], in_flight: usize) -> Result<Vec<StreamedRecord>> {
+        let parts: Vec<(String, std::ops::Range<u64>)> = blocks
+            .iter()
+            .map(|&(s, b)| {
+                let shard = &self.index.shards[s as usize];
+                let blk = &shard.blocks[b as usize];
+                (shard.name.clone(), blk.offset..blk.offset + blk.bytes)
+            })
+            .collect();
+        let frames = self.store.get_ranges(&parts, in_flight).map_err(|e| {
+            if e.is_not_found() {
+                Error::Data(format!("{e} (listed in {}/{INDEX})", self.url()))
+            } else {
+                e
+            }
+        })?;
+        let mut out = Vec::new();
+        for (&(s, b), frame) in blocks.iter().zip(frames) {
+            let shard = &self.index.shards[s as usize];
+            let blk = &shard.blocks[b as usize];
+            let what = format!(
+                "{}/{} block {b} (bytes {}..{})",
+                self.url(),
+                shard.name,
+                blk.offset,
+                blk.offset + blk.bytes
+            );
+            let sum = hex::encode(Sha256::digest(&frame));
+            if sum != blk.sha256 {
+                return Err(Error::Data(format!(
+                    "{what}: checksum mismatch (sha256 {sum}, index.json says {}): the shard is corrupt or was rewritten after its index",
+                    blk.sha256
+                )));
+            }
+            let text = decode_block(&frame, &what)?;
+            let mut n = 0u64;
+            for (line, bytes) in text
+                .split(|&c| c == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
+                let location = RecordLocation {
+                    shard: s,
+                    block: b,
+                    line: line as u32 + 1,
+                };
+                let value = serde_json::from_slice(bytes).map_err(|e| {
+                    Error::Data(format!("{}: invalid JSON: {e}", self.describe(location)))
+                })?;
+                out.push(StreamedRecord { value, location });
+                n += 1;
+            }
+            if n != blk.samples {
+                return Err(Error::Data(format!(
+                    "{what}: holds {n} records, index.json says {}",
+                    blk.samples
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetch every shard whole and drop the bytes (`in_flight` at a time, in 16 MiB
+    /// ranges): the raw read speed a stream is compared with. Returns the bytes read.
+    pub fn fetch_raw(&self, in_flight: usize) -> Result<u64> {
+        const PART: u64 = 16 << 20;
+        let parts: Vec<(String, std::ops::Range<u64>)> = self
+            .index
+            .shards
+            .iter()
+            .flat_map(|s| {
+                (0..s.bytes.div_ceil(PART))
+                    .map(move |i| (s.name.clone(), i * PART..((i + 1) * PART).min(s.bytes)))
+            })
+            .collect();
+        let mut total = 0;
+        // A window of parts at a time, so memory stays bounded like the stream's.
+        for chunk in parts.chunks(in_flight.max(1)) {
+            total += self
+                .store
+                .get_ranges(chunk, in_flight)?
+                .iter()
+                .map(|b| b.len() as u64)
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    /// `url/shard-00001.jsonl.zst block 3 line 17`, for error messages.
+    pub fn describe(&self, l: RecordLocation) -> String {
+        format!(
+            "{}/{} block {} line {}",
+            self.url(),
+            self.index.shards[l.shard as usize].name,
+            l.block,
+            l.line
+        )
+    }
+}
+
+/// One rank's records of one epoch, fetched ahead by a background thread.
+pub struct RankStream {
+    rx: Receiver<Result<Vec<StreamedRecord>>>,
+    current: std::vec::IntoIter<StreamedRecord>,
+    /// Records still to drop from the first window (a resume inside it).
+    skip: usize,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl RankStream {
+    /// The next record, or None at the end of this rank's share.
+    pub fn next_record(&mut self) -> Result<Option<StreamedRecord>> {
+        loop {
+            if let Some(r) = self.current.next() {
+                return Ok(Some(r));
+            }
+            match self.rx.recv() {
+                Ok(window) => {
+                    let mut it = window?.into_iter();
+                    for _ in 0..std::mem::take(&mut self.skip) {
+                        it.next();
+                    }
+                    self.current = it;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Up to `n` records (fewer only at the end of the share).
+    pub fn take(&mut self, n: usize) -> Result<Vec<StreamedRecord>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_record()? {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
