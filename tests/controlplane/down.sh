@@ -7,27 +7,36 @@ DIR="$1"
 [[ -d "$DIR" ]] || exit 0
 DIR="$(cd "$DIR" && pwd)"
 
-ours() { # only a live process whose command line names DIR (pids get reused)
+ours() { # a live process (not a zombie) whose command line names DIR (pids get reused)
 	[[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$DIR/"
 }
-pids=()
+stop() { # stop PID...: TERM, up to 5 s for them to exit, then KILL
+	local pid alive i
+	for pid in "$@"; do kill -TERM "$pid" 2>/dev/null; done
+	for i in $(seq 50); do
+		alive=0
+		for pid in "$@"; do ours "$pid" && alive=1; done
+		((alive)) || return 0
+		sleep 0.1
+	done
+	for pid in "$@"; do ours "$pid" && kill -KILL "$pid" 2>/dev/null; done
+	for i in $(seq 20); do
+		alive=0
+		for pid in "$@"; do ours "$pid" && alive=1; done
+		((alive)) || return 0
+		sleep 0.1
+	done
+}
+components=() stores=()
 if [[ -f "$DIR/pids" ]]; then
-	while read -r pid _; do
-		[[ "$pid" =~ ^[0-9]+$ ]] && ours "$pid" && pids+=("$pid")
+	while read -r pid name; do
+		[[ "$pid" =~ ^[0-9]+$ ]] && ours "$pid" || continue
+		if [[ "$name" == etcd ]]; then stores+=("$pid"); else components+=("$pid"); fi
 	done <"$DIR/pids"
 fi
-# Reverse start order: kwok, scheduler, controller-manager, apiserver, etcd.
-for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null; done
-for _ in $(seq 50); do
-	alive=()
-	for pid in "${pids[@]}"; do ours "$pid" && alive+=("$pid"); done
-	((${#alive[@]} == 0)) && break
-	sleep 0.1
-done
-for pid in "${pids[@]}"; do ours "$pid" && kill -KILL "$pid" 2>/dev/null; done
-for pid in "${pids[@]}"; do
-	for _ in $(seq 20); do ours "$pid" || break; sleep 0.1; done
-done
+# etcd last: kube-apiserver shuts down slowly once its storage is gone.
+((${#components[@]} == 0)) || stop "${components[@]}"
+((${#stores[@]} == 0)) || stop "${stores[@]}"
 rm -rf "$DIR/etcd"
 rm -f "$DIR/pids"
 exit 0

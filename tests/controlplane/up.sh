@@ -21,8 +21,13 @@ NODES="${2:-4}"
 TIMEOUT="${JANUS_K8S_UP_TIMEOUT:-90}"
 
 if [[ -s "$DIR/pids" ]]; then
-	echo "up.sh: $DIR/pids exists: a cluster may already run there (down.sh $DIR first)" >&2
-	exit 1
+	while read -r pid _; do
+		if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DIR/"; then
+			echo "up.sh: a cluster runs in $DIR already (pid $pid; down.sh $DIR first)" >&2
+			exit 1
+		fi
+	done <"$DIR/pids"
+	rm -f "$DIR/pids" # left over by a run that died: nothing of it runs any more
 fi
 
 if [[ -n "${JANUS_K8S_BIN:-}" && -x "$JANUS_K8S_BIN/kube-apiserver" ]]; then
@@ -33,16 +38,17 @@ fi
 KUBECTL=("$BIN/kubectl" --kubeconfig="$DIR/kubeconfig")
 start_time=$(date +%s.%N)
 
-fail() { # fail COMPONENT MESSAGE
+fail() { # fail COMPONENT MESSAGE: exits; the EXIT trap stops what was started
 	echo "up.sh: $2" >&2
 	if [[ -n "$1" && -f "$DIR/$1.log" ]]; then
 		echo "---- last lines of $DIR/$1.log ----" >&2
 		tail -n 40 "$DIR/$1.log" >&2
 		echo "----" >&2
 	fi
-	"$HERE/down.sh" "$DIR" >&2 || true
 	exit 1
 }
+ready=0
+trap '((ready)) || "$HERE/down.sh" "$DIR" >&2' EXIT
 trap 'fail "" "interrupted"' INT TERM
 trap 'fail "" "command failed (line $LINENO): $BASH_COMMAND"' ERR
 
@@ -256,6 +262,7 @@ nodes_ready() {
 wait_for "$NODES Ready kwok nodes" kwok nodes_ready
 check_alive
 
+ready=1
 trap - INT TERM ERR
 echo "up.sh: cluster ready in $(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start_time" "$(date +%s.%N)")s: KUBECONFIG=$DIR/kubeconfig ($NODES kwok nodes)" >&2
 echo "$DIR/kubeconfig"
