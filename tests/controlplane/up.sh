@@ -200,7 +200,8 @@ start kube-scheduler "$BIN/kube-scheduler" \
 	--leader-elect=false --bind-address=127.0.0.1 --secure-port="$P_SCHED" \
 	--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key"
 
-start kwok "$BIN/kwok" \
+# KWOK_WORKDIR: not ~/.kwok, whose kwok.yaml kwok would load too.
+start kwok env KWOK_WORKDIR="$DIR/kwok" "$BIN/kwok" \
 	--kubeconfig="$DIR/kubeconfig" --config="$HERE/kwok-stages.yaml" \
 	--manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
 	--cidr=10.244.0.0/16 --node-ip=10.240.0.1
