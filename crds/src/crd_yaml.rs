@@ -32,7 +32,8 @@ mod tests {
     /// The committed chart CRDs are exactly what the types generate.
     #[test]
     fn committed_crd_yaml_matches_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/janus-operator/crds");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/janus-operator/crds");
         for (name, generated) in all() {
             let path = dir.join(name);
             let committed = std::fs::read_to_string(&path).unwrap_or_default();

@@ -25,9 +25,17 @@ use crate::url::StorageUrl;
     derive = "PartialEq",
     doc = "Evaluation of a model on a Multifaceted-Bench-style benchmark, graded by a judge model.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Done", type_ = "integer", json_path = ".status.progress.completed"),
+    printcolumn(
+        name = "Done",
+        type_ = "integer",
+        json_path = ".status.progress.completed"
+    ),
     printcolumn(name = "Score", type_ = "number", json_path = ".status.scores.mean"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct JanusEvalJobSpec {

@@ -132,7 +132,10 @@ mod tests {
             ..Default::default()
         };
         let r = h.resolve(Method::Orpo);
-        assert_eq!((r.learning_rate, r.epochs, r.max_steps), (1e-5, 1, Some(100)));
+        assert_eq!(
+            (r.learning_rate, r.epochs, r.max_steps),
+            (1e-5, 1, Some(100))
+        );
         assert_eq!(r.micro_batch_size, 1);
     }
 }

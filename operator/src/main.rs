@@ -1,12 +1,164 @@
-//! The Janus operator. The controllers are built in the operator issue; until then
-//! this binary only reports the API version it will serve, so that the workspace
-//! layout matches `shared/DESIGN.md`.
+//! `janus-operator`: runs the JanusTrainingJob controller on the replica that holds the
+//! leader Lease, and serves `/metrics`, `/healthz`, `/readyz` on every replica.
 
-fn main() {
-    eprintln!(
-        "janus-operator: controllers for {}/{} are not built yet; run jobs locally with `janus train`",
-        janus_crds::GROUP,
-        janus_crds::VERSION
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use clap::Parser;
+use janus_operator::http::{self, HttpState};
+use janus_operator::leader::{LeaderElector, LeaseConfig};
+use janus_operator::metrics::Metrics;
+use janus_operator::{controller, telemetry};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "janus-operator",
+    version,
+    about = "Kubernetes operator for JanusTrainingJobs"
+)]
+struct Args {
+    /// Address of /metrics, /healthz, /readyz (port 0: any free port, printed at start).
+    #[arg(long, env = "JANUS_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// JSON logs even on a terminal (they are JSON whenever stdout is not a terminal).
+    #[arg(long)]
+    log_json: bool,
+    /// Run without leader election (a single replica).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "janus-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity in the Lease (default: pod name, else host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// A leader that could not renew for this many seconds steps down.
+    #[arg(long, default_value_t = 10)]
+    renew_deadline_seconds: u64,
+    /// Seconds between lease acquire / renew attempts.
+    #[arg(long, default_value_t = 2)]
+    retry_period_seconds: u64,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "janus-operator".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_json);
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let jobs_store = Arc::new(OnceLock::new());
+    let bound = http::serve(
+        args.http_addr,
+        HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            jobs: jobs_store.clone(),
+        },
+    )
+    .await?;
+    // Tests and humans read the port from here.
+    tracing::info!(addr = %bound, identity = %identity, "serving /metrics /healthz /readyz");
+
+    let client = Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    tracing::info!(apiserver = %version.git_version, "connected to the API server");
+    ready.store(true, Ordering::Relaxed);
+
+    let shutdown = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    };
+
+    if args.no_leader_election {
+        metrics.leader.set(1);
+        let store = jobs_store.clone();
+        controller::run(
+            client,
+            metrics,
+            identity,
+            move |s| {
+                let _ = store.set(s);
+            },
+            shutdown,
+        )
+        .await;
+        return Ok(());
+    }
+
+    let mut elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+        LeaseConfig {
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
+            retry_period: Duration::from_secs(args.retry_period_seconds),
+        },
     );
-    std::process::exit(2);
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        _ = elector.acquire() => {},
+        _ = &mut shutdown => return Ok(()),
+    }
+    metrics.leader.set(1);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let store = jobs_store.clone();
+    let mut ctrl = tokio::spawn(controller::run(
+        client,
+        metrics.clone(),
+        identity,
+        move |s| {
+            let _ = store.set(s);
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::select! {
+        _ = elector.hold() => {
+            // Lost the lease: stop reconciling at once and exit, so a restart starts a
+            // fresh candidate.
+            ctrl.abort();
+            metrics.leader.set(0);
+            anyhow::bail!("lost the leader lease; stopped reconciling");
+        }
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut ctrl).await;
+            elector.release().await;
+            Ok(())
+        }
+        res = &mut ctrl => {
+            elector.release().await;
+            anyhow::bail!("the controller stopped unexpectedly: {res:?}");
+        }
+    }
 }

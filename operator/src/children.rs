@@ -1,0 +1,607 @@
+//! Pure builders of a job's child objects: the headless Service, the ConfigMap with
+//! the trainer config, the per-job ServiceAccount / Role / RoleBinding that lets rank 0
+//! annotate its own pod, and the worker pods. Names are deterministic, so creating an
+//! object twice is a harmless conflict.
+
+use std::collections::BTreeMap;
+
+use janus_crds::training::PodGroupProvider;
+use janus_crds::{annotations, defaults, env, labels, JanusTrainingJob};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
+    SecretEnvSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::DynamicObject;
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Resource, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+
+/// Key of the trainer config in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// GPU resource name.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Volcano's pod annotation naming the PodGroup.
+pub const VOLCANO_GROUP_ANNOTATION: &str = "scheduling.k8s.io/group-name";
+/// scheduler-plugins coscheduling's pod label naming the PodGroup.
+pub const COSCHEDULING_GROUP_LABEL: &str = "scheduling.x-k8s.io/pod-group";
+
+pub fn worker_name(job: &str, rank: i32) -> String {
+    format!("{job}-worker-{rank}")
+}
+pub fn config_map_name(job: &str) -> String {
+    format!("{job}-config")
+}
+/// ServiceAccount, Role and RoleBinding of the workers.
+pub fn rbac_name(job: &str) -> String {
+    format!("{job}-worker")
+}
+/// `J-worker-0.J.N.svc`: rank 0 through the headless Service.
+pub fn master_addr(job: &str, namespace: &str) -> String {
+    format!("{}.{job}.{namespace}.svc", worker_name(job, 0))
+}
+
+fn owner(job: &JanusTrainingJob) -> Result<OwnerReference> {
+    job.controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))
+}
+
+fn namespace(job: &JanusTrainingJob) -> Result<String> {
+    job.namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))
+}
+
+/// Labels of every child: the job name (selector of the Service and of the pod watch).
+pub fn job_labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(labels::JOB.to_string(), job.to_string())])
+}
+
+fn meta(job: &JanusTrainingJob, name: String) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(job)?),
+        labels: Some(job_labels(&job.name_any())),
+        owner_references: Some(vec![owner(job)?]),
+        ..Default::default()
+    })
+}
+
+/// Headless Service `J`: gives pod `J-worker-i` the DNS name `J-worker-i.J.N.svc`.
+pub fn service(job: &JanusTrainingJob) -> Result<Service> {
+    let name = job.name_any();
+    Ok(Service {
+        metadata: meta(job, name.clone())?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(job_labels(&name)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("rendezvous".into()),
+                port: job.spec.workers.master_port,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// ConfigMap `J-config` with the rendered trainer config.
+pub fn config_map(job: &JanusTrainingJob) -> Result<ConfigMap> {
+    let rendered = crate::config_render::render(job).map_err(|e| Error::ConfigRender {
+        job: job.name_any(),
+        message: e.to_string(),
+    })?;
+    Ok(ConfigMap {
+        metadata: meta(job, config_map_name(&job.name_any()))?,
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), rendered)])),
+        ..Default::default()
+    })
+}
+
+pub fn service_account(job: &JanusTrainingJob) -> Result<ServiceAccount> {
+    Ok(ServiceAccount {
+        metadata: meta(job, rbac_name(&job.name_any()))?,
+        ..Default::default()
+    })
+}
+
+/// Only `get` and `patch` of the rank-0 pod, by name: what progress reporting needs.
+pub fn role(job: &JanusTrainingJob) -> Result<Role> {
+    Ok(Role {
+        metadata: meta(job, rbac_name(&job.name_any()))?,
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec!["pods".into()]),
+            resource_names: Some(vec![worker_name(&job.name_any(), 0)]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..Default::default()
+        }]),
+    })
+}
+
+pub fn role_binding(job: &JanusTrainingJob) -> Result<RoleBinding> {
+    let name = rbac_name(&job.name_any());
+    Ok(RoleBinding {
+        metadata: meta(job, name.clone())?,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(namespace(job)?),
+            ..Default::default()
+        }]),
+    })
+}
+
+/// The PodGroup of the gang scheduler named in `spec.scheduling.podGroup` (name `J`).
+pub fn pod_group(job: &JanusTrainingJob) -> Result<Option<(ApiResource, DynamicObject)>> {
+    let Some(pg) = &job.spec.scheduling.pod_group else {
+        return Ok(None);
+    };
+    let min_member = pg.min_member.unwrap_or(job.spec.workers.replicas);
+    let (gvk, spec) = match pg.provider {
+        PodGroupProvider::Volcano => {
+            let mut spec = json!({ "minMember": min_member });
+            if let Some(q) = &pg.queue {
+                spec["queue"] = json!(q);
+            }
+            if let Some(p) = &job.spec.workers.priority_class_name {
+                spec["priorityClassName"] = json!(p);
+            }
+            (
+                GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup"),
+                spec,
+            )
+        }
+        PodGroupProvider::Coscheduling => {
+            let mut spec = json!({ "minMember": min_member });
+            if let Some(t) = pg.schedule_timeout_seconds {
+                spec["scheduleTimeoutSeconds"] = json!(t);
+            }
+            (
+                GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
+                spec,
+            )
+        }
+    };
+    let ar = ApiResource::from_gvk(&gvk);
+    let mut obj = DynamicObject::new(&job.name_any(), &ar);
+    obj.metadata = meta(job, job.name_any())?;
+    obj.data = json!({ "spec": spec });
+    Ok(Some((ar, obj)))
+}
+
+/// Worker pod `J-worker-<rank>` of gang attempt `attempt`.
+pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod> {
+    let name = job.name_any();
+    let ns = namespace(job)?;
+    let w = &job.spec.workers;
+    let pod_name = worker_name(&name, rank);
+
+    let mut pod_labels = job_labels(&name);
+    pod_labels.insert(labels::RANK.into(), rank.to_string());
+    pod_labels.insert(labels::ATTEMPT.into(), attempt.to_string());
+    if let Some(q) = job.labels().get(labels::KUEUE_QUEUE_NAME) {
+        pod_labels.insert(labels::KUEUE_QUEUE_NAME.into(), q.clone());
+    }
+    let mut pod_annotations = BTreeMap::new();
+    if let Some(pg) = &job.spec.scheduling.pod_group {
+        match pg.provider {
+            PodGroupProvider::Volcano => {
+                pod_annotations.insert(VOLCANO_GROUP_ANNOTATION.into(), name.clone());
+            }
+            PodGroupProvider::Coscheduling => {
+                pod_labels.insert(COSCHEDULING_GROUP_LABEL.into(), name.clone());
+            }
+        }
+    }
+
+    let plain = |k: &str, v: String| EnvVar {
+        name: k.into(),
+        value: Some(v),
+        ..Default::default()
+    };
+    let field = |k: &str, path: &str| EnvVar {
+        name: k.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let nproc = w.gpus_per_worker.max(1);
+    let env_vars = vec![
+        plain(env::JOB, name.clone()),
+        plain(env::NODE_RANK, rank.to_string()),
+        plain(env::NNODES, w.replicas.to_string()),
+        plain(env::NPROC_PER_NODE, nproc.to_string()),
+        plain(env::MASTER_ADDR, master_addr(&name, &ns)),
+        plain(env::MASTER_PORT, w.master_port.to_string()),
+        plain(env::ATTEMPT, attempt.to_string()),
+        plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+    ];
+
+    let mut resources = w.resources.clone().unwrap_or_default();
+    if w.gpus_per_worker > 0 {
+        let gpus = Quantity(w.gpus_per_worker.to_string());
+        resources
+            .limits
+            .get_or_insert_with(Default::default)
+            .insert(GPU_RESOURCE.into(), gpus.clone());
+        resources
+            .requests
+            .get_or_insert_with(Default::default)
+            .insert(GPU_RESOURCE.into(), gpus);
+    }
+    let resources = (resources != ResourceRequirements::default()).then_some(resources);
+
+    let config_dir = std::path::Path::new(defaults::CONFIG_PATH)
+        .parent()
+        .expect("config path has a directory")
+        .to_string_lossy()
+        .into_owned();
+    let container = Container {
+        name: defaults::CONTAINER_NAME.into(),
+        image: Some(w.image.clone()),
+        image_pull_policy: w.image_pull_policy.clone(),
+        command: Some(vec![
+            "janus".into(),
+            "train".into(),
+            "--config".into(),
+            defaults::CONFIG_PATH.into(),
+        ]),
+        env: Some(env_vars),
+        env_from: job.spec.storage_secret_ref.as_ref().map(|s| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: s.name.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        }),
+        ports: Some(vec![ContainerPort {
+            name: Some("rendezvous".into()),
+            container_port: w.master_port,
+            ..Default::default()
+        }]),
+        resources,
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: config_dir,
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "dshm".into(),
+                mount_path: "/dev/shm".into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name.clone()),
+            namespace: Some(ns),
+            labels: Some(pod_labels),
+            annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
+            owner_references: Some(vec![owner(job)?]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            hostname: Some(pod_name),
+            subdomain: Some(name.clone()),
+            restart_policy: Some("Never".into()),
+            service_account_name: Some(rbac_name(&name)),
+            scheduler_name: job.spec.scheduling.scheduler_name.clone(),
+            priority_class_name: w.priority_class_name.clone(),
+            node_selector: w.node_selector.clone(),
+            tolerations: w.tolerations.clone(),
+            affinity: w.affinity.clone(),
+            containers: vec![container],
+            volumes: Some(vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: config_map_name(&name),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "dshm".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        medium: Some("Memory".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    match &w.template {
+        None => Ok(pod),
+        Some(over) => apply_template_override(pod, over)
+            .map_err(|message| Error::TemplateOverride { job: name, message }),
+    }
+}
+
+/// Merge a partial PodTemplateSpec (`metadata`, `spec`) over the generated pod. The
+/// contract (name, owner, the janus.dev labels, restartPolicy, hostname, subdomain) is
+/// kept whatever the override says.
+pub fn apply_template_override(pod: Pod, over: &Value) -> Result<Pod, String> {
+    let Value::Object(over_map) = over else {
+        return Err("must be an object with `metadata` and/or `spec`".into());
+    };
+    if let Some(k) = over_map.keys().find(|k| *k != "metadata" && *k != "spec") {
+        return Err(format!("unknown key `{k}` (expected `metadata` or `spec`)"));
+    }
+    let contract = pod.clone();
+    let mut v = serde_json::to_value(&pod).map_err(|e| e.to_string())?;
+    if let Some(m) = over_map.get("metadata") {
+        let mut m = m.clone();
+        if let Value::Object(mm) = &mut m {
+            mm.retain(|k, _| k == "labels" || k == "annotations");
+        }
+        merge(&mut v["metadata"], &m);
+    }
+    if let Some(s) = over_map.get("spec") {
+        merge(&mut v["spec"], s);
+    }
+    let mut merged: Pod = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    // Re-assert the contract.
+    merged.metadata.name = contract.metadata.name;
+    merged.metadata.namespace = contract.metadata.namespace;
+    merged.metadata.owner_references = contract.metadata.owner_references;
+    let ml = merged.metadata.labels.get_or_insert_with(Default::default);
+    for (k, val) in contract.metadata.labels.unwrap_or_default() {
+        ml.insert(k, val);
+    }
+    let (spec, cspec) = (
+        merged.spec.as_mut().expect("spec"),
+        contract.spec.expect("spec"),
+    );
+    spec.restart_policy = cspec.restart_policy;
+    spec.hostname = cspec.hostname;
+    spec.subdomain = cspec.subdomain;
+    Ok(merged)
+}
+
+/// Recursive merge: objects merge key by key; arrays whose items all have a `name`
+/// merge by name; anything else replaces.
+pub fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, ov) in o {
+                match b.get_mut(k) {
+                    Some(bv) => merge(bv, ov),
+                    None => {
+                        b.insert(k.clone(), ov.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o))
+            if b.iter()
+                .chain(o.iter())
+                .all(|x| x.get("name").is_some_and(Value::is_string)) =>
+        {
+            for ov in o {
+                match b.iter_mut().find(|bv| bv.get("name") == ov.get("name")) {
+                    Some(bv) => merge(bv, ov),
+                    None => b.push(ov.clone()),
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// The progress annotation value of a pod, if any.
+pub fn progress_annotation(pod: &Pod) -> Option<&String> {
+    pod.annotations().get(annotations::PROGRESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_render::tests::representative_job;
+
+    fn env_of(pod: &Pod) -> BTreeMap<String, String> {
+        pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
+            .collect()
+    }
+
+    #[test]
+    fn worker_pod_follows_the_design_contract() {
+        let job = representative_job();
+        let pod = worker_pod(&job, 2, 1).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("janus-7b-sft-worker-2"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("janus-7b-sft-worker-2"));
+        assert_eq!(spec.subdomain.as_deref(), Some("janus-7b-sft"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("janus-7b-sft-worker")
+        );
+        let l = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(l["janus.dev/job"], "janus-7b-sft");
+        assert_eq!(l["janus.dev/rank"], "2");
+        assert_eq!(l["janus.dev/attempt"], "1");
+        let e = env_of(&pod);
+        assert_eq!(e["JANUS_JOB"], "janus-7b-sft");
+        assert_eq!(e["JANUS_NODE_RANK"], "2");
+        assert_eq!(e["JANUS_NNODES"], "4");
+        assert_eq!(e["JANUS_NPROC_PER_NODE"], "8");
+        assert_eq!(
+            e["JANUS_MASTER_ADDR"],
+            "janus-7b-sft-worker-0.janus-7b-sft.research.svc"
+        );
+        assert_eq!(e["JANUS_MASTER_PORT"], "29500");
+        assert_eq!(e["JANUS_ATTEMPT"], "1");
+        assert_eq!(e["JANUS_CONFIG"], "/etc/janus/config.yaml");
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
+            "8"
+        );
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s3-credentials"
+        );
+        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (o.kind.as_str(), o.controller),
+            ("JanusTrainingJob", Some(true))
+        );
+        assert_eq!(o.uid, "4f1c2d7e-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn scheduling_fields_pass_through() {
+        let mut job = representative_job();
+        job.spec.workers.node_selector = Some(BTreeMap::from([("gpu".into(), "h100".into())]));
+        job.spec.workers.priority_class_name = Some("high".into());
+        job.spec.workers.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("kwok.x-k8s.io/node".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        job.spec.scheduling.scheduler_name = Some("volcano".into());
+        let spec = worker_pod(&job, 0, 0).unwrap().spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap()["gpu"], "h100");
+        assert_eq!(spec.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(spec.scheduler_name.as_deref(), Some("volcano"));
+        assert_eq!(spec.tolerations.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn template_override_merges_by_name_and_keeps_the_contract() {
+        let mut job = representative_job();
+        job.spec.workers.template = Some(json!({
+            "metadata": {"labels": {"team": "alignment", "janus.dev/rank": "9"}, "name": "evil"},
+            "spec": {
+                "restartPolicy": "Always",
+                "containers": [{"name": "trainer", "env": [{"name": "NCCL_DEBUG", "value": "INFO"}]},
+                               {"name": "sidecar", "image": "busybox"}],
+                "volumes": [{"name": "scratch", "emptyDir": {}}]
+            }
+        }));
+        let pod = worker_pod(&job, 1, 0).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("janus-7b-sft-worker-1"));
+        let l = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(
+            (l["team"].as_str(), l["janus.dev/rank"].as_str()),
+            ("alignment", "1")
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.containers.len(), 2);
+        let trainer = &spec.containers[0];
+        let env = trainer.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "NCCL_DEBUG"));
+        assert!(env.iter().any(|e| e.name == "JANUS_NODE_RANK"));
+        assert_eq!(
+            trainer.image.as_deref(),
+            Some("ghcr.io/janus/trainer:0.1.0")
+        );
+        assert_eq!(spec.volumes.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_template_override_with_unknown_keys_is_an_error_naming_them() {
+        let mut job = representative_job();
+        job.spec.workers.template = Some(json!({"specc": {}}));
+        let e = worker_pod(&job, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("specc"), "{e}");
+    }
+
+    #[test]
+    fn progress_role_allows_only_get_and_patch_of_rank_zero() {
+        let job = representative_job();
+        let r = role(&job).unwrap();
+        let rules = r.rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].verbs, vec!["get", "patch"]);
+        assert_eq!(
+            rules[0].resources.as_ref().unwrap(),
+            &vec!["pods".to_string()]
+        );
+        assert_eq!(
+            rules[0].resource_names.as_ref().unwrap(),
+            &vec!["janus-7b-sft-worker-0".to_string()]
+        );
+        let b = role_binding(&job).unwrap();
+        assert_eq!(b.role_ref.name, "janus-7b-sft-worker");
+        assert_eq!(b.subjects.unwrap()[0].name, "janus-7b-sft-worker");
+    }
+
+    #[test]
+    fn headless_service_selects_the_job_pods() {
+        let s = service(&representative_job()).unwrap().spec.unwrap();
+        assert_eq!(s.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(s.selector.unwrap()["janus.dev/job"], "janus-7b-sft");
+        assert_eq!(s.publish_not_ready_addresses, Some(true));
+    }
+
+    #[test]
+    fn pod_groups_for_volcano_and_coscheduling() {
+        use janus_crds::training::PodGroupSpec;
+        let mut job = representative_job();
+        assert!(pod_group(&job).unwrap().is_none());
+        job.spec.scheduling.pod_group = Some(PodGroupSpec {
+            provider: PodGroupProvider::Volcano,
+            min_member: None,
+            queue: Some("research".into()),
+            schedule_timeout_seconds: None,
+        });
+        let (ar, pg) = pod_group(&job).unwrap().unwrap();
+        assert_eq!(ar.group, "scheduling.volcano.sh");
+        assert_eq!(pg.data["spec"]["minMember"], 4);
+        assert_eq!(pg.data["spec"]["queue"], "research");
+        let pod = worker_pod(&job, 0, 0).unwrap();
+        assert_eq!(pod.annotations()[VOLCANO_GROUP_ANNOTATION], "janus-7b-sft");
+        job.spec.scheduling.pod_group.as_mut().unwrap().provider = PodGroupProvider::Coscheduling;
+        let (ar, _) = pod_group(&job).unwrap().unwrap();
+        assert_eq!(ar.group, "scheduling.x-k8s.io");
+        let pod = worker_pod(&job, 0, 0).unwrap();
+        assert_eq!(pod.labels()[COSCHEDULING_GROUP_LABEL], "janus-7b-sft");
+    }
+
+    #[test]
+    fn the_config_map_carries_the_rendered_config() {
+        let cm = config_map(&representative_job()).unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("janus-7b-sft-config"));
+        assert!(cm.data.unwrap()[CONFIG_KEY].contains("learning_rate: 0.00001"));
+    }
+}

@@ -1,0 +1,370 @@
+//! The JanusTrainingJob controller: watches jobs, their pods (and node deletions),
+//! decides with [`crate::gang::decide`] and acts.
+//!
+//! Reconciles start from the caches. When the cached view asks for no change, nothing
+//! is written. Otherwise the job and its pods are read fresh from the API server and
+//! the decision is made again on that, so a stale cache can never double-count a
+//! restart or delete the pods of a new attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use janus_crds::{labels, JanusTrainingJob, Progress};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::children;
+use crate::error::{is_status, Error, Result};
+use crate::gang::{self, Decision, PodFacts};
+use crate::metrics::Metrics;
+use crate::status::{self, EventSpec};
+
+/// Field manager of everything the operator applies.
+pub const MANAGER: &str = "janus-operator";
+/// Periodic resync of a quiet job.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+}
+
+fn cached_pods(ctx: &Context, ns: &str, job: &str) -> Vec<Arc<Pod>> {
+    ctx.pods.state_filter(|p| {
+        p.namespace().as_deref() == Some(ns)
+            && p.labels().get(labels::JOB).map(String::as_str) == Some(job)
+    })
+}
+
+fn facts(ctx: &Context, pods: &[Arc<Pod>]) -> Vec<PodFacts> {
+    pods.iter()
+        .map(|p| status::pod_facts(p, |n| ctx.nodes.get(&ObjectRef::new(n)).is_some()))
+        .collect()
+}
+
+fn rank0_progress(pods: &[Arc<Pod>], attempt: i32) -> Option<Progress> {
+    pods.iter()
+        .find(|p| {
+            p.labels().get(labels::RANK).map(String::as_str) == Some("0")
+                && p.labels().get(labels::ATTEMPT) == Some(&attempt.to_string())
+        })
+        .and_then(|p| children::progress_annotation(p))
+        .and_then(|v| Progress::from_annotation(v))
+}
+
+/// Whether acting on `d` changes nothing in the cluster.
+fn is_quiet(d: &Decision) -> bool {
+    match d {
+        Decision::Progress { delete, create, .. } => delete.is_empty() && create.is_empty(),
+        Decision::Finished {
+            delete, delete_job, ..
+        } => delete.is_empty() && !delete_job,
+        Decision::Suspend { delete } => delete.is_empty(),
+        _ => false,
+    }
+}
+
+fn plan(
+    ctx: &Context,
+    job: &JanusTrainingJob,
+    pods: &[Arc<Pod>],
+    now: Timestamp,
+) -> (Decision, janus_crds::JanusTrainingJobStatus, Vec<EventSpec>) {
+    let pf = facts(ctx, pods);
+    let decision = gang::decide(&status::job_facts(job), &pf, now);
+    let attempt = job.status.as_ref().map(|s| s.restarts).unwrap_or(0);
+    let (st, events) = status::next_status(job, &decision, &pf, rank0_progress(pods, attempt), now);
+    (decision, st, events)
+}
+
+/// Top-level reconcile: metrics and tracing around [`reconcile_job`].
+pub async fn reconcile(job: Arc<JanusTrainingJob>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconcile_total.inc();
+    let _timer = ctx.metrics.reconcile_duration_seconds.start_timer();
+    reconcile_job(&job, &ctx).await
+}
+
+pub fn error_policy(job: Arc<JanusTrainingJob>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors_total
+        .with_label_values(&[err.metric_label()])
+        .inc();
+    tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), error = %err, "reconcile failed; requeueing");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Action> {
+    let ns = cached
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = cached.name_any();
+    if cached.metadata.deletion_timestamp.is_some() {
+        // Children go with the job (owner references, garbage collector).
+        return Ok(Action::await_change());
+    }
+    // "Node gone" and "rank missing" can only be trusted on complete caches (the
+    // controller's streams fill them; reconciles run in their own tasks).
+    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.nodes.wait_until_ready().await;
+    let now = Timestamp::now();
+    let pods = cached_pods(ctx, &ns, &name);
+    let (decision, st, _) = plan(ctx, cached, &pods, now);
+    if is_quiet(&decision) && cached.status.as_ref() == Some(&st) {
+        return Ok(requeue(&decision));
+    }
+
+    // Something changes: decide again on fresh state.
+    let jobs: Api<JanusTrainingJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(job) = jobs.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().labels(&format!("{}={}", labels::JOB, name));
+    let pods: Vec<Arc<Pod>> = pod_api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let (decision, st, events) = plan(ctx, &job, &pods, now);
+    tracing::debug!(job = %name, namespace = %ns, ?decision, "reconcile");
+
+    let first_time = job.status.as_ref().and_then(|s| s.phase).is_none();
+    let creating = matches!(&decision, Decision::Progress { create, .. } if !create.is_empty());
+    if first_time || creating {
+        ensure_static_children(ctx, &job).await?;
+    }
+
+    // Status first: the attempt number is recorded before any pod of it is touched.
+    if job.status.as_ref() != Some(&st) {
+        let patch = serde_json::json!({
+            "apiVersion": "janus.dev/v1alpha1",
+            "kind": "JanusTrainingJob",
+            "status": st,
+        });
+        jobs.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    if matches!(decision, Decision::Restart { .. }) {
+        ctx.metrics.job_restarts_total.inc();
+    }
+    for ev in &events {
+        publish(ctx, &job, ev).await;
+    }
+
+    let delete = match &decision {
+        Decision::Progress { delete, .. }
+        | Decision::Restart { delete, .. }
+        | Decision::Fail { delete, .. }
+        | Decision::Succeed { delete }
+        | Decision::Suspend { delete }
+        | Decision::Finished { delete, .. } => delete,
+    };
+    for pod in delete {
+        match pod_api.delete(pod, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Decision::Progress { create, .. } = &decision {
+        let attempt = st.restarts;
+        for rank in create {
+            let pod = children::worker_pod(&job, *rank, attempt)?;
+            match pod_api.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 409) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if let Decision::Finished {
+        delete_job: true, ..
+    } = &decision
+    {
+        tracing::info!(job = %name, namespace = %ns, "ttlSecondsAfterFinished passed: deleting the job");
+        match jobs.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    Ok(requeue(&decision))
+}
+
+fn requeue(d: &Decision) -> Action {
+    let after = match d {
+        Decision::Progress { requeue_after, .. } | Decision::Finished { requeue_after, .. } => {
+            requeue_after.map(|t| t.min(RESYNC) + Duration::from_millis(100))
+        }
+        _ => None,
+    };
+    Action::requeue(after.unwrap_or(RESYNC))
+}
+
+async fn publish(ctx: &Context, job: &JanusTrainingJob, ev: &EventSpec) {
+    let event = Event {
+        type_: if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: ev.reason.into(),
+        note: Some(ev.note.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::warn!(job = %job.name_any(), error = %e, "could not publish an event");
+    }
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Service, ConfigMap, ServiceAccount, Role, RoleBinding (and PodGroup), by server-side
+/// apply: creating them again is a no-op.
+async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result<()> {
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let c = &ctx.client;
+    apply::<Service>(c, &ns, &children::service(job)?).await?;
+    apply::<ConfigMap>(c, &ns, &children::config_map(job)?).await?;
+    apply::<ServiceAccount>(c, &ns, &children::service_account(job)?).await?;
+    apply::<Role>(c, &ns, &children::role(job)?).await?;
+    apply::<RoleBinding>(c, &ns, &children::role_binding(job)?).await?;
+    if let Some((ar, pg)) = children::pod_group(job)? {
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), &ns, &ar);
+        api.patch(
+            &job.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&pg),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Jobs with a pod on `node` (reconciled when the node disappears).
+fn jobs_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<JanusTrainingJob>> {
+    let name = node.name_any();
+    let mut out: Vec<ObjectRef<JanusTrainingJob>> = pods
+        .state()
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+        .filter_map(|p| {
+            let job = p.labels().get(labels::JOB)?;
+            Some(ObjectRef::new(job).within(&p.namespace()?))
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.namespace.as_deref(), a.name.as_str()).cmp(&(b.namespace.as_deref(), b.name.as_str()))
+    });
+    out.dedup();
+    out
+}
+
+/// Runs the controller until `shutdown` resolves. `on_store` receives the job cache
+/// (for the `janus_jobs{phase}` gauge).
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    identity: String,
+    on_store: impl FnOnce(Store<JanusTrainingJob>),
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let jobs: Api<JanusTrainingJob> = Api::all(client.clone());
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+
+    let (pods, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(pods_api, watcher::Config::default().labels(labels::JOB)),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (nodes, node_writer) = reflector::store();
+    let node_stream =
+        reflector::reflector(node_writer, watcher(nodes_api, watcher::Config::default()))
+            .default_backoff()
+            .filter_map(|ev| async move {
+                match ev {
+                    Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
+                    _ => None,
+                }
+            });
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        pods: pods.clone(),
+        nodes: nodes.clone(),
+    });
+    let controller = Controller::new(jobs, watcher::Config::default())
+        .owns_stream(pod_stream)
+        .watches_stream(node_stream, {
+            let pods = pods.clone();
+            move |node: Node| jobs_on_node(&pods, &node)
+        })
+        .graceful_shutdown_on(shutdown);
+    on_store(controller.store());
+
+    let run = controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    run.await;
+}

@@ -1,0 +1,33 @@
+//! The crate's one error type. Variant names are the `error` label of
+//! `janus_operator_reconcile_errors_total`.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("rendering the trainer config of {job}: {message}")]
+    ConfigRender { job: String, message: String },
+    #[error("the pod template override of {job} is invalid: {message}")]
+    TemplateOverride { job: String, message: String },
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Metric label: the variant name.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "Kube",
+            Error::ConfigRender { .. } => "ConfigRender",
+            Error::TemplateOverride { .. } => "TemplateOverride",
+            Error::MissingField(_) => "MissingField",
+        }
+    }
+}
+
+/// True for an API error with this HTTP status code.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}

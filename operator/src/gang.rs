@@ -1,0 +1,659 @@
+//! Gang semantics as one pure function: from what the job asks for and what its pods
+//! look like, decide the next step. No I/O here, so every rule is unit-tested.
+//!
+//! Rules (issue 5):
+//! - any worker of the current attempt Failed, evicted, deleted by someone else, or on a
+//!   node that no longer exists -> delete all workers, attempt + 1 (Restarting);
+//! - more restarts than `backoffLimit` -> Failed (BackoffLimitExceeded);
+//! - exit code 64 (bad input) -> Failed at once (NonRetryableExit);
+//! - `activeDeadlineSeconds` passed -> Failed (DeadlineExceeded);
+//! - `suspend` -> delete the pods (Suspended); resume recreates them;
+//! - every rank exited 0 -> Succeeded;
+//! - finished jobs: `cleanPodPolicy` applied; deleted after `ttlSecondsAfterFinished`.
+
+use std::time::Duration;
+
+use janus_crds::exit_code;
+use janus_crds::training::{reason, CleanPodPolicy, JobPhase};
+use jiff::Timestamp;
+
+/// What the decision needs from the job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFacts {
+    pub replicas: i32,
+    pub backoff_limit: i32,
+    pub active_deadline_seconds: Option<i64>,
+    pub ttl_seconds_after_finished: Option<i32>,
+    pub suspend: bool,
+    pub clean_pod_policy: CleanPodPolicy,
+    /// Phase in the current status.
+    pub phase: JobPhase,
+    /// Gang restarts so far = the current attempt.
+    pub restarts: i32,
+    pub start_time: Option<Timestamp>,
+    pub completion_time: Option<Timestamp>,
+}
+
+/// Phase of a pod, as far as the gang cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// What the decision needs from one worker pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodFacts {
+    pub name: String,
+    pub rank: Option<i32>,
+    pub attempt: Option<i32>,
+    pub phase: PodPhase,
+    /// Has a deletionTimestamp.
+    pub terminating: bool,
+    /// Exit code of the trainer container, once terminated.
+    pub exit_code: Option<i32>,
+    /// `status.reason` of the pod (`Evicted`, ...).
+    pub reason: Option<String>,
+    /// Bound to a node that no longer exists.
+    pub node_lost: bool,
+}
+
+impl PodFacts {
+    fn finished(&self) -> bool {
+        matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
+    }
+}
+
+/// The next step for a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Gang under way: delete pods of older attempts, create the missing ranks of the
+    /// current attempt (only once no older pod remains: names are reused), report `phase`.
+    Progress {
+        phase: JobPhase,
+        delete: Vec<String>,
+        create: Vec<i32>,
+        /// Reconcile again then (the deadline).
+        requeue_after: Option<Duration>,
+    },
+    /// Delete every worker of this attempt and start attempt `restarts + 1`.
+    Restart {
+        reason: &'static str,
+        message: String,
+        delete: Vec<String>,
+    },
+    /// The job failed now.
+    Fail {
+        reason: &'static str,
+        message: String,
+        delete: Vec<String>,
+    },
+    /// Every rank exited 0.
+    Succeed { delete: Vec<String> },
+    /// Suspended: no pods.
+    Suspend { delete: Vec<String> },
+    /// Finished earlier: apply the clean-up policy; delete the job once the TTL passed.
+    Finished {
+        delete: Vec<String>,
+        delete_job: bool,
+        requeue_after: Option<Duration>,
+    },
+}
+
+fn names<'a>(pods: impl IntoIterator<Item = &'a PodFacts>) -> Vec<String> {
+    pods.into_iter()
+        .filter(|p| !p.terminating)
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Pods `cleanPodPolicy` deletes once the job finished.
+fn cleanup(policy: CleanPodPolicy, pods: &[PodFacts]) -> Vec<String> {
+    match policy {
+        CleanPodPolicy::None => vec![],
+        CleanPodPolicy::All => names(pods),
+        CleanPodPolicy::Running => names(pods.iter().filter(|p| !p.finished())),
+    }
+}
+
+fn secs(d: i64) -> Duration {
+    Duration::from_secs(d.max(0) as u64)
+}
+
+pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
+    // 1. Finished jobs only clean up and expire.
+    if job.phase.is_finished() {
+        let (delete_job, requeue_after) =
+            match (job.ttl_seconds_after_finished, job.completion_time) {
+                (Some(ttl), Some(done)) => {
+                    let left = ttl as i64 - now.duration_since(done).as_secs();
+                    (left <= 0, (left > 0).then(|| secs(left)))
+                }
+                _ => (false, None),
+            };
+        return Decision::Finished {
+            delete: cleanup(job.clean_pod_policy, pods),
+            delete_job,
+            requeue_after,
+        };
+    }
+
+    // 2. Suspended: no pods.
+    if job.suspend {
+        return Decision::Suspend {
+            delete: names(pods),
+        };
+    }
+
+    // 3. Deadline.
+    let mut requeue_after = None;
+    if let (Some(deadline), Some(start)) = (job.active_deadline_seconds, job.start_time) {
+        let left = deadline - now.duration_since(start).as_secs();
+        if left <= 0 {
+            return Decision::Fail {
+                reason: reason::DEADLINE_EXCEEDED,
+                message: format!("the job ran longer than activeDeadlineSeconds ({deadline}s)"),
+                delete: cleanup(job.clean_pod_policy, pods),
+            };
+        }
+        requeue_after = Some(secs(left));
+    }
+
+    let attempt = job.restarts;
+    let (current, stale): (Vec<&PodFacts>, Vec<&PodFacts>) = pods.iter().partition(|p| {
+        p.attempt == Some(attempt) && p.rank.is_some_and(|r| r >= 0 && r < job.replicas)
+    });
+
+    // 4. A worker that exited with the "bad input" code fails the job at once.
+    if let Some(p) = current
+        .iter()
+        .find(|p| p.phase == PodPhase::Failed && p.exit_code == Some(exit_code::BAD_INPUT))
+    {
+        return Decision::Fail {
+            reason: reason::NON_RETRYABLE_EXIT,
+            message: format!(
+                "worker {} exited with code {} (bad input, not retried)",
+                p.name,
+                exit_code::BAD_INPUT
+            ),
+            delete: cleanup(job.clean_pod_policy, pods),
+        };
+    }
+
+    // 5. Gang failures: failed, evicted, deleted under us, node gone, or a rank missing
+    //    after the gang started.
+    let started = current
+        .iter()
+        .any(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
+    let missing: Vec<i32> = (0..job.replicas)
+        .filter(|r| !current.iter().any(|p| p.rank == Some(*r)))
+        .collect();
+    let failure: Option<(&'static str, String)> = current
+        .iter()
+        .find_map(|p| {
+            if p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted") {
+                Some((
+                    reason::WORKER_EVICTED,
+                    format!("worker {} was evicted", p.name),
+                ))
+            } else if p.phase == PodPhase::Failed {
+                Some((
+                    reason::WORKER_FAILED,
+                    match p.exit_code {
+                        Some(c) => format!("worker {} exited with code {c}", p.name),
+                        None => format!("worker {} failed", p.name),
+                    },
+                ))
+            } else if p.node_lost && !p.finished() {
+                Some((
+                    reason::WORKER_LOST,
+                    format!("the node of worker {} is gone", p.name),
+                ))
+            } else if p.terminating && !p.finished() {
+                Some((
+                    reason::WORKER_LOST,
+                    format!("worker {} was deleted", p.name),
+                ))
+            } else {
+                None
+            }
+        })
+        .or_else(|| {
+            (started && !missing.is_empty()).then(|| {
+                (
+                    reason::WORKER_LOST,
+                    format!("the worker of rank {} disappeared", missing[0]),
+                )
+            })
+        });
+    if let Some((why, message)) = failure {
+        let delete = names(pods);
+        if job.restarts + 1 > job.backoff_limit {
+            return Decision::Fail {
+                reason: reason::BACKOFF_LIMIT_EXCEEDED,
+                message: format!(
+                    "{message}; {} gang restarts already (backoffLimit {})",
+                    job.restarts, job.backoff_limit
+                ),
+                delete: cleanup(job.clean_pod_policy, pods),
+            };
+        }
+        return Decision::Restart {
+            reason: why,
+            message,
+            delete,
+        };
+    }
+
+    // 6. Success: every rank of the current attempt exited 0.
+    if missing.is_empty()
+        && current.len() as i32 == job.replicas
+        && current.iter().all(|p| p.phase == PodPhase::Succeeded)
+    {
+        return Decision::Succeed {
+            delete: cleanup(job.clean_pod_policy, pods),
+        };
+    }
+
+    // 7. Make progress: remove older attempts first (pod names are reused), then create.
+    let delete = names(stale.iter().copied());
+    let create = if stale.is_empty() { missing } else { vec![] };
+    let all_running = current.len() as i32 == job.replicas
+        && current
+            .iter()
+            .all(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
+    let phase = if all_running {
+        JobPhase::Running
+    } else if job.phase == JobPhase::Restarting || !stale.is_empty() {
+        JobPhase::Restarting
+    } else {
+        JobPhase::Pending
+    };
+    Decision::Progress {
+        phase,
+        delete,
+        create,
+        requeue_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn job(replicas: i32) -> JobFacts {
+        JobFacts {
+            replicas,
+            backoff_limit: 3,
+            active_deadline_seconds: None,
+            ttl_seconds_after_finished: None,
+            suspend: false,
+            clean_pod_policy: CleanPodPolicy::Running,
+            phase: JobPhase::Pending,
+            restarts: 0,
+            start_time: Some("2026-01-01T11:00:00Z".parse().unwrap()),
+            completion_time: None,
+        }
+    }
+
+    fn pod(rank: i32, attempt: i32, phase: PodPhase) -> PodFacts {
+        PodFacts {
+            name: format!("j-worker-{rank}"),
+            rank: Some(rank),
+            attempt: Some(attempt),
+            phase,
+            terminating: false,
+            exit_code: match phase {
+                PodPhase::Succeeded => Some(0),
+                PodPhase::Failed => Some(75),
+                _ => None,
+            },
+            reason: None,
+            node_lost: false,
+        }
+    }
+
+    fn gang(n: i32, attempt: i32, phase: PodPhase) -> Vec<PodFacts> {
+        (0..n).map(|r| pod(r, attempt, phase)).collect()
+    }
+
+    #[test]
+    fn a_new_job_creates_every_rank() {
+        let d = decide(&job(3), &[], now());
+        assert_eq!(
+            d,
+            Decision::Progress {
+                phase: JobPhase::Pending,
+                delete: vec![],
+                create: vec![0, 1, 2],
+                requeue_after: None
+            }
+        );
+    }
+
+    #[test]
+    fn only_missing_ranks_are_created_before_the_gang_starts() {
+        let pods = vec![pod(0, 0, PodPhase::Pending), pod(2, 0, PodPhase::Pending)];
+        match decide(&job(3), &pods, now()) {
+            Decision::Progress { create, phase, .. } => {
+                assert_eq!(create, vec![1]);
+                assert_eq!(phase, JobPhase::Pending);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn all_workers_running_is_running() {
+        match decide(&job(2), &gang(2, 0, PodPhase::Running), now()) {
+            Decision::Progress {
+                phase,
+                create,
+                delete,
+                ..
+            } => {
+                assert_eq!(phase, JobPhase::Running);
+                assert!(create.is_empty() && delete.is_empty());
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn one_failed_worker_restarts_the_whole_gang() {
+        let mut pods = gang(3, 0, PodPhase::Running);
+        pods[1] = pod(1, 0, PodPhase::Failed);
+        match decide(&job(3), &pods, now()) {
+            Decision::Restart {
+                reason,
+                message,
+                delete,
+            } => {
+                assert_eq!(reason, "WorkerFailed");
+                assert!(
+                    message.contains("j-worker-1") && message.contains("75"),
+                    "{message}"
+                );
+                assert_eq!(delete.len(), 3);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn an_evicted_worker_restarts_the_gang() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[0].phase = PodPhase::Failed;
+        pods[0].exit_code = None;
+        pods[0].reason = Some("Evicted".into());
+        assert!(matches!(
+            decide(&job(2), &pods, now()),
+            Decision::Restart {
+                reason: "WorkerEvicted",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_lost_node_restarts_the_gang() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].node_lost = true;
+        assert!(matches!(
+            decide(&job(2), &pods, now()),
+            Decision::Restart {
+                reason: "WorkerLost",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_worker_deleted_by_someone_else_restarts_the_gang() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].terminating = true;
+        match decide(&job(2), &pods, now()) {
+            Decision::Restart { reason, delete, .. } => {
+                assert_eq!(reason, "WorkerLost");
+                assert_eq!(
+                    delete,
+                    vec!["j-worker-0".to_string()],
+                    "terminating pods are not deleted twice"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_vanished_after_the_start_restarts_the_gang() {
+        let pods = vec![pod(0, 0, PodPhase::Running)];
+        assert!(matches!(
+            decide(&job(2), &pods, now()),
+            Decision::Restart {
+                reason: "WorkerLost",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn restarts_beyond_the_backoff_limit_fail_the_job() {
+        let mut j = job(2);
+        j.backoff_limit = 1;
+        j.restarts = 1;
+        j.phase = JobPhase::Running;
+        let mut pods = gang(2, 1, PodPhase::Running);
+        pods[0] = pod(0, 1, PodPhase::Failed);
+        match decide(&j, &pods, now()) {
+            Decision::Fail {
+                reason,
+                message,
+                delete,
+            } => {
+                assert_eq!(reason, "BackoffLimitExceeded");
+                assert!(message.contains("backoffLimit 1"), "{message}");
+                assert_eq!(
+                    delete,
+                    vec!["j-worker-1".to_string()],
+                    "cleanPodPolicy Running"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        j.backoff_limit = 0;
+        j.restarts = 0;
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1] = pod(1, 0, PodPhase::Failed);
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Fail {
+                reason: "BackoffLimitExceeded",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn exit_code_64_fails_at_once_naming_pod_and_code() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1] = pod(1, 0, PodPhase::Failed);
+        pods[1].exit_code = Some(64);
+        match decide(&job(2), &pods, now()) {
+            Decision::Fail {
+                reason, message, ..
+            } => {
+                assert_eq!(reason, "NonRetryableExit");
+                assert!(
+                    message.contains("j-worker-1") && message.contains("64"),
+                    "{message}"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn the_deadline_fails_the_job_and_is_requeued_before() {
+        let mut j = job(1);
+        j.active_deadline_seconds = Some(3600);
+        assert!(matches!(
+            decide(&j, &gang(1, 0, PodPhase::Running), now()),
+            Decision::Fail {
+                reason: "DeadlineExceeded",
+                ..
+            }
+        ));
+        j.active_deadline_seconds = Some(3700);
+        match decide(&j, &gang(1, 0, PodPhase::Running), now()) {
+            Decision::Progress { requeue_after, .. } => {
+                assert_eq!(requeue_after, Some(Duration::from_secs(100)))
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn suspend_deletes_every_pod() {
+        let mut j = job(2);
+        j.suspend = true;
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].terminating = true;
+        assert_eq!(
+            decide(&j, &pods, now()),
+            Decision::Suspend {
+                delete: vec!["j-worker-0".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn resume_recreates_the_gang_without_counting_a_restart() {
+        let mut j = job(2);
+        j.phase = JobPhase::Suspended;
+        match decide(&j, &[], now()) {
+            Decision::Progress { create, phase, .. } => {
+                assert_eq!(create, vec![0, 1]);
+                assert_eq!(phase, JobPhase::Pending);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn all_ranks_exiting_zero_succeed() {
+        let mut j = job(2);
+        j.clean_pod_policy = CleanPodPolicy::All;
+        assert_eq!(
+            decide(&j, &gang(2, 0, PodPhase::Succeeded), now()),
+            Decision::Succeed {
+                delete: vec!["j-worker-0".into(), "j-worker-1".into()]
+            }
+        );
+        // One rank done, another still running: keep going.
+        let pods = vec![pod(0, 0, PodPhase::Succeeded), pod(1, 0, PodPhase::Running)];
+        assert!(matches!(
+            decide(&job(2), &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Running,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn pods_of_an_older_attempt_are_deleted_before_new_ones_are_created() {
+        let mut j = job(2);
+        j.restarts = 1;
+        j.phase = JobPhase::Restarting;
+        let mut pods = gang(2, 0, PodPhase::Failed);
+        pods[0].terminating = true;
+        match decide(&j, &pods, now()) {
+            Decision::Progress {
+                phase,
+                delete,
+                create,
+                ..
+            } => {
+                assert_eq!(phase, JobPhase::Restarting);
+                assert_eq!(delete, vec!["j-worker-1".to_string()]);
+                assert!(create.is_empty(), "names are reused: wait for the old pods");
+            }
+            d => panic!("{d:?}"),
+        }
+        match decide(&j, &[], now()) {
+            Decision::Progress { phase, create, .. } => {
+                assert_eq!(phase, JobPhase::Restarting);
+                assert_eq!(create, vec![0, 1]);
+            }
+            d => panic!("{d:?}"),
+        }
+        match decide(&j, &gang(2, 1, PodPhase::Running), now()) {
+            Decision::Progress { phase, .. } => assert_eq!(phase, JobPhase::Running),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn finished_jobs_clean_up_and_expire_after_the_ttl() {
+        let mut j = job(2);
+        j.phase = JobPhase::Succeeded;
+        j.completion_time = Some("2026-01-01T11:59:00Z".parse().unwrap());
+        let pods = vec![pod(0, 0, PodPhase::Succeeded), pod(1, 0, PodPhase::Running)];
+        assert_eq!(
+            decide(&j, &pods, now()),
+            Decision::Finished {
+                delete: vec!["j-worker-1".into()],
+                delete_job: false,
+                requeue_after: None
+            }
+        );
+        j.ttl_seconds_after_finished = Some(100);
+        assert_eq!(
+            decide(&j, &[], now()),
+            Decision::Finished {
+                delete: vec![],
+                delete_job: false,
+                requeue_after: Some(Duration::from_secs(40))
+            }
+        );
+        j.ttl_seconds_after_finished = Some(60);
+        assert!(matches!(
+            decide(&j, &[], now()),
+            Decision::Finished {
+                delete_job: true,
+                ..
+            }
+        ));
+        j.clean_pod_policy = CleanPodPolicy::None;
+        assert!(
+            matches!(decide(&j, &pods, now()), Decision::Finished { ref delete, .. } if delete.is_empty())
+        );
+        // A failed job is never restarted, whatever its pods do.
+        j.phase = JobPhase::Failed;
+        let failed = vec![pod(0, 0, PodPhase::Failed)];
+        assert!(matches!(
+            decide(&j, &failed, now()),
+            Decision::Finished { .. }
+        ));
+    }
+
+    #[test]
+    fn pods_with_unexpected_rank_are_stale() {
+        let mut p = pod(5, 0, PodPhase::Running);
+        p.name = "j-worker-5".into();
+        match decide(&job(2), &[p], now()) {
+            Decision::Progress { delete, create, .. } => {
+                assert_eq!(delete, vec!["j-worker-5".to_string()]);
+                assert!(create.is_empty());
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use janus_crds::JanusTrainingJob;
+use kube::runtime::reflector::Store;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Metrics,
+    /// Set once the API server answered.
+    pub ready: Arc<AtomicBool>,
+    /// The controller's job cache, once this replica leads (for `janus_jobs{phase}`).
+    pub jobs: Arc<OnceLock<Store<JanusTrainingJob>>>,
+}
+
+async fn metrics(State(s): State<HttpState>) -> String {
+    if let Some(store) = s.jobs.get() {
+        s.metrics
+            .set_job_phases(store.state().iter().map(|j| j.phase()));
+    }
+    s.metrics.encode()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Bind `addr` (port 0: any free port) and serve in the background; returns the bound
+/// address.
+pub async fn serve(addr: SocketAddr, state: HttpState) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(state)).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(bound)
+}

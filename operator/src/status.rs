@@ -1,0 +1,556 @@
+//! From a decision to the job's next status (and the Events of its transitions), plus
+//! the extraction of the decision's inputs from Kubernetes objects.
+
+use janus_crds::training::{condition, reason, JobPhase, JobProgress, WorkerCounts};
+use janus_crds::{defaults, labels, JanusTrainingJob, JanusTrainingJobStatus, Progress};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::gang::{Decision, JobFacts, PodFacts, PodPhase};
+
+pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
+    let s = job.status.clone().unwrap_or_default();
+    let rp = &job.spec.run_policy;
+    JobFacts {
+        replicas: job.spec.workers.replicas,
+        backoff_limit: rp.backoff_limit,
+        active_deadline_seconds: rp.active_deadline_seconds,
+        ttl_seconds_after_finished: rp.ttl_seconds_after_finished,
+        suspend: rp.suspend,
+        clean_pod_policy: rp.clean_pod_policy,
+        phase: s.phase.unwrap_or_default(),
+        restarts: s.restarts,
+        start_time: s.start_time.map(|t| t.0),
+        completion_time: s.completion_time.map(|t| t.0),
+    }
+}
+
+/// `node_exists(name)`: whether the pod's node is still there.
+pub fn pod_facts(pod: &Pod, node_exists: impl Fn(&str) -> bool) -> PodFacts {
+    let label = |k: &str| pod.labels().get(k).and_then(|v| v.parse::<i32>().ok());
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        _ => PodPhase::Pending,
+    };
+    let exit_code = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == defaults::CONTAINER_NAME))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|st| st.terminated.as_ref())
+        .map(|t| t.exit_code);
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    PodFacts {
+        name: pod.name_any(),
+        rank: label(labels::RANK),
+        attempt: label(labels::ATTEMPT),
+        phase,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        exit_code,
+        reason: status.and_then(|s| s.reason.clone()),
+        node_lost: node.is_some_and(|n| !node_exists(n)),
+    }
+}
+
+/// An Event to publish: (warning?, reason, note).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSpec {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Set condition `type_` (keeping `lastTransitionTime` when its status is unchanged).
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    match conds.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status;
+            c.reason = reason.into();
+            c.message = message.into();
+        }
+        None => conds.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Time(now),
+            observed_generation: None,
+        }),
+    }
+}
+
+/// Set `type_` to False only where it exists (conditions that never happened stay absent).
+fn clear_condition(
+    conds: &mut [Condition],
+    type_: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != "False" {
+            c.status = "False".into();
+            c.last_transition_time = Time(now);
+            c.reason = reason.into();
+            c.message = message.into();
+        }
+    }
+}
+
+/// The status after `decision`, and the Events of the transitions it makes.
+pub fn next_status(
+    job: &JanusTrainingJob,
+    decision: &Decision,
+    pods: &[PodFacts],
+    rank0_progress: Option<Progress>,
+    now: Timestamp,
+) -> (JanusTrainingJobStatus, Vec<EventSpec>) {
+    let old = job.status.clone().unwrap_or_default();
+    let mut s = old.clone();
+    let mut events = vec![];
+    let name = job.name_any();
+    let replicas = job.spec.workers.replicas;
+    s.observed_generation = job.metadata.generation;
+
+    if old.phase.is_none() {
+        set_condition(
+            &mut s.conditions,
+            condition::CREATED,
+            true,
+            reason::JOB_CREATED,
+            &format!("created the gang of {replicas} workers of {name}"),
+            now,
+        );
+        events.push(EventSpec {
+            warning: false,
+            reason: reason::JOB_CREATED,
+            note: format!("creating {replicas} workers"),
+        });
+        s.phase = Some(JobPhase::Pending);
+        if !job.spec.run_policy.suspend {
+            s.start_time = Some(Time(now));
+        }
+    }
+    let old_phase = s.phase.unwrap_or_default();
+
+    let finish = |s: &mut JanusTrainingJobStatus,
+                  phase: JobPhase,
+                  cond: &str,
+                  why: &'static str,
+                  msg: &str,
+                  warning: bool,
+                  events: &mut Vec<EventSpec>| {
+        s.phase = Some(phase);
+        set_condition(&mut s.conditions, cond, true, why, msg, now);
+        clear_condition(&mut s.conditions, condition::RUNNING, why, msg, now);
+        clear_condition(&mut s.conditions, condition::RESTARTING, why, msg, now);
+        s.completion_time = Some(Time(now));
+        events.push(EventSpec {
+            warning,
+            reason: why,
+            note: msg.to_string(),
+        });
+    };
+
+    match decision {
+        Decision::Progress { phase, .. } => {
+            if old_phase == JobPhase::Suspended {
+                set_condition(
+                    &mut s.conditions,
+                    condition::SUSPENDED,
+                    false,
+                    reason::JOB_RESUMED,
+                    "the job resumed from its latest checkpoint",
+                    now,
+                );
+                s.start_time = Some(Time(now));
+                events.push(EventSpec {
+                    warning: false,
+                    reason: reason::JOB_RESUMED,
+                    note: "resuming from the latest checkpoint".into(),
+                });
+            }
+            s.phase = Some(*phase);
+            if *phase == JobPhase::Running {
+                let msg = format!("all {replicas} workers are running");
+                set_condition(
+                    &mut s.conditions,
+                    condition::RUNNING,
+                    true,
+                    reason::ALL_WORKERS_RUNNING,
+                    &msg,
+                    now,
+                );
+                clear_condition(
+                    &mut s.conditions,
+                    condition::RESTARTING,
+                    reason::ALL_WORKERS_RUNNING,
+                    &msg,
+                    now,
+                );
+                if old_phase != JobPhase::Running {
+                    events.push(EventSpec {
+                        warning: false,
+                        reason: reason::ALL_WORKERS_RUNNING,
+                        note: msg,
+                    });
+                }
+            }
+        }
+        Decision::Restart {
+            reason: why,
+            message,
+            ..
+        } => {
+            s.restarts = old.restarts + 1;
+            s.phase = Some(JobPhase::Restarting);
+            let msg = format!("{message}; restarting all workers (attempt {})", s.restarts);
+            set_condition(
+                &mut s.conditions,
+                condition::RESTARTING,
+                true,
+                why,
+                &msg,
+                now,
+            );
+            clear_condition(&mut s.conditions, condition::RUNNING, why, &msg, now);
+            events.push(EventSpec {
+                warning: true,
+                reason: why,
+                note: msg,
+            });
+        }
+        Decision::Fail {
+            reason: why,
+            message,
+            ..
+        } => {
+            finish(
+                &mut s,
+                JobPhase::Failed,
+                condition::FAILED,
+                why,
+                message,
+                true,
+                &mut events,
+            );
+        }
+        Decision::Succeed { .. } => {
+            let msg = format!("all {replicas} workers exited 0");
+            finish(
+                &mut s,
+                JobPhase::Succeeded,
+                condition::SUCCEEDED,
+                reason::ALL_WORKERS_SUCCEEDED,
+                &msg,
+                false,
+                &mut events,
+            );
+        }
+        Decision::Suspend { .. } => {
+            s.phase = Some(JobPhase::Suspended);
+            let msg = "suspended: workers deleted, the checkpoint is kept";
+            set_condition(
+                &mut s.conditions,
+                condition::SUSPENDED,
+                true,
+                reason::JOB_SUSPENDED,
+                msg,
+                now,
+            );
+            clear_condition(
+                &mut s.conditions,
+                condition::RUNNING,
+                reason::JOB_SUSPENDED,
+                msg,
+                now,
+            );
+            if old_phase != JobPhase::Suspended {
+                events.push(EventSpec {
+                    warning: false,
+                    reason: reason::JOB_SUSPENDED,
+                    note: msg.into(),
+                });
+            }
+        }
+        Decision::Finished { .. } => {}
+    }
+
+    // Worker counts of the attempt the status now describes.
+    let attempt = s.restarts;
+    let mut c = WorkerCounts {
+        desired: replicas,
+        ..Default::default()
+    };
+    if !matches!(s.phase, Some(JobPhase::Suspended)) {
+        for p in pods
+            .iter()
+            .filter(|p| p.attempt == Some(attempt) && !p.terminating)
+        {
+            match p.phase {
+                PodPhase::Pending => c.pending += 1,
+                PodPhase::Running => c.running += 1,
+                PodPhase::Succeeded => c.succeeded += 1,
+                PodPhase::Failed => c.failed += 1,
+            }
+        }
+    }
+    if !matches!(decision, Decision::Finished { .. }) {
+        s.workers = Some(c);
+    }
+
+    if let Some(p) = rank0_progress {
+        let eta = eta_seconds(old.progress.as_ref(), &p)
+            .or(old.progress.as_ref().and_then(|o| o.eta_seconds));
+        if p.last_checkpoint.is_some() {
+            s.last_checkpoint = p.last_checkpoint.clone();
+        }
+        s.progress = Some(JobProgress {
+            step: p.step,
+            total_steps: p.total_steps,
+            loss: p.loss.filter(|l| l.is_finite()),
+            tokens_per_second: p.tokens_per_second.filter(|t| t.is_finite()),
+            eta_seconds: if p.step >= p.total_steps {
+                Some(0)
+            } else {
+                eta
+            },
+            updated_at: Some(p.updated_at),
+        });
+    }
+    (s, events)
+}
+
+/// Seconds to the last step at the step rate between the previous report and this one.
+fn eta_seconds(prev: Option<&JobProgress>, now: &Progress) -> Option<u64> {
+    let prev = prev?;
+    let t0: Timestamp = prev.updated_at.as_deref()?.parse().ok()?;
+    let t1: Timestamp = now.updated_at.parse().ok()?;
+    let dt = t1.duration_since(t0).as_secs_f64();
+    if now.step <= prev.step || dt <= 0.0 {
+        return None;
+    }
+    let rate = (now.step - prev.step) as f64 / dt;
+    Some((now.total_steps.saturating_sub(now.step) as f64 / rate).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_render::tests::representative_job;
+
+    fn now() -> Timestamp {
+        "2026-01-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn progress(step: u64, at: &str) -> Progress {
+        Progress {
+            step,
+            total_steps: 1000,
+            loss: Some(1.5),
+            tokens_per_second: Some(1e4),
+            last_checkpoint: Some(format!("s3://c/j/step-{step}")),
+            updated_at: at.into(),
+        }
+    }
+
+    #[test]
+    fn first_status_is_created_and_pending() {
+        let job = representative_job();
+        let d = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![0, 1, 2, 3],
+            requeue_after: None,
+        };
+        let (s, ev) = next_status(&job, &d, &[], None, now());
+        assert_eq!(s.phase, Some(JobPhase::Pending));
+        assert_eq!(s.conditions[0].type_, "Created");
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert_eq!(ev[0].reason, "JobCreated");
+        assert_eq!(s.workers.unwrap().desired, 4);
+    }
+
+    #[test]
+    fn restart_counts_and_sets_the_restarting_condition_with_an_event() {
+        let mut job = representative_job();
+        job.status = Some(JanusTrainingJobStatus {
+            phase: Some(JobPhase::Running),
+            ..Default::default()
+        });
+        let d = Decision::Restart {
+            reason: "WorkerFailed",
+            message: "worker x exited with code 75".into(),
+            delete: vec![],
+        };
+        let (s, ev) = next_status(&job, &d, &[], None, now());
+        assert_eq!((s.restarts, s.phase), (1, Some(JobPhase::Restarting)));
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Restarting")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "WorkerFailed")
+        );
+        assert!(c.message.contains("attempt 1"));
+        assert!(ev.iter().any(|e| e.warning && e.reason == "WorkerFailed"));
+    }
+
+    #[test]
+    fn running_again_clears_restarting_and_emits_once() {
+        let mut job = representative_job();
+        let mut conds = vec![];
+        set_condition(&mut conds, "Restarting", true, "WorkerFailed", "m", now());
+        job.status = Some(JanusTrainingJobStatus {
+            phase: Some(JobPhase::Restarting),
+            restarts: 1,
+            conditions: conds,
+            ..Default::default()
+        });
+        let d = Decision::Progress {
+            phase: JobPhase::Running,
+            delete: vec![],
+            create: vec![],
+            requeue_after: None,
+        };
+        let (s, ev) = next_status(&job, &d, &[], None, now());
+        let r = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Restarting")
+            .unwrap();
+        assert_eq!(r.status, "False");
+        assert_eq!(ev.len(), 1);
+        job.status = Some(s.clone());
+        let (s2, ev2) = next_status(&job, &d, &[], None, now());
+        assert_eq!(s2, s, "a steady state produces the same status");
+        assert!(ev2.is_empty());
+    }
+
+    #[test]
+    fn failure_sets_phase_condition_and_completion_time() {
+        let mut job = representative_job();
+        job.status = Some(JanusTrainingJobStatus {
+            phase: Some(JobPhase::Running),
+            ..Default::default()
+        });
+        let d = Decision::Fail {
+            reason: "NonRetryableExit",
+            message: "worker w exited with code 64".into(),
+            delete: vec![],
+        };
+        let (s, ev) = next_status(&job, &d, &[], None, now());
+        assert_eq!(s.phase, Some(JobPhase::Failed));
+        assert_eq!(s.completion_time, Some(Time(now())));
+        let f = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+        assert_eq!(f.reason, "NonRetryableExit");
+        assert!(ev[0].warning);
+    }
+
+    #[test]
+    fn suspend_and_resume_toggle_the_condition_and_reset_the_start_time() {
+        let mut job = representative_job();
+        job.status = Some(JanusTrainingJobStatus {
+            phase: Some(JobPhase::Running),
+            start_time: Some(Time("2026-01-01T00:00:00Z".parse().unwrap())),
+            ..Default::default()
+        });
+        let (s, ev) = next_status(
+            &job,
+            &Decision::Suspend { delete: vec![] },
+            &[],
+            None,
+            now(),
+        );
+        assert_eq!(s.phase, Some(JobPhase::Suspended));
+        assert_eq!(ev[0].reason, "JobSuspended");
+        job.status = Some(s);
+        let d = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![0],
+            requeue_after: None,
+        };
+        let (s, ev) = next_status(&job, &d, &[], None, now());
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Suspended")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "JobResumed")
+        );
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert_eq!(ev[0].reason, "JobResumed");
+    }
+
+    #[test]
+    fn progress_is_mirrored_with_an_eta() {
+        let mut job = representative_job();
+        job.status = Some(JanusTrainingJobStatus {
+            phase: Some(JobPhase::Running),
+            ..Default::default()
+        });
+        let d = Decision::Progress {
+            phase: JobPhase::Running,
+            delete: vec![],
+            create: vec![],
+            requeue_after: None,
+        };
+        let (s, _) = next_status(
+            &job,
+            &d,
+            &[],
+            Some(progress(100, "2026-01-01T11:00:00Z")),
+            now(),
+        );
+        assert_eq!(s.progress.as_ref().unwrap().step, 100);
+        assert_eq!(s.last_checkpoint.as_deref(), Some("s3://c/j/step-100"));
+        job.status = Some(s);
+        let (s, _) = next_status(
+            &job,
+            &d,
+            &[],
+            Some(progress(200, "2026-01-01T11:01:40Z")),
+            now(),
+        );
+        // 100 steps in 100 s, 800 to go.
+        assert_eq!(s.progress.unwrap().eta_seconds, Some(800));
+    }
+
+    #[test]
+    fn pod_facts_read_rank_attempt_exit_code_and_lost_nodes() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j-worker-1", "labels": {"janus.dev/rank": "1", "janus.dev/attempt": "2"}},
+            "spec": {"nodeName": "gone", "containers": [{"name": "trainer"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 64}}}]}
+        }))
+        .unwrap();
+        let f = pod_facts(&pod, |n| n != "gone");
+        assert_eq!(
+            (f.rank, f.attempt, f.exit_code),
+            (Some(1), Some(2), Some(64))
+        );
+        assert_eq!(f.phase, PodPhase::Failed);
+        assert!(f.node_lost);
+    }
+}
