@@ -305,17 +305,24 @@ fn jobs_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<JanusTrainingJo
     out
 }
 
-/// Runs the controller until `shutdown` resolves. `on_store` receives the job cache
+/// Runs the controller (over all namespaces, or only `namespace`) until `shutdown`
+/// resolves. `on_store` receives the job cache
 /// (for the `janus_jobs{phase}` gauge).
 pub async fn run(
     client: Client,
     metrics: Metrics,
     identity: String,
+    namespace: Option<String>,
     on_store: impl FnOnce(Store<JanusTrainingJob>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let jobs: Api<JanusTrainingJob> = Api::all(client.clone());
-    let pods_api: Api<Pod> = Api::all(client.clone());
+    let (jobs, pods_api): (Api<JanusTrainingJob>, Api<Pod>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
     let nodes_api: Api<Node> = Api::all(client.clone());
 
     let (pods, pod_writer) = reflector::store();

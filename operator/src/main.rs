@@ -27,6 +27,9 @@ struct Args {
     /// JSON logs even on a terminal (they are JSON whenever stdout is not a terminal).
     #[arg(long)]
     log_json: bool,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "JANUS_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
     /// Run without leader election (a single replica).
     #[arg(long)]
     no_leader_election: bool,
@@ -104,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             client,
             metrics,
             identity,
+            args.namespace.clone(),
             move |s| {
                 let _ = store.set(s);
             },
@@ -135,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         metrics.clone(),
         identity,
+        args.namespace.clone(),
         move |s| {
             let _ = store.set(s);
         },
