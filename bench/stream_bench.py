@@ -65,7 +65,7 @@ def main():
     p.add_argument("--janus", default="target/release/janus")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--records", type=int, default=100_000)
-    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--train-steps", type=int, default=10)
     a = p.parse_args()
     janus = os.path.abspath(a.janus)
     vgw = os.environ["JANUS_VERSITYGW"]

@@ -9,6 +9,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod progress;
+pub mod report;
 pub mod sample;
 pub mod storage;
 pub mod tokenizer;

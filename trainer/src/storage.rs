@@ -34,13 +34,27 @@ pub struct Store {
     rt: Arc<tokio::runtime::Runtime>,
 }
 
+/// Work started on the I/O runtime; `wait` blocks for its result.
+pub struct Pending<T> {
+    task: tokio::task::JoinHandle<Result<T>>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl<T> Pending<T> {
+    pub fn wait(self) -> Result<T> {
+        self.rt
+            .block_on(self.task)
+            .map_err(|e| Error::io("an I/O task", std::io::Error::other(e.to_string())))?
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store({})", self.url)
     }
 }
 
-fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+pub(crate) fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
     static RT: std::sync::OnceLock<Arc<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
     if let Some(rt) = RT.get() {
         return Ok(rt.clone());
@@ -256,23 +270,41 @@ impl Store {
         &self,
         parts: &[(String, std::ops::Range<u64>)],
         in_flight: usize,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<bytes::Bytes>> {
+        self.spawn_get_ranges(parts.to_vec(), in_flight).wait()
+    }
+
+    /// `get_ranges` started in the background: the requests make progress while the
+    /// caller does other work, until it `wait`s for them.
+    pub fn spawn_get_ranges(
+        &self,
+        parts: Vec<(String, std::ops::Range<u64>)>,
+        in_flight: usize,
+    ) -> Pending<Vec<bytes::Bytes>> {
         use futures::StreamExt;
-        let fetches = parts.iter().map(|(rel, range)| {
-            let path = self.path(rel);
-            async move {
-                self.store
-                    .get_range(&path, range.clone())
-                    .await
-                    .map(|b| b.to_vec())
-                    .map_err(|e| self.error(rel, &format!("download of bytes {range:?}"), e))
-            }
-        });
-        self.rt.block_on(
+        let fetches: Vec<_> = parts
+            .into_iter()
+            .map(|(rel, range)| {
+                let this = self.clone();
+                async move {
+                    let path = this.path(&rel);
+                    this.store
+                        .get_range(&path, range.clone())
+                        .await
+                        .map_err(|e| this.error(&rel, &format!("download of bytes {range:?}"), e))
+                }
+            })
+            .collect();
+        let task = self.rt.spawn(async move {
             futures::stream::iter(fetches)
                 .buffered(in_flight.max(1))
-                .try_collect(),
-        )
+                .try_collect::<Vec<_>>()
+                .await
+        });
+        Pending {
+            task,
+            rt: self.rt.clone(),
+        }
     }
 
     /// Objects directly below `rel`: (name, size), sorted by name.

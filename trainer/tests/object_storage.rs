@@ -285,6 +285,32 @@ fn data_is_read_from_s3_and_the_final_model_is_published_there() {
             "{f} was not published"
         );
     }
+    // The published model is a model source in turn: train on from its URL.
+    let from_url = train_cmd(
+        &s3,
+        dir,
+        Path::new(&out_url),
+        &data.join("sft.parquet"),
+        "from-url",
+        &["hyperparameters.max_steps=2"],
+    );
+    let log = common::run_ok(from_url);
+    assert!(log.contains("downloaded the model"), "{log}");
+    let mut no_model = train_cmd(
+        &s3,
+        dir,
+        Path::new(&s3.url("models/none")),
+        &data.join("sft.parquet"),
+        "no-model",
+        &[],
+    );
+    let out = no_model.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("s3://janus-test/models/none: no config.json"),
+        "{err}"
+    );
 
     let mut missing = train_cmd(
         &s3,

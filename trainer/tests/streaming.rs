@@ -43,7 +43,7 @@ fn read_all(data: &ShardedData, p: StreamPlan, start: u64) -> Vec<Value> {
     let mut s = data.stream(p, start).unwrap();
     let mut out = vec![];
     while let Some(r) = s.next_record().unwrap() {
-        out.push(r.value);
+        out.push(serde_json::from_slice(&r.line).unwrap());
     }
     out
 }

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use janus::data::shards::{self, ShardOptions};
+use janus::data::shards::{self, RecordKind, ShardOptions};
 use janus::data::stream::{ShardedData, StreamPlan};
+use janus::data::{PreferenceRecord, SftRecord};
 use janus::storage::Store;
 use janus::{Error, Result};
 
@@ -188,7 +189,18 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
             let mut out = std::io::BufWriter::new(stdout.lock());
             while let Some(r) = stream.next_record()? {
                 n += 1;
-                if !stats && writeln!(out, "{}", r.value).is_err() {
+                if stats {
+                    // What a trainer gets: the typed record, parsed and checked.
+                    match data.index.records {
+                        RecordKind::Sft => drop(r.parse::<SftRecord>(&data)?),
+                        RecordKind::Preference => drop(r.parse::<PreferenceRecord>(&data)?),
+                        RecordKind::Mixed => drop(r.parse::<serde_json::Value>(&data)?),
+                    }
+                } else if out
+                    .write_all(&r.line)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .is_err()
+                {
                     break; // stdout closed (e.g. `| head`)
                 }
             }

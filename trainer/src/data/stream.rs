@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::shards::{decode_block, ShardIndex, INDEX};
@@ -37,9 +36,18 @@ pub struct RecordLocation {
     pub line: u32,
 }
 
+/// One record: its JSON line (a slice of the decoded block, not a copy) and origin.
 pub struct StreamedRecord {
-    pub value: Value,
+    pub line: bytes::Bytes,
     pub location: RecordLocation,
+}
+
+impl StreamedRecord {
+    /// The record as `T`; a malformed line is an error naming its location.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, data: &ShardedData) -> Result<T> {
+        serde_json::from_slice(&self.line)
+            .map_err(|e| Error::Data(format!("{}: {e}", data.describe(self.location))))
+    }
 }
 
 /// Which part of the data a stream reads, and how far it looks ahead.
@@ -177,17 +185,32 @@ impl ShardedData {
         let handle = std::thread::Builder::new()
             .name("janus-data".into())
             .spawn(move || {
-                for (i, w) in windows.iter().enumerate().skip(first) {
+                // Fetches run on the I/O runtime, `prefetch_windows` windows ahead of
+                // the one being decoded; decoding runs here, blocks in parallel.
+                let mut fetching = std::collections::VecDeque::new();
+                let mut next = first;
+                loop {
+                    while next < windows.len() && fetching.len() <= plan.prefetch_windows {
+                        fetching.push_back((next, data.fetch_window(&windows[next], window)));
+                        next += 1;
+                    }
+                    let Some((i, pending)) = fetching.pop_front() else {
+                        return;
+                    };
                     let salt = plan.epoch.wrapping_mul(1 << 32) ^ i as u64 ^ (1 << 63);
-                    let r = data.read_window(w, window).map(|mut recs| {
-                        let order = permutation(recs.len(), plan.seed, salt);
-                        let mut slots: Vec<Option<StreamedRecord>> =
-                            recs.drain(..).map(Some).collect();
-                        order
-                            .into_iter()
-                            .map(|j| slots[j].take().expect("a permutation"))
-                            .collect::<Vec<_>>()
-                    });
+                    let r = pending
+                        .wait()
+                        .map_err(|e| data.not_found_is_bad_data(e))
+                        .and_then(|frames| data.decode_window(&windows[i], frames))
+                        .map(|mut recs| {
+                            let order = permutation(recs.len(), plan.seed, salt);
+                            let mut slots: Vec<Option<StreamedRecord>> =
+                                recs.drain(..).map(Some).collect();
+                            order
+                                .into_iter()
+                                .map(|j| slots[j].take().expect("a permutation"))
+                                .collect::<Vec<_>>()
+                        });
                     let failed = r.is_err();
                     // The consumer hung up (stream dropped): stop fetching.
                     if tx.send(r).is_err() || failed {
@@ -204,8 +227,20 @@ impl ShardedData {
         })
     }
 
-    /// Fetch, verify and parse the blocks of one window.
-    fn read_window(&self, blocks: &[(u32, u32)], in_flight: usize) -> Result<Vec<StreamedRecord>> {
+    fn not_found_is_bad_data(&self, e: Error) -> Error {
+        if e.is_not_found() {
+            Error::Data(format!("{e} (listed in {}/{INDEX})", self.url()))
+        } else {
+            e
+        }
+    }
+
+    /// Start fetching the blocks of one window.
+    fn fetch_window(
+        &self,
+        blocks: &[(u32, u32)],
+        in_flight: usize,
+    ) -> crate::storage::Pending<Vec<bytes::Bytes>> {
         let parts: Vec<(String, std::ops::Range<u64>)> = blocks
             .iter()
             .map(|&(s, b)| {
@@ -214,55 +249,88 @@ impl ShardedData {
                 (shard.name.clone(), blk.offset..blk.offset + blk.bytes)
             })
             .collect();
-        let frames = self.store.get_ranges(&parts, in_flight).map_err(|e| {
-            if e.is_not_found() {
-                Error::Data(format!("{e} (listed in {}/{INDEX})", self.url()))
-            } else {
-                e
-            }
-        })?;
+        self.store.spawn_get_ranges(parts, in_flight)
+    }
+
+    /// Verify, decompress and split the fetched blocks of a window (in parallel).
+    fn decode_window(
+        &self,
+        blocks: &[(u32, u32)],
+        frames: Vec<bytes::Bytes>,
+    ) -> Result<Vec<StreamedRecord>> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(blocks.len())
+            .max(1);
+        let jobs: Vec<(&(u32, u32), bytes::Bytes)> = blocks.iter().zip(frames).collect();
+        let per = jobs.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<StreamedRecord>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks(per.max(1))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for (&(s, b), frame) in chunk {
+                            out.extend(self.decode_block(s, b, frame)?);
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("decode thread"))
+                .collect()
+        });
         let mut out = Vec::new();
-        for (&(s, b), frame) in blocks.iter().zip(frames) {
-            let shard = &self.index.shards[s as usize];
-            let blk = &shard.blocks[b as usize];
-            let what = format!(
-                "{}/{} block {b} (bytes {}..{})",
-                self.url(),
-                shard.name,
-                blk.offset,
-                blk.offset + blk.bytes
-            );
-            let sum = hex::encode(Sha256::digest(&frame));
-            if sum != blk.sha256 {
-                return Err(Error::Data(format!(
-                    "{what}: checksum mismatch (sha256 {sum}, index.json says {}): the shard is corrupt or was rewritten after its index",
-                    blk.sha256
-                )));
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
+    }
+
+    fn decode_block(&self, s: u32, b: u32, frame: &bytes::Bytes) -> Result<Vec<StreamedRecord>> {
+        let shard = &self.index.shards[s as usize];
+        let blk = &shard.blocks[b as usize];
+        let what = format!(
+            "{}/{} block {b} (bytes {}..{})",
+            self.url(),
+            shard.name,
+            blk.offset,
+            blk.offset + blk.bytes
+        );
+        let sum = hex::encode(Sha256::digest(frame));
+        if sum != blk.sha256 {
+            return Err(Error::Data(format!(
+                "{what}: checksum mismatch (sha256 {sum}, index.json says {}): the shard is corrupt or was rewritten after its index",
+                blk.sha256
+            )));
+        }
+        let text = bytes::Bytes::from(decode_block(frame, &what)?);
+        let mut out = Vec::with_capacity(blk.samples as usize);
+        let mut start = 0;
+        for (i, &c) in text.iter().enumerate() {
+            if c == b'\n' {
+                if i > start {
+                    out.push(StreamedRecord {
+                        line: text.slice(start..i),
+                        location: RecordLocation {
+                            shard: s,
+                            block: b,
+                            line: out.len() as u32 + 1,
+                        },
+                    });
+                }
+                start = i + 1;
             }
-            let text = decode_block(&frame, &what)?;
-            let mut n = 0u64;
-            for (line, bytes) in text
-                .split(|&c| c == b'\n')
-                .filter(|l| !l.is_empty())
-                .enumerate()
-            {
-                let location = RecordLocation {
-                    shard: s,
-                    block: b,
-                    line: line as u32 + 1,
-                };
-                let value = serde_json::from_slice(bytes).map_err(|e| {
-                    Error::Data(format!("{}: invalid JSON: {e}", self.describe(location)))
-                })?;
-                out.push(StreamedRecord { value, location });
-                n += 1;
-            }
-            if n != blk.samples {
-                return Err(Error::Data(format!(
-                    "{what}: holds {n} records, index.json says {}",
-                    blk.samples
-                )));
-            }
+        }
+        if out.len() as u64 != blk.samples {
+            return Err(Error::Data(format!(
+                "{what}: holds {} records, index.json says {}",
+                out.len(),
+                blk.samples
+            )));
         }
         Ok(out)
     }

@@ -394,7 +394,7 @@ impl Streamed<'_> {
     fn typed<T: Record>(&mut self, recs: Vec<StreamedRecord>) -> Result<Vec<T>> {
         let mut out = Vec::with_capacity(recs.len());
         for r in recs {
-            let parsed = serde_json::from_value::<T>(r.value)
+            let parsed = serde_json::from_slice::<T>(&r.line)
                 .map_err(|e| e.to_string())
                 .and_then(|t| t.check().map(|_| t));
             match parsed {

@@ -1,7 +1,7 @@
 //! The training loop: data units in a seeded per-epoch order, gradient accumulation,
 //! clipping, AdamW on the cosine schedule, checkpoints and exact resume.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -84,12 +84,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?;
     // Wrong credentials or an unreachable endpoint fail here, before any other work.
     ckpt.check_access()?;
-    let model_config = ModelConfig::from_file(&cfg.model.path.join("config.json"))?;
-    let tokenizer_path = cfg
-        .model
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| cfg.model.path.join("tokenizer.json"));
+    // A model (or tokenizer) given by URL is downloaded once; the copy lives as long
+    // as the run (checkpoints and the published model copy its tokenizer).
+    let model_src = ModelSource::fetch(&cfg.model.path, cfg.model.tokenizer.as_deref(), retry)?;
+    let model_path = model_src.dir.clone();
+    let model_config = ModelConfig::from_file(&model_path.join("config.json"))?;
+    let tokenizer_path = model_src.tokenizer.clone();
     let tok = Tokenizer::from_file(&tokenizer_path)?;
     if tok.vocab_size() > model_config.vocab_size {
         return Err(Error::Model(format!(
@@ -195,12 +195,26 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             state = saved;
             run.last_checkpoint = Some(url);
         }
-        None => load_model_dir(&cfg.model.path, &trainer.vs, &model_config)?,
+        None => load_model_dir(&model_path, &trainer.vs, &model_config)?,
     }
     // Every rank loaded the same files; broadcasting makes identity a guarantee.
     trainer.broadcast_weights()?;
 
     let progress = Progress::new(opts.progress_bar, rank == 0, total_steps, state.step);
+    let reporter = crate::report::Reporter::for_pod(rank, std::time::Duration::from_secs(10));
+    let report = |state: &TrainerState, run: &RunRecord| {
+        if let Some(r) = &reporter {
+            r.report(janus_crds::Progress {
+                step: state.step,
+                total_steps,
+                loss: state.losses.last().copied(),
+                tokens_per_second: (run.tokens > 0).then(|| run.tokens_per_second()),
+                last_checkpoint: run.last_checkpoint.clone(),
+                updated_at: crate::report::now_rfc3339(),
+            });
+        }
+    };
+    report(&state, &run);
     let started = Instant::now();
     while state.step < total_steps {
         let data = feed.next_step(&mut state.cursor, share)?;
@@ -256,6 +270,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             trainer.comm.barrier()?;
             run.last_checkpoint = Some(ckpt.step_url(state.step));
         }
+        report(&state, &run);
         if stop_here && state.step < total_steps {
             progress.finish();
             tracing::warn!(
@@ -359,6 +374,75 @@ fn publish(
         }
     }
     Ok(())
+}
+
+/// The model directory and tokenizer of a run, downloaded first when given by URL.
+struct ModelSource {
+    dir: PathBuf,
+    tokenizer: PathBuf,
+    _staging: Option<tempfile::TempDir>,
+}
+
+/// Files of an HF model directory the trainer reads.
+fn is_model_file(name: &str) -> bool {
+    name == "config.json"
+        || name == "tokenizer.json"
+        || name == "model.safetensors.index.json"
+        || name.ends_with(".safetensors")
+}
+
+impl ModelSource {
+    fn fetch(path: &Path, tokenizer: Option<&Path>, retry: std::time::Duration) -> Result<Self> {
+        let path_s = path.to_string_lossy();
+        let staging = (storage::is_url(&path_s)
+            || tokenizer.is_some_and(|t| storage::is_url(&t.to_string_lossy())))
+        .then(|| crate::checkpoint::staging_dir("janus-model-"))
+        .transpose()?;
+        let dir = if storage::is_url(&path_s) {
+            let local = staging.as_ref().expect("staged").path().join("model");
+            let store = Store::open(&path_s, retry)?;
+            let names: Vec<String> = store
+                .list_objects("")?
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| is_model_file(n))
+                .collect();
+            if !names.iter().any(|n| n == "config.json") {
+                return Err(Error::Model(format!(
+                    "{path_s}: no config.json there (expected a Hugging Face model directory)"
+                )));
+            }
+            for n in &names {
+                store.get_file(n, &local.join(n))?;
+            }
+            tracing::info!(url = %path_s, files = names.len(), "downloaded the model");
+            local
+        } else {
+            path.to_path_buf()
+        };
+        let tokenizer = match tokenizer {
+            Some(t) if storage::is_url(&t.to_string_lossy()) => {
+                let t = t.to_string_lossy();
+                let (parent, name) = t
+                    .rsplit_once('/')
+                    .ok_or_else(|| Error::Config(format!("tokenizer URL `{t}` names no object")))?;
+                let local = staging
+                    .as_ref()
+                    .expect("staged")
+                    .path()
+                    .join("tokenizer.json");
+                Store::open(parent, retry)?.get_file(name, &local)?;
+                local
+            }
+            Some(t) => t.to_path_buf(),
+            None => dir.join("tokenizer.json"),
+        };
+        Ok(Self {
+            dir,
+            tokenizer,
+            _staging: staging,
+        })
+    }
 }
 
 /// What this process has done so far, beyond the checkpointed trainer state.
