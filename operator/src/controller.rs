@@ -34,6 +34,8 @@ use crate::status::{self, EventSpec};
 pub const MANAGER: &str = "janus-operator";
 /// Periodic resync of a quiet job.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Quiet period before a triggered reconcile runs.
+const DEBOUNCE: Duration = Duration::from_millis(250);
 
 pub struct Context {
     pub client: Client,
@@ -358,6 +360,8 @@ pub async fn run(
         nodes: nodes.clone(),
     });
     let controller = Controller::new(jobs, watcher::Config::default())
+        // Coalesce the burst of pod events of a starting gang into fewer reconciles.
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
         .owns_stream(pod_stream)
         .watches_stream(node_stream, {
             let pods = pods.clone();

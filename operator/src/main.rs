@@ -12,7 +12,7 @@ use janus_operator::leader::{LeaderElector, LeaseConfig};
 use janus_operator::metrics::Metrics;
 use janus_operator::{controller, telemetry};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client};
+use kube::Api;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,7 +90,16 @@ async fn main() -> anyhow::Result<()> {
     // Tests and humans read the port from here.
     tracing::info!(addr = %bound, identity = %identity, "serving /metrics /healthz /readyz");
 
-    let client = Client::try_default().await?;
+    // Every API request is counted (janus_operator_api_requests_total{method}).
+    let counter = metrics.api_requests_total.clone();
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: ::http::Request<kube::client::Body>| {
+                counter.with_label_values(&[req.method().as_str()]).inc();
+                req
+            },
+        ))
+        .build();
     let version = client.apiserver_version().await?;
     tracing::info!(apiserver = %version.git_version, "connected to the API server");
     ready.store(true, Ordering::Relaxed);

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub jobs: IntGaugeVec,
     pub job_restarts_total: IntCounter,
     pub leader: IntGauge,
+    pub api_requests_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -58,6 +59,14 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
         )
         .unwrap();
+        let api_requests_total = IntCounterVec::new(
+            Opts::new(
+                "janus_operator_api_requests_total",
+                "Requests this process sent to the API server, by HTTP method",
+            ),
+            &["method"],
+        )
+        .unwrap();
         for c in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors_total.clone()),
@@ -65,6 +74,7 @@ impl Metrics {
             Box::new(jobs.clone()),
             Box::new(job_restarts_total.clone()),
             Box::new(leader.clone()),
+            Box::new(api_requests_total.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -79,6 +89,7 @@ impl Metrics {
             jobs,
             job_restarts_total,
             leader,
+            api_requests_total,
         }
     }
 

@@ -96,6 +96,34 @@ async fn applied_job_gets_service_configmap_rbac_and_running_pods() {
     assert_eq!(s.observed_generation, Some(1));
     assert!(s.start_time.is_some());
 
+    // The workers' ServiceAccount may patch rank 0 (progress) and nothing else.
+    let worker = impersonated_client("system:serviceaccount:apply:sft-worker").await;
+    let pods_as_worker: Api<Pod> = Api::namespaced(worker, &ns);
+    let note = json!({"metadata": {"annotations": {"x": "y"}}});
+    pods_as_worker
+        .patch(
+            "sft-worker-0",
+            &PatchParams::default(),
+            &Patch::Merge(&note),
+        )
+        .await
+        .expect("rank 0 may annotate its own pod");
+    match pods_as_worker
+        .patch(
+            "sft-worker-1",
+            &PatchParams::default(),
+            &Patch::Merge(&note),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("patching another worker must be forbidden, got {other:?}"),
+    }
+    assert!(
+        pods_as_worker.list(&Default::default()).await.is_err(),
+        "no list"
+    );
+
     // Progress from the rank-0 annotation is mirrored into status.progress.
     let progress = json!({"metadata": {"annotations": {"janus.dev/progress":
         r#"{"step":42,"totalSteps":1000,"loss":1.25,"tokensPerSecond":5000,"lastCheckpoint":"s3://checkpoints/sft/step-40","updatedAt":"2026-01-01T00:00:00Z"}"#}}});
@@ -459,7 +487,8 @@ async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {
         &kube::core::ApiResource::erase::<JanusTrainingJob>(&()),
     );
     let valid = || serde_json::to_value(JanusTrainingJob::new("v", job_spec(2))).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "negative replicas",
             Box::new(|v| v["spec"]["workers"]["replicas"] = json!(-1)),

@@ -79,8 +79,9 @@ pub fn cluster() -> &'static Cluster {
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("janus-cp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Watchdog: tear the cluster (and any operator we started) down once this process is gone.
+        // Watchdog (detached on purpose: it outlives this process): tear the cluster (and any operator we started) down once this process is gone.
         let me = std::process::id();
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -149,6 +150,17 @@ pub async fn client() -> Client {
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A client acting as `user` (admin impersonation), to check RBAC.
+pub async fn impersonated_client(user: &str) -> Client {
+    let c = cluster();
+    let kc = Kubeconfig::read_from(&c.kubeconfig).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
     Client::try_from(config).unwrap()
 }
 
