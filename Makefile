@@ -31,7 +31,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling bench-checkpoint clean-demo
+.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream clean-demo
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -69,7 +69,7 @@ unit: controlplane
 controlplane-smoke: controlplane
 	tests/controlplane/smoke.sh
 
-bench: bench-train bench-allreduce bench-scaling bench-checkpoint
+bench: bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream
 
 bench-train: build
 	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
@@ -85,3 +85,6 @@ bench-checkpoint: build $(VERSITYGW)
 
 clean-demo:
 	rm -rf target/janus-demo
+
+bench-stream: build $(VERSITYGW)
+	$(PY) bench/stream_bench.py --janus $(TARGET_DIR)/release/janus --reps 3

@@ -132,13 +132,9 @@ contexts:
 current-context: janus
 EOF
 chmod 600 "$DIR/kubeconfig"
-cat >"$DIR/env" <<EOF
-export KUBECONFIG=$DIR/kubeconfig
-export JANUS_K8S_BIN=$BIN
-export JANUS_K8S_API=https://127.0.0.1:$P_API
-export JANUS_K8S_ETCD=http://127.0.0.1:$P_ETCD
-export JANUS_K8S_NODES=$NODES
-EOF
+printf 'export %s=%q\n' KUBECONFIG "$DIR/kubeconfig" JANUS_K8S_BIN "$BIN" \
+	JANUS_K8S_API "https://127.0.0.1:$P_API" JANUS_K8S_ETCD "http://127.0.0.1:$P_ETCD" \
+	JANUS_K8S_NODES "$NODES" >"$DIR/env"
 
 # --- processes ------------------------------------------------------------------------
 : >"$DIR/pids"
