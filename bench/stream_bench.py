@@ -153,7 +153,7 @@ def main():
         print(f"| {name} | {r['samples_per_second']:.0f} | {r['mb_per_second']:.0f} "
               f"| {r['mb_per_second'] / base['mb_per_second']:.2f}x | {r['samples_per_second'] / train_sps:.0f}x "
               f"| {r['peak_rss_mib']:.0f} (+{r['peak_rss_mib'] - base_rss:.0f}) |")
-    print(f"| trainer (tiny model, seq 512, 8 records/step) | {train_sps:.0f} | | | 1x | |")
+    print(f"| trainer (tiny model, seq 512, 8 records/step) | {train_sps:.1f} | | | 1x | |")
     print(json.dumps({"rows": rows, "trainer_samples_per_second": train_sps, "shard_seconds": shard_secs,
                       "base_rss_mib": base_rss}))
 

@@ -105,3 +105,34 @@ fn malformed_training_data_fails_fast_naming_the_line() {
         "{err}"
     );
 }
+
+/// The config the operator renders into a job's ConfigMap (its golden file) is one this
+/// trainer accepts as it would in a pod: through `JANUS_CONFIG`, URLs kept as URLs.
+#[test]
+fn the_operator_rendered_config_is_accepted() {
+    let fixture = common::repo().join("operator/tests/fixtures/trainer-config.yaml");
+    let mut cmd = common::janus();
+    cmd.args(["train", "--print-config"])
+        .env("JANUS_CONFIG", &fixture);
+    let out = cmd.output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        fixture.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+    let resolved: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
+    for path in [
+        &["model", "path"][..],
+        &["data", "train"],
+        &["checkpoint", "dir"],
+        &["output_dir"],
+        &["hyperparameters", "learning_rate"],
+    ] {
+        let get = |v: &serde_yaml::Value| path.iter().fold(v.clone(), |v, k| v[*k].clone());
+        assert_eq!(get(&rendered), get(&resolved), "{path:?}");
+    }
+}
