@@ -40,10 +40,10 @@ fn plan(rank: usize, world: usize, seed: u64, epoch: u64) -> StreamPlan {
 }
 
 fn read_all(data: &ShardedData, p: StreamPlan, start: u64) -> Vec<Value> {
-    let mut s = data.stream(p, start).unwrap();
+    let mut s = data.stream::<Value>(p, start).unwrap();
     let mut out = vec![];
     while let Some(r) = s.next_record().unwrap() {
-        out.push(serde_json::from_slice(&r.line).unwrap());
+        out.push(r.parsed.unwrap());
     }
     out
 }

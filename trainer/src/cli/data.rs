@@ -10,6 +10,8 @@ use janus::data::stream::{ShardedData, StreamPlan};
 use janus::data::{PreferenceRecord, SftRecord};
 use janus::storage::Store;
 use janus::{Error, Result};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::Value;
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -84,6 +86,33 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         0 => Err("size must be > 0".into()),
         v => Ok(v),
     }
+}
+
+/// Read a stream to its end (writing the lines to `out`, if given, until it closes);
+/// returns the records read. A record that does not parse is an error naming it.
+fn drain<T: DeserializeOwned + Send + 'static>(
+    data: &ShardedData,
+    plan: StreamPlan,
+    start: u64,
+    mut out: Option<&mut dyn Write>,
+) -> Result<u64> {
+    let mut stream = data.stream::<T>(plan, start)?;
+    let mut n = 0;
+    while let Some(r) = stream.next_record()? {
+        if let Err(e) = r.parsed {
+            return Err(Error::Data(format!("{}: {e}", data.describe(r.location))));
+        }
+        n += 1;
+        if let Some(w) = out.as_mut() {
+            if w.write_all(&r.line)
+                .and_then(|_| w.write_all(b"\n"))
+                .is_err()
+            {
+                break; // stdout closed (e.g. `| head`)
+            }
+        }
+    }
+    Ok(n)
 }
 
 pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
@@ -183,28 +212,21 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                 );
                 return Ok(());
             }
-            let mut stream = data.stream(plan, start)?;
-            let mut n = 0u64;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            while let Some(r) = stream.next_record()? {
-                n += 1;
-                if stats {
-                    // What a trainer gets: the typed record, parsed and checked.
-                    match data.index.records {
-                        RecordKind::Sft => drop(r.parse::<SftRecord>(&data)?),
-                        RecordKind::Preference => drop(r.parse::<PreferenceRecord>(&data)?),
-                        RecordKind::Mixed => drop(r.parse::<serde_json::Value>(&data)?),
-                    }
-                } else if out
-                    .write_all(&r.line)
-                    .and_then(|_| out.write_all(b"\n"))
-                    .is_err()
-                {
-                    break; // stdout closed (e.g. `| head`)
+            // What a trainer gets: records parsed as the dataset's type; or the lines.
+            let n = match (stats, data.index.records) {
+                (true, RecordKind::Sft) => drain::<SftRecord>(&data, plan, start, None)?,
+                (true, RecordKind::Preference) => {
+                    drain::<PreferenceRecord>(&data, plan, start, None)?
                 }
-            }
-            let _ = out.flush();
+                (true, RecordKind::Mixed) => drain::<Value>(&data, plan, start, None)?,
+                (false, _) => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    let n = drain::<IgnoredAny>(&data, plan, start, Some(&mut out))?;
+                    let _ = out.flush();
+                    n
+                }
+            };
             if stats {
                 let secs = t.elapsed().as_secs_f64();
                 // Bytes fetched (compressed, as stored: what `cat` of the shards reads)

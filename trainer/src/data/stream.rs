@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::shards::{decode_block, ShardIndex, INDEX};
@@ -36,18 +37,12 @@ pub struct RecordLocation {
     pub line: u32,
 }
 
-/// One record: its JSON line (a slice of the decoded block, not a copy) and origin.
-pub struct StreamedRecord {
+/// One record: its JSON line (a slice of the decoded block, not a copy), the line
+/// parsed as `T` by the decode threads (or why it is not one), and its origin.
+pub struct StreamedRecord<T> {
     pub line: bytes::Bytes,
+    pub parsed: std::result::Result<T, String>,
     pub location: RecordLocation,
-}
-
-impl StreamedRecord {
-    /// The record as `T`; a malformed line is an error naming its location.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self, data: &ShardedData) -> Result<T> {
-        serde_json::from_slice(&self.line)
-            .map_err(|e| Error::Data(format!("{}: {e}", data.describe(self.location))))
-    }
 }
 
 /// Which part of the data a stream reads, and how far it looks ahead.
@@ -162,7 +157,13 @@ impl ShardedData {
     }
 
     /// A stream of this rank's records of `plan.epoch`, starting at record `start`.
-    pub fn stream(&self, plan: StreamPlan, start: u64) -> Result<RankStream> {
+    /// Records are parsed as `T` in the decode threads (`serde::de::IgnoredAny` to only
+    /// check that they are JSON).
+    pub fn stream<T: DeserializeOwned + Send + 'static>(
+        &self,
+        plan: StreamPlan,
+        start: u64,
+    ) -> Result<RankStream<T>> {
         let window = plan.window_blocks.max(1);
         let windows: Vec<Vec<(u32, u32)>> = self
             .rank_blocks(plan.seed, plan.epoch, plan.rank, plan.world)
@@ -201,10 +202,10 @@ impl ShardedData {
                     let r = pending
                         .wait()
                         .map_err(|e| data.not_found_is_bad_data(e))
-                        .and_then(|frames| data.decode_window(&windows[i], frames))
+                        .and_then(|frames| data.decode_window::<T>(&windows[i], frames))
                         .map(|mut recs| {
                             let order = permutation(recs.len(), plan.seed, salt);
-                            let mut slots: Vec<Option<StreamedRecord>> =
+                            let mut slots: Vec<Option<StreamedRecord<T>>> =
                                 recs.drain(..).map(Some).collect();
                             order
                                 .into_iter()
@@ -253,11 +254,11 @@ impl ShardedData {
     }
 
     /// Verify, decompress and split the fetched blocks of a window (in parallel).
-    fn decode_window(
+    fn decode_window<T: DeserializeOwned + Send>(
         &self,
         blocks: &[(u32, u32)],
         frames: Vec<bytes::Bytes>,
-    ) -> Result<Vec<StreamedRecord>> {
+    ) -> Result<Vec<StreamedRecord<T>>> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -265,14 +266,21 @@ impl ShardedData {
             .max(1);
         let jobs: Vec<(&(u32, u32), bytes::Bytes)> = blocks.iter().zip(frames).collect();
         let per = jobs.len().div_ceil(threads);
-        let parts: Vec<Result<Vec<StreamedRecord>>> = std::thread::scope(|scope| {
+        let parts: Vec<Result<Vec<StreamedRecord<T>>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .chunks(per.max(1))
                 .map(|chunk| {
                     scope.spawn(move || {
                         let mut out = Vec::new();
                         for (&(s, b), frame) in chunk {
-                            out.extend(self.decode_block(s, b, frame)?);
+                            out.extend(self.decode_block(s, b, frame)?.into_iter().map(
+                                |(line, location)| StreamedRecord {
+                                    parsed:
+                                        serde_json::from_slice(&line).map_err(|e| e.to_string()),
+                                    line,
+                                    location,
+                                },
+                            ));
                         }
                         Ok(out)
                     })
@@ -290,7 +298,13 @@ impl ShardedData {
         Ok(out)
     }
 
-    fn decode_block(&self, s: u32, b: u32, frame: &bytes::Bytes) -> Result<Vec<StreamedRecord>> {
+    /// The lines of one verified, decompressed block.
+    fn decode_block(
+        &self,
+        s: u32,
+        b: u32,
+        frame: &bytes::Bytes,
+    ) -> Result<Vec<(bytes::Bytes, RecordLocation)>> {
         let shard = &self.index.shards[s as usize];
         let blk = &shard.blocks[b as usize];
         let what = format!(
@@ -313,14 +327,12 @@ impl ShardedData {
         for (i, &c) in text.iter().enumerate() {
             if c == b'\n' {
                 if i > start {
-                    out.push(StreamedRecord {
-                        line: text.slice(start..i),
-                        location: RecordLocation {
-                            shard: s,
-                            block: b,
-                            line: out.len() as u32 + 1,
-                        },
-                    });
+                    let location = RecordLocation {
+                        shard: s,
+                        block: b,
+                        line: out.len() as u32 + 1,
+                    };
+                    out.push((text.slice(start..i), location));
                 }
                 start = i + 1;
             }
@@ -374,17 +386,17 @@ impl ShardedData {
 }
 
 /// One rank's records of one epoch, fetched ahead by a background thread.
-pub struct RankStream {
-    rx: Receiver<Result<Vec<StreamedRecord>>>,
-    current: std::vec::IntoIter<StreamedRecord>,
+pub struct RankStream<T> {
+    rx: Receiver<Result<Vec<StreamedRecord<T>>>>,
+    current: std::vec::IntoIter<StreamedRecord<T>>,
     /// Records still to drop from the first window (a resume inside it).
     skip: usize,
     _thread: std::thread::JoinHandle<()>,
 }
 
-impl RankStream {
+impl<T> RankStream<T> {
     /// The next record, or None at the end of this rank's share.
-    pub fn next_record(&mut self) -> Result<Option<StreamedRecord>> {
+    pub fn next_record(&mut self) -> Result<Option<StreamedRecord<T>>> {
         loop {
             if let Some(r) = self.current.next() {
                 return Ok(Some(r));
@@ -403,7 +415,7 @@ impl RankStream {
     }
 
     /// Up to `n` records (fewer only at the end of the share).
-    pub fn take(&mut self, n: usize) -> Result<Vec<StreamedRecord>> {
+    pub fn take(&mut self, n: usize) -> Result<Vec<StreamedRecord<T>>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             match self.next_record()? {

@@ -91,10 +91,16 @@ pub struct Counts {
     pub stats: TokenizeStats,
 }
 
+/// A rank's stream, parsed (in the decode threads) as the method's record type.
+enum Records {
+    Sft(RankStream<SftRecord>),
+    Preference(RankStream<PreferenceRecord>),
+}
+
 pub struct Streamed<'a> {
     data: ShardedData,
     plan: StreamPlan,
-    stream: Option<RankStream>,
+    stream: Option<Records>,
     /// (epoch, records each rank consumes in it)
     epoch_len: (u64, u64),
     method: Method,
@@ -351,37 +357,48 @@ impl Streamed<'_> {
         if self.stream.is_none() || self.plan.epoch != cursor.epoch {
             self.plan.epoch = cursor.epoch;
             self.plan.seed = cursor.seed;
-            self.stream = Some(self.data.stream(self.plan, cursor.position as u64)?);
+            let start = cursor.position as u64;
+            self.stream = Some(match self.method {
+                Method::Sft => Records::Sft(self.data.stream(self.plan, start)?),
+                Method::Orpo => Records::Preference(self.data.stream(self.plan, start)?),
+            });
         }
         let n = share
             .per_rank
             .min((self.epoch_len.1 - cursor.position as u64) as usize);
-        let stream = self.stream.as_mut().expect("opened above");
-        let recs = stream.take(n)?;
-        if recs.len() < n {
-            return Err(Error::Data(format!(
+        let short = |got: usize| {
+            Error::Data(format!(
                 "{}: rank {} ran out of records in epoch {} ({} short): the shards do not match index.json",
                 self.data.url(),
                 share.rank,
                 cursor.epoch,
-                n - recs.len()
-            )));
-        }
-        cursor.position += n;
-        match self.method {
-            Method::Sft => {
-                let recs = self.typed::<SftRecord>(recs)?;
+                n - got
+            ))
+        };
+        let data = match self.stream.as_mut().expect("opened above") {
+            Records::Sft(stream) => {
+                let recs = stream.take(n)?;
+                if recs.len() < n {
+                    return Err(short(recs.len()));
+                }
+                let recs = self.typed(recs)?;
                 let (ex, st) = self.tokenization.sft(&recs)?;
                 self.add_stats(&st);
-                Ok(StepData::Examples(ex))
+                StepData::Examples(ex)
             }
-            Method::Orpo => {
-                let recs = self.typed::<PreferenceRecord>(recs)?;
+            Records::Preference(stream) => {
+                let recs = stream.take(n)?;
+                if recs.len() < n {
+                    return Err(short(recs.len()));
+                }
+                let recs = self.typed(recs)?;
                 let (pairs, st) = self.tokenization.pairs(&recs)?;
                 self.add_stats(&st);
-                Ok(StepData::Pairs(pairs))
+                StepData::Pairs(pairs)
             }
-        }
+        };
+        cursor.position += n;
+        Ok(data)
     }
 
     fn add_stats(&mut self, st: &TokenizeStats) {
@@ -391,13 +408,11 @@ impl Streamed<'_> {
         c.dropped += st.dropped;
     }
 
-    fn typed<T: Record>(&mut self, recs: Vec<StreamedRecord>) -> Result<Vec<T>> {
+    /// Checked records; a bad one is skipped (counted) or an error naming its location.
+    fn typed<T: Record>(&mut self, recs: Vec<StreamedRecord<T>>) -> Result<Vec<T>> {
         let mut out = Vec::with_capacity(recs.len());
         for r in recs {
-            let parsed = serde_json::from_slice::<T>(&r.line)
-                .map_err(|e| e.to_string())
-                .and_then(|t| t.check().map(|_| t));
-            match parsed {
+            match r.parsed.and_then(|t| t.check().map(|_| t)) {
                 Ok(t) => out.push(t),
                 Err(e) if self.skip_bad => {
                     self.counts.skipped += 1;
