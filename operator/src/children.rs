@@ -191,9 +191,9 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
     let mut pod_labels = job_labels(&name);
     pod_labels.insert(labels::RANK.into(), rank.to_string());
     pod_labels.insert(labels::ATTEMPT.into(), attempt.to_string());
-    if let Some(q) = job.labels().get(labels::KUEUE_QUEUE_NAME) {
-        pod_labels.insert(labels::KUEUE_QUEUE_NAME.into(), q.clone());
-    }
+    // The Kueue queue label stays on the job (Kueue admits the job through
+    // `runPolicy.suspend`); copied onto pods it would make Kueue's pod integration gate
+    // them a second time.
     let mut pod_annotations = BTreeMap::new();
     if let Some(pg) = &job.spec.scheduling.pod_group {
         match pg.provider {
@@ -439,7 +439,11 @@ mod tests {
 
     #[test]
     fn worker_pod_follows_the_design_contract() {
-        let job = representative_job();
+        let mut job = representative_job();
+        job.metadata.labels = Some(BTreeMap::from([(
+            labels::KUEUE_QUEUE_NAME.to_string(),
+            "team-a".to_string(),
+        )]));
         let pod = worker_pod(&job, 2, 1).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("janus-7b-sft-worker-2"));
         let spec = pod.spec.as_ref().unwrap();
@@ -454,6 +458,7 @@ mod tests {
         assert_eq!(l["janus.dev/job"], "janus-7b-sft");
         assert_eq!(l["janus.dev/rank"], "2");
         assert_eq!(l["janus.dev/attempt"], "1");
+        assert!(!l.contains_key(labels::KUEUE_QUEUE_NAME));
         let e = env_of(&pod);
         assert_eq!(e["JANUS_JOB"], "janus-7b-sft");
         assert_eq!(e["JANUS_NODE_RANK"], "2");

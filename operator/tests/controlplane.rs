@@ -663,3 +663,29 @@ async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {
     .unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The example jobs in manifests/examples are valid (server-side dry run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_manifests_are_accepted_by_the_api_server() {
+    let c = client().await;
+    let ns = namespace(&c, "examples").await;
+    let cl = cluster();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let out = std::process::Command::new(cl.bin.join("kubectl"))
+        .arg(format!("--kubeconfig={}", cl.kubeconfig.display()))
+        .args(["apply", "--dry-run=server", "-n", &ns, "-f"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("janus-7b-orpo") && text.contains("demo"),
+        "{text}"
+    );
+}
