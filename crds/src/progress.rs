@@ -38,6 +38,33 @@ impl Progress {
     }
 }
 
+/// How rank 0 publishes a report with its pod's ServiceAccount (no Kubernetes client
+/// library needed): `PATCH https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT<path>`
+/// with `Content-Type: application/merge-patch+json`, `Authorization: Bearer <token>`
+/// (token and CA from [`SERVICE_ACCOUNT_DIR`]), the pod and namespace from
+/// `JANUS_POD_NAME` / `JANUS_POD_NAMESPACE`.
+pub mod publish {
+    use super::Progress;
+
+    /// Mounted ServiceAccount credentials: `token` and `ca.crt` in this directory.
+    pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    /// Content type of the patch.
+    pub const CONTENT_TYPE: &str = "application/merge-patch+json";
+
+    /// API path of the pod.
+    pub fn path(namespace: &str, pod: &str) -> String {
+        format!("/api/v1/namespaces/{namespace}/pods/{pod}")
+    }
+
+    /// JSON merge patch that sets the progress annotation.
+    pub fn body(p: &Progress) -> String {
+        serde_json::json!({
+            "metadata": {"annotations": {crate::annotations::PROGRESS: p.to_annotation()}}
+        })
+        .to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +83,27 @@ mod tests {
         assert!(s.contains("\"totalSteps\":3004") && s.contains("\"lastCheckpoint\""));
         assert!(s.contains("\"tokensPerSecond\"") && s.contains("\"updatedAt\""));
         assert_eq!(Progress::from_annotation(&s), Some(p));
+    }
+
+    #[test]
+    fn publish_patch_sets_the_annotation_on_the_pod() {
+        let p = Progress {
+            step: 1,
+            total_steps: 2,
+            loss: None,
+            tokens_per_second: None,
+            last_checkpoint: None,
+            updated_at: "t".into(),
+        };
+        assert_eq!(
+            publish::path("ns", "j-worker-0"),
+            "/api/v1/namespaces/ns/pods/j-worker-0"
+        );
+        let v: serde_json::Value = serde_json::from_str(&publish::body(&p)).unwrap();
+        let ann = v["metadata"]["annotations"]["janus.dev/progress"]
+            .as_str()
+            .unwrap();
+        assert_eq!(Progress::from_annotation(ann), Some(p));
     }
 
     #[test]

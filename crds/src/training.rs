@@ -546,6 +546,8 @@ pub mod reason {
     pub const JOB_SUSPENDED: &str = "JobSuspended";
     pub const JOB_RESUMED: &str = "JobResumed";
     pub const ALL_WORKERS_SUCCEEDED: &str = "AllWorkersSucceeded";
+    /// `spec.workers.template` cannot be merged into a valid pod.
+    pub const INVALID_POD_TEMPLATE: &str = "InvalidPodTemplate";
 }
 
 /// Observed state of a `JanusTrainingJob`.

@@ -68,6 +68,22 @@ fn rank0_progress(pods: &[Arc<Pod>], attempt: i32) -> Option<Progress> {
         .and_then(|v| Progress::from_annotation(v))
 }
 
+/// A Fail decision when the job is about to create pods from a template override
+/// that does not merge into a valid pod.
+fn invalid_template(job: &JanusTrainingJob, d: &Decision) -> Option<Decision> {
+    let Decision::Progress { create, .. } = d else {
+        return None;
+    };
+    match children::worker_pod(job, *create.first()?, 0) {
+        Err(e @ Error::TemplateOverride { .. }) => Some(Decision::Fail {
+            reason: janus_crds::training::reason::INVALID_POD_TEMPLATE,
+            message: e.to_string(),
+            delete: vec![],
+        }),
+        _ => None,
+    }
+}
+
 /// Whether `d` deletes anything.
 fn is_destructive(d: &Decision) -> bool {
     match d {
@@ -159,6 +175,13 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             .map(Arc::new)
             .collect();
         (decision, st, events) = plan(ctx, &job, &fresh, now);
+    }
+    if let Some(d) = invalid_template(&job, &decision) {
+        // A pod template override that cannot make a pod fails the job with a reason the
+        // user sees, instead of an endless error loop.
+        let pods: Vec<PodFacts> = facts(ctx, &pods);
+        (st, events) = status::next_status(&job, &d, &pods, None, now);
+        decision = d;
     }
     tracing::debug!(job = %name, namespace = %ns, ?decision, "reconcile");
 
@@ -452,4 +475,32 @@ pub async fn run(
             }
         });
     run.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use janus_crds::training::JobPhase;
+
+    #[test]
+    fn an_unmergeable_pod_template_fails_the_job_instead_of_looping() {
+        let mut job = crate::config_render::tests::representative_job();
+        let d = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![0, 1],
+            requeue_after: None,
+        };
+        assert!(invalid_template(&job, &d).is_none());
+        job.spec.workers.template = Some(serde_json::json!({"spec": {"containers": "oops"}}));
+        match invalid_template(&job, &d) {
+            Some(Decision::Fail {
+                reason, message, ..
+            }) => {
+                assert_eq!(reason, "InvalidPodTemplate");
+                assert!(message.contains("janus-7b-sft"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -122,6 +122,18 @@ fn secs(d: i64) -> Duration {
     Duration::from_secs(d.max(0) as u64)
 }
 
+/// While pods of the run before a suspend remain, delete them and create nothing. The
+/// phase stays Suspended until they are gone: it is how the next reconcile still knows
+/// that these pods are stale rather than a gang failure.
+fn drain_before_resume(pods: &[PodFacts]) -> Decision {
+    Decision::Progress {
+        phase: JobPhase::Suspended,
+        delete: names(pods),
+        create: vec![],
+        requeue_after: None,
+    }
+}
+
 pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
     // 1. Finished jobs only clean up and expire.
     if job.phase.is_finished() {
@@ -147,9 +159,19 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         };
     }
 
-    // 3. Deadline.
+    // 3. Resuming: the pods still there belong to the run before the suspend. Suspend
+    //    only deleted them, so they still carry the current attempt and would read as a
+    //    lost gang; wait until they are gone before starting the run again.
+    let resuming = job.phase == JobPhase::Suspended;
+    if resuming && !pods.is_empty() {
+        return drain_before_resume(pods);
+    }
+
+    // 4. Deadline, counted from the start of this run (a resumed run starts now: the
+    //    status's startTime is reset in the same reconcile).
     let mut requeue_after = None;
-    if let (Some(deadline), Some(start)) = (job.active_deadline_seconds, job.start_time) {
+    let start = if resuming { Some(now) } else { job.start_time };
+    if let (Some(deadline), Some(start)) = (job.active_deadline_seconds, start) {
         let left = deadline - now.duration_since(start).as_secs();
         if left <= 0 {
             return Decision::Fail {
@@ -166,7 +188,7 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         p.attempt == Some(attempt) && p.rank.is_some_and(|r| r >= 0 && r < job.replicas)
     });
 
-    // 4. A worker that exited with the "bad input" code fails the job at once.
+    // 5. A worker that exited with the "bad input" code fails the job at once.
     if let Some(p) = current
         .iter()
         .find(|p| p.phase == PodPhase::Failed && p.exit_code == Some(exit_code::BAD_INPUT))
@@ -182,7 +204,7 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         };
     }
 
-    // 5. Gang failures: failed, evicted, deleted under us, node gone, or a rank missing
+    // 6. Gang failures: failed, evicted, deleted under us, node gone, or a rank missing
     //    after the gang started.
     let started = current
         .iter()
@@ -247,7 +269,7 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         };
     }
 
-    // 6. Success: every rank of the current attempt exited 0.
+    // 7. Success: every rank of the current attempt exited 0.
     if missing.is_empty()
         && current.len() as i32 == job.replicas
         && current.iter().all(|p| p.phase == PodPhase::Succeeded)
@@ -257,7 +279,7 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         };
     }
 
-    // 7. Make progress: remove older attempts first (pod names are reused), then create.
+    // 8. Make progress: remove older attempts first (pod names are reused), then create.
     let delete = names(stale.iter().copied());
     let create = if stale.is_empty() { missing } else { vec![] };
     let all_running = current.len() as i32 == job.replicas
@@ -541,6 +563,63 @@ mod tests {
             Decision::Progress { create, phase, .. } => {
                 assert_eq!(create, vec![0, 1]);
                 assert_eq!(phase, JobPhase::Pending);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn resume_while_the_old_pods_terminate_deletes_them_without_a_restart() {
+        let mut j = job(2);
+        j.phase = JobPhase::Suspended;
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[0].terminating = true;
+        assert_eq!(
+            decide(&j, &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Suspended,
+                delete: vec!["j-worker-1".into()],
+                create: vec![],
+                requeue_after: None
+            }
+        );
+        // Every old pod terminating: wait, still no restart and nothing created.
+        pods[1].terminating = true;
+        assert_eq!(
+            decide(&j, &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Suspended,
+                delete: vec![],
+                create: vec![],
+                requeue_after: None
+            }
+        );
+        // Even failed or lost old pods are no gang failure.
+        let mut pods = gang(2, 0, PodPhase::Failed);
+        pods[1].node_lost = true;
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Suspended,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_resumed_job_counts_the_deadline_from_the_resume() {
+        let mut j = job(2);
+        j.phase = JobPhase::Suspended;
+        // Started an hour before the resume: the whole deadline is left.
+        j.active_deadline_seconds = Some(3600);
+        match decide(&j, &[], now()) {
+            Decision::Progress {
+                create,
+                requeue_after,
+                ..
+            } => {
+                assert_eq!(create, vec![0, 1]);
+                assert_eq!(requeue_after, Some(Duration::from_secs(3600)));
             }
             d => panic!("{d:?}"),
         }

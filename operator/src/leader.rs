@@ -29,6 +29,17 @@ pub struct LeaderElector {
     cfg: LeaseConfig,
     /// resourceVersion of the last lease record seen, and when it was first seen.
     observed: Option<(String, Instant)>,
+    /// When the last successful acquire or renew request was sent: the renewTime it
+    /// wrote is no earlier, so leading until this + `renew_deadline` is safe.
+    renewed_at: Option<Instant>,
+}
+
+/// Why a bounded acquire / renew attempt did not get the lease.
+#[derive(Debug)]
+enum Attempt {
+    Held,
+    NotHeld,
+    Failed(String),
 }
 
 impl LeaderElector {
@@ -37,6 +48,7 @@ impl LeaderElector {
             api,
             cfg,
             observed: None,
+            renewed_at: None,
         }
     }
 
@@ -118,39 +130,63 @@ impl LeaderElector {
         }
     }
 
+    /// One attempt that gives up after `limit`: a request that hangs (kube's read
+    /// timeout is minutes) must not keep a leader reconciling past its renew deadline.
+    async fn attempt_within(&mut self, limit: Duration) -> Attempt {
+        let sent = Instant::now();
+        match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => {
+                self.renewed_at = Some(sent);
+                Attempt::Held
+            }
+            Ok(Ok(false)) => Attempt::NotHeld,
+            Ok(Err(e)) => Attempt::Failed(e.to_string()),
+            Err(_) => Attempt::Failed(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// How much longer this replica may lead without another successful renewal.
+    fn lead_left(&self) -> Duration {
+        let since = self.renewed_at.map(|t| t.elapsed()).unwrap_or(Duration::MAX);
+        self.cfg.renew_deadline.saturating_sub(since)
+    }
+
     /// Wait until this replica holds the lease.
     pub async fn acquire(&mut self) {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            match self.attempt_within(self.cfg.renew_deadline).await {
+                Attempt::Held => {
                     tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, "acquired the leader lease");
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election: lease request failed"),
+                Attempt::NotHeld => {}
+                Attempt::Failed(e) => {
+                    tracing::warn!(error = %e, "leader election: lease request failed")
+                }
             }
             tokio::time::sleep(self.cfg.retry_period).await;
         }
     }
 
     /// Keep renewing; returns when leadership is lost (another holder, or no successful
-    /// renewal within `renew_deadline`).
+    /// renewal within `renew_deadline` of the last one), at the latest at that deadline,
+    /// so the caller can stop reconciling before a standby may take the lease over.
     pub async fn hold(&mut self) {
-        let mut last_renewal = Instant::now();
         loop {
-            tokio::time::sleep(self.cfg.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(self.cfg.retry_period.min(self.lead_left())).await;
+            let left = self.lead_left();
+            if left.is_zero() {
+                tracing::error!("could not renew the leader lease in time");
+                return;
+            }
+            match self.attempt_within(left).await {
+                Attempt::Held => {}
+                Attempt::NotHeld => {
                     tracing::error!("leader lease taken by another replica");
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election: renewal failed");
-                    if last_renewal.elapsed() > self.cfg.renew_deadline {
-                        tracing::error!("could not renew the leader lease in time");
-                        return;
-                    }
+                Attempt::Failed(e) => {
+                    tracing::warn!(error = %e, "leader election: renewal failed")
                 }
             }
         }
@@ -176,5 +212,96 @@ impl LeaderElector {
         } else {
             tracing::info!("released the leader lease");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+
+    const ME: &str = "me";
+
+    fn lease(holder: &str, rv: usize) -> Body {
+        let l = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "l", "namespace": "default", "resourceVersion": rv.to_string()},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 2}
+        });
+        Body::from(serde_json::to_vec(&l).unwrap())
+    }
+
+    /// An API server whose lease is held by `holder`; it answers the first `hanging`
+    /// writes never (a request stuck until kube's read timeout), later ones at once.
+    fn elector(holder: &'static str, hanging: usize) -> LeaderElector {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            let writes = writes.clone();
+            async move {
+                if req.method() == Method::GET {
+                    return Ok::<_, Infallible>(Response::new(lease(holder, 1)));
+                }
+                let n = writes.fetch_add(1, Ordering::SeqCst);
+                if n < hanging {
+                    futures::future::pending::<()>().await;
+                }
+                Ok(Response::new(lease(ME, n + 2)))
+            }
+        });
+        let api = Api::namespaced(kube::Client::new(svc, "default"), "default");
+        LeaderElector::new(
+            api,
+            LeaseConfig {
+                name: "l".into(),
+                identity: ME.into(),
+                lease_duration: Duration::from_secs(2),
+                renew_deadline: Duration::from_millis(500),
+                retry_period: Duration::from_millis(100),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_hanging_renewal_stops_leading_at_the_renew_deadline() {
+        let mut el = elector(ME, usize::MAX);
+        el.renewed_at = Some(Instant::now());
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), el.hold())
+            .await
+            .expect("hold() returns although the renewal never answers");
+        let took = t.elapsed();
+        // Before a standby may take over (leaseDuration 2 s after the last renewal).
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_acquire_request_is_retried() {
+        let mut el = elector("", 1);
+        tokio::time::timeout(Duration::from_secs(5), el.acquire())
+            .await
+            .expect("acquire() retries after a request that never answers");
+        assert!(el.lead_left() > Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn successful_renewals_keep_leading() {
+        let mut el = elector(ME, 0);
+        el.acquire().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1500), el.hold())
+                .await
+                .is_err(),
+            "stepped down although every renewal succeeded"
+        );
     }
 }

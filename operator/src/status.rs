@@ -112,6 +112,31 @@ fn clear_condition(
     }
 }
 
+fn has_condition(conds: &[Condition], type_: &str, status: &str) -> bool {
+    conds.iter().any(|c| c.type_ == type_ && c.status == status)
+}
+
+/// Resume bookkeeping, once, whatever the decision: the phase stays Suspended until the
+/// pods of the earlier run are gone (see `gang::decide`), so the Suspended condition
+/// tells whether this already happened. `activeDeadlineSeconds` counts from the
+/// resume, as in Kubeflow.
+fn resume(s: &mut JanusTrainingJobStatus, events: &mut Vec<EventSpec>, now: Timestamp) {
+    set_condition(
+        &mut s.conditions,
+        condition::SUSPENDED,
+        false,
+        reason::JOB_RESUMED,
+        "the job resumed from its latest checkpoint",
+        now,
+    );
+    s.start_time = Some(Time(now));
+    events.push(EventSpec {
+        warning: false,
+        reason: reason::JOB_RESUMED,
+        note: "resuming from the latest checkpoint".into(),
+    });
+}
+
 /// The status after `decision`, and the Events of the transitions it makes.
 pub fn next_status(
     job: &JanusTrainingJob,
@@ -167,24 +192,14 @@ pub fn next_status(
         });
     };
 
+    let was_suspended = has_condition(&old.conditions, condition::SUSPENDED, "True");
+    let resumed = has_condition(&old.conditions, condition::SUSPENDED, "False");
+    if old_phase == JobPhase::Suspended && !job.spec.run_policy.suspend && !resumed {
+        resume(&mut s, &mut events, now);
+    }
+
     match decision {
         Decision::Progress { phase, .. } => {
-            if old_phase == JobPhase::Suspended {
-                set_condition(
-                    &mut s.conditions,
-                    condition::SUSPENDED,
-                    false,
-                    reason::JOB_RESUMED,
-                    "the job resumed from its latest checkpoint",
-                    now,
-                );
-                s.start_time = Some(Time(now));
-                events.push(EventSpec {
-                    warning: false,
-                    reason: reason::JOB_RESUMED,
-                    note: "resuming from the latest checkpoint".into(),
-                });
-            }
             s.phase = Some(*phase);
             if *phase == JobPhase::Running {
                 let msg = format!("all {replicas} workers are running");
@@ -280,7 +295,7 @@ pub fn next_status(
                 msg,
                 now,
             );
-            if old_phase != JobPhase::Suspended {
+            if !was_suspended {
                 events.push(EventSpec {
                     warning: false,
                     reason: reason::JOB_SUSPENDED,
@@ -500,6 +515,107 @@ mod tests {
         );
         assert_eq!(s.start_time, Some(Time(now())));
         assert_eq!(ev[0].reason, "JobResumed");
+    }
+
+    fn suspended_job() -> JanusTrainingJob {
+        let mut job = representative_job();
+        let mut conds = vec![];
+        set_condition(&mut conds, "Suspended", true, "JobSuspended", "m", now());
+        job.status = Some(JanusTrainingJobStatus {
+            phase: Some(JobPhase::Suspended),
+            start_time: Some(Time("2026-01-01T00:00:00Z".parse().unwrap())),
+            conditions: conds,
+            ..Default::default()
+        });
+        job
+    }
+
+    #[test]
+    fn resume_is_recorded_once_while_the_old_pods_drain() {
+        let mut job = suspended_job();
+        let drain = Decision::Progress {
+            phase: JobPhase::Suspended,
+            delete: vec!["j-worker-0".into()],
+            create: vec![],
+            requeue_after: None,
+        };
+        let (s, ev) = next_status(&job, &drain, &[], None, now());
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Suspended")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "JobResumed")
+        );
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].reason, "JobResumed");
+        assert_eq!(s.restarts, 0);
+
+        // Later reconciles of the same resume neither move the start time nor repeat the
+        // event, whether the old pods are still draining or the new gang is created.
+        job.status = Some(s);
+        let later: Timestamp = "2026-01-01T12:00:30Z".parse().unwrap();
+        let (s, ev) = next_status(&job, &drain, &[], None, later);
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert!(ev.is_empty(), "{ev:?}");
+        let create = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![0, 1, 2, 3],
+            requeue_after: None,
+        };
+        job.status = Some(s);
+        let (s, ev) = next_status(&job, &create, &[], None, later);
+        assert_eq!(s.phase, Some(JobPhase::Pending));
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert!(ev.is_empty(), "{ev:?}");
+    }
+
+    #[test]
+    fn resume_is_recorded_whatever_the_decision() {
+        let job = suspended_job();
+        let d = Decision::Fail {
+            reason: "InvalidPodTemplate",
+            message: "bad template".into(),
+            delete: vec![],
+        };
+        let (s, ev) = next_status(&job, &d, &[], None, now());
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Suspended")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "JobResumed")
+        );
+        assert_eq!(s.start_time, Some(Time(now())));
+        assert_eq!(s.phase, Some(JobPhase::Failed));
+        assert!(ev.iter().any(|e| e.reason == "JobResumed"), "{ev:?}");
+    }
+
+    #[test]
+    fn suspending_again_while_draining_emits_the_event() {
+        let mut job = suspended_job();
+        let drain = Decision::Progress {
+            phase: JobPhase::Suspended,
+            delete: vec![],
+            create: vec![],
+            requeue_after: None,
+        };
+        job.status = Some(next_status(&job, &drain, &[], None, now()).0);
+        job.spec.run_policy.suspend = true;
+        let (s, ev) = next_status(&job, &Decision::Suspend { delete: vec![] }, &[], None, now());
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Suspended")
+            .unwrap();
+        assert_eq!(c.status, "True");
+        assert!(ev.iter().any(|e| e.reason == "JobSuspended"), "{ev:?}");
     }
 
     #[test]

@@ -689,3 +689,19 @@ async fn example_manifests_are_accepted_by_the_api_server() {
         "{text}"
     );
 }
+
+/// A pod template override that cannot make a pod fails the job with a visible reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_pod_template_fails_the_job_with_a_reason() {
+    let c = client().await;
+    let ns = namespace(&c, "template").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    spec.workers.template = Some(json!({"spec": {"containers": "not a list"}}));
+    create_job(&c, &ns, "bad", spec).await;
+    let j = wait_phase(&c, &ns, "bad", "Failed", T).await;
+    let f = condition(&j, "Failed").unwrap();
+    assert_eq!(f.reason, "InvalidPodTemplate");
+    assert!(f.message.contains("pod template override"), "{}", f.message);
+    assert!(pods(&c, &ns, "bad").await.is_empty());
+}
