@@ -147,7 +147,10 @@ impl LeaderElector {
 
     /// How much longer this replica may lead without another successful renewal.
     fn lead_left(&self) -> Duration {
-        let since = self.renewed_at.map(|t| t.elapsed()).unwrap_or(Duration::MAX);
+        let since = self
+            .renewed_at
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX);
         self.cfg.renew_deadline.saturating_sub(since)
     }
 

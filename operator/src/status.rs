@@ -608,7 +608,13 @@ mod tests {
         };
         job.status = Some(next_status(&job, &drain, &[], None, now()).0);
         job.spec.run_policy.suspend = true;
-        let (s, ev) = next_status(&job, &Decision::Suspend { delete: vec![] }, &[], None, now());
+        let (s, ev) = next_status(
+            &job,
+            &Decision::Suspend { delete: vec![] },
+            &[],
+            None,
+            now(),
+        );
         let c = s
             .conditions
             .iter()
