@@ -187,24 +187,32 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
 
     let first_time = job.status.as_ref().and_then(|s| s.phase).is_none();
     let creating = matches!(&decision, Decision::Progress { create, .. } if !create.is_empty());
-    if first_time || creating {
-        ensure_static_children(ctx, &job).await?;
-    }
-
-    // Status first: the attempt number is recorded before any pod of it is touched.
-    if job.status.as_ref() != Some(&st) {
-        let patch = serde_json::json!({
-            "apiVersion": "janus.dev/v1alpha1",
-            "kind": "JanusTrainingJob",
-            "status": st,
-        });
-        jobs.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    // The status is written before any pod is deleted or created, so the attempt a pod
+    // belongs to is always recorded first (the Service, ConfigMap and RBAC objects do
+    // not depend on it and are applied at the same time).
+    let statics = async {
+        if first_time || creating {
+            ensure_static_children(ctx, &job).await?;
+        }
+        Ok::<_, Error>(())
+    };
+    let write_status = async {
+        if job.status.as_ref() != Some(&st) {
+            let patch = serde_json::json!({
+                "apiVersion": "janus.dev/v1alpha1",
+                "kind": "JanusTrainingJob",
+                "status": st,
+            });
+            jobs.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        }
+        Ok::<_, Error>(())
+    };
+    futures::try_join!(statics, write_status)?;
     if matches!(decision, Decision::Restart { .. }) {
         ctx.metrics.job_restarts_total.inc();
     }
