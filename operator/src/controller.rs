@@ -36,6 +36,9 @@ pub const MANAGER: &str = "janus-operator";
 const RESYNC: Duration = Duration::from_secs(300);
 /// Quiet period before a triggered reconcile runs.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Reconciles in flight at once: bounds the requests a burst of new jobs sends to the
+/// API server together (the rest wait in the controller's queue).
+const CONCURRENCY: u16 = 16;
 
 pub struct Context {
     pub client: Client,
@@ -466,7 +469,11 @@ pub async fn run(
     });
     let controller = Controller::new(jobs, watcher::Config::default())
         // Coalesce the burst of pod events of a starting gang into fewer reconciles.
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(CONCURRENCY),
+        )
         .owns_stream(pod_stream)
         .watches_stream(node_stream, {
             let pods = pods.clone();
