@@ -46,6 +46,17 @@ pub struct Context {
     pub metrics: Metrics,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    /// Consecutive failed reconciles per job (`namespace/name`), for the backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+fn key(job: &JanusTrainingJob) -> String {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// Requeue delay after `n` consecutive failures: 1 s, 2 s, 4 s ... capped at 5 minutes.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(RESYNC)
 }
 
 fn cached_pods(ctx: &Context, ns: &str, job: &str) -> Vec<Arc<Pod>> {
@@ -127,7 +138,11 @@ fn plan(
 pub async fn reconcile(job: Arc<JanusTrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconcile_total.inc();
     let _timer = ctx.metrics.reconcile_duration_seconds.start_timer();
-    reconcile_job(&job, &ctx).await
+    let result = reconcile_job(&job, &ctx).await;
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key(&job));
+    }
+    result
 }
 
 pub fn error_policy(job: Arc<JanusTrainingJob>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -135,8 +150,15 @@ pub fn error_policy(job: Arc<JanusTrainingJob>, err: &Error, ctx: Arc<Context>) 
         .reconcile_errors_total
         .with_label_values(&[err.metric_label()])
         .inc();
-    tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), error = %err, "reconcile failed; requeueing");
-    Action::requeue(Duration::from_secs(5))
+    let n = {
+        let mut f = ctx.failures.lock().unwrap();
+        let n = f.entry(key(&job)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), error = %err, failures = n, retry_in = ?delay, "reconcile failed; requeueing");
+    Action::requeue(delay)
 }
 
 async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Action> {
@@ -466,6 +488,7 @@ pub async fn run(
         metrics,
         pods: pods.clone(),
         nodes: nodes.clone(),
+        failures: Default::default(),
     });
     let controller = Controller::new(jobs, watcher::Config::default())
         // Coalesce the burst of pod events of a starting gang into fewer reconciles.
@@ -496,6 +519,12 @@ pub async fn run(
 mod tests {
     use super::*;
     use janus_crds::training::JobPhase;
+
+    #[test]
+    fn failed_reconciles_back_off_exponentially_up_to_the_resync() {
+        let d: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
 
     #[test]
     fn an_unmergeable_pod_template_fails_the_job_instead_of_looping() {
