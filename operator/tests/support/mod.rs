@@ -74,7 +74,8 @@ pub fn cluster() -> &'static Cluster {
                 )
             }
         };
-        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        // Logs of the run stay under target/tmp (cargo's scratch space for tests).
+        let base = option_env!("CARGO_TARGET_TMPDIR")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("janus-cp-{}", std::process::id()));
@@ -126,15 +127,34 @@ pub fn cluster() -> &'static Cluster {
             ],
             "kubectl apply the chart CRDs",
         );
-        kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/janustrainingjobs.janus.dev",
-                "crd/janusevaljobs.janus.dev",
-            ],
-            "wait for the CRDs",
+        // Established can lag the create a moment (and kubectl's discovery cache of a
+        // fresh API server too): retry the wait a few times before failing loudly.
+        let wait = || {
+            Command::new(bin.join("kubectl"))
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/janustrainingjobs.janus.dev",
+                    "crd/janusevaljobs.janus.dev",
+                ])
+                .output()
+                .expect("run kubectl wait")
+        };
+        let mut out = wait();
+        for _ in 0..10 {
+            if out.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            out = wait();
+        }
+        assert!(
+            out.status.success(),
+            "the CRDs did not become Established:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         Cluster {
             dir,
