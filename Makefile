@@ -31,7 +31,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream clean-demo
+.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -69,7 +69,7 @@ unit: controlplane
 controlplane-smoke: controlplane
 	tests/controlplane/smoke.sh
 
-bench: bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream
+bench: bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator
 
 bench-train: build
 	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
@@ -88,3 +88,11 @@ clean-demo:
 
 bench-stream: build $(VERSITYGW)
 	$(PY) bench/stream_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
+
+# 200 JanusTrainingJobs x 8 workers on the kwok test cluster, the real operator binary.
+bench-operator: build controlplane
+	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator
+
+# Regenerate the CRD YAML in the chart from the Rust types (a test fails when it drifts).
+crdgen:
+	$(CARGO) run --release -p janus-crds --features k8s --bin crdgen
