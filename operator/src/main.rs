@@ -161,12 +161,25 @@ async fn main() -> anyhow::Result<()> {
             // Lost the lease: stop reconciling at once and exit, so a restart starts a
             // fresh candidate.
             ctrl.abort();
+            let _ = ctrl.await;
             metrics.leader.set(0);
             anyhow::bail!("lost the leader lease; stopped reconciling");
         }
         _ = &mut shutdown => {
+            // Stop in this order, so that no standby takes the lease while this replica
+            // still reconciles: signal stop; keep renewing while the controller winds
+            // down (at most 10 s); abort and await whatever is left; only then give up
+            // leadership and release the lease.
             let _ = stop_tx.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), &mut ctrl).await;
+            let finished = tokio::select! {
+                res = tokio::time::timeout(Duration::from_secs(10), &mut ctrl) => res.is_ok(),
+                _ = elector.hold() => false,
+            };
+            if !finished {
+                ctrl.abort();
+                let _ = ctrl.await;
+            }
+            metrics.leader.set(0);
             elector.release().await;
             Ok(())
         }
