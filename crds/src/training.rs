@@ -538,7 +538,12 @@ pub mod reason {
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";
+    /// A rank of a gang that had started is missing (its pod disappeared).
     pub const WORKER_LOST: &str = "WorkerLost";
+    /// A worker's node no longer exists.
+    pub const NODE_LOST: &str = "NodeLost";
+    /// A worker was deleted by someone other than the operator.
+    pub const WORKER_DELETED: &str = "WorkerDeleted";
     pub const GANG_RECREATED: &str = "GangRecreated";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const NON_RETRYABLE_EXIT: &str = "NonRetryableExit";

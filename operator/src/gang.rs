@@ -230,12 +230,12 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
                 ))
             } else if p.node_lost && !p.finished() {
                 Some((
-                    reason::WORKER_LOST,
+                    reason::NODE_LOST,
                     format!("the node of worker {} is gone", p.name),
                 ))
             } else if p.terminating && !p.finished() {
                 Some((
-                    reason::WORKER_LOST,
+                    reason::WORKER_DELETED,
                     format!("worker {} was deleted", p.name),
                 ))
             } else {
@@ -430,7 +430,7 @@ mod tests {
         assert!(matches!(
             decide(&job(2), &pods, now()),
             Decision::Restart {
-                reason: "WorkerLost",
+                reason: "NodeLost",
                 ..
             }
         ));
@@ -442,7 +442,7 @@ mod tests {
         pods[1].terminating = true;
         match decide(&job(2), &pods, now()) {
             Decision::Restart { reason, delete, .. } => {
-                assert_eq!(reason, "WorkerLost");
+                assert_eq!(reason, "WorkerDeleted");
                 assert_eq!(
                     delete,
                     vec!["j-worker-0".to_string()],

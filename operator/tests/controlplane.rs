@@ -372,10 +372,18 @@ async fn lost_node_restarts_the_gang() {
         (j.status.as_ref()?.restarts == 1).then_some(j)
     })
     .await;
+    // The operator may see the node gone (NodeLost), or pod GC may delete the orphaned
+    // pods first (WorkerDeleted while terminating, WorkerLost once gone).
+    let accepted = ["NodeLost", "WorkerDeleted", "WorkerLost"];
     let r = condition(&j, "Restarting").unwrap();
-    assert_eq!(r.reason, "WorkerLost", "{}", r.message);
+    assert!(
+        accepted.contains(&r.reason.as_str()),
+        "{}: {}",
+        r.reason,
+        r.message
+    );
     let reasons = event_reasons(&c, &ns, "n").await;
-    assert!(reasons.iter().any(|r| r == "WorkerLost"), "{reasons:?}");
+    assert!(reasons.iter().any(|e| e == &r.reason), "{reasons:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
