@@ -66,16 +66,19 @@ fn cached_pods(ctx: &Context, ns: &str, job: &str) -> Vec<Arc<Pod>> {
     })
 }
 
-fn facts(ctx: &Context, pods: &[Arc<Pod>]) -> Vec<PodFacts> {
+/// Facts of `pods` as seen by `job`: pods another object controls are marked foreign.
+fn facts(ctx: &Context, job: &JanusTrainingJob, pods: &[Arc<Pod>]) -> Vec<PodFacts> {
+    let uid = job.metadata.uid.as_deref();
     pods.iter()
-        .map(|p| status::pod_facts(p, |n| ctx.nodes.get(&ObjectRef::new(n)).is_some()))
+        .map(|p| status::pod_facts(p, uid, |n| ctx.nodes.get(&ObjectRef::new(n)).is_some()))
         .collect()
 }
 
-fn rank0_progress(pods: &[Arc<Pod>], attempt: i32) -> Option<Progress> {
+fn rank0_progress(job: &JanusTrainingJob, pods: &[Arc<Pod>], attempt: i32) -> Option<Progress> {
     pods.iter()
         .find(|p| {
-            p.labels().get(labels::RANK).map(String::as_str) == Some("0")
+            status::owned_by(p, job.metadata.uid.as_deref())
+                && p.labels().get(labels::RANK).map(String::as_str) == Some("0")
                 && p.labels().get(labels::ATTEMPT) == Some(&attempt.to_string())
         })
         .and_then(|p| children::progress_annotation(p))
@@ -127,10 +130,13 @@ fn plan(
     pods: &[Arc<Pod>],
     now: Timestamp,
 ) -> (Decision, janus_crds::JanusTrainingJobStatus, Vec<EventSpec>) {
-    let pf = facts(ctx, pods);
+    let mut pf = facts(ctx, job, pods);
     let decision = gang::decide(&status::job_facts(job), &pf, now);
+    // Foreign pods are never counted in the status either.
+    pf.retain(|p| !p.foreign);
     let attempt = job.status.as_ref().map(|s| s.restarts).unwrap_or(0);
-    let (st, events) = status::next_status(job, &decision, &pf, rank0_progress(pods, attempt), now);
+    let (st, events) =
+        status::next_status(job, &decision, &pf, rank0_progress(job, pods, attempt), now);
     (decision, st, events)
 }
 
@@ -204,7 +210,8 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     if let Some(d) = invalid_template(&job, &decision) {
         // A pod template override that cannot make a pod fails the job with a reason the
         // user sees, instead of an endless error loop.
-        let pods: Vec<PodFacts> = facts(ctx, &pods);
+        let mut pods: Vec<PodFacts> = facts(ctx, &job, &pods);
+        pods.retain(|p| !p.foreign);
         (st, events) = status::next_status(&job, &d, &pods, None, now);
         decision = d;
     }

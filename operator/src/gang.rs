@@ -58,6 +58,10 @@ pub struct PodFacts {
     pub reason: Option<String>,
     /// Bound to a node that no longer exists.
     pub node_lost: bool,
+    /// Carries the job's labels but its controller is not this job (another object of
+    /// the same name, e.g. a deleted job whose pods the garbage collector has not yet
+    /// removed). Never counted; only blocks creating pods of the same names.
+    pub foreign: bool,
 }
 
 impl PodFacts {
@@ -134,7 +138,33 @@ fn drain_before_resume(pods: &[PodFacts]) -> Decision {
     }
 }
 
+/// How soon to look again while foreign pods block creating the gang.
+pub const FOREIGN_POD_WAIT: Duration = Duration::from_secs(2);
+
 pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
+    // Pods of another owner with this job's names: not ours, never counted. Creating a
+    // pod under a name they hold would conflict, so wait until they are gone.
+    if !pods.iter().any(|p| p.foreign) {
+        return decide_owned(job, pods, now);
+    }
+    let owned: Vec<PodFacts> = pods.iter().filter(|p| !p.foreign).cloned().collect();
+    let mut d = decide_owned(job, &owned, now);
+    if let Decision::Progress {
+        create,
+        requeue_after,
+        ..
+    } = &mut d
+    {
+        if !create.is_empty() {
+            create.clear();
+            *requeue_after =
+                Some(requeue_after.map_or(FOREIGN_POD_WAIT, |r| r.min(FOREIGN_POD_WAIT)));
+        }
+    }
+    d
+}
+
+fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
     // 1. Finished jobs only clean up and expire.
     if job.phase.is_finished() {
         let (delete_job, requeue_after) =
@@ -338,6 +368,7 @@ mod tests {
             },
             reason: None,
             node_lost: false,
+            foreign: false,
         }
     }
 
@@ -721,6 +752,36 @@ mod tests {
             decide(&j, &failed, now()),
             Decision::Finished { .. }
         ));
+    }
+
+    #[test]
+    fn pods_of_another_owner_are_not_counted_and_block_creation_until_gone() {
+        // A job re-created under the name of a deleted one whose pods still exist.
+        let mut pods = gang(2, 0, PodPhase::Running);
+        for p in &mut pods {
+            p.foreign = true;
+        }
+        assert_eq!(
+            decide(&job(2), &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Pending,
+                delete: vec![],
+                create: vec![],
+                requeue_after: Some(FOREIGN_POD_WAIT)
+            },
+            "not adopted as running, not deleted, nothing created over them"
+        );
+        // A foreign failed pod is no gang failure of this job.
+        pods[1].phase = PodPhase::Failed;
+        assert!(matches!(
+            decide(&job(2), &pods, now()),
+            Decision::Progress { ref create, .. } if create.is_empty()
+        ));
+        // Gone: the gang is created.
+        match decide(&job(2), &[], now()) {
+            Decision::Progress { create, .. } => assert_eq!(create, vec![0, 1]),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

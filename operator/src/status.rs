@@ -28,7 +28,9 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
 }
 
 /// `node_exists(name)`: whether the pod's node is still there.
-pub fn pod_facts(pod: &Pod, node_exists: impl Fn(&str) -> bool) -> PodFacts {
+/// `job_uid`: the UID of the job the pod is looked at for; a pod whose controller owner
+/// reference names another UID is foreign.
+pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) -> bool) -> PodFacts {
     let label = |k: &str| pod.labels().get(k).and_then(|v| v.parse::<i32>().ok());
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
@@ -53,7 +55,18 @@ pub fn pod_facts(pod: &Pod, node_exists: impl Fn(&str) -> bool) -> PodFacts {
         exit_code,
         reason: status.and_then(|s| s.reason.clone()),
         node_lost: node.is_some_and(|n| !node_exists(n)),
+        foreign: !owned_by(pod, job_uid),
     }
+}
+
+/// Whether `pod`'s controller owner reference is the object with UID `uid`.
+pub fn owned_by(pod: &Pod, uid: Option<&str>) -> bool {
+    let Some(uid) = uid else {
+        return false;
+    };
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 /// An Event to publish: (warning?, reason, note).
@@ -667,12 +680,28 @@ mod tests {
                         "state": {"terminated": {"exitCode": 64}}}]}
         }))
         .unwrap();
-        let f = pod_facts(&pod, |n| n != "gone");
+        let f = pod_facts(&pod, None, |n| n != "gone");
         assert_eq!(
             (f.rank, f.attempt, f.exit_code),
             (Some(1), Some(2), Some(64))
         );
         assert_eq!(f.phase, PodPhase::Failed);
         assert!(f.node_lost);
+        assert!(f.foreign, "no owner reference: not the job's");
+    }
+
+    #[test]
+    fn only_pods_controlled_by_the_job_uid_are_the_jobs() {
+        let pod = |uid: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "j-worker-0", "labels": {"janus.dev/rank": "0", "janus.dev/attempt": "0"},
+                             "ownerReferences": [{"apiVersion": "janus.dev/v1alpha1", "kind": "JanusTrainingJob",
+                                                  "name": "j", "uid": uid, "controller": true}]},
+                "status": {"phase": "Running"}
+            }))
+            .unwrap()
+        };
+        assert!(!pod_facts(&pod("new"), Some("new"), |_| true).foreign);
+        assert!(pod_facts(&pod("old"), Some("new"), |_| true).foreign);
     }
 }

@@ -332,6 +332,62 @@ async fn deleting_the_job_garbage_collects_its_children() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_recreated_under_a_deleted_jobs_name_does_not_adopt_its_pods() {
+    let c = client().await;
+    let ns = namespace(&c, "recreate").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let old = create_job(&c, &ns, "r", job_spec(2)).await;
+    wait_gang_running(&c, &ns, "r", 2, 0).await;
+    // Hold the old pods (a finalizer) so they surely outlive the old job.
+    let pod_api: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    let hold = |f: Vec<&str>| json!({"metadata": {"finalizers": f}});
+    for p in ["r-worker-0", "r-worker-1"] {
+        pod_api
+            .patch(
+                p,
+                &PatchParams::default(),
+                &Patch::Merge(hold(vec!["janus.dev/test-hold"])),
+            )
+            .await
+            .unwrap();
+    }
+    let jobs: Api<JanusTrainingJob> = Api::namespaced(c.clone(), &ns);
+    jobs.delete("r", &DeleteParams::background()).await.unwrap();
+    wait_for("the old job gone", T, || async {
+        get_job(&c, &ns, "r").await.is_none().then_some(())
+    })
+    .await;
+    let new = create_job(&c, &ns, "r", job_spec(2)).await;
+    assert_ne!(old.uid(), new.uid());
+    // While the old pods remain the new job neither counts them nor restarts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let j = get_job(&c, &ns, "r").await.unwrap();
+    let st = j.status.clone().unwrap_or_default();
+    assert_eq!(st.restarts, 0, "{st:?}");
+    assert_ne!(phase(&j), "Running", "the old pods were adopted: {st:?}");
+    for p in ["r-worker-0", "r-worker-1"] {
+        pod_api
+            .patch(p, &PatchParams::default(), &Patch::Merge(hold(vec![])))
+            .await
+            .unwrap();
+    }
+    // The garbage collector removes the old pods; the new job then creates its own.
+    wait_for("2 Running workers owned by the new job", T, || async {
+        let ps = pods(&c, &ns, "r").await;
+        let ok = ps.len() == 2
+            && ps.iter().all(|p| {
+                p.owner_references().first().map(|o| Some(o.uid.clone())) == Some(new.uid())
+                    && p.metadata.deletion_timestamp.is_none()
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            });
+        ok.then_some(())
+    })
+    .await;
+    let j = wait_phase(&c, &ns, "r", "Running", T).await;
+    assert_eq!(j.status.unwrap().restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_node_restarts_the_gang() {
     let c = client().await;
     let ns = namespace(&c, "node").await;
