@@ -13,6 +13,10 @@ use serde::Serialize;
 const BUCKET_MIB: u64 = 25;
 const RENDEZVOUS_TIMEOUT_SECONDS: u64 = 1800;
 const LOG_EVERY_STEPS: u64 = 10;
+/// Blocks read and shuffled together (the trainer's preset, rendered explicitly).
+const STREAMING_WINDOW_BLOCKS: u32 = 4;
+/// Windows fetched ahead of the one being trained on.
+const STREAMING_PREFETCH_WINDOWS: u32 = 2;
 
 #[derive(Debug, Serialize)]
 pub struct TrainerConfig {
@@ -44,6 +48,14 @@ pub struct DataSection {
     pub truncation: &'static str,
     pub min_response_tokens: u32,
     pub skip_bad_records: bool,
+    pub streaming: StreamingSection,
+}
+
+/// How the trainer streams a sharded dataset (its `data.streaming`).
+#[derive(Debug, Serialize)]
+pub struct StreamingSection {
+    pub window_blocks: u32,
+    pub prefetch_windows: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +136,10 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainerConfig {
             },
             min_response_tokens: spec.dataset.min_response_tokens,
             skip_bad_records: spec.dataset.skip_bad_records,
+            streaming: StreamingSection {
+                window_blocks: STREAMING_WINDOW_BLOCKS,
+                prefetch_windows: STREAMING_PREFETCH_WINDOWS,
+            },
         },
         hyperparameters: HyperparametersSection {
             learning_rate: h.learning_rate,
@@ -272,7 +288,11 @@ storageSecretRef:
         assert_eq!(keys(&v["model"]), "device,dtype,path,tokenizer");
         assert_eq!(
             keys(&v["data"]),
-            "max_seq_len,min_response_tokens,packing,prompt_format,skip_bad_records,train,truncation"
+            "max_seq_len,min_response_tokens,packing,prompt_format,skip_bad_records,streaming,train,truncation"
+        );
+        assert_eq!(
+            v["data"]["streaming"],
+            serde_json::json!({"window_blocks": 4, "prefetch_windows": 2})
         );
         assert_eq!(
             keys(&v["checkpoint"]),
