@@ -105,6 +105,7 @@ impl Reporter {
             return None;
         }
         let target = Target::from_env()?;
+        crate::storage::install_crypto_provider();
         let client = match target.client() {
             Ok(c) => c,
             Err(e) => {

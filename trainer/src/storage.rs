@@ -54,7 +54,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Select rustls's crypto provider before any client is built: reqwest/object_store
+/// bring `aws-lc-rs`, and in a workspace build kube adds `ring`; rustls with two
+/// providers and no default panics on first use.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all we need.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 pub(crate) fn runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    install_crypto_provider();
     static RT: std::sync::OnceLock<Arc<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
     if let Some(rt) = RT.get() {
         return Ok(rt.clone());
@@ -88,6 +97,7 @@ impl Store {
     /// Open `url` with credentials from the environment. `retry_timeout` bounds how
     /// long one request is retried.
     pub fn open(url: &str, retry_timeout: Duration) -> Result<Self> {
+        install_crypto_provider();
         let bad = |e: &dyn std::fmt::Display| Error::Config(format!("storage URL `{url}`: {e}"));
         // The time budget bounds retries, not a count: a refused connection fails in
         // microseconds, and a few seconds of restart must not exhaust ten tries.
