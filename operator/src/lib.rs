@@ -11,3 +11,11 @@ pub mod leader;
 pub mod metrics;
 pub mod status;
 pub mod telemetry;
+
+/// Select rustls's crypto provider before any client is built. kube's TLS brings
+/// rustls with `ring`; in a workspace build the trainer's object_store/reqwest add
+/// `aws-lc-rs`, and rustls with two providers and no default panics on first use.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -71,6 +71,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    janus_operator::install_crypto_provider();
     let args = Args::parse();
     telemetry::init(args.log_json);
     let identity = args.identity.clone().unwrap_or_else(default_identity);

@@ -165,6 +165,7 @@ pub fn cluster() -> &'static Cluster {
 }
 
 pub async fn client() -> Client {
+    janus_operator::install_crypto_provider();
     let c = cluster();
     let kc = Kubeconfig::read_from(&c.kubeconfig).unwrap();
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -175,6 +176,7 @@ pub async fn client() -> Client {
 
 /// A client acting as `user` (admin impersonation), to check RBAC.
 pub async fn impersonated_client(user: &str) -> Client {
+    janus_operator::install_crypto_provider();
     let c = cluster();
     let kc = Kubeconfig::read_from(&c.kubeconfig).unwrap();
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
