@@ -10,16 +10,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 
+from s3server import versitygw
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():
@@ -28,7 +24,6 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     a = p.parse_args()
     janus = os.path.abspath(a.janus)
-    vgw = os.environ["JANUS_VERSITYGW"]
     with tempfile.TemporaryDirectory() as tmp:
         run = lambda *cmd, **kw: subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
         run(janus, "sample-data", "--out", f"{tmp}/data", "--instructions", "16")
@@ -38,21 +33,7 @@ def main():
         json.dump(cfg, open(f"{tmp}/config.json", "w"))
         run(janus, "init-model", "--config", f"{tmp}/config.json", "--train-tokenizer-on", f"{tmp}/data/sft.jsonl",
             "--out", f"{tmp}/model")
-        root = f"{tmp}/s3"
-        os.makedirs(f"{root}/bench")
-        port = free_port()
-        env = dict(os.environ, ROOT_ACCESS_KEY="k", ROOT_SECRET_KEY="s")
-        server = subprocess.Popen([vgw, "--port", f"127.0.0.1:{port}", "posix", root], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            s3env = dict(os.environ, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1",
-                         AWS_ENDPOINT=f"http://127.0.0.1:{port}", AWS_ALLOW_HTTP="true")
+        with versitygw(f"{tmp}/s3") as s3env:
             rows = []
             for name, target in [("local disk", f"{tmp}/disk"), ("S3 (versitygw, loopback)", "s3://bench/ckpt")]:
                 out = run(janus, "bench-checkpoint", "--model", f"{tmp}/model", "--dir", target, "--reps", str(a.reps),
@@ -70,8 +51,6 @@ def main():
                 times.append(time.perf_counter() - t)
                 shutil.rmtree(dst)
             times.sort()
-        finally:
-            server.kill()
     nbytes = rows[0][1]["checkpoint_bytes"]
     print(f"\nCheckpoint of a {rows[0][1]['params'] / 1e6:.0f}M-parameter model with AdamW state "
           f"({nbytes / 1e9:.2f} GB), median of {a.reps}; sha256 of every file on save and load\n")

@@ -19,17 +19,13 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 
+from s3server import versitygw
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def words(rng, vocab, weights, n):
@@ -68,27 +64,12 @@ def main():
     p.add_argument("--train-steps", type=int, default=10)
     a = p.parse_args()
     janus = os.path.abspath(a.janus)
-    vgw = os.environ["JANUS_VERSITYGW"]
     run = lambda *cmd, **kw: subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
     with tempfile.TemporaryDirectory() as tmp:
         src = f"{tmp}/records.jsonl"
         write_records(src, a.records)
         src_bytes = os.path.getsize(src)
-        root = f"{tmp}/s3"
-        os.makedirs(f"{root}/bench")
-        port = free_port()
-        env = dict(os.environ, ROOT_ACCESS_KEY="k", ROOT_SECRET_KEY="s")
-        server = subprocess.Popen([vgw, "--port", f"127.0.0.1:{port}", "posix", root], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            s3env = dict(os.environ, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1",
-                         AWS_ENDPOINT=f"http://127.0.0.1:{port}", AWS_ALLOW_HTTP="true")
+        with versitygw(f"{tmp}/s3") as s3env:
             t = time.perf_counter()
             shard = json.loads(run(janus, "data", "shard", "--input", src, "--output", f"{tmp}/ds").stdout)
             shard_secs = time.perf_counter() - t
@@ -136,8 +117,6 @@ def main():
                             if '"training finished"' in l)
                 t_runs.append(a.train_steps * per_step / secs)
             train_sps = statistics.median(t_runs)
-        finally:
-            server.kill()
 
     print(f"\nStreaming {a.records} records ({src_bytes / 1e6:.0f} MB of JSON lines; {shard['shards']} shards, "
           f"{shard['blocks']} blocks, {shard['bytes'] / 1e6:.0f} MB zstd), median of {a.reps}.")
