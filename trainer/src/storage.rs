@@ -264,16 +264,6 @@ impl Store {
         std::fs::rename(&tmp, local).map_err(|e| Error::io(local.display().to_string(), e))
     }
 
-    /// Bytes `range` of an object (one ranged GET). A missing object is an error
-    /// naming its URL, with `ErrorKind::NotFound` so callers can tell it apart.
-    pub fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
-        let path = self.path(rel);
-        self.rt
-            .block_on(self.store.get_range(&path, range.clone()))
-            .map(|b| b.to_vec())
-            .map_err(|e| self.error(rel, &format!("download of bytes {range:?}"), e))
-    }
-
     /// Ranged GETs of several objects at once (at most `in_flight` requests open),
     /// results in the order asked.
     pub fn get_ranges(
