@@ -2,20 +2,20 @@
 //!
 //! Always available (no Kubernetes dependencies, so the trainer can use them): the
 //! operator <-> trainer contract from `shared/DESIGN.md` (environment variable names,
-//! exit codes, labels, the progress annotation and its JSON document).
+//! exit codes, labels, the progress annotation and its JSON document) and the trainer
+//! config document with its presets (`config`), which the trainer parses and the
+//! operator renders.
 //!
 //! With the `k8s` feature: the `JanusTrainingJob` / `JanusEvalJob` custom resources
-//! (kube `CustomResource`, schemars schemas with CEL validation rules) and the Janus
-//! recipe that fills in the hyperparameters a job leaves out.
+//! (kube `CustomResource`, schemars schemas with CEL validation rules).
 
+pub mod config;
 pub mod progress;
 
 #[cfg(feature = "k8s")]
 pub mod crd_yaml;
 #[cfg(feature = "k8s")]
 pub mod eval;
-#[cfg(feature = "k8s")]
-pub mod recipe;
 #[cfg(feature = "k8s")]
 pub mod training;
 #[cfg(feature = "k8s")]

@@ -11,6 +11,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{self as trainer, TrainConfig};
+pub use crate::config::{Dtype, Method, PromptFormat};
 use crate::url::StorageUrl;
 
 /// Longest job name: it names the headless Service (a DNS-1035 label) and the pods
@@ -54,7 +56,8 @@ pub struct JanusTrainingJobSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.dataset is immutable"))]
     pub dataset: DatasetSpec,
     /// Optimisation settings. Every field left out takes the Janus recipe's value for
-    /// the method (see `recipe`), resolved by the operator when it renders the config.
+    /// the method (the trainer's `janus-7b-sft` / `janus-7b-orpo` presets), resolved by
+    /// the operator when it renders the config.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.hyperparameters is immutable"))]
     pub hyperparameters: Hyperparameters,
@@ -79,34 +82,6 @@ pub struct JanusTrainingJobSpec {
     pub scheduling: SchedulingSpec,
 }
 
-/// Training objective.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Supervised fine-tuning on (system, prompt, output) records.
-    Sft,
-    /// Odds-ratio preference optimisation on (system, prompt, chosen, rejected) records.
-    Orpo,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Sft => "sft",
-            Method::Orpo => "orpo",
-        }
-    }
-}
-
-/// Parameter dtype for training.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    #[default]
-    Bfloat16,
-    Float32,
-}
-
 /// The base model.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -117,9 +92,13 @@ pub struct ModelSpec {
     /// `tokenizer.json` to use instead of the model directory's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_url: Option<StorageUrl>,
-    /// Parameter dtype for training.
+    /// Parameter dtype for training (`bfloat16` keeps fp32 master weights and moments).
     #[serde(default)]
     pub dtype: Dtype,
+    /// Recompute each decoder layer in the backward pass (activation checkpointing);
+    /// default: the recipe's (on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_checkpointing: Option<bool>,
 }
 
 /// File format of the training data.
@@ -133,16 +112,6 @@ pub enum DataFormat {
     Jsonl,
     /// Parquet; every URL must end in `.parquet`.
     Parquet,
-}
-
-/// How records become token sequences.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum PromptFormat {
-    /// `<s>[INST] {system}\n{prompt} [/INST] {output}</s>` (the Janus SFT format).
-    Mistral,
-    /// ChatML markers as ordinary text (the released ORPO and DPO runs).
-    Chatml,
 }
 
 /// What to do with an example longer than `maxSeqLen`.
@@ -261,6 +230,57 @@ pub struct Hyperparameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub seed: Option<u64>,
+}
+
+impl Hyperparameters {
+    /// Overlay the fields this job sets on the trainer config `c` (the recipe preset of
+    /// its method), leaving the recipe's values for the others.
+    pub fn apply_to(&self, c: &mut TrainConfig) {
+        let h = &mut c.hyperparameters;
+        fn set<T: Copy>(dst: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        }
+        set(&mut h.learning_rate, self.learning_rate);
+        set(&mut h.epochs, self.epochs.map(u64::from));
+        if self.max_steps.is_some() {
+            h.max_steps = self.max_steps;
+        }
+        set(
+            &mut h.micro_batch_size,
+            self.micro_batch_size.map(|v| v as usize),
+        );
+        set(
+            &mut h.gradient_accumulation_steps,
+            self.gradient_accumulation_steps.map(|v| v as usize),
+        );
+        set(&mut h.warmup_steps, self.warmup_steps);
+        set(&mut h.min_lr_ratio, self.min_lr_ratio);
+        set(&mut h.weight_decay, self.weight_decay);
+        set(&mut h.adam_beta1, self.adam_beta1);
+        set(&mut h.adam_beta2, self.adam_beta2);
+        set(&mut h.adam_epsilon, self.adam_epsilon);
+        set(&mut h.max_grad_norm, self.max_grad_norm);
+        set(&mut h.orpo_lambda, self.orpo_lambda);
+        set(&mut h.orpo_nll_on_prompt, self.orpo_nll_on_prompt);
+        set(&mut h.seed, self.seed);
+        set(
+            &mut c.data.max_seq_len,
+            self.max_seq_len.map(|v| v as usize),
+        );
+        set(&mut c.data.packing, self.packing);
+    }
+}
+
+impl Truncation {
+    /// The trainer config's value.
+    pub fn to_trainer(self) -> trainer::Truncation {
+        match self {
+            Truncation::TruncateResponse => trainer::Truncation::TruncateResponse,
+            Truncation::Drop => trainer::Truncation::Drop,
+        }
+    }
 }
 
 /// The worker pods.

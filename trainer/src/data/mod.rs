@@ -4,14 +4,14 @@
 
 mod batch;
 mod examples;
-mod format;
+pub mod inspect;
 mod reader;
 mod records;
 pub mod shards;
 pub mod stream;
 
 pub use batch::{pack, Batch, PreferenceBatch, IGNORE};
-pub use examples::{Example, Pair, Tokenization, TokenizeStats};
-pub use format::PromptFormat;
+pub use examples::{encode_joint, Example, Pair, Tokenization, TokenizeStats};
+pub use janus_crds::config::PromptFormat;
 pub use reader::{read_rows, write_jsonl, write_parquet, Row};
 pub use records::{load_records, LoadStats, PreferenceRecord, Record, SftRecord};

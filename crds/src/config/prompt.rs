@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How records become token sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PromptFormat {
     /// `<s>[INST] {system}\n{prompt} [/INST] {output}</s>` (SFT and inference).

@@ -1,0 +1,608 @@
+//! The trainer config: one typed document (YAML or JSON), built from a preset and the
+//! user's overrides. Unknown keys and impossible values are errors naming the key.
+//!
+//! This is the one definition of the document: the trainer parses it, the operator
+//! renders it from a `JanusTrainingJob` (starting from the same presets), and the
+//! recipe numbers of shared/JANUS.md live only in [`presets`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod bytes;
+pub mod presets;
+mod prompt;
+
+pub use bytes::ByteSize;
+pub use presets::{preset, PRESETS};
+pub use prompt::PromptFormat;
+
+/// An invalid config; the message names the file (or origin) and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Supervised fine-tuning on (system, prompt, output) records.
+    Sft,
+    /// Odds-ratio preference optimisation on (system, prompt, chosen, rejected) records.
+    Orpo,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::Orpo => "orpo",
+        }
+    }
+}
+
+/// Parameter (compute) dtype for training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// bf16 weights and activations (with fp32 master weights unless
+    /// `optimizer.master_weights` is false).
+    #[default]
+    Bfloat16,
+    /// fp32 everything.
+    Float32,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Bfloat16 => "bfloat16",
+            Dtype::Float32 => "float32",
+        }
+    }
+
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::Bfloat16 => 2,
+            Dtype::Float32 => 4,
+        }
+    }
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// What to do with an example longer than `max_seq_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the whole prompt and cut the end of the response. Examples whose prompt
+    /// leaves fewer than `min_response_tokens` for the response are dropped instead.
+    TruncateResponse,
+    /// Drop every example that does not fit.
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Job name; checkpoints go to `<checkpoint.dir>/<job>/step-<N>`.
+    pub job: String,
+    pub method: Method,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub hyperparameters: Hyperparameters,
+    pub optimizer: OptimizerSection,
+    pub checkpoint: CheckpointSection,
+    pub distributed: DistributedSection,
+    pub memory: MemorySection,
+    /// Directory that receives the final model in Hugging Face format.
+    pub output_dir: PathBuf,
+    /// Log a line (or update the progress bar's message) every this many steps.
+    pub log_every_steps: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    pub path: PathBuf,
+    /// `tokenizer.json` to use; defaults to the one in the model directory.
+    pub tokenizer: Option<PathBuf>,
+    pub dtype: Dtype,
+    pub device: DeviceChoice,
+    /// Recompute each decoder layer in the backward pass instead of keeping its
+    /// activations (activation checkpointing): about a third more compute for a
+    /// fraction of the activation memory.
+    pub gradient_checkpointing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training files (JSONL or Parquet, chosen by extension).
+    pub train: Vec<PathBuf>,
+    pub prompt_format: PromptFormat,
+    /// Tokens per sequence (per packed row when packing).
+    pub max_seq_len: usize,
+    /// Pack several SFT examples into each row (no attention across examples).
+    pub packing: bool,
+    pub truncation: Truncation,
+    /// With `truncate_response`, the fewest response tokens an example must keep.
+    pub min_response_tokens: usize,
+    /// Skip malformed records (counted and logged) instead of failing.
+    pub skip_bad_records: bool,
+    /// How a sharded dataset (`janus data shard` output) is streamed.
+    pub streaming: StreamingSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingSection {
+    /// Blocks (about 1 MiB of records each) read together and shuffled together.
+    pub window_blocks: usize,
+    /// Windows fetched ahead of the one being trained on (memory: window x (1 + this)).
+    pub prefetch_windows: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hyperparameters {
+    pub learning_rate: f64,
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (the schedule is sized for it) when set.
+    pub max_steps: Option<u64>,
+    pub micro_batch_size: usize,
+    /// Micro-batches per rank per optimizer step. The global batch is
+    /// `micro_batch_size x gradient_accumulation_steps x ranks`; a run resumed on
+    /// another number of ranks keeps the checkpoint's global batch and changes this.
+    pub gradient_accumulation_steps: usize,
+    pub warmup_steps: u64,
+    /// The cosine schedule decays to `learning_rate * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping; 0 disables it.
+    pub max_grad_norm: f64,
+    /// ORPO's lambda: weight of the odds-ratio term.
+    pub orpo_lambda: f64,
+    /// ORPO's NLL term over prompt + response tokens (as TRL does) instead of the
+    /// response only (as the Janus recipe's loss masking does).
+    pub orpo_nll_on_prompt: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// With `model.dtype: bfloat16`, keep fp32 master weights and fp32 Adam moments,
+    /// compute the update in fp32 and copy the result to the bf16 weights (standard
+    /// mixed precision). `false` updates the bf16 weights in place with bf16 moments,
+    /// which loses most updates at the recipe's learning rates: only for comparison.
+    pub master_weights: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Where checkpoints go: a path or a URL (`s3://`, `gs://`, `az://`, `file://`).
+    pub dir: String,
+    /// Save every this many optimizer steps (0: only at the end).
+    pub every_steps: u64,
+    /// Keep the newest this many checkpoints (0: keep all).
+    pub keep: usize,
+    /// Resume from the newest complete checkpoint of this job when one exists.
+    pub resume: bool,
+    /// How long one storage request is retried (timeouts, 5xx) before the run fails
+    /// with the retryable exit code.
+    pub retry_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSection {
+    /// `nccl` (CUDA), `ring` (TCP, CPU tensors) or `auto`: NCCL on GPUs, the ring on CPUs.
+    pub backend: Backend,
+    /// Gradients are reduced in buckets of about this many MiB.
+    pub bucket_mib: usize,
+    /// How long a rank waits for the others (rendezvous, collectives) before failing.
+    pub timeout_seconds: u64,
+    /// ZeRO stage 1: partition the fp32 master weights and Adam moments across the
+    /// ranks (gradients reduce-scattered, parameters all-gathered). `null`: on with more
+    /// than one rank.
+    pub shard_optimizer: Option<bool>,
+    /// dtype gradients are summed in across ranks. `float32` (the default) sums bf16
+    /// gradients without rounding each partial sum to 8 bits of mantissa, for twice the
+    /// bytes on the wire; `bfloat16` halves the traffic.
+    pub reduce_dtype: ReduceDtype,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Nccl,
+    Ring,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceDtype {
+    Float32,
+    Bfloat16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    /// Bytes one rank may use (`80GiB`, or a number); `null`: the device's own (a
+    /// GPU's total memory, or the memory available to the process on CPU).
+    pub limit: Option<ByteSize>,
+    /// Check the memory plan (`janus plan`) before the first step and fail with its
+    /// breakdown when the run cannot fit.
+    pub check: bool,
+}
+
+/// Recursively overlay `patch` on `base` (objects merge, everything else replaces).
+pub fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, pv) in p {
+                match b.get_mut(&k) {
+                    Some(bv) if bv.is_object() && pv.is_object() => merge(bv, pv),
+                    _ => {
+                        b.insert(k, pv);
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+/// Parse `a.b.c=value` into a nested object; the value is read as YAML so numbers,
+/// booleans and lists keep their types.
+pub fn parse_override(s: &str) -> Result<Value> {
+    let (key, raw) = s
+        .split_once('=')
+        .ok_or_else(|| ConfigError(format!("override `{s}` is not of the form key.path=value")))?;
+    let value: Value = serde_yaml::from_str(raw)
+        .map_err(|e| ConfigError(format!("override `{key}`: value `{raw}`: {e}")))?;
+    let mut out = value;
+    for part in key.split('.').rev() {
+        if part.is_empty() {
+            return Err(ConfigError(format!(
+                "override `{s}` has an empty key segment"
+            )));
+        }
+        let mut m = serde_json::Map::new();
+        m.insert(part.to_string(), out);
+        out = Value::Object(m);
+    }
+    Ok(out)
+}
+
+impl TrainConfig {
+    /// Resolve a config: preset (from `preset` or the file's `preset:` key, default
+    /// `tiny`), then the file, then `key=value` overrides, then validation.
+    pub fn resolve(
+        preset: Option<&str>,
+        file: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self> {
+        let mut doc = Value::Object(Default::default());
+        let mut origin = "the resolved config".to_string();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            doc = serde_yaml::from_str(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            if !doc.is_object() {
+                return Err(ConfigError(format!(
+                    "{}: expected a mapping at the top level",
+                    path.display()
+                )));
+            }
+            origin = path.display().to_string();
+        }
+        let file_preset = doc.as_object_mut().and_then(|m| m.remove("preset"));
+        let preset_name = match (preset, &file_preset) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(Value::String(p))) => p.clone(),
+            (None, Some(other)) => {
+                return Err(ConfigError(format!(
+                    "{origin}: `preset` must be a string, found {other}"
+                )))
+            }
+            (None, None) => "tiny".to_string(),
+        };
+        let mut value =
+            serde_json::to_value(presets::preset(&preset_name)?).expect("a preset serializes");
+        merge(&mut value, doc);
+        for o in overrides {
+            merge(&mut value, parse_override(o)?);
+            origin = format!("{origin} (with overrides)");
+        }
+        Self::from_value(value, &origin)
+    }
+
+    /// Deserialize a complete document (as mounted by the operator) and validate it.
+    pub fn from_value(value: Value, origin: &str) -> Result<Self> {
+        let cfg: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!("{origin}: `{path}`: {}", e.into_inner()))
+        })?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// Check values that parse but cannot train. Messages name the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let h = &self.hyperparameters;
+        let checks: [(bool, &str, String); 14] = [
+            (
+                !self.job.is_empty()
+                    && self
+                        .job
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+                "job",
+                format!(
+                    "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
+                    self.job
+                ),
+            ),
+            (
+                h.learning_rate > 0.0 && h.learning_rate.is_finite(),
+                "hyperparameters.learning_rate",
+                format!("must be > 0, found {}", h.learning_rate),
+            ),
+            (
+                h.micro_batch_size >= 1,
+                "hyperparameters.micro_batch_size",
+                "must be >= 1, found 0".into(),
+            ),
+            (
+                h.gradient_accumulation_steps >= 1,
+                "hyperparameters.gradient_accumulation_steps",
+                "must be >= 1, found 0".into(),
+            ),
+            (
+                h.epochs >= 1 || h.max_steps.is_some(),
+                "hyperparameters.epochs",
+                "must be >= 1 (or set max_steps)".into(),
+            ),
+            (
+                h.max_steps != Some(0),
+                "hyperparameters.max_steps",
+                "must be >= 1 when set, found 0".into(),
+            ),
+            (
+                (0.0..=1.0).contains(&h.min_lr_ratio),
+                "hyperparameters.min_lr_ratio",
+                format!("must be in [0, 1], found {}", h.min_lr_ratio),
+            ),
+            (
+                h.weight_decay >= 0.0,
+                "hyperparameters.weight_decay",
+                format!("must be >= 0, found {}", h.weight_decay),
+            ),
+            (
+                (0.0..1.0).contains(&h.adam_beta1) && (0.0..1.0).contains(&h.adam_beta2),
+                "hyperparameters.adam_beta1/adam_beta2",
+                format!(
+                    "must be in [0, 1), found {} and {}",
+                    h.adam_beta1, h.adam_beta2
+                ),
+            ),
+            (
+                h.adam_epsilon > 0.0 && h.max_grad_norm >= 0.0 && h.orpo_lambda >= 0.0,
+                "hyperparameters.adam_epsilon/max_grad_norm/orpo_lambda",
+                "adam_epsilon must be > 0; max_grad_norm and orpo_lambda >= 0".into(),
+            ),
+            (
+                !self.data.train.is_empty(),
+                "data.train",
+                "must list at least one file".into(),
+            ),
+            (
+                self.data.streaming.window_blocks >= 1,
+                "data.streaming.window_blocks",
+                "must be >= 1".into(),
+            ),
+            (
+                self.data.max_seq_len >= MIN_SEQ_LEN,
+                "data.max_seq_len",
+                format!("must be >= {MIN_SEQ_LEN}, found {}", self.data.max_seq_len),
+            ),
+            (
+                self.distributed.bucket_mib >= 1 && self.distributed.timeout_seconds >= 1,
+                "distributed.bucket_mib/timeout_seconds",
+                "must both be >= 1".into(),
+            ),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                return Err(format!("`{key}` {msg}"));
+            }
+        }
+        if self.method == Method::Orpo && self.data.packing {
+            return Err("`data.packing` is not supported with method `orpo` (pairs are scored per sequence); set it to false".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the optimizer keeps fp32 master weights apart from the model's.
+    pub fn uses_master_weights(&self) -> bool {
+        self.optimizer.master_weights && self.model.dtype != Dtype::Float32
+    }
+
+    /// Whether ZeRO-1 partitions the optimizer state in a job of `world` ranks.
+    pub fn shards_optimizer(&self, world: usize) -> bool {
+        world > 1 && self.distributed.shard_optimizer.unwrap_or(true)
+    }
+
+    /// A stable hash of everything that changes the trajectory of training, so a
+    /// resume with a different config is caught. The gradient accumulation steps are
+    /// left out: the global batch they make with the rank count is checked on resume
+    /// instead, so a job can continue on another number of ranks.
+    pub fn trajectory_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        // Where things are written, how often we log, how many to keep, how memory is
+        // checked and how ranks talk do not change the weights.
+        if let Value::Object(m) = &mut v {
+            for k in ["output_dir", "log_every_steps", "distributed", "memory"] {
+                m.remove(k);
+            }
+            if let Some(Value::Object(md)) = m.get_mut("model") {
+                md.remove("gradient_checkpointing");
+            }
+            if let Some(Value::Object(h)) = m.get_mut("hyperparameters") {
+                h.remove("gradient_accumulation_steps");
+            }
+            if let Some(Value::Object(s)) = m.get_mut("data").and_then(|d| d.get_mut("streaming")) {
+                s.remove("prefetch_windows");
+            }
+            if let Some(Value::Object(c)) = m.get_mut("checkpoint") {
+                c.remove("keep");
+                c.remove("retry_timeout_seconds");
+                c.remove("resume");
+                c.remove("dir");
+            }
+        }
+        hex::encode(Sha256::digest(v.to_string().as_bytes()))[..16].to_string()
+    }
+}
+
+/// No prompt format fits in fewer tokens than this with room for a response.
+pub const MIN_SEQ_LEN: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_resolves_and_validates() {
+        for p in PRESETS {
+            TrainConfig::resolve(Some(p), None, &[]).unwrap();
+        }
+    }
+
+    fn err(overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::resolve(Some("tiny"), None, &o)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_key() {
+        let e = err(&["hyperparameters.learning_rat=0.1"]);
+        assert!(e.contains("learning_rat"), "{e}");
+        let e = err(&["bogus=1"]);
+        assert!(e.contains("bogus"), "{e}");
+        let e = err(&["optimizer.master_weight=true"]);
+        assert!(e.contains("master_weight"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_rejected_naming_the_key() {
+        for (o, key) in [
+            (
+                "hyperparameters.learning_rate=0",
+                "hyperparameters.learning_rate",
+            ),
+            (
+                "hyperparameters.learning_rate=-1e-5",
+                "hyperparameters.learning_rate",
+            ),
+            (
+                "hyperparameters.micro_batch_size=0",
+                "hyperparameters.micro_batch_size",
+            ),
+            ("data.max_seq_len=4", "data.max_seq_len"),
+            ("method=dpo", "method"),
+            (
+                "hyperparameters.micro_batch_size=-2",
+                "hyperparameters.micro_batch_size",
+            ),
+            ("memory.limit=lots", "memory.limit"),
+            ("distributed.reduce_dtype=int8", "distributed.reduce_dtype"),
+        ] {
+            let e = err(&[o]);
+            assert!(e.contains(key), "{o}: {e}");
+        }
+    }
+
+    #[test]
+    fn memory_limit_takes_units() {
+        let c = TrainConfig::resolve(Some("tiny"), None, &["memory.limit=80GiB".into()]).unwrap();
+        assert_eq!(c.memory.limit, Some(ByteSize(80 << 30)));
+    }
+
+    #[test]
+    fn file_overrides_preset_and_cli_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("janus-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("job.yaml");
+        std::fs::write(
+            &f,
+            "preset: janus-7b-orpo\nhyperparameters:\n  learning_rate: 1.0e-5\n",
+        )
+        .unwrap();
+        let c = TrainConfig::resolve(None, Some(&f), &["hyperparameters.epochs=3".into()]).unwrap();
+        assert_eq!(c.method, Method::Orpo);
+        assert_eq!(c.hyperparameters.learning_rate, 1e-5);
+        assert_eq!(c.hyperparameters.epochs, 3);
+        assert_eq!(c.hyperparameters.micro_batch_size, 1);
+
+        std::fs::write(&f, "data:\n  packing: maybe\n").unwrap();
+        let e = TrainConfig::resolve(None, Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job.yaml") && e.contains("data.packing"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn accumulation_and_checkpointing_do_not_change_the_trajectory_hash() {
+        let base = TrainConfig::resolve(Some("tiny"), None, &[]).unwrap();
+        let same = TrainConfig::resolve(
+            Some("tiny"),
+            None,
+            &[
+                "hyperparameters.gradient_accumulation_steps=7".into(),
+                "model.gradient_checkpointing=true".into(),
+                "distributed.shard_optimizer=false".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(base.trajectory_hash(), same.trajectory_hash());
+        let other =
+            TrainConfig::resolve(Some("tiny"), None, &["hyperparameters.seed=1".into()]).unwrap();
+        assert_ne!(base.trajectory_hash(), other.trajectory_hash());
+    }
+}

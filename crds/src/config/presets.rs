@@ -1,0 +1,193 @@
+//! Named starting points of a trainer config. The `janus-7b-*` presets are the recipe
+//! table of shared/JANUS.md (per GPU: the global batch also multiplies by the ranks);
+//! `tiny` is the local CPU default. The operator renders a `JanusTrainingJob` on top
+//! of the recipe preset of its method, so the recipe numbers are written only here.
+
+use std::path::PathBuf;
+
+use super::*;
+
+/// Every preset name, for `--preset` and error messages.
+pub const PRESETS: &[&str] = &["tiny", "janus-7b-sft", "janus-7b-orpo"];
+
+/// The preset called `name`.
+pub fn preset(name: &str) -> Result<TrainConfig> {
+    match name {
+        "janus-7b-sft" => Ok(janus_7b_sft()),
+        "janus-7b-orpo" => Ok(janus_7b_orpo()),
+        "tiny" => Ok(tiny()),
+        other => Err(ConfigError(format!(
+            "unknown preset `{other}` (known: {})",
+            PRESETS.join(", ")
+        ))),
+    }
+}
+
+/// The recipe preset of `method` (what a job leaves out comes from here).
+pub fn for_method(method: Method) -> TrainConfig {
+    match method {
+        Method::Sft => janus_7b_sft(),
+        Method::Orpo => janus_7b_orpo(),
+    }
+}
+
+/// Janus 7B SFT on the Multifaceted Collection: lr 5e-6, 4 epochs, seq 8192 packed,
+/// micro batch 2 x accumulation 4 per GPU, cosine with 10 warm-up steps, no weight
+/// decay, bf16 with gradient checkpointing, Mistral `[INST]` format.
+pub fn janus_7b_sft() -> TrainConfig {
+    TrainConfig {
+        job: "local".into(),
+        method: Method::Sft,
+        model: ModelSection {
+            path: PathBuf::from("models/mistral-7b-v0.2"),
+            tokenizer: None,
+            dtype: Dtype::Bfloat16,
+            device: DeviceChoice::Auto,
+            gradient_checkpointing: true,
+        },
+        data: DataSection {
+            train: vec![PathBuf::from("data/multifaceted-collection.parquet")],
+            prompt_format: PromptFormat::Mistral,
+            max_seq_len: 8192,
+            packing: true,
+            truncation: Truncation::TruncateResponse,
+            min_response_tokens: 16,
+            skip_bad_records: false,
+            streaming: StreamingSection {
+                window_blocks: 4,
+                prefetch_windows: 2,
+            },
+        },
+        hyperparameters: Hyperparameters {
+            learning_rate: 5e-6,
+            epochs: 4,
+            max_steps: None,
+            micro_batch_size: 2,
+            gradient_accumulation_steps: 4,
+            warmup_steps: 10,
+            min_lr_ratio: 0.0,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            orpo_lambda: 0.1,
+            orpo_nll_on_prompt: false,
+            seed: 42,
+        },
+        optimizer: OptimizerSection {
+            master_weights: true,
+        },
+        checkpoint: CheckpointSection {
+            dir: "checkpoints".into(),
+            every_steps: 500,
+            keep: 3,
+            resume: true,
+            retry_timeout_seconds: 180,
+        },
+        distributed: DistributedSection {
+            backend: Backend::Auto,
+            bucket_mib: 25,
+            timeout_seconds: 1800,
+            shard_optimizer: None,
+            reduce_dtype: ReduceDtype::Float32,
+        },
+        memory: MemorySection {
+            limit: None,
+            check: true,
+        },
+        output_dir: PathBuf::from("output"),
+        log_every_steps: 10,
+    }
+}
+
+/// Janus ORPO: lambda 0.1, 2 epochs, seq 4096 unpacked, micro batch 1 x accumulation
+/// 4 per GPU, ChatML format; the rest as SFT.
+pub fn janus_7b_orpo() -> TrainConfig {
+    let mut c = janus_7b_sft();
+    c.method = Method::Orpo;
+    c.data.train = vec![PathBuf::from("data/multifaceted-collection-orpo.parquet")];
+    c.data.prompt_format = PromptFormat::Chatml;
+    c.data.max_seq_len = 4096;
+    c.data.packing = false;
+    c.hyperparameters.epochs = 2;
+    c.hyperparameters.micro_batch_size = 1;
+    c
+}
+
+/// The demo's CPU run on the tiny model `janus demo` writes.
+pub fn tiny() -> TrainConfig {
+    let mut c = janus_7b_sft();
+    c.job = "tiny".into();
+    c.model.path = PathBuf::from("target/janus-demo/tiny-model");
+    c.model.dtype = Dtype::Float32;
+    c.model.device = DeviceChoice::Cpu;
+    c.model.gradient_checkpointing = false;
+    c.data.train = vec![PathBuf::from("target/janus-demo/data/sft.parquet")];
+    c.data.max_seq_len = 256;
+    let h = &mut c.hyperparameters;
+    h.learning_rate = 1e-3;
+    h.epochs = 1;
+    h.max_steps = Some(40);
+    h.micro_batch_size = 4;
+    h.gradient_accumulation_steps = 2;
+    h.warmup_steps = 4;
+    h.min_lr_ratio = 0.1;
+    c.checkpoint.dir = "target/janus-demo/checkpoints".into();
+    c.checkpoint.every_steps = 20;
+    c.checkpoint.keep = 2;
+    c.output_dir = PathBuf::from("target/janus-demo/output");
+    c.log_every_steps = 5;
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_presets_match_the_paper() {
+        let sft = janus_7b_sft();
+        let h = &sft.hyperparameters;
+        assert_eq!(
+            (
+                h.learning_rate,
+                h.epochs,
+                h.micro_batch_size,
+                h.gradient_accumulation_steps
+            ),
+            (5e-6, 4, 2, 4)
+        );
+        assert_eq!(
+            (sft.data.max_seq_len, sft.data.packing, h.warmup_steps),
+            (8192, true, 10)
+        );
+        assert_eq!(
+            (h.weight_decay, sft.data.prompt_format),
+            (0.0, PromptFormat::Mistral)
+        );
+        assert!(sft.model.gradient_checkpointing && sft.optimizer.master_weights);
+        assert_eq!(sft.model.dtype, Dtype::Bfloat16);
+        let orpo = janus_7b_orpo();
+        assert_eq!(orpo.method, Method::Orpo);
+        assert_eq!(
+            (
+                orpo.hyperparameters.epochs,
+                orpo.data.max_seq_len,
+                orpo.data.packing,
+                orpo.hyperparameters.micro_batch_size,
+                orpo.hyperparameters.gradient_accumulation_steps,
+            ),
+            (2, 4096, false, 1, 4)
+        );
+        assert_eq!(orpo.hyperparameters.orpo_lambda, 0.1);
+        assert_eq!(orpo.hyperparameters.learning_rate, 5e-6);
+        assert_eq!(orpo.data.prompt_format, PromptFormat::Chatml);
+    }
+
+    #[test]
+    fn each_method_has_its_recipe() {
+        assert_eq!(for_method(Method::Sft), janus_7b_sft());
+        assert_eq!(for_method(Method::Orpo), janus_7b_orpo());
+    }
+}
