@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use janus::model::{load_model_dir, save_model_dir, AttentionMask, ModelConfig, Transformer};
+use janus::model::{load_model_dir, save_model_dir, AttentionLayout, ModelConfig, Transformer};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -20,7 +20,7 @@ fn our_logits(dir: &Path, input_ids: &Tensor) -> (VarStore, ModelConfig, Tensor)
     let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu))
         .unsqueeze(0)
         .expand([b, t], false);
-    let logits = tch::no_grad(|| model.forward(input_ids, &positions, &AttentionMask::Causal));
+    let logits = tch::no_grad(|| model.forward(input_ids, &positions, &AttentionLayout::Causal));
     (vs, cfg, logits)
 }
 
@@ -110,7 +110,7 @@ fn bf16_forward_runs_and_stays_close_to_fp32() {
     let positions = Tensor::arange(13, (Kind::Int64, Device::Cpu))
         .unsqueeze(0)
         .expand([2, 13], false);
-    let logits = tch::no_grad(|| model.forward(ids, &positions, &AttentionMask::Causal));
+    let logits = tch::no_grad(|| model.forward(ids, &positions, &AttentionLayout::Causal));
     assert_eq!(logits.kind(), Kind::BFloat16);
     let diff = (logits.to_kind(Kind::Float) - &reference["logits"])
         .abs()

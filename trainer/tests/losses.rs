@@ -6,7 +6,7 @@ mod common;
 
 use janus::data::{Batch, Example, Pair, PreferenceBatch};
 use janus::loss::{orpo_loss, sft_loss};
-use janus::model::{AttentionMask, ModelConfig, Transformer};
+use janus::model::{AttentionLayout, ModelConfig, Transformer};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn example(len: usize, prompt_len: usize) -> Example {
@@ -129,7 +129,7 @@ fn log_odds_ratio_is_log_sigmoid_zero_when_chosen_equals_rejected() {
         .collect();
     let pb = PreferenceBatch::new(&pairs.iter().collect::<Vec<_>>(), 2, false, Device::Cpu);
     let logits =
-        tch::no_grad(|| model.forward(&pb.input_ids, &pb.positions, &AttentionMask::Causal));
+        tch::no_grad(|| model.forward(&pb.input_ids, &pb.positions, &AttentionLayout::Causal));
     let (_, sums) = orpo_loss(&logits, &pb, 0.1, pb.nll_tokens, pb.pairs);
     let m: std::collections::HashMap<_, _> = sums.metrics(0.1).into_iter().collect();
     assert!(

@@ -1,5 +1,6 @@
 //! Packed and unpacked batches of the same examples give the same loss (within
-//! 1e-5): packed examples never attend to each other and their positions restart.
+//! 1e-5): packed examples never attend to each other and their positions restart,
+//! and no `[t, t]` mask is built for it (per layer or at all).
 
 use janus::data::{pack, Batch, Example};
 use janus::loss::token_ce_sum;
@@ -7,14 +8,14 @@ use janus::model::{ModelConfig, Transformer};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn loss(model: &Transformer, b: &Batch) -> f64 {
-    let logits = tch::no_grad(|| model.forward(&b.input_ids, &b.positions, &b.mask));
+    let logits = tch::no_grad(|| model.forward(&b.input_ids, &b.positions, &b.layout));
     token_ce_sum(&logits, &b.targets).double_value(&[]) / b.loss_tokens as f64
 }
 
 #[test]
 fn packed_and_unpacked_batches_give_the_same_loss() {
     tch::manual_seed(5);
-    let cfg = ModelConfig::small("mistral", 97, 48, 80, 2, 6, 2);
+    let cfg = ModelConfig::small("mistral", 97, 48, 80, 4, 6, 2);
     let vs = VarStore::new(Device::Cpu);
     let model = Transformer::new(&vs.root(), &cfg);
     let lens = [
@@ -58,13 +59,21 @@ fn packed_and_unpacked_batches_give_the_same_loss() {
     let packed = Batch::packed(&rows, 2, Device::Cpu);
 
     assert_eq!(unpacked.loss_tokens, packed.loss_tokens);
+    let masks = janus::model::masks_built();
     let (a, b) = (loss(&model, &unpacked), loss(&model, &packed));
     assert!((a - b).abs() <= 1e-5, "unpacked {a} vs packed {b}");
+    // A forward pass over 4 layers of packed rows built no mask: sequences are
+    // attended segment by segment (flash's varlen kernel on CUDA).
+    assert_eq!(
+        janus::model::masks_built(),
+        masks,
+        "a [t, t] mask was built"
+    );
 
-    // Without the block-diagonal mask the examples would see each other: the check above
-    // is not vacuous.
+    // Attending across the whole row, the examples would see each other: the check
+    // above is not vacuous.
     let leaky = Batch {
-        mask: janus::model::AttentionMask::Causal,
+        layout: janus::model::AttentionLayout::Causal,
         ..packed
     };
     let c = loss(&model, &leaky);

@@ -4,7 +4,7 @@
 use tch::{Device, Tensor};
 
 use super::examples::{Example, Pair};
-use crate::model::AttentionMask;
+use crate::model::{AttentionLayout, Segments};
 
 /// Target value that takes no loss (PyTorch's `ignore_index` default).
 pub const IGNORE: i64 = -100;
@@ -14,7 +14,7 @@ pub struct Batch {
     pub input_ids: Tensor,
     pub targets: Tensor,
     pub positions: Tensor,
-    pub mask: AttentionMask,
+    pub layout: AttentionLayout,
     /// Targets that take loss.
     pub loss_tokens: i64,
     /// Real (non-pad) input tokens.
@@ -26,7 +26,8 @@ struct Rows {
     ids: Vec<i64>,
     targets: Vec<i64>,
     positions: Vec<i64>,
-    segments: Vec<i64>,
+    /// Per row, the lengths of its examples and of its trailing padding.
+    segments: Vec<Vec<i64>>,
     response: Vec<bool>,
     width: usize,
     tokens: i64,
@@ -47,19 +48,20 @@ impl Rows {
             ids: Vec::with_capacity(n),
             targets: Vec::with_capacity(n),
             positions: Vec::with_capacity(n),
-            segments: Vec::with_capacity(n),
+            segments: Vec::with_capacity(rows.len()),
             response: Vec::with_capacity(n),
             width,
             tokens: 0,
         };
         for row in rows {
             let mut used = 0;
-            for (seg, e) in row.iter().enumerate() {
+            let mut lens = Vec::with_capacity(row.len() + 1);
+            for e in row {
                 let len = e.tokens.len() - 1;
                 out.ids.extend_from_slice(&e.tokens[..len]);
                 out.targets.extend_from_slice(&e.tokens[1..]);
                 out.positions.extend(0..len as i64);
-                out.segments.extend(std::iter::repeat_n(seg as i64, len));
+                lens.push(len as i64);
                 // Target j is token j + 1: it is a response token when j + 1 >= prompt_len.
                 out.response.extend((0..len).map(|j| j + 1 >= e.prompt_len));
                 used += len;
@@ -69,7 +71,8 @@ impl Rows {
             out.ids.extend(std::iter::repeat_n(pad_id, pad));
             out.targets.extend(std::iter::repeat_n(IGNORE, pad));
             out.positions.extend(std::iter::repeat_n(0, pad));
-            out.segments.extend(std::iter::repeat_n(-1, pad));
+            lens.push(pad as i64);
+            out.segments.push(lens);
             out.response.extend(std::iter::repeat_n(false, pad));
         }
         out
@@ -106,16 +109,16 @@ impl Batch {
         let r = Rows::new(rows, pad_id);
         let targets = r.masked_targets(|i| r.response[i]);
         let loss_tokens = targets.iter().filter(|&&t| t != IGNORE).count() as i64;
-        let mask = if packed {
-            AttentionMask::packed(&r.tensor(&r.segments, device))
+        let layout = if packed {
+            AttentionLayout::Packed(Segments::new(r.segments.clone(), r.width as i64, device))
         } else {
-            AttentionMask::Causal
+            AttentionLayout::Causal
         };
         Self {
             input_ids: r.tensor(&r.ids, device),
             targets: r.tensor(&targets, device),
             positions: r.tensor(&r.positions, device),
-            mask,
+            layout,
             loss_tokens,
             tokens: r.tokens,
         }

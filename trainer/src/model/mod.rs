@@ -6,8 +6,13 @@
 
 mod config;
 mod transformer;
+mod varlen;
 mod weights;
 
 pub use config::ModelConfig;
-pub use transformer::{AttentionMask, Transformer};
-pub use weights::{load_model_dir, save_model_dir, tensors_to_safetensors, SHARD_INDEX};
+pub use transformer::{masks_built, AttentionLayout, LayerContext, Segments, Transformer};
+pub use varlen::flash_varlen;
+pub use weights::{
+    load_model_dir, save_model_dir, tensors_to_safetensors, SafetensorsFile, SafetensorsWriter,
+    TensorSpec, SHARD_INDEX,
+};

@@ -5,27 +5,86 @@ use tch::{nn, Kind, Tensor};
 
 use super::ModelConfig;
 
-/// Which positions may attend to which.
-pub enum AttentionMask {
-    /// Plain causal attention over the whole row (right padding is harmless: real
-    /// tokens never see later pads).
+/// How the tokens of a batch may attend to each other.
+pub enum AttentionLayout {
+    /// Each row is one sequence, causal (right padding is harmless: real tokens never
+    /// see later pads).
     Causal,
-    /// Explicit boolean mask `[batch, 1, t, t]`, `true` = may attend; used for packed
-    /// rows, where each example only sees itself.
-    Explicit(Tensor),
+    /// Rows hold several sequences back to back (packing); a token attends to earlier
+    /// tokens of its own sequence only. Kept as segment boundaries, never as a dense
+    /// `[t, t]` mask: CUDA runs flash attention's variable-length kernel over them, the
+    /// CPU runs causal attention segment by segment (the same arithmetic as a
+    /// block-diagonal mask, without materialising it).
+    Packed(Segments),
 }
 
-impl AttentionMask {
-    /// Block-diagonal causal mask from per-token segment ids `[batch, t]`: a token
-    /// attends to earlier tokens of its own segment only.
-    pub fn packed(segment_ids: &Tensor) -> Self {
-        let t = segment_ids.size()[1];
-        let same = segment_ids
-            .unsqueeze(2)
-            .eq_tensor(&segment_ids.unsqueeze(1));
-        let causal = Tensor::ones([t, t], (Kind::Bool, segment_ids.device())).tril(0);
-        AttentionMask::Explicit((same.logical_and(&causal)).unsqueeze(1))
+/// Sequence boundaries of a packed batch.
+pub struct Segments {
+    /// Per row, `(start, len)` of each sequence; together they cover the whole row
+    /// (trailing padding is a segment of its own).
+    pub rows: Vec<Vec<(i64, i64)>>,
+    /// Cumulative sequence lengths over the flattened `[batch * t]` tokens (int32 on
+    /// the batch's device), as flash attention's varlen kernel takes them.
+    pub cu_seqlens: Tensor,
+    /// Longest sequence.
+    pub max_len: i64,
+}
+
+impl Segments {
+    /// Segments from per-row lengths (each row's lengths sum to `width`).
+    pub fn new(rows: Vec<Vec<i64>>, width: i64, device: tch::Device) -> Self {
+        let mut cu: Vec<i32> = vec![0];
+        let mut max_len = 0;
+        let rows: Vec<Vec<(i64, i64)>> = rows
+            .into_iter()
+            .map(|lens| {
+                debug_assert_eq!(lens.iter().sum::<i64>(), width);
+                let mut start = 0;
+                lens.into_iter()
+                    .filter(|&l| l > 0)
+                    .map(|l| {
+                        let seg = (start, l);
+                        start += l;
+                        max_len = max_len.max(l);
+                        cu.push(cu.last().copied().unwrap_or(0) + l as i32);
+                        seg
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            rows,
+            cu_seqlens: Tensor::from_slice(&cu).to_device(device),
+            max_len,
+        }
     }
+}
+
+/// Explicit `[t, t]` (or `[1, 1, t, t]`) masks built so far by this process: the test
+/// that no per-layer (or per-batch, for packing) mask is ever materialised reads it.
+static MASKS_BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn masks_built() -> usize {
+    MASKS_BUILT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Causal mask limited to the last `window` positions, `[1, 1, t, t]` bool.
+fn window_mask(t: i64, window: i64, device: tch::Device) -> Tensor {
+    MASKS_BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let idx = Tensor::arange(t, (Kind::Int64, device));
+    let dist = idx.unsqueeze(1) - idx.unsqueeze(0);
+    dist.lt(window).logical_and(&dist.ge(0)).view([1, 1, t, t])
+}
+
+/// What every layer of one forward pass shares: rotary tables and the attention layout.
+pub struct LayerContext<'a> {
+    cos: Tensor,
+    sin: Tensor,
+    layout: &'a AttentionLayout,
+    /// A sliding window shorter than the rows (causal layout only), once per pass.
+    window: Option<Tensor>,
+    /// A sliding window for packed segments longer than it.
+    window_len: Option<i64>,
 }
 
 const INIT_STD: f64 = 0.02;
@@ -154,32 +213,104 @@ impl Attention {
             .reshape([b, self.heads, t, d])
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
+    fn forward(&self, x: &Tensor, ctx: &LayerContext) -> Tensor {
         let (b, t, _) = x.size3().expect("rank 3");
         let split =
             |p: &Linear, n: i64| p.forward(x).view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = apply_rotary(&split(&self.q_proj, self.heads), cos, sin);
-        let k = self.repeat_kv(apply_rotary(&split(&self.k_proj, self.kv_heads), cos, sin));
-        let v = self.repeat_kv(split(&self.v_proj, self.kv_heads));
-        let y = match mask {
-            AttentionMask::Causal => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                None::<Tensor>,
-                0.0,
-                true,
-                None,
-                false,
-            ),
-            AttentionMask::Explicit(m) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, false)
+        let q = apply_rotary(&split(&self.q_proj, self.heads), &ctx.cos, &ctx.sin);
+        let k = apply_rotary(&split(&self.k_proj, self.kv_heads), &ctx.cos, &ctx.sin);
+        let v = split(&self.v_proj, self.kv_heads);
+        let y = match ctx.layout {
+            AttentionLayout::Packed(seg) if x.device().is_cuda() => {
+                match super::varlen::flash_attention(&q, &k, &v, seg, ctx.window_len) {
+                    Some(y) => y,
+                    None => self.segmentwise(&q, k, v, seg, ctx.window_len),
+                }
+            }
+            AttentionLayout::Packed(seg) => self.segmentwise(&q, k, v, seg, ctx.window_len),
+            AttentionLayout::Causal => {
+                let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+                match &ctx.window {
+                    Some(m) => Tensor::scaled_dot_product_attention(
+                        &q,
+                        &k,
+                        &v,
+                        Some(m),
+                        0.0,
+                        false,
+                        None,
+                        false,
+                    ),
+                    None => Tensor::scaled_dot_product_attention(
+                        &q,
+                        &k,
+                        &v,
+                        None::<Tensor>,
+                        0.0,
+                        true,
+                        None,
+                        false,
+                    ),
+                }
             }
         };
         self.o_proj.forward(
             &y.transpose(1, 2)
                 .reshape([b, t, self.heads * self.head_dim]),
         )
+    }
+
+    /// Packed rows without a mask: causal attention over each segment on its own.
+    fn segmentwise(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        seg: &Segments,
+        window: Option<i64>,
+    ) -> Tensor {
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let rows: Vec<Tensor> = seg
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(r, parts)| {
+                let pick = |x: &Tensor, s: i64, l: i64| x.narrow(0, r as i64, 1).narrow(2, s, l);
+                let outs: Vec<Tensor> = parts
+                    .iter()
+                    .map(|&(s, l)| {
+                        let (qs, ks, vs) = (pick(q, s, l), pick(&k, s, l), pick(&v, s, l));
+                        match window.filter(|&w| l > w) {
+                            Some(w) => {
+                                let m = window_mask(l, w, q.device());
+                                Tensor::scaled_dot_product_attention(
+                                    &qs,
+                                    &ks,
+                                    &vs,
+                                    Some(&m),
+                                    0.0,
+                                    false,
+                                    None,
+                                    false,
+                                )
+                            }
+                            None => Tensor::scaled_dot_product_attention(
+                                &qs,
+                                &ks,
+                                &vs,
+                                None::<Tensor>,
+                                0.0,
+                                true,
+                                None,
+                                false,
+                            ),
+                        }
+                    })
+                    .collect();
+                Tensor::cat(&outs, 2)
+            })
+            .collect();
+        Tensor::cat(&rows, 0)
     }
 }
 
@@ -230,10 +361,10 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask) -> Tensor {
+    fn forward(&self, x: &Tensor, ctx: &LayerContext) -> Tensor {
         let h = x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x), cos, sin, mask);
+            .forward(&self.input_layernorm.forward(x), ctx);
         let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
         h + out
     }
@@ -272,27 +403,74 @@ impl Transformer {
         }
     }
 
+    /// Input embeddings `[batch, t, hidden]` of `input_ids` `[batch, t]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+    }
+
+    /// What every layer of a pass over `positions` (`[batch, t]`, int64) shares.
+    pub fn context<'a>(
+        &self,
+        positions: &Tensor,
+        layout: &'a AttentionLayout,
+        kind: Kind,
+    ) -> LayerContext<'a> {
+        let (cos, sin) = self.rotary.cos_sin(positions, kind);
+        let t = positions.size()[1];
+        let w = self.config.sliding_window.map(|w| w as i64);
+        let window = match (layout, w) {
+            (AttentionLayout::Causal, Some(w)) if t > w => {
+                Some(window_mask(t, w, positions.device()))
+            }
+            _ => None,
+        };
+        LayerContext {
+            cos,
+            sin,
+            layout,
+            window,
+            window_len: w,
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `i` on `x`.
+    pub fn layer(&self, i: usize, x: &Tensor, ctx: &LayerContext) -> Tensor {
+        self.layers[i].forward(x, ctx)
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
+    }
+
     /// Final hidden states `[batch, t, hidden]` for `input_ids` and `positions`
     /// (both `[batch, t]`, int64).
     pub fn hidden_states(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
-        mask: &AttentionMask,
+        layout: &AttentionLayout,
     ) -> Tensor {
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
-        let (cos, sin) = self.rotary.cos_sin(positions, x.kind());
-        let windowed = self.sliding_window_mask(input_ids, mask);
-        let mask = windowed.as_ref().unwrap_or(mask);
-        for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, mask);
+        let mut x = self.embed(input_ids);
+        let ctx = self.context(positions, layout, x.kind());
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &ctx);
         }
-        self.norm.forward(&x)
+        self.final_norm(&x)
     }
 
     /// Logits `[batch, t, vocab]` in the model's dtype.
-    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttentionMask) -> Tensor {
-        self.lm_head(&self.hidden_states(input_ids, positions, mask))
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        layout: &AttentionLayout,
+    ) -> Tensor {
+        self.lm_head(&self.hidden_states(input_ids, positions, layout))
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
@@ -300,25 +478,5 @@ impl Transformer {
             self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
             None::<Tensor>,
         )
-    }
-
-    /// With a sliding window shorter than the row, restrict attention to the window.
-    fn sliding_window_mask(
-        &self,
-        input_ids: &Tensor,
-        mask: &AttentionMask,
-    ) -> Option<AttentionMask> {
-        let w = self.config.sliding_window? as i64;
-        let t = input_ids.size()[1];
-        if t <= w {
-            return None;
-        }
-        let idx = Tensor::arange(t, (Kind::Int64, input_ids.device()));
-        let dist = idx.unsqueeze(1) - idx.unsqueeze(0);
-        let window = dist.lt(w).logical_and(&dist.ge(0)).view([1, 1, t, t]);
-        Some(AttentionMask::Explicit(match mask {
-            AttentionMask::Causal => window,
-            AttentionMask::Explicit(m) => m.logical_and(&window),
-        }))
     }
 }
