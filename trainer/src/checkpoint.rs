@@ -10,18 +10,23 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
-use tch::Tensor;
 
+use crate::dist::Collective;
 use crate::error::{Error, IoContext, Result};
-use crate::model::{load_model_dir, save_model_dir, tensors_to_safetensors, ModelConfig};
-use crate::optim::AdamW;
+use crate::model::{
+    load_model_dir, save_model_dir, ModelConfig, SafetensorsFile, SafetensorsWriter,
+};
 use crate::storage::Store;
+use crate::train::Optimizer;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const TRAINER_STATE: &str = "trainer_state.json";
-const FORMAT: &str = "janus-checkpoint/v1";
+/// v2 adds fp32 master weights to the optimizer state (`master.<name>`) and the
+/// global batch to the trainer state; v1 checkpoints still load.
+const FORMAT: &str = "janus-checkpoint/v2";
+const READABLE_FORMATS: &[&str] = &["janus-checkpoint/v1", FORMAT];
 /// Model files are sharded above this size, like HF's `save_pretrained`.
 pub const MAX_SHARD_BYTES: usize = 5 << 30;
 
@@ -45,6 +50,11 @@ pub struct TrainerState {
     pub config_hash: String,
     pub tokenizer: String,
     pub world_size: usize,
+    /// Units (examples, packed rows or pairs) per optimizer step over all ranks:
+    /// `micro_batch_size x gradient_accumulation_steps x world_size`. A resume on
+    /// another number of ranks keeps it (absent in v1 checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<usize>,
     pub tokens_seen: u64,
     /// Loss of every completed step, so a resumed run reports the whole curve.
     pub losses: Vec<f64>,
@@ -115,13 +125,17 @@ impl CheckpointDir {
         self.store.check_access()
     }
 
-    /// Save a complete checkpoint; returns its URL.
+    /// Save a complete checkpoint; returns its URL. Called by rank 0; when the
+    /// optimizer is sharded the other ranks call `Optimizer::gather_state` at the same
+    /// time (the state is gathered first, before any other work).
+    #[allow(clippy::too_many_arguments)]
     pub fn save(
         &self,
         vs: &VarStore,
         model_config: &ModelConfig,
         tokenizer_json: &Path,
-        optimizer: &AdamW,
+        optimizer: &Optimizer,
+        comm: &mut dyn Collective,
         state: &TrainerState,
         keep: usize,
     ) -> Result<String> {
@@ -137,18 +151,27 @@ impl CheckpointDir {
             std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
         }
         let started = std::time::Instant::now();
+        std::fs::create_dir_all(&dir).ctx(|| dir.display().to_string())?;
+        let mut writer = SafetensorsWriter::create(&dir.join(OPTIMIZER), optimizer.state_specs())?;
+        optimizer.gather_state(comm, &mut |name, t| writer.write(name, t))?;
+        let optimizer_entry = {
+            let (bytes, sha256) = writer.finish()?;
+            ManifestEntry {
+                path: OPTIMIZER.into(),
+                bytes,
+                sha256,
+            }
+        };
         let mut files = save_model_dir(&dir, vs, model_config, MAX_SHARD_BYTES)?;
         std::fs::copy(tokenizer_json, dir.join("tokenizer.json"))
             .ctx(|| tokenizer_json.display().to_string())?;
         files.push("tokenizer.json".into());
-        tensors_to_safetensors(&optimizer.state_tensors(), &dir.join(OPTIMIZER))?;
-        files.push(OPTIMIZER.into());
         let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
         std::fs::write(dir.join(TRAINER_STATE), state_json)
             .ctx(|| dir.join(TRAINER_STATE).display().to_string())?;
         files.push(TRAINER_STATE.into());
         let written = started.elapsed().as_secs_f64();
-        let mut entries = Vec::new();
+        let mut entries = vec![optimizer_entry];
         for f in &files {
             let (bytes, sha256) = sha256_file(&dir.join(f))?;
             entries.push(ManifestEntry {
@@ -158,6 +181,7 @@ impl CheckpointDir {
             });
         }
         let hashed = started.elapsed().as_secs_f64();
+        files.push(OPTIMIZER.into());
         if in_place.is_none() {
             tracing::info!(checkpoint = %self.step_url(state.step), files = files.len(), "uploading checkpoint");
             for f in &files {
@@ -228,7 +252,7 @@ impl CheckpointDir {
             .map_err(|e| format!("no manifest: {e}"))?;
         let m: Manifest =
             serde_json::from_slice(&text).map_err(|e| format!("unreadable manifest: {e}"))?;
-        if m.format != FORMAT || m.step != step {
+        if !READABLE_FORMATS.contains(&m.format.as_str()) || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
         // Local checkpoints are checked where they are; remote ones are downloaded.
@@ -285,16 +309,15 @@ pub fn staging_dir(prefix: &str) -> Result<tempfile::TempDir> {
         .ctx(|| base.display().to_string())
 }
 
-/// Load a checkpoint's weights and optimizer state.
+/// Load a checkpoint's weights and this rank's part of the optimizer state.
 pub fn restore(
     dir: &Path,
     vs: &VarStore,
     model_config: &ModelConfig,
-    optimizer: &mut AdamW,
+    optimizer: &mut Optimizer,
     state: &TrainerState,
 ) -> Result<()> {
     load_model_dir(dir, vs, model_config).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    let opt = Tensor::read_safetensors(dir.join(OPTIMIZER))
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(OPTIMIZER).display())))?;
-    optimizer.load_state(opt, state.step)
+    let file = SafetensorsFile::open(&dir.join(OPTIMIZER))?;
+    optimizer.load_state(&file, state.step)
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod sample;

@@ -84,6 +84,17 @@ impl OrpoSums {
     }
 }
 
+/// Log-probability of each target token, `[rows, t]` fp32 (0 where the target is
+/// IGNORE), from logits `[rows, t, V]`.
+pub fn token_logps(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let (rows, t, v) = logits.size3().expect("rank 3");
+    -logits
+        .to_kind(Kind::Float)
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(&targets.view([-1]), None, Reduction::None, IGNORE, 0.0)
+        .view([rows, t])
+}
+
 /// ORPO for one micro-batch: `NLL(chosen) - lambda * log sigmoid(log_odds)`, the NLL
 /// summed over the chosen tokens in `batch.nll_mask` and divided by the step's NLL
 /// tokens, the odds term summed over pairs and divided by the step's pairs.
@@ -94,19 +105,25 @@ pub fn orpo_loss(
     step_nll_tokens: i64,
     step_pairs: i64,
 ) -> (Tensor, OrpoSums) {
-    let (rows, t, v) = logits.size3().expect("rank 3");
-    let token_logp = -logits
-        .to_kind(Kind::Float)
-        .view([-1, v])
-        .cross_entropy_loss::<Tensor>(
-            &batch.targets.view([-1]),
-            None,
-            Reduction::None,
-            IGNORE,
-            0.0,
-        )
-        .view([rows, t]);
-    let mean_logp = (&token_logp * &batch.response_mask).sum_dim_intlist(1, false, Kind::Float)
+    orpo_objective(
+        &token_logps(logits, &batch.targets),
+        batch,
+        lambda,
+        step_nll_tokens,
+        step_pairs,
+    )
+}
+
+/// The ORPO loss of `orpo_loss` from the per-token log-probabilities `[rows, t]`
+/// (only the positions in the batch's masks are read).
+pub fn orpo_objective(
+    token_logp: &Tensor,
+    batch: &PreferenceBatch,
+    lambda: f64,
+    step_nll_tokens: i64,
+    step_pairs: i64,
+) -> (Tensor, OrpoSums) {
+    let mean_logp = (token_logp * &batch.response_mask).sum_dim_intlist(1, false, Kind::Float)
         / batch
             .response_mask
             .sum_dim_intlist(1, false, Kind::Float)
@@ -115,7 +132,7 @@ pub fn orpo_loss(
     let (lw, lr) = (mean_logp.narrow(0, 0, n), mean_logp.narrow(0, n, n));
     let odds = log_odds(&lw, &lr);
     let ratio = odds.log_sigmoid();
-    let nll_sum = -(&token_logp * &batch.nll_mask).sum(Kind::Float);
+    let nll_sum = -(token_logp * &batch.nll_mask).sum(Kind::Float);
     let loss = &nll_sum / step_nll_tokens.max(1) as f64
         - ratio.sum(Kind::Float) * (lambda / step_pairs.max(1) as f64);
     let f = |x: &Tensor| x.double_value(&[]);

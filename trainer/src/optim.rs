@@ -1,11 +1,7 @@
 //! AdamW on plain tensors (so its state can be saved and restored exactly), global
 //! gradient-norm clipping, and the cosine schedule with linear warmup.
 
-use std::collections::HashMap;
-
 use tch::{Kind, Tensor};
-
-use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -15,122 +11,40 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// Decoupled-weight-decay Adam (Loshchilov & Hutter), the update of
-/// `torch.optim.AdamW`'s single-tensor path.
-pub struct AdamW {
-    pub config: AdamWConfig,
-    params: Vec<(String, Tensor)>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
-    /// Updates applied so far (bias correction uses it).
-    pub step: u64,
-}
-
-impl AdamW {
-    /// `params` in a fixed order (sorted by name) so saved state lines up.
-    pub fn new(mut params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let zeros = |ps: &[(String, Tensor)]| ps.iter().map(|(_, p)| p.zeros_like()).collect();
-        Self {
-            config,
-            exp_avg: zeros(&params),
-            exp_avg_sq: zeros(&params),
-            params,
-            step: 0,
+/// One decoupled-weight-decay Adam update (Loshchilov & Hutter) of `p` from the
+/// gradient `g`, with moments `m` and `v` of `p`'s kind: the update of
+/// `torch.optim.AdamW`'s single-tensor path, `step` counting from 1.
+pub fn adamw_update(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    lr: f64,
+    step: u64,
+    c: &AdamWConfig,
+) {
+    let bias1 = 1.0 - c.beta1.powi(step as i32);
+    let bias2_sqrt = (1.0 - c.beta2.powi(step as i32)).sqrt();
+    let step_size = lr / bias1;
+    tch::no_grad(|| {
+        if c.weight_decay != 0.0 {
+            let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
         }
-    }
-
-    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
-        self.params.iter().map(|(_, p)| p)
-    }
-
-    /// One update with learning rate `lr` from the accumulated gradients.
-    pub fn step(&mut self, lr: f64) {
-        self.step += 1;
-        let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias1;
-        tch::no_grad(|| {
-            for (((_, p), m), v) in self
-                .params
-                .iter_mut()
-                .zip(&mut self.exp_avg)
-                .zip(&mut self.exp_avg_sq)
-            {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                if c.weight_decay != 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                }
-                let _ = m.lerp_(&g, 1.0 - c.beta1);
-                let _ = v.g_mul_scalar_(c.beta2);
-                let _ = v.addcmul_(&g, &(&g * (1.0 - c.beta2)));
-                if step_size == 0.0 {
-                    // Warmup's first step: moments advance, weights stay (as torch).
-                    continue;
-                }
-                // p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), folded so that one
-                // addcdiv does it: the denominator carries -1/step_size.
-                let denom = v
-                    .sqrt()
-                    .g_mul_scalar_(-1.0 / (bias2_sqrt * step_size))
-                    .g_sub_scalar_(c.eps / step_size);
-                let _ = p.addcdiv_(m, &denom);
-            }
-        });
-    }
-
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
+        let _ = m.lerp_(g, 1.0 - c.beta1);
+        let _ = v.g_mul_scalar_(c.beta2);
+        let _ = v.addcmul_(g, &(g * (1.0 - c.beta2)));
+        if step_size == 0.0 {
+            // Warmup's first step: moments advance, weights stay (as torch).
+            return;
         }
-    }
-
-    /// State tensors named `exp_avg.<param>` / `exp_avg_sq.<param>`.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.params.len());
-        for (((name, _), m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
-            out.push((format!("exp_avg.{name}"), m.shallow_clone()));
-            out.push((format!("exp_avg_sq.{name}"), v.shallow_clone()));
-        }
-        out
-    }
-
-    /// Restore state saved by `state_tensors` (every parameter must be present).
-    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, step: u64) -> Result<()> {
-        let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
-        for (((name, _), m), v) in self
-            .params
-            .iter()
-            .zip(&mut self.exp_avg)
-            .zip(&mut self.exp_avg_sq)
-        {
-            for (prefix, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
-                let key = format!("{prefix}.{name}");
-                let src = map
-                    .remove(&key)
-                    .ok_or_else(|| Error::Checkpoint(format!("optimizer state lacks `{key}`")))?;
-                if src.size() != dst.size() {
-                    return Err(Error::Checkpoint(format!(
-                        "optimizer state `{key}` has shape {:?}, expected {:?}",
-                        src.size(),
-                        dst.size()
-                    )));
-                }
-                tch::no_grad(|| dst.copy_(&src));
-            }
-        }
-        if let Some(extra) = map.keys().next() {
-            return Err(Error::Checkpoint(format!(
-                "optimizer state has `{extra}`, which is not a parameter of this model"
-            )));
-        }
-        self.step = step;
-        Ok(())
-    }
+        // p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), folded so that one
+        // addcdiv does it: the denominator carries -1/step_size.
+        let denom = v
+            .sqrt()
+            .g_mul_scalar_(-1.0 / (bias2_sqrt * step_size))
+            .g_sub_scalar_(c.eps / step_size);
+        let _ = p.addcdiv_(m, &denom);
+    });
 }
 
 /// Global L2 norm of all gradients (computed in fp32); when above `max_norm > 0`,
@@ -186,20 +100,17 @@ mod tests {
     #[test]
     fn adamw_matches_the_closed_form_first_step() {
         // After one step from zero state, Adam's update is lr * g / (|g| + eps') = lr * sign(g).
-        let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
-        let loss = (&p * Tensor::from_slice(&[0.5f32, -1.0, 2.0])).sum(Kind::Float);
-        loss.backward();
-        let mut opt = AdamW::new(
-            vec![("p".into(), p.shallow_clone())],
-            AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.1,
-            },
-        );
-        opt.step(0.01);
-        let got = Vec::<f32>::try_from(p.detach()).unwrap();
+        let mut p = Tensor::from_slice(&[1.0f32, -2.0, 3.0]);
+        let g = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
+        let (mut m, mut v) = (p.zeros_like(), p.zeros_like());
+        let c = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        adamw_update(&mut p, &g, &mut m, &mut v, 0.01, 1, &c);
+        let got = Vec::<f32>::try_from(&p).unwrap();
         let want: Vec<f32> = [(1.0f32, 1.0f32), (-2.0, -1.0), (3.0, 1.0)]
             .iter()
             .map(|(x, s)| x * (1.0 - 0.01 * 0.1) - 0.01 * s)
@@ -207,6 +118,40 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
+    }
+
+    /// Why master weights: a 5e-6 Adam step (about lr per element) is below half a
+    /// bf16 ulp of a typical N(0, 0.02) weight, so updating bf16 weights in place loses
+    /// it, while an fp32 master copy keeps it.
+    #[test]
+    fn bf16_in_place_updates_vanish_and_fp32_master_updates_do_not() {
+        tch::manual_seed(3);
+        let w = Tensor::randn([4096], (Kind::Float, tch::Device::Cpu)) * 0.02;
+        let g = Tensor::randn([4096], (Kind::Float, tch::Device::Cpu));
+        let c = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let moved = |mut p: Tensor, g: &Tensor| {
+            let before = p.copy();
+            let (mut m, mut v) = (p.zeros_like(), p.zeros_like());
+            for step in 1..=20 {
+                adamw_update(&mut p, g, &mut m, &mut v, 5e-6, step, &c);
+            }
+            p.ne_tensor(&before)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+        };
+        let pure_bf16 = moved(w.to_kind(Kind::BFloat16), &g.to_kind(Kind::BFloat16));
+        let master = moved(w.copy(), &g);
+        assert!(master > 0.999, "fp32 master: {master} of the weights moved");
+        assert!(
+            pure_bf16 < 0.5,
+            "pure bf16: {pure_bf16} of the weights moved"
+        );
     }
 
     #[test]

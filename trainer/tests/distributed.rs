@@ -66,6 +66,40 @@ fn ring_all_reduce_matches_the_reference_sum() {
 }
 
 #[test]
+fn ring_reduce_scatter_and_all_gather_match_the_reference() {
+    for world in 1..=4usize {
+        for seg in [1i64, 5, 1000] {
+            let n = seg * world as i64;
+            let results = with_ring(world, |rank, ring| {
+                let mut t = Tensor::arange(n, (Kind::Float, Device::Cpu)) + rank as f64;
+                ring.reduce_scatter_sum(&mut t).unwrap();
+                let mine = t.narrow(0, rank as i64 * seg, seg).copy();
+                let mut g = Tensor::zeros([n], (Kind::BFloat16, Device::Cpu));
+                let _ = g.narrow(0, rank as i64 * seg, seg).fill_(rank as f64 + 1.0);
+                ring.all_gather(&mut g).unwrap();
+                (mine, g)
+            });
+            let w = world as f64;
+            let full = Tensor::arange(n, (Kind::Float, Device::Cpu)) * w + w * (w - 1.0) / 2.0;
+            let gathered = Tensor::arange(world as i64, (Kind::Float, Device::Cpu))
+                .repeat_interleave_self_int(seg, 0, None)
+                + 1.0;
+            for (rank, (mine, g)) in results.iter().enumerate() {
+                let want = full.narrow(0, rank as i64 * seg, seg);
+                assert!(
+                    mine.equal(&want),
+                    "world {world} seg {seg}: rank {rank}'s reduced segment"
+                );
+                assert!(
+                    g.to_kind(Kind::Float).equal(&gathered),
+                    "world {world} seg {seg}: all-gather on rank {rank}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn ring_handles_f64_bf16_non_contiguous_and_broadcast() {
     let results = with_ring(3, |rank, ring| {
         let mut d = Tensor::full([5], rank as f64 + 0.5, (Kind::Double, Device::Cpu));
@@ -117,7 +151,10 @@ fn train_args(dir: &Path, model: &Path, data: &Path, job: &str, extra: &[&str]) 
     args
 }
 
-fn check_equivalence(extra: &[&str], data_file: &str) {
+/// `world` ranks x micro-batch `4 / world` against 1 rank x 4, 5 steps: the weights
+/// agree within 1e-6 (fp32). `extra` picks the method and, with
+/// `distributed.shard_optimizer`, ZeRO-1 or the replicated optimizer.
+fn check_equivalence(world: usize, extra: &[&str], data_file: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (data, model) = common::tiny_setup(dir, 16);
@@ -143,25 +180,28 @@ fn check_equivalence(extra: &[&str], data_file: &str) {
         .concat(),
     ));
     common::run_ok(one);
-    let mut two = common::janus();
-    two.args(["launch", "--nproc", "2", "--"]);
-    two.args(train_args(
+    let mut many = common::janus();
+    many.args(["launch", "--nproc", &world.to_string(), "--"]);
+    let micro = format!("hyperparameters.micro_batch_size={}", 4 / world);
+    many.args(train_args(
         dir,
         &model,
         &data,
-        "two",
-        &[
-            common_extra.as_slice(),
-            &["hyperparameters.micro_batch_size=2"],
-        ]
-        .concat(),
+        "many",
+        &[common_extra.as_slice(), &[micro.as_str()]].concat(),
     ));
-    let log = common::run_ok(two);
-    assert!(log.contains("[rank 1]"), "{log}");
+    let log = common::run_ok(many);
+    assert!(log.contains(&format!("[rank {}]", world - 1)), "{log}");
+    let sharded = log.contains("optimizer state sharded across the ranks (ZeRO-1)");
+    assert_eq!(
+        sharded,
+        extra.contains(&"distributed.shard_optimizer=true"),
+        "{log}"
+    );
 
     let (a, b) = (
         read_weights(&dir.join("out-one")),
-        read_weights(&dir.join("out-two")),
+        read_weights(&dir.join("out-many")),
     );
     assert_eq!(a.len(), b.len());
     let start = read_weights(&model);
@@ -170,33 +210,65 @@ fn check_equivalence(extra: &[&str], data_file: &str) {
         let diff = (x - y).abs().max().double_value(&[]);
         assert!(
             diff <= 1e-6,
-            "{name}: 1 rank x 4 and 2 ranks x 2 differ by {diff}"
+            "{name}: 1 rank x 4 and {world} ranks x {} differ by {diff}",
+            4 / world
         );
         worst = worst.max(diff);
         moved = moved.max((x - s).abs().max().double_value(&[]));
     }
-    eprintln!("max |1 rank - 2 ranks| = {worst:e}, max |trained - initial| = {moved:e}");
+    eprintln!(
+        "{extra:?}: max |1 rank - {world} ranks| = {worst:e}, max |trained - initial| = {moved:e}"
+    );
     assert!(
         moved > 1e-3,
         "training did not change the weights ({moved})"
     );
 }
 
+const ORPO: &[&str] = &[
+    "method=orpo",
+    "data.packing=false",
+    "data.prompt_format=chatml",
+];
+
 #[test]
 fn two_ranks_equal_one_rank_with_the_combined_batch_sft() {
-    check_equivalence(&["data.packing=false"], "sft.jsonl");
+    check_equivalence(
+        2,
+        &["data.packing=false", "distributed.shard_optimizer=false"],
+        "sft.jsonl",
+    );
 }
 
 #[test]
 fn two_ranks_equal_one_rank_with_the_combined_batch_orpo() {
     check_equivalence(
-        &[
-            "method=orpo",
-            "data.packing=false",
-            "data.prompt_format=chatml",
-        ],
+        2,
+        &[ORPO, &["distributed.shard_optimizer=false"]].concat(),
         "preference.parquet",
     );
+}
+
+#[test]
+fn zero1_on_2_and_4_ranks_equals_unsharded_training_sft() {
+    for world in [2, 4] {
+        check_equivalence(
+            world,
+            &["data.packing=false", "distributed.shard_optimizer=true"],
+            "sft.jsonl",
+        );
+    }
+}
+
+#[test]
+fn zero1_on_2_and_4_ranks_equals_unsharded_training_orpo() {
+    for world in [2, 4] {
+        check_equivalence(
+            world,
+            &[ORPO, &["distributed.shard_optimizer=true"]].concat(),
+            "preference.parquet",
+        );
+    }
 }
 
 #[test]
@@ -322,8 +394,97 @@ fn mismatched_configs_are_refused_at_rendezvous() {
     );
 }
 
+/// Run `job` on `ranks` ranks (the launcher for more than one), optionally stopping
+/// after a step; returns the log.
+fn run_ranks(
+    dir: &Path,
+    model: &Path,
+    data: &Path,
+    job: &str,
+    ranks: usize,
+    extra: &[&str],
+    stop: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = common::janus();
+    if ranks > 1 {
+        cmd.args(["launch", "--nproc", &ranks.to_string(), "--"]);
+    }
+    cmd.args(train_args(dir, model, data, job, extra));
+    if let Some(s) = stop {
+        cmd.args(["--stop-after-steps", s]);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "failed:\n{err}");
+    err
+}
+
+/// A checkpoint written by `from` ranks, resumed on `to` ranks with the same global
+/// batch (the accumulation follows the rank count), ends where a straight run on
+/// `from` ranks ends, within floating-point tolerance.
+fn check_resume_across_ranks(from: usize, to: usize, micro: usize, accum: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    let micro = format!("hyperparameters.micro_batch_size={micro}");
+    let accum = format!("hyperparameters.gradient_accumulation_steps={accum}");
+    let extra = [
+        "hyperparameters.max_steps=8",
+        "checkpoint.every_steps=4",
+        "data.packing=false",
+        micro.as_str(),
+        accum.as_str(),
+    ];
+    ok(run_ranks(
+        dir, &model, &data, "straight", from, &extra, None,
+    ));
+    ok(run_ranks(
+        dir,
+        &model,
+        &data,
+        "moved",
+        from,
+        &extra,
+        Some("4"),
+    ));
+    let log = ok(run_ranks(dir, &model, &data, "moved", to, &extra, None));
+    assert!(
+        log.contains("resuming on another number of ranks")
+            && log.contains("\"message\":\"resumed\""),
+        "{log}"
+    );
+    let (a, b) = (
+        read_weights(&dir.join("out-straight")),
+        read_weights(&dir.join("out-moved")),
+    );
+    let mut worst = 0.0f64;
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let diff = (x - y).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-5,
+            "{name}: {from} -> {to} ranks differs by {diff}"
+        );
+        worst = worst.max(diff);
+    }
+    eprintln!("resume {from} -> {to} ranks: max |straight - resumed| = {worst:e}");
+}
+
 #[test]
-fn resuming_with_another_number_of_ranks_is_refused() {
+fn a_4_rank_checkpoint_resumes_on_2_ranks() {
+    check_resume_across_ranks(4, 2, 1, 1);
+}
+
+#[test]
+fn a_2_rank_checkpoint_resumes_on_4_ranks() {
+    check_resume_across_ranks(2, 4, 1, 2);
+}
+
+#[test]
+fn resuming_where_no_accumulation_keeps_the_global_batch_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (data, model) = common::tiny_setup(dir, 8);
@@ -331,20 +492,18 @@ fn resuming_with_another_number_of_ranks_is_refused() {
     let extra = [
         "hyperparameters.max_steps=6",
         "checkpoint.every_steps=2",
-        "hyperparameters.micro_batch_size=2",
+        "hyperparameters.micro_batch_size=3",
+        "hyperparameters.gradient_accumulation_steps=1",
     ];
-    let mut one = common::janus();
-    one.args(train_args(dir, &model, &data, "n", &extra))
-        .arg("--stop-after-steps")
-        .arg("2");
-    common::run_ok(one);
-    let mut two = common::janus();
-    two.args(["launch", "--nproc", "2", "--"])
-        .args(train_args(dir, &model, &data, "n", &extra));
-    let out = two.output().unwrap();
-    assert!(!out.status.success());
+    ok(run_ranks(dir, &model, &data, "n", 1, &extra, Some("2")));
+    let out = run_ranks(dir, &model, &data, "n", 2, &extra, None);
+    assert_eq!(out.status.code(), Some(janus_crds::exit_code::BAD_INPUT));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("written by 1 ranks, this run has 2"), "{err}");
+    assert!(
+        err.contains("written by 1 ranks with a global batch of 3")
+            && err.contains("does not divide it"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -367,7 +526,9 @@ fn two_rank_resume_is_bitwise_identical() {
         }
         common::run_ok(cmd)
     };
-    launch("straight", None);
+    let log = launch("straight", None);
+    // Two ranks shard the optimizer state by default: this is ZeRO-1's resume.
+    assert!(log.contains("(ZeRO-1)"), "{log}");
     launch("resumed", Some("4"));
     let log = launch("resumed", None);
     assert!(log.contains("\"message\":\"resumed\""), "{log}");

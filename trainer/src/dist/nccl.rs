@@ -171,6 +171,52 @@ impl Collective for Nccl {
         })
     }
 
+    fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        let (comm, rank, world) = (self.comm, self.rank, self.world);
+        self.on_device(t, |w, dtype| {
+            let seg = w.numel() / world;
+            let p = w.data_ptr();
+            let elt = w.kind().elt_size_in_bytes();
+            // SAFETY: `w` is a contiguous CUDA tensor of `world * seg` elements; NCCL's
+            // in-place form has the receive buffer at `send + rank * recvcount`.
+            unsafe {
+                result::reduce_scatter(
+                    p,
+                    (p as *mut u8).add(rank * seg * elt) as *mut std::ffi::c_void,
+                    seg,
+                    dtype,
+                    sys::ncclRedOp_t::ncclSum,
+                    comm,
+                    std::ptr::null_mut(),
+                )
+            }
+            .map(|_| ())
+            .map_err(|e| nccl_error("reduce-scatter", e))
+        })
+    }
+
+    fn all_gather(&mut self, t: &mut Tensor) -> Result<()> {
+        let (comm, rank, world) = (self.comm, self.rank, self.world);
+        self.on_device(t, |w, dtype| {
+            let seg = w.numel() / world;
+            let p = w.data_ptr();
+            let elt = w.kind().elt_size_in_bytes();
+            // SAFETY: as above; in place, the send buffer is `recv + rank * sendcount`.
+            unsafe {
+                result::all_gather(
+                    (p as *const u8).add(rank * seg * elt) as *const std::ffi::c_void,
+                    p,
+                    seg,
+                    dtype,
+                    comm,
+                    std::ptr::null_mut(),
+                )
+            }
+            .map(|_| ())
+            .map_err(|e| nccl_error("all-gather", e))
+        })
+    }
+
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
         let comm = self.comm;
         self.on_device(t, |w, dtype| {

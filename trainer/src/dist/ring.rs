@@ -91,6 +91,24 @@ impl Ring {
         Ok(())
     }
 
+    /// Reduce-scatter: afterwards segment `rank` holds the sum over all ranks.
+    fn reduce_scatter_slice<T: Elem>(&mut self, data: &mut [T]) -> Result<()> {
+        let (w, r) = (self.world, self.rank);
+        for s in 0..w - 1 {
+            self.exchange(data, (r + 2 * w - s - 1) % w, (r + 2 * w - s - 2) % w, true)?;
+        }
+        Ok(())
+    }
+
+    /// All-gather: each rank starts with its own segment `rank` and ends with all.
+    fn all_gather_slice<T: Elem>(&mut self, data: &mut [T]) -> Result<()> {
+        let (w, r) = (self.world, self.rank);
+        for s in 0..w - 1 {
+            self.exchange(data, (r + w - s) % w, (r + 2 * w - s - 1) % w, false)?;
+        }
+        Ok(())
+    }
+
     /// Send segment `send` to the next rank while receiving segment `recv` from the
     /// previous one, adding it in (`add`) or overwriting.
     fn exchange<T: Elem>(
@@ -179,6 +197,35 @@ fn with_host_data(t: &mut Tensor, f: impl FnOnce(&mut Tensor) -> Result<()>) -> 
     Ok(())
 }
 
+/// The host data of a tensor as the ring's element type.
+enum Slice<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+impl Ring {
+    fn with_slice(
+        &mut self,
+        t: &mut Tensor,
+        f: impl FnOnce(&mut Self, Slice) -> Result<()>,
+    ) -> Result<()> {
+        with_host_data(t, |h| {
+            let n = h.numel();
+            // SAFETY: `h` is a contiguous CPU tensor of `n` elements of the matched kind,
+            // and nothing else touches it during the call.
+            let data = unsafe {
+                match h.kind() {
+                    Kind::Double => {
+                        Slice::F64(std::slice::from_raw_parts_mut(h.data_ptr() as *mut f64, n))
+                    }
+                    _ => Slice::F32(std::slice::from_raw_parts_mut(h.data_ptr() as *mut f32, n)),
+                }
+            };
+            f(self, data)
+        })
+    }
+}
+
 impl Collective for Ring {
     fn rank(&self) -> usize {
         self.rank
@@ -189,22 +236,29 @@ impl Collective for Ring {
     }
 
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
-        with_host_data(t, |h| {
-            let n = h.numel();
-            // SAFETY: `h` is a contiguous CPU tensor of `n` elements of the matched kind,
-            // and nothing else touches it during the call.
-            unsafe {
-                match h.kind() {
-                    Kind::Double => self.all_reduce_slice(std::slice::from_raw_parts_mut(
-                        h.data_ptr() as *mut f64,
-                        n,
-                    )),
-                    _ => self.all_reduce_slice(std::slice::from_raw_parts_mut(
-                        h.data_ptr() as *mut f32,
-                        n,
-                    )),
-                }
-            }
+        self.with_slice(t, |ring, data| match data {
+            Slice::F32(d) => ring.all_reduce_slice(d),
+            Slice::F64(d) => ring.all_reduce_slice(d),
+        })
+    }
+
+    fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.with_slice(t, |ring, data| match data {
+            Slice::F32(d) => ring.reduce_scatter_slice(d),
+            Slice::F64(d) => ring.reduce_scatter_slice(d),
+        })
+    }
+
+    fn all_gather(&mut self, t: &mut Tensor) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.with_slice(t, |ring, data| match data {
+            Slice::F32(d) => ring.all_gather_slice(d),
+            Slice::F64(d) => ring.all_gather_slice(d),
         })
     }
 

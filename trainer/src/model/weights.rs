@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, View};
 use tch::{nn::VarStore, Kind, Tensor};
 
 use super::ModelConfig;
@@ -80,61 +79,263 @@ pub fn load_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result
     Ok(())
 }
 
-struct TensorBytes {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+/// Name, kind and shape of a tensor in a safetensors file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub kind: Kind,
+    pub shape: Vec<i64>,
 }
 
-impl View for &TensorBytes {
-    fn dtype(&self) -> Dtype {
-        self.dtype
+impl TensorSpec {
+    pub fn of(name: impl Into<String>, t: &Tensor) -> Self {
+        Self {
+            name: name.into(),
+            kind: t.kind(),
+            shape: t.size(),
+        }
     }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
+
+    fn bytes(&self) -> usize {
+        self.shape.iter().product::<i64>().max(0) as usize * self.kind.elt_size_in_bytes()
     }
 }
 
-fn to_bytes(t: &Tensor) -> Result<TensorBytes> {
-    let t = t.to_device(tch::Device::Cpu).contiguous();
-    let dtype = match t.kind() {
-        Kind::Float => Dtype::F32,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Half => Dtype::F16,
-        Kind::Int64 => Dtype::I64,
-        Kind::Double => Dtype::F64,
+fn dtype_name(kind: Kind) -> Result<&'static str> {
+    Ok(match kind {
+        Kind::Float => "F32",
+        Kind::BFloat16 => "BF16",
+        Kind::Half => "F16",
+        Kind::Int64 => "I64",
+        Kind::Double => "F64",
+        Kind::Int => "I32",
         k => return Err(Error::Model(format!("cannot save tensors of kind {k:?}"))),
-    };
-    let numel = t.numel();
-    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut data, numel)?;
-    Ok(TensorBytes {
-        dtype,
-        shape: t.size().iter().map(|&d| d as usize).collect(),
-        data,
     })
+}
+
+fn kind_of(dtype: &str) -> Option<Kind> {
+    Some(match dtype {
+        "F32" => Kind::Float,
+        "BF16" => Kind::BFloat16,
+        "F16" => Kind::Half,
+        "I64" => Kind::Int64,
+        "F64" => Kind::Double,
+        "I32" => Kind::Int,
+        _ => return None,
+    })
+}
+
+/// Writes a safetensors file one tensor at a time: the header first (from the specs,
+/// with HF's `{"format": "pt"}` metadata), then each tensor's bytes straight from its
+/// storage, hashing as it goes. No file-sized buffer is ever held, so a 7B model's
+/// optimizer state can be written while it is gathered bucket by bucket.
+pub struct SafetensorsWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    specs: Vec<TensorSpec>,
+    next: usize,
+    hasher: sha2::Sha256,
+    written: u64,
+}
+
+impl SafetensorsWriter {
+    pub fn create(path: &Path, specs: Vec<TensorSpec>) -> Result<Self> {
+        use sha2::Digest;
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut offset = 0usize;
+        for s in &specs {
+            let end = offset + s.bytes();
+            header.insert(
+                s.name.clone(),
+                serde_json::json!({"dtype": dtype_name(s.kind)?, "shape": s.shape, "data_offsets": [offset, end]}),
+            );
+            offset = end;
+        }
+        let mut text = serde_json::to_string(&header).expect("header serializes");
+        // The format pads the header with spaces to a multiple of 8 bytes.
+        while !text.len().is_multiple_of(8) {
+            text.push(' ');
+        }
+        let file = std::fs::File::create(path).ctx(|| path.display().to_string())?;
+        let mut w = Self {
+            out: std::io::BufWriter::with_capacity(8 << 20, file),
+            path: path.to_path_buf(),
+            specs,
+            next: 0,
+            hasher: sha2::Sha256::new(),
+            written: 0,
+        };
+        w.put(&(text.len() as u64).to_le_bytes())?;
+        w.put(text.as_bytes())?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        use sha2::Digest;
+        use std::io::Write;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        self.out
+            .write_all(bytes)
+            .ctx(|| self.path.display().to_string())
+    }
+
+    /// The next tensor, in the order of the specs.
+    pub fn write(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        let spec = self.specs.get(self.next).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: more tensors than announced ({name})",
+                self.path.display()
+            ))
+        })?;
+        if spec.name != name || spec.kind != t.kind() || spec.shape != t.size() {
+            return Err(Error::Model(format!(
+                "{}: expected {} {:?} {:?} next, got {name} {:?} {:?}",
+                self.path.display(),
+                spec.name,
+                spec.kind,
+                spec.shape,
+                t.kind(),
+                t.size()
+            )));
+        }
+        self.next += 1;
+        let host = t.to_device(tch::Device::Cpu).contiguous();
+        let n = spec.bytes();
+        if n > 0 {
+            // SAFETY: `host` is a contiguous CPU tensor of exactly `n` bytes, alive here.
+            let bytes = unsafe { std::slice::from_raw_parts(host.data_ptr() as *const u8, n) };
+            self.put(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Flush; returns the file's size and sha256.
+    pub fn finish(mut self) -> Result<(u64, String)> {
+        use sha2::Digest;
+        use std::io::Write;
+        if self.next != self.specs.len() {
+            return Err(Error::Model(format!(
+                "{}: {} of {} tensors written",
+                self.path.display(),
+                self.next,
+                self.specs.len()
+            )));
+        }
+        self.out.flush().ctx(|| self.path.display().to_string())?;
+        Ok((self.written, hex::encode(self.hasher.finalize())))
+    }
 }
 
 /// Write named tensors to one safetensors file with HF's `{"format": "pt"}` metadata.
 pub fn tensors_to_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let bytes: Vec<(String, TensorBytes)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), to_bytes(t)?)))
-        .collect::<Result<_>>()?;
-    let views: Vec<(&str, &TensorBytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::tensor::serialize_to_file(views, &Some(meta), path).map_err(|e| {
-        Error::io(
-            path.display().to_string(),
-            std::io::Error::other(e.to_string()),
-        )
-    })
+    let specs = tensors.iter().map(|(n, t)| TensorSpec::of(n, t)).collect();
+    let mut w = SafetensorsWriter::create(path, specs)?;
+    for (n, t) in tensors {
+        w.write(n, t)?;
+    }
+    w.finish().map(|_| ())
+}
+
+/// A safetensors file mapped into memory: tensors (or parts of them) are read without
+/// loading the whole file, so each rank reads only its shard of the optimizer state.
+pub struct SafetensorsFile {
+    map: memmap2::Mmap,
+    data_start: usize,
+    entries: HashMap<String, (Kind, Vec<i64>, usize, usize)>,
+    path: PathBuf,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let bad = |what: String| Error::Checkpoint(format!("{}: {what}", path.display()));
+        let file = std::fs::File::open(path).ctx(|| path.display().to_string())?;
+        // SAFETY: checkpoint files are written once and never modified while read.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ctx(|| path.display().to_string())?;
+        if map.len() < 8 {
+            return Err(bad("too short for a safetensors header".into()));
+        }
+        let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
+        let header: serde_json::Map<String, serde_json::Value> = map
+            .get(8..8 + n)
+            .and_then(|h| serde_json::from_slice(h).ok())
+            .ok_or_else(|| bad("unreadable header".into()))?;
+        let mut entries = HashMap::new();
+        for (name, v) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let kind = v["dtype"]
+                .as_str()
+                .and_then(kind_of)
+                .ok_or_else(|| bad(format!("`{name}` has an unsupported dtype")))?;
+            let shape: Vec<i64> = serde_json::from_value(v["shape"].clone())
+                .map_err(|e| bad(format!("`{name}` shape: {e}")))?;
+            let off: [usize; 2] = serde_json::from_value(v["data_offsets"].clone())
+                .map_err(|e| bad(format!("`{name}` offsets: {e}")))?;
+            if off[1] < off[0] || 8 + n + off[1] > map.len() {
+                return Err(bad(format!("`{name}` lies outside the file")));
+            }
+            entries.insert(name, (kind, shape, off[0], off[1]));
+        }
+        Ok(Self {
+            map,
+            data_start: 8 + n,
+            entries,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Kind and shape of `name`.
+    pub fn spec(&self, name: &str) -> Option<(Kind, &[i64])> {
+        self.entries
+            .get(name)
+            .map(|(k, s, _, _)| (*k, s.as_slice()))
+    }
+
+    /// Elements `start..start + len` of the flattened tensor `name`, as a 1-d CPU tensor.
+    pub fn read_flat(&self, name: &str, start: usize, len: usize) -> Result<Tensor> {
+        let (kind, shape, begin, end) = self.entries.get(name).ok_or_else(|| {
+            Error::Checkpoint(format!("{}: no tensor `{name}`", self.path.display()))
+        })?;
+        let elt = kind.elt_size_in_bytes();
+        let numel = shape.iter().product::<i64>() as usize;
+        if start + len > numel || end - begin != numel * elt {
+            return Err(Error::Checkpoint(format!(
+                "{}: `{name}` has {numel} elements, asked for {start}..{}",
+                self.path.display(),
+                start + len
+            )));
+        }
+        let at = self.data_start + begin + start * elt;
+        Ok(Tensor::from_data_size(
+            &self.map[at..at + len * elt],
+            &[len as i64],
+            *kind,
+        ))
+    }
+
+    /// The whole tensor `name` in its shape.
+    pub fn read(&self, name: &str) -> Result<Tensor> {
+        let (_, shape) = self.spec(name).ok_or_else(|| {
+            Error::Checkpoint(format!("{}: no tensor `{name}`", self.path.display()))
+        })?;
+        let shape = shape.to_vec();
+        let numel = shape.iter().product::<i64>() as usize;
+        Ok(self.read_flat(name, 0, numel)?.view(shape.as_slice()))
+    }
 }
 
 /// Save the variables of `vs` as an HF model directory: `config.json` plus

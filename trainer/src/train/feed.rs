@@ -118,7 +118,7 @@ pub struct Share {
 }
 
 impl Share {
-    fn per_step(&self) -> usize {
+    pub fn per_step(&self) -> usize {
         self.per_rank * self.world
     }
 }

@@ -8,13 +8,19 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::Device;
 
+mod backprop;
 mod feed;
+mod head;
+mod optimizer;
 mod step;
+pub use backprop::BodyPass;
 pub use feed::{epoch_order, Counts, Feed, Share, StepData};
-pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES, LOSS_CHUNK_TOKENS};
+pub use head::LOSS_CHUNK_TOKENS;
+pub use optimizer::{Layout, Optimizer};
+pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
-use crate::config::{Backend, DeviceChoice, Method, TrainConfig};
+use crate::config::{Backend, DeviceChoice, Method, ReduceDtype, TrainConfig};
 use crate::data::{Batch, Example, PreferenceBatch, TokenizeStats};
 use crate::dist::nccl::{self, Nccl};
 use crate::dist::{rendezvous, WorldInfo};
@@ -99,13 +105,32 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             model_config.vocab_size
         )));
     }
+    // The checkpoint to resume from comes first: its global batch decides how many
+    // micro-batches each of this run's ranks accumulates.
+    let resume = if cfg.checkpoint.resume {
+        ckpt.latest()?
+    } else {
+        None
+    };
+    let accumulation = accumulation_steps(cfg, world, resume.as_ref().map(|(_, s)| s), &ckpt)?;
     // Each rank takes `per_rank` units of every step.
     let share = Share {
         rank,
         world,
-        per_rank: h.micro_batch_size * h.gradient_accumulation_steps,
+        per_rank: h.micro_batch_size * accumulation,
     };
     let mut feed = Feed::open(cfg, &tok, share)?;
+    if let (Some((_, saved)), Feed::Stream(_)) = (&resume, &feed) {
+        if saved.world_size != world {
+            return Err(Error::Config(format!(
+                "{} was written by {} ranks, this run has {world}: a streamed dataset deals its blocks to the ranks, \
+                 so the data order depends on their number; resume with {} ranks",
+                ckpt.step_url(saved.step),
+                saved.world_size,
+                saved.world_size
+            )));
+        }
+    }
     let total_steps = feed.total_steps(h, share);
     let adam = AdamWConfig {
         beta1: h.adam_beta1,
@@ -113,13 +138,21 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         eps: h.adam_epsilon,
         weight_decay: h.weight_decay,
     };
-    let mut trainer = Trainer::new(
+    crate::plan::check_before_training(cfg, &model_config, world, accumulation, device)?;
+    let mut trainer = Trainer::with_master_weights(
         &model_config,
-        cfg.model.dtype.kind(),
+        crate::config::kind(cfg.model.dtype),
         device,
         adam,
         h.max_grad_norm,
+        cfg.optimizer.master_weights,
     );
+    trainer.checkpointing = cfg.model.gradient_checkpointing;
+    trainer.reduce_kind = match cfg.distributed.reduce_dtype {
+        ReduceDtype::Float32 => tch::Kind::Float,
+        ReduceDtype::Bfloat16 => tch::Kind::BFloat16,
+    };
+    trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
     let config_hash = cfg.trajectory_hash();
     if let Some(info) = opts.world.as_ref().filter(|w| w.world_size > 1) {
         let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_seconds);
@@ -142,8 +175,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         } else {
             trainer.set_collective(Box::new(peers.ring));
         }
-        trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
         tracing::info!(rank, world_size = world, nccl = use_nccl, "joined the job");
+    }
+    if cfg.shards_optimizer(world) {
+        trainer.shard_optimizer();
+        let l = trainer.opt.layout().expect("sharded");
+        tracing::info!(
+            buckets = l.buckets.len(),
+            shard_elements = l.shard_len(),
+            master_weights = trainer.opt.has_master_weights(),
+            "optimizer state sharded across the ranks (ZeRO-1)"
+        );
     }
 
     let mut state = TrainerState {
@@ -158,32 +200,20 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         config_hash: config_hash.clone(),
         tokenizer: tok.identity.clone(),
         world_size: world,
+        global_batch: Some(share.per_step()),
         tokens_seen: 0,
         losses: vec![],
     };
     let mut run = RunRecord::default();
-    match cfg
-        .checkpoint
-        .resume
-        .then(|| ckpt.latest())
-        .transpose()?
-        .flatten()
-    {
+    match resume {
         Some((dir, saved)) => {
             let url = ckpt.step_url(saved.step);
-            if saved.world_size != world {
-                return Err(Error::Checkpoint(format!(
-                    "{} was written by {} ranks, this run has {world}: resume with the same number of ranks \
-                     (the data order and schedule depend on it), or start a new job from its model files",
-                    url,
-                    saved.world_size
-                )));
-            }
             if saved.config_hash != config_hash
                 || saved.tokenizer != tok.identity
                 || saved.total_steps != total_steps
             {
-                return Err(Error::Checkpoint(format!(
+                // Retrying cannot help: the job's config no longer matches its history.
+                return Err(Error::Config(format!(
                     "{} was written by a run with a different config, tokenizer or data size (config {} vs {}, total steps {} vs {}); \
                      use a new job name or checkpoint.resume=false",
                     url, saved.config_hash, config_hash, saved.total_steps, total_steps
@@ -192,13 +222,21 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             restore(&dir, &trainer.vs, &model_config, &mut trainer.opt, &saved)?;
             tracing::info!(checkpoint = %url, step = saved.step, "resumed");
             run.resumed_from = Some(saved.step);
-            state = saved;
+            state = TrainerState {
+                world_size: world,
+                global_batch: Some(share.per_step()),
+                ..saved
+            };
             run.last_checkpoint = Some(url);
+            // Every rank loaded the same files; broadcasting makes identity a guarantee.
+            trainer.broadcast_weights()?;
         }
-        None => load_model_dir(&model_path, &trainer.vs, &model_config)?,
+        None => {
+            load_model_dir(&model_path, &trainer.vs, &model_config)?;
+            trainer.broadcast_weights()?;
+            trainer.opt.sync_master_from_params();
+        }
     }
-    // Every rank loaded the same files; broadcasting makes identity a guarantee.
-    trainer.broadcast_weights()?;
 
     let progress = Progress::new(opts.progress_bar, rank == 0, total_steps, state.step);
     let reporter = crate::report::Reporter::for_pod(rank, std::time::Duration::from_secs(10));
@@ -262,10 +300,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     &model_config,
                     &tokenizer_path,
                     &trainer.opt,
+                    trainer.comm.as_mut(),
                     &state,
                     cfg.checkpoint.keep,
                 )?;
                 tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
+            } else if trainer.opt.is_sharded() {
+                // Rank 0 gathers the sharded optimizer state from every rank.
+                trainer
+                    .opt
+                    .gather_state(trainer.comm.as_mut(), &mut |_, _| Ok(()))?;
             }
             trainer.comm.barrier()?;
             run.last_checkpoint = Some(ckpt.step_url(state.step));
@@ -442,6 +486,57 @@ impl ModelSource {
             tokenizer,
             _staging: staging,
         })
+    }
+}
+
+/// Micro-batches per rank per step. A fresh run takes the config's; a resumed one
+/// keeps the checkpoint's global batch, so on another number of ranks the
+/// accumulation follows the rank count (and the step boundaries, the data order and
+/// the schedule stay those of the run that wrote it).
+fn accumulation_steps(
+    cfg: &TrainConfig,
+    world: usize,
+    saved: Option<&TrainerState>,
+    ckpt: &CheckpointDir,
+) -> Result<usize> {
+    let h = &cfg.hyperparameters;
+    let Some(s) = saved else {
+        return Ok(h.gradient_accumulation_steps);
+    };
+    let url = ckpt.step_url(s.step);
+    let ours = h.micro_batch_size * h.gradient_accumulation_steps * world;
+    match s.global_batch {
+        None if s.world_size != world => Err(Error::Config(format!(
+            "{url} was written by {} ranks, this run has {world}, and it predates recorded global batches: \
+             resume with {} ranks, or start a new job from its model files",
+            s.world_size, s.world_size
+        ))),
+        None => Ok(h.gradient_accumulation_steps),
+        Some(g) if s.world_size == world && g != ours => Err(Error::Config(format!(
+            "{url} was written with a global batch of {g} (micro batch x accumulation x {world} ranks), \
+             this config makes {ours}: use a new job name or checkpoint.resume=false"
+        ))),
+        Some(_) if s.world_size == world => Ok(h.gradient_accumulation_steps),
+        Some(g) => {
+            let per = h.micro_batch_size * world;
+            if g % per != 0 {
+                return Err(Error::Config(format!(
+                    "{url} was written by {} ranks with a global batch of {g}; {world} ranks x micro batch {} = {per} \
+                     does not divide it, so no accumulation keeps the step boundaries: pick a rank count or \
+                     hyperparameters.micro_batch_size whose product divides {g}",
+                    s.world_size, h.micro_batch_size
+                )));
+            }
+            tracing::info!(
+                checkpoint = %url,
+                from_ranks = s.world_size,
+                to_ranks = world,
+                global_batch = g,
+                gradient_accumulation_steps = g / per,
+                "resuming on another number of ranks: the accumulation follows the rank count"
+            );
+            Ok(g / per)
+        }
     }
 }
 

@@ -1,32 +1,36 @@
 //! One optimizer step: forward and backward over this rank's micro-batches, gradient
-//! all-reduce, clipping, AdamW. Losses are normalised by the token (or pair) counts
-//! of the whole step summed over all ranks, so the all-reduced gradient equals the
+//! reduction, clipping, AdamW. Losses are normalised by the token (or pair) counts
+//! of the whole step summed over all ranks, so the reduced gradient equals the
 //! single-process gradient of the combined batch.
 
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{Batch, PreferenceBatch, IGNORE};
-use crate::dist::{all_reduce_f64, all_reduce_grads, broadcast_params, Collective, Single};
+use super::backprop::BodyPass;
+use super::head;
+use super::optimizer::Optimizer;
+use crate::data::{Batch, PreferenceBatch};
+use crate::dist::{all_reduce_f64, broadcast_params, Collective, Single};
 use crate::error::Result;
-use crate::loss::{orpo_loss, sft_loss, OrpoSums};
-use crate::model::{AttentionMask, ModelConfig, Transformer};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::loss::OrpoSums;
+use crate::model::{ModelConfig, Transformer};
+use crate::optim::AdamWConfig;
 
-/// Positions per LM-head + cross-entropy chunk (see `Trainer::sft_backward`).
-pub const LOSS_CHUNK_TOKENS: usize = 1024;
-
-/// Default gradient bucket for the all-reduce.
+/// Default gradient bucket for the reduction.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
 /// A model with its variables, optimizer and collectives.
 pub struct Trainer {
     pub vs: VarStore,
     pub model: Transformer,
-    pub opt: AdamW,
+    pub opt: Optimizer,
     pub max_grad_norm: f64,
     pub comm: Box<dyn Collective>,
     pub bucket_bytes: usize,
+    /// Recompute each decoder layer in the backward pass (activation checkpointing).
+    pub checkpointing: bool,
+    /// Kind the gradients are summed in across ranks.
+    pub reduce_kind: Kind,
     params: Vec<Tensor>,
 }
 
@@ -42,13 +46,26 @@ pub struct StepResult {
 
 impl Trainer {
     /// A model from `config` with random weights (std 0.02) in `kind` on `device`,
-    /// training alone until `set_collective` joins it to a group.
+    /// training alone until `set_collective` joins it to a group; a kind other than
+    /// fp32 gets fp32 master weights and moments.
     pub fn new(
         config: &ModelConfig,
         kind: Kind,
         device: Device,
         adam: AdamWConfig,
         max_grad_norm: f64,
+    ) -> Self {
+        Self::with_master_weights(config, kind, device, adam, max_grad_norm, true)
+    }
+
+    /// As `new`; `master: false` updates the parameters in their own kind.
+    pub fn with_master_weights(
+        config: &ModelConfig,
+        kind: Kind,
+        device: Device,
+        adam: AdamWConfig,
+        max_grad_norm: f64,
+        master: bool,
     ) -> Self {
         let mut vs = VarStore::new(device);
         let model = Transformer::new(&vs.root(), config);
@@ -58,10 +75,10 @@ impl Trainer {
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .collect();
-        let opt = AdamW::new(named, adam);
+        let opt = Optimizer::new(named, adam, master);
         let params: Vec<Tensor> = opt.params().map(|p| p.shallow_clone()).collect();
         // Every gradient exists (as zeros) from the start, so a rank without data in a
-        // step still contributes a well-formed (zero) gradient to the all-reduce.
+        // step still contributes a well-formed (zero) gradient to the reduction.
         let touch = params
             .iter()
             .map(|p| (p * 0.0).sum(Kind::Float))
@@ -74,6 +91,8 @@ impl Trainer {
             max_grad_norm,
             comm: Box::new(Single),
             bucket_bytes: DEFAULT_BUCKET_BYTES,
+            checkpointing: false,
+            reduce_kind: Kind::Float,
             params,
         }
     }
@@ -82,15 +101,27 @@ impl Trainer {
         self.comm = comm;
     }
 
-    /// Make every rank's weights rank 0's.
+    /// Partition the optimizer state across the ranks of the collective (ZeRO-1).
+    pub fn shard_optimizer(&mut self) {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        self.opt.shard(rank, world, self.bucket_bytes);
+    }
+
+    /// Make every rank's weights rank 0's (and the master weights equal to them).
     pub fn broadcast_weights(&mut self) -> Result<()> {
-        broadcast_params(self.comm.as_mut(), &self.params, 0)
+        broadcast_params(self.comm.as_mut(), &self.params, 0)?;
+        self.opt.sync_master_from_params();
+        Ok(())
     }
 
     fn finish_step(&mut self, lr: f64, mut r: StepResult) -> Result<StepResult> {
-        all_reduce_grads(self.comm.as_mut(), &self.params, self.bucket_bytes)?;
-        r.grad_norm = clip_grad_norm(self.params.iter(), self.max_grad_norm);
-        self.opt.step(lr);
+        r.grad_norm = self.opt.step(
+            self.comm.as_mut(),
+            lr,
+            self.max_grad_norm,
+            self.reduce_kind,
+            self.bucket_bytes,
+        )?;
         self.opt.zero_grad();
         Ok(r)
     }
@@ -116,42 +147,46 @@ impl Trainer {
     }
 
     /// Forward and backward of one SFT micro-batch; returns its share of the loss.
-    ///
-    /// The LM head and cross-entropy run only on positions that take loss (prompt and
-    /// padding are skipped), in chunks of `LOSS_CHUNK_TOKENS`, with the gradient
-    /// flowing back into the hidden states once at the end. Full `[tokens, vocab]`
-    /// logits (and their softmax and gradient) are never alive at once, which is most
-    /// of the activation memory of a small model with a 32k vocabulary.
+    /// The head runs on loss positions only, in chunks (`head::sft`).
     pub fn sft_backward(&self, b: &Batch, step_tokens: i64) -> f64 {
-        let hidden = self
-            .model
-            .hidden_states(&b.input_ids, &b.positions, &b.mask);
-        let detached = hidden.detach().set_requires_grad(true);
-        let h = *hidden.size().last().expect("rank 3");
-        let targets = b.targets.view([-1]);
-        let keep = targets.ne(IGNORE).nonzero().view([-1]);
-        let flat = detached.view([-1, h]);
-        let n = keep.size()[0];
-        let mut loss = 0.0;
-        for start in (0..n).step_by(LOSS_CHUNK_TOKENS) {
-            let len = LOSS_CHUNK_TOKENS.min((n - start) as usize) as i64;
-            // Each chunk selects its own rows, so each backward has its own graph.
-            let rows = keep.narrow(0, start, len);
-            let logits = self.model.lm_head(&flat.index_select(0, &rows));
-            let part = sft_loss(
-                &logits.unsqueeze(0),
-                &targets.index_select(0, &rows).unsqueeze(0),
-                step_tokens,
-            );
-            part.backward();
-            loss += part.double_value(&[]);
-        }
-        let grad = detached.grad();
-        if grad.defined() {
-            // d/d(hidden) of sum(hidden * grad) is grad: one backward through the body.
-            (hidden * grad).sum(Kind::Float).backward();
-        }
+        let body = BodyPass::forward(
+            &self.model,
+            &b.input_ids,
+            &b.positions,
+            &b.layout,
+            self.checkpointing,
+        );
+        let loss = head::sft(&self.model, &body.hidden, &b.targets, step_tokens);
+        body.backward(&self.model);
         loss
+    }
+
+    /// Forward and backward of one micro-batch of pairs; its share of the ORPO loss.
+    pub fn orpo_backward(
+        &self,
+        b: &PreferenceBatch,
+        lambda: f64,
+        step_nll_tokens: i64,
+        step_pairs: i64,
+    ) -> (f64, OrpoSums) {
+        let causal = crate::model::AttentionLayout::Causal;
+        let body = BodyPass::forward(
+            &self.model,
+            &b.input_ids,
+            &b.positions,
+            &causal,
+            self.checkpointing,
+        );
+        let out = head::orpo(
+            &self.model,
+            &body.hidden,
+            b,
+            lambda,
+            step_nll_tokens,
+            step_pairs,
+        );
+        body.backward(&self.model);
+        out
     }
 
     /// ORPO step over this rank's micro-batches of pairs (possibly none).
@@ -170,12 +205,8 @@ impl Trainer {
         let (mut loss, mut tokens) = (0.0, 0i64);
         let mut sums = OrpoSums::default();
         for b in micro {
-            let logits = self
-                .model
-                .forward(&b.input_ids, &b.positions, &AttentionMask::Causal);
-            let (l, s) = orpo_loss(&logits, b, lambda, nll_tokens, pairs);
-            l.backward();
-            loss += l.double_value(&[]);
+            let (l, s) = self.orpo_backward(b, lambda, nll_tokens, pairs);
+            loss += l;
             tokens += b.tokens;
             sums.add(&s);
         }

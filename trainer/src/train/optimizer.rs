@@ -1,0 +1,647 @@
+//! The optimizer of a run: AdamW over the trainable parameters, with fp32 master
+//! weights and moments in mixed precision, replicated on every rank or partitioned
+//! across the ranks (ZeRO stage 1).
+//!
+//! Replicated: gradients are all-reduced, every rank updates every parameter. With
+//! master weights the update runs on fp32 copies and the result is copied to the bf16
+//! parameters; without (fp32 models, or `optimizer.master_weights: false`) the
+//! parameters are updated in place, as `torch.optim.AdamW` does.
+//!
+//! Sharded: the parameters (sorted by name) are laid end to end and cut into buckets
+//! of whole parameters; each bucket is padded to a multiple of the world size and rank
+//! `r` owns the `r`-th equal segment of every bucket. Gradients are reduce-scattered
+//! bucket by bucket into an fp32 gradient shard, each rank updates its segments of the
+//! master weights and moments, and the new parameters are all-gathered. The
+//! checkpointed state is the full per-parameter tensors (`master.<name>`,
+//! `exp_avg.<name>`, `exp_avg_sq.<name>`), whatever the number of ranks, so a run can
+//! resume on another one.
+
+use tch::{Kind, Tensor};
+
+use crate::dist::{all_reduce_f64, all_reduce_grads, Collective};
+use crate::error::{Error, Result};
+use crate::model::{SafetensorsFile, TensorSpec};
+use crate::optim::{adamw_update, clip_grad_norm, AdamWConfig};
+
+pub struct Optimizer {
+    pub config: AdamWConfig,
+    /// Updates applied so far (bias correction uses it).
+    pub step: u64,
+    params: Vec<(String, Tensor)>,
+    /// Kind of the master weights and moments.
+    state_kind: Kind,
+    /// Whether master weights exist apart from the parameters.
+    master: bool,
+    state: State,
+}
+
+enum State {
+    Replicated {
+        /// fp32 copies of the parameters when `master`.
+        master: Vec<Tensor>,
+        exp_avg: Vec<Tensor>,
+        exp_avg_sq: Vec<Tensor>,
+    },
+    Sharded(Sharded),
+}
+
+struct Sharded {
+    layout: Layout,
+    master: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    /// This rank's segments of the reduced gradient, fp32.
+    grad: Tensor,
+}
+
+/// How the parameters are cut into buckets and segments (see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub rank: usize,
+    pub world: usize,
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// (parameter index, offset in the bucket, elements)
+    pub members: Vec<(usize, usize, usize)>,
+    /// Elements of the bucket before padding.
+    pub len: usize,
+    /// Elements per rank (`len` rounded up to the world size, divided by it).
+    pub seg: usize,
+    /// Where this bucket's segment starts in the rank's flat shard.
+    pub shard_offset: usize,
+}
+
+impl Layout {
+    /// Buckets of whole parameters of about `bucket_elems` elements each (a larger
+    /// parameter is a bucket of its own).
+    pub fn new(numels: &[usize], bucket_elems: usize, rank: usize, world: usize) -> Self {
+        let mut buckets: Vec<Bucket> = Vec::new();
+        let mut shard_offset = 0;
+        let mut i = 0;
+        while i < numels.len() {
+            let mut members = Vec::new();
+            let mut len = 0;
+            while i < numels.len() && (members.is_empty() || len + numels[i] <= bucket_elems) {
+                members.push((i, len, numels[i]));
+                len += numels[i];
+                i += 1;
+            }
+            let seg = len.div_ceil(world);
+            buckets.push(Bucket {
+                members,
+                len,
+                seg,
+                shard_offset,
+            });
+            shard_offset += seg;
+        }
+        Self {
+            rank,
+            world,
+            buckets,
+        }
+    }
+
+    /// Elements of one rank's flat shard.
+    pub fn shard_len(&self) -> usize {
+        self.buckets.iter().map(|b| b.seg).sum()
+    }
+}
+
+impl Bucket {
+    fn padded(&self, world: usize) -> usize {
+        self.seg * world
+    }
+
+    /// Pieces of the parameters inside segment `rank`: (parameter index, offset in the
+    /// parameter, offset in the segment, elements).
+    pub fn owned(&self, rank: usize) -> Vec<(usize, usize, usize, usize)> {
+        let (lo, hi) = (rank * self.seg, (rank + 1) * self.seg);
+        self.members
+            .iter()
+            .filter_map(|&(p, off, n)| {
+                let (a, b) = (off.max(lo), (off + n).min(hi));
+                (a < b).then_some((p, a - off, a - lo, b - a))
+            })
+            .collect()
+    }
+}
+
+fn flat(t: &Tensor) -> Tensor {
+    t.view([-1])
+}
+
+impl Optimizer {
+    /// Replicated AdamW over `params` (sorted by name here, so saved state lines up);
+    /// with `master`, fp32 master weights and moments (parameters of another kind are
+    /// copied), otherwise moments of each parameter's kind.
+    pub fn new(mut params: Vec<(String, Tensor)>, config: AdamWConfig, master: bool) -> Self {
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let param_kind = params.first().map(|(_, p)| p.kind()).unwrap_or(Kind::Float);
+        let master = master && param_kind != Kind::Float;
+        let state_kind = if master { Kind::Float } else { param_kind };
+        let masters = if master {
+            tch::no_grad(|| {
+                params
+                    .iter()
+                    .map(|(_, p)| p.detach().to_kind(Kind::Float))
+                    .collect()
+            })
+        } else {
+            Vec::new()
+        };
+        let zeros = |ps: &[(String, Tensor)]| {
+            ps.iter()
+                .map(|(_, p)| p.zeros_like().to_kind(state_kind))
+                .collect()
+        };
+        Self {
+            config,
+            step: 0,
+            state: State::Replicated {
+                master: masters,
+                exp_avg: zeros(&params),
+                exp_avg_sq: zeros(&params),
+            },
+            params,
+            state_kind,
+            master,
+        }
+    }
+
+    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().map(|(_, p)| p)
+    }
+
+    pub fn named_params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    pub fn has_master_weights(&self) -> bool {
+        self.master
+    }
+
+    pub fn is_sharded(&self) -> bool {
+        matches!(self.state, State::Sharded(_))
+    }
+
+    /// The sharded layout, when sharded.
+    pub fn layout(&self) -> Option<&Layout> {
+        match &self.state {
+            State::Sharded(s) => Some(&s.layout),
+            State::Replicated { .. } => None,
+        }
+    }
+
+    /// Partition the state across `world` ranks (ZeRO-1), keeping its values. Call
+    /// before the first step (or restore) on every rank with the same arguments.
+    pub fn shard(&mut self, rank: usize, world: usize, bucket_bytes: usize) {
+        let numels: Vec<usize> = self.params.iter().map(|(_, p)| p.numel()).collect();
+        let bucket_elems = (bucket_bytes / self.state_kind.elt_size_in_bytes()).max(1);
+        let layout = Layout::new(&numels, bucket_elems, rank, world);
+        let device = self.params.first().map(|(_, p)| p.device());
+        let device = device.unwrap_or(tch::Device::Cpu);
+        let n = layout.shard_len() as i64;
+        let mut master = Tensor::zeros([n], (self.state_kind, device));
+        let mut exp_avg = master.zeros_like();
+        let mut exp_avg_sq = master.zeros_like();
+        let State::Replicated {
+            master: m0,
+            exp_avg: a0,
+            exp_avg_sq: s0,
+        } = &self.state
+        else {
+            return;
+        };
+        tch::no_grad(|| {
+            for b in &layout.buckets {
+                for (p, at, off, len) in b.owned(rank) {
+                    let dst =
+                        |t: &mut Tensor| t.narrow(0, (b.shard_offset + off) as i64, len as i64);
+                    let src = |t: &Tensor| flat(t).narrow(0, at as i64, len as i64);
+                    let value = if self.master {
+                        &m0[p]
+                    } else {
+                        &self.params[p].1
+                    };
+                    dst(&mut master).copy_(&src(value));
+                    dst(&mut exp_avg).copy_(&src(&a0[p]));
+                    dst(&mut exp_avg_sq).copy_(&src(&s0[p]));
+                }
+            }
+        });
+        let grad = Tensor::zeros([n], (Kind::Float, device));
+        self.state = State::Sharded(Sharded {
+            layout,
+            master,
+            exp_avg,
+            exp_avg_sq,
+            grad,
+        });
+    }
+
+    pub fn zero_grad(&mut self) {
+        for (_, p) in &mut self.params {
+            p.zero_grad();
+        }
+    }
+
+    /// One optimizer step from the accumulated gradients of this rank: reduce them
+    /// over the ranks (summed in `reduce_kind`), clip to `max_grad_norm` (0: off),
+    /// update with learning rate `lr`. Returns the global gradient norm before clipping.
+    pub fn step(
+        &mut self,
+        comm: &mut dyn Collective,
+        lr: f64,
+        max_grad_norm: f64,
+        reduce_kind: Kind,
+        bucket_bytes: usize,
+    ) -> Result<f64> {
+        self.step += 1;
+        let (step, c) = (self.step, self.config);
+        match &mut self.state {
+            State::Replicated {
+                master,
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let params: Vec<Tensor> =
+                    self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+                all_reduce_grads(comm, &params, bucket_bytes, Some(reduce_kind))?;
+                if master.is_empty() {
+                    // The update of `torch.optim.AdamW` on the parameters themselves.
+                    let norm = clip_grad_norm(params.iter(), max_grad_norm);
+                    for ((p, m), v) in params.iter().zip(exp_avg).zip(exp_avg_sq) {
+                        let g = p.grad();
+                        adamw_update(&mut p.shallow_clone(), &g, m, v, lr, step, &c);
+                    }
+                    return Ok(norm);
+                }
+                let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
+                let norm = global_norm(&grads);
+                let coef = clip_coef(norm, max_grad_norm);
+                for (((p, w), m), v) in params.iter().zip(master).zip(exp_avg).zip(exp_avg_sq) {
+                    let mut g = p.grad().to_kind(Kind::Float);
+                    if coef < 1.0 {
+                        g *= coef;
+                    }
+                    adamw_update(w, &g, m, v, lr, step, &c);
+                    tch::no_grad(|| p.shallow_clone().copy_(w));
+                }
+                Ok(norm)
+            }
+            State::Sharded(s) => {
+                s.step(&self.params, comm, lr, step, &c, max_grad_norm, reduce_kind)
+            }
+        }
+    }
+
+    /// Names, kinds and shapes of the checkpointed state, in the order `gather_state`
+    /// produces it.
+    pub fn state_specs(&self) -> Vec<TensorSpec> {
+        let mut out = Vec::with_capacity(3 * self.params.len());
+        for (name, p) in &self.params {
+            for prefix in self.state_names() {
+                out.push(TensorSpec {
+                    name: format!("{prefix}.{name}"),
+                    kind: self.state_kind,
+                    shape: p.size(),
+                });
+            }
+        }
+        out
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
+        if self.master {
+            &["master", "exp_avg", "exp_avg_sq"]
+        } else {
+            &["exp_avg", "exp_avg_sq"]
+        }
+    }
+
+    /// Hand every state tensor, whole, to `sink` in `state_specs` order. A collective
+    /// when sharded: every rank calls it (the segments are all-gathered bucket by
+    /// bucket), and each gets the full tensors.
+    pub fn gather_state(
+        &self,
+        comm: &mut dyn Collective,
+        sink: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let names = self.state_names();
+        match &self.state {
+            State::Replicated {
+                master,
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                for (i, (name, _)) in self.params.iter().enumerate() {
+                    let mut parts = vec![&exp_avg[i], &exp_avg_sq[i]];
+                    if self.master {
+                        parts.insert(0, &master[i]);
+                    }
+                    for (prefix, t) in names.iter().zip(parts) {
+                        sink(&format!("{prefix}.{name}"), t)?;
+                    }
+                }
+                Ok(())
+            }
+            State::Sharded(s) => {
+                let l = &s.layout;
+                let mut sources = vec![&s.exp_avg, &s.exp_avg_sq];
+                if self.master {
+                    sources.insert(0, &s.master);
+                }
+                for b in &l.buckets {
+                    let mut full = Vec::with_capacity(sources.len());
+                    for src in &sources {
+                        let mut buf = Tensor::zeros(
+                            [b.padded(l.world) as i64],
+                            (self.state_kind, src.device()),
+                        );
+                        tch::no_grad(|| {
+                            buf.narrow(0, (l.rank * b.seg) as i64, b.seg as i64)
+                                .copy_(&src.narrow(0, b.shard_offset as i64, b.seg as i64))
+                        });
+                        comm.all_gather(&mut buf)?;
+                        full.push(buf);
+                    }
+                    for &(p, off, n) in &b.members {
+                        let (name, param) = &self.params[p];
+                        for (prefix, buf) in names.iter().zip(&full) {
+                            let t = buf
+                                .narrow(0, off as i64, n as i64)
+                                .view(param.size().as_slice());
+                            sink(&format!("{prefix}.{name}"), &t)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Restore the state saved by `gather_state` (from any number of ranks); a file
+    /// without master weights (an fp32 run, or an older checkpoint) leaves the master
+    /// weights equal to the loaded parameters.
+    pub fn load_state(&mut self, file: &SafetensorsFile, step: u64) -> Result<()> {
+        let expected: std::collections::HashSet<String> =
+            self.state_specs().into_iter().map(|s| s.name).collect();
+        for name in file.names() {
+            let optional_master = name.starts_with("master.");
+            if !expected.contains(&name) && !optional_master {
+                return Err(Error::Checkpoint(format!(
+                    "optimizer state has `{name}`, which is not a parameter of this model"
+                )));
+            }
+        }
+        for (name, p) in &self.params {
+            for prefix in ["master", "exp_avg", "exp_avg_sq"] {
+                let key = format!("{prefix}.{name}");
+                if prefix == "master" && (!self.master || !file.contains(&key)) {
+                    continue;
+                }
+                match file.spec(&key) {
+                    None => {
+                        return Err(Error::Checkpoint(format!("optimizer state lacks `{key}`")))
+                    }
+                    Some((_, shape)) if shape != p.size().as_slice() => {
+                        return Err(Error::Checkpoint(format!(
+                            "optimizer state `{key}` has shape {shape:?}, expected {:?}",
+                            p.size()
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let master = self.master;
+        match &mut self.state {
+            State::Replicated {
+                master: masters,
+                exp_avg,
+                exp_avg_sq,
+            } => tch::no_grad(|| -> Result<()> {
+                for (i, (name, p)) in self.params.iter().enumerate() {
+                    exp_avg[i].copy_(&file.read(&format!("exp_avg.{name}"))?);
+                    exp_avg_sq[i].copy_(&file.read(&format!("exp_avg_sq.{name}"))?);
+                    if master {
+                        let key = format!("master.{name}");
+                        if file.contains(&key) {
+                            masters[i].copy_(&file.read(&key)?);
+                        } else {
+                            masters[i].copy_(p);
+                        }
+                    }
+                }
+                Ok(())
+            })?,
+            State::Sharded(s) => tch::no_grad(|| -> Result<()> {
+                let l = &s.layout;
+                for b in &l.buckets {
+                    for (p, at, off, len) in b.owned(l.rank) {
+                        let name = &self.params[p].0;
+                        let o = (b.shard_offset + off) as i64;
+                        for (prefix, dst) in [
+                            ("exp_avg", &mut s.exp_avg),
+                            ("exp_avg_sq", &mut s.exp_avg_sq),
+                        ] {
+                            dst.narrow(0, o, len as i64).copy_(&file.read_flat(
+                                &format!("{prefix}.{name}"),
+                                at,
+                                len,
+                            )?);
+                        }
+                        if master {
+                            let key = format!("master.{name}");
+                            let src = if file.contains(&key) {
+                                file.read_flat(&key, at, len)?
+                            } else {
+                                flat(&self.params[p].1).narrow(0, at as i64, len as i64)
+                            };
+                            s.master.narrow(0, o, len as i64).copy_(&src);
+                        }
+                    }
+                }
+                Ok(())
+            })?,
+        }
+        if !master {
+            // Without master weights the sharded values are the parameters (just loaded).
+            if let State::Sharded(s) = &mut self.state {
+                let l = &s.layout;
+                tch::no_grad(|| {
+                    for b in &l.buckets {
+                        for (p, at, off, len) in b.owned(l.rank) {
+                            s.master
+                                .narrow(0, (b.shard_offset + off) as i64, len as i64)
+                                .copy_(&flat(&self.params[p].1).narrow(0, at as i64, len as i64));
+                        }
+                    }
+                });
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// After the model weights were replaced (loaded from files, broadcast from rank
+    /// 0), make the master weights equal to them again.
+    pub fn sync_master_from_params(&mut self) {
+        let params = &self.params;
+        tch::no_grad(|| match &mut self.state {
+            State::Replicated { master, .. } => {
+                for (w, (_, p)) in master.iter_mut().zip(params) {
+                    w.copy_(p);
+                }
+            }
+            State::Sharded(s) => {
+                let l = &s.layout;
+                for b in &l.buckets {
+                    for (p, at, off, len) in b.owned(l.rank) {
+                        s.master
+                            .narrow(0, (b.shard_offset + off) as i64, len as i64)
+                            .copy_(&flat(&params[p].1).narrow(0, at as i64, len as i64));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Global L2 norm of `grads`, each taken in fp32.
+fn global_norm(grads: &[Tensor]) -> f64 {
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .filter(|g| g.defined())
+        .map(|g| g.to_kind(Kind::Float).norm())
+        .collect();
+    if norms.is_empty() {
+        return 0.0;
+    }
+    Tensor::stack(&norms, 0).norm().double_value(&[])
+}
+
+/// The factor that brings a gradient of norm `norm` to `max_norm` (1 when it is below).
+fn clip_coef(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+impl Sharded {
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        params: &[(String, Tensor)],
+        comm: &mut dyn Collective,
+        lr: f64,
+        step: u64,
+        c: &AdamWConfig,
+        max_grad_norm: f64,
+        reduce_kind: Kind,
+    ) -> Result<f64> {
+        let l = &self.layout;
+        for b in &l.buckets {
+            let mut parts: Vec<Tensor> = b
+                .members
+                .iter()
+                .map(|&(p, _, _)| flat(&params[p].1.grad()).to_kind(reduce_kind))
+                .collect();
+            let pad = b.padded(l.world) - b.len;
+            if pad > 0 {
+                parts.push(Tensor::zeros(
+                    [pad as i64],
+                    (reduce_kind, self.grad.device()),
+                ));
+            }
+            let mut buf = Tensor::cat(&parts, 0);
+            drop(parts);
+            comm.reduce_scatter_sum(&mut buf)?;
+            tch::no_grad(|| {
+                self.grad
+                    .narrow(0, b.shard_offset as i64, b.seg as i64)
+                    .copy_(&buf.narrow(0, (l.rank * b.seg) as i64, b.seg as i64))
+            });
+        }
+        let local = self.grad.square().sum(Kind::Double).double_value(&[]);
+        let norm = all_reduce_f64(comm, &[local])?[0].sqrt();
+        let coef = clip_coef(norm, max_grad_norm);
+        if coef < 1.0 {
+            tch::no_grad(|| {
+                let _ = self.grad.g_mul_scalar_(coef);
+            });
+        }
+        // Bucket by bucket, so the update's temporaries stay bucket-sized.
+        for b in &l.buckets {
+            let part = |t: &Tensor| t.narrow(0, b.shard_offset as i64, b.seg as i64);
+            let g = part(&self.grad).to_kind(self.master.kind());
+            adamw_update(
+                &mut part(&self.master),
+                &g,
+                &mut part(&self.exp_avg),
+                &mut part(&self.exp_avg_sq),
+                lr,
+                step,
+                c,
+            );
+        }
+        for b in &l.buckets {
+            let kind = params[b.members[0].0].1.kind();
+            let mut buf = Tensor::zeros([b.padded(l.world) as i64], (kind, self.master.device()));
+            tch::no_grad(|| {
+                buf.narrow(0, (l.rank * b.seg) as i64, b.seg as i64)
+                    .copy_(&self.master.narrow(0, b.shard_offset as i64, b.seg as i64))
+            });
+            comm.all_gather(&mut buf)?;
+            tch::no_grad(|| {
+                for &(p, off, n) in &b.members {
+                    flat(&params[p].1).copy_(&buf.narrow(0, off as i64, n as i64));
+                }
+            });
+        }
+        Ok(norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_of_every_rank_cover_each_bucket_once() {
+        let numels = [5usize, 3, 17, 2, 2, 9];
+        for world in 1..5 {
+            let layouts: Vec<Layout> = (0..world)
+                .map(|r| Layout::new(&numels, 8, r, world))
+                .collect();
+            let mut covered = vec![vec![0u32; 0]; numels.len()];
+            for (p, n) in numels.iter().enumerate() {
+                covered[p] = vec![0; *n];
+            }
+            for l in &layouts {
+                for b in &l.buckets {
+                    for (p, at, _, len) in b.owned(l.rank) {
+                        for c in &mut covered[p][at..at + len] {
+                            *c += 1;
+                        }
+                    }
+                }
+            }
+            assert!(
+                covered.iter().flatten().all(|&c| c == 1),
+                "world {world}: {covered:?}"
+            );
+            // A parameter larger than a bucket is a bucket of its own.
+            assert!(layouts[0]
+                .buckets
+                .iter()
+                .any(|b| b.members.len() == 1 && b.len == 17));
+        }
+    }
+}
