@@ -13,6 +13,9 @@ use tokenizers::{
 
 use crate::error::{Error, Result};
 
+/// A token's byte range in the text it came from.
+pub type Span = (usize, usize);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: i64,
@@ -62,6 +65,25 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Data(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// Token ids of `text` with each token's byte range in `text` (no special tokens).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<i64>, Vec<Span>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Data(format!("tokenizer: {e}")))?;
+        Ok((
+            enc.get_ids().iter().map(|&i| i as i64).collect(),
+            enc.get_offsets().to_vec(),
+        ))
+    }
+
+    /// The vocabulary's spelling of token `id` (`▁The`, `<0x0A>`, `Ġthe`).
+    pub fn token(&self, id: i64) -> String {
+        self.inner
+            .id_to_token(id as u32)
+            .unwrap_or_else(|| format!("<{id}?>"))
     }
 
     pub fn decode(&self, ids: &[i64]) -> Result<String> {

@@ -1,8 +1,8 @@
 //! Records to token ids with a loss boundary, applying the truncation policy and
 //! counting what it did.
 
-use super::format::PromptFormat;
 use super::records::{PreferenceRecord, SftRecord};
+use super::PromptFormat;
 use crate::config::Truncation;
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
@@ -54,30 +54,61 @@ enum Fit {
     Dropped,
 }
 
+/// Token ids of a prompt and a response as the tokenizer gives them for the *joint*
+/// text (`BOS + encode(prompt + response)`, as Hugging Face tokenizes the formatted
+/// conversation), cut where the response starts: the first token that ends past the
+/// prompt's last byte (or starts at or after it) is the response's first token.
+/// Encoding the two apart differs for SentencePiece-style tokenizers, which add a
+/// word-start marker at the start of every separately encoded string.
+pub fn encode_joint(tok: &Tokenizer, prompt: &str, response: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+    let boundary = prompt.len();
+    let (ids, offsets) = tok.encode_with_offsets(&format!("{prompt}{response}"))?;
+    let cut = offsets
+        .iter()
+        .position(|&(start, end)| end > boundary || start >= boundary)
+        .unwrap_or(ids.len());
+    let mut p = Vec::with_capacity(cut + 1);
+    p.push(tok.bos_id);
+    p.extend_from_slice(&ids[..cut]);
+    Ok((p, ids[cut..].to_vec()))
+}
+
 impl Tokenization<'_> {
-    fn prompt(&self, system: &str, prompt: &str) -> Result<Vec<i64>> {
-        let mut t = vec![self.tok.bos_id];
-        t.extend(self.tok.encode(&self.format.prompt(system, prompt))?);
-        Ok(t)
+    /// `BOS + prompt` and the response's tokens, from the joint text.
+    fn encode(&self, system: &str, prompt: &str, response: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+        encode_joint(
+            self.tok,
+            &self.format.prompt(system, prompt),
+            &self.format.response(response),
+        )
     }
 
-    fn fit(&self, prompt: &[i64], response: &str) -> Result<Fit> {
-        let mut resp = self.tok.encode(&self.format.response(response))?;
+    fn fit(&self, prompt: &[i64], mut resp: Vec<i64>) -> Fit {
         resp.push(self.tok.eos_id);
         let whole = prompt.len() + resp.len() <= self.max_len;
         let room = self.max_len.saturating_sub(prompt.len());
         if !whole && (self.policy == Truncation::Drop || room < self.min_response.max(1)) {
-            return Ok(Fit::Dropped);
+            return Fit::Dropped;
         }
         resp.truncate(room);
         let ex = Example {
             tokens: [prompt, &resp].concat(),
             prompt_len: prompt.len(),
         };
-        Ok(if whole {
+        if whole {
             Fit::Whole(ex)
         } else {
             Fit::Truncated(ex)
+        }
+    }
+
+    /// One SFT record as an example (or dropped), for `janus data inspect`.
+    pub fn sft_one(&self, r: &SftRecord) -> Result<Option<(Example, bool)>> {
+        let (p, resp) = self.encode(&r.system, &r.prompt, &r.output)?;
+        Ok(match self.fit(&p, resp) {
+            Fit::Whole(e) => Some((e, false)),
+            Fit::Truncated(e) => Some((e, true)),
+            Fit::Dropped => None,
         })
     }
 
@@ -85,7 +116,8 @@ impl Tokenization<'_> {
         let mut stats = TokenizeStats::default();
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            match self.fit(&self.prompt(&r.system, &r.prompt)?, &r.output)? {
+            let (p, resp) = self.encode(&r.system, &r.prompt, &r.output)?;
+            match self.fit(&p, resp) {
                 Fit::Whole(e) => {
                     stats.kept += 1;
                     out.push(e)
@@ -105,11 +137,9 @@ impl Tokenization<'_> {
         let mut stats = TokenizeStats::default();
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            let prompt = self.prompt(&r.system, &r.prompt)?;
-            match (
-                self.fit(&prompt, &r.chosen)?,
-                self.fit(&prompt, &r.rejected)?,
-            ) {
+            let (pc, c) = self.encode(&r.system, &r.prompt, &r.chosen)?;
+            let (pr, rj) = self.encode(&r.system, &r.prompt, &r.rejected)?;
+            match (self.fit(&pc, c), self.fit(&pr, rj)) {
                 (Fit::Dropped, _) | (_, Fit::Dropped) => stats.dropped += 1,
                 (Fit::Whole(chosen), Fit::Whole(rejected)) => {
                     stats.kept += 1;
