@@ -31,7 +31,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit bench bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo
+.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -82,6 +82,12 @@ bench-scaling: build
 
 bench-checkpoint: build $(VERSITYGW)
 	$(PY) bench/checkpoint_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
+
+# A stripped `janus` for a GPU machine without Rust (bench/gpu_check.sh; the device tool
+# carries at most 64 MiB of working tree).
+gpu-bundle: build
+	mkdir -p target/gpu
+	strip -o target/gpu/janus $(TARGET_DIR)/release/janus
 
 clean-demo:
 	rm -rf target/janus-demo

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a machine with an NVIDIA GPU, PyTorch 2.11 (CUDA 13) and the
-# NCCL wheel, but no Rust toolchain: build `janus` elsewhere and bring it along.
+# NCCL wheel, but no Rust toolchain: build `janus` elsewhere and bring a stripped copy
+# (`make gpu-bundle` writes target/gpu/janus, ~30 MB; the device tool carries at most
+# 64 MiB of working tree, and the unstripped binary is ~230 MB).
 #
-#   bench/gpu_check.sh [path/to/janus]
+#   bench/gpu_check.sh [path/to/janus]            # default target/gpu/janus
 #
-# 1. a real NCCL communicator at world size 1 (unique id, init, all-reduce of the
-#    gradient buckets) driving bf16 training steps on CUDA;
-# 2. tokens/s and MFU (6 x params x tokens / peak bf16 FLOP/s) of a ~1.1B-parameter
-#    Llama-style model at seq 2048, ours and PyTorch eager (transformers) side by side.
+# 1. NCCL for real at world size 1: reduce-scatter and all-gather checked against their
+#    definitions, all-reduce timed (algorithm bandwidth; bus bandwidth needs 2+ GPUs);
+# 2. the recipe's shape: 4 layers of Mistral-7B (hidden 4096, 14336, 32/8 heads, vocab
+#    32000), bf16 + fp32 master weights + gradient checkpointing + packed rows through
+#    flash attention's varlen kernel + ZeRO-1 through a real NCCL communicator, seq 8192
+#    x micro batch 2: tokens/s, MFU and peak device memory next to the memory plan;
+# 3. a ~1.1B Llama-style model at seq 2048 in bf16, ours and PyTorch eager (transformers)
+#    side by side: tokens/s, MFU (6N + attention FLOPs over the device's peak), peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-JANUS=${1:-target/release/janus}
+JANUS=${1:-target/gpu/janus}
 PY=${PYTHON:-python3}
 PEAK=${PEAK_TFLOPS:-989}   # H100 / H200 SXM dense bf16
 TORCH_LIB=$($PY -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
@@ -19,13 +25,36 @@ NCCL_LIB=$($PY -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl._
 SHIM=$(mktemp -d)
 ln -sf "$NCCL_LIB/libnccl.so.2" "$SHIM/libnccl.so"
 export LD_LIBRARY_PATH="$SHIM:$TORCH_LIB:$NCCL_LIB:${LD_LIBRARY_PATH:-}"
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-echo "== NCCL (world size 1) + bf16 steps, tiny benchmark model"
-"$JANUS" bench-train --nccl --dtype bfloat16 --steps 5 --warmup 2 --peak-tflops "$PEAK"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+# Peak device memory of a command: nvidia-smi sampled every 100 ms while it runs.
+peak_mem() {
+  local log=$OUT/mem-$1.log; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$log" &
+  local smi=$!
+  "$@"; local rc=$?
+  kill "$smi" 2>/dev/null || true; wait "$smi" 2>/dev/null || true
+  echo "peak_device_memory_mib=$(sort -n "$log" | tail -1)"
+  return $rc
+}
+
+echo "== 1. NCCL at world size 1: reduce-scatter / all-gather checked, all-reduce timed"
+"$JANUS" launch --nproc 1 -- bench-allreduce --nccl --sizes-mib 16,64,256 | tee "$OUT/nccl.jsonl"
+
+RECIPE=(--layers 4 --hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --vocab 32000
+        --seq 8192 --batch 2 --packed 4 --dtype bfloat16 --checkpointing)
+echo "== 2. recipe shape: 4 Mistral-7B layers, bf16 + fp32 master + checkpointing + varlen packing + ZeRO-1 over NCCL"
+peak_mem recipe "$JANUS" bench-train --nccl --zero "${RECIPE[@]}" --steps 5 --warmup 2 --peak-tflops "$PEAK" \
+  | tee "$OUT/recipe.json"
 
 SHAPE=(--layers 22 --hidden 2048 --intermediate 5632 --heads 32 --kv-heads 4 --vocab 32000 --seq 2048 --batch 4)
-echo "== ~1.1B Llama-style, seq 2048, bf16: janus (NCCL all-reduce of every gradient bucket)"
-"$JANUS" bench-train --nccl --dtype bfloat16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK"
-echo "== same shape: PyTorch eager (transformers, torch.optim.AdamW)"
-$PY bench/train_bench.py --torch-worker --device cuda --bf16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK"
+echo "== 3a. ~1.1B Llama-style, seq 2048, bf16 + fp32 master: janus"
+peak_mem janus1b "$JANUS" bench-train --nccl --dtype bfloat16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK" \
+  | tee "$OUT/janus-1b.json"
+echo "== 3b. same shape: PyTorch eager (transformers, bf16 weights, torch.optim.AdamW)"
+peak_mem torch1b $PY bench/train_bench.py --torch-worker --device cuda --bf16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK" \
+  | tee "$OUT/torch-1b.json"
+echo "results in $OUT"

@@ -56,7 +56,8 @@ def torch_worker(a):
     tps = a.seq * a.batch / mean
     print(json.dumps({
         "device": a.device, "dtype": str(dtype),
-        "mfu": 6 * params * tps / (a.peak_tflops * 1e12) if a.device == "cuda" else None,
+        # 6N plus causal attention (forward + backward), as janus bench-train counts.
+        "mfu": (6 * params + 6 * a.layers * a.hidden * a.seq) * tps / (a.peak_tflops * 1e12) if a.device == "cuda" else None,
         "impl": "pytorch-eager", "params": params,
         "threads": torch.get_num_threads(), "step_seconds": times,
         "tokens_per_second": tps,

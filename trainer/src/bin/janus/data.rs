@@ -68,6 +68,23 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 180)]
         retry_timeout_seconds: u64,
     },
+    /// Show how a training config formats and tokenises its first records: the token
+    /// ids and pieces, and which take loss (a `|` marks where the response starts).
+    Inspect {
+        /// Config file (as for `train`).
+        #[arg(long, env = "JANUS_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        #[arg(long)]
+        preset: Option<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Records to show.
+        #[arg(short = 'n', long, default_value_t = 3)]
+        records: usize,
+        /// One JSON object per sequence instead of the text view.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -117,6 +134,13 @@ fn drain<T: DeserializeOwned + Send + 'static>(
 
 pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
     match cmd {
+        DataCommand::Inspect {
+            config,
+            preset,
+            overrides,
+            records,
+            json,
+        } => inspect(config, preset, overrides, records, json),
         DataCommand::Shard {
             input,
             output,
@@ -207,7 +231,7 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                     serde_json::json!({
                         "dataset": data.url(), "raw": true, "bytes": bytes, "seconds": secs,
                         "mb_per_second": bytes as f64 / secs / 1e6,
-                        "peak_rss_mib": crate::peak_rss_mib(),
+                        "peak_rss_mib": crate::bench::peak_rss_mib(),
                     })
                 );
                 return Ok(());
@@ -242,11 +266,93 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                         "samples_per_second": n as f64 / secs,
                         "mb_per_second": fetched as f64 / secs / 1e6,
                         "decoded_mb_per_second": decoded / secs / 1e6,
-                        "peak_rss_mib": crate::peak_rss_mib(),
+                        "peak_rss_mib": crate::bench::peak_rss_mib(),
                     })
                 );
             }
             Ok(())
         }
     }
+}
+
+fn inspect(
+    config: Option<std::path::PathBuf>,
+    preset: Option<String>,
+    overrides: Vec<String>,
+    records: usize,
+    json: bool,
+) -> Result<()> {
+    let cfg =
+        janus::config::TrainConfig::resolve(preset.as_deref(), config.as_deref(), &overrides)?;
+    let tok_path = cfg
+        .model
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| cfg.model.path.join("tokenizer.json"));
+    if janus::storage::is_url(&tok_path.to_string_lossy()) {
+        return Err(Error::Config(format!(
+            "{}: `data inspect` reads a local tokenizer; set model.tokenizer to a local tokenizer.json",
+            tok_path.display()
+        )));
+    }
+    let tok = janus::tokenizer::Tokenizer::from_file(&tok_path)?;
+    let seqs = janus::data::inspect::inspect(&cfg, &tok, records)?;
+    let mut out = std::io::stdout().lock();
+    for s in &seqs {
+        let line = if json {
+            serde_json::to_string(s).expect("serializes")
+        } else {
+            render(s, &tok)
+        };
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn render(s: &janus::data::inspect::Inspected, tok: &janus::tokenizer::Tokenizer) -> String {
+    let Some(tokens) = &s.tokens else {
+        return format!(
+            "== {} ({}): dropped by the truncation policy\n",
+            s.location, s.part
+        );
+    };
+    let ids = |loss: bool| -> Vec<i64> {
+        tokens
+            .iter()
+            .filter(|t| t.loss == loss)
+            .map(|t| t.id)
+            .collect()
+    };
+    let text = |v: Vec<i64>| tok.decode(&v).unwrap_or_default();
+    let mut r = format!(
+        "== {} ({}): {} tokens, {} prompt (no loss) + {} response (loss){}\n",
+        s.location,
+        s.part,
+        tokens.len(),
+        s.prompt_tokens,
+        s.response_tokens,
+        if s.truncated {
+            ", response truncated"
+        } else {
+            ""
+        }
+    );
+    r += &format!(
+        "-- prompt --\n{}\n-- response --\n{}\n-- tokens --\n",
+        text(ids(false)),
+        text(ids(true))
+    );
+    let pieces: Vec<String> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mark = if i == s.prompt_tokens { "| " } else { "" };
+            format!("{mark}{}:{}", t.id, t.piece)
+        })
+        .collect();
+    r += &pieces.join(" ");
+    r.push('\n');
+    r
 }

@@ -1,0 +1,511 @@
+//! Benchmarks run by `bench/*.py`: training steps, the ring all-reduce, checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use janus::data::{Batch, Example};
+use janus::dist::env::Role;
+use janus::dist::nccl::{self, Nccl};
+use janus::dist::{rendezvous, Collective};
+use janus::model::ModelConfig;
+use janus::optim::AdamWConfig;
+use janus::plan::{Plan, Target};
+use janus::train::Trainer;
+use janus::{Error, Result};
+
+use crate::DtypeArg;
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 688)]
+    intermediate: usize,
+    #[arg(long, default_value_t = 8)]
+    heads: usize,
+    #[arg(long, default_value_t = 4)]
+    kv_heads: usize,
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, value_enum, default_value = "float32")]
+    dtype: DtypeArg,
+    /// Use a real NCCL communicator even alone (CUDA; checks the NCCL path end to end).
+    #[arg(long)]
+    nccl: bool,
+    /// Peak dense bf16 TFLOP/s of the GPU, for MFU (H100/H200 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
+    /// Recompute each layer in the backward pass.
+    #[arg(long)]
+    checkpointing: bool,
+    /// Update bf16 weights in place (no fp32 master weights): the old behaviour.
+    #[arg(long)]
+    no_master_weights: bool,
+    /// ZeRO-1 across the ranks of `janus launch`.
+    #[arg(long)]
+    zero: bool,
+    /// Pack each row with this many sequences (exercises the varlen attention path).
+    #[arg(long, default_value_t = 1)]
+    packed: usize,
+    /// Where to run (auto: CUDA when available).
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args)]
+pub struct BenchAllreduceArgs {
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    sizes_mib: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// NCCL on CUDA tensors (one GPU per rank; a world of one checks the calls).
+    #[arg(long)]
+    nccl: bool,
+}
+
+#[derive(Args)]
+pub struct BenchCheckpointArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    dir: String,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+pub fn train(a: BenchTrainArgs) -> Result<()> {
+    let cfg = ModelConfig::small(
+        "mistral",
+        a.vocab,
+        a.hidden,
+        a.intermediate,
+        a.layers,
+        a.heads,
+        a.kv_heads,
+    );
+    let device = match a.device {
+        DeviceArg::Auto => tch::Device::cuda_if_available(),
+        DeviceArg::Cpu => tch::Device::Cpu,
+        DeviceArg::Cuda => tch::Device::Cuda(0),
+    };
+    if a.packed == 0 || !a.seq.is_multiple_of(a.packed) {
+        return Err(Error::Config(format!(
+            "--packed {} must divide --seq {}",
+            a.packed, a.seq
+        )));
+    }
+    let opts = BenchTrainOpts {
+        seq: a.seq,
+        batch: a.batch,
+        steps: a.steps,
+        warmup: a.warmup,
+        dtype: a.dtype,
+        nccl: a.nccl,
+        peak_tflops: a.peak_tflops,
+        checkpointing: a.checkpointing,
+        master_weights: !a.no_master_weights,
+        zero: a.zero,
+        packed: a.packed,
+        device,
+    };
+    bench_train(&cfg, &opts)
+}
+
+pub fn allreduce(a: BenchAllreduceArgs) -> Result<()> {
+    bench_allreduce(&a.sizes_mib, a.iters, a.warmup, a.nccl)
+}
+
+pub fn checkpoint(a: BenchCheckpointArgs) -> Result<()> {
+    bench_checkpoint(&a.model, &a.dir, a.reps)
+}
+
+struct BenchTrainOpts {
+    seq: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    dtype: DtypeArg,
+    nccl: bool,
+    peak_tflops: f64,
+    checkpointing: bool,
+    master_weights: bool,
+    zero: bool,
+    packed: usize,
+    device: tch::Device,
+}
+
+/// Resident set size of this process now and at its peak, from /proc (bytes).
+fn rss_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Peak resident set size of this process, MiB.
+pub fn peak_rss_mib() -> f64 {
+    rss_bytes().1 as f64 / (1u64 << 20) as f64
+}
+
+/// The trainer config a benchmark run corresponds to, for its memory plan.
+fn plan_config(o: &BenchTrainOpts) -> Result<janus::config::TrainConfig> {
+    let set = [
+        format!("model.dtype={}", o.dtype.dtype().as_str()),
+        format!("model.gradient_checkpointing={}", o.checkpointing),
+        format!("optimizer.master_weights={}", o.master_weights),
+        format!("distributed.shard_optimizer={}", o.zero),
+        format!("hyperparameters.micro_batch_size={}", o.batch),
+        format!("data.max_seq_len={}", o.seq),
+        format!("data.packing={}", o.packed > 1),
+        format!(
+            "model.device={}",
+            if o.device.is_cuda() { "cuda" } else { "cpu" }
+        ),
+    ];
+    Ok(janus::config::TrainConfig::resolve(
+        Some("tiny"),
+        None,
+        &set,
+    )?)
+}
+
+fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
+    let BenchTrainOpts {
+        seq,
+        batch,
+        steps,
+        warmup,
+        device,
+        ..
+    } = *o;
+    let kind = o.dtype.kind();
+    tch::manual_seed(0);
+    let adam = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let seg = seq / o.packed;
+    let examples: Vec<Example> = (0..batch * o.packed)
+        .map(|_| {
+            let t = tch::Tensor::randint(
+                cfg.vocab_size as i64,
+                [seg as i64 + 1],
+                (tch::Kind::Int64, tch::Device::Cpu),
+            );
+            Example {
+                tokens: Vec::<i64>::try_from(t).expect("int64 tokens"),
+                prompt_len: 1,
+            }
+        })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let (rss_before, _) = rss_bytes();
+    let mut trainer = Trainer::with_master_weights(cfg, kind, device, adam, 1.0, o.master_weights);
+    trainer.checkpointing = o.checkpointing;
+    // Under `janus launch` every rank trains its own batch, data-parallel.
+    let rank = match Role::from_env()? {
+        Role::Rank(info) if info.world_size > 1 || o.nccl => {
+            let id = if o.nccl && info.rank == 0 {
+                Some(nccl::unique_id()?)
+            } else {
+                None
+            };
+            let peers = rendezvous(&info, "bench", std::time::Duration::from_secs(120), id)?;
+            if o.nccl {
+                let id = peers.blob.unwrap_or_default();
+                trainer.set_collective(Box::new(Nccl::new(
+                    info.rank,
+                    info.world_size,
+                    info.local_rank,
+                    &id,
+                )?));
+            } else {
+                trainer.set_collective(Box::new(peers.ring));
+            }
+            info.rank
+        }
+        _ => 0,
+    };
+    let world = trainer.comm.world_size();
+    // A real communicator shards even alone (one segment), so a one-GPU check runs
+    // NCCL's reduce-scatter and all-gather.
+    let zero = o.zero && !trainer.comm.is_noop();
+    if zero {
+        trainer.shard_optimizer();
+    }
+    let plan = Plan::new(
+        &plan_config(o)?,
+        cfg,
+        world,
+        if device.is_cuda() {
+            Target::Cuda
+        } else {
+            Target::Cpu
+        },
+    );
+    let mut times = Vec::new();
+    let mut cuda_used = 0u64;
+    for i in 0..warmup + steps {
+        let b = if o.packed > 1 {
+            let rows: Vec<Vec<&Example>> = refs.chunks(o.packed).map(|c| c.to_vec()).collect();
+            Batch::packed(&rows, 2, device)
+        } else {
+            Batch::unpacked(&refs, 2, device)
+        };
+        let t = Instant::now();
+        let r = trainer.sft_step(std::slice::from_ref(&b), 1e-4)?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+            cuda_used = cuda_used.max(cuda_used_bytes());
+        }
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        if !r.loss.is_finite() {
+            return Err(Error::Data(format!(
+                "non-finite loss {} at bench step {i}",
+                r.loss
+            )));
+        }
+    }
+    let (_, peak) = rss_bytes();
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let tokens_per_second = (seq * batch * world) as f64 / mean;
+    // Model FLOPs per token: 6 x parameters plus causal attention within each
+    // sequence (forward + backward: 6 x layers x q-width x sequence length), as
+    // torchtitan and Megatron count them; the recomputation of checkpointing is not
+    // model FLOPs.
+    let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
+    let flops_per_token =
+        6.0 * cfg.num_parameters() as f64 + 6.0 * cfg.num_hidden_layers as f64 * q * seg as f64;
+    let mfu = device
+        .is_cuda()
+        .then(|| flops_per_token * tokens_per_second / world as f64 / (o.peak_tflops * 1e12));
+    let out = serde_json::json!({
+        "impl": "janus", "params": cfg.num_parameters(), "seq": seq, "batch": batch, "ranks": world,
+        "packed": o.packed, "checkpointing": o.checkpointing, "master_weights": o.master_weights,
+        "zero": zero,
+        "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
+        "threads": tch::get_num_threads(), "step_seconds": times,
+        "tokens_per_second": tokens_per_second, "mfu": mfu,
+        "peak_rss_mib": peak as f64 / (1u64 << 20) as f64,
+        "peak_rss_increase_bytes": peak.saturating_sub(rss_before),
+        "cuda_used_bytes": device.is_cuda().then_some(cuda_used),
+        "plan_bytes": plan.total(),
+    });
+    if rank == 0 {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// Device memory in use (total - free) on CUDA device 0.
+fn cuda_used_bytes() -> u64 {
+    janus::plan::cuda_memory(0)
+        .map(|(free, total)| total - free)
+        .unwrap_or(0)
+}
+
+/// Time the ring all-reduce at several sizes (f32). Bus bandwidth as NCCL reports it:
+/// bytes * 2 (n - 1) / n / seconds.
+/// Check reduce-scatter and all-gather against their definitions (the ZeRO-1 path):
+/// rank r contributes r + 1 everywhere, so segment r sums to world (world + 1) / 2.
+fn check_collectives(comm: &mut dyn Collective, device: tch::Device) -> Result<()> {
+    let (w, r) = (comm.world_size(), comm.rank());
+    let seg = 1000i64;
+    let n = seg * w as i64;
+    let mut t = tch::Tensor::full([n], (r + 1) as f64, (tch::Kind::Float, device));
+    comm.reduce_scatter_sum(&mut t)?;
+    let want = (w * (w + 1) / 2) as f64;
+    let got = t.narrow(0, r as i64 * seg, seg).to_device(tch::Device::Cpu);
+    if got.ne(want).any().int64_value(&[]) != 0 {
+        return Err(Error::Data(format!(
+            "reduce-scatter: rank {r}'s segment is not {want}"
+        )));
+    }
+    let mut g = tch::Tensor::zeros([n], (tch::Kind::BFloat16, device));
+    let _ = g.narrow(0, r as i64 * seg, seg).fill_((r + 1) as f64);
+    comm.all_gather(&mut g)?;
+    let want = tch::Tensor::arange(w as i64, (tch::Kind::Float, tch::Device::Cpu))
+        .repeat_interleave_self_int(seg, 0, None)
+        + 1.0;
+    if !g
+        .to_device(tch::Device::Cpu)
+        .to_kind(tch::Kind::Float)
+        .equal(&want)
+    {
+        return Err(Error::Data(
+            "all-gather: segments differ from the ranks' contributions".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn bench_allreduce(sizes_mib: &[usize], iters: usize, warmup: usize, use_nccl: bool) -> Result<()> {
+    let Role::Rank(info) = Role::from_env()? else {
+        return Err(Error::Config(
+            "bench-allreduce runs as one rank: start it with `janus launch --nproc N --`".into(),
+        ));
+    };
+    let id = if use_nccl && info.rank == 0 {
+        Some(nccl::unique_id()?)
+    } else {
+        None
+    };
+    let peers = rendezvous(&info, "bench", std::time::Duration::from_secs(60), id)?;
+    let (mut comm, device, name): (Box<dyn Collective>, _, _) = if use_nccl {
+        let id = peers.blob.unwrap_or_default();
+        let c = Nccl::new(info.rank, info.world_size, info.local_rank, &id)?;
+        (
+            Box::new(c),
+            tch::Device::Cuda(info.local_rank),
+            "janus-nccl",
+        )
+    } else {
+        (Box::new(peers.ring), tch::Device::Cpu, "janus-ring")
+    };
+    check_collectives(comm.as_mut(), device)?;
+    let n = info.world_size as f64;
+    for &mib in sizes_mib {
+        let elems = (mib << 20) / 4;
+        let mut t = tch::Tensor::ones([elems as i64], (tch::Kind::Float, device));
+        let mut times = Vec::new();
+        for i in 0..warmup + iters {
+            comm.barrier()?;
+            if device.is_cuda() {
+                tch::Cuda::synchronize(info.local_rank as i64);
+            }
+            let start = Instant::now();
+            comm.all_reduce_sum(&mut t)?;
+            if device.is_cuda() {
+                tch::Cuda::synchronize(info.local_rank as i64);
+            }
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        // After warmup + iters sums of ones the value is world^(warmup + iters).
+        let expect = n.powi((warmup + iters) as i32);
+        let got = t.double_value(&[0]);
+        if (got - expect).abs() > 1e-3 * expect {
+            return Err(Error::Data(format!(
+                "all-reduce gave {got}, expected {expect}"
+            )));
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        let bytes = (elems * 4) as f64;
+        if info.rank == 0 {
+            // NCCL's "algorithm bandwidth" too, which is what a world of one can show.
+            let out = serde_json::json!({
+                "impl": name, "world_size": info.world_size, "mib": mib, "median_seconds": median,
+                "bus_gb_per_s": bytes * 2.0 * (n - 1.0) / n / median / 1e9,
+                "alg_gb_per_s": bytes / median / 1e9,
+                "collectives_checked": true,
+            });
+            println!("{out}");
+        }
+    }
+    Ok(())
+}
+
+fn bench_checkpoint(model: &Path, dir: &str, reps: usize) -> Result<()> {
+    use janus::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
+    let cfg = ModelConfig::from_file(&model.join("config.json"))?;
+    let adam = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut trainer = Trainer::new(&cfg, tch::Kind::Float, tch::Device::Cpu, adam, 1.0);
+    janus::model::load_model_dir(model, &trainer.vs, &cfg)?;
+    let ckpt = CheckpointDir::new(dir, "bench", std::time::Duration::from_secs(60))?;
+    ckpt.check_access()?;
+    let (mut save, mut load) = (Vec::new(), Vec::new());
+    let mut bytes = 0u64;
+    for rep in 0..reps {
+        let state = TrainerState {
+            step: rep as u64 + 1,
+            total_steps: reps as u64,
+            cursor: DataCursor {
+                epoch: 0,
+                position: 0,
+                seed: 0,
+            },
+            learning_rate: 0.0,
+            config_hash: "bench".into(),
+            tokenizer: "bench".into(),
+            world_size: 1,
+            global_batch: None,
+            tokens_seen: 0,
+            losses: vec![],
+        };
+        let t = Instant::now();
+        ckpt.save(
+            &trainer.vs,
+            &cfg,
+            &model.join("tokenizer.json"),
+            &trainer.opt,
+            trainer.comm.as_mut(),
+            &state,
+            1,
+        )?;
+        save.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (local, found) = ckpt
+            .latest()?
+            .ok_or_else(|| Error::Checkpoint("the checkpoint just saved was not found".into()))?;
+        restore(&local, &trainer.vs, &cfg, &mut trainer.opt, &found)?;
+        load.push(t.elapsed().as_secs_f64());
+        bytes = walk_bytes(&local);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let out = serde_json::json!({
+        "dir": dir, "params": cfg.num_parameters(), "checkpoint_bytes": bytes,
+        "save_seconds": median(&mut save), "load_seconds": median(&mut load),
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn walk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
