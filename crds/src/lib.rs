@@ -80,6 +80,8 @@ pub mod labels {
 pub mod annotations {
     /// On the rank-0 pod: a JSON [`crate::Progress`] document written by the trainer.
     pub const PROGRESS: &str = "janus.dev/progress";
+    /// On each pod of an evaluation: a JSON [`crate::progress::EvalReport`].
+    pub const EVAL_PROGRESS: &str = "janus.dev/eval-progress";
 }
 
 /// Defaults of the worker pods that the trainer relies on too.

@@ -114,3 +114,58 @@ mod tests {
         assert_eq!(minimal.loss, None);
     }
 }
+
+/// JSON value of the [`crate::annotations::EVAL_PROGRESS`] annotation, written by each
+/// pod of a `JanusEvalJob` on itself (generation workers, the judge); the operator
+/// mirrors it into the job's status.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalReport {
+    /// `generate`, `judge` or `score`.
+    pub stage: String,
+    /// Items this pod has finished (generated, or fully graded) and has to do.
+    pub items_done: u64,
+    pub items_total: u64,
+    /// Judge calls answered (with a score or counted as failures) and to make.
+    #[serde(default)]
+    pub calls_done: u64,
+    #[serde(default)]
+    pub calls_total: u64,
+    /// Judge answers without a parsable 1-5 score after the retries.
+    #[serde(default)]
+    pub parse_failures: u64,
+    /// Set by the judge pod once scores are computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<ScoreSummary>,
+    pub updated_at: String,
+}
+
+/// The headline numbers of `summary.json`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScoreSummary {
+    /// Mean over items of the per-item mean over rubrics (1-5), averaged over runs.
+    pub mean: f64,
+    /// Standard deviation of the mean over judge runs.
+    #[serde(default)]
+    pub std: f64,
+    #[serde(default)]
+    pub per_dimension: std::collections::BTreeMap<String, f64>,
+    /// Against the baseline: fractions of items won, tied and lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub win: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lose: Option<f64>,
+}
+
+impl EvalReport {
+    pub fn from_annotation(value: &str) -> Option<Self> {
+        serde_json::from_str(value).ok()
+    }
+
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("report serializes")
+    }
+}

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod bytes;
+pub mod eval;
 pub mod presets;
 mod prompt;
 
 pub use bytes::ByteSize;
+pub use eval::EvalConfig;
 pub use presets::{preset, PRESETS};
 pub use prompt::PromptFormat;
 

@@ -1,0 +1,292 @@
+//! The evaluation config: one typed document for `janus eval generate|judge|score`
+//! (YAML or JSON), rendered by the operator from a `JanusEvalJob` and mounted at
+//! `JANUS_CONFIG` in its pods. Defaults are the Janus evaluation protocol
+//! (shared/JANUS.md, "Evaluation on Multifaceted Bench").
+//!
+//! Output layout under `output_dir` (a path or an object-store URL), per DESIGN.md:
+//! `answers/shard-<i>.jsonl` (generation, one file per generation worker),
+//! `grades.jsonl` (the judge's answers, appended), `summary.json` and `results.json`
+//! (scores), `report.md` with its charts.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{merge, parse_override, ConfigError, DeviceChoice, Dtype, PromptFormat};
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Name of the evaluation (the JanusEvalJob's name in a cluster).
+    pub job: String,
+    pub model: EvalModel,
+    pub bench: BenchSection,
+    pub generation: GenerationSection,
+    pub judge: JudgeSection,
+    /// Another evaluation's `results.json` (path or URL) to compare with item by item
+    /// (win / tie / lose); `null`: none.
+    pub baseline: Option<String>,
+    /// Where answers, grades and scores go: a path or a URL.
+    pub output_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalModel {
+    /// Hugging Face model directory: a path or a URL.
+    pub path: String,
+    /// `tokenizer.json`; default: the model directory's.
+    pub tokenizer: Option<String>,
+    pub dtype: Dtype,
+    pub device: DeviceChoice,
+    /// The format the model was trained with (the system message goes in it).
+    pub prompt_format: PromptFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchSection {
+    /// Multifaceted Bench records (JSONL or Parquet; a path or a URL). Item ids are
+    /// row indices.
+    pub path: String,
+    /// Evaluate only the first this many items.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSection {
+    /// 0: greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// `null`: no top-k filter.
+    pub top_k: Option<usize>,
+    /// As Hugging Face applies it (1.0: none).
+    pub repetition_penalty: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// Sequences decoded together.
+    pub batch_size: usize,
+    /// Samples per item; with a reward model, the best by reward is kept (best-of-N).
+    pub best_of: usize,
+    /// A reward model (HF `*ForSequenceClassification` directory, path or URL) that
+    /// ranks the `best_of` samples.
+    pub reward_model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSection {
+    /// Base URL of an OpenAI-compatible API (`.../v1`).
+    pub url: String,
+    /// Model name sent to it.
+    pub model: String,
+    /// Environment variable holding the API key (sent as a bearer token); `null`: none.
+    pub api_key_env: Option<String>,
+    /// Independent grading runs (the paper averages 3).
+    pub runs: usize,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// Calls started per minute at most (0: no limit).
+    pub requests_per_minute: u32,
+    /// Seconds one call may take.
+    pub timeout_seconds: u64,
+    /// Retries of a call on 429 / 5xx / timeouts (exponential backoff, `Retry-After`).
+    pub max_retries: usize,
+    /// Times an answer without a parsable `[RESULT] 1-5` is asked again before it is
+    /// counted as a failure.
+    pub max_parse_retries: usize,
+    /// Show the judge the system message (off in the paper: the preference reaches it
+    /// through the rubric and the reference answer).
+    pub show_system: bool,
+    /// A replacement for the built-in judge prompt template (a path); `null`: ours.
+    pub template: Option<String>,
+    /// Sampling temperature of the judge.
+    pub temperature: f64,
+    pub max_tokens: usize,
+}
+
+impl EvalConfig {
+    /// The Janus evaluation protocol (defaults of every key).
+    pub fn janus_bench() -> Self {
+        EvalConfig {
+            job: "eval".into(),
+            model: EvalModel {
+                path: "output".into(),
+                tokenizer: None,
+                dtype: Dtype::Bfloat16,
+                device: DeviceChoice::Auto,
+                prompt_format: PromptFormat::Mistral,
+            },
+            bench: BenchSection {
+                path: "data/multifaceted-bench.parquet".into(),
+                limit: None,
+            },
+            generation: GenerationSection {
+                temperature: 1.0,
+                top_p: 0.9,
+                top_k: None,
+                repetition_penalty: 1.03,
+                max_new_tokens: 1024,
+                seed: 42,
+                batch_size: 16,
+                best_of: 1,
+                reward_model: None,
+            },
+            judge: JudgeSection {
+                url: "https://api.openai.com/v1".into(),
+                model: "gpt-4-turbo".into(),
+                api_key_env: Some("OPENAI_API_KEY".into()),
+                runs: 3,
+                concurrency: 8,
+                requests_per_minute: 0,
+                timeout_seconds: 120,
+                max_retries: 8,
+                max_parse_retries: 2,
+                show_system: false,
+                template: None,
+                temperature: 1.0,
+                max_tokens: 1024,
+            },
+            baseline: None,
+            output_dir: "eval-output".into(),
+        }
+    }
+
+    /// Resolve: the protocol's defaults, then the file, then `key=value` overrides.
+    pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut value = serde_json::to_value(Self::janus_bench()).expect("serializes");
+        let mut origin = "the resolved eval config".to_string();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            let doc: Value = serde_yaml::from_str(&text)
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            if !doc.is_object() {
+                return Err(ConfigError(format!(
+                    "{}: expected a mapping at the top level",
+                    path.display()
+                )));
+            }
+            merge(&mut value, doc);
+            origin = path.display().to_string();
+        }
+        for o in overrides {
+            merge(&mut value, parse_override(o)?);
+        }
+        Self::from_value(value, &origin)
+    }
+
+    pub fn from_value(value: Value, origin: &str) -> Result<Self> {
+        let cfg: EvalConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError(format!("{origin}: `{path}`: {}", e.into_inner()))
+        })?;
+        cfg.validate()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let g = &self.generation;
+        let j = &self.judge;
+        let checks: [(bool, &str, String); 9] = [
+            (
+                g.temperature >= 0.0 && g.temperature.is_finite(),
+                "generation.temperature",
+                format!("must be >= 0, found {}", g.temperature),
+            ),
+            (
+                g.top_p > 0.0 && g.top_p <= 1.0,
+                "generation.top_p",
+                format!("must be in (0, 1], found {}", g.top_p),
+            ),
+            (
+                g.top_k != Some(0),
+                "generation.top_k",
+                "must be >= 1 when set".into(),
+            ),
+            (
+                g.repetition_penalty > 0.0,
+                "generation.repetition_penalty",
+                format!("must be > 0, found {}", g.repetition_penalty),
+            ),
+            (
+                g.max_new_tokens >= 1 && g.batch_size >= 1,
+                "generation.max_new_tokens/batch_size",
+                "must be >= 1".into(),
+            ),
+            (g.best_of >= 1, "generation.best_of", "must be >= 1".into()),
+            (
+                j.runs >= 1 && j.concurrency >= 1,
+                "judge.runs/concurrency",
+                "must be >= 1".into(),
+            ),
+            (
+                j.url.starts_with("http://") || j.url.starts_with("https://"),
+                "judge.url",
+                format!("must be an http(s) URL, found `{}`", j.url),
+            ),
+            (
+                j.timeout_seconds >= 1,
+                "judge.timeout_seconds",
+                "must be >= 1".into(),
+            ),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                return Err(format!("`{key}` {msg}"));
+            }
+        }
+        if g.best_of > 1 && g.reward_model.is_none() {
+            return Err(
+                "`generation.best_of` > 1 needs `generation.reward_model` to rank the samples"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where a file of the output layout lives under `output_dir`.
+pub fn output_path(output_dir: &str, name: &str) -> String {
+    format!("{}/{name}", output_dir.trim_end_matches('/'))
+}
+
+/// `answers/shard-<i>.jsonl`: generation worker `i`'s answers.
+pub fn answers_file(shard: usize) -> PathBuf {
+    PathBuf::from(format!("answers/shard-{shard:05}.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_janus_protocol_and_unknown_keys_are_refused() {
+        let c = EvalConfig::resolve(None, &[]).unwrap();
+        let g = &c.generation;
+        assert_eq!(
+            (
+                g.temperature,
+                g.top_p,
+                g.repetition_penalty,
+                g.max_new_tokens
+            ),
+            (1.0, 0.9, 1.03, 1024)
+        );
+        assert_eq!(c.judge.runs, 3);
+        assert!(!c.judge.show_system);
+        let e = EvalConfig::resolve(None, &["judge.rpm=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rpm"), "{e}");
+        let e = EvalConfig::resolve(None, &["generation.best_of=4".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reward_model"), "{e}");
+    }
+}
