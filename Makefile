@@ -31,7 +31,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo
+.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -69,10 +69,14 @@ unit: controlplane
 controlplane-smoke: controlplane
 	tests/controlplane/smoke.sh
 
-bench: bench-train bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator
+bench: bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator
 
 bench-train: build
 	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
+
+# Mixed precision on CPU: pure bf16, fp32 master, checkpointing, ZeRO-1 vs transformers.
+bench-memory: build
+	$(PY) bench/memory_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
 bench-allreduce: build
 	$(PY) bench/allreduce_bench.py --janus $(TARGET_DIR)/release/janus --reps 3

@@ -88,8 +88,11 @@ impl Plan {
             bytes: 2 * p * state_bytes / share,
             detail: format!("2 x {state_dtype}{of}"),
         });
+        // A bucket holds whole parameters: at least the largest one, at most all of them.
         let biggest = largest_parameter(model) as u64;
-        let bucket = (cfg.distributed.bucket_mib as u64) << 20;
+        let bucket = ((cfg.distributed.bucket_mib as u64) << 20)
+            .max(biggest * 4)
+            .min(p * 4);
         if sharded {
             items.push(Item {
                 what: "gradient shard",
@@ -98,7 +101,7 @@ impl Plan {
             });
             items.push(Item {
                 what: "optimizer step buffers",
-                bytes: 3 * bucket.max(biggest * 4),
+                bytes: 3 * bucket,
                 detail: "reduce-scatter / all-gather bucket and update temporaries".into(),
             });
         } else if master || ranks > 1 {

@@ -44,9 +44,9 @@ pub fn run(a: PlanArgs) -> Result<()> {
         None if own.exists() => ModelConfig::from_file(&own)?,
         None => {
             eprintln!(
-                "note: {} not found; planning for the {:?} architecture (--model-config or --arch to change)",
+                "note: {} not found; planning for the `--arch {}` architecture (--model-config or --arch to change)",
                 own.display(),
-                a.arch
+                format!("{:?}", a.arch).to_lowercase()
             );
             arch_config(a.arch)
         }
