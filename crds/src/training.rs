@@ -40,13 +40,18 @@ pub const MAX_NAME_LENGTH: usize = 48;
         .message("metadata.name must be a DNS-1035 label of at most 48 characters (it names the headless Service and the pods <name>-worker-<i>)")
 )]
 #[x_kube(
-    validation = Rule::new("!(self.method == 'orpo' && has(self.hyperparameters.packing) && self.hyperparameters.packing)")
-        .message("spec.hyperparameters.packing must be false with method orpo (pairs are scored per sequence)")
+    validation = Rule::new("!(self.method != 'sft' && has(self.hyperparameters.packing) && self.hyperparameters.packing)")
+        .message("spec.hyperparameters.packing must be false with methods orpo, dpo and reward (pairs are scored per sequence)"),
+    validation = Rule::new("!has(self.dpo) || self.method == 'dpo'")
+        .message("spec.dpo is only read with method dpo"),
+    validation = Rule::new("!has(self.reward) || self.method == 'reward'")
+        .message("spec.reward is only read with method reward")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct JanusTrainingJobSpec {
-    /// Training objective: `sft` (supervised fine-tuning) or `orpo` (odds-ratio
-    /// preference optimisation). `dpo` is reserved for a later version.
+    /// Training objective: `sft` (supervised fine-tuning), `orpo` (odds-ratio
+    /// preference optimisation), `dpo` (direct preference optimisation against a frozen
+    /// reference) or `reward` (a reward model: value head, Bradley-Terry loss).
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.method is immutable"))]
     pub method: Method,
     /// The base model: a Hugging Face format directory.
@@ -61,6 +66,15 @@ pub struct JanusTrainingJobSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.hyperparameters is immutable"))]
     pub hyperparameters: Hyperparameters,
+    /// DPO's settings (method `dpo`); unset fields take the recipe's (beta 0.1,
+    /// sigmoid loss, precomputed reference log-probabilities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.dpo is immutable"))]
+    pub dpo: Option<DpoSpec>,
+    /// The reward model's settings (method `reward`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.reward is immutable"))]
+    pub reward: Option<RewardSpec>,
     /// The worker pods: one per node, each running one trainer rank per GPU.
     pub workers: WorkersSpec,
     /// Where and how often checkpoints are written; a restarted gang resumes from the
@@ -230,6 +244,63 @@ pub struct Hyperparameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub seed: Option<u64>,
+}
+
+/// DPO's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DpoSpec {
+    /// How strongly the policy is held to the reference (recipe: 0.1). Must be > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("spec.dpo.beta must be > 0"))]
+    pub beta: Option<f64>,
+    /// TRL's loss names: sigmoid (DPO), ipo, hinge, robust (rDPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_type: Option<crate::config::DpoLoss>,
+    /// Probability that a pair's preference is flipped (conservative DPO with sigmoid,
+    /// rDPO with robust), in [0, 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("spec.dpo.labelSmoothing must be in [0, 0.5)"))]
+    pub label_smoothing: Option<f64>,
+    /// `precompute` (one pass before training, stored with the checkpoints) or `model`
+    /// (a frozen copy in memory, for streamed data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::config::DpoReference>,
+    /// The reference model; default: `spec.model.url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_model_url: Option<StorageUrl>,
+}
+
+/// The reward model's settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RewardSpec {
+    /// TRL's center_rewards_coefficient (adds c * mean((r_chosen + r_rejected)^2)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub center_rewards_coefficient: Option<f64>,
+}
+
+impl DpoSpec {
+    /// Overlay the fields this job sets on the trainer config's `dpo` section.
+    pub fn apply_to(&self, c: &mut TrainConfig) {
+        let d = &mut c.dpo;
+        if let Some(v) = self.beta {
+            d.beta = v;
+        }
+        if let Some(v) = self.loss_type {
+            d.loss_type = v;
+        }
+        if let Some(v) = self.label_smoothing {
+            d.label_smoothing = v;
+        }
+        if let Some(v) = self.reference {
+            d.reference = v;
+        }
+        if let Some(u) = &self.reference_model_url {
+            d.reference_model = Some(std::path::PathBuf::from(u.as_str()));
+        }
+    }
 }
 
 impl Hyperparameters {

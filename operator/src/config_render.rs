@@ -16,6 +16,12 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     let mut c = presets::for_method(spec.method);
     c.job = job.name_any();
     spec.hyperparameters.apply_to(&mut c);
+    if let Some(d) = &spec.dpo {
+        d.apply_to(&mut c);
+    }
+    if let Some(r) = &spec.reward {
+        c.reward.center_rewards_coefficient = r.center_rewards_coefficient;
+    }
     c.model.path = PathBuf::from(spec.model.url.as_str());
     c.model.tokenizer = spec
         .model

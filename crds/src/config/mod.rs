@@ -43,6 +43,10 @@ pub enum Method {
     Sft,
     /// Odds-ratio preference optimisation on (system, prompt, chosen, rejected) records.
     Orpo,
+    /// Direct preference optimisation against a frozen reference model.
+    Dpo,
+    /// A reward model (a value head on the last token) with the Bradley-Terry loss.
+    Reward,
 }
 
 impl Method {
@@ -50,7 +54,14 @@ impl Method {
         match self {
             Method::Sft => "sft",
             Method::Orpo => "orpo",
+            Method::Dpo => "dpo",
+            Method::Reward => "reward",
         }
+    }
+
+    /// Whether the method trains on preference pairs (chosen, rejected).
+    pub fn uses_pairs(self) -> bool {
+        !matches!(self, Method::Sft)
     }
 }
 
@@ -113,6 +124,10 @@ pub struct TrainConfig {
     pub model: ModelSection,
     pub data: DataSection,
     pub hyperparameters: Hyperparameters,
+    /// DPO's settings (read with `method: dpo`).
+    pub dpo: DpoSection,
+    /// The reward model's settings (read with `method: reward`).
+    pub reward: RewardSection,
     pub optimizer: OptimizerSection,
     pub checkpoint: CheckpointSection,
     pub distributed: DistributedSection,
@@ -193,6 +208,55 @@ pub struct Hyperparameters {
     /// response only (as the Janus recipe's loss masking does).
     pub orpo_nll_on_prompt: bool,
     pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpoSection {
+    /// beta: how strongly the policy is held to the reference (recipe: 0.1).
+    pub beta: f64,
+    /// TRL's loss names: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (rDPO).
+    pub loss_type: DpoLoss,
+    /// The probability that a pair's preference is flipped: conservative DPO with
+    /// `sigmoid`, rDPO's noise rate with `robust`; in [0, 0.5).
+    pub label_smoothing: f64,
+    /// `precompute`: one pass of the reference model over the data before the first
+    /// step, stored with the checkpoints (a resume never recomputes them); `model`: a
+    /// frozen copy kept in memory and run on every micro-batch (streamed data).
+    pub reference: DpoReference,
+    /// The reference model (an HF directory, path or URL); `null`: `model.path`, the
+    /// model training starts from.
+    pub reference_model: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    /// `-log sigmoid(beta * margin)` (with label smoothing: conservative DPO).
+    Sigmoid,
+    /// `(margin / response tokens - 1 / (2 beta))^2`, length-normalised as TRL does.
+    Ipo,
+    /// `relu(1 - beta * margin)` (SLiC).
+    Hinge,
+    /// rDPO: unbiased under label noise of rate `label_smoothing`.
+    Robust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DpoReference {
+    Precompute,
+    Model,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
+    /// so rewards stay centred on 0; `null`: off.
+    pub center_rewards_coefficient: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,8 +514,28 @@ impl TrainConfig {
                 return Err(format!("`{key}` {msg}"));
             }
         }
-        if self.method == Method::Orpo && self.data.packing {
-            return Err("`data.packing` is not supported with method `orpo` (pairs are scored per sequence); set it to false".into());
+        if self.method.uses_pairs() && self.data.packing {
+            return Err(format!(
+                "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
+                self.method.as_str()
+            ));
+        }
+        let d = &self.dpo;
+        if !(d.beta > 0.0 && d.beta.is_finite()) {
+            return Err(format!("`dpo.beta` must be > 0, found {}", d.beta));
+        }
+        if !(0.0..0.5).contains(&d.label_smoothing) {
+            return Err(format!(
+                "`dpo.label_smoothing` must be in [0, 0.5), found {}",
+                d.label_smoothing
+            ));
+        }
+        if let Some(c) = self.reward.center_rewards_coefficient {
+            if !(c >= 0.0 && c.is_finite()) {
+                return Err(format!(
+                    "`reward.center_rewards_coefficient` must be >= 0, found {c}"
+                ));
+            }
         }
         Ok(())
     }
@@ -546,7 +630,10 @@ mod tests {
                 "hyperparameters.micro_batch_size",
             ),
             ("data.max_seq_len=4", "data.max_seq_len"),
-            ("method=dpo", "method"),
+            ("method=ppo", "method"),
+            ("dpo.beta=0", "dpo.beta"),
+            ("dpo.label_smoothing=0.5", "dpo.label_smoothing"),
+            ("dpo.loss_type=kto", "dpo.loss_type"),
             (
                 "hyperparameters.micro_batch_size=-2",
                 "hyperparameters.micro_batch_size",

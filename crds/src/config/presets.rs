@@ -8,13 +8,21 @@ use std::path::PathBuf;
 use super::*;
 
 /// Every preset name, for `--preset` and error messages.
-pub const PRESETS: &[&str] = &["tiny", "janus-7b-sft", "janus-7b-orpo"];
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "janus-7b-sft",
+    "janus-7b-orpo",
+    "janus-7b-dpo",
+    "janus-rm-7b",
+];
 
 /// The preset called `name`.
 pub fn preset(name: &str) -> Result<TrainConfig> {
     match name {
         "janus-7b-sft" => Ok(janus_7b_sft()),
         "janus-7b-orpo" => Ok(janus_7b_orpo()),
+        "janus-7b-dpo" => Ok(janus_7b_dpo()),
+        "janus-rm-7b" => Ok(janus_rm_7b()),
         "tiny" => Ok(tiny()),
         other => Err(ConfigError(format!(
             "unknown preset `{other}` (known: {})",
@@ -28,6 +36,8 @@ pub fn for_method(method: Method) -> TrainConfig {
     match method {
         Method::Sft => janus_7b_sft(),
         Method::Orpo => janus_7b_orpo(),
+        Method::Dpo => janus_7b_dpo(),
+        Method::Reward => janus_rm_7b(),
     }
 }
 
@@ -75,6 +85,16 @@ pub fn janus_7b_sft() -> TrainConfig {
             orpo_nll_on_prompt: false,
             seed: 42,
         },
+        dpo: DpoSection {
+            beta: 0.1,
+            loss_type: DpoLoss::Sigmoid,
+            label_smoothing: 0.0,
+            reference: DpoReference::Precompute,
+            reference_model: None,
+        },
+        reward: RewardSection {
+            center_rewards_coefficient: None,
+        },
         optimizer: OptimizerSection {
             master_weights: true,
         },
@@ -112,6 +132,38 @@ pub fn janus_7b_orpo() -> TrainConfig {
     c.data.packing = false;
     c.hyperparameters.epochs = 2;
     c.hyperparameters.micro_batch_size = 1;
+    c
+}
+
+/// Janus DPO, from the Janus* SFT model (65k): lr 5e-7, 2 epochs, seq 2048 unpacked,
+/// micro batch 1 x accumulation 4 per GPU, beta 0.1, ChatML; reference log-probs
+/// precomputed.
+pub fn janus_7b_dpo() -> TrainConfig {
+    let mut c = janus_7b_orpo();
+    c.method = Method::Dpo;
+    c.model.path = PathBuf::from("models/janus-star-7b-sft");
+    c.data.train = vec![PathBuf::from("data/multifaceted-collection-dpo.parquet")];
+    c.data.max_seq_len = 2048;
+    c.hyperparameters.learning_rate = 5e-7;
+    c.hyperparameters.epochs = 2;
+    c
+}
+
+/// Janus-RM: from 1 epoch of SFT, a linear value head on the last token, the
+/// Bradley-Terry loss, lr 9e-6, batch 128 (micro batch 4 x accumulation 8 x 4 GPUs),
+/// max length 2048, 1 epoch, Mistral format (the SFT model's).
+pub fn janus_rm_7b() -> TrainConfig {
+    let mut c = janus_7b_sft();
+    c.method = Method::Reward;
+    c.model.path = PathBuf::from("models/janus-7b-sft-epoch1");
+    c.data.train = vec![PathBuf::from("data/multifaceted-collection-rm.parquet")];
+    c.data.max_seq_len = 2048;
+    c.data.packing = false;
+    let h = &mut c.hyperparameters;
+    h.learning_rate = 9e-6;
+    h.epochs = 1;
+    h.micro_batch_size = 4;
+    h.gradient_accumulation_steps = 8;
     c
 }
 
@@ -186,8 +238,43 @@ mod tests {
     }
 
     #[test]
+    fn dpo_and_reward_presets_match_the_paper() {
+        let d = janus_7b_dpo();
+        let h = &d.hyperparameters;
+        assert_eq!(d.method, Method::Dpo);
+        assert_eq!(
+            (
+                h.learning_rate,
+                h.epochs,
+                d.data.max_seq_len,
+                d.data.packing
+            ),
+            (5e-7, 2, 2048, false)
+        );
+        assert_eq!(
+            (
+                h.micro_batch_size,
+                h.gradient_accumulation_steps,
+                d.dpo.beta
+            ),
+            (1, 4, 0.1)
+        );
+        let r = janus_rm_7b();
+        let h = &r.hyperparameters;
+        assert_eq!(r.method, Method::Reward);
+        assert_eq!(
+            (h.learning_rate, h.epochs, r.data.max_seq_len),
+            (9e-6, 1, 2048)
+        );
+        // Batch 128 on the recipe's 4 GPUs.
+        assert_eq!(h.micro_batch_size * h.gradient_accumulation_steps * 4, 128);
+    }
+
+    #[test]
     fn each_method_has_its_recipe() {
         assert_eq!(for_method(Method::Sft), janus_7b_sft());
         assert_eq!(for_method(Method::Orpo), janus_7b_orpo());
+        assert_eq!(for_method(Method::Dpo), janus_7b_dpo());
+        assert_eq!(for_method(Method::Reward), janus_rm_7b());
     }
 }
