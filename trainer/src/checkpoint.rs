@@ -120,6 +120,19 @@ impl CheckpointDir {
         format!("{}/{}", self.store.url(), step_name(step))
     }
 
+    /// A file of the job beside its checkpoints (e.g. precomputed reference
+    /// log-probabilities); `None` when absent.
+    pub fn get_extra(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        if !self.store.exists(name)? {
+            return Ok(None);
+        }
+        self.store.get_bytes(name).map(Some)
+    }
+
+    pub fn put_extra(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store.put_bytes(name, bytes)
+    }
+
     /// Fail early when the store cannot be reached or read.
     pub fn check_access(&self) -> Result<()> {
         self.store.check_access()

@@ -7,6 +7,7 @@
 
 use tch::{Kind, Reduction, Tensor};
 
+use crate::config::DpoLoss;
 use crate::data::{PreferenceBatch, IGNORE};
 
 /// Summed next-token cross-entropy of `logits` `[b, t, V]` against `targets` `[b, t]`
@@ -145,6 +146,243 @@ pub fn orpo_objective(
         chosen_logp_sum: f(&lw.sum(Kind::Double)),
         rejected_logp_sum: f(&lr.sum(Kind::Double)),
         accurate: f(&lw.gt_tensor(&lr).sum(Kind::Double)),
+    });
+    (loss, sums)
+}
+
+/// DPO's settings as the loss uses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoParams {
+    pub beta: f64,
+    pub loss_type: DpoLoss,
+    pub label_smoothing: f64,
+}
+
+/// Sums over one micro-batch, for TRL's DPO metric names once the step is complete.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct DpoSums {
+    pub pairs: f64,
+    /// beta * (policy - reference) log-probabilities, summed over pairs.
+    pub chosen_reward_sum: f64,
+    pub rejected_reward_sum: f64,
+    pub accurate: f64,
+    /// Summed (over response tokens) policy log-probabilities, summed over pairs.
+    pub chosen_logp_sum: f64,
+    pub rejected_logp_sum: f64,
+    /// Mean-over-vocabulary logits summed over the response tokens, and those tokens.
+    pub chosen_logits_sum: f64,
+    pub chosen_tokens: f64,
+    pub rejected_logits_sum: f64,
+    pub rejected_tokens: f64,
+}
+
+impl DpoSums {
+    pub fn add(&mut self, o: &DpoSums) {
+        self.pairs += o.pairs;
+        self.chosen_reward_sum += o.chosen_reward_sum;
+        self.rejected_reward_sum += o.rejected_reward_sum;
+        self.accurate += o.accurate;
+        self.chosen_logp_sum += o.chosen_logp_sum;
+        self.rejected_logp_sum += o.rejected_logp_sum;
+        self.chosen_logits_sum += o.chosen_logits_sum;
+        self.chosen_tokens += o.chosen_tokens;
+        self.rejected_logits_sum += o.rejected_logits_sum;
+        self.rejected_tokens += o.rejected_tokens;
+    }
+
+    pub fn to_vec(&self) -> Vec<f64> {
+        vec![
+            self.pairs,
+            self.chosen_reward_sum,
+            self.rejected_reward_sum,
+            self.accurate,
+            self.chosen_logp_sum,
+            self.rejected_logp_sum,
+            self.chosen_logits_sum,
+            self.chosen_tokens,
+            self.rejected_logits_sum,
+            self.rejected_tokens,
+        ]
+    }
+
+    pub fn from_slice(v: &[f64]) -> Self {
+        DpoSums {
+            pairs: v[0],
+            chosen_reward_sum: v[1],
+            rejected_reward_sum: v[2],
+            accurate: v[3],
+            chosen_logp_sum: v[4],
+            rejected_logp_sum: v[5],
+            chosen_logits_sum: v[6],
+            chosen_tokens: v[7],
+            rejected_logits_sum: v[8],
+            rejected_tokens: v[9],
+        }
+    }
+
+    /// Metrics under TRL's DPOTrainer names.
+    pub fn metrics(&self) -> Vec<(&'static str, f64)> {
+        let p = self.pairs.max(1.0);
+        let (c, r) = (self.chosen_reward_sum / p, self.rejected_reward_sum / p);
+        vec![
+            ("rewards/chosen", c),
+            ("rewards/rejected", r),
+            ("rewards/margins", c - r),
+            ("rewards/accuracies", self.accurate / p),
+            ("logps/chosen", self.chosen_logp_sum / p),
+            ("logps/rejected", self.rejected_logp_sum / p),
+            (
+                "logits/chosen",
+                self.chosen_logits_sum / self.chosen_tokens.max(1.0),
+            ),
+            (
+                "logits/rejected",
+                self.rejected_logits_sum / self.rejected_tokens.max(1.0),
+            ),
+        ]
+    }
+}
+
+/// DPO for one micro-batch of `n` pairs: from the policy's per-token log-probabilities
+/// `[2n, t]` (read where `batch.response_mask` is set), the reference's summed
+/// log-probabilities `[2n]` and the per-token mean-over-vocabulary logits `[2n, t]`
+/// (metrics only), the loss summed over the pairs and divided by the step's pairs, as
+/// TRL's `DPOTrainer` defines each loss type on token-summed log-probabilities.
+pub fn dpo_objective(
+    token_logp: &Tensor,
+    mean_logits: &Tensor,
+    ref_logps: &Tensor,
+    batch: &PreferenceBatch,
+    p: &DpoParams,
+    step_pairs: i64,
+) -> (Tensor, DpoSums) {
+    let mask = &batch.response_mask;
+    let logps = (token_logp * mask).sum_dim_intlist(1, false, Kind::Float);
+    let n = batch.pairs;
+    let ratios = &logps - ref_logps.to_kind(Kind::Float);
+    let (cw, rw) = (ratios.narrow(0, 0, n), ratios.narrow(0, n, n));
+    let delta = &cw - &rw;
+    let (b, ls) = (p.beta, p.label_smoothing);
+    let per_pair = match p.loss_type {
+        DpoLoss::Sigmoid => {
+            -(&delta * b).log_sigmoid() * (1.0 - ls) - (&delta * -b).log_sigmoid() * ls
+        }
+        DpoLoss::Hinge => (-(&delta * b) + 1.0).relu(),
+        DpoLoss::Ipo => {
+            let lens = mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
+            let avg = &ratios / lens;
+            let d = avg.narrow(0, 0, n) - avg.narrow(0, n, n);
+            (d - 1.0 / (2.0 * b)).square()
+        }
+        DpoLoss::Robust => {
+            ((&delta * b).log_sigmoid() * -(1.0 - ls) + (&delta * -b).log_sigmoid() * ls)
+                / (1.0 - 2.0 * ls)
+        }
+    };
+    let loss = per_pair.sum(Kind::Float) / step_pairs.max(1) as f64;
+    let f = |x: &Tensor| x.double_value(&[]);
+    let sums = tch::no_grad(|| {
+        let logit_sums = (mean_logits * mask).sum_dim_intlist(1, false, Kind::Double);
+        let tokens = mask.sum_dim_intlist(1, false, Kind::Double);
+        DpoSums {
+            pairs: n as f64,
+            chosen_reward_sum: f(&(&cw * b).sum(Kind::Double)),
+            rejected_reward_sum: f(&(&rw * b).sum(Kind::Double)),
+            accurate: f(&cw.gt_tensor(&rw).sum(Kind::Double)),
+            chosen_logp_sum: f(&logps.narrow(0, 0, n).sum(Kind::Double)),
+            rejected_logp_sum: f(&logps.narrow(0, n, n).sum(Kind::Double)),
+            chosen_logits_sum: f(&logit_sums.narrow(0, 0, n).sum(Kind::Double)),
+            chosen_tokens: f(&tokens.narrow(0, 0, n).sum(Kind::Double)),
+            rejected_logits_sum: f(&logit_sums.narrow(0, n, n).sum(Kind::Double)),
+            rejected_tokens: f(&tokens.narrow(0, n, n).sum(Kind::Double)),
+        }
+    });
+    (loss, sums)
+}
+
+/// Sums over one micro-batch, for the reward model's metrics (TRL's names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardSums {
+    pub pairs: f64,
+    pub accurate: f64,
+    pub margin_sum: f64,
+    pub reward_sum: f64,
+    pub rewards: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Default for RewardSums {
+    fn default() -> Self {
+        RewardSums {
+            pairs: 0.0,
+            accurate: 0.0,
+            margin_sum: 0.0,
+            reward_sum: 0.0,
+            rewards: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl RewardSums {
+    pub fn add(&mut self, o: &RewardSums) {
+        self.pairs += o.pairs;
+        self.accurate += o.accurate;
+        self.margin_sum += o.margin_sum;
+        self.reward_sum += o.reward_sum;
+        self.rewards += o.rewards;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+
+    pub fn metrics(&self) -> Vec<(&'static str, f64)> {
+        let p = self.pairs.max(1.0);
+        vec![
+            ("accuracy", self.accurate / p),
+            ("margin", self.margin_sum / p),
+            ("mean_reward", self.reward_sum / self.rewards.max(1.0)),
+            ("min_reward", self.min),
+            ("max_reward", self.max),
+        ]
+    }
+}
+
+/// The reward model's Bradley-Terry loss for one micro-batch: rewards `[2n]` (chosen
+/// rows first), `-log sigmoid(r_chosen - r_rejected - margin)` and, with
+/// `center`, TRL's `center * (r_chosen + r_rejected)^2`, summed over pairs and divided
+/// by the step's pairs.
+pub fn reward_objective(
+    rewards: &Tensor,
+    margins: &Tensor,
+    center: Option<f64>,
+    step_pairs: i64,
+) -> (Tensor, RewardSums) {
+    let n = margins.size()[0];
+    let (c, r) = (rewards.narrow(0, 0, n), rewards.narrow(0, n, n));
+    let mut per_pair = -(&c - &r - margins).log_sigmoid();
+    if let Some(k) = center {
+        per_pair += (&c + &r).square() * k;
+    }
+    let loss = per_pair.sum(Kind::Float) / step_pairs.max(1) as f64;
+    let f = |x: &Tensor| x.double_value(&[]);
+    let sums = tch::no_grad(|| RewardSums {
+        pairs: n as f64,
+        accurate: f(&c.gt_tensor(&r).sum(Kind::Double)),
+        margin_sum: f(&(&c - &r).sum(Kind::Double)),
+        reward_sum: f(&rewards.sum(Kind::Double)),
+        rewards: 2.0 * n as f64,
+        min: if n > 0 {
+            f(&rewards.min())
+        } else {
+            f64::INFINITY
+        },
+        max: if n > 0 {
+            f(&rewards.max())
+        } else {
+            f64::NEG_INFINITY
+        },
     });
     (loss, sums)
 }

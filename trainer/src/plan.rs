@@ -220,7 +220,7 @@ fn largest_parameter(m: &ModelConfig) -> usize {
 pub fn micro_batch_tokens(cfg: &TrainConfig) -> usize {
     let rows = match cfg.method {
         Method::Sft => cfg.hyperparameters.micro_batch_size,
-        Method::Orpo => 2 * cfg.hyperparameters.micro_batch_size,
+        _ => 2 * cfg.hyperparameters.micro_batch_size,
     };
     rows * cfg.data.max_seq_len
 }

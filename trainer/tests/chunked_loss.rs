@@ -110,7 +110,12 @@ fn chunked_orpo_backward_equals_the_full_logits_backward() {
             let chosen = random_example(c, p, 300);
             let mut rejected = random_example(r, p, 300);
             rejected.tokens[..p].copy_from_slice(&chosen.tokens[..p]);
-            Pair { chosen, rejected }
+            Pair {
+                chosen,
+                rejected,
+                margin: 0.0,
+                id: 0,
+            }
         })
         .collect();
     for nll_on_prompt in [false, true] {
@@ -183,6 +188,8 @@ fn checkpointed_layers_give_the_gradients_of_plain_layers() {
     let pair = Pair {
         chosen: random_example(30, 6, 200),
         rejected: random_example(26, 6, 200),
+        margin: 0.0,
+        id: 0,
     };
     let pb = PreferenceBatch::new(&[&pair], 2, false, Device::Cpu);
     t.checkpointing = false;

@@ -52,6 +52,8 @@ fn sft_and_orpo_losses_match_the_python_reference() {
             Pair {
                 chosen: c,
                 rejected: r,
+                margin: 0.0,
+                id: 0,
             }
         })
         .collect();
@@ -103,6 +105,8 @@ fn orpo_nll_can_cover_the_prompt_as_trl_does() {
     let pairs = [Pair {
         chosen: example(10, 4),
         rejected: example(10, 4),
+        margin: 0.0,
+        id: 0,
     }];
     let refs: Vec<&Pair> = pairs.iter().collect();
     let response_only = PreferenceBatch::new(&refs, 2, false, Device::Cpu);
@@ -124,6 +128,8 @@ fn log_odds_ratio_is_log_sigmoid_zero_when_chosen_equals_rejected() {
             Pair {
                 chosen: e.clone(),
                 rejected: e,
+                margin: 0.0,
+                id: 0,
             }
         })
         .collect();

@@ -1,6 +1,6 @@
 //! Exact resume: 20 steps straight and 10 steps + stop + resume + 10 steps give
-//! bitwise-identical weights on CPU, for SFT (packed) and ORPO; incomplete or corrupt
-//! checkpoints are skipped.
+//! bitwise-identical weights on CPU, for SFT (packed), ORPO, DPO and the reward model;
+//! incomplete or corrupt checkpoints are skipped.
 
 mod common;
 
@@ -90,6 +90,33 @@ fn orpo_resume_is_bitwise_identical() {
             "method=orpo",
             "data.packing=false",
             "data.prompt_format=chatml",
+            "hyperparameters.micro_batch_size=2",
+            "hyperparameters.gradient_accumulation_steps=2",
+        ],
+        "preference.jsonl",
+    );
+}
+
+#[test]
+fn dpo_resume_is_bitwise_identical() {
+    check_resume_is_exact(
+        &[
+            "method=dpo",
+            "data.packing=false",
+            "data.prompt_format=chatml",
+            "hyperparameters.micro_batch_size=2",
+            "hyperparameters.gradient_accumulation_steps=2",
+        ],
+        "preference.jsonl",
+    );
+}
+
+#[test]
+fn reward_model_resume_is_bitwise_identical() {
+    check_resume_is_exact(
+        &[
+            "method=reward",
+            "data.packing=false",
             "hyperparameters.micro_batch_size=2",
             "hyperparameters.gradient_accumulation_steps=2",
         ],

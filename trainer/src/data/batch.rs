@@ -155,6 +155,8 @@ pub struct PreferenceBatch {
     pub pairs: i64,
     pub nll_tokens: i64,
     pub tokens: i64,
+    /// The pairs' ids (`Pair::id`), in row order.
+    pub ids: Vec<usize>,
 }
 
 impl PreferenceBatch {
@@ -188,6 +190,55 @@ impl PreferenceBatch {
             pairs: pairs.len() as i64,
             nll_tokens,
             tokens: r.tokens,
+            ids: pairs.iter().map(|p| p.id).collect(),
+        }
+    }
+}
+
+/// Pairs as whole sequences for a reward model: rows `0..n` chosen, `n..2n` rejected,
+/// every token an input, right-padded; the reward is read at each row's last token.
+pub struct RewardBatch {
+    pub input_ids: Tensor,
+    pub positions: Tensor,
+    /// Index of each row's last token in the flattened `[2n * t]` batch.
+    pub last: Tensor,
+    /// Per pair, the margin the loss subtracts.
+    pub margins: Tensor,
+    pub pairs: i64,
+    pub tokens: i64,
+}
+
+impl RewardBatch {
+    pub fn new(pairs: &[&Pair], pad_id: i64, device: Device) -> Self {
+        let seqs: Vec<&[i64]> = pairs
+            .iter()
+            .map(|p| p.chosen.tokens.as_slice())
+            .chain(pairs.iter().map(|p| p.rejected.tokens.as_slice()))
+            .collect();
+        let width = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(seqs.len() * width);
+        let mut positions = Vec::with_capacity(seqs.len() * width);
+        let mut last = Vec::with_capacity(seqs.len());
+        for (row, s) in seqs.iter().enumerate() {
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(pad_id, width - s.len()));
+            positions.extend(0..s.len() as i64);
+            positions.extend(std::iter::repeat_n(0, width - s.len()));
+            last.push((row * width + s.len().max(1) - 1) as i64);
+        }
+        let grid = |v: &[i64]| {
+            Tensor::from_slice(v)
+                .view([-1, width as i64])
+                .to_device(device)
+        };
+        let margins: Vec<f32> = pairs.iter().map(|p| p.margin as f32).collect();
+        Self {
+            input_ids: grid(&ids),
+            positions: grid(&positions),
+            last: Tensor::from_slice(&last).to_device(device),
+            margins: Tensor::from_slice(&margins).to_device(device),
+            pairs: pairs.len() as i64,
+            tokens: seqs.iter().map(|s| s.len() as i64).sum(),
         }
     }
 }

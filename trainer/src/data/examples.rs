@@ -22,10 +22,15 @@ impl Example {
 }
 
 /// A chosen and a rejected answer to the same prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
     pub chosen: Example,
     pub rejected: Example,
+    /// The record's margin (0 when it has none).
+    pub margin: f64,
+    /// Index of the pair in the run's data (the key of precomputed reference
+    /// log-probabilities).
+    pub id: usize,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +51,9 @@ pub struct Tokenization<'a> {
     pub policy: Truncation,
     /// With `TruncateResponse`, the fewest response tokens an example must keep.
     pub min_response: usize,
+    /// End each response with EOS (a reward model scores the last response token, as
+    /// TRL does with Mistral's tokenizer, which adds BOS only).
+    pub append_eos: bool,
 }
 
 enum Fit {
@@ -84,7 +92,9 @@ impl Tokenization<'_> {
     }
 
     fn fit(&self, prompt: &[i64], mut resp: Vec<i64>) -> Fit {
-        resp.push(self.tok.eos_id);
+        if self.append_eos {
+            resp.push(self.tok.eos_id);
+        }
         let whole = prompt.len() + resp.len() <= self.max_len;
         let room = self.max_len.saturating_sub(prompt.len());
         if !whole && (self.policy == Truncation::Drop || room < self.min_response.max(1)) {
@@ -143,14 +153,24 @@ impl Tokenization<'_> {
                 (Fit::Dropped, _) | (_, Fit::Dropped) => stats.dropped += 1,
                 (Fit::Whole(chosen), Fit::Whole(rejected)) => {
                     stats.kept += 1;
-                    out.push(Pair { chosen, rejected })
+                    out.push(Pair {
+                        chosen,
+                        rejected,
+                        margin: r.margin.unwrap_or(0.0),
+                        id: out.len(),
+                    })
                 }
                 (
                     Fit::Whole(chosen) | Fit::Truncated(chosen),
                     Fit::Whole(rejected) | Fit::Truncated(rejected),
                 ) => {
                     stats.truncated += 1;
-                    out.push(Pair { chosen, rejected })
+                    out.push(Pair {
+                        chosen,
+                        rejected,
+                        margin: r.margin.unwrap_or(0.0),
+                        id: out.len(),
+                    })
                 }
             }
         }

@@ -46,6 +46,7 @@ pub fn inspect(cfg: &TrainConfig, tok: &Tokenizer, n: usize) -> Result<Vec<Inspe
         max_len: d.max_seq_len,
         policy: d.truncation,
         min_response: d.min_response_tokens,
+        append_eos: cfg.method != Method::Reward,
     };
     let mut out = Vec::new();
     for (location, value) in first_records(cfg, n)? {
@@ -58,7 +59,7 @@ pub fn inspect(cfg: &TrainConfig, tok: &Tokenizer, n: usize) -> Result<Vec<Inspe
                     &t, &location, "example", &r.system, &r.prompt, &r.output,
                 )?);
             }
-            Method::Orpo => {
+            Method::Orpo | Method::Dpo | Method::Reward => {
                 let r: PreferenceRecord =
                     serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
                 r.check().map_err(bad)?;

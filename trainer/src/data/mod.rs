@@ -10,7 +10,7 @@ mod records;
 pub mod shards;
 pub mod stream;
 
-pub use batch::{pack, Batch, PreferenceBatch, IGNORE};
+pub use batch::{pack, Batch, PreferenceBatch, RewardBatch, IGNORE};
 pub use examples::{encode_joint, Example, Pair, Tokenization, TokenizeStats};
 pub use janus_crds::config::PromptFormat;
 pub use reader::{read_rows, write_jsonl, write_parquet, Row};

@@ -22,17 +22,22 @@ pub struct SftRecord {
 }
 
 /// A preference pair: `chosen` was written for `system`, `rejected` for another
-/// system message of the same instruction.
+/// system message of the same instruction. The reward-model set has no `system` and
+/// names the prompt `input` (system message and instruction together).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PreferenceRecord {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub system: String,
-    #[serde(alias = "instruction")]
+    #[serde(alias = "instruction", alias = "input")]
     pub prompt: String,
     #[serde(deserialize_with = "response_text")]
     pub chosen: String,
     #[serde(deserialize_with = "response_text")]
     pub rejected: String,
+    /// How much more the chosen answer is preferred (the reward loss subtracts it, as
+    /// TRL's `margin` column); absent: 0.
+    #[serde(default)]
+    pub margin: Option<f64>,
 }
 
 /// A record type the loader can check beyond its schema.

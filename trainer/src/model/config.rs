@@ -159,8 +159,59 @@ impl ModelConfig {
             self.num_kv_heads() * self.head_dim(),
         );
         let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        let head = if self.is_sequence_classifier() {
+            self.num_labels() * h
+        } else if self.tie_word_embeddings {
+            0
+        } else {
+            v * h
+        };
         v * h + self.num_hidden_layers * layer + h + head
+    }
+
+    /// Whether this is a `*ForSequenceClassification` model (a reward model): a
+    /// `score` head on the last token instead of the LM head.
+    pub fn is_sequence_classifier(&self) -> bool {
+        self.architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"))
+    }
+
+    /// Outputs of a sequence classifier, counted as transformers does (`id2label`).
+    pub fn num_labels(&self) -> usize {
+        self.extra
+            .get("id2label")
+            .and_then(Value::as_object)
+            .map(|m| m.len())
+            .or_else(|| {
+                self.extra
+                    .get("num_labels")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize)
+            })
+            .unwrap_or(1)
+    }
+
+    /// This model as a reward model: `MistralForSequenceClassification` (or Llama's)
+    /// with one label. `pad_token_id` is what transformers skips to find each row's
+    /// last token.
+    pub fn as_reward_model(&self, pad_token_id: i64) -> Self {
+        let mut c = self.clone();
+        let family = if c.model_type == "llama" {
+            "Llama"
+        } else {
+            "Mistral"
+        };
+        c.architectures = vec![format!("{family}ForSequenceClassification")];
+        c.extra
+            .insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
+        c.extra
+            .insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+        c.extra.remove("num_labels");
+        c.extra
+            .insert("pad_token_id".into(), Value::from(pad_token_id));
+        c.tie_word_embeddings = false;
+        c
     }
 
     /// A small Mistral- or Llama-shaped config for tests, the demo and benchmarks.

@@ -376,8 +376,11 @@ pub struct Transformer {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    /// `None` when the head is tied to the input embedding.
+    /// `None` when the head is tied to the input embedding (or the model is a
+    /// sequence classifier).
     lm_head: Option<Tensor>,
+    /// A sequence classifier's (reward model's) head, `[labels, hidden]`, HF's `score`.
+    score: Option<Tensor>,
     rotary: RotaryEmbedding,
 }
 
@@ -391,16 +394,30 @@ impl Transformer {
             .map(|i| DecoderLayer::new(&m / "layers" / i, config))
             .collect();
         let norm = RmsNorm::new(&m / "norm", config.hidden_size, config.rms_norm_eps);
-        let lm_head =
-            (!config.tie_word_embeddings).then(|| weight(&(vs / "lm_head"), "weight", &[v, h]));
+        let classifier = config.is_sequence_classifier();
+        let lm_head = (!config.tie_word_embeddings && !classifier)
+            .then(|| weight(&(vs / "lm_head"), "weight", &[v, h]));
+        let score =
+            classifier.then(|| weight(&(vs / "score"), "weight", &[config.num_labels() as i64, h]));
         Self {
             config: config.clone(),
             embed_tokens,
             layers,
             norm,
             lm_head,
+            score,
             rotary: RotaryEmbedding::new(config, vs.device()),
         }
+    }
+
+    /// A reward model's scores of final hidden states `[.., hidden]` -> `[.., labels]`.
+    pub fn score(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear(
+            self.score
+                .as_ref()
+                .expect("score() on a model that is not a sequence classifier"),
+            None::<Tensor>,
+        )
     }
 
     /// Input embeddings `[batch, t, hidden]` of `input_ids` `[batch, t]`.

@@ -42,6 +42,17 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Copy the weights of an HF model directory into the variables of `vs` (converting
 /// dtype). Every variable must be present with its shape; unknown tensors are an error.
 pub fn load_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result<()> {
+    load_weights(dir, vs, config, false)
+}
+
+/// Start a reward model from a causal LM's directory: the body's weights are loaded,
+/// the LM head is left out and the value head (`score.weight`) keeps its random
+/// initialisation when the directory has none.
+pub fn load_reward_init(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result<()> {
+    load_weights(dir, vs, config, true)
+}
+
+fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool) -> Result<()> {
     let mut vars = vs.variables();
     let mut unexpected = Vec::new();
     for file in weight_files(dir)? {
@@ -64,9 +75,13 @@ pub fn load_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result
                 // Old checkpoints carry rotary buffers; tied models may carry the head.
                 None if name.ends_with("rotary_emb.inv_freq") => {}
                 None if name == "lm_head.weight" && config.tie_word_embeddings => {}
+                None if name == "lm_head.weight" && new_head => {}
                 None => unexpected.push(name),
             }
         }
+    }
+    if new_head {
+        vars.remove("score.weight");
     }
     if !vars.is_empty() || !unexpected.is_empty() {
         let mut missing: Vec<_> = vars.into_keys().collect();

@@ -142,6 +142,7 @@ impl<'a> Feed<'a> {
             max_len: d.max_seq_len,
             policy: d.truncation,
             min_response: d.min_response_tokens,
+            append_eos: cfg.method != Method::Reward,
         };
         let retry = Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
         let names: Vec<String> = d
@@ -178,7 +179,7 @@ impl<'a> Feed<'a> {
                 };
                 (units, ls.rows, ls.skipped, stats)
             }
-            Method::Orpo => {
+            Method::Orpo | Method::Dpo | Method::Reward => {
                 let (recs, ls) =
                     data::load_records::<PreferenceRecord>(&train, d.skip_bad_records)?;
                 let (pairs, stats) = t.pairs(&recs)?;
@@ -226,7 +227,7 @@ impl<'a> Feed<'a> {
         }
         let wanted = match cfg.method {
             Method::Sft => RecordKind::Sft,
-            Method::Orpo => RecordKind::Preference,
+            Method::Orpo | Method::Dpo | Method::Reward => RecordKind::Preference,
         };
         if data.index.records != wanted && data.index.records != RecordKind::Mixed {
             return Err(Error::Config(format!(
@@ -295,6 +296,17 @@ impl<'a> Feed<'a> {
         }
     }
 
+    /// Every pair of an in-memory preference dataset (`None` when streamed or SFT).
+    pub fn pairs(&self) -> Option<&[Pair]> {
+        match self {
+            Feed::Memory {
+                units: Units::Pairs(p),
+                ..
+            } => Some(p),
+            _ => None,
+        }
+    }
+
     pub fn counts(&self) -> &Counts {
         match self {
             Feed::Memory { counts, .. } => counts,
@@ -360,7 +372,7 @@ impl Streamed<'_> {
             let start = cursor.position as u64;
             self.stream = Some(match self.method {
                 Method::Sft => Records::Sft(self.data.stream(self.plan, start)?),
-                Method::Orpo => Records::Preference(self.data.stream(self.plan, start)?),
+                _ => Records::Preference(self.data.stream(self.plan, start)?),
             });
         }
         let n = share

@@ -1,21 +1,27 @@
 //! The LM head and the losses, run only on the positions that take part in a loss and
 //! in chunks of `LOSS_CHUNK_TOKENS`, so full `[tokens, vocab]` logits (and their
-//! softmax and gradient) are never alive at once. Both leave the gradient of the loss
+//! softmax and gradient) are never alive at once. Each leaves the gradient of the loss
 //! on the detached hidden states (for `BodyPass::backward`) and on the head's weight.
 
 use tch::{Kind, Reduction, Tensor};
 
-use crate::data::{PreferenceBatch, IGNORE};
-use crate::loss::{orpo_objective, sft_loss, OrpoSums};
+use crate::data::{PreferenceBatch, RewardBatch, IGNORE};
+use crate::loss::{
+    dpo_objective, orpo_objective, reward_objective, sft_loss, DpoParams, DpoSums, OrpoSums,
+    RewardSums,
+};
 use crate::model::Transformer;
 
 /// Positions per LM-head + cross-entropy chunk.
 pub const LOSS_CHUNK_TOKENS: usize = 1024;
 
-/// Per-position log-probability of `targets` under the head applied to `rows` of
-/// `hidden` (flattened `[n, h]`), fp32, `[len(rows)]`.
-fn token_logp(model: &Transformer, hidden: &Tensor, rows: &Tensor, targets: &Tensor) -> Tensor {
-    let logits = model.lm_head(&hidden.index_select(0, rows));
+/// Logits of the head applied to `rows` of `hidden` (flattened `[n, h]`).
+fn logits(model: &Transformer, hidden: &Tensor, rows: &Tensor) -> Tensor {
+    model.lm_head(&hidden.index_select(0, rows))
+}
+
+/// Per-position log-probability of `targets` under `logits`, fp32.
+fn token_logp(logits: &Tensor, targets: &Tensor) -> Tensor {
     -logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
         targets,
         None,
@@ -43,9 +49,8 @@ pub fn sft(model: &Transformer, hidden: &Tensor, targets: &Tensor, step_tokens: 
     let mut loss = 0.0;
     for rows in chunks(&keep) {
         // Each chunk selects its own rows, so each backward has its own graph.
-        let logits = model.lm_head(&flat.index_select(0, &rows));
         let part = sft_loss(
-            &logits.unsqueeze(0),
+            &logits(model, &flat, &rows).unsqueeze(0),
             &targets.index_select(0, &rows).unsqueeze(0),
             step_tokens,
         );
@@ -55,13 +60,91 @@ pub fn sft(model: &Transformer, hidden: &Tensor, targets: &Tensor, step_tokens: 
     loss
 }
 
-/// ORPO on a micro-batch of pairs. The loss is not a sum over tokens (it compares the
-/// rows' mean log-probabilities), so it takes two passes over the chunks: the first
-/// computes every needed token's log-probability without a graph; the objective and
-/// its gradient with respect to those log-probabilities follow on the small
-/// `[rows, t]` grid (the same `orpo_objective` as the full-logits reference); the
-/// second pass recomputes each chunk with a graph and backpropagates those
-/// coefficients.
+/// The positions of a pair batch whose log-probabilities a loss reads: response
+/// targets, and the chosen rows' NLL targets.
+fn needed_positions(batch: &PreferenceBatch) -> Tensor {
+    (&batch.response_mask + &batch.nll_mask)
+        .gt(0.0)
+        .logical_and(&batch.targets.ne(IGNORE))
+        .view([-1])
+        .nonzero()
+        .view([-1])
+}
+
+/// First pass: the needed tokens' log-probabilities (and each position's mean logit,
+/// for metrics) on `[rows, t]` grids, without a graph.
+fn logp_grids(
+    model: &Transformer,
+    flat: &Tensor,
+    targets: &Tensor,
+    needed: &Tensor,
+    shape: [i64; 2],
+) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let (mut lps, mut means) = (Vec::new(), Vec::new());
+        for pos in chunks(needed) {
+            let l = logits(model, flat, &pos);
+            means.push(l.to_kind(Kind::Float).mean_dim(-1, false, Kind::Float));
+            lps.push(token_logp(&l, &targets.index_select(0, &pos)));
+        }
+        let device = flat.device();
+        let grid = |parts: Vec<Tensor>| {
+            let g = Tensor::zeros([shape[0] * shape[1]], (Kind::Float, device));
+            if parts.is_empty() {
+                g
+            } else {
+                g.index_copy(0, needed, &Tensor::cat(&parts, 0))
+            }
+            .view(shape)
+        };
+        (grid(lps), grid(means))
+    })
+}
+
+/// Second pass: recompute each chunk with a graph and backpropagate `coef`, the
+/// loss's gradient with respect to each needed token's log-probability.
+fn backprop_coefficients(
+    model: &Transformer,
+    flat: &Tensor,
+    targets: &Tensor,
+    needed: &Tensor,
+    coef: &Tensor,
+) {
+    let mut start = 0;
+    for pos in chunks(needed) {
+        let n = pos.size()[0];
+        let lp = token_logp(&logits(model, flat, &pos), &targets.index_select(0, &pos));
+        (lp * coef.narrow(0, start, n)).sum(Kind::Float).backward();
+        start += n;
+    }
+}
+
+/// A loss over a pair batch that is not a sum over tokens (it compares the rows'
+/// log-probabilities) in two passes over the chunks: the first computes every needed
+/// token's log-probability without a graph; `objective` and its gradient with respect
+/// to those log-probabilities follow on the small `[rows, t]` grid; the second pass
+/// recomputes each chunk with a graph and backpropagates those coefficients.
+fn two_pass<S>(
+    model: &Transformer,
+    hidden: &Tensor,
+    batch: &PreferenceBatch,
+    objective: impl FnOnce(&Tensor, &Tensor) -> (Tensor, S),
+) -> (f64, S) {
+    let (rows, t, h) = hidden.size3().expect("rank 3");
+    let flat = hidden.view([-1, h]);
+    let targets = batch.targets.view([-1]);
+    let needed = needed_positions(batch);
+    let (grid, means) = logp_grids(model, &flat, &targets, &needed, [rows, t]);
+    let grid = grid.set_requires_grad(true);
+    let (loss, sums) = objective(&grid, &means);
+    loss.backward();
+    let coef = grid.grad().view([-1]).index_select(0, &needed);
+    backprop_coefficients(model, &flat, &targets, &needed, &coef);
+    (loss.double_value(&[]), sums)
+}
+
+/// ORPO on a micro-batch of pairs (the same `orpo_objective` as the full-logits
+/// reference `loss::orpo_loss`).
 pub fn orpo(
     model: &Transformer,
     hidden: &Tensor,
@@ -70,38 +153,59 @@ pub fn orpo(
     step_nll_tokens: i64,
     step_pairs: i64,
 ) -> (f64, OrpoSums) {
+    two_pass(model, hidden, batch, |grid, _| {
+        orpo_objective(grid, batch, lambda, step_nll_tokens, step_pairs)
+    })
+}
+
+/// DPO on a micro-batch of pairs, given the reference's summed log-probabilities
+/// `[2n]` (chosen rows first).
+pub fn dpo(
+    model: &Transformer,
+    hidden: &Tensor,
+    batch: &PreferenceBatch,
+    ref_logps: &Tensor,
+    params: &DpoParams,
+    step_pairs: i64,
+) -> (f64, DpoSums) {
+    two_pass(model, hidden, batch, |grid, means| {
+        dpo_objective(grid, means, ref_logps, batch, params, step_pairs)
+    })
+}
+
+/// Each row's log-probability of its response, summed over the response tokens,
+/// `[rows]` fp32, without a graph: the reference side of DPO.
+pub fn sequence_logps(model: &Transformer, hidden: &Tensor, batch: &PreferenceBatch) -> Tensor {
     let (rows, t, h) = hidden.size3().expect("rank 3");
     let flat = hidden.view([-1, h]);
     let targets = batch.targets.view([-1]);
-    let needed = (&batch.response_mask + &batch.nll_mask)
-        .gt(0.0)
-        .logical_and(&batch.targets.ne(IGNORE))
-        .view([-1])
-        .nonzero()
-        .view([-1]);
-    let values: Vec<Tensor> = tch::no_grad(|| {
-        chunks(&needed)
-            .map(|pos| token_logp(model, &flat, &pos, &targets.index_select(0, &pos)))
-            .collect()
-    });
-    let device = hidden.device();
-    let grid = Tensor::zeros([rows * t], (Kind::Float, device));
-    let grid = if values.is_empty() {
-        grid
-    } else {
-        grid.index_copy(0, &needed, &Tensor::cat(&values, 0))
-    }
-    .view([rows, t])
-    .set_requires_grad(true);
-    let (loss, sums) = orpo_objective(&grid, batch, lambda, step_nll_tokens, step_pairs);
+    let needed = needed_positions(batch);
+    let (grid, _) = logp_grids(model, &flat, &targets, &needed, [rows, t]);
+    (grid * &batch.response_mask).sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// The reward model's loss on a micro-batch of pairs: the value head on each row's
+/// last token, the Bradley-Terry loss (`loss::reward_objective`).
+pub fn reward(
+    model: &Transformer,
+    hidden: &Tensor,
+    batch: &RewardBatch,
+    center: Option<f64>,
+    step_pairs: i64,
+) -> (f64, RewardSums) {
+    let h = *hidden.size().last().expect("rank 3");
+    let last = hidden.view([-1, h]).index_select(0, &batch.last);
+    let rewards = model.score(&last).to_kind(Kind::Float).view([-1]);
+    let (loss, sums) = reward_objective(&rewards, &batch.margins, center, step_pairs);
     loss.backward();
-    let coef = grid.grad().view([-1]).index_select(0, &needed);
-    let mut start = 0;
-    for pos in chunks(&needed) {
-        let n = pos.size()[0];
-        let lp = token_logp(model, &flat, &pos, &targets.index_select(0, &pos));
-        (lp * coef.narrow(0, start, n)).sum(Kind::Float).backward();
-        start += n;
-    }
     (loss.double_value(&[]), sums)
+}
+
+/// Rewards of a batch's rows (chosen first), without a graph.
+pub fn rewards(model: &Transformer, hidden: &Tensor, batch: &RewardBatch) -> Tensor {
+    let h = *hidden.size().last().expect("rank 3");
+    tch::no_grad(|| {
+        let last = hidden.view([-1, h]).index_select(0, &batch.last);
+        model.score(&last).to_kind(Kind::Float).view([-1])
+    })
 }

@@ -12,20 +12,22 @@ mod backprop;
 mod feed;
 mod head;
 mod optimizer;
+pub mod reference;
 mod step;
 pub use backprop::BodyPass;
 pub use feed::{epoch_order, Counts, Feed, Share, StepData};
-pub use head::LOSS_CHUNK_TOKENS;
+pub use head::{rewards, sequence_logps, LOSS_CHUNK_TOKENS};
 pub use optimizer::{Layout, Optimizer};
 pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
-use crate::config::{Backend, DeviceChoice, Method, ReduceDtype, TrainConfig};
-use crate::data::{Batch, Example, PreferenceBatch, TokenizeStats};
+use crate::config::{Backend, DeviceChoice, DpoReference, Method, ReduceDtype, TrainConfig};
+use crate::data::{Batch, Example, PreferenceBatch, RewardBatch, TokenizeStats};
 use crate::dist::nccl::{self, Nccl};
 use crate::dist::{rendezvous, WorldInfo};
 use crate::error::{Error, IoContext, Result};
-use crate::model::{load_model_dir, save_model_dir, ModelConfig};
+use crate::loss::DpoParams;
+use crate::model::{load_model_dir, load_reward_init, save_model_dir, ModelConfig};
 use crate::optim::{cosine_lr, AdamWConfig};
 use crate::progress::Progress;
 use crate::storage::{self, Store};
@@ -94,9 +96,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     // as the run (checkpoints and the published model copy its tokenizer).
     let model_src = ModelSource::fetch(&cfg.model.path, cfg.model.tokenizer.as_deref(), retry)?;
     let model_path = model_src.dir.clone();
-    let model_config = ModelConfig::from_file(&model_path.join("config.json"))?;
+    let base_config = ModelConfig::from_file(&model_path.join("config.json"))?;
     let tokenizer_path = model_src.tokenizer.clone();
     let tok = Tokenizer::from_file(&tokenizer_path)?;
+    // A reward model starts from a causal LM (the SFT model): same body, a value head.
+    let model_config = if cfg.method == Method::Reward && !base_config.is_sequence_classifier() {
+        base_config.as_reward_model(tok.pad_id)
+    } else {
+        base_config.clone()
+    };
     if tok.vocab_size() > model_config.vocab_size {
         return Err(Error::Model(format!(
             "{}: tokenizer has {} tokens, the model's vocab_size is {}",
@@ -232,11 +240,30 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             trainer.broadcast_weights()?;
         }
         None => {
-            load_model_dir(&model_path, &trainer.vs, &model_config)?;
+            if model_config.is_sequence_classifier() && !base_config.is_sequence_classifier() {
+                load_reward_init(&model_path, &trainer.vs, &model_config)?;
+            } else {
+                load_model_dir(&model_path, &trainer.vs, &model_config)?;
+            }
             trainer.broadcast_weights()?;
             trainer.opt.sync_master_from_params();
         }
     }
+    let dpo_reference = if cfg.method == Method::Dpo {
+        Some(dpo_reference(
+            cfg,
+            &ckpt,
+            &feed,
+            &mut trainer,
+            &model_path,
+            tok.pad_id,
+            run.resumed_from.is_some(),
+            device,
+            retry,
+        )?)
+    } else {
+        None
+    };
 
     let progress = Progress::new(opts.progress_bar, rank == 0, total_steps, state.step);
     let reporter = crate::report::Reporter::for_pod(rank, std::time::Duration::from_secs(10));
@@ -264,7 +291,15 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             h.min_lr_ratio,
         );
         let t0 = Instant::now();
-        let r = step_on(&mut trainer, data, cfg, tok.pad_id, device, lr)?;
+        let r = step_on(
+            &mut trainer,
+            data,
+            cfg,
+            dpo_reference.as_ref(),
+            tok.pad_id,
+            device,
+            lr,
+        )?;
         run.compute_secs += t0.elapsed().as_secs_f64();
         state.step += 1;
         state.learning_rate = lr;
@@ -278,9 +313,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             ("learning_rate", lr),
             ("tokens_per_second", tps),
         ];
-        if let Some(o) = &r.orpo {
-            fields.extend(o.metrics(h.orpo_lambda));
-        }
+        fields.extend(r.metrics.iter().copied());
         progress.step(
             state.step,
             &fields,
@@ -338,10 +371,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     Ok(s)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn step_on(
     trainer: &mut Trainer,
     data: StepData,
     cfg: &TrainConfig,
+    reference: Option<&reference::Reference>,
     pad: i64,
     device: Device,
     lr: f64,
@@ -365,17 +400,116 @@ fn step_on(
                 .collect();
             trainer.sft_step(&micro, lr)
         }
+        StepData::Pairs(pairs) if cfg.method == Method::Reward => {
+            let micro: Vec<RewardBatch> = pairs
+                .chunks(mb)
+                .map(|c| RewardBatch::new(&c.iter().collect::<Vec<_>>(), pad, device))
+                .collect();
+            trainer.reward_step(&micro, cfg.reward.center_rewards_coefficient, lr)
+        }
         StepData::Pairs(pairs) => {
-            let on_prompt = cfg.hyperparameters.orpo_nll_on_prompt;
+            // The NLL over the prompt is ORPO's option; DPO reads the responses only.
+            let on_prompt = cfg.method == Method::Orpo && cfg.hyperparameters.orpo_nll_on_prompt;
             let micro: Vec<PreferenceBatch> = pairs
                 .chunks(mb)
                 .map(|c| {
                     PreferenceBatch::new(&c.iter().collect::<Vec<_>>(), pad, on_prompt, device)
                 })
                 .collect();
-            trainer.orpo_step(&micro, cfg.hyperparameters.orpo_lambda, lr)
+            match (cfg.method, reference) {
+                (Method::Dpo, Some(r)) => {
+                    let p = DpoParams {
+                        beta: cfg.dpo.beta,
+                        loss_type: cfg.dpo.loss_type,
+                        label_smoothing: cfg.dpo.label_smoothing,
+                    };
+                    trainer.dpo_step(&micro, r, &p, lr)
+                }
+                _ => trainer.orpo_step(&micro, cfg.hyperparameters.orpo_lambda, lr),
+            }
         }
     }
+}
+
+/// DPO's reference: a frozen model in memory, or log-probabilities precomputed once
+/// (loaded from beside the checkpoints when they were computed from the same data
+/// and reference model). A fresh run computes them with the model it just loaded
+/// (the reference, before any update) unless another reference model is named; a
+/// resumed run that lacks them loads the reference model apart.
+#[allow(clippy::too_many_arguments)]
+fn dpo_reference(
+    cfg: &TrainConfig,
+    ckpt: &CheckpointDir,
+    feed: &Feed,
+    trainer: &mut Trainer,
+    model_path: &Path,
+    pad: i64,
+    resumed: bool,
+    device: Device,
+    retry: std::time::Duration,
+) -> Result<reference::Reference> {
+    let kind = crate::config::kind(cfg.model.dtype);
+    let named = cfg
+        .dpo
+        .reference_model
+        .as_ref()
+        .map(|p| ModelSource::fetch(p, None, retry).map(|s| (s.dir.clone(), s)));
+    let named = named.transpose()?;
+    let ref_dir = named
+        .as_ref()
+        .map(|(d, _)| d.clone())
+        .unwrap_or_else(|| model_path.to_path_buf());
+    let ref_config = ModelConfig::from_file(&ref_dir.join("config.json"))?;
+    if cfg.dpo.reference == DpoReference::Model {
+        tracing::info!(reference = %ref_dir.display(), "DPO reference model kept in memory");
+        return Ok(reference::Reference::Model(Box::new(
+            reference::Frozen::load(&ref_dir, &ref_config, kind, device)?,
+        )));
+    }
+    let pairs = feed.pairs().ok_or_else(|| {
+        Error::Config(
+            "`dpo.reference: precompute` needs the pairs in memory; a streamed dataset takes `dpo.reference: model`".into(),
+        )
+    })?;
+    let t = Instant::now();
+    let (data_key, model_key) = (reference::data_key(pairs), reference::model_key(&ref_dir)?);
+    if let Some(v) = reference::load(ckpt, &data_key, &model_key)? {
+        if v.len() == pairs.len() {
+            tracing::info!(pairs = v.len(), file = %format!("{}/{}", ckpt.url(), reference::FILE), "reference log-probs loaded");
+            return Ok(reference::Reference::Precomputed(v));
+        }
+    }
+    let micro = cfg.hyperparameters.micro_batch_size;
+    let logps = if named.is_none() && !resumed {
+        reference::precompute(
+            &trainer.model,
+            pairs,
+            micro,
+            pad,
+            device,
+            trainer.comm.as_mut(),
+        )?
+    } else {
+        let frozen = reference::Frozen::load(&ref_dir, &ref_config, kind, device)?;
+        reference::precompute(
+            frozen.model(),
+            pairs,
+            micro,
+            pad,
+            device,
+            trainer.comm.as_mut(),
+        )?
+    };
+    if trainer.comm.rank() == 0 {
+        reference::store(ckpt, &data_key, &model_key, &logps)?;
+    }
+    trainer.comm.barrier()?;
+    tracing::info!(
+        pairs = logps.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "reference log-probs computed"
+    );
+    Ok(reference::Reference::Precomputed(logps))
 }
 
 /// Write the final model (HF format, with tokenizer) to `output_dir`.

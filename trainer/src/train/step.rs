@@ -9,10 +9,11 @@ use tch::{Device, Kind, Tensor};
 use super::backprop::BodyPass;
 use super::head;
 use super::optimizer::Optimizer;
-use crate::data::{Batch, PreferenceBatch};
+use super::reference::Reference;
+use crate::data::{Batch, PreferenceBatch, RewardBatch};
 use crate::dist::{all_reduce_f64, broadcast_params, Collective, Single};
 use crate::error::Result;
-use crate::loss::OrpoSums;
+use crate::loss::{DpoParams, DpoSums, OrpoSums, RewardSums};
 use crate::model::{ModelConfig, Transformer};
 use crate::optim::AdamWConfig;
 
@@ -41,7 +42,8 @@ pub struct StepResult {
     pub grad_norm: f64,
     /// Real input tokens processed by all ranks.
     pub tokens: i64,
-    pub orpo: Option<OrpoSums>,
+    /// The method's own metrics over the step, under TRL's names.
+    pub metrics: Vec<(&'static str, f64)>,
 }
 
 impl Trainer {
@@ -241,8 +243,154 @@ impl Trainer {
                 loss: v[0],
                 tokens: v[1] as i64,
                 grad_norm: 0.0,
-                orpo: Some(orpo),
+                metrics: orpo.metrics(lambda),
             },
         )
+    }
+
+    /// Pairs in this step over all ranks.
+    fn step_pairs(&mut self, local: i64) -> Result<i64> {
+        Ok(all_reduce_f64(self.comm.as_mut(), &[local as f64])?[0] as i64)
+    }
+
+    /// Forward and backward of one micro-batch of pairs; its share of the DPO loss.
+    pub fn dpo_backward(
+        &self,
+        b: &PreferenceBatch,
+        ref_logps: &Tensor,
+        params: &DpoParams,
+        step_pairs: i64,
+    ) -> (f64, DpoSums) {
+        let causal = crate::model::AttentionLayout::Causal;
+        let body = BodyPass::forward(
+            &self.model,
+            &b.input_ids,
+            &b.positions,
+            &causal,
+            self.checkpointing,
+        );
+        let out = head::dpo(&self.model, &body.hidden, b, ref_logps, params, step_pairs);
+        body.backward(&self.model);
+        out
+    }
+
+    /// DPO step over this rank's micro-batches of pairs (possibly none).
+    pub fn dpo_step(
+        &mut self,
+        micro: &[PreferenceBatch],
+        reference: &Reference,
+        params: &DpoParams,
+        lr: f64,
+    ) -> Result<StepResult> {
+        let pairs = self.step_pairs(micro.iter().map(|b| b.pairs).sum())?;
+        let (mut loss, mut tokens) = (0.0, 0i64);
+        let mut sums = DpoSums::default();
+        for b in micro {
+            let refs = reference.logps(b);
+            let (l, s) = self.dpo_backward(b, &refs, params, pairs);
+            loss += l;
+            tokens += b.tokens;
+            sums.add(&s);
+        }
+        let mut v = vec![loss, tokens as f64];
+        v.extend(sums.to_vec());
+        let v = all_reduce_f64(self.comm.as_mut(), &v)?;
+        let sums = DpoSums::from_slice(&v[2..]);
+        self.finish_step(
+            lr,
+            StepResult {
+                loss: v[0],
+                tokens: v[1] as i64,
+                grad_norm: 0.0,
+                metrics: sums.metrics(),
+            },
+        )
+    }
+
+    /// Forward and backward of one reward-model micro-batch; its share of the loss.
+    pub fn reward_backward(
+        &self,
+        b: &RewardBatch,
+        center: Option<f64>,
+        step_pairs: i64,
+    ) -> (f64, RewardSums) {
+        let causal = crate::model::AttentionLayout::Causal;
+        let body = BodyPass::forward(
+            &self.model,
+            &b.input_ids,
+            &b.positions,
+            &causal,
+            self.checkpointing,
+        );
+        let out = head::reward(&self.model, &body.hidden, b, center, step_pairs);
+        body.backward(&self.model);
+        out
+    }
+
+    /// Reward-model step over this rank's micro-batches of pairs (possibly none).
+    pub fn reward_step(
+        &mut self,
+        micro: &[RewardBatch],
+        center: Option<f64>,
+        lr: f64,
+    ) -> Result<StepResult> {
+        let pairs = self.step_pairs(micro.iter().map(|b| b.pairs).sum())?;
+        let (mut loss, mut tokens) = (0.0, 0i64);
+        let mut s = RewardSums::default();
+        for b in micro {
+            let (l, part) = self.reward_backward(b, center, pairs);
+            loss += l;
+            tokens += b.tokens;
+            s.add(&part);
+        }
+        let v = all_reduce_f64(
+            self.comm.as_mut(),
+            &[
+                loss,
+                tokens as f64,
+                s.pairs,
+                s.accurate,
+                s.margin_sum,
+                s.reward_sum,
+                s.rewards,
+            ],
+        )?;
+        let (min, max) = self.all_min_max(s.min, s.max)?;
+        let sums = RewardSums {
+            pairs: v[2],
+            accurate: v[3],
+            margin_sum: v[4],
+            reward_sum: v[5],
+            rewards: v[6],
+            min,
+            max,
+        };
+        self.finish_step(
+            lr,
+            StepResult {
+                loss: v[0],
+                tokens: v[1] as i64,
+                grad_norm: 0.0,
+                metrics: sums.metrics(),
+            },
+        )
+    }
+
+    /// The smallest `min` and largest `max` over the ranks (a sum of one-hot slots:
+    /// the collectives only sum).
+    fn all_min_max(&mut self, min: f64, max: f64) -> Result<(f64, f64)> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let mut slots = vec![0f64; 2 * world];
+        slots[2 * rank] = if min.is_finite() { min } else { f64::MAX };
+        slots[2 * rank + 1] = if max.is_finite() { max } else { f64::MIN };
+        let all = all_reduce_f64(self.comm.as_mut(), &slots)?;
+        let mins = all.iter().step_by(2).copied().fold(f64::INFINITY, f64::min);
+        let maxs = all
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        Ok((mins, maxs))
     }
 }
