@@ -120,6 +120,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         adam,
         h.max_grad_norm,
     );
+    // metrics (issue 11): /metrics of this process, see crate::metrics.
+    let metrics = std::sync::Arc::new(crate::metrics::TrainMetrics::new(
+        &crate::metrics::Labels::from_env(&cfg.job, rank),
+        world,
+        &model_config,
+        &trainer.vs.trainable_variables(),
+        cfg.data.max_seq_len,
+        device,
+        cfg.model.dtype.kind(),
+    ));
+    metrics.serve_from_env(opts.world.as_ref().map(|w| w.local_rank).unwrap_or(0));
     let config_hash = cfg.trajectory_hash();
     if let Some(info) = opts.world.as_ref().filter(|w| w.world_size > 1) {
         let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_seconds);
@@ -138,9 +149,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let id = peers.blob.ok_or_else(|| {
                 Error::Config("rank 0 sent no NCCL id (does it run the same config?)".into())
             })?;
-            trainer.set_collective(Box::new(Nccl::new(rank, world, info.local_rank, &id)?));
+            trainer.set_collective(metrics.timed(Box::new(Nccl::new(
+                rank,
+                world,
+                info.local_rank,
+                &id,
+            )?)));
         } else {
-            trainer.set_collective(Box::new(peers.ring));
+            trainer.set_collective(metrics.timed(Box::new(peers.ring)));
         }
         trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
         tracing::info!(rank, world_size = world, nccl = use_nccl, "joined the job");
@@ -215,9 +231,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
     };
     report(&state, &run);
+    metrics.start_at(state.step); // metrics
     let started = Instant::now();
     while state.step < total_steps {
+        let waited = Instant::now(); // metrics
         let data = feed.next_step(&mut state.cursor, share)?;
+        metrics.data_wait(waited.elapsed()); // metrics
         let lr = cosine_lr(
             state.step,
             total_steps,
@@ -234,6 +253,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         state.losses.push(r.loss);
         run.tokens += r.tokens;
         let tps = run.tokens_per_second();
+        metrics.step(state.step, r.loss, r.grad_norm, lr, tps); // metrics
         let mut fields: Vec<(&str, f64)> = vec![
             ("loss", r.loss),
             ("grad_norm", r.grad_norm),
@@ -255,6 +275,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         {
             // Rank 0 writes (weights are identical everywhere); the others wait so
             // that no rank runs ahead of a checkpoint that may fail.
+            let held = Instant::now(); // metrics
             if rank == 0 {
                 let t = Instant::now();
                 let dir = ckpt.save(
@@ -268,6 +289,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
             }
             trainer.comm.barrier()?;
+            metrics.checkpoint(held.elapsed()); // metrics
             run.last_checkpoint = Some(ckpt.step_url(state.step));
         }
         report(&state, &run);
