@@ -54,6 +54,8 @@ pub struct PodFacts {
     pub terminating: bool,
     /// Exit code of the trainer container, once terminated.
     pub exit_code: Option<i32>,
+    /// Its termination message (the trainer writes its error there), if any.
+    pub message: Option<String>,
     /// `status.reason` of the pod (`Evicted`, ...).
     pub reason: Option<String>,
     /// Bound to a node that no longer exists.
@@ -62,6 +64,18 @@ pub struct PodFacts {
     /// the same name, e.g. a deleted job whose pods the garbage collector has not yet
     /// removed). Never counted; only blocks creating pods of the same names.
     pub foreign: bool,
+}
+
+/// `": <message>"` for a termination message (trimmed, at most 1 KiB), else nothing.
+fn quoted(message: &Option<String>) -> String {
+    let Some(m) = message.as_deref().map(str::trim).filter(|m| !m.is_empty()) else {
+        return String::new();
+    };
+    let mut end = m.len().min(1024);
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(": {}", &m[..end])
 }
 
 impl PodFacts {
@@ -226,9 +240,10 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         return Decision::Fail {
             reason: reason::NON_RETRYABLE_EXIT,
             message: format!(
-                "worker {} exited with code {} (bad input, not retried)",
+                "worker {} exited with code {} (bad input, not retried){}",
                 p.name,
-                exit_code::BAD_INPUT
+                exit_code::BAD_INPUT,
+                quoted(&p.message)
             ),
             delete: cleanup(job.clean_pod_policy, pods),
         };
@@ -254,7 +269,13 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
                 Some((
                     reason::WORKER_FAILED,
                     match p.exit_code {
-                        Some(c) => format!("worker {} exited with code {c}", p.name),
+                        Some(c) => {
+                            format!(
+                                "worker {} exited with code {c}{}",
+                                p.name,
+                                quoted(&p.message)
+                            )
+                        }
                         None => format!("worker {} failed", p.name),
                     },
                 ))
@@ -367,6 +388,7 @@ mod tests {
                 _ => None,
             },
             reason: None,
+            message: None,
             node_lost: false,
             foreign: false,
         }
@@ -531,6 +553,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_trainers_message_is_quoted_in_the_failure() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].phase = PodPhase::Failed;
+        pods[1].exit_code = Some(64);
+        pods[1].message = Some("data/sft.jsonl:3: missing field `prompt`\n".into());
+        match decide(&job(2), &pods, now()) {
+            Decision::Fail { message, .. } => assert_eq!(
+                message,
+                "worker j-worker-1 exited with code 64 (bad input, not retried): \
+                 data/sft.jsonl:3: missing field `prompt`"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
