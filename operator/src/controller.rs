@@ -382,8 +382,14 @@ async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result
         apply::<Service>(c, &ns, &svc),
         apply::<ConfigMap>(c, &ns, &cm),
         apply::<ServiceAccount>(c, &ns, &sa),
-        apply::<Role>(c, &ns, &role),
-        apply::<RoleBinding>(c, &ns, &rb),
+        // The Role first: the API server's escalation check of a RoleBinding made by a
+        // user who may not `bind` (the chart's service account) resolves the Role, and
+        // answers 404 while it does not exist yet; concurrently, that error also
+        // cancelled the Role's own apply, so the job never got past this point.
+        async {
+            apply::<Role>(c, &ns, &role).await?;
+            apply::<RoleBinding>(c, &ns, &rb).await
+        },
     )?;
     if let Some((ar, pg)) = children::pod_group(job)? {
         let api: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), &ns, &ar);

@@ -179,6 +179,7 @@ start kube-apiserver "$BIN/kube-apiserver" \
 	--bind-address="$BIND" --advertise-address="$BIND" --secure-port="$P_API" \
 	--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
 	--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+	--kubelet-preferred-address-types=InternalIP,Hostname \
 	--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 	--client-ca-file="$PKI/ca.crt" \
 	--authorization-mode=Node,RBAC \

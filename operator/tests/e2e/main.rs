@@ -169,7 +169,12 @@ fn helm_installed_operator_runs_under_its_own_service_account_with_leader_electi
         a.extend(args);
         w.kubectl_try(&a).1.trim() == "yes"
     };
-    assert!(can(&["patch", "janustrainingjobs.janus.dev/status", "-A"]));
+    assert!(can(&[
+        "patch",
+        "janustrainingjobs.janus.dev",
+        "--subresource=status",
+        "-A"
+    ]));
     assert!(can(&["create", "pods", "-n", "default"]));
     assert!(can(&[
         "update",
