@@ -54,6 +54,7 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         terminating: pod.metadata.deletion_timestamp.is_some(),
         exit_code,
         message: terminated.and_then(|t| t.message.clone()),
+        finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
         reason: status.and_then(|s| s.reason.clone()),
         node_lost: node.is_some_and(|n| !node_exists(n)),
         foreign: !owned_by(pod, job_uid),

@@ -201,6 +201,7 @@ impl World {
         let env = parse_env(&dir.join("env"));
         let kubeconfig = dir.join("kubeconfig");
         let kubectl = PathBuf::from(&env["JANUS_K8S_BIN"]).join("kubectl");
+        let kubectl_path = kubectl.clone();
         let helm = PathBuf::from(&env["JANUS_HELM"]);
         let node_ip = env["JANUS_NODE_IP"].clone();
 
@@ -226,18 +227,28 @@ impl World {
             std::net::TcpStream::connect((node_ip.as_str(), s3_port)).ok()
         });
 
-        // Prometheus (Debian's package), scraping every second.
+        // Prometheus (Debian's package), scraping every second. Debian builds it without
+        // kubernetes_sd_configs ("field kubernetes_sd_configs not found in type
+        // config.ScrapeConfig"), so the targets come from file_sd, written by a
+        // discovery thread that selects exactly what manifests/prometheus/scrape-config.yaml
+        // (and the chart's ServiceMonitor / PodMonitor) select.
         let prom_port = free_port();
-        let scrape =
-            std::fs::read_to_string(repo().join("manifests/prometheus/scrape-config.yaml"))
-                .unwrap()
-                .replace("/path/to/kubeconfig", &kubeconfig.display().to_string());
+        let sd = dir.join("prometheus-sd");
+        std::fs::create_dir_all(&sd).unwrap();
         let prom_cfg = dir.join("prometheus.yml");
         std::fs::write(
             &prom_cfg,
-            format!("global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n{scrape}"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n\
+                 - job_name: janus-operator\n  file_sd_configs: [{{files: ['{op}'], refresh_interval: 1s}}]\n\
+                 - job_name: janus-trainers\n  honor_labels: true\n  file_sd_configs: [{{files: ['{tr}'], refresh_interval: 1s}}]\n",
+                op = sd.join("operator.json").display(),
+                tr = sd.join("trainers.json").display(),
+            ),
         )
         .unwrap();
+        spawn_discovery(kubectl_path.clone(), dir.join("kubeconfig"), sd);
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", prom_cfg.display()))
             .arg(format!(
@@ -251,6 +262,9 @@ impl World {
             .spawn()
             .expect("prometheus starts (Debian package `prometheus`; make node-deps installs it)");
         record_pid(&dir, child.id());
+        wait_until("prometheus ready", Duration::from_secs(30), || {
+            http_get(&format!("http://127.0.0.1:{prom_port}/-/ready")).ok()
+        });
         let prometheus = format!("http://127.0.0.1:{prom_port}");
 
         let site_packages = PathBuf::from(
@@ -457,6 +471,66 @@ impl World {
             })
             .collect()
     }
+}
+
+/// Pod discovery for Prometheus' file_sd, every second: the operator pods (label
+/// app.kubernetes.io/name=janus-operator, container port `http`) and the trainer pods
+/// (label janus.dev/job, container port `metrics`), Running, with `namespace` / `pod`
+/// target labels as kubernetes_sd relabelling gives them.
+fn spawn_discovery(kubectl: PathBuf, kubeconfig: PathBuf, sd: PathBuf) {
+    std::thread::spawn(move || loop {
+        let out = Command::new(&kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["get", "pods", "-A", "-o", "json"])
+            .stdin(Stdio::null())
+            .output();
+        if let Some(pods) = out
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+        {
+            let groups = |select: &dyn Fn(&Value) -> bool, port: &str, with_ns: bool| -> Value {
+                let items = pods["items"].as_array().cloned().unwrap_or_default();
+                let g: Vec<Value> = items
+                    .iter()
+                    .filter(|p| select(p) && p["status"]["phase"] == "Running")
+                    .filter_map(|p| {
+                        let ip = p["status"]["podIP"].as_str()?;
+                        let n = p["spec"]["containers"].as_array()?.iter().find_map(|c| {
+                            c["ports"].as_array()?.iter().find(|q| q["name"] == port)?
+                                ["containerPort"]
+                                .as_u64()
+                        })?;
+                        let mut labels = serde_json::json!({"pod": p["metadata"]["name"]});
+                        if with_ns {
+                            labels["namespace"] = p["metadata"]["namespace"].clone();
+                        }
+                        Some(
+                            serde_json::json!({"targets": [format!("{ip}:{n}")], "labels": labels}),
+                        )
+                    })
+                    .collect();
+                Value::Array(g)
+            };
+            let op = groups(
+                &|p| p["metadata"]["labels"]["app.kubernetes.io/name"] == "janus-operator",
+                "http",
+                true,
+            );
+            let tr = groups(
+                &|p| p["metadata"]["labels"]["janus.dev/job"].is_string(),
+                "metrics",
+                false,
+            );
+            for (name, v) in [("operator.json", op), ("trainers.json", tr)] {
+                let tmp = sd.join(format!(".{name}"));
+                if std::fs::write(&tmp, v.to_string()).is_ok() {
+                    let _ = std::fs::rename(&tmp, sd.join(name));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
 }
 
 fn record_pid(dir: &Path, pid: u32) {
