@@ -164,9 +164,11 @@ def fetch_debs(names, cache: Path):
             sys.exit(f"build.py: Debian package {name} is not available (apt-get update first?)")
         found = sorted(cache.glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
         if not found:
-            subprocess.run(
-                ["apt-get", "download", "-q", f"{name}={version}"], cwd=cache, check=True
-            )
+            cmd = ["apt-get", "download", "-q", f"{name}={version}"]
+            if subprocess.run(cmd, cwd=cache).returncode != 0:
+                # A machine whose package lists were never fetched (or are stale).
+                subprocess.run(["apt-get", "update", "-qq"], check=True)
+                subprocess.run(cmd, cwd=cache, check=True)
             found = sorted(cache.glob(f"{name}_{version.replace(':', '%3a')}_*.deb"))
         if not found:
             sys.exit(f"build.py: apt-get download {name}={version} left no .deb in {cache}")
