@@ -32,6 +32,11 @@ impl Error {
     }
 }
 
+/// True for an API error with this HTTP status code.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,9 +58,4 @@ mod tests {
             assert!(Error::METRIC_LABELS.contains(&e.metric_label()), "{e}");
         }
     }
-}
-
-/// True for an API error with this HTTP status code.
-pub fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }

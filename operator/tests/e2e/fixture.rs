@@ -44,6 +44,9 @@ pub struct World {
     pub site_packages: PathBuf,
     /// Seconds each phase of the set-up took (for the README's budget table).
     pub timings: Vec<(&'static str, f64)>,
+    /// versitygw and prometheus: they live as long as the test process (the watchdog
+    /// kills them, by the pids in DIR/extra-pids, when it exits).
+    _servers: Vec<std::process::Child>,
 }
 
 pub fn repo() -> PathBuf {
@@ -223,6 +226,7 @@ impl World {
             .spawn()
             .expect("versitygw starts");
         record_pid(&dir, child.id());
+        let mut servers = vec![child];
         wait_until("versitygw listening", Duration::from_secs(20), || {
             std::net::TcpStream::connect((node_ip.as_str(), s3_port)).ok()
         });
@@ -262,6 +266,7 @@ impl World {
             .spawn()
             .expect("prometheus starts (Debian package `prometheus`; make node-deps installs it)");
         record_pid(&dir, child.id());
+        servers.push(child);
         wait_until("prometheus ready", Duration::from_secs(30), || {
             http_get(&format!("http://127.0.0.1:{prom_port}/-/ready")).ok()
         });
@@ -290,6 +295,7 @@ impl World {
             prometheus,
             site_packages,
             timings: vec![],
+            _servers: servers,
         };
         w.helm_install();
         lap("helm install (operator pods Ready)", &mut t);
