@@ -26,6 +26,12 @@ K8S_BIN := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/k8s-$(K8S_VERSION)/bin
 export JANUS_K8S_BIN := $(K8S_BIN)
 export JANUS_CONTROLPLANE := $(CURDIR)/tests/controlplane
 
+# The real node of the end-to-end tests (tests/controlplane/node-up.sh) and helm:
+# kubelet, kube-proxy, CoreDNS and helm from their Go modules (build-node.sh, cached
+# like the control plane), containerd/runc/CNI/prometheus from Debian (node-deps.sh).
+HELM_VERSION := $(shell awk '$$1 == "require" && $$2 == "helm.sh/helm/v3" {print $$3}' tests/controlplane/helm/go.mod)
+export JANUS_HELM := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/helm-$(HELM_VERSION)/bin/helm
+
 # tch builds against the PyTorch in the venv (tch's documented route).
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
@@ -64,7 +70,15 @@ test: build lint unit
 controlplane:
 	@tests/controlplane/build.sh >/dev/null
 
-unit: controlplane
+unit: controlplane node
+
+.PHONY: node node-deps
+# Debian packages of the node (needs root; a no-op when installed).
+node-deps:
+	@tests/controlplane/node-deps.sh
+# Go builds of the node and helm; returns at once when the stamps match.
+node: node-deps
+	@tests/controlplane/build-node.sh >/dev/null
 
 controlplane-smoke: controlplane
 	tests/controlplane/smoke.sh

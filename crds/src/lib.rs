@@ -50,6 +50,8 @@ pub mod env {
     pub const POD_NAME: &str = "JANUS_POD_NAME";
     /// Namespace of that pod (downward API).
     pub const POD_NAMESPACE: &str = "JANUS_POD_NAMESPACE";
+    /// Port on which the first trainer process of the pod serves `/metrics`.
+    pub const METRICS_PORT: &str = "JANUS_METRICS_PORT";
 }
 
 /// Process exit codes of the `janus` trainer.
@@ -92,4 +94,6 @@ pub mod defaults {
     pub const CONFIG_PATH: &str = "/etc/janus/config.yaml";
     /// Name of the trainer container in each worker pod.
     pub const CONTAINER_NAME: &str = "trainer";
+    /// Port of the trainer's `/metrics` (`JANUS_METRICS_PORT`, container port `metrics`).
+    pub const METRICS_PORT: i32 = 9400;
 }

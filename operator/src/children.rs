@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 pub const CONFIG_KEY: &str = "config.yaml";
 /// GPU resource name.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Name of the trainer's `/metrics` container port.
+pub const METRICS_PORT_NAME: &str = "metrics";
 /// Volcano's pod annotation naming the PodGroup.
 pub const VOLCANO_GROUP_ANNOTATION: &str = "scheduling.k8s.io/group-name";
 /// scheduler-plugins coscheduling's pod label naming the PodGroup.
@@ -232,6 +234,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         plain(env::MASTER_PORT, w.master_port.to_string()),
         plain(env::ATTEMPT, attempt.to_string()),
         plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
+        plain(env::METRICS_PORT, defaults::METRICS_PORT.to_string()),
         field(env::POD_NAME, "metadata.name"),
         field(env::POD_NAMESPACE, "metadata.namespace"),
     ];
@@ -275,11 +278,22 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
                 ..Default::default()
             }]
         }),
-        ports: Some(vec![ContainerPort {
-            name: Some("rendezvous".into()),
-            container_port: w.master_port,
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("rendezvous".into()),
+                container_port: w.master_port,
+                ..Default::default()
+            },
+            // Scraped by Prometheus (the chart's PodMonitor selects this port name).
+            ContainerPort {
+                name: Some(METRICS_PORT_NAME.into()),
+                container_port: defaults::METRICS_PORT,
+                ..Default::default()
+            },
+        ]),
+        // The trainer writes its fatal error to the termination log; a process killed
+        // before it could still leaves the tail of its log there.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         resources,
         volume_mounts: Some(vec![
             VolumeMount {
@@ -471,7 +485,19 @@ mod tests {
         assert_eq!(e["JANUS_MASTER_PORT"], "29500");
         assert_eq!(e["JANUS_ATTEMPT"], "1");
         assert_eq!(e["JANUS_CONFIG"], "/etc/janus/config.yaml");
+        assert_eq!(e["JANUS_METRICS_PORT"], "9400");
         let c = &spec.containers[0];
+        let ports: Vec<(&str, i32)> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(ports, vec![("rendezvous", 29500), ("metrics", 9400)]);
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
         assert_eq!(
             c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
             "8"

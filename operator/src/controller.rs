@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::children;
 use crate::error::{is_status, Error, Result};
 use crate::gang::{self, Decision, PodFacts};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::status::{self, EventSpec};
 
@@ -46,6 +47,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    pub health: Health,
     /// Consecutive failed reconciles per job (`namespace/name`), for the backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -143,6 +145,9 @@ fn plan(
 /// Top-level reconcile: metrics and tracing around [`reconcile_job`].
 pub async fn reconcile(job: Arc<JanusTrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconcile_total.inc();
+    let _in_flight = ctx
+        .health
+        .reconcile_started(key(&job), std::time::Instant::now());
     let _timer = ctx.metrics.reconcile_duration_seconds.start_timer();
     let result = reconcile_job(&job, &ctx).await;
     if result.is_ok() {
@@ -377,8 +382,14 @@ async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result
         apply::<Service>(c, &ns, &svc),
         apply::<ConfigMap>(c, &ns, &cm),
         apply::<ServiceAccount>(c, &ns, &sa),
-        apply::<Role>(c, &ns, &role),
-        apply::<RoleBinding>(c, &ns, &rb),
+        // The Role first: the API server's escalation check of a RoleBinding made by a
+        // user who may not `bind` (the chart's service account) resolves the Role, and
+        // answers 404 while it does not exist yet; concurrently, that error also
+        // cancelled the Role's own apply, so the job never got past this point.
+        async {
+            apply::<Role>(c, &ns, &role).await?;
+            apply::<RoleBinding>(c, &ns, &rb).await
+        },
     )?;
     if let Some((ar, pg)) = children::pod_group(job)? {
         let api: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), &ns, &ar);
@@ -442,12 +453,27 @@ fn jobs_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<JanusTrainingJo
     out
 }
 
+/// Reports each event or error of a watch to `health` (a watch that keeps failing
+/// wedges the controller: the runtime would retry it silently forever).
+fn watch_health<K>(
+    health: &Health,
+    watch: &'static str,
+) -> impl Fn(&std::result::Result<watcher::Event<K>, watcher::Error>) {
+    let health = health.clone();
+    move |ev| match ev {
+        Ok(_) => health.watch_ok(watch),
+        Err(e) => health.watch_failed(watch, &e.to_string(), std::time::Instant::now()),
+    }
+}
+
 /// Runs the controller (over all namespaces, or only `namespace`) until `shutdown`
 /// resolves. `on_store` receives the job cache
 /// (for the `janus_jobs{phase}` gauge).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     metrics: Metrics,
+    health: Health,
     identity: String,
     namespace: Option<String>,
     on_store: impl FnOnce(Store<JanusTrainingJob>),
@@ -462,12 +488,18 @@ pub async fn run(
     };
     let nodes_api: Api<Node> = Api::all(client.clone());
 
+    let (job_store, job_writer) = reflector::store();
+    let job_stream = reflector::reflector(job_writer, watcher(jobs, watcher::Config::default()))
+        .default_backoff()
+        .inspect(watch_health(&health, "jobs"))
+        .touched_objects();
     let (pods, pod_writer) = reflector::store();
     let pod_stream = reflector::reflector(
         pod_writer,
         watcher(pods_api, watcher::Config::default().labels(labels::JOB)).modify(slim_pod),
     )
     .default_backoff()
+    .inspect(watch_health(&health, "pods"))
     .touched_objects();
     let (nodes, node_writer) = reflector::store();
     let node_stream = reflector::reflector(
@@ -475,6 +507,7 @@ pub async fn run(
         watcher(nodes_api, watcher::Config::default()).modify(slim_node),
     )
     .default_backoff()
+    .inspect(watch_health(&health, "nodes"))
     .filter_map(|ev| async move {
         match ev {
             Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
@@ -495,9 +528,10 @@ pub async fn run(
         metrics,
         pods: pods.clone(),
         nodes: nodes.clone(),
+        health,
         failures: Default::default(),
     });
-    let controller = Controller::new(jobs, watcher::Config::default())
+    let controller = Controller::for_stream(job_stream, job_store)
         // Coalesce the burst of pod events of a starting gang into fewer reconciles.
         .with_config(
             kube::runtime::controller::Config::default()

@@ -16,6 +16,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Every value of [`Error::metric_label`]: the error counter starts with each at 0,
+    /// so `rate()` over it has a series (0 while nothing fails) from the first scrape.
+    pub const METRIC_LABELS: [&'static str; 4] =
+        ["Kube", "ConfigRender", "TemplateOverride", "MissingField"];
+
     /// Metric label: the variant name.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -30,4 +35,27 @@ impl Error {
 /// True for an API error with this HTTP status code.
 pub fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_label_is_listed() {
+        for e in [
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::ConfigRender {
+                job: "j".into(),
+                message: "m".into(),
+            },
+            Error::TemplateOverride {
+                job: "j".into(),
+                message: "m".into(),
+            },
+            Error::MissingField("f"),
+        ] {
+            assert!(Error::METRIC_LABELS.contains(&e.metric_label()), "{e}");
+        }
+    }
 }

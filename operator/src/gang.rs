@@ -54,6 +54,10 @@ pub struct PodFacts {
     pub terminating: bool,
     /// Exit code of the trainer container, once terminated.
     pub exit_code: Option<i32>,
+    /// Its termination message (the trainer writes its error there), if any.
+    pub message: Option<String>,
+    /// When the trainer container terminated.
+    pub finished_at: Option<Timestamp>,
     /// `status.reason` of the pod (`Evicted`, ...).
     pub reason: Option<String>,
     /// Bound to a node that no longer exists.
@@ -62,6 +66,18 @@ pub struct PodFacts {
     /// the same name, e.g. a deleted job whose pods the garbage collector has not yet
     /// removed). Never counted; only blocks creating pods of the same names.
     pub foreign: bool,
+}
+
+/// `": <message>"` for a termination message (trimmed, at most 1 KiB), else nothing.
+fn quoted(message: &Option<String>) -> String {
+    let Some(m) = message.as_deref().map(str::trim).filter(|m| !m.is_empty()) else {
+        return String::new();
+    };
+    let mut end = m.len().min(1024);
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(": {}", &m[..end])
 }
 
 impl PodFacts {
@@ -226,9 +242,10 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         return Decision::Fail {
             reason: reason::NON_RETRYABLE_EXIT,
             message: format!(
-                "worker {} exited with code {} (bad input, not retried)",
+                "worker {} exited with code {} (bad input, not retried){}",
                 p.name,
-                exit_code::BAD_INPUT
+                exit_code::BAD_INPUT,
+                quoted(&p.message)
             ),
             delete: cleanup(job.clean_pod_policy, pods),
         };
@@ -242,7 +259,19 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
     let missing: Vec<i32> = (0..job.replicas)
         .filter(|r| !current.iter().any(|p| p.rank == Some(*r)))
         .collect();
-    let failure: Option<(&'static str, String)> = current
+    // When one rank dies the others lose their peer and exit too (75) within moments:
+    // report the failure that came first, and of those at the same time (the kubelet
+    // stamps seconds) one that is not a lost-peer exit, so the condition names the cause.
+    let mut by_cause = current.clone();
+    by_cause.sort_by_key(|p| {
+        (
+            p.phase != PodPhase::Failed,
+            p.finished_at,
+            p.exit_code == Some(exit_code::RETRYABLE),
+            p.rank,
+        )
+    });
+    let failure: Option<(&'static str, String)> = by_cause
         .iter()
         .find_map(|p| {
             if p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted") {
@@ -254,7 +283,13 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
                 Some((
                     reason::WORKER_FAILED,
                     match p.exit_code {
-                        Some(c) => format!("worker {} exited with code {c}", p.name),
+                        Some(c) => {
+                            format!(
+                                "worker {} exited with code {c}{}",
+                                p.name,
+                                quoted(&p.message)
+                            )
+                        }
                         None => format!("worker {} failed", p.name),
                     },
                 ))
@@ -367,6 +402,8 @@ mod tests {
                 _ => None,
             },
             reason: None,
+            message: None,
+            finished_at: None,
             node_lost: false,
             foreign: false,
         }
@@ -531,6 +568,53 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_first_failure_is_the_reason_not_the_peer_that_lost_it() {
+        let mut pods = gang(3, 0, PodPhase::Running);
+        let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
+        // Rank 2 was killed; ranks 0 and 1 exited 75 for the lost peer, one at the same
+        // second and one later.
+        pods[2].phase = PodPhase::Failed;
+        pods[2].exit_code = Some(137);
+        pods[2].finished_at = at("2026-01-01T12:00:05Z");
+        pods[0].phase = PodPhase::Failed;
+        pods[0].exit_code = Some(75);
+        pods[0].finished_at = at("2026-01-01T12:00:05Z");
+        pods[1].phase = PodPhase::Failed;
+        pods[1].exit_code = Some(75);
+        pods[1].finished_at = at("2026-01-01T12:00:06Z");
+        match decide(&job(3), &pods, now()) {
+            Decision::Restart { message, .. } => {
+                assert_eq!(message, "worker j-worker-2 exited with code 137")
+            }
+            other => panic!("{other:?}"),
+        }
+        // An earlier failure wins whatever its code.
+        pods[1].finished_at = at("2026-01-01T12:00:04Z");
+        match decide(&job(3), &pods, now()) {
+            Decision::Restart { message, .. } => {
+                assert_eq!(message, "worker j-worker-1 exited with code 75")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_trainers_message_is_quoted_in_the_failure() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].phase = PodPhase::Failed;
+        pods[1].exit_code = Some(64);
+        pods[1].message = Some("data/sft.jsonl:3: missing field `prompt`\n".into());
+        match decide(&job(2), &pods, now()) {
+            Decision::Fail { message, .. } => assert_eq!(
+                message,
+                "worker j-worker-1 exited with code 64 (bad input, not retried): \
+                 data/sft.jsonl:3: missing field `prompt`"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use axum::Router;
 use janus_crds::JanusTrainingJob;
 use kube::runtime::reflector::Store;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -20,6 +21,8 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// The controller's job cache, once this replica leads (for `janus_jobs{phase}`).
     pub jobs: Arc<OnceLock<Store<JanusTrainingJob>>>,
+    /// Whether the controller is wedged (see [`crate::health`]).
+    pub health: Health,
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
@@ -30,8 +33,15 @@ async fn metrics(State(s): State<HttpState>) -> String {
     s.metrics.encode()
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// The liveness probe: 503 with the reason when the controller is wedged.
+async fn healthz(State(s): State<HttpState>) -> (StatusCode, String) {
+    match s.health.check(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(why) => {
+            tracing::error!(reason = %why, "controller wedged: /healthz fails");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("wedged: {why}"))
+        }
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {

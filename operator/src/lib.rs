@@ -6,6 +6,7 @@ pub mod config_render;
 pub mod controller;
 pub mod error;
 pub mod gang;
+pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;

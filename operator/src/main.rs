@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
+use janus_operator::health::Health;
 use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
 use janus_operator::metrics::Metrics;
@@ -51,6 +52,9 @@ struct Args {
     /// Seconds between lease acquire / renew attempts.
     #[arg(long, default_value_t = 2)]
     retry_period_seconds: u64,
+    /// /healthz fails once a watch has failed, or one reconcile has run, this long.
+    #[arg(long, default_value_t = 120)]
+    stall_seconds: u64,
 }
 
 fn default_identity() -> String {
@@ -77,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
 
     let metrics = Metrics::new();
+    let health = Health::new(Duration::from_secs(args.stall_seconds));
     let ready = Arc::new(AtomicBool::new(false));
     let jobs_store = Arc::new(OnceLock::new());
     let bound = http::serve(
@@ -85,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
             metrics: metrics.clone(),
             ready: ready.clone(),
             jobs: jobs_store.clone(),
+            health: health.clone(),
         },
     )
     .await?;
@@ -116,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         controller::run(
             client,
             metrics,
+            health,
             identity,
             args.namespace.clone(),
             move |s| {
@@ -148,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
     let mut ctrl = tokio::spawn(controller::run(
         client,
         metrics.clone(),
+        health,
         identity,
         args.namespace.clone(),
         move |s| {

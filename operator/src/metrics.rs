@@ -82,6 +82,9 @@ impl Metrics {
         for p in JobPhase::ALL {
             jobs.with_label_values(&[p.as_str()]).set(0);
         }
+        for e in crate::error::Error::METRIC_LABELS {
+            reconcile_errors_total.with_label_values(&[e]);
+        }
         Metrics {
             registry,
             reconcile_total,
@@ -135,6 +138,7 @@ mod tests {
             "janus_jobs{phase=\"Running\"} 2",
             "janus_jobs{phase=\"Failed\"} 1",
             "janus_jobs{phase=\"Pending\"} 0",
+            "janus_operator_reconcile_errors_total{error=\"MissingField\"} 0",
             "janus_job_restarts_total 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

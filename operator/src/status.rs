@@ -39,12 +39,12 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         Some("Failed") => PodPhase::Failed,
         _ => PodPhase::Pending,
     };
-    let exit_code = status
+    let terminated = status
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.name == defaults::CONTAINER_NAME))
         .and_then(|c| c.state.as_ref())
-        .and_then(|st| st.terminated.as_ref())
-        .map(|t| t.exit_code);
+        .and_then(|st| st.terminated.as_ref());
+    let exit_code = terminated.map(|t| t.exit_code);
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
     PodFacts {
         name: pod.name_any(),
@@ -53,6 +53,8 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         phase,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         exit_code,
+        message: terminated.and_then(|t| t.message.clone()),
+        finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
         reason: status.and_then(|s| s.reason.clone()),
         node_lost: node.is_some_and(|n| !node_exists(n)),
         foreign: !owned_by(pod, job_uid),

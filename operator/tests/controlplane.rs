@@ -540,6 +540,49 @@ async fn with_two_replicas_only_the_lease_holder_reconciles() {
     );
 }
 
+/// The liveness probe fails when the controller cannot work: here its identity may not
+/// list anything, so every watch fails, and /healthz turns 503 naming the watch and the
+/// API server's answer once that has lasted --stall-seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_when_the_controller_is_wedged_on_failing_watches() {
+    let c = client().await;
+    let ns = namespace(&c, "wedged").await;
+    let cl = cluster();
+    // The admin's credentials, impersonating a service account without any RBAC.
+    let admin = std::fs::read_to_string(&cl.kubeconfig).unwrap();
+    let restricted = cl.dir.join("kubeconfig-nobody");
+    std::fs::write(
+        &restricted,
+        admin.replacen(
+            "    client-key-data:",
+            &format!("    as: system:serviceaccount:{ns}:nobody\n    client-key-data:"),
+            1,
+        ),
+    )
+    .unwrap();
+    let op = Operator::start_as(
+        &ns,
+        "nobody",
+        &["--no-leader-election", "--stall-seconds", "2"],
+        &restricted,
+    );
+    let body = wait_for("/healthz to fail", Duration::from_secs(30), || async {
+        op.get("/healthz").filter(|b| b != "ok")
+    })
+    .await;
+    assert!(body.starts_with("wedged:"), "{body}");
+    assert!(body.contains("watch has failed"), "{body}");
+    assert!(body.contains("forbidden"), "{body}");
+    // A working operator stays healthy past the same limit.
+    let ok = Operator::start(
+        &ns,
+        "admin",
+        &["--no-leader-election", "--stall-seconds", "2"],
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ok.get("/healthz").as_deref(), Some("ok"));
+}
+
 /// Invalid specs are refused by the API server itself, with a message naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {

@@ -6,6 +6,10 @@ set -uo pipefail
 DIR="$1"
 [[ -d "$DIR" ]] || exit 0
 DIR="$(cd "$DIR" && pwd)"
+# A real node (node-up.sh) goes first: its pods are stopped through the API server.
+if [[ -f "$DIR/node-pids" || -d "$DIR/node-saved" ]]; then
+	"$(dirname "${BASH_SOURCE[0]}")/node-down.sh" "$DIR"
+fi
 
 ours() { # a live process (not a zombie) whose command line names DIR (pids get reused)
 	[[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$DIR/"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# up.sh DIR [NODES]: starts a real Kubernetes control plane on 127.0.0.1 (free ports):
+# up.sh DIR [NODES]: starts a real Kubernetes control plane on 127.0.0.1 (free ports;
+# the API server on $JANUS_K8S_BIND_ADDRESS instead when set: node-up.sh puts it on the
+# node's bridge address so that pods reach it):
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, and creates
 # NODES (default 4) fake GPU nodes kwok-node-0..kwok-node-<NODES-1>. Returns when the
 # API server is ready, the "default" service account exists and every node is Ready.
@@ -19,6 +21,7 @@ DIR="$(cd "$1" && pwd)"
 NODES="${2:-4}"
 [[ "$NODES" =~ ^[0-9]+$ ]] || { echo "up.sh: NODES must be a number, got '$NODES'" >&2; exit 2; }
 TIMEOUT="${JANUS_K8S_UP_TIMEOUT:-90}"
+BIND="${JANUS_K8S_BIND_ADDRESS:-127.0.0.1}"
 
 if [[ -s "$DIR/pids" ]]; then
 	while read -r pid _; do
@@ -68,7 +71,7 @@ EOF
 PKI="$DIR/pki"
 rm -rf "$PKI" "$DIR/etcd"
 mkdir -p "$PKI"
-cat >"$PKI/openssl.cnf" <<'EOF'
+cat >"$PKI/openssl.cnf" <<EOF
 [req]
 distinguished_name = dn
 prompt = no
@@ -82,7 +85,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1,IP:$BIND,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 authorityKeyIdentifier = keyid
 [client]
 basicConstraints = critical,CA:FALSE
@@ -106,6 +109,9 @@ pki() {
 	}
 	sign apiserver "/CN=kube-apiserver" server
 	sign admin "/O=system:masters/CN=janus-admin" client
+	# The API server's client certificate towards kubelets (logs, exec, port-forward).
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/apiserver-kubelet-client.key"
+	sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client
 }
 pki >"$PKI/openssl.log" 2>&1 || { cat "$PKI/openssl.log" >&2; fail "" "certificate generation failed"; }
 
@@ -116,7 +122,7 @@ kind: Config
 clusters:
 - name: janus
   cluster:
-    server: https://127.0.0.1:$P_API
+    server: https://$BIND:$P_API
     certificate-authority-data: $(b64 "$PKI/ca.crt")
 users:
 - name: janus-admin
@@ -133,7 +139,7 @@ current-context: janus
 EOF
 chmod 600 "$DIR/kubeconfig"
 printf 'export %s=%q\n' KUBECONFIG "$DIR/kubeconfig" JANUS_K8S_BIN "$BIN" \
-	JANUS_K8S_API "https://127.0.0.1:$P_API" JANUS_K8S_ETCD "http://127.0.0.1:$P_ETCD" \
+	JANUS_K8S_API "https://$BIND:$P_API" JANUS_K8S_ETCD "http://127.0.0.1:$P_ETCD" \
 	JANUS_K8S_NODES "$NODES" >"$DIR/env"
 
 # --- processes ------------------------------------------------------------------------
@@ -170,7 +176,10 @@ start etcd "$BIN/etcd" --name=janus --data-dir="$DIR/etcd" \
 
 start kube-apiserver "$BIN/kube-apiserver" \
 	--etcd-servers="http://127.0.0.1:$P_ETCD" \
-	--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$P_API" \
+	--bind-address="$BIND" --advertise-address="$BIND" --secure-port="$P_API" \
+	--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+	--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+	--kubelet-preferred-address-types=InternalIP,Hostname \
 	--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 	--client-ca-file="$PKI/ca.crt" \
 	--authorization-mode=Node,RBAC \

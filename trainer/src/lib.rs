@@ -6,6 +6,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plan;

@@ -183,6 +183,29 @@ impl Drop for Reporter {
     }
 }
 
+/// Where Kubernetes reads a container's termination message (the container's
+/// default `terminationMessagePath`); `JANUS_TERMINATION_LOG` overrides it.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// In a pod, leave `message` (the error that ends the process) where the kubelet
+/// copies it into the container status (`state.terminated.message`, at most 4 KiB),
+/// so the operator can quote the trainer's own words in the job's condition. Outside
+/// a pod the file does not exist and nothing is written.
+pub fn write_termination_message(message: &str) {
+    let path = std::env::var("JANUS_TERMINATION_LOG").unwrap_or_else(|_| TERMINATION_LOG.into());
+    if !std::path::Path::new(&path).exists() {
+        return;
+    }
+    // The kubelet truncates to 4096 bytes; keep the start, on a char boundary.
+    let mut end = message.len().min(4000);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(e) = std::fs::write(&path, &message[..end]) {
+        tracing::warn!(path, error = %e, "could not write the termination message");
+    }
+}
+
 /// Now as RFC 3339 UTC (`2026-11-27T01:02:03Z`).
 pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
@@ -210,6 +233,21 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_termination_message_is_written_only_where_the_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("termination-log");
+        std::env::set_var("JANUS_TERMINATION_LOG", &f);
+        super::write_termination_message("nothing here");
+        assert!(!f.exists());
+        std::fs::write(&f, "").unwrap();
+        let long = "é".repeat(3000);
+        super::write_termination_message(&long);
+        std::env::remove_var("JANUS_TERMINATION_LOG");
+        let got = std::fs::read_to_string(&f).unwrap();
+        assert!(got.len() <= 4000 && got.starts_with("éé"), "{}", got.len());
+    }
+
     #[test]
     fn rfc3339_is_well_formed() {
         let s = super::now_rfc3339();

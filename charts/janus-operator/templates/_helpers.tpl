@@ -3,8 +3,13 @@
 app.kubernetes.io/name: janus-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- define "janus-operator.selector" -}}
 app.kubernetes.io/name: janus-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- define "janus-operator.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}

@@ -204,6 +204,11 @@ pub struct Operator {
 impl Operator {
     /// Start the built `janus-operator` for namespace `ns` with extra flags.
     pub fn start(ns: &str, tag: &str, extra: &[&str]) -> Operator {
+        Self::start_as(ns, tag, extra, &cluster().kubeconfig)
+    }
+
+    /// The same with another kubeconfig (another identity).
+    pub fn start_as(ns: &str, tag: &str, extra: &[&str], kubeconfig: &Path) -> Operator {
         let c = cluster();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -216,7 +221,7 @@ impl Operator {
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--identity", &format!("{ns}-{tag}")])
             .args(extra)
-            .env("KUBECONFIG", &c.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,janus_operator=debug")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())

@@ -161,6 +161,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         ReduceDtype::Bfloat16 => tch::Kind::BFloat16,
     };
     trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
+    // metrics (issue 11): /metrics of this process, see crate::metrics.
+    let metrics = std::sync::Arc::new(crate::metrics::TrainMetrics::new(
+        &crate::metrics::Labels::from_env(&cfg.job, rank),
+        world,
+        &model_config,
+        &trainer.vs.trainable_variables(),
+        cfg.data.max_seq_len,
+        device,
+        cfg.model.dtype.kind(),
+    ));
+    metrics.serve_from_env(opts.world.as_ref().map(|w| w.local_rank).unwrap_or(0));
     let config_hash = cfg.trajectory_hash();
     if let Some(info) = opts.world.as_ref().filter(|w| w.world_size > 1) {
         let timeout = std::time::Duration::from_secs(cfg.distributed.timeout_seconds);
@@ -179,9 +190,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let id = peers.blob.ok_or_else(|| {
                 Error::Config("rank 0 sent no NCCL id (does it run the same config?)".into())
             })?;
-            trainer.set_collective(Box::new(Nccl::new(rank, world, info.local_rank, &id)?));
+            trainer.set_collective(metrics.timed(Box::new(Nccl::new(
+                rank,
+                world,
+                info.local_rank,
+                &id,
+            )?)));
         } else {
-            trainer.set_collective(Box::new(peers.ring));
+            trainer.set_collective(metrics.timed(Box::new(peers.ring)));
         }
         tracing::info!(rank, world_size = world, nccl = use_nccl, "joined the job");
     }
@@ -280,9 +296,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
     };
     report(&state, &run);
+    metrics.start_at(state.step); // metrics
     let started = Instant::now();
     while state.step < total_steps {
+        let waited = Instant::now(); // metrics
         let data = feed.next_step(&mut state.cursor, share)?;
+        metrics.data_wait(waited.elapsed()); // metrics
         let lr = cosine_lr(
             state.step,
             total_steps,
@@ -307,6 +326,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         state.losses.push(r.loss);
         run.tokens += r.tokens;
         let tps = run.tokens_per_second();
+        metrics.step(state.step, r.loss, r.grad_norm, lr, tps); // metrics
         let mut fields: Vec<(&str, f64)> = vec![
             ("loss", r.loss),
             ("grad_norm", r.grad_norm),
@@ -326,6 +346,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         {
             // Rank 0 writes (weights are identical everywhere); the others wait so
             // that no rank runs ahead of a checkpoint that may fail.
+            let held = Instant::now(); // metrics
             if rank == 0 {
                 let t = Instant::now();
                 let dir = ckpt.save(
@@ -345,6 +366,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     .gather_state(trainer.comm.as_mut(), &mut |_, _| Ok(()))?;
             }
             trainer.comm.barrier()?;
+            metrics.checkpoint(held.elapsed()); // metrics
             run.last_checkpoint = Some(ckpt.step_url(state.step));
         }
         report(&state, &run);

@@ -84,6 +84,7 @@ fn main() {
     if let Err(e) = run(cli.command, terminal) {
         tracing::error!(error = %e, exit_code = e.exit_code(), "janus failed");
         eprintln!("error: {e}");
+        janus::report::write_termination_message(&e.to_string());
         std::process::exit(e.exit_code());
     }
 }
