@@ -10,7 +10,8 @@ use clap::Parser;
 use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
 use janus_operator::metrics::Metrics;
-use janus_operator::{controller, telemetry};
+use janus_operator::telemetry;
+use janus_operator::training::controller;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 

@@ -1,5 +1,5 @@
 //! The JanusTrainingJob controller: watches jobs, their pods (and node deletions),
-//! decides with [`crate::gang::decide`] and acts.
+//! decides with [`super::gang::decide`] and acts.
 //!
 //! Reconciles start from the caches. When the cached view asks for no change, nothing
 //! is written. Otherwise the job and its pods are read fresh from the API server and
@@ -24,11 +24,11 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::children;
+use super::children;
+use super::gang::{self, Decision, PodFacts};
+use super::status::{self, EventSpec};
 use crate::error::{is_status, Error, Result};
-use crate::gang::{self, Decision, PodFacts};
 use crate::metrics::Metrics;
-use crate::status::{self, EventSpec};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "janus-operator";
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn an_unmergeable_pod_template_fails_the_job_instead_of_looping() {
-        let mut job = crate::config_render::tests::representative_job();
+        let mut job = crate::training::config_render::tests::representative_job();
         let d = Decision::Progress {
             phase: JobPhase::Pending,
             delete: vec![],
