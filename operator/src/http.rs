@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use janus_crds::JanusTrainingJob;
+use janus_crds::{JanusEvalJob, JanusTrainingJob};
 use kube::runtime::reflector::Store;
 
 use crate::metrics::Metrics;
@@ -20,12 +20,18 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// The controller's job cache, once this replica leads (for `janus_jobs{phase}`).
     pub jobs: Arc<OnceLock<Store<JanusTrainingJob>>>,
+    /// The evaluation controller's cache, once this replica leads (`janus_eval_jobs{phase}`).
+    pub eval_jobs: Arc<OnceLock<Store<JanusEvalJob>>>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
     if let Some(store) = s.jobs.get() {
         s.metrics
             .set_job_phases(store.state().iter().map(|j| j.phase()));
+    }
+    if let Some(store) = s.eval_jobs.get() {
+        s.metrics
+            .set_eval_job_phases(store.state().iter().map(|j| j.phase()));
     }
     s.metrics.encode()
 }

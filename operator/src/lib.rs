@@ -1,7 +1,9 @@
-//! The Janus operator: the JanusTrainingJob controller (gang restarts, status, events),
-//! its HTTP endpoints, metrics and leader election.
+//! The Janus operator: the JanusTrainingJob controller (`training/`: gang restarts,
+//! status, events) and the JanusEvalJob controller (`eval/`: generation shards, the
+//! judge, scores), their HTTP endpoints, metrics and leader election.
 
 pub mod error;
+pub mod eval;
 pub mod http;
 pub mod leader;
 pub mod metrics;

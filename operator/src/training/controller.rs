@@ -315,7 +315,7 @@ fn requeue(d: &Decision) -> Action {
     Action::requeue(after.unwrap_or(RESYNC))
 }
 
-async fn publish(
+pub(crate) async fn publish(
     recorder: &Recorder,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     ev: &EventSpec,
@@ -336,7 +336,7 @@ async fn publish(
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+pub(crate) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
