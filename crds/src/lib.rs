@@ -74,7 +74,8 @@ pub mod labels {
     pub const JOB: &str = "janus.dev/job";
     /// Worker index `i` of pod `J-worker-i`.
     pub const RANK: &str = "janus.dev/rank";
-    /// Gang attempt the pod belongs to (0 for the first, +1 per gang restart).
+    /// Gang attempt the pod belongs to (0 for the first, +1 per gang restart); on an
+    /// evaluation's pod, that pod's own attempt (+1 each time it is recreated).
     pub const ATTEMPT: &str = "janus.dev/attempt";
     /// Name of the owning `JanusEvalJob` (on its pods and other children). Not
     /// `janus.dev/job`: a training job and an evaluation may share a name.
