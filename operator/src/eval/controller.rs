@@ -239,12 +239,14 @@ fn requeue(d: &Decision) -> Action {
     Action::requeue(after.unwrap_or(RESYNC))
 }
 
+/// Whether the job waits for a Secret (it is read again on every reconcile until found).
 fn secrets_pending(job: &JanusEvalJob) -> bool {
-    job.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == condition::SECRETS_READY && c.status == "False")
-    })
+    !job.phase().is_finished()
+        && job.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == condition::SECRETS_READY && c.status == "False")
+        })
 }
 
 /// Top-level reconcile: metrics around [`reconcile_eval`].
@@ -302,7 +304,12 @@ async fn reconcile_eval(cached: &JanusEvalJob, ctx: &Context) -> Result<Action> 
     let Some(job) = jobs.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
-    let gates = fresh_gates(ctx, &job).await?;
+    // A finished job creates nothing: its Secrets do not matter any more.
+    let gates = if job.phase().is_finished() {
+        cached_gates(ctx, &job)
+    } else {
+        fresh_gates(ctx, &job).await?
+    };
     let mut p = plan(&job, &gates, &pods, now);
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     if is_destructive(&p.decision) {

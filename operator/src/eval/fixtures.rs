@@ -462,3 +462,64 @@ async fn the_judge_pod_exiting_zero_mirrors_its_scores_and_succeeds() {
         .events()
         .contains(&("ScoresReported".to_string(), "Normal".to_string())));
 }
+
+#[tokio::test]
+async fn a_job_whose_training_job_does_not_exist_writes_the_condition_and_creates_nothing() {
+    let mut job = job_with(None);
+    job.spec.model.url = None;
+    job.spec.model.training_job = Some("janus-7b-orpo".into());
+    let sc = Scenario::new(job);
+    let action = sc.reconcile().await;
+    let reqs = sc.server.requests();
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            format!("GET {JOB_PATH}"),
+            format!("GET /api/v1/namespaces/{NS}/secrets/s3-credentials"),
+            format!("GET /api/v1/namespaces/{NS}/secrets/openai"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+        ],
+        "no config, no RBAC, no pods before the model exists"
+    );
+    let st = &reqs[3].body["status"];
+    assert_eq!(st["phase"], "Pending");
+    assert!(st.get("modelUrl").is_none() && st.get("startTime").is_none());
+    let c = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ModelReady")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("TrainingJobNotFound"))
+    );
+    assert!(sc
+        .server
+        .events()
+        .contains(&("TrainingJobNotFound".to_string(), "Warning".to_string())));
+    // The training job's watch brings the next reconcile: no polling.
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_finished_job_past_its_ttl_is_deleted() {
+    let mut status = generating(PodPhase::Succeeded);
+    status.phase = Some(EvalPhase::Succeeded);
+    status.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let mut job = job_with(Some(status));
+    job.spec.run_policy.ttl_seconds_after_finished = Some(60);
+    let sc = Scenario::new(job);
+    let action = sc.reconcile().await;
+    let reqs = sc.server.requests();
+    assert_eq!(
+        lines(&reqs),
+        vec![format!("GET {JOB_PATH}"), format!("DELETE {JOB_PATH}?")],
+        "no Secret read for a finished job"
+    );
+    assert_eq!(reqs[1].body["propagationPolicy"], "Background");
+    assert_eq!(action, Action::await_change());
+}
