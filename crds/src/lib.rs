@@ -52,6 +52,10 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "JANUS_POD_NAMESPACE";
     /// Port on which the first trainer process of the pod serves `/metrics`.
     pub const METRICS_PORT: &str = "JANUS_METRICS_PORT";
+    /// In the judge pod of a `JanusEvalJob`: the judge's API key (from
+    /// `spec.judge.apiKeySecretRef`); the rendered eval config's `judge.api_key_env`
+    /// names this variable.
+    pub const JUDGE_API_KEY: &str = "JANUS_JUDGE_API_KEY";
 }
 
 /// Process exit codes of the `janus` trainer.
@@ -72,8 +76,16 @@ pub mod labels {
     pub const JOB: &str = "janus.dev/job";
     /// Worker index `i` of pod `J-worker-i`.
     pub const RANK: &str = "janus.dev/rank";
-    /// Gang attempt the pod belongs to (0 for the first, +1 per gang restart).
+    /// Gang attempt the pod belongs to (0 for the first, +1 per gang restart); on an
+    /// evaluation's pod, that pod's own attempt (+1 each time it is recreated).
     pub const ATTEMPT: &str = "janus.dev/attempt";
+    /// Name of the owning `JanusEvalJob` (on its pods and other children). Not
+    /// `janus.dev/job`: a training job and an evaluation may share a name.
+    pub const EVAL_JOB: &str = "janus.dev/eval-job";
+    /// Stage of an evaluation pod: `generate` or `judge`.
+    pub const STAGE: &str = "janus.dev/stage";
+    /// Shard index `i` of generation pod `J-generate-i`.
+    pub const SHARD: &str = "janus.dev/shard";
     /// Kueue's queue label: a job carrying it is admitted by Kueue through `suspend`.
     pub const KUEUE_QUEUE_NAME: &str = "kueue.x-k8s.io/queue-name";
 }

@@ -117,7 +117,11 @@ mod tests {
 
 /// JSON value of the [`crate::annotations::EVAL_PROGRESS`] annotation, written by each
 /// pod of a `JanusEvalJob` on itself (generation workers, the judge); the operator
-/// mirrors it into the job's status.
+/// mirrors it into the job's status: a generation pod's `items_*` into
+/// `status.shards[i]` (summed into `status.progress`), the judge pod's `calls_*`,
+/// `parse_failures` and `scores` into `status.progress` and `status.scores`. The
+/// writer needs only `get`/`patch` of its own pod (the per-job Role `<job>-eval`), as
+/// [`publish`] describes for the training progress, with this annotation key.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EvalReport {

@@ -9,6 +9,8 @@ pub enum Error {
     ConfigRender { job: String, message: String },
     #[error("the pod template override of {job} is invalid: {message}")]
     TemplateOverride { job: String, message: String },
+    #[error("the eval config of {job} is invalid: {message}")]
+    EvalConfig { job: String, message: String },
     #[error("object has no {0}")]
     MissingField(&'static str),
 }
@@ -27,6 +29,7 @@ impl Error {
             Error::Kube(_) => "Kube",
             Error::ConfigRender { .. } => "ConfigRender",
             Error::TemplateOverride { .. } => "TemplateOverride",
+            Error::EvalConfig { .. } => "EvalConfig",
             Error::MissingField(_) => "MissingField",
         }
     }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use janus_crds::JanusTrainingJob;
+use janus_crds::{JanusEvalJob, JanusTrainingJob};
 use kube::runtime::reflector::Store;
 
 use crate::health::Health;
@@ -23,12 +23,18 @@ pub struct HttpState {
     pub jobs: Arc<OnceLock<Store<JanusTrainingJob>>>,
     /// Whether the controller is wedged (see [`crate::health`]).
     pub health: Health,
+    /// The evaluation controller's cache, once this replica leads (`janus_eval_jobs{phase}`).
+    pub eval_jobs: Arc<OnceLock<Store<JanusEvalJob>>>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
     if let Some(store) = s.jobs.get() {
         s.metrics
             .set_job_phases(store.state().iter().map(|j| j.phase()));
+    }
+    if let Some(store) = s.eval_jobs.get() {
+        s.metrics
+            .set_eval_job_phases(store.state().iter().map(|j| j.phase()));
     }
     s.metrics.encode()
 }

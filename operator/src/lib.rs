@@ -1,17 +1,15 @@
-//! The Janus operator: the JanusTrainingJob controller (gang restarts, status, events),
-//! its HTTP endpoints, metrics and leader election.
+//! The Janus operator: the JanusTrainingJob controller (`training/`: gang restarts,
+//! status, events) and the JanusEvalJob controller (`eval/`: generation shards, the
+//! judge, scores), their HTTP endpoints, metrics and leader election.
 
-pub mod children;
-pub mod config_render;
-pub mod controller;
 pub mod error;
-pub mod gang;
+pub mod eval;
 pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod status;
 pub mod telemetry;
+pub mod training;
 
 /// Select rustls's crypto provider before any client is built. kube's TLS brings
 /// rustls with `ring`; in a workspace build the trainer's object_store/reqwest add

@@ -1,4 +1,4 @@
-//! `janus-operator`: runs the JanusTrainingJob controller on the replica that holds the
+//! `janus-operator`: runs the JanusTrainingJob and JanusEvalJob controllers on the replica that holds the
 //! leader Lease, and serves `/metrics`, `/healthz`, `/readyz` on every replica.
 
 use std::net::SocketAddr;
@@ -7,19 +7,23 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
+use futures::FutureExt;
+use janus_crds::{JanusEvalJob, JanusTrainingJob};
 use janus_operator::health::Health;
 use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
 use janus_operator::metrics::Metrics;
-use janus_operator::{controller, telemetry};
+use janus_operator::telemetry;
+use janus_operator::{eval, training};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "janus-operator",
     version,
-    about = "Kubernetes operator for JanusTrainingJobs"
+    about = "Kubernetes operator for JanusTrainingJobs and JanusEvalJobs"
 )]
 struct Args {
     /// Address of /metrics, /healthz, /readyz (port 0: any free port, printed at start).
@@ -73,6 +77,50 @@ async fn shutdown_signal() {
     }
 }
 
+/// Caches of both controllers, once they run (for the phase gauges of `/metrics`).
+#[derive(Clone, Default)]
+struct Stores {
+    jobs: Arc<OnceLock<Store<JanusTrainingJob>>>,
+    eval_jobs: Arc<OnceLock<Store<JanusEvalJob>>>,
+}
+
+/// The training and the evaluation controller side by side until `shutdown`.
+async fn run_controllers(
+    client: Client,
+    metrics: Metrics,
+    health: Health,
+    identity: String,
+    namespace: Option<String>,
+    stores: Stores,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let Stores { jobs, eval_jobs } = stores;
+    tokio::join!(
+        training::controller::run(
+            client.clone(),
+            metrics.clone(),
+            health,
+            identity.clone(),
+            namespace.clone(),
+            move |s| {
+                let _ = jobs.set(s);
+            },
+            shutdown.clone(),
+        ),
+        eval::controller::run(
+            client,
+            metrics,
+            identity,
+            namespace,
+            move |s| {
+                let _ = eval_jobs.set(s);
+            },
+            shutdown,
+        ),
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     janus_operator::install_crypto_provider();
@@ -83,13 +131,14 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let health = Health::new(Duration::from_secs(args.stall_seconds));
     let ready = Arc::new(AtomicBool::new(false));
-    let jobs_store = Arc::new(OnceLock::new());
+    let stores = Stores::default();
     let bound = http::serve(
         args.http_addr,
         HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
-            jobs: jobs_store.clone(),
+            jobs: stores.jobs.clone(),
+            eval_jobs: stores.eval_jobs.clone(),
             health: health.clone(),
         },
     )
@@ -118,16 +167,13 @@ async fn main() -> anyhow::Result<()> {
 
     if args.no_leader_election {
         metrics.leader.set(1);
-        let store = jobs_store.clone();
-        controller::run(
+        run_controllers(
             client,
             metrics,
             health,
             identity,
             args.namespace.clone(),
-            move |s| {
-                let _ = store.set(s);
-            },
+            stores,
             shutdown,
         )
         .await;
@@ -151,16 +197,13 @@ async fn main() -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let store = jobs_store.clone();
-    let mut ctrl = tokio::spawn(controller::run(
+    let mut ctrl = tokio::spawn(run_controllers(
         client,
         metrics.clone(),
         health,
         identity,
         args.namespace.clone(),
-        move |s| {
-            let _ = store.set(s);
-        },
+        stores,
         async move {
             let _ = stop_rx.await;
         },

@@ -1,5 +1,6 @@
 //! Prometheus metrics (names in shared/DESIGN.md).
 
+use janus_crds::eval::EvalPhase;
 use janus_crds::training::JobPhase;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -14,6 +15,8 @@ pub struct Metrics {
     pub reconcile_duration_seconds: Histogram,
     pub jobs: IntGaugeVec,
     pub job_restarts_total: IntCounter,
+    pub eval_jobs: IntGaugeVec,
+    pub eval_restarts_total: IntCounter,
     pub leader: IntGauge,
     pub api_requests_total: IntCounterVec,
 }
@@ -55,6 +58,16 @@ impl Metrics {
         .unwrap();
         let job_restarts_total =
             IntCounter::new("janus_job_restarts_total", "Gang restarts started").unwrap();
+        let eval_jobs = IntGaugeVec::new(
+            Opts::new("janus_eval_jobs", "JanusEvalJobs by phase"),
+            &["phase"],
+        )
+        .unwrap();
+        let eval_restarts_total = IntCounter::new(
+            "janus_eval_restarts_total",
+            "Evaluation pods recreated after a retryable failure",
+        )
+        .unwrap();
         let leader = IntGauge::new(
             "janus_operator_leader",
             "1 while this replica holds the leader Lease",
@@ -74,6 +87,8 @@ impl Metrics {
             Box::new(reconcile_duration_seconds.clone()),
             Box::new(jobs.clone()),
             Box::new(job_restarts_total.clone()),
+            Box::new(eval_jobs.clone()),
+            Box::new(eval_restarts_total.clone()),
             Box::new(leader.clone()),
             Box::new(api_requests_total.clone()),
         ] {
@@ -85,6 +100,9 @@ impl Metrics {
         for e in crate::error::Error::METRIC_LABELS {
             reconcile_errors_total.with_label_values(&[e]);
         }
+        for p in EvalPhase::ALL {
+            eval_jobs.with_label_values(&[p.as_str()]).set(0);
+        }
         Metrics {
             registry,
             reconcile_total,
@@ -92,6 +110,8 @@ impl Metrics {
             reconcile_duration_seconds,
             jobs,
             job_restarts_total,
+            eval_jobs,
+            eval_restarts_total,
             leader,
             api_requests_total,
         }
@@ -105,6 +125,17 @@ impl Metrics {
         }
         for (p, n) in JobPhase::ALL.iter().zip(counts) {
             self.jobs.with_label_values(&[p.as_str()]).set(n);
+        }
+    }
+
+    /// Set `janus_eval_jobs{phase}` from the phases of all known evaluations.
+    pub fn set_eval_job_phases(&self, phases: impl IntoIterator<Item = EvalPhase>) {
+        let mut counts = [0i64; EvalPhase::ALL.len()];
+        for p in phases {
+            counts[EvalPhase::ALL.iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        for (p, n) in EvalPhase::ALL.iter().zip(counts) {
+            self.eval_jobs.with_label_values(&[p.as_str()]).set(n);
         }
     }
 
@@ -130,6 +161,8 @@ mod tests {
         m.reconcile_duration_seconds.observe(0.01);
         m.job_restarts_total.inc();
         m.set_job_phases([JobPhase::Running, JobPhase::Running, JobPhase::Failed]);
+        m.set_eval_job_phases([EvalPhase::Judging]);
+        m.eval_restarts_total.inc();
         let text = m.encode();
         for name in [
             "janus_operator_reconcile_total 1",
@@ -140,6 +173,9 @@ mod tests {
             "janus_jobs{phase=\"Pending\"} 0",
             "janus_operator_reconcile_errors_total{error=\"MissingField\"} 0",
             "janus_job_restarts_total 1",
+            "janus_eval_jobs{phase=\"Judging\"} 1",
+            "janus_eval_jobs{phase=\"Generating\"} 0",
+            "janus_eval_restarts_total 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

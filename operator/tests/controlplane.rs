@@ -2,6 +2,7 @@
 //! test per promised behaviour of issue 5, each in its own namespace, each with its
 //! own operator process (the built binary).
 
+mod eval;
 mod support;
 
 use std::time::Duration;

@@ -332,6 +332,12 @@ impl Collective for TimedCollective {
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
         self.time(|c| c.broadcast(t, root))
     }
+    fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        self.time(|c| c.reduce_scatter_sum(t))
+    }
+    fn all_gather(&mut self, t: &mut Tensor) -> Result<()> {
+        self.time(|c| c.all_gather(t))
+    }
     fn barrier(&mut self) -> Result<()> {
         self.time(|c| c.barrier())
     }
@@ -511,6 +517,12 @@ mod tests {
                 Ok(())
             }
             fn broadcast(&mut self, _: &mut Tensor, _: usize) -> Result<()> {
+                Ok(())
+            }
+            fn reduce_scatter_sum(&mut self, _: &mut Tensor) -> Result<()> {
+                Ok(())
+            }
+            fn all_gather(&mut self, _: &mut Tensor) -> Result<()> {
                 Ok(())
             }
         }

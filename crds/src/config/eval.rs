@@ -7,6 +7,27 @@
 //! `answers/shard-<i>.jsonl` (generation, one file per generation worker),
 //! `grades.jsonl` (the judge's answers, appended), `summary.json` and `results.json`
 //! (scores), `report.md` with its charts.
+//!
+//! In a cluster (a `JanusEvalJob`; operator/src/eval/), the operator renders this
+//! document into ConfigMap `<job>-eval-config`, mounted at `JANUS_CONFIG`
+//! (`/etc/janus/config.yaml`), with `output_dir = <spec.output.url>/<namespace>/<job>`,
+//! and runs, each process with `JANUS_JOB`, `JANUS_ATTEMPT`, `JANUS_CONFIG`,
+//! `JANUS_POD_NAME` and `JANUS_POD_NAMESPACE` set:
+//! - generation: pod `<job>-generate-<i>`, command `janus eval generate`, shard `i` of `N`
+//!   given as `JANUS_NODE_RANK=i` / `JANUS_NNODES=N`; its exit 0 means shard `i` is
+//!   complete (it is never run again). A failed pod is recreated (`JANUS_ATTEMPT` + 1)
+//!   with the same config and must resume from `answers/shard-<i>.jsonl`;
+//! - then one judge pod `<job>-judge`, started only when every generation pod exited 0
+//!   (so all `N` shard files are complete): init container `janus eval judge` (the API
+//!   key in the variable `judge.api_key_env` names, `JANUS_JUDGE_API_KEY`), then
+//!   container `janus eval score` in the same pod (no shell in the image, so two
+//!   containers rather than one `sh -c`); a restarted judge re-asks nothing in
+//!   `grades.jsonl`;
+//! - every process writes its [`crate::progress::EvalReport`] on its own pod (stage
+//!   `generate`, `judge` or `score`); the operator mirrors it into the job's status and
+//!   takes the final `scores` from the judge pod's last report;
+//! - exit code 64 (bad input) fails the job at once; any other non-zero exit is retried
+//!   (`runPolicy.backoffLimit` over the whole job).
 
 use std::path::{Path, PathBuf};
 

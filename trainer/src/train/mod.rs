@@ -169,7 +169,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         &trainer.vs.trainable_variables(),
         cfg.data.max_seq_len,
         device,
-        cfg.model.dtype.kind(),
+        crate::config::kind(cfg.model.dtype),
     ));
     metrics.serve_from_env(opts.world.as_ref().map(|w| w.local_rank).unwrap_or(0));
     let config_hash = cfg.trajectory_hash();

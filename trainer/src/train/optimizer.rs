@@ -124,7 +124,12 @@ impl Bucket {
             .iter()
             .filter_map(|&(p, off, n)| {
                 let (a, b) = (off.max(lo), (off + n).min(hi));
-                (a < b).then_some((p, a - off, a - lo, b - a))
+                // `then_some` would evaluate `b - a` eagerly and underflow.
+                if a < b {
+                    Some((p, a - off, a - lo, b - a))
+                } else {
+                    None
+                }
             })
             .collect()
     }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::gang::{Decision, JobFacts, PodFacts, PodPhase};
+use super::gang::{Decision, JobFacts, PodFacts, PodPhase};
 
 pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
     let s = job.status.clone().unwrap_or_default();
@@ -382,7 +382,7 @@ fn eta_seconds(prev: Option<&JobProgress>, now: &Progress) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_render::tests::representative_job;
+    use crate::training::config_render::tests::representative_job;
 
     fn now() -> Timestamp {
         "2026-01-01T12:00:00Z".parse().unwrap()

@@ -95,7 +95,7 @@ pub fn service(job: &JanusTrainingJob) -> Result<Service> {
 
 /// ConfigMap `J-config` with the rendered trainer config.
 pub fn config_map(job: &JanusTrainingJob) -> Result<ConfigMap> {
-    let rendered = crate::config_render::render(job).map_err(|e| Error::ConfigRender {
+    let rendered = super::config_render::render(job).map_err(|e| Error::ConfigRender {
         job: job.name_any(),
         message: e.to_string(),
     })?;
@@ -439,7 +439,7 @@ pub fn progress_annotation(pod: &Pod) -> Option<&String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_render::tests::representative_job;
+    use crate::training::config_render::tests::representative_job;
 
     fn env_of(pod: &Pod) -> BTreeMap<String, String> {
         pod.spec.as_ref().unwrap().containers[0]

@@ -1,5 +1,5 @@
 //! The JanusTrainingJob controller: watches jobs, their pods (and node deletions),
-//! decides with [`crate::gang::decide`] and acts.
+//! decides with [`super::gang::decide`] and acts.
 //!
 //! Reconciles start from the caches. When the cached view asks for no change, nothing
 //! is written. Otherwise the job and its pods are read fresh from the API server and
@@ -24,12 +24,12 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::children;
+use super::children;
+use super::gang::{self, Decision, PodFacts};
+use super::status::{self, EventSpec};
 use crate::error::{is_status, Error, Result};
-use crate::gang::{self, Decision, PodFacts};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::status::{self, EventSpec};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "janus-operator";
@@ -320,7 +320,7 @@ fn requeue(d: &Decision) -> Action {
     Action::requeue(after.unwrap_or(RESYNC))
 }
 
-async fn publish(
+pub(crate) async fn publish(
     recorder: &Recorder,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     ev: &EventSpec,
@@ -341,7 +341,7 @@ async fn publish(
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
+pub(crate) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn an_unmergeable_pod_template_fails_the_job_instead_of_looping() {
-        let mut job = crate::config_render::tests::representative_job();
+        let mut job = crate::training::config_render::tests::representative_job();
         let d = Decision::Progress {
             phase: JobPhase::Pending,
             delete: vec![],

@@ -1,0 +1,483 @@
+//! Pure builders of an evaluation's child objects: the ConfigMap with the eval config,
+//! the ServiceAccount / Role / RoleBinding that let each pod annotate itself with its
+//! progress, the generation pods and the judge pod. Names are deterministic, so
+//! creating an object twice is a harmless conflict.
+//!
+//! Names and labels differ from a training job's (`J-eval-config`, `J-eval`,
+//! `janus.dev/eval-job`), so a training job and an evaluation may share a name.
+
+use std::collections::BTreeMap;
+
+use janus_crds::{annotations, defaults, env, labels, JanusEvalJob};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, Pod, PodSpec, ResourceRequirements, SecretEnvSource, SecretKeySelector,
+    ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use super::gates::Resolved;
+use super::stage::Slot;
+use crate::error::{Error, Result};
+
+/// Key of the eval config in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// GPU resource name.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Container of a generation pod (`janus eval generate`).
+pub const GENERATE_CONTAINER: &str = "generate";
+/// Init container of the judge pod (`janus eval judge`).
+pub const JUDGE_CONTAINER: &str = "judge";
+/// Container of the judge pod, after the judge (`janus eval score`).
+pub const SCORE_CONTAINER: &str = "score";
+/// Values of the `janus.dev/stage` label.
+pub const STAGE_GENERATE: &str = "generate";
+pub const STAGE_JUDGE: &str = "judge";
+
+pub fn config_map_name(job: &str) -> String {
+    format!("{job}-eval-config")
+}
+/// ServiceAccount, Role and RoleBinding of the pods.
+pub fn rbac_name(job: &str) -> String {
+    format!("{job}-eval")
+}
+
+fn owner(job: &JanusEvalJob) -> Result<OwnerReference> {
+    job.controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))
+}
+
+fn namespace(job: &JanusEvalJob) -> Result<String> {
+    job.namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))
+}
+
+/// Labels of every child: the job name (selector of the pod watch).
+pub fn job_labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(labels::EVAL_JOB.to_string(), job.to_string())])
+}
+
+fn meta(job: &JanusEvalJob, name: String) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(job)?),
+        labels: Some(job_labels(&job.name_any())),
+        owner_references: Some(vec![owner(job)?]),
+        ..Default::default()
+    })
+}
+
+/// ConfigMap `J-eval-config` with the rendered eval config.
+pub fn config_map(job: &JanusEvalJob, resolved: &Resolved) -> Result<ConfigMap> {
+    let rendered = super::config_render::render(job, resolved)?;
+    Ok(ConfigMap {
+        metadata: meta(job, config_map_name(&job.name_any()))?,
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), rendered)])),
+        ..Default::default()
+    })
+}
+
+pub fn service_account(job: &JanusEvalJob) -> Result<ServiceAccount> {
+    Ok(ServiceAccount {
+        metadata: meta(job, rbac_name(&job.name_any()))?,
+        ..Default::default()
+    })
+}
+
+/// Every pod name of the job: the shards' and the judge's.
+pub fn pod_names(job: &JanusEvalJob) -> Vec<String> {
+    let name = job.name_any();
+    (0..job.spec.worker.replicas)
+        .map(Slot::Generate)
+        .chain([Slot::Judge])
+        .map(|s| s.pod_name(&name))
+        .collect()
+}
+
+/// Only `get` and `patch` of the job's own pods, by name: what progress reporting needs.
+pub fn role(job: &JanusEvalJob) -> Result<Role> {
+    Ok(Role {
+        metadata: meta(job, rbac_name(&job.name_any()))?,
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec!["pods".into()]),
+            resource_names: Some(pod_names(job)),
+            verbs: vec!["get".into(), "patch".into()],
+            ..Default::default()
+        }]),
+    })
+}
+
+pub fn role_binding(job: &JanusEvalJob) -> Result<RoleBinding> {
+    let name = rbac_name(&job.name_any());
+    Ok(RoleBinding {
+        metadata: meta(job, name.clone())?,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(namespace(job)?),
+            ..Default::default()
+        }]),
+    })
+}
+
+fn plain(k: &str, v: String) -> EnvVar {
+    EnvVar {
+        name: k.into(),
+        value: Some(v),
+        ..Default::default()
+    }
+}
+
+fn field(k: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: k.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Environment of every container: the job, the attempt, the config, the pod itself.
+fn common_env(job: &JanusEvalJob, attempt: i32) -> Vec<EnvVar> {
+    vec![
+        plain(env::JOB, job.name_any()),
+        plain(env::ATTEMPT, attempt.to_string()),
+        plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+    ]
+}
+
+/// A `janus eval <stage>` container reading the mounted config.
+fn container(
+    job: &JanusEvalJob,
+    name: &str,
+    stage: &str,
+    env_vars: Vec<EnvVar>,
+    resources: Option<ResourceRequirements>,
+) -> Container {
+    let config_dir = std::path::Path::new(defaults::CONFIG_PATH)
+        .parent()
+        .expect("config path has a directory")
+        .to_string_lossy()
+        .into_owned();
+    Container {
+        name: name.into(),
+        image: Some(job.spec.worker.image.clone()),
+        image_pull_policy: job.spec.worker.image_pull_policy.clone(),
+        command: Some(vec!["janus".into(), "eval".into(), stage.into()]),
+        env: Some(env_vars),
+        env_from: job.spec.storage_secret_ref.as_ref().map(|s| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: s.name.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        }),
+        resources,
+        // The operator quotes the error `janus` printed last when the pod fails.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".into(),
+            mount_path: config_dir,
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn pod(
+    job: &JanusEvalJob,
+    slot: Slot,
+    attempt: i32,
+    init: Vec<Container>,
+    main: Container,
+) -> Result<Pod> {
+    let name = job.name_any();
+    let w = &job.spec.worker;
+    let mut pod_labels = job_labels(&name);
+    pod_labels.insert(labels::ATTEMPT.into(), attempt.to_string());
+    let (stage, node_selector, affinity) = match slot {
+        Slot::Generate(i) => {
+            pod_labels.insert(labels::SHARD.into(), i.to_string());
+            (STAGE_GENERATE, w.node_selector.clone(), w.affinity.clone())
+        }
+        Slot::Judge => (STAGE_JUDGE, job.spec.judge.node_selector.clone(), None),
+    };
+    pod_labels.insert(labels::STAGE.into(), stage.into());
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(slot.pod_name(&name)),
+            namespace: Some(namespace(job)?),
+            labels: Some(pod_labels),
+            owner_references: Some(vec![owner(job)?]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: Some(rbac_name(&name)),
+            priority_class_name: w.priority_class_name.clone(),
+            node_selector,
+            affinity,
+            tolerations: w.tolerations.clone(),
+            init_containers: (!init.is_empty()).then_some(init),
+            containers: vec![main],
+            volumes: Some(vec![Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&name),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Generation pod `J-generate-<shard>`: shard `shard` of `replicas`, `janus eval generate`.
+pub fn generation_pod(job: &JanusEvalJob, shard: i32, attempt: i32) -> Result<Pod> {
+    let w = &job.spec.worker;
+    let mut env_vars = common_env(job, attempt);
+    env_vars.extend([
+        plain(env::NODE_RANK, shard.to_string()),
+        plain(env::NNODES, w.replicas.to_string()),
+        plain(env::NPROC_PER_NODE, w.gpus_per_worker.max(1).to_string()),
+    ]);
+    let mut resources = w.resources.clone().unwrap_or_default();
+    if w.gpus_per_worker > 0 {
+        let gpus = Quantity(w.gpus_per_worker.to_string());
+        resources
+            .limits
+            .get_or_insert_with(Default::default)
+            .insert(GPU_RESOURCE.into(), gpus.clone());
+        resources
+            .requests
+            .get_or_insert_with(Default::default)
+            .insert(GPU_RESOURCE.into(), gpus);
+    }
+    let resources = (resources != ResourceRequirements::default()).then_some(resources);
+    let main = container(job, GENERATE_CONTAINER, "generate", env_vars, resources);
+    pod(job, Slot::Generate(shard), attempt, vec![], main)
+}
+
+/// The judge pod `J-judge`: `janus eval judge` (an init container: it must finish
+/// first), then `janus eval score`. Only the judge gets the API key.
+pub fn judge_pod(job: &JanusEvalJob, attempt: i32) -> Result<Pod> {
+    let mut judge_env = common_env(job, attempt);
+    if let Some(k) = &job.spec.judge.api_key_secret_ref {
+        judge_env.push(EnvVar {
+            name: env::JUDGE_API_KEY.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: k.name.clone(),
+                    key: k.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let resources = job.spec.judge.resources.clone();
+    let judge = container(job, JUDGE_CONTAINER, "judge", judge_env, resources.clone());
+    let score = container(
+        job,
+        SCORE_CONTAINER,
+        "score",
+        common_env(job, attempt),
+        resources,
+    );
+    pod(job, Slot::Judge, attempt, vec![judge], score)
+}
+
+/// The pod of `slot` at `attempt`.
+pub fn slot_pod(job: &JanusEvalJob, slot: Slot, attempt: i32) -> Result<Pod> {
+    match slot {
+        Slot::Generate(i) => generation_pod(job, i, attempt),
+        Slot::Judge => judge_pod(job, attempt),
+    }
+}
+
+/// The eval progress annotation value of a pod, if any.
+pub fn progress_annotation(pod: &Pod) -> Option<&String> {
+    pod.annotations().get(annotations::EVAL_PROGRESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::config_render::tests::{representative_job, resolved};
+
+    fn env_of(c: &Container) -> BTreeMap<String, String> {
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
+            .collect()
+    }
+
+    #[test]
+    fn generation_pods_carry_their_shard_and_the_contract_env() {
+        let mut job = representative_job();
+        job.spec.worker.tolerations = Some(vec![k8s_openapi::api::core::v1::Toleration {
+            key: Some("kwok.x-k8s.io/node".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]);
+        let pod = generation_pod(&job, 2, 1).unwrap();
+        assert_eq!(
+            pod.metadata.name.as_deref(),
+            Some("janus-7b-orpo-bench-generate-2")
+        );
+        let l = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(l["janus.dev/eval-job"], "janus-7b-orpo-bench");
+        assert_eq!(l["janus.dev/stage"], "generate");
+        assert_eq!(l["janus.dev/shard"], "2");
+        assert_eq!(l["janus.dev/attempt"], "1");
+        assert!(!l.contains_key("janus.dev/job"), "not a training job's pod");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("janus-7b-orpo-bench-eval")
+        );
+        assert_eq!(spec.tolerations.as_ref().unwrap().len(), 1);
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "generate");
+        assert_eq!(
+            c.command.as_ref().unwrap(),
+            &vec!["janus".to_string(), "eval".into(), "generate".into()]
+        );
+        let e = env_of(c);
+        assert_eq!(e["JANUS_JOB"], "janus-7b-orpo-bench");
+        assert_eq!(e["JANUS_NODE_RANK"], "2");
+        assert_eq!(e["JANUS_NNODES"], "4");
+        assert_eq!(e["JANUS_ATTEMPT"], "1");
+        assert_eq!(e["JANUS_CONFIG"], "/etc/janus/config.yaml");
+        let names: Vec<&str> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(names.contains(&"JANUS_POD_NAME") && names.contains(&"JANUS_POD_NAMESPACE"));
+        assert!(
+            !names.contains(&"JANUS_JUDGE_API_KEY"),
+            "no key in generation pods"
+        );
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
+            "1"
+        );
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s3-credentials"
+        );
+        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (o.kind.as_str(), o.controller),
+            ("JanusEvalJob", Some(true))
+        );
+    }
+
+    #[test]
+    fn the_judge_pod_judges_then_scores_without_gpus_with_the_key() {
+        let mut job = representative_job();
+        job.spec.worker.node_selector = Some(BTreeMap::from([("gpu".into(), "h100".into())]));
+        let pod = judge_pod(&job, 0).unwrap();
+        assert_eq!(
+            pod.metadata.name.as_deref(),
+            Some("janus-7b-orpo-bench-judge")
+        );
+        assert_eq!(pod.labels()["janus.dev/stage"], "judge");
+        assert!(!pod.labels().contains_key("janus.dev/shard"));
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.node_selector, None,
+            "the judge need not run on a GPU node"
+        );
+        let init = spec.init_containers.unwrap();
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0].name, "judge");
+        assert_eq!(init[0].command.as_ref().unwrap()[2], "judge");
+        let key = init[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "JANUS_JUDGE_API_KEY")
+            .expect("the judge gets the API key");
+        let sel = key
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((sel.name.as_str(), sel.key.as_str()), ("openai", "api-key"));
+        assert_eq!(spec.containers[0].name, "score");
+        assert_eq!(spec.containers[0].command.as_ref().unwrap()[2], "score");
+        assert!(spec.containers[0].resources.is_none(), "no GPUs");
+        assert!(!env_of(&spec.containers[0]).contains_key("JANUS_JUDGE_API_KEY"));
+    }
+
+    #[test]
+    fn the_role_allows_get_and_patch_of_the_jobs_own_pods_only() {
+        let job = representative_job();
+        let rules = role(&job).unwrap().rules.unwrap();
+        assert_eq!(rules[0].verbs, vec!["get", "patch"]);
+        assert_eq!(
+            rules[0].resource_names.as_ref().unwrap(),
+            &vec![
+                "janus-7b-orpo-bench-generate-0".to_string(),
+                "janus-7b-orpo-bench-generate-1".into(),
+                "janus-7b-orpo-bench-generate-2".into(),
+                "janus-7b-orpo-bench-generate-3".into(),
+                "janus-7b-orpo-bench-judge".into(),
+            ]
+        );
+        let b = role_binding(&job).unwrap();
+        assert_eq!(b.role_ref.name, "janus-7b-orpo-bench-eval");
+        assert_eq!(b.subjects.unwrap()[0].name, "janus-7b-orpo-bench-eval");
+    }
+
+    #[test]
+    fn the_config_map_carries_the_rendered_config() {
+        let job = representative_job();
+        let cm = config_map(&job, &resolved(&job)).unwrap();
+        assert_eq!(
+            cm.metadata.name.as_deref(),
+            Some("janus-7b-orpo-bench-eval-config")
+        );
+        let text = &cm.data.unwrap()[CONFIG_KEY];
+        assert!(
+            text.contains("output_dir: s3://eval-results/research/janus-7b-orpo-bench"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! Scenario tests of the exact requests one reconcile makes (controller-rs's
+//! `fixtures.rs`): the kube `Client` runs over a scripted API server (a tower service
+//! answering from a map of objects) that records every request; each test asserts the
+//! method, path and body of each, in order. Events are asserted apart (they are
+//! best effort and follow the status write).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use janus_crds::eval::{EvalPhase, JudgeStatus, PodPhase, ShardStatus};
+use janus_crds::{JanusEvalJob, JanusEvalJobStatus};
+use k8s_openapi::api::core::v1::Pod;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+
+use super::controller::{reconcile, Context};
+use crate::eval::config_render::tests::representative_job;
+use crate::metrics::Metrics;
+
+const NS: &str = "research";
+const JOB: &str = "janus-7b-orpo-bench";
+const JOB_PATH: &str =
+    "/apis/janus.dev/v1alpha1/namespaces/research/janusevaljobs/janus-7b-orpo-bench";
+const APPLY: &str = "?&force=true&fieldManager=janus-operator";
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+#[derive(Default)]
+struct ApiServer {
+    /// Objects by API path; GET answers from here, 404 otherwise.
+    objects: Mutex<BTreeMap<String, Value>>,
+    log: Mutex<Vec<Req>>,
+}
+
+fn status_404(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{path} not found"), "reason": "NotFound", "code": 404})
+}
+
+impl ApiServer {
+    fn answer(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let objects = self.objects.lock().unwrap();
+        let bare = path.split('?').next().unwrap_or(path);
+        match method {
+            "GET" if bare.ends_with("/pods") => {
+                let items: Vec<Value> = objects
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&format!("{bare}/")))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (
+                    200,
+                    json!({"kind": "PodList", "apiVersion": "v1",
+                             "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            "GET" | "DELETE" => match objects.get(bare) {
+                Some(v) => (200, v.clone()),
+                None => (404, status_404(bare)),
+            },
+            "PATCH" if bare.ends_with("/status") => {
+                let mut job = objects[bare.trim_end_matches("/status")].clone();
+                job["status"] = body["status"].clone();
+                (200, job)
+            }
+            // Server-side apply and creates answer with what they were sent.
+            _ => (if method == "POST" { 201 } else { 200 }, body.clone()),
+        }
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.path.contains("/events"))
+            .cloned()
+            .collect()
+    }
+
+    /// `(reason, type)` of the Events posted.
+    fn events(&self) -> Vec<(String, String)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.contains("/events"))
+            .map(|r| {
+                (
+                    r.body["reason"].as_str().unwrap_or_default().to_string(),
+                    r.body["type"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn client(server: Arc<ApiServer>) -> Client {
+    let svc = tower::service_fn(move |req: Request<Body>| {
+        let server = server.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let path = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let method = parts.method.to_string();
+            let (code, answer) = server.answer(&method, &path, &body);
+            server.log.lock().unwrap().push(Req { method, path, body });
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            )
+        }
+    });
+    Client::new(svc, "default")
+}
+
+fn ready_store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+/// A scenario: the job, its cached pods, the objects the API server holds.
+struct Scenario {
+    job: JanusEvalJob,
+    pods: Vec<Pod>,
+    server: Arc<ApiServer>,
+}
+
+impl Scenario {
+    fn new(job: JanusEvalJob) -> Self {
+        let server = Arc::new(ApiServer::default());
+        {
+            let mut o = server.objects.lock().unwrap();
+            o.insert(JOB_PATH.into(), serde_json::to_value(&job).unwrap());
+            for (name, key) in [
+                ("s3-credentials", "AWS_ACCESS_KEY_ID"),
+                ("openai", "api-key"),
+            ] {
+                o.insert(
+                    format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                           "data": {key: "eA=="}}),
+                );
+            }
+        }
+        Scenario {
+            job,
+            pods: vec![],
+            server,
+        }
+    }
+
+    fn with_pod(mut self, pod: Pod) -> Self {
+        self.server.objects.lock().unwrap().insert(
+            format!("/api/v1/namespaces/{NS}/pods/{}", pod.name_any()),
+            serde_json::to_value(&pod).unwrap(),
+        );
+        self.pods.push(pod);
+        self
+    }
+
+    fn without(self, path: &str) -> Self {
+        self.server.objects.lock().unwrap().remove(path);
+        self
+    }
+
+    async fn reconcile(&self) -> Action {
+        let client = client(self.server.clone());
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: "janus-operator".into(),
+                    instance: Some("test".into()),
+                },
+            ),
+            metrics: Metrics::new(),
+            pods: ready_store(self.pods.clone()),
+            training_jobs: ready_store(vec![]),
+            eval_jobs: ready_store(vec![self.job.clone()]),
+            failures: Default::default(),
+        });
+        reconcile(Arc::new(self.job.clone()), ctx)
+            .await
+            .expect("reconcile succeeds")
+    }
+}
+
+fn job_with(status: Option<JanusEvalJobStatus>) -> JanusEvalJob {
+    let mut job = representative_job();
+    job.status = status;
+    job
+}
+
+/// A pod of the job as the operator made it, in `phase`.
+fn pod(slot: super::stage::Slot, attempt: i32, phase: &str, exit: Option<i32>) -> Pod {
+    let job = representative_job();
+    let mut p = super::children::slot_pod(&job, slot, attempt).unwrap();
+    let container = p.spec.as_ref().unwrap().containers[0].name.clone();
+    p.status = Some(
+        serde_json::from_value(json!({
+            "phase": phase,
+            "containerStatuses": [{"name": container, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": match exit {
+                    Some(code) => json!({"terminated": {"exitCode": code, "message": "boom"}}),
+                    None => json!({"running": {}}),
+                }}]
+        }))
+        .unwrap(),
+    );
+    p
+}
+
+fn generating(shard_phase: PodPhase) -> JanusEvalJobStatus {
+    let (job, now) = (
+        representative_job(),
+        "2026-01-01T12:00:00Z".parse().unwrap(),
+    );
+    // The status the first reconcile wrote, then the shards in `shard_phase`.
+    let g = super::gates::model(&job, None);
+    let gates = super::gates::Gates {
+        model: g.0,
+        baseline: super::stage::Gate::ready("BaselineSucceeded", ""),
+        storage_secret: super::stage::Gate::ready("SecretsFound", ""),
+        judge_secret: super::stage::Gate::ready("SecretsFound", ""),
+        resolved: g.1,
+    };
+    let d = super::stage::Decision::Progress {
+        phase: EvalPhase::Pending,
+        done: vec![],
+        restart: vec![],
+        delete: vec![],
+        create: (0..4).map(super::stage::Slot::Generate).collect(),
+        requeue_after: None,
+    };
+    let (mut s, _) = super::status::next_status(&job, &gates, &d, &[], &[], now);
+    s.phase = Some(EvalPhase::Generating);
+    s.shards = (0..4)
+        .map(|i| ShardStatus {
+            index: i,
+            phase: shard_phase,
+            ..Default::default()
+        })
+        .collect();
+    s
+}
+
+fn lines(reqs: &[Req]) -> Vec<String> {
+    reqs.iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_job_reads_its_secrets_applies_config_and_rbac_writes_status_then_creates_the_shards()
+{
+    let sc = Scenario::new(job_with(None));
+    sc.reconcile().await;
+    let reqs = sc.server.requests();
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let rbac = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}");
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            format!("GET {JOB_PATH}"),
+            format!("GET {ns}/secrets/s3-credentials"),
+            format!("GET {ns}/secrets/openai"),
+            format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
+            format!("PATCH {rbac}/roles/{JOB}-eval{APPLY}"),
+            format!("PATCH {rbac}/rolebindings/{JOB}-eval{APPLY}"),
+            format!("PATCH {ns}/configmaps/{JOB}-eval-config{APPLY}"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+            format!("POST {ns}/pods?"),
+            format!("POST {ns}/pods?"),
+            format!("POST {ns}/pods?"),
+            format!("POST {ns}/pods?"),
+        ]
+    );
+    let cm = &reqs[6].body;
+    assert!(cm["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .contains("output_dir: s3://eval-results/research/janus-7b-orpo-bench"));
+    let st = &reqs[7].body["status"];
+    assert_eq!(st["phase"], "Pending");
+    assert_eq!(st["modelUrl"], "s3://models/janus-7b-orpo");
+    assert_eq!(st["shards"].as_array().unwrap().len(), 4);
+    let mut created: Vec<String> = reqs[8..]
+        .iter()
+        .map(|r| r.body["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    created.sort();
+    assert_eq!(
+        created,
+        (0..4)
+            .map(|i| format!("{JOB}-generate-{i}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sc.server.events(),
+        vec![
+            ("JobCreated".to_string(), "Normal".to_string()),
+            ("ModelUrl".into(), "Normal".into()),
+            ("SecretsFound".into(), "Normal".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_look_at_an_unchanged_job_makes_no_request() {
+    let mut sc = Scenario::new(job_with(Some(generating(PodPhase::Running))));
+    for i in 0..4 {
+        sc = sc.with_pod(pod(super::stage::Slot::Generate(i), 0, "Running", None));
+    }
+    let action = sc.reconcile().await;
+    assert!(
+        sc.server.requests().is_empty(),
+        "{:?}",
+        lines(&sc.server.requests())
+    );
+    assert!(sc.server.events().is_empty());
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_failed_shard_is_counted_on_a_fresh_list_then_deleted_alone() {
+    let mut sc = Scenario::new(job_with(Some(generating(PodPhase::Running))));
+    for i in 0..4 {
+        let (phase, exit) = if i == 1 {
+            ("Failed", Some(75))
+        } else {
+            ("Running", None)
+        };
+        sc = sc.with_pod(pod(super::stage::Slot::Generate(i), 0, phase, exit));
+    }
+    sc.reconcile().await;
+    let reqs = sc.server.requests();
+    let ns = format!("/api/v1/namespaces/{NS}");
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            format!("GET {JOB_PATH}"),
+            format!("GET {ns}/secrets/s3-credentials"),
+            format!("GET {ns}/secrets/openai"),
+            format!("GET {ns}/pods?&labelSelector=janus.dev%2Feval-job%3D{JOB}"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+            format!("DELETE {ns}/pods/{JOB}-generate-1?"),
+        ],
+        "no create: the new pod reuses the name once the old one is gone"
+    );
+    let st = &reqs[4].body["status"];
+    assert_eq!(st["restarts"], 1);
+    assert_eq!(st["shards"][1]["attempt"], 1);
+    assert_eq!(st["shards"][1]["phase"], "Failed");
+    assert_eq!(st["shards"][0]["attempt"], 0);
+    assert_eq!(
+        sc.server.events(),
+        vec![("PodFailed".to_string(), "Warning".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_judge_secret_is_a_condition_and_a_warning_and_looks_again_soon() {
+    let mut sc = Scenario::new(job_with(Some(generating(PodPhase::Succeeded))))
+        .without(&format!("/api/v1/namespaces/{NS}/secrets/openai"));
+    for i in 0..4 {
+        sc = sc.with_pod(pod(
+            super::stage::Slot::Generate(i),
+            0,
+            "Succeeded",
+            Some(0),
+        ));
+    }
+    let action = sc.reconcile().await;
+    let reqs = sc.server.requests();
+    assert!(
+        !reqs.iter().any(|r| r.method == "POST"),
+        "no judge pod without its key: {:?}",
+        lines(&reqs)
+    );
+    let st = &reqs.last().unwrap().body["status"];
+    assert_eq!(st["phase"], "Judging");
+    let conds = st["conditions"].as_array().unwrap();
+    let c = conds.iter().find(|c| c["type"] == "SecretsReady").unwrap();
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "SecretNotFound");
+    assert!(c["message"].as_str().unwrap().contains("openai"));
+    assert!(sc
+        .server
+        .events()
+        .contains(&("SecretNotFound".to_string(), "Warning".to_string())));
+    assert_eq!(
+        action,
+        Action::requeue(super::stage::SECRET_RECHECK + std::time::Duration::from_millis(100))
+    );
+}
+
+#[tokio::test]
+async fn the_judge_pod_exiting_zero_mirrors_its_scores_and_succeeds() {
+    let mut status = generating(PodPhase::Succeeded);
+    status.phase = Some(EvalPhase::Judging);
+    status.judge = Some(JudgeStatus::default());
+    let mut judge = pod(super::stage::Slot::Judge, 0, "Succeeded", Some(0));
+    judge.metadata.annotations = Some(BTreeMap::from([(
+        "janus.dev/eval-progress".to_string(),
+        json!({"stage": "score", "itemsDone": 921, "itemsTotal": 921, "callsDone": 2763, "callsTotal": 2763,
+               "parseFailures": 4, "updatedAt": "2026-01-01T12:00:00Z",
+               "scores": {"mean": 3.91, "std": 0.02, "perDimension": {"style": 4.1},
+                          "win": 0.55, "tie": 0.2, "lose": 0.25}})
+        .to_string(),
+    )]));
+    let sc = Scenario::new(job_with(Some(status))).with_pod(judge);
+    sc.reconcile().await;
+    let reqs = sc.server.requests();
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            format!("GET {JOB_PATH}"),
+            format!("GET /api/v1/namespaces/{NS}/secrets/s3-credentials"),
+            format!("GET /api/v1/namespaces/{NS}/secrets/openai"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+        ],
+        "cleanPodPolicy Running keeps finished pods"
+    );
+    let st = &reqs[3].body["status"];
+    assert_eq!(st["phase"], "Succeeded");
+    assert_eq!(st["scores"]["mean"], 3.91);
+    assert_eq!(st["scores"]["versusBaseline"]["winPlusTie"], 0.75);
+    assert_eq!(st["progress"]["callsJudged"], 2763);
+    assert_eq!(st["progress"]["judgeFailures"], 4);
+    assert!(sc
+        .server
+        .events()
+        .contains(&("ScoresReported".to_string(), "Normal".to_string())));
+}
+
+#[tokio::test]
+async fn a_job_whose_training_job_does_not_exist_writes_the_condition_and_creates_nothing() {
+    let mut job = job_with(None);
+    job.spec.model.url = None;
+    job.spec.model.training_job = Some("janus-7b-orpo".into());
+    let sc = Scenario::new(job);
+    let action = sc.reconcile().await;
+    let reqs = sc.server.requests();
+    assert_eq!(
+        lines(&reqs),
+        vec![
+            format!("GET {JOB_PATH}"),
+            format!("GET /api/v1/namespaces/{NS}/secrets/s3-credentials"),
+            format!("GET /api/v1/namespaces/{NS}/secrets/openai"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+        ],
+        "no config, no RBAC, no pods before the model exists"
+    );
+    let st = &reqs[3].body["status"];
+    assert_eq!(st["phase"], "Pending");
+    assert!(st.get("modelUrl").is_none() && st.get("startTime").is_none());
+    let c = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ModelReady")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("TrainingJobNotFound"))
+    );
+    assert!(sc
+        .server
+        .events()
+        .contains(&("TrainingJobNotFound".to_string(), "Warning".to_string())));
+    // The training job's watch brings the next reconcile: no polling.
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_finished_job_past_its_ttl_is_deleted() {
+    let mut status = generating(PodPhase::Succeeded);
+    status.phase = Some(EvalPhase::Succeeded);
+    status.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let mut job = job_with(Some(status));
+    job.spec.run_policy.ttl_seconds_after_finished = Some(60);
+    let sc = Scenario::new(job);
+    let action = sc.reconcile().await;
+    let reqs = sc.server.requests();
+    assert_eq!(
+        lines(&reqs),
+        vec![format!("GET {JOB_PATH}"), format!("DELETE {JOB_PATH}?")],
+        "no Secret read for a finished job"
+    );
+    assert_eq!(reqs[1].body["propagationPolicy"], "Background");
+    assert_eq!(action, Action::await_change());
+}
