@@ -13,6 +13,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod sample;
+pub mod serve;
 pub mod storage;
 pub mod tokenizer;
 pub mod train;
