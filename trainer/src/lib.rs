@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod loss;
 pub mod model;

@@ -168,4 +168,5 @@ fn health_is_503_until_the_model_is_loaded_and_metrics_count() {
     );
     assert_eq!(value(janus::serve::QUEUE_DEPTH), 0.0);
     let _ = child.kill();
+    let _ = child.wait();
 }

@@ -261,18 +261,19 @@ impl Sampling {
                 ))
             }
         };
-        let (max_tokens, field) =
-            match (self.max_tokens, max_completion_tokens) {
-                (Some(a), Some(b)) if a != b => return Err(ApiError::invalid(
+        let (max_tokens, field) = match (self.max_tokens, max_completion_tokens) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::invalid(
                     "max_completion_tokens",
                     format!(
                         "`max_tokens` ({a}) and `max_completion_tokens` ({b}) disagree: give one"
                     ),
-                )),
-                (_, Some(b)) => (Some(b), "max_completion_tokens"),
-                (Some(a), None) => (Some(a), "max_tokens"),
-                (None, None) => (None, "max_tokens"),
-            };
+                ))
+            }
+            (_, Some(b)) => (Some(b), "max_completion_tokens"),
+            (Some(a), None) => (Some(a), "max_tokens"),
+            (None, None) => (None, "max_tokens"),
+        };
         if let Some(m) = max_tokens.filter(|&m| m < 1) {
             return Err(ApiError::invalid(
                 field,

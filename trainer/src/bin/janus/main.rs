@@ -9,6 +9,7 @@ use janus::config::Dtype;
 mod bench;
 mod data;
 mod demo;
+mod eval;
 mod launch;
 mod make;
 mod plan;
@@ -56,6 +57,12 @@ enum Command {
     /// An OpenAI-compatible HTTP server (chat completions, completions, models,
     /// health, metrics) on a model directory.
     Serve(serve::ServeArgs),
+    /// The Multifaceted Bench protocol: generate answers, grade them with a judge,
+    /// score them (each stage resumable).
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
     /// Seconds to save and to find + load a checkpoint (model and AdamW state) of the
     /// model in --model, to --dir (a path or URL); prints one JSON line.
     BenchCheckpoint(bench::BenchCheckpointArgs),
@@ -105,5 +112,6 @@ fn run(cmd: Command, terminal: bool) -> janus::Result<()> {
         Command::BenchAllreduce(a) => bench::allreduce(a),
         Command::BenchCheckpoint(a) => bench::checkpoint(a),
         Command::Serve(a) => serve::run(a),
+        Command::Eval { command } => eval::run(command, terminal),
     }
 }
