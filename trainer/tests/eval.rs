@@ -660,3 +660,68 @@ fn generate_with_a_tiny_model_then_judge_with_janus_serve_then_score() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn every_stage_resumes_on_object_storage() {
+    let s3 = common::S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, model) = common::tiny_setup(dir.path(), 6);
+    let server = ScriptedJudge::start(dir.path(), &["--delay", "0.15"]);
+    let out = s3.url("eval/run-1");
+    let o = vec![
+        format!("bench.path={}", data.join("bench.jsonl").display()),
+        format!("model.path={}", model.display()),
+        "model.dtype=float32".into(),
+        "model.device=cpu".into(),
+        "generation.max_new_tokens=8".into(),
+        format!("judge.url={}", server.url()),
+        "judge.model=scripted".into(),
+        "judge.api_key_env=null".into(),
+        "judge.runs=1".into(),
+        "judge.concurrency=1".into(),
+        format!("output_dir={out}"),
+    ];
+    let stage = |name: &str| {
+        let mut c = common::janus();
+        c.args(["eval", name]).args(&o);
+        s3.apply_env(&mut c);
+        c
+    };
+    common::run_ok(stage("generate"));
+    // Compacted into one object when the stage ends.
+    assert!(s3
+        .object_path("eval/run-1/answers/shard-00000.jsonl")
+        .exists());
+    assert!(!s3
+        .object_path("eval/run-1/answers/shard-00000.jsonl.parts")
+        .exists());
+    let parts = s3.object_path("eval/run-1/grades.jsonl.parts");
+    let (mut child, _lines) = common::spawn_logged(stage("judge"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&parts).map(|d| d.count()).unwrap_or(0) < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "no grades written to S3 within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let recorded = std::fs::read_dir(&parts).unwrap().count();
+    assert!(recorded < 24, "killed too late");
+    let before = server.calls().len();
+    common::run_ok(stage("judge"));
+    assert_eq!(
+        server.calls().len() - before,
+        24 - recorded,
+        "the restart asks only what has no grade"
+    );
+    assert!(s3.object_path("eval/run-1/grades.jsonl").exists() && !parts.exists());
+    common::run_ok(stage("score"));
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(s3.object_path("eval/run-1/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results["mean"].as_f64(), Some(4.0));
+    assert_eq!(results["calls"].as_u64(), Some(24));
+    assert!(s3.object_path("eval/run-1/report.md").exists());
+}

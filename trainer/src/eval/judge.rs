@@ -270,7 +270,13 @@ pub fn run(cfg: &EvalConfig, progress: &mut StageProgress) -> Result<JudgeSummar
                 summary.calls_made += g.attempts;
                 if g.score.is_none() {
                     summary.parse_failures += 1;
-                    tracing::warn!(item = key.item, rubric = key.rubric, run = key.run, error = ?g.error, "no readable score; counted as a failure");
+                    tracing::warn!(
+                        item = key.item,
+                        rubric = key.rubric,
+                        run = key.run,
+                        error = g.error.as_deref().unwrap_or_default(),
+                        "no readable score; counted as a failure"
+                    );
                 }
                 log.append(&[serde_json::to_value(&g).expect("grade serializes")])?;
                 grades.push(g);
