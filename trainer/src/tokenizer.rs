@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 /// A token's byte range in the text it came from.
 pub type Span = (usize, usize);
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: i64,

@@ -5,11 +5,13 @@
 //! no renaming table.
 
 mod config;
+mod kv_cache;
 mod transformer;
 mod varlen;
 mod weights;
 
 pub use config::ModelConfig;
+pub use kv_cache::KvCache;
 pub use transformer::{masks_built, AttentionLayout, LayerContext, Segments, Transformer};
 pub use varlen::flash_varlen;
 pub use weights::{
