@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
+use tch::Tensor;
 
 use super::answers::Answer;
 use super::bench::{self, BenchItem};
@@ -38,15 +39,85 @@ pub trait Reranker {
     ) -> Result<Vec<f64>>;
 }
 
-/// The reward model at `path` as a [`Reranker`].
-///
-/// The score head (`Transformer::as_reward_model`) lives on another branch; until it
-/// is wired here, asking for a reward model is a config error, never a silent
-/// first-sample pick.
-pub fn reward_model(path: &str, _cfg: &EvalConfig) -> Result<Box<dyn Reranker>> {
-    Err(Error::Config(format!(
-        "generation.reward_model `{path}`: best-of-N reranking with a reward model is not available in this build"
-    )))
+/// The reward model at `path` as a [`Reranker`]: a `*ForSequenceClassification`
+/// directory (or URL) written by `janus train` with `method: reward`, loaded in the
+/// evaluated model's dtype and device.
+pub fn reward_model(path: &str, cfg: &EvalConfig) -> Result<Box<dyn Reranker>> {
+    let m = LoadedModel::load(path, None, cfg.model.dtype, cfg.model.device)?;
+    if !m.model.config.is_sequence_classifier() {
+        return Err(Error::Config(format!(
+            "generation.reward_model `{path}`: config.json names {:?}, not a \
+             *ForSequenceClassification reward model (train one with `method: reward`)",
+            m.model.config.architectures
+        )));
+    }
+    Ok(Box::new(RewardReranker {
+        m,
+        format: cfg.model.prompt_format,
+    }))
+}
+
+/// Scores each candidate as the reward model was trained: the joint text of prompt
+/// and response (`encode_joint`), EOS appended, the value head on the last token.
+struct RewardReranker {
+    m: LoadedModel,
+    format: PromptFormat,
+}
+
+impl Reranker for RewardReranker {
+    fn rewards(
+        &mut self,
+        item: &BenchItem,
+        _prompt: &str,
+        candidates: &[String],
+    ) -> Result<Vec<f64>> {
+        let tok = &self.m.tokenizer;
+        let prompt = self.format.prompt(&item.system, &item.prompt);
+        let mut rows = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let (mut ids, resp) =
+                crate::data::encode_joint(tok, &prompt, &self.format.response(c))?;
+            ids.extend(resp);
+            ids.push(tok.eos_id);
+            // Too long for the model: keep the end, which the value head reads.
+            if ids.len() > self.m.max_len {
+                ids.drain(..ids.len() - self.m.max_len);
+            }
+            rows.push(ids);
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
+        let (mut ids, mut pos, mut last) = (vec![], vec![], vec![]);
+        for (r, row) in rows.iter().enumerate() {
+            ids.extend_from_slice(row);
+            ids.extend(std::iter::repeat_n(tok.pad_id, width - row.len()));
+            pos.extend(0..row.len() as i64);
+            pos.extend(std::iter::repeat_n(0, width - row.len()));
+            last.push((r * width + row.len() - 1) as i64);
+        }
+        let dev = self.m.device;
+        let grid = |v: &[i64]| {
+            Tensor::from_slice(v)
+                .view([-1, width as i64])
+                .to_device(dev)
+        };
+        let rewards = tch::no_grad(|| {
+            let hidden = self.m.model.hidden_states(
+                &grid(&ids),
+                &grid(&pos),
+                &crate::model::AttentionLayout::Causal,
+            );
+            let h = *hidden.size().last().expect("rank 3");
+            let lastv = hidden
+                .view([-1, h])
+                .index_select(0, &Tensor::from_slice(&last).to_device(dev));
+            self.m
+                .model
+                .score(&lastv)
+                .to_kind(tch::Kind::Double)
+                .view([-1])
+        });
+        Ok(Vec::<f64>::try_from(&rewards).expect("a 1-d double tensor"))
+    }
 }
 
 /// Which shard of how many this process generates.

@@ -16,7 +16,8 @@ pub struct DemoArgs {
     pub dir: PathBuf,
 }
 
-/// The README's first command: data, model, SFT, then ORPO from the SFT model.
+/// The README's first command: data, model, SFT, then ORPO, DPO and a reward model
+/// from the SFT model, then the evaluation.
 pub fn run(dir: &Path, terminal: bool) -> Result<()> {
     let data = dir.join("data");
     sample::write_sample_data(&data, 96, 0)?;
@@ -72,23 +73,52 @@ pub fn run(dir: &Path, terminal: bool) -> Result<()> {
         ],
     )?;
     let s2 = train::run(&orpo, &opts)?;
+    let from_sft = |job: &str, method: &str, steps: u32, lr: &str| {
+        TrainConfig::resolve(
+            Some("tiny"),
+            None,
+            &[
+                format!("job={job}"),
+                format!("method={method}"),
+                "data.packing=false".into(),
+                format!("hyperparameters.learning_rate={lr}"),
+                format!("hyperparameters.max_steps={steps}"),
+                format!("model.path={d}/sft-model"),
+                format!("data.train=[{d}/data/preference.parquet]"),
+                format!("checkpoint.dir={d}/checkpoints"),
+                format!("output_dir={d}/{}-model", job.trim_start_matches("demo-")),
+                "checkpoint.resume=false".into(),
+            ],
+        )
+    };
+    // DPO from the SFT model (reference log-probs precomputed once), and a reward
+    // model from the same SFT model that ranks best-of-N samples in the evaluation.
+    let s3 = train::run(&from_sft("demo-dpo", "dpo", 16, "5e-4")?, &opts)?;
+    let s4 = train::run(&from_sft("demo-rm", "reward", 16, "1e-3")?, &opts)?;
     let judge = train_judge(dir, &opts)?;
     let eval = evaluate(dir, &judge.output_dir.clone().unwrap_or_default(), terminal)?;
     println!(
         "\njanus demo: tiny Mistral-style model on {} sample records, CPU",
         s1.records
     );
-    for s in [&s1, &s2, &judge] {
+    for s in [&s1, &s2, &s3, &s4, &judge] {
         print_summary(s);
     }
     println!(
         "\nMultifaceted Bench protocol on {} sample bench items: the ORPO model (baseline: the SFT model), judged by `janus serve` on the demo judge (its grades show the plumbing, not quality)\n",
-        eval.items.len()
+        eval.orpo.items.len()
     );
-    print!("{}", janus::eval::report::table(&eval));
+    print!("{}", janus::eval::report::table(&eval.orpo));
     println!(
-        "report: {}",
-        dir.join("eval/orpo").join(janus::eval::REPORT).display()
+        "\nthe DPO model, best of 2 samples ranked by the reward model (baseline: the SFT model)\n"
+    );
+    print!("{}", janus::eval::report::table(&eval.dpo));
+    println!(
+        "reports: {}, {}",
+        dir.join("eval/orpo").join(janus::eval::REPORT).display(),
+        dir.join("eval/dpo-best-of-2")
+            .join(janus::eval::REPORT)
+            .display()
     );
     Ok(())
 }
@@ -210,6 +240,7 @@ fn eval_model(
     out: &Path,
     judge_port: u16,
     baseline: Option<&Path>,
+    reward_model: Option<&str>,
     terminal: bool,
 ) -> Result<janus::eval::score::Results> {
     use janus::eval::{generation, judge, progress::StageProgress, score};
@@ -242,20 +273,33 @@ fn eval_model(
             b.join(janus::eval::RESULTS).display()
         ));
     }
+    if let Some(rm) = reward_model {
+        o.push("generation.best_of=2".into());
+        o.push(format!("generation.reward_model={d}/{rm}"));
+    }
     let cfg = janus::config::EvalConfig::resolve(None, &o)?;
+    let reranker = match &cfg.generation.reward_model {
+        Some(rm) => Some(generation::reward_model(rm, &cfg)?),
+        None => None,
+    };
     generation::run(
         &cfg,
         generation::Shard::all(),
-        None,
+        reranker,
         &mut StageProgress::new("generate", terminal),
     )?;
     judge::run(&cfg, &mut StageProgress::new("judge", terminal))?;
     score::run(&cfg, &mut StageProgress::new("score", terminal))
 }
 
-/// The ORPO model against the SFT model on sample bench items, judged by the demo
-/// judge behind `janus serve`.
-fn evaluate(dir: &Path, judge_model: &str, terminal: bool) -> Result<janus::eval::score::Results> {
+struct DemoEval {
+    orpo: janus::eval::score::Results,
+    dpo: janus::eval::score::Results,
+}
+
+/// The ORPO model, and the DPO model's best of 2 by the reward model, each against the
+/// SFT model on sample bench items, judged by the demo judge behind `janus serve`.
+fn evaluate(dir: &Path, judge_model: &str, terminal: bool) -> Result<DemoEval> {
     let out = dir.join("eval");
     // A demo run always starts from scratch.
     if out.exists() {
@@ -271,17 +315,30 @@ fn evaluate(dir: &Path, judge_model: &str, terminal: bool) -> Result<janus::eval
         &sft,
         server.port,
         None,
+        None,
         terminal,
     )?;
-    eval_model(
+    let orpo = eval_model(
         dir,
         "orpo-model",
         "chatml",
         &out.join("orpo"),
         server.port,
         Some(&sft),
+        None,
         terminal,
-    )
+    )?;
+    let dpo = eval_model(
+        dir,
+        "dpo-model",
+        "mistral",
+        &out.join("dpo-best-of-2"),
+        server.port,
+        Some(&sft),
+        Some("rm-model"),
+        terminal,
+    )?;
+    Ok(DemoEval { orpo, dpo })
 }
 
 fn print_summary(s: &Summary) {
