@@ -232,18 +232,28 @@ fn healthy(port: u16) -> bool {
     out.starts_with("HTTP/1.1 200")
 }
 
-/// Generate, judge and score `model` on sample bench items into `out`.
+/// One evaluated model of the demo.
+struct Evaluated<'a> {
+    /// Directory under the demo's, and its prompt format.
+    model: &'a str,
+    format: &'a str,
+    out: PathBuf,
+    /// Earlier results it is compared with.
+    baseline: Option<&'a Path>,
+    /// A reward model (directory under the demo's) ranking best-of-2 samples.
+    reward_model: Option<&'a str>,
+}
+
+/// Generate, judge and score `e.model` on sample bench items into `e.out`.
 fn eval_model(
     dir: &Path,
-    model: &str,
-    format: &str,
-    out: &Path,
+    e: &Evaluated,
     judge_port: u16,
-    baseline: Option<&Path>,
-    reward_model: Option<&str>,
     terminal: bool,
 ) -> Result<janus::eval::score::Results> {
     use janus::eval::{generation, judge, progress::StageProgress, score};
+    let (model, format, out, baseline, reward_model) =
+        (e.model, e.format, &e.out, e.baseline, e.reward_model);
     let template = dir.join("data/judge-template.txt");
     std::fs::write(&template, DEMO_TEMPLATE)
         .map_err(|e| janus::Error::io(template.display().to_string(), e))?;
@@ -308,36 +318,28 @@ fn evaluate(dir: &Path, judge_model: &str, terminal: bool) -> Result<DemoEval> {
     }
     let server = serve(judge_model, "demo-judge")?;
     let sft = out.join("sft");
-    eval_model(
-        dir,
-        "sft-model",
-        "mistral",
-        &sft,
-        server.port,
-        None,
-        None,
-        terminal,
-    )?;
-    let orpo = eval_model(
-        dir,
-        "orpo-model",
-        "chatml",
-        &out.join("orpo"),
-        server.port,
-        Some(&sft),
-        None,
-        terminal,
-    )?;
-    let dpo = eval_model(
-        dir,
-        "dpo-model",
-        "mistral",
-        &out.join("dpo-best-of-2"),
-        server.port,
-        Some(&sft),
-        Some("rm-model"),
-        terminal,
-    )?;
+    let run = |e: Evaluated| eval_model(dir, &e, server.port, terminal);
+    run(Evaluated {
+        model: "sft-model",
+        format: "mistral",
+        out: sft.clone(),
+        baseline: None,
+        reward_model: None,
+    })?;
+    let orpo = run(Evaluated {
+        model: "orpo-model",
+        format: "chatml",
+        out: out.join("orpo"),
+        baseline: Some(&sft),
+        reward_model: None,
+    })?;
+    let dpo = run(Evaluated {
+        model: "dpo-model",
+        format: "mistral",
+        out: out.join("dpo-best-of-2"),
+        baseline: Some(&sft),
+        reward_model: Some("rm-model"),
+    })?;
     Ok(DemoEval { orpo, dpo })
 }
 
