@@ -43,17 +43,51 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Copy the weights of an HF model directory into the variables of `vs` (converting
 /// dtype). Every variable must be present with its shape; unknown tensors are an error.
 pub fn load_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result<()> {
-    load_weights(dir, vs, config, false)
+    load_weights(dir, vs, config, false).map(|_| ())
 }
 
 /// Start a reward model from a causal LM's directory: the body's weights are loaded,
-/// the LM head is left out and the value head (`score.weight`) keeps its random
-/// initialisation when the directory has none.
-pub fn load_reward_init(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result<()> {
-    load_weights(dir, vs, config, true)
+/// the LM head is left out and the value head (`score.weight`), when the directory has
+/// none, is drawn from N(0, 0.02) by a generator of its own seeded with `seed`.
+pub fn load_reward_init(dir: &Path, vs: &VarStore, config: &ModelConfig, seed: u64) -> Result<()> {
+    if let Some(head) = load_weights(dir, vs, config, true)? {
+        init_value_head(&head, seed);
+    }
+    Ok(())
 }
 
-fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool) -> Result<()> {
+/// torch's global generator is shared by every thread of the process (tests, the
+/// server), so a head drawn from it depends on what else ran; this draw does not.
+fn init_value_head(head: &Tensor, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5c0e_4ead);
+    let n = head.numel();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            // Box-Muller: two uniforms in (0, 1] give one standard normal.
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (0.02 * z) as f32
+        })
+        .collect();
+    let drawn = Tensor::from_slice(&values)
+        .view(head.size().as_slice())
+        .to_kind(head.kind())
+        .to_device(head.device());
+    tch::no_grad(|| {
+        let mut head = head.shallow_clone();
+        head.copy_(&drawn);
+    });
+}
+
+/// Returns the value head when `new_head` and the directory has none.
+fn load_weights(
+    dir: &Path,
+    vs: &VarStore,
+    config: &ModelConfig,
+    new_head: bool,
+) -> Result<Option<Tensor>> {
     let mut vars = vs.variables();
     let mut unexpected = Vec::new();
     for file in weight_files(dir)? {
@@ -82,9 +116,11 @@ fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool)
             }
         }
     }
-    if new_head {
-        vars.remove("score.weight");
-    }
+    let head = if new_head {
+        vars.remove("score.weight")
+    } else {
+        None
+    };
     if !vars.is_empty() || !unexpected.is_empty() {
         let mut missing: Vec<_> = vars.into_keys().collect();
         missing.sort();
@@ -93,7 +129,7 @@ fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool)
             dir.display()
         )));
     }
-    Ok(())
+    Ok(head)
 }
 
 /// Name, kind and shape of a tensor in a safetensors file.
@@ -479,5 +515,38 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Transformer;
+
+    fn reward_head(lm_dir: &Path, lm: &ModelConfig, seed: u64, torch_seed: i64) -> Tensor {
+        let config = lm.as_reward_model(0);
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _model = Transformer::new(&vs.root(), &config);
+        // Whatever else drew from torch's global generator before this load.
+        tch::manual_seed(torch_seed);
+        load_reward_init(lm_dir, &vs, &config, seed).unwrap();
+        vs.variables()["score.weight"].copy()
+    }
+
+    #[test]
+    fn a_new_value_head_depends_on_the_seed_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lm = ModelConfig::small("mistral", 64, 32, 64, 1, 4, 2);
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _model = Transformer::new(&vs.root(), &lm);
+        save_model_dir(tmp.path(), &vs, &lm, usize::MAX).unwrap();
+
+        let a = reward_head(tmp.path(), &lm, 7, 1);
+        let b = reward_head(tmp.path(), &lm, 7, 2);
+        let c = reward_head(tmp.path(), &lm, 8, 1);
+        assert!(a.equal(&b), "the head moved with torch's global generator");
+        assert!(!a.equal(&c), "the seed must choose the head");
+        let std = a.std(true).double_value(&[]);
+        assert!((0.01..0.04).contains(&std), "std {std}");
     }
 }
