@@ -32,8 +32,14 @@ mod tests {
     /// The committed chart CRDs are exactly what the types generate.
     #[test]
     fn committed_crd_yaml_matches_the_types() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/janus-operator/crds");
+        // The checkout cargo runs the test in, not the one it was compiled in: a warm
+        // cache (CI) may hold this binary built from another clone, and cargo does not
+        // rebuild it for a move.
+        let dir = std::path::Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("../charts/janus-operator/crds");
         for (name, generated) in all() {
             let path = dir.join(name);
             let committed = std::fs::read_to_string(&path).unwrap_or_default();

@@ -799,7 +799,10 @@ async fn example_manifests_are_accepted_by_the_api_server() {
     let c = client().await;
     let ns = namespace(&c, "examples").await;
     let cl = cluster();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../manifests/examples");
     let out = std::process::Command::new(cl.bin.join("kubectl"))
         .arg(format!("--kubeconfig={}", cl.kubeconfig.display()))
         .args(["apply", "--dry-run=server", "-n", &ns, "-f"])

@@ -14,7 +14,10 @@ fn main() {
         }
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/janus-operator/crds");
+    let dir = PathBuf::from(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../charts/janus-operator/crds");
     std::fs::create_dir_all(&dir).expect("create the chart's crds/ directory");
     for (name, yaml) in files {
         let path = dir.join(name);

@@ -748,8 +748,10 @@ async fn bad_eval_specs_are_rejected_by_the_api_server_naming_the_field() {
 
     // The example evaluation is valid (server-side dry run).
     let cl = cluster();
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/examples/eval-kwok.yaml");
+    let example = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../manifests/examples/eval-kwok.yaml");
     let out = std::process::Command::new(cl.bin.join("kubectl"))
         .arg(format!("--kubeconfig={}", cl.kubeconfig.display()))
         .args(["apply", "--dry-run=server", "-n", &ns, "-f"])

@@ -28,10 +28,12 @@ pub struct Cluster {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
+    Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("..")
+    .canonicalize()
+    .unwrap()
 }
 
 fn controlplane_dir() -> PathBuf {

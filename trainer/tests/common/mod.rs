@@ -8,10 +8,12 @@ use janus::model::ModelConfig;
 use janus::sample::{self, TokenizerSource};
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .parent()
+    .expect("workspace root")
+    .to_path_buf()
 }
 
 /// The project venv's Python (or `JANUS_PYTHON`), which has torch and transformers.
