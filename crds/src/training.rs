@@ -162,7 +162,7 @@ pub struct DatasetSpec {
     pub truncation: Truncation,
     /// With `TruncateResponse`, the fewest response tokens an example must keep.
     #[serde(default = "default_min_response_tokens")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1048576))]
     pub min_response_tokens: u32,
     /// Skip malformed records (counted and logged) instead of failing the job.
     #[serde(default)]
@@ -183,19 +183,19 @@ pub struct Hyperparameters {
     pub learning_rate: Option<f64>,
     /// Passes over the data (recipe: 4 for sft, 2 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub epochs: Option<u32>,
     /// Stop after this many optimizer steps (the schedule is sized for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000_000u64))]
     pub max_steps: Option<u64>,
     /// Sequences per micro-batch per rank (recipe: 2 for sft, 1 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 65536))]
     pub micro_batch_size: Option<u32>,
     /// Micro-batches per optimizer step (recipe: 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 65536))]
     pub gradient_accumulation_steps: Option<u32>,
     /// Tokens per sequence (recipe: 8192 for sft, 4096 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,7 +206,7 @@ pub struct Hyperparameters {
     pub packing: Option<bool>,
     /// Linear warm-up steps before the cosine decay (recipe: 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000_000_000u64))]
     pub warmup_steps: Option<u64>,
     /// The cosine schedule decays to learningRate * minLrRatio (recipe: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +242,7 @@ pub struct Hyperparameters {
     pub orpo_nll_on_prompt: Option<bool>,
     /// Random seed (default 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
     pub seed: Option<u64>,
 }
 
@@ -364,7 +364,7 @@ impl Truncation {
 pub struct WorkersSpec {
     /// Number of worker pods (nodes). Must be >= 1.
     #[serde(default = "default_replicas")]
-    #[schemars(range(max = 4096))]
+    #[schemars(range(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self >= 1").message("spec.workers.replicas must be >= 1"))]
     pub replicas: i32,
     /// GPUs per worker (`nvidia.com/gpu`); the trainer starts one rank per GPU. 0 runs
@@ -426,22 +426,24 @@ fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 }
 
 /// Checkpointing.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
-    /// Checkpoints go to `<url>/<job name>/step-<N>`.
+    /// Checkpoints go to `<url>/<job name>/step-<N>`: s3://, gs://, az://, file:// or an
+    /// absolute path (https:// cannot be written).
+    #[x_kube(validation = Rule::new("!self.startsWith('https://')").message("spec.checkpoint.url cannot be https:// (checkpoints are written): use s3://, gs://, az://, file:// or an absolute path"))]
     pub url: StorageUrl,
     /// Save every this many optimizer steps (0: only at the end).
     #[serde(default = "default_every_steps")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000_000_000u64))]
     pub every_steps: u64,
     /// Keep the newest this many checkpoints (0: keep all).
     #[serde(default = "default_keep")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub keep: u32,
     /// How long one storage request is retried before the attempt fails (retryable).
     #[serde(default = "default_retry_timeout")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 604800))]
     pub retry_timeout_seconds: u64,
 }
 
@@ -456,10 +458,12 @@ fn default_retry_timeout() -> u64 {
 }
 
 /// The final model.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutputSpec {
-    /// Directory URL that receives the final model in Hugging Face format.
+    /// Directory URL that receives the final model in Hugging Face format: s3://,
+    /// gs://, az://, file:// or an absolute path (https:// cannot be written).
+    #[x_kube(validation = Rule::new("!self.startsWith('https://')").message("spec.output.url cannot be https:// (it is written to): use s3://, gs://, az://, file:// or an absolute path"))]
     pub url: StorageUrl,
 }
 
@@ -490,16 +494,16 @@ pub enum CleanPodPolicy {
 pub struct RunPolicy {
     /// Gang restarts allowed before the job is Failed (BackoffLimitExceeded).
     #[serde(default = "default_backoff_limit")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 10000))]
     pub backoff_limit: i32,
     /// Seconds the job may run (since it last started or resumed) before it is Failed
     /// with DeadlineExceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the worker pods and keep the checkpoint; false resumes from it. Kueue
     /// admits jobs by flipping this field.
@@ -557,14 +561,14 @@ pub struct PodGroupSpec {
     pub provider: PodGroupProvider,
     /// Pods that must be placed together; default: `workers.replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4096))]
     pub min_member: Option<i32>,
     /// Volcano queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
     /// Coscheduling: seconds to wait for the whole gang before rejecting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 2592000))]
     pub schedule_timeout_seconds: Option<i32>,
 }
 
@@ -625,7 +629,18 @@ pub mod condition {
 /// Condition reasons (CamelCase constants tests match on).
 pub mod reason {
     pub const JOB_CREATED: &str = "JobCreated";
+    /// A worker cannot be scheduled; the message quotes the scheduler's (for example
+    /// `0/4 nodes are available: 4 Insufficient nvidia.com/gpu`).
     pub const WORKERS_PENDING: &str = "WorkersPending";
+    /// Reasons of the kubelet for a trainer container that cannot start, used verbatim
+    /// as the reason of the Running=False condition (the message quotes the kubelet's).
+    pub const CONTAINER_WAITING: [&str; 5] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    ];
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";

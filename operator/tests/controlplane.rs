@@ -3,6 +3,7 @@
 //! own operator process (the built binary).
 
 mod eval;
+mod hardening;
 mod support;
 
 use std::time::Duration;
@@ -561,7 +562,7 @@ async fn healthz_fails_when_the_controller_is_wedged_on_failing_watches() {
         ),
     )
     .unwrap();
-    let op = Operator::start_as(
+    let op = Operator::start_unready(
         &ns,
         "nobody",
         &["--no-leader-election", "--stall-seconds", "2"],
@@ -574,6 +575,20 @@ async fn healthz_fails_when_the_controller_is_wedged_on_failing_watches() {
     assert!(body.starts_with("wedged:"), "{body}");
     assert!(body.contains("watch has failed"), "{body}");
     assert!(body.contains("forbidden"), "{body}");
+    // Not ready either, naming the failing watch, and the errors are counted.
+    let ready = op.get("/readyz").unwrap();
+    assert!(
+        ready.starts_with("not ready:") && ready.contains("jobs watch is failing"),
+        "{ready}"
+    );
+    let metrics = op.get("/metrics").unwrap();
+    assert!(
+        !metrics.contains("janus_operator_watch_errors_total{watch=\"jobs\"} 0"),
+        "{metrics}"
+    );
+    assert!(op
+        .log_text()
+        .contains("watch failed; retrying with backoff"));
     // A working operator stays healthy past the same limit.
     let ok = Operator::start(
         &ns,
@@ -631,6 +646,16 @@ async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {
             "relative checkpoint path",
             Box::new(|v| v["spec"]["checkpoint"]["url"] = json!("checkpoints")),
             "spec.checkpoint.url",
+        ),
+        (
+            "https checkpoint URL (the trainer cannot write it)",
+            Box::new(|v| v["spec"]["checkpoint"]["url"] = json!("https://host/ckpt")),
+            "spec.checkpoint.url cannot be https://",
+        ),
+        (
+            "https output URL",
+            Box::new(|v| v["spec"]["output"]["url"] = json!("https://host/out")),
+            "spec.output.url cannot be https://",
         ),
         (
             "bad dataset URL",

@@ -30,6 +30,7 @@ use super::status::{self, EventSpec};
 use crate::error::{is_status, Error, Result};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::watch::{dynamic_api, lenient_watcher, DecodeReporter};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "janus-operator";
@@ -416,7 +417,10 @@ fn slim_pod(p: &mut Pod) {
         };
     }
     if let Some(st) = p.status.as_mut() {
-        st.conditions = None;
+        // Only the scheduler's verdict of a pod it cannot place is read.
+        if let Some(c) = st.conditions.as_mut() {
+            c.retain(|c| c.type_ == "PodScheduled" && c.status == "False");
+        }
         st.pod_ips = None;
         st.host_ips = None;
         if let Some(cs) = st.container_statuses.as_mut() {
@@ -454,15 +458,23 @@ fn jobs_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<JanusTrainingJo
 }
 
 /// Reports each event or error of a watch to `health` (a watch that keeps failing
-/// wedges the controller: the runtime would retry it silently forever).
-fn watch_health<K>(
+/// wedges the controller: the runtime would retry it silently forever) and counts and
+/// logs its errors at warn (`janus_operator_watch_errors_total{watch}`).
+pub(crate) fn watch_health<K>(
     health: &Health,
+    metrics: &Metrics,
     watch: &'static str,
 ) -> impl Fn(&std::result::Result<watcher::Event<K>, watcher::Error>) {
-    let health = health.clone();
+    let (health, errors) = (health.clone(), metrics.watch_errors_total.clone());
+    health.watch_started(watch);
     move |ev| match ev {
+        Ok(watcher::Event::InitDone) => health.watch_synced(watch),
         Ok(_) => health.watch_ok(watch),
-        Err(e) => health.watch_failed(watch, &e.to_string(), std::time::Instant::now()),
+        Err(e) => {
+            errors.with_label_values(&[watch]).inc();
+            tracing::warn!(watch, error = %e, "watch failed; retrying with backoff");
+            health.watch_failed(watch, &e.to_string(), std::time::Instant::now())
+        }
     }
 }
 
@@ -474,47 +486,17 @@ pub async fn run(
     client: Client,
     metrics: Metrics,
     health: Health,
+    decode: DecodeReporter,
     identity: String,
     namespace: Option<String>,
     on_store: impl FnOnce(Store<JanusTrainingJob>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (jobs, pods_api): (Api<JanusTrainingJob>, Api<Pod>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let pods_api: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     let nodes_api: Api<Node> = Api::all(client.clone());
-
-    let (job_store, job_writer) = reflector::store();
-    let job_stream = reflector::reflector(job_writer, watcher(jobs, watcher::Config::default()))
-        .default_backoff()
-        .inspect(watch_health(&health, "jobs"))
-        .touched_objects();
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(pods_api, watcher::Config::default().labels(labels::JOB)).modify(slim_pod),
-    )
-    .default_backoff()
-    .inspect(watch_health(&health, "pods"))
-    .touched_objects();
-    let (nodes, node_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(nodes_api, watcher::Config::default()).modify(slim_node),
-    )
-    .default_backoff()
-    .inspect(watch_health(&health, "nodes"))
-    .filter_map(|ev| async move {
-        match ev {
-            Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
-            _ => None,
-        }
-    });
-
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -522,6 +504,41 @@ pub async fn run(
             instance: Some(identity),
         },
     );
+
+    let (job_store, job_writer) = reflector::store();
+    let job_stream = reflector::reflector(
+        job_writer,
+        lenient_watcher(
+            dynamic_api::<JanusTrainingJob>(&client, &namespace),
+            watcher::Config::default(),
+            decode,
+        ),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "jobs"))
+    .touched_objects();
+    let (pods, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(pods_api, watcher::Config::default().labels(labels::JOB)).modify(slim_pod),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "pods"))
+    .touched_objects();
+    let (nodes, node_writer) = reflector::store();
+    let node_stream = reflector::reflector(
+        node_writer,
+        watcher(nodes_api, watcher::Config::default()).modify(slim_node),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "nodes"))
+    .filter_map(|ev| async move {
+        match ev {
+            Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
+            _ => None,
+        }
+    });
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -550,6 +567,7 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
+                // Watch errors are logged (warn) and counted where they happen.
                 tracing::debug!(error = %e, "controller event");
             }
         });

@@ -60,6 +60,8 @@ pub struct PodFacts {
     pub finished_at: Option<Timestamp>,
     /// `status.reason` of the pod (`Evicted`, ...).
     pub reason: Option<String>,
+    /// Why a pending pod does not start: (reason, the scheduler's or kubelet's message).
+    pub waiting: Option<(&'static str, String)>,
     /// Bound to a node that no longer exists.
     pub node_lost: bool,
     /// Carries the job's labels but its controller is not this job (another object of
@@ -404,6 +406,7 @@ mod tests {
             reason: None,
             message: None,
             finished_at: None,
+            waiting: None,
             node_lost: false,
             foreign: false,
         }
