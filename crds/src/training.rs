@@ -426,12 +426,10 @@ fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 }
 
 /// Checkpointing.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
-    /// Checkpoints go to `<url>/<job name>/step-<N>`: s3://, gs://, az://, file:// or an
-    /// absolute path (https:// cannot be written).
-    #[x_kube(validation = Rule::new("!self.startsWith('https://')").message("spec.checkpoint.url cannot be https:// (checkpoints are written): use s3://, gs://, az://, file:// or an absolute path"))]
+    /// Checkpoints go to `<url>/<job name>/step-<N>`.
     pub url: StorageUrl,
     /// Save every this many optimizer steps (0: only at the end).
     #[serde(default = "default_every_steps")]
@@ -458,12 +456,10 @@ fn default_retry_timeout() -> u64 {
 }
 
 /// The final model.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutputSpec {
-    /// Directory URL that receives the final model in Hugging Face format: s3://,
-    /// gs://, az://, file:// or an absolute path (https:// cannot be written).
-    #[x_kube(validation = Rule::new("!self.startsWith('https://')").message("spec.output.url cannot be https:// (it is written to): use s3://, gs://, az://, file:// or an absolute path"))]
+    /// Directory URL that receives the final model in Hugging Face format.
     pub url: StorageUrl,
 }
 

@@ -648,16 +648,6 @@ async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {
             "spec.checkpoint.url",
         ),
         (
-            "https checkpoint URL (the trainer cannot write it)",
-            Box::new(|v| v["spec"]["checkpoint"]["url"] = json!("https://host/ckpt")),
-            "spec.checkpoint.url cannot be https://",
-        ),
-        (
-            "https output URL",
-            Box::new(|v| v["spec"]["output"]["url"] = json!("https://host/out")),
-            "spec.output.url cannot be https://",
-        ),
-        (
             "bad dataset URL",
             Box::new(|v| v["spec"]["dataset"]["urls"] = json!(["http://x/y.parquet"])),
             "spec.dataset.urls",

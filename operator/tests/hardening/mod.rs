@@ -58,14 +58,14 @@ fn set_path(obj: &mut Value, path: &str, value: Value) {
             return;
         }
         if array {
-            let item = skeleton(&format!("{done}[]")).unwrap_or(json!({}));
+            let item = skeleton(&format!("{done}[]")).unwrap_or_else(|| json!({}));
             let list = map.entry(key).or_insert_with(|| json!([]));
-            if !list.as_array().is_some_and(|l| !l.is_empty()) {
+            if list.as_array().is_none_or(|l| l.is_empty()) {
                 *list = json!([item]);
             }
             cur = &mut list.as_array_mut().unwrap()[0];
         } else {
-            let sk = skeleton(&done).unwrap_or(json!({}));
+            let sk = skeleton(&done).unwrap_or_else(|| json!({}));
             let next = map.entry(key).or_insert(sk);
             if next.is_null() {
                 *next = json!({});
