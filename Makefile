@@ -37,7 +37,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo
+.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo bench-serve
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -83,7 +83,7 @@ node: node-deps
 controlplane-smoke: controlplane
 	tests/controlplane/smoke.sh
 
-bench: bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator
+bench: bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator bench-serve
 
 bench-train: build
 	$(PY) bench/train_bench.py --janus $(TARGET_DIR)/release/janus --reps 5
@@ -97,6 +97,10 @@ bench-allreduce: build
 
 bench-scaling: build
 	$(PY) bench/scaling_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
+
+# janus serve vs Hugging Face generate: tokens/s and time to first token, batch 1 and 16, CPU.
+bench-serve: build
+	$(PY) bench/serve_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
 bench-checkpoint: build $(VERSITYGW)
 	$(PY) bench/checkpoint_bench.py --janus $(TARGET_DIR)/release/janus --reps 3

@@ -1,6 +1,8 @@
 """Checkpoint save and load seconds for a ~124M-parameter Mistral-style model (model +
 AdamW moments, about 1.5 GB), to local disk and to a real S3 server (versitygw on
-loopback), side by side with a raw `cp` of the same bytes, in one run.
+loopback), side by side in one run with a raw copy of the same bytes: `cp -r` for the
+local disk, and for S3 an upload and a download of the same files with the same client
+(parallel multipart parts / parallel ranges, no hashing or checks).
 
   JANUS_VERSITYGW=~/.cache/janus/versitygw-v1.8.0/versitygw \\
     python bench/checkpoint_bench.py --janus target/release/janus --reps 3
@@ -10,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -35,30 +38,46 @@ def main():
             "--out", f"{tmp}/model")
         with versitygw(f"{tmp}/s3") as s3env:
             rows = []
-            for name, target in [("local disk", f"{tmp}/disk"), ("S3 (versitygw, loopback)", "s3://bench/ckpt")]:
-                out = run(janus, "bench-checkpoint", "--model", f"{tmp}/model", "--dir", target, "--reps", str(a.reps),
-                          env=s3env).stdout
-                rows.append((name, json.loads(out.strip().splitlines()[-1])))
-            # Raw baseline: copying the same bytes (the disk checkpoint) with cp.
+            for name, target, extra in [("local disk", f"{tmp}/disk", []),
+                                        ("S3 (versitygw, loopback)", "s3://bench/ckpt", ["--raw"])]:
+                r = subprocess.run([janus, "bench-checkpoint", "--model", f"{tmp}/model", "--dir", target,
+                                    "--reps", str(a.reps), *extra], env=s3env, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise SystemExit(f"bench-checkpoint {target} failed:\n{r.stderr[-3000:]}")
+                rows.append((name, json.loads(r.stdout.strip().splitlines()[-1])))
+            # Raw baseline: copying the same bytes (the disk checkpoint) with cp, with and
+            # without waiting for the disk (a save leaves its bytes in the page cache, as
+            # `cp` does; neither calls fsync).
             src = f"{tmp}/disk/bench"
-            step = sorted(os.listdir(src))[-1] if os.path.isdir(src) else None
-            times = []
+            step = sorted(d for d in os.listdir(src) if d.startswith("step-"))[-1]
+            cp, cp_sync = [], []
             for i in range(a.reps):
-                dst = f"{tmp}/cp-{i}"
-                t = time.perf_counter()
-                subprocess.run(["cp", "-r", f"{src}/{step}", dst], check=True)
-                subprocess.run(["sync"], check=True)
-                times.append(time.perf_counter() - t)
-                shutil.rmtree(dst)
-            times.sort()
+                for sync, times in [(False, cp), (True, cp_sync)]:
+                    dst = f"{tmp}/cp-{i}-{sync}"
+                    subprocess.run(["sync"], check=True)
+                    t = time.perf_counter()
+                    subprocess.run(["cp", "-r", f"{src}/{step}", dst], check=True)
+                    if sync:
+                        subprocess.run(["sync"], check=True)
+                    times.append(time.perf_counter() - t)
+                    shutil.rmtree(dst)
+    med = statistics.median
     nbytes = rows[0][1]["checkpoint_bytes"]
     print(f"\nCheckpoint of a {rows[0][1]['params'] / 1e6:.0f}M-parameter model with AdamW state "
           f"({nbytes / 1e9:.2f} GB), median of {a.reps}; sha256 of every file on save and load\n")
-    print("| target | save s | load s | save GB/s |")
-    print("|---|---|---|---|")
-    for name, r in rows:
-        print(f"| {name} | {r['save_seconds']:.2f} | {r['load_seconds']:.2f} | {nbytes / r['save_seconds'] / 1e9:.2f} |")
-    print(f"| raw `cp -r` of the same files + sync | {times[len(times) // 2]:.2f} | - | {nbytes / times[len(times) // 2] / 1e9:.2f} |")
+    print("| target | save s | load s | peer (same bytes, same run) | peer s | save / peer | load / peer |")
+    print("|---|---|---|---|---|---|---|")
+    local = rows[0][1]
+    print(f"| local disk | {local['save_seconds']:.2f} | {local['load_seconds']:.2f} | `cp -r` (page cache) "
+          f"| {med(cp):.2f} | {local['save_seconds'] / med(cp):.2f}x | {local['load_seconds'] / med(cp):.2f}x |")
+    print(f"| | | | `cp -r` + `sync` | {med(cp_sync):.2f} | {local['save_seconds'] / med(cp_sync):.2f}x "
+          f"| {local['load_seconds'] / med(cp_sync):.2f}x |")
+    s3 = rows[1][1]
+    print(f"| S3 (versitygw, loopback) | {s3['save_seconds']:.2f} | {s3['load_seconds']:.2f} "
+          f"| raw upload / download (same client, parallel parts, no checks) "
+          f"| {s3['raw_save_seconds']:.2f} / {s3['raw_load_seconds']:.2f} "
+          f"| {s3['save_seconds'] / s3['raw_save_seconds']:.2f}x | {s3['load_seconds'] / s3['raw_load_seconds']:.2f}x |")
+    print(json.dumps({"rows": rows, "cp_seconds": cp, "cp_sync_seconds": cp_sync}))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
   whole dataset and for rank 0 of 4 (its share);
 - the raw read speed of the same shard bytes: `cat` of the files, and whole-object
   ranged GETs through the same S3 client (`--raw`, no checks or decoding);
-- the trainer's own consumption (records/s) on the tiny benchmark model.
+- the trainer's own consumption (records/s) on the tiny benchmark model;
+- token shards (`janus data shard --tokenizer`) of the same records, streamed as ids,
+  next to the raw read of their own bytes; and the record parse with serde_json (what
+  the trainer uses) next to sonic-rs (SIMD).
 
   JANUS_VERSITYGW=~/.cache/janus/versitygw-v1.8.0/versitygw \\
     python bench/stream_bench.py --janus target/release/janus --reps 3
@@ -69,30 +72,61 @@ def main():
         src = f"{tmp}/records.jsonl"
         write_records(src, a.records)
         src_bytes = os.path.getsize(src)
+        # The tokenizer of the token shards (and of the trainer's run below).
+        run(janus, "init-model", "--out", f"{tmp}/model", "--train-tokenizer-on", src, "--vocab-size", "1024")
+        tok = ["--tokenizer", f"{tmp}/model/tokenizer.json", "--prompt-format", "mistral"]
         with versitygw(f"{tmp}/s3") as s3env:
             t = time.perf_counter()
             shard = json.loads(run(janus, "data", "shard", "--input", src, "--output", f"{tmp}/ds").stdout)
             shard_secs = time.perf_counter() - t
             run(janus, "data", "shard", "--input", src, "--output", "s3://bench/ds", env=s3env)
-            shard_files = sorted(f"{tmp}/ds/{f}" for f in os.listdir(f"{tmp}/ds") if f.endswith(".zst"))
+            t = time.perf_counter()
+            tshard = json.loads(run(janus, "data", "shard", "--input", src, "--output", f"{tmp}/tok", *tok).stdout)
+            tshard_secs = time.perf_counter() - t
+            run(janus, "data", "shard", "--input", src, "--output", "s3://bench/tok", *tok, env=s3env)
+
+            def files(d):
+                return sorted(f"{d}/{f}" for f in os.listdir(d) if f.endswith(".zst"))
 
             def stream(target, *extra):
                 out = run(janus, "data", "stream", "--dataset", target, "--stats", *extra, env=s3env).stdout
                 return json.loads(out.strip().splitlines()[-1])
 
-            def cat():
-                t = time.perf_counter()
-                subprocess.run(["cat", *shard_files], check=True, stdout=subprocess.DEVNULL)
-                secs = time.perf_counter() - t
-                return {"seconds": secs, "mb_per_second": shard["bytes"] / secs / 1e6}
+            def cat(paths, nbytes):
+                def go():
+                    t = time.perf_counter()
+                    subprocess.run(["cat", *paths], check=True, stdout=subprocess.DEVNULL)
+                    secs = time.perf_counter() - t
+                    return {"seconds": secs, "mb_per_second": nbytes / secs / 1e6}
+                return go
 
+            # (name, baseline row name, measure): medians of reps, rows alternate within a rep.
+            plan = [
+                ("raw: cat of the record shard files", None, cat(files(f"{tmp}/ds"), shard["bytes"])),
+                ("raw: S3 GET of the record shard objects", None, lambda: stream("s3://bench/ds", "--raw")),
+                ("records, file://, 1 rank (serde_json)", "raw: cat of the record shard files",
+                 lambda: stream(f"file://{tmp}/ds")),
+                ("records, S3, 1 rank (serde_json, the trainer's)", "raw: S3 GET of the record shard objects",
+                 lambda: stream("s3://bench/ds")),
+                ("records, S3, 1 rank (sonic-rs)", "raw: S3 GET of the record shard objects",
+                 lambda: stream("s3://bench/ds", "--parser", "sonic")),
+                ("records, S3, rank 0 of 4 (serde_json)", "raw: S3 GET of the record shard objects",
+                 lambda: stream("s3://bench/ds", "--world", "4", "--rank", "0")),
+                ("raw: cat of the token shard files", None, cat(files(f"{tmp}/tok"), tshard["bytes"])),
+                ("raw: S3 GET of the token shard objects", None, lambda: stream("s3://bench/tok", "--raw")),
+                ("tokens, file://, 1 rank", "raw: cat of the token shard files", lambda: stream(f"file://{tmp}/tok")),
+                ("tokens, S3, 1 rank", "raw: S3 GET of the token shard objects", lambda: stream("s3://bench/tok")),
+                ("tokens, S3, rank 0 of 4", "raw: S3 GET of the token shard objects",
+                 lambda: stream("s3://bench/tok", "--world", "4", "--rank", "0")),
+            ]
+            runs = {name: [] for name, _, _ in plan}
+            for _ in range(a.reps):
+                for name, _, fn in plan:
+                    runs[name].append(fn())
             rows = []
-            rows.append(("raw: cat of the shard files", median_of(a.reps, cat)[0]))
-            rows.append(("raw: S3 GET of the shard objects", median_of(a.reps, lambda: stream("s3://bench/ds", "--raw"))[0]))
-            for name, target in [("file://", f"file://{tmp}/ds"), ("S3", "s3://bench/ds")]:
-                rows.append((f"stream {name}, 1 rank (all)", median_of(a.reps, lambda: stream(target))[0]))
-                rows.append((f"stream {name}, rank 0 of 4", median_of(
-                    a.reps, lambda: stream(target, "--world", "4", "--rank", "0"))[0]))
+            for name, base, _ in plan:
+                rs = sorted(runs[name], key=lambda r: r["seconds"])
+                rows.append((name, base, rs[len(rs) // 2]))
 
             # The same process reading a one-block dataset: the RSS every janus process
             # has (libtorch's libraries), so the stream's own memory is the difference.
@@ -102,7 +136,6 @@ def main():
             base_rss = stream(f"file://{tmp}/one")["peak_rss_mib"]
 
             # The trainer's consumption: tiny model, streaming the same dataset.
-            run(janus, "init-model", "--out", f"{tmp}/model", "--train-tokenizer-on", src, "--vocab-size", "1024")
             per_step = 8
             t_runs = []
             for i in range(a.reps):
@@ -118,23 +151,28 @@ def main():
                 t_runs.append(a.train_steps * per_step / secs)
             train_sps = statistics.median(t_runs)
 
-    print(f"\nStreaming {a.records} records ({src_bytes / 1e6:.0f} MB of JSON lines; {shard['shards']} shards, "
-          f"{shard['blocks']} blocks, {shard['bytes'] / 1e6:.0f} MB zstd), median of {a.reps}.")
-    print(f"Sharding (`janus data shard`, file -> file): {shard_secs:.1f} s, {src_bytes / shard_secs / 1e6:.0f} MB/s of input.\n")
-    raw = {n: r for n, r in rows if n.startswith("raw")}
-    print("| reader | samples/s | MB/s (shard bytes) | vs raw read | vs trainer | peak RSS MiB (over a 1-block stream) |")
+    print(f"\nStreaming {a.records} records ({src_bytes / 1e6:.0f} MB of JSON lines), median of {a.reps}.")
+    print(f"Record shards: {shard['shards']} shards, {shard['blocks']} blocks, {shard['bytes'] / 1e6:.0f} MB zstd; "
+          f"`janus data shard`: {shard_secs:.1f} s ({src_bytes / shard_secs / 1e6:.0f} MB/s of input).")
+    print(f"Token shards: {tshard['shards']} shards, {tshard['blocks']} blocks, {tshard['bytes'] / 1e6:.0f} MB zstd "
+          f"({tshard['uncompressed_bytes'] / 1e6:.0f} MB of ids); `janus data shard --tokenizer`: {tshard_secs:.1f} s "
+          f"({a.records / tshard_secs:.0f} records/s, {src_bytes / tshard_secs / 1e6:.1f} MB/s of input).\n")
+    print("| reader | samples/s | MB/s (shard bytes) | vs raw read of the same bytes | vs trainer | peak RSS MiB (over a 1-block stream) |")
     print("|---|---|---|---|---|---|")
-    for name, r in rows:
-        if name.startswith("raw"):
+    by = {n: r for n, _, r in rows}
+    for name, base, r in rows:
+        if base is None:
             print(f"| {name} | | {r['mb_per_second']:.0f} | 1.00x | | |")
             continue
-        base = raw["raw: cat of the shard files" if "file" in name else "raw: S3 GET of the shard objects"]
         print(f"| {name} | {r['samples_per_second']:.0f} | {r['mb_per_second']:.0f} "
-              f"| {r['mb_per_second'] / base['mb_per_second']:.2f}x | {r['samples_per_second'] / train_sps:.0f}x "
+              f"| {r['mb_per_second'] / by[base]['mb_per_second']:.2f}x | {r['samples_per_second'] / train_sps:.0f}x "
               f"| {r['peak_rss_mib']:.0f} (+{r['peak_rss_mib'] - base_rss:.0f}) |")
     print(f"| trainer (tiny model, seq 512, 8 records/step) | {train_sps:.1f} | | | 1x | |")
+    sonic = by["records, S3, 1 rank (sonic-rs)"]["samples_per_second"]
+    serde = by["records, S3, 1 rank (serde_json, before)"]["samples_per_second"]
+    print(f"\nRecord parse: sonic-rs {sonic:.0f} records/s vs serde_json {serde:.0f} records/s = {sonic / serde:.2f}x")
     print(json.dumps({"rows": rows, "trainer_samples_per_second": train_sps, "shard_seconds": shard_secs,
-                      "base_rss_mib": base_rss}))
+                      "token_shard_seconds": tshard_secs, "base_rss_mib": base_rss}))
 
 
 if __name__ == "__main__":

@@ -634,7 +634,7 @@ async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {
         ),
         (
             "unknown method",
-            Box::new(|v| v["spec"]["method"] = json!("dpo")),
+            Box::new(|v| v["spec"]["method"] = json!("ppo")),
             "spec.method",
         ),
         (
@@ -701,6 +701,27 @@ async fn bad_specs_are_rejected_by_the_api_server_naming_the_field() {
                 v["spec"]["hyperparameters"] = json!({"packing": true});
             }),
             "spec.hyperparameters.packing",
+        ),
+        (
+            "dpo section with method sft",
+            Box::new(|v| v["spec"]["dpo"] = json!({"beta": 0.1})),
+            "spec.dpo",
+        ),
+        (
+            "zero dpo beta",
+            Box::new(|v| {
+                v["spec"]["method"] = json!("dpo");
+                v["spec"]["dpo"] = json!({"beta": 0.0});
+            }),
+            "spec.dpo.beta",
+        ),
+        (
+            "dpo label smoothing 0.5",
+            Box::new(|v| {
+                v["spec"]["method"] = json!("dpo");
+                v["spec"]["dpo"] = json!({"labelSmoothing": 0.5});
+            }),
+            "spec.dpo.labelSmoothing",
         ),
         (
             "format vs extension",

@@ -1,6 +1,6 @@
 """Reference side of the conformance tests: Hugging Face transformers models.
 
-  make  --arch mistral|llama --out DIR [--shard-kb N] [--sliding-window W]
+  make  --arch mistral|llama --out DIR [--shard-kb N] [--sliding-window W] [--vocab V]
         writes a tiny random HF model (odd sizes, GQA) to DIR plus reference.safetensors
         (input_ids [2, 13] and fp32 logits)
   check --model DIR --reference FILE [--tol 1e-4]
@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 
-def tiny_config(arch, sliding_window=None):
+def tiny_config(arch, sliding_window=None, vocab=101):
     common = dict(
-        vocab_size=101,
+        vocab_size=vocab,
         hidden_size=72,
         intermediate_size=100,
         num_hidden_layers=3,
@@ -37,7 +37,7 @@ def tiny_config(arch, sliding_window=None):
 
 def make(args):
     torch.manual_seed(1234)
-    cfg = tiny_config(args.arch, args.sliding_window)
+    cfg = tiny_config(args.arch, args.sliding_window, args.vocab)
     cfg._attn_implementation = "eager"
     cls = MistralForCausalLM if args.arch == "mistral" else LlamaForCausalLM
     model = cls(cfg).float().eval()
@@ -75,6 +75,7 @@ def main():
     m.add_argument("--out", required=True)
     m.add_argument("--shard-kb", type=int, default=0)
     m.add_argument("--sliding-window", type=int, default=None)
+    m.add_argument("--vocab", type=int, default=101)
     c = sub.add_parser("check")
     c.add_argument("--model", required=True)
     c.add_argument("--reference", required=True)

@@ -13,10 +13,8 @@ use tch::nn::VarStore;
 
 use crate::dist::Collective;
 use crate::error::{Error, IoContext, Result};
-use crate::model::{
-    load_model_dir, save_model_dir, ModelConfig, SafetensorsFile, SafetensorsWriter,
-};
-use crate::storage::Store;
+use crate::model::{load_model_dir, save_model, ModelConfig, SafetensorsFile, SafetensorsWriter};
+use crate::storage::{Store, Written};
 use crate::train::Optimizer;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -90,13 +88,33 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex::encode(h.finalize())))
 }
 
-/// Checkpoints of one job in any store: files are written to a local staging
-/// directory, uploaded (multipart, parts in parallel), then the manifest, then
-/// `latest`. Resuming downloads a complete checkpoint to a local cache and checks it.
+/// Checkpoints of one job in any store: files are written in place or streamed to
+/// object storage (multipart, parts in parallel, no staging copy) and hashed as they
+/// are written; then the manifest, then `latest`. Resuming downloads a complete
+/// checkpoint to a local cache in parallel ranges, hashing as it arrives, and checks it.
 pub struct CheckpointDir {
     store: Store,
     /// Unique per instance (and removed with it): runs in one process never share it.
     staging: tempfile::TempDir,
+}
+
+/// libtorch on one thread while a checkpoint moves bytes: its copies are bound by
+/// memory, and an idle OpenMP worker spins on the core that the hash thread and the
+/// I/O runtime need (a third of the CPU time of a save or load on 2 cores otherwise).
+struct OneTorchThread(i32);
+
+impl OneTorchThread {
+    fn new() -> Self {
+        let n = tch::get_num_threads();
+        tch::set_num_threads(1);
+        Self(n)
+    }
+}
+
+impl Drop for OneTorchThread {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
 }
 
 fn step_name(step: u64) -> String {
@@ -152,59 +170,46 @@ impl CheckpointDir {
         state: &TrainerState,
         keep: usize,
     ) -> Result<String> {
+        let _threads = OneTorchThread::new();
         let name = step_name(state.step);
         // A leftover of this step (a crash mid-save, or an older run) goes first.
         self.store.delete_prefix(&name)?;
-        // Local targets are written in place; remote ones are staged, then uploaded.
-        let in_place = self.store.local_dir().map(|root| root.join(&name));
-        let dir = in_place
-            .clone()
-            .unwrap_or_else(|| self.staging.path().join(&name));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
+        if let Some(dir) = self.store.local_dir().map(|root| root.join(&name)) {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
+            }
+        }
+        // Every file goes straight to its place (a local file, or an upload whose parts
+        // leave while the next bytes are produced), hashed as it is written.
+        let step = self.store.child(&name);
+        if self.store.local_dir().is_none() {
+            tracing::info!(checkpoint = %self.step_url(state.step), "uploading checkpoint");
         }
         let started = std::time::Instant::now();
-        std::fs::create_dir_all(&dir).ctx(|| dir.display().to_string())?;
-        let mut writer = SafetensorsWriter::create(&dir.join(OPTIMIZER), optimizer.state_specs())?;
+        let mut writer = SafetensorsWriter::new(step.writer(OPTIMIZER)?, optimizer.state_specs())?;
         optimizer.gather_state(comm, &mut |name, t| writer.write(name, t))?;
-        let optimizer_entry = {
-            let (bytes, sha256) = writer.finish()?;
-            ManifestEntry {
-                path: OPTIMIZER.into(),
-                bytes,
-                sha256,
-            }
-        };
-        let mut files = save_model_dir(&dir, vs, model_config, MAX_SHARD_BYTES)?;
-        std::fs::copy(tokenizer_json, dir.join("tokenizer.json"))
-            .ctx(|| tokenizer_json.display().to_string())?;
-        files.push("tokenizer.json".into());
+        let mut files: Vec<(String, Written)> = vec![(OPTIMIZER.into(), writer.finish()?)];
+        files.extend(save_model(&step, vs, model_config, MAX_SHARD_BYTES)?);
+        let tokenizer =
+            std::fs::read(tokenizer_json).ctx(|| tokenizer_json.display().to_string())?;
         let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
-        std::fs::write(dir.join(TRAINER_STATE), state_json)
-            .ctx(|| dir.join(TRAINER_STATE).display().to_string())?;
-        files.push(TRAINER_STATE.into());
+        for (f, bytes) in [("tokenizer.json", tokenizer), (TRAINER_STATE, state_json)] {
+            let mut w = step.writer(f)?;
+            w.write(&bytes)?;
+            files.push((f.into(), w.finish()?));
+        }
         let written = started.elapsed().as_secs_f64();
-        let mut entries = vec![optimizer_entry];
-        for f in &files {
-            let (bytes, sha256) = sha256_file(&dir.join(f))?;
+        let mut entries = Vec::with_capacity(files.len());
+        for (path, w) in files {
+            let (bytes, sha256) = w.wait()?;
             entries.push(ManifestEntry {
-                path: f.clone(),
+                path,
                 bytes,
                 sha256,
             });
         }
-        let hashed = started.elapsed().as_secs_f64();
-        files.push(OPTIMIZER.into());
-        if in_place.is_none() {
-            tracing::info!(checkpoint = %self.step_url(state.step), files = files.len(), "uploading checkpoint");
-            for f in &files {
-                self.store.put_file(&format!("{name}/{f}"), &dir.join(f))?;
-            }
-            std::fs::remove_dir_all(&dir).ctx(|| dir.display().to_string())?;
-        }
         tracing::debug!(
             written,
-            hashed,
             uploaded = started.elapsed().as_secs_f64(),
             "checkpoint phases (cumulative seconds)"
         );
@@ -268,23 +273,38 @@ impl CheckpointDir {
         if !READABLE_FORMATS.contains(&m.format.as_str()) || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
-        // Local checkpoints are checked where they are; remote ones are downloaded.
+        // Local checkpoints are checked where they are; remote ones are downloaded in
+        // ranges and hashed as they arrive. Files in parallel.
         let in_place = self.store.local_dir().map(|root| root.join(&name));
         let local = in_place
             .clone()
             .unwrap_or_else(|| self.staging.path().join("restore").join(&name));
-        for f in &m.files {
-            let dst = local.join(&f.path);
-            if in_place.is_none() {
-                self.store
-                    .get_file(&format!("{name}/{}", f.path), &dst)
-                    .map_err(|e| e.to_string())?;
-            }
-            let (bytes, sha) = sha256_file(&dst).map_err(|e| e.to_string())?;
-            if bytes != f.bytes || sha != f.sha256 {
-                return Err(format!("{} does not match its checksum", f.path));
-            }
-        }
+        std::thread::scope(|scope| {
+            let checks: Vec<_> = m
+                .files
+                .iter()
+                .map(|f| {
+                    let dst = local.join(&f.path);
+                    let remote = format!("{name}/{}", f.path);
+                    let in_place = in_place.is_some();
+                    scope.spawn(move || {
+                        let (bytes, sha) = if in_place {
+                            sha256_file(&dst)
+                        } else {
+                            self.store.get_file_hashed(&remote, &dst)
+                        }
+                        .map_err(|e| e.to_string())?;
+                        if bytes != f.bytes || sha != f.sha256 {
+                            return Err(format!("{} does not match its checksum", f.path));
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            checks
+                .into_iter()
+                .try_for_each(|h| h.join().expect("checksum thread"))
+        })?;
         let s = std::fs::read_to_string(local.join(TRAINER_STATE)).map_err(|e| e.to_string())?;
         let state = serde_json::from_str(&s).map_err(|e| format!("{TRAINER_STATE}: {e}"))?;
         Ok((local, state))
@@ -293,6 +313,7 @@ impl CheckpointDir {
     /// The newest complete, intact checkpoint (downloaded to a local directory);
     /// incomplete or corrupt ones are skipped with a warning naming them.
     pub fn latest(&self) -> Result<Option<(PathBuf, TrainerState)>> {
+        let _threads = OneTorchThread::new();
         for (step, complete) in self.list()?.into_iter().rev() {
             if !complete {
                 tracing::warn!(checkpoint = %self.step_url(step), "skipping checkpoint without manifest (incomplete save)");
@@ -330,6 +351,7 @@ pub fn restore(
     optimizer: &mut Optimizer,
     state: &TrainerState,
 ) -> Result<()> {
+    let _threads = OneTorchThread::new();
     load_model_dir(dir, vs, model_config).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let file = SafetensorsFile::open(&dir.join(OPTIMIZER))?;
     optimizer.load_state(&file, state.step)

@@ -63,13 +63,18 @@ impl Target {
         b.build().map_err(|e| e.to_string())
     }
 
-    async fn patch(&self, client: &reqwest::Client, p: &Progress) -> Result<(), String> {
+    /// Set annotation `key` to `value` on the pod.
+    async fn patch(
+        &self,
+        client: &reqwest::Client,
+        (key, value): &(&'static str, String),
+    ) -> Result<(), String> {
         // Read each time: projected service-account tokens are rotated.
         let token = std::fs::read_to_string(&self.token_file)
             .map_err(|e| format!("{}: {e}", self.token_file))?;
-        let body = serde_json::json!({
-            "metadata": {"annotations": {annotations::PROGRESS: p.to_annotation()}}
-        });
+        let mut annotation = serde_json::Map::new();
+        annotation.insert(key.to_string(), serde_json::Value::from(value.as_str()));
+        let body = serde_json::json!({"metadata": {"annotations": annotation}});
         let resp = client
             .patch(&self.url)
             .bearer_auth(token.trim())
@@ -88,7 +93,8 @@ impl Target {
 
 #[derive(Default)]
 struct Slot {
-    pending: Option<Progress>,
+    /// The annotation and its value.
+    pending: Option<(&'static str, String)>,
     closed: bool,
 }
 
@@ -165,8 +171,17 @@ impl Reporter {
 
     /// Queue a report (replacing one not yet sent).
     pub fn report(&self, p: Progress) {
+        self.send(annotations::PROGRESS, p.to_annotation());
+    }
+
+    /// Queue an evaluation pod's report (`janus.dev/eval-progress`).
+    pub fn report_eval(&self, r: janus_crds::progress::EvalReport) {
+        self.send(annotations::EVAL_PROGRESS, r.to_annotation());
+    }
+
+    fn send(&self, key: &'static str, value: String) {
         let (m, cv) = &*self.slot;
-        m.lock().expect("lock").pending = Some(p);
+        m.lock().expect("lock").pending = Some((key, value));
         cv.notify_one();
     }
 }

@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 /// Parts of a multipart upload; several are in flight at once.
 const PART_BYTES: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 8;
+/// Ranges of a download; several are in flight at once.
+const RANGE_BYTES: u64 = 16 << 20;
+const RANGES_IN_FLIGHT: usize = 8;
 
 /// A location in object storage: a store and a prefix inside it.
 #[derive(Clone)]
@@ -254,14 +257,114 @@ impl Store {
 
     /// Download to a local file (written to a temporary name, then renamed).
     pub fn get_file(&self, rel: &str, local: &Path) -> Result<()> {
-        let bytes = self.get_bytes(rel)?;
+        self.get_file_hashed(rel, local).map(|_| ())
+    }
+
+    /// Download to a local file in ranged GETs (`RANGES_IN_FLIGHT` at a time), each
+    /// range written and hashed as it arrives in order, so the file is checked without
+    /// reading it again. Written to a temporary name, then renamed; returns the size
+    /// and sha256.
+    pub fn get_file_hashed(&self, rel: &str, local: &Path) -> Result<(u64, String)> {
+        use futures::StreamExt;
+        use std::io::Write;
         if let Some(parent) = local.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(parent.display().to_string(), e))?;
         }
         let tmp = local.with_extension("part");
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(tmp.display().to_string(), e))?;
-        std::fs::rename(&tmp, local).map_err(|e| Error::io(local.display().to_string(), e))
+        let path = self.path(rel);
+        let size = self
+            .rt
+            .block_on(self.store.head(&path))
+            .map_err(|e| self.error(rel, "download", e))?
+            .size;
+        let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(RANGE_BYTES))
+            .map(|i| i * RANGE_BYTES..((i + 1) * RANGE_BYTES).min(size))
+            .collect();
+        let file =
+            std::fs::File::create(&tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Hasher::new();
+        let mut got = 0u64;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(RANGES_IN_FLIGHT);
+        let this = self.clone();
+        let rel_owned = rel.to_string();
+        // Ranges download on the I/O runtime; this thread hashes and writes them in order.
+        let task = self.rt.spawn(async move {
+            let mut parts = futures::stream::iter(ranges)
+                .map(|range| {
+                    let this = this.clone();
+                    let rel = rel_owned.clone();
+                    async move {
+                        let path = this.path(&rel);
+                        this.store
+                            .get_range(&path, range.clone())
+                            .await
+                            .map_err(|e| {
+                                this.error(&rel, &format!("download of bytes {range:?}"), e)
+                            })
+                    }
+                })
+                .buffered(RANGES_IN_FLIGHT);
+            while let Some(part) = parts.next().await {
+                let failed = part.is_err();
+                if tx.send(part).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        while let Some(part) = rx.blocking_recv() {
+            let part = part?;
+            hasher.update(part.clone());
+            got += part.len() as u64;
+            out.write_all(&part)
+                .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        }
+        let _ = self.rt.block_on(task);
+        if got != size {
+            return Err(Error::io(
+                format!("{}/{rel}", self.url),
+                std::io::Error::other(format!("downloaded {got} of {size} bytes")),
+            ));
+        }
+        out.flush()
+            .map_err(|e| Error::io(tmp.display().to_string(), e))?;
+        drop(out);
+        std::fs::rename(&tmp, local).map_err(|e| Error::io(local.display().to_string(), e))?;
+        Ok((size, hasher.finish(&format!("{}/{rel}", self.url))?))
+    }
+
+    /// A writer of the object `rel`: bytes are hashed as they are written and go to a
+    /// local file directly, or to object storage as a multipart upload whose parts are
+    /// sent while the caller produces the next ones (objects under one part are one
+    /// PUT). Nothing is staged on disk.
+    pub fn writer(&self, rel: &str) -> Result<ObjectWriter> {
+        let url = format!("{}/{rel}", self.url);
+        let sink = match &self.local_root {
+            Some(root) => {
+                let path = root.join(rel);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::io(parent.display().to_string(), e))?;
+                }
+                let f = std::fs::File::create(&path)
+                    .map_err(|e| Error::io(path.display().to_string(), e))?;
+                Sink::File(std::io::BufWriter::with_capacity(1 << 20, f))
+            }
+            None => Sink::Upload(Box::new(Upload {
+                store: self.clone(),
+                rel: rel.to_string(),
+                pending: Vec::new(),
+                pending_bytes: 0,
+                upload: None,
+            })),
+        };
+        Ok(ObjectWriter {
+            url,
+            sink,
+            hasher: Hasher::new(),
+            bytes: 0,
+        })
     }
 
     /// Ranged GETs of several objects at once (at most `in_flight` requests open),
@@ -305,6 +408,20 @@ impl Store {
             task,
             rt: self.rt.clone(),
         }
+    }
+
+    /// Upload local files side by side (each multipart, parts in flight), without
+    /// hashing: the raw transfer a checkpoint upload is compared with.
+    pub fn put_files(&self, files: &[(String, PathBuf)]) -> Result<()> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = files
+                .iter()
+                .map(|(rel, local)| scope.spawn(move || self.put_file(rel, local)))
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("upload thread"))
+        })
     }
 
     /// Objects directly below `rel`: (name, size), sorted by name.
@@ -385,5 +502,219 @@ impl Store {
                     )
                 }
             })
+    }
+}
+
+enum Sink {
+    File(std::io::BufWriter<std::fs::File>),
+    Upload(Box<Upload>),
+}
+
+struct Upload {
+    store: Store,
+    rel: String,
+    /// Bytes not yet handed to an upload (until the object outgrows one part).
+    pending: Vec<bytes::Bytes>,
+    pending_bytes: usize,
+    upload: Option<WriteMultipart>,
+}
+
+/// One object being written (see `Store::writer`); `finish` completes it.
+pub struct ObjectWriter {
+    url: String,
+    sink: Sink,
+    hasher: Hasher,
+    bytes: u64,
+}
+
+/// sha256 on a thread of its own, fed the very bytes being written (shared, not
+/// copied), so hashing runs beside the write or upload instead of after it.
+struct Hasher {
+    tx: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
+    thread: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Hasher {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
+        let thread = std::thread::Builder::new()
+            .name("janus-sha256".into())
+            .spawn(move || {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                for b in rx {
+                    h.update(&b);
+                }
+                hex::encode(h.finalize())
+            })
+            .ok();
+        Self {
+            tx: Some(tx),
+            thread,
+        }
+    }
+
+    fn update(&mut self, b: bytes::Bytes) {
+        if let Some(tx) = &self.tx {
+            // A send fails only if the thread is gone; `finish` reports that.
+            let _ = tx.send(b);
+        }
+    }
+
+    fn finish(mut self, what: &str) -> Result<String> {
+        self.tx.take();
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .ok_or_else(|| {
+                Error::io(
+                    what.to_string(),
+                    std::io::Error::other("hash thread failed"),
+                )
+            })
+    }
+}
+
+/// An object written by `ObjectWriter::finish`: its size and sha256, and the upload
+/// still completing in the background (`wait` for it before anything names it).
+pub struct Written {
+    pub bytes: u64,
+    pub sha256: String,
+    done: Option<Pending<()>>,
+}
+
+impl Written {
+    pub fn wait(mut self) -> Result<(u64, String)> {
+        if let Some(p) = self.done.take() {
+            p.wait()?;
+        }
+        Ok((self.bytes, self.sha256))
+    }
+}
+
+impl ObjectWriter {
+    /// A writer of a local file (outside any store).
+    pub fn local_file(path: &Path) -> Result<Self> {
+        let f =
+            std::fs::File::create(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+        Ok(Self {
+            url: path.display().to_string(),
+            sink: Sink::File(std::io::BufWriter::with_capacity(1 << 20, f)),
+            hasher: Hasher::new(),
+            bytes: 0,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Append a copy of `b` (small things: headers, JSON).
+    pub fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.write_shared(bytes::Bytes::copy_from_slice(b))
+    }
+
+    /// Append `b` without copying it into a buffer: a file gets these very bytes by
+    /// `write`, an upload sends them (a tensor's storage, kept alive by `b`) as part of
+    /// a part, and the hash thread reads them at the same time.
+    pub fn write_shared(&mut self, b: bytes::Bytes) -> Result<()> {
+        use std::io::Write;
+        // A part's worth at a time, so the hash keeps pace with the write.
+        let mut rest = b;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(PART_BYTES));
+            self.hasher.update(piece.clone());
+            self.bytes += piece.len() as u64;
+            match &mut self.sink {
+                Sink::File(f) => f
+                    .write_all(&piece)
+                    .map_err(|e| Error::io(self.url.clone(), e))?,
+                Sink::Upload(_) => self.push_upload(piece)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn push_upload(&mut self, piece: bytes::Bytes) -> Result<()> {
+        let Sink::Upload(up) = &mut self.sink else {
+            unreachable!("an upload sink")
+        };
+        let Upload {
+            store,
+            rel,
+            pending,
+            pending_bytes,
+            upload,
+        } = up.as_mut();
+        if upload.is_none() {
+            *pending_bytes += piece.len();
+            pending.push(piece);
+            if *pending_bytes < PART_BYTES {
+                return Ok(());
+            }
+            let path = store.path(rel);
+            let started = store
+                .rt
+                .block_on(store.store.put_multipart(&path))
+                .map_err(|e| store.error(rel, "starting an upload", e))?;
+            *upload = Some(WriteMultipart::new_with_chunk_size(started, PART_BYTES));
+            let w = upload.as_mut().expect("just set");
+            // Parts are spawned on the I/O runtime.
+            let _rt = store.rt.enter();
+            for p in pending.drain(..) {
+                w.put(p);
+            }
+            return Ok(());
+        }
+        let w = upload.as_mut().expect("checked");
+        store
+            .rt
+            .block_on(w.wait_for_capacity(PARTS_IN_FLIGHT))
+            .map_err(|e| store.error(rel, "upload", e))?;
+        let _rt = store.rt.enter();
+        w.put(piece);
+        Ok(())
+    }
+
+    /// Flush; the upload (if any) completes in the background.
+    pub fn finish(self) -> Result<Written> {
+        use std::io::Write;
+        let sha256 = self.hasher.finish(&self.url)?;
+        let done = match self.sink {
+            Sink::File(mut f) => {
+                f.flush().map_err(|e| Error::io(self.url.clone(), e))?;
+                None
+            }
+            Sink::Upload(up) => {
+                let Upload {
+                    store,
+                    rel,
+                    pending,
+                    upload,
+                    ..
+                } = *up;
+                let this = store.clone();
+                let task = store.rt.spawn(async move {
+                    let r = match upload {
+                        Some(w) => w.finish().await.map(|_| ()),
+                        None => {
+                            let path = this.path(&rel);
+                            let payload: PutPayload = pending.into_iter().collect();
+                            this.store.put(&path, payload).await.map(|_| ())
+                        }
+                    };
+                    r.map_err(|e| this.error(&rel, "upload", e))
+                });
+                Some(Pending {
+                    task,
+                    rt: store.rt.clone(),
+                })
+            }
+        };
+        Ok(Written {
+            bytes: self.bytes,
+            sha256,
+            done,
+        })
     }
 }

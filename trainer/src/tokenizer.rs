@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 /// A token's byte range in the text it came from.
 pub type Span = (usize, usize);
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_id: i64,
@@ -24,6 +25,8 @@ pub struct Tokenizer {
     pub pad_id: i64,
     /// sha256 of `tokenizer.json`: recorded in checkpoints and data indexes.
     pub identity: String,
+    /// The file it was read from, for messages.
+    pub path: std::path::PathBuf,
 }
 
 /// BOS/EOS spellings of the families we train (Mistral/Llama 2, then Llama 3).
@@ -55,6 +58,7 @@ impl Tokenizer {
             eos_id,
             pad_id: eos_id,
             identity: hex::encode(Sha256::digest(&bytes)),
+            path: path.to_path_buf(),
         })
     }
 

@@ -2,7 +2,8 @@
 //! once (before the first step) and a resume loads them instead of computing them
 //! again; a frozen reference model in memory trains the same weights as precomputed
 //! log-probabilities; the reward model is saved as a sequence classifier; bad pairs are
-//! named by file and line.
+//! named by file and line; best-of-N keeps the sample the trained reward model ranks
+//! highest.
 
 mod common;
 
@@ -189,4 +190,135 @@ fn bad_pairs_are_named_by_file_and_line() {
             );
         }
     }
+}
+
+/// Per ranking: the item, its candidates and their rewards.
+type Rankings = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<String>, Vec<f64>)>>>;
+
+/// Delegates to the real reward model and remembers what it was asked and answered.
+struct Recording {
+    inner: Box<dyn janus::eval::generation::Reranker>,
+    seen: Rankings,
+}
+
+impl janus::eval::generation::Reranker for Recording {
+    fn rewards(
+        &mut self,
+        item: &janus::eval::bench::BenchItem,
+        prompt: &str,
+        candidates: &[String],
+    ) -> janus::Result<Vec<f64>> {
+        let r = self.inner.rewards(item, prompt, candidates)?;
+        self.seen
+            .borrow_mut()
+            .push((item.id, candidates.to_vec(), r.clone()));
+        Ok(r)
+    }
+}
+
+#[test]
+fn best_of_n_keeps_the_sample_the_trained_reward_model_ranks_highest() {
+    use janus::eval::generation;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 8);
+    let rm_extra = [
+        "method=reward",
+        "data.packing=false",
+        "hyperparameters.max_steps=3",
+        "hyperparameters.micro_batch_size=2",
+    ];
+    train(
+        dir,
+        &model,
+        &data.join("preference.jsonl"),
+        "rm",
+        &rm_extra,
+        None,
+    );
+    let rm = dir.join("out-rm");
+    let out = dir.join("eval");
+    let cfg = janus::config::EvalConfig::resolve(
+        None,
+        &[
+            format!("bench.path={}", data.join("bench.parquet").display()),
+            "bench.limit=3".into(),
+            format!("model.path={}", model.display()),
+            "model.dtype=float32".into(),
+            "model.device=cpu".into(),
+            "generation.max_new_tokens=10".into(),
+            "generation.best_of=3".into(),
+            format!("generation.reward_model={}", rm.display()),
+            "judge.url=http://127.0.0.1:9/v1".into(),
+            "judge.model=unused".into(),
+            "judge.api_key_env=null".into(),
+            format!("output_dir={}", out.display()),
+        ],
+    )
+    .unwrap();
+
+    // The policy itself is not a reward model: refused, naming the directory.
+    let e = generation::reward_model(&model.display().to_string(), &cfg)
+        .err()
+        .expect("a causal LM is not a reward model")
+        .to_string();
+    assert!(e.contains("ForSequenceClassification"), "{e}");
+
+    let seen: Rankings = Default::default();
+    let reranker = Recording {
+        inner: generation::reward_model(&rm.display().to_string(), &cfg).unwrap(),
+        seen: seen.clone(),
+    };
+    generation::run(
+        &cfg,
+        generation::Shard::all(),
+        Some(Box::new(reranker)),
+        &mut janus::eval::progress::StageProgress::new("generate", false),
+    )
+    .unwrap();
+    let (_, answers) =
+        janus::eval::log::JsonlLog::open(out.to_str().unwrap(), "answers/shard-00000.jsonl")
+            .unwrap();
+    assert_eq!(answers.len(), 3);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 3, "one ranking per item");
+    for a in &answers {
+        let id = a["item"].as_u64().unwrap() as usize;
+        let (_, cands, rewards) = seen.iter().find(|s| s.0 == id).unwrap();
+        assert_eq!(cands.len(), 3);
+        assert_eq!(a["samples"], 3);
+        let best = rewards
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |b, (i, v)| if v > b.1 { (i, v) } else { b },
+            );
+        assert_eq!(a["response"].as_str().unwrap(), cands[best.0], "{a}");
+        assert!((a["reward"].as_f64().unwrap() - best.1).abs() < 1e-9, "{a}");
+        // Different samples get different rewards: the head reads each sample.
+        if cands[0] != cands[1] {
+            assert_ne!(rewards[0], rewards[1], "{rewards:?}");
+        }
+    }
+
+    // A sample's reward does not depend on the other samples of its batch (right
+    // padding, the head on each row's own last token).
+    let item = &janus::eval::bench::load(&cfg.bench.path, Some(1))
+        .unwrap()
+        .items[0];
+    let mut again = generation::reward_model(&rm.display().to_string(), &cfg).unwrap();
+    let alone = again.rewards(item, "", &["Same answer.".into()]).unwrap();
+    let padded = again
+        .rewards(
+            item,
+            "",
+            &[
+                "Same answer.".into(),
+                "A much longer answer, so that the first row of the batch is padded.".into(),
+            ],
+        )
+        .unwrap();
+    assert!((alone[0] - padded[0]).abs() < 1e-5, "{alone:?} {padded:?}");
 }

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use super::children::{self, STAGE_GENERATE, STAGE_JUDGE};
 use super::gates::{output_url, Gates};
 use super::stage::{Decision, EvalFacts, Gate, PodFacts, Slot, Termination};
-use crate::training::status::{owned_by, set_condition, EventSpec};
+use crate::training::status::{has_condition, owned_by, set_condition, EventSpec};
 
 pub fn eval_facts(job: &JanusEvalJob, gates: &Gates) -> EvalFacts {
     let s = job.status.clone().unwrap_or_default();
@@ -155,10 +155,6 @@ fn gate_condition(
             note: msg.clone(),
         });
     }
-}
-
-fn has_condition(conds: &[Condition], type_: &str, status: &str) -> bool {
-    conds.iter().any(|c| c.type_ == type_ && c.status == status)
 }
 
 /// The `SecretsReady` gate: the first Secret waited for, else found.

@@ -321,6 +321,20 @@ fn requeue(d: &Decision) -> Action {
     Action::requeue(after.unwrap_or(RESYNC))
 }
 
+/// The Events API refuses a note over 1 KiB (the whole Event would be lost): a
+/// condition message quoting a worker's termination message can be longer.
+pub(crate) fn event_note(note: &str) -> String {
+    const MAX: usize = 1024;
+    if note.len() <= MAX {
+        return note.to_string();
+    }
+    let mut end = MAX - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}
+
 pub(crate) async fn publish(
     recorder: &Recorder,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
@@ -333,7 +347,7 @@ pub(crate) async fn publish(
             EventType::Normal
         },
         reason: ev.reason.into(),
-        note: Some(ev.note.clone()),
+        note: Some(event_note(&ev.note)),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -605,5 +619,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::event_note;
+
+    #[test]
+    fn event_notes_fit_the_events_api_limit_on_a_char_boundary() {
+        assert_eq!(event_note("short"), "short");
+        let long = "é".repeat(700);
+        let n = event_note(&long);
+        assert!(n.len() <= 1024, "{}", n.len());
+        assert!(n.ends_with('…'));
+        assert!(long.starts_with(n.trim_end_matches('…')));
     }
 }

@@ -166,7 +166,7 @@ fn clear_condition(
     }
 }
 
-fn has_condition(conds: &[Condition], type_: &str, status: &str) -> bool {
+pub(crate) fn has_condition(conds: &[Condition], type_: &str, status: &str) -> bool {
     conds.iter().any(|c| c.type_ == type_ && c.status == status)
 }
 

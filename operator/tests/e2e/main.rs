@@ -327,19 +327,28 @@ fn a_killed_rank_restarts_the_gang_which_resumes_from_s3_and_matches_a_straight_
     assert_eq!(restarting["reason"], "WorkerFailed", "{restarting}");
     let msg = restarting["message"].as_str().unwrap();
     assert!(msg.contains(&rank1) && msg.contains("137"), "{msg}");
-    let events = w.json(&[
-        "-n",
-        ns,
-        "get",
-        "events.events.k8s.io",
-        "--field-selector",
-        &format!("regarding.name={name}"),
-    ]);
-    assert!(
-        events["items"].as_array().unwrap().iter().any(
-            |e| e["type"] == "Warning" && e["note"].as_str().is_some_and(|n| n.contains("137"))
-        ),
-        "no Warning Event naming exit 137: {events}"
+    // The Event is written after the status (its own request): wait for it.
+    wait_until(
+        "a Warning Event naming exit 137",
+        Duration::from_secs(30),
+        || {
+            let events = w.json(&[
+                "-n",
+                ns,
+                "get",
+                "events.events.k8s.io",
+                "--field-selector",
+                &format!("regarding.name={name}"),
+            ]);
+            events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["type"] == "Warning" && e["note"].as_str().is_some_and(|n| n.contains("137"))
+                })
+                .then_some(())
+        },
     );
 
     // The new gang resumes from the newest checkpoint in S3 and the job succeeds.

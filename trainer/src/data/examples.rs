@@ -83,12 +83,30 @@ pub fn encode_joint(tok: &Tokenizer, prompt: &str, response: &str) -> Result<(Ve
 
 impl Tokenization<'_> {
     /// `BOS + prompt` and the response's tokens, from the joint text.
-    fn encode(&self, system: &str, prompt: &str, response: &str) -> Result<(Vec<i64>, Vec<i64>)> {
+    pub fn encode(
+        &self,
+        system: &str,
+        prompt: &str,
+        response: &str,
+    ) -> Result<(Vec<i64>, Vec<i64>)> {
         encode_joint(
             self.tok,
             &self.format.prompt(system, prompt),
             &self.format.response(response),
         )
+    }
+
+    /// Tokens an example of a `prompt`-token prompt and a `response`-token response
+    /// (before EOS) has after the length policy, or `None` when it is dropped: what
+    /// `fit` gives, from the lengths alone (packing plans its rows with it).
+    pub fn fitted_len(&self, prompt: usize, response: usize) -> Option<usize> {
+        let resp = response + self.append_eos as usize;
+        let whole = prompt + resp <= self.max_len;
+        let room = self.max_len.saturating_sub(prompt);
+        if !whole && (self.policy == Truncation::Drop || room < self.min_response.max(1)) {
+            return None;
+        }
+        Some(prompt + resp.min(room))
     }
 
     fn fit(&self, prompt: &[i64], mut resp: Vec<i64>) -> Fit {
@@ -123,10 +141,22 @@ impl Tokenization<'_> {
     }
 
     pub fn sft(&self, records: &[SftRecord]) -> Result<(Vec<Example>, TokenizeStats)> {
+        let encoded = records
+            .iter()
+            .map(|r| self.encode(&r.system, &r.prompt, &r.output))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.sft_tokens(encoded))
+    }
+
+    /// Examples from (prompt, response) ids as `encode` gives them (token shards hold
+    /// exactly these), under this run's length policy.
+    pub fn sft_tokens(
+        &self,
+        encoded: impl IntoIterator<Item = (Vec<i64>, Vec<i64>)>,
+    ) -> (Vec<Example>, TokenizeStats) {
         let mut stats = TokenizeStats::default();
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            let (p, resp) = self.encode(&r.system, &r.prompt, &r.output)?;
+        let mut out = Vec::new();
+        for (p, resp) in encoded {
             match self.fit(&p, resp) {
                 Fit::Whole(e) => {
                     stats.kept += 1;
@@ -139,16 +169,33 @@ impl Tokenization<'_> {
                 Fit::Dropped => stats.dropped += 1,
             }
         }
-        Ok((out, stats))
+        (out, stats)
     }
 
     /// Pairs share their prompt; a pair is dropped when either answer is.
     pub fn pairs(&self, records: &[PreferenceRecord]) -> Result<(Vec<Pair>, TokenizeStats)> {
+        let encoded = records
+            .iter()
+            .map(|r| {
+                Ok((
+                    self.encode(&r.system, &r.prompt, &r.chosen)?,
+                    self.encode(&r.system, &r.prompt, &r.rejected)?,
+                    r.margin.unwrap_or(0.0),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.pairs_tokens(encoded))
+    }
+
+    /// Pairs from the encoded chosen and rejected sequences and the margin.
+    #[allow(clippy::type_complexity)]
+    pub fn pairs_tokens(
+        &self,
+        encoded: impl IntoIterator<Item = ((Vec<i64>, Vec<i64>), (Vec<i64>, Vec<i64>), f64)>,
+    ) -> (Vec<Pair>, TokenizeStats) {
         let mut stats = TokenizeStats::default();
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            let (pc, c) = self.encode(&r.system, &r.prompt, &r.chosen)?;
-            let (pr, rj) = self.encode(&r.system, &r.prompt, &r.rejected)?;
+        let mut out = Vec::new();
+        for ((pc, c), (pr, rj), margin) in encoded {
             match (self.fit(&pc, c), self.fit(&pr, rj)) {
                 (Fit::Dropped, _) | (_, Fit::Dropped) => stats.dropped += 1,
                 (Fit::Whole(chosen), Fit::Whole(rejected)) => {
@@ -156,7 +203,7 @@ impl Tokenization<'_> {
                     out.push(Pair {
                         chosen,
                         rejected,
-                        margin: r.margin.unwrap_or(0.0),
+                        margin,
                         id: out.len(),
                     })
                 }
@@ -168,12 +215,12 @@ impl Tokenization<'_> {
                     out.push(Pair {
                         chosen,
                         rejected,
-                        margin: r.margin.unwrap_or(0.0),
+                        margin,
                         id: out.len(),
                     })
                 }
             }
         }
-        Ok((out, stats))
+        (out, stats)
     }
 }

@@ -9,6 +9,7 @@ mod reader;
 mod records;
 pub mod shards;
 pub mod stream;
+pub mod tokens;
 
 pub use batch::{pack, Batch, PreferenceBatch, RewardBatch, IGNORE};
 pub use examples::{encode_joint, Example, Pair, Tokenization, TokenizeStats};

@@ -7,6 +7,10 @@
 //! files; it is written last, so a half-written dataset has no index and is never read.
 //! The output is a function of the input bytes and the options only (no timestamps,
 //! single-threaded compression), so the same input gives byte-identical shards.
+//!
+//! With a tokenizer and a prompt format, the shards hold token ids and loss
+//! boundaries instead of JSON (`content: tokens`, see `data::tokens`), and the index
+//! names the tokenizer by the sha256 of its `tokenizer.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -16,19 +20,26 @@ use sha2::{Digest, Sha256};
 
 use super::reader::read_rows;
 use super::records::{PreferenceRecord, Record, SftRecord};
+use super::tokens::{self, TokenPair, TokenSeq};
+use super::{PromptFormat, Tokenization};
+use crate::config::Truncation;
 use crate::error::{Error, Result};
 use crate::storage::{is_url, Store};
+use crate::tokenizer::Tokenizer;
 
 pub const INDEX: &str = "index.json";
 pub const FORMAT: &str = "janus-shards/v1";
 pub const DEFAULT_SHARD_BYTES: u64 = 64 << 20;
 pub const DEFAULT_BLOCK_BYTES: u64 = 1 << 20;
 pub const DEFAULT_LEVEL: i32 = 3;
+/// Per-sample lengths of a token dataset (`data::tokens`).
+pub const LENGTHS: &str = "lengths.u32";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardIndex {
     pub format: String,
-    /// `records`: one JSON record per line, as in the source files.
+    /// `records`: one JSON record per line, as in the source files; `tokens`: token
+    /// ids and loss boundaries (`data::tokens`).
     pub content: String,
     /// Which records: `sft`, `preference`, or `mixed`.
     pub records: RecordKind,
@@ -36,12 +47,39 @@ pub struct ShardIndex {
     /// Compressed bytes of all shards.
     pub bytes: u64,
     pub uncompressed_bytes: u64,
-    /// Shards hold text records, so no tokenizer or prompt format is baked in; the
-    /// fields exist for token-id shards and are null here.
+    /// Token shards: sha256 of the `tokenizer.json` that made them, and the prompt
+    /// format; null for record shards (no tokenizer is baked in).
     pub tokenizer: Option<String>,
     pub prompt_format: Option<String>,
     pub sources: Vec<SourceFile>,
     pub shards: Vec<ShardEntry>,
+    /// How token shards store their ids (absent for record shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenInfo>,
+}
+
+pub const RECORDS: &str = "records";
+pub const TOKENS: &str = "tokens";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Bytes per id (2 or 4, little-endian).
+    pub id_bytes: u32,
+    pub vocab_size: u64,
+    pub bos_id: i64,
+    pub eos_id: i64,
+    /// The tokenizer file as `janus data shard --tokenizer` was given it.
+    pub tokenizer_file: String,
+    /// Every sample's (prompt, response) token counts, `u32` little-endian, in index
+    /// order: what packing and the step count are planned from.
+    pub lengths: ObjectEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +126,31 @@ impl ShardIndex {
                 "{what}: format `{}`, this trainer reads `{FORMAT}`",
                 index.format
             )));
+        }
+        match (index.content.as_str(), &index.tokens) {
+            (RECORDS, None) => {}
+            (TOKENS, Some(t)) if [2, 4].contains(&t.id_bytes) => {
+                if index.tokenizer.is_none() || index.prompt_format.is_none() {
+                    return Err(Error::Data(format!(
+                        "{what}: token shards without `tokenizer` or `prompt_format`"
+                    )));
+                }
+                if index.records == RecordKind::Mixed {
+                    return Err(Error::Data(format!(
+                        "{what}: token shards hold one kind of record, this index says mixed"
+                    )));
+                }
+            }
+            (TOKENS, _) => {
+                return Err(Error::Data(format!(
+                    "{what}: token shards need a `tokens` entry with id_bytes 2 or 4"
+                )))
+            }
+            (other, _) => {
+                return Err(Error::Data(format!(
+                    "{what}: content `{other}`, expected `{RECORDS}` or `{TOKENS}`"
+                )))
+            }
         }
         for s in &index.shards {
             let (samples, bytes) = s
@@ -209,6 +272,8 @@ fn classify(v: &Value) -> std::result::Result<RecordKind, String> {
 struct ShardWriter<'a> {
     out: &'a Store,
     opts: &'a ShardOptions,
+    /// Shard file suffix: `jsonl.zst` or `tokens.zst`.
+    ext: &'static str,
     block: Vec<u8>,
     block_samples: u64,
     shard: Vec<u8>,
@@ -218,10 +283,11 @@ struct ShardWriter<'a> {
 }
 
 impl<'a> ShardWriter<'a> {
-    fn new(out: &'a Store, opts: &'a ShardOptions) -> Self {
+    fn new(out: &'a Store, opts: &'a ShardOptions, ext: &'static str) -> Self {
         let mut w = Self {
             out,
             opts,
+            ext,
             block: Vec::new(),
             block_samples: 0,
             shard: Vec::new(),
@@ -235,13 +301,18 @@ impl<'a> ShardWriter<'a> {
             done: vec![],
             uncompressed: 0,
         };
-        w.entry.name = shard_name(0);
+        w.entry.name = shard_name(0, ext);
         w
     }
 
     fn push(&mut self, line: &[u8]) -> Result<()> {
         self.block.extend_from_slice(line);
         self.block.push(b'\n');
+        self.sample_done()
+    }
+
+    /// A sample already appended to `self.block` (token shards write in place).
+    fn sample_done(&mut self) -> Result<()> {
         self.block_samples += 1;
         if self.block.len() as u64 >= self.opts.block_bytes {
             self.close_block()?;
@@ -281,7 +352,7 @@ impl<'a> ShardWriter<'a> {
         self.entry.sha256 = hex::encode(Sha256::digest(&bytes));
         self.out.put_bytes(&self.entry.name, bytes)?;
         let next = ShardEntry {
-            name: shard_name(self.done.len() + 1),
+            name: shard_name(self.done.len() + 1, self.ext),
             samples: 0,
             bytes: 0,
             sha256: String::new(),
@@ -298,8 +369,118 @@ impl<'a> ShardWriter<'a> {
     }
 }
 
-fn shard_name(i: usize) -> String {
-    format!("shard-{i:05}.jsonl.zst")
+fn shard_name(i: usize, ext: &str) -> String {
+    format!("shard-{i:05}.{ext}")
+}
+
+/// What token shards are made with.
+pub struct TokenSpec<'a> {
+    pub tokenizer: &'a Tokenizer,
+    /// The tokenizer file as the user named it (recorded in the index).
+    pub tokenizer_file: String,
+    pub format: PromptFormat,
+}
+
+/// Tokenises records (in parallel, in order) and appends them to the shards; keeps
+/// the lengths table.
+struct TokenSink<'a> {
+    spec: &'a TokenSpec<'a>,
+    id_bytes: u32,
+    lengths: Vec<u32>,
+    /// Records of the current batch, with their locations.
+    pending: Vec<(String, Value, RecordKind)>,
+}
+
+/// Records tokenised together (across the cores).
+const TOKENIZE_BATCH: usize = 2048;
+
+enum Tokenised {
+    Sft(TokenSeq),
+    Pair(TokenPair),
+}
+
+impl TokenSink<'_> {
+    fn tokenise_one(
+        t: &Tokenization,
+        v: Value,
+        kind: RecordKind,
+    ) -> std::result::Result<Tokenised, String> {
+        let seq = |(prompt, response): (Vec<i64>, Vec<i64>)| TokenSeq { prompt, response };
+        let err = |e: Error| e.to_string();
+        Ok(match kind {
+            RecordKind::Sft => {
+                let r: SftRecord = serde_json::from_value(v).map_err(|e| e.to_string())?;
+                Tokenised::Sft(seq(t
+                    .encode(&r.system, &r.prompt, &r.output)
+                    .map_err(err)?))
+            }
+            _ => {
+                let r: PreferenceRecord = serde_json::from_value(v).map_err(|e| e.to_string())?;
+                Tokenised::Pair(TokenPair {
+                    chosen: seq(t.encode(&r.system, &r.prompt, &r.chosen).map_err(err)?),
+                    rejected: seq(t.encode(&r.system, &r.prompt, &r.rejected).map_err(err)?),
+                    margin: r.margin.unwrap_or(0.0),
+                })
+            }
+        })
+    }
+
+    fn flush(&mut self, writer: &mut ShardWriter) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let t = Tokenization {
+            tok: self.spec.tokenizer,
+            format: self.spec.format,
+            max_len: usize::MAX,
+            policy: Truncation::TruncateResponse,
+            min_response: 0,
+            append_eos: true,
+        };
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let per = pending.len().div_ceil(threads).max(1);
+        let mut chunks: Vec<Vec<(String, Value, RecordKind)>> = Vec::new();
+        let mut it = pending.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(per).collect());
+        }
+        let done: Vec<Vec<(String, std::result::Result<Tokenised, String>)>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|chunk| {
+                        let t = &t;
+                        scope.spawn(move || {
+                            chunk
+                                .into_iter()
+                                .map(|(loc, v, kind)| (loc, Self::tokenise_one(t, v, kind)))
+                                .collect()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("tokenise thread"))
+                    .collect()
+            });
+        for (location, r) in done.into_iter().flatten() {
+            let r = r.map_err(|e| Error::Data(format!("{location}: {e}")))?;
+            let len = |s: &TokenSeq| [s.prompt.len() as u32, s.response.len() as u32];
+            match &r {
+                Tokenised::Sft(s) => {
+                    self.lengths.extend(len(s));
+                    tokens::put_sft(&mut writer.block, s, self.id_bytes);
+                }
+                Tokenised::Pair(p) => {
+                    self.lengths.extend(len(&p.chosen));
+                    self.lengths.extend(len(&p.rejected));
+                    tokens::put_pair(&mut writer.block, p, self.id_bytes);
+                }
+            }
+            writer.sample_done()?;
+        }
+        Ok(())
+    }
 }
 
 /// Turn the data files of `input` into shards + `index.json` under `output`.
@@ -308,6 +489,30 @@ pub fn write_shards(
     input: &str,
     output: &Store,
     opts: &ShardOptions,
+    retry: std::time::Duration,
+    on_file: impl FnMut(&str, u64),
+) -> Result<ShardIndex> {
+    write_dataset(input, output, opts, None, retry, on_file)
+}
+
+/// Like `write_shards`, but the shards hold the records' token ids and loss
+/// boundaries as `spec` tokenises them (`data::tokens`).
+pub fn write_token_shards(
+    input: &str,
+    output: &Store,
+    opts: &ShardOptions,
+    spec: &TokenSpec,
+    retry: std::time::Duration,
+    on_file: impl FnMut(&str, u64),
+) -> Result<ShardIndex> {
+    write_dataset(input, output, opts, Some(spec), retry, on_file)
+}
+
+fn write_dataset(
+    input: &str,
+    output: &Store,
+    opts: &ShardOptions,
+    spec: Option<&TokenSpec>,
     retry: std::time::Duration,
     mut on_file: impl FnMut(&str, u64),
 ) -> Result<ShardIndex> {
@@ -322,7 +527,21 @@ pub fn write_shards(
         return Err(Error::Data(format!("{input}: no data files")));
     }
     let scratch = crate::checkpoint::staging_dir("janus-shard-")?;
-    let mut writer = ShardWriter::new(output, opts);
+    let mut writer = ShardWriter::new(
+        output,
+        opts,
+        if spec.is_some() {
+            "tokens.zst"
+        } else {
+            "jsonl.zst"
+        },
+    );
+    let mut sink = spec.map(|spec| TokenSink {
+        spec,
+        id_bytes: tokens::id_bytes_for(spec.tokenizer.vocab_size()),
+        lengths: Vec::new(),
+        pending: Vec::new(),
+    });
     let mut sources = Vec::with_capacity(files.len());
     let mut kinds = (false, false);
     for (i, (name, file)) in files.iter().enumerate() {
@@ -334,7 +553,8 @@ pub fn write_shards(
                 p
             }
         };
-        let (records, skipped) = shard_file(&local, name, opts, &mut writer, &mut kinds)?;
+        let (records, skipped) =
+            shard_file(&local, name, opts, &mut writer, sink.as_mut(), &mut kinds)?;
         let bytes = std::fs::read(&local).map_err(|e| Error::io(name.clone(), e))?;
         sources.push(SourceFile {
             path: name.clone(),
@@ -353,9 +573,29 @@ pub fn write_shards(
     if samples == 0 {
         return Err(Error::Data(format!("{input}: no usable records")));
     }
+    let tokens = match (&sink, spec) {
+        (Some(sink), Some(spec)) => {
+            let bytes: Vec<u8> = sink.lengths.iter().flat_map(|l| l.to_le_bytes()).collect();
+            let entry = ObjectEntry {
+                name: LENGTHS.into(),
+                bytes: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            };
+            output.put_bytes(LENGTHS, bytes)?;
+            Some(TokenInfo {
+                id_bytes: sink.id_bytes,
+                vocab_size: spec.tokenizer.vocab_size() as u64,
+                bos_id: spec.tokenizer.bos_id,
+                eos_id: spec.tokenizer.eos_id,
+                tokenizer_file: spec.tokenizer_file.clone(),
+                lengths: entry,
+            })
+        }
+        _ => None,
+    };
     let index = ShardIndex {
         format: FORMAT.into(),
-        content: "records".into(),
+        content: if tokens.is_some() { TOKENS } else { RECORDS }.into(),
         records: match kinds {
             (true, false) => RecordKind::Sft,
             (false, true) => RecordKind::Preference,
@@ -364,10 +604,11 @@ pub fn write_shards(
         samples,
         bytes: shards.iter().map(|s| s.bytes).sum(),
         uncompressed_bytes,
-        tokenizer: None,
-        prompt_format: None,
+        tokenizer: spec.map(|s| s.tokenizer.identity.clone()),
+        prompt_format: spec.map(|s| format_name(s.format)),
         sources,
         shards,
+        tokens,
     };
     let mut json = serde_json::to_vec_pretty(&index).expect("index serializes");
     json.push(b'\n');
@@ -376,12 +617,21 @@ pub fn write_shards(
     Ok(index)
 }
 
+/// The name of a prompt format in configs and indexes (`mistral`, `chatml`).
+pub fn format_name(f: PromptFormat) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .expect("a prompt format serializes as a string")
+}
+
 /// Shard one local file; returns (records written, records skipped).
 fn shard_file(
     path: &Path,
     name: &str,
     opts: &ShardOptions,
     writer: &mut ShardWriter,
+    mut sink: Option<&mut TokenSink>,
     kinds: &mut (bool, bool),
 ) -> Result<(u64, u64)> {
     let (mut written, mut skipped) = (0, 0);
@@ -398,8 +648,25 @@ fn shard_file(
                     RecordKind::Sft => kinds.0 = true,
                     _ => kinds.1 = true,
                 }
-                // serde_json writes object keys in sorted order: stable bytes.
-                writer.push(&serde_json::to_vec(&v).expect("a JSON value serializes"))?;
+                match sink.as_deref_mut() {
+                    Some(sink) => {
+                        if kinds.0 && kinds.1 {
+                            return Err(Error::Data(format!(
+                                "{location}: a {} record among {} records: token shards hold one kind (shard SFT and preference data apart)",
+                                if kind == RecordKind::Sft { "SFT" } else { "preference" },
+                                if kind == RecordKind::Sft { "preference" } else { "SFT" },
+                            )));
+                        }
+                        sink.pending.push((location, v, kind));
+                        if sink.pending.len() >= TOKENIZE_BATCH {
+                            sink.flush(writer)?;
+                        }
+                    }
+                    // serde_json writes object keys in sorted order: stable bytes.
+                    None => {
+                        writer.push(&serde_json::to_vec(&v).expect("a JSON value serializes"))?
+                    }
+                }
                 written += 1;
             }
             Err(e) if opts.skip_bad_records => {
@@ -412,6 +679,9 @@ fn shard_file(
                 )))
             }
         }
+    }
+    if let Some(sink) = sink {
+        sink.flush(writer)?;
     }
     Ok((written, skipped))
 }

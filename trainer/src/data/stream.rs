@@ -9,6 +9,7 @@
 //! is a record count, so a resume re-derives the same windows and skips into one.
 
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -16,7 +17,8 @@ use rand::SeedableRng;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use super::shards::{decode_block, ShardIndex, INDEX};
+use super::shards::{decode_block, RecordKind, ShardIndex, INDEX, TOKENS};
+use super::tokens::{self, TokenPair, TokenSeq};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 
@@ -27,6 +29,26 @@ pub struct ShardedData {
     pub index: ShardIndex,
     /// Every block of the dataset as (shard, block) indices, in index order.
     blocks: Vec<(u32, u32)>,
+    /// Index (in dataset order) of each block's first sample.
+    block_first: Vec<u64>,
+    /// Token shards: every sample's lengths (`data::tokens`), checked against the index.
+    lengths: Option<Arc<Vec<u32>>>,
+}
+
+/// How a stream turns a record's bytes into `T` (run in the decode threads).
+pub type Parse<T> = Arc<dyn Fn(&[u8]) -> std::result::Result<T, String> + Send + Sync>;
+
+/// The JSON parse of record shards: serde_json. sonic-rs (SIMD) measured slower on
+/// the typed records (`make bench-stream`: their `deserialize_with` fields and
+/// untagged enum go through serde's buffered path), so it is only the comparison.
+pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> std::result::Result<T, String> {
+    serde_json::from_slice(b).map_err(|e| e.to_string())
+}
+
+/// sonic-rs's parse of the same records, which `janus data stream --parser sonic`
+/// compares with.
+pub fn parse_json_sonic<T: DeserializeOwned>(b: &[u8]) -> std::result::Result<T, String> {
+    sonic_rs::from_slice(b).map_err(|e| e.to_string())
 }
 
 /// Where a record came from, for error messages.
@@ -95,17 +117,69 @@ impl ShardedData {
             }
         })?;
         let index = ShardIndex::parse(&bytes, &what)?;
-        let blocks = index
+        let blocks: Vec<(u32, u32)> = index
             .shards
             .iter()
             .enumerate()
             .flat_map(|(s, sh)| (0..sh.blocks.len()).map(move |b| (s as u32, b as u32)))
             .collect();
+        let block_first = blocks
+            .iter()
+            .scan(0u64, |n, &(s, b)| {
+                let first = *n;
+                *n += index.shards[s as usize].blocks[b as usize].samples;
+                Some(first)
+            })
+            .collect();
+        let lengths = match &index.tokens {
+            Some(t) => Some(Arc::new(Self::fetch_lengths(&store, url, &index, t)?)),
+            None => None,
+        };
         Ok(Self {
             store,
             index,
             blocks,
+            block_first,
+            lengths,
         })
+    }
+
+    fn fetch_lengths(
+        store: &Store,
+        url: &str,
+        index: &ShardIndex,
+        t: &super::shards::TokenInfo,
+    ) -> Result<Vec<u32>> {
+        let what = format!("{url}/{}", t.lengths.name);
+        let bytes = store.get_bytes(&t.lengths.name).map_err(|e| {
+            if e.is_not_found() {
+                Error::Data(format!("{what}: no such object (listed in {url}/{INDEX})"))
+            } else {
+                e
+            }
+        })?;
+        let sum = hex::encode(Sha256::digest(&bytes));
+        let want = index.samples as usize * tokens::lengths_per_sample(index.records) * 4;
+        if sum != t.lengths.sha256 || bytes.len() != want {
+            return Err(Error::Data(format!(
+                "{what}: {} bytes with sha256 {sum}, {INDEX} says {want} bytes with sha256 {}: the dataset is corrupt",
+                bytes.len(),
+                t.lengths.sha256
+            )));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// Whether the shards hold token ids (`janus data shard --tokenizer`).
+    pub fn is_tokens(&self) -> bool {
+        self.index.content == TOKENS
+    }
+
+    fn id_bytes(&self) -> u32 {
+        self.index.tokens.as_ref().map(|t| t.id_bytes).unwrap_or(4)
     }
 
     pub fn url(&self) -> &str {
@@ -156,6 +230,73 @@ impl ShardedData {
             .unwrap_or(0)
     }
 
+    /// The rank's windows of `plan.epoch`: consecutive runs of its blocks.
+    fn windows(&self, plan: &StreamPlan) -> Vec<Vec<(u32, u32)>> {
+        self.rank_blocks(plan.seed, plan.epoch, plan.rank, plan.world)
+            .chunks(plan.window_blocks.max(1))
+            .map(<[_]>::to_vec)
+            .collect()
+    }
+
+    /// Seed salt of the record shuffle inside window `i` of `epoch`.
+    fn window_salt(epoch: u64, i: usize) -> u64 {
+        epoch.wrapping_mul(1 << 32) ^ i as u64 ^ (1 << 63)
+    }
+
+    /// Token shards of SFT samples: the rows greedy packing makes of this rank's
+    /// stream of `plan.epoch` (see `tokens::pack_rows`; one past each row's last
+    /// record), computed from the lengths table alone. `fitted(prompt, response)` is
+    /// a sample's token count under the run's length policy (`None`: dropped).
+    pub fn packed_rows(
+        &self,
+        plan: &StreamPlan,
+        fitted: impl Fn(usize, usize) -> Option<usize>,
+        capacity: usize,
+    ) -> Result<Vec<u64>> {
+        let lengths = match (&self.lengths, self.index.records) {
+            (Some(l), RecordKind::Sft) => l,
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: packing needs token shards of SFT records (`janus data shard --tokenizer ... --prompt-format ...`)",
+                    self.url()
+                )))
+            }
+        };
+        let mut order = Vec::new();
+        let mut sizes = Vec::new();
+        for (i, w) in self.windows(plan).iter().enumerate() {
+            let ids: Vec<u64> = w
+                .iter()
+                .flat_map(|&(s, b)| {
+                    let first = self.block_first[self.block_pos(s, b)];
+                    first..first + self.block_samples((s, b))
+                })
+                .collect();
+            let perm = permutation(ids.len(), plan.seed, Self::window_salt(plan.epoch, i));
+            sizes.push(ids.len());
+            order.extend(perm.into_iter().map(|j| ids[j] as usize));
+        }
+        Ok(tokens::pack_rows(
+            &sizes,
+            |i| {
+                fitted(
+                    lengths[2 * order[i]] as usize,
+                    lengths[2 * order[i] + 1] as usize,
+                )
+            },
+            capacity,
+        ))
+    }
+
+    /// Position of block (s, b) in dataset order.
+    fn block_pos(&self, s: u32, b: u32) -> usize {
+        let before: usize = self.index.shards[..s as usize]
+            .iter()
+            .map(|sh| sh.blocks.len())
+            .sum();
+        before + b as usize
+    }
+
     /// A stream of this rank's records of `plan.epoch`, starting at record `start`.
     /// Records are parsed as `T` in the decode threads (`serde::de::IgnoredAny` to only
     /// check that they are JSON).
@@ -164,12 +305,48 @@ impl ShardedData {
         plan: StreamPlan,
         start: u64,
     ) -> Result<RankStream<T>> {
+        self.stream_with(plan, start, Arc::new(parse_json::<T>))
+    }
+
+    /// This rank's samples of token shards of SFT records.
+    pub fn stream_token_seqs(&self, plan: StreamPlan, start: u64) -> Result<RankStream<TokenSeq>> {
+        self.expect_tokens(RecordKind::Sft)?;
+        let w = self.id_bytes();
+        self.stream_with(plan, start, Arc::new(move |b| tokens::parse_sft(b, w)))
+    }
+
+    /// This rank's samples of token shards of preference records.
+    pub fn stream_token_pairs(
+        &self,
+        plan: StreamPlan,
+        start: u64,
+    ) -> Result<RankStream<TokenPair>> {
+        self.expect_tokens(RecordKind::Preference)?;
+        let w = self.id_bytes();
+        self.stream_with(plan, start, Arc::new(move |b| tokens::parse_pair(b, w)))
+    }
+
+    fn expect_tokens(&self, kind: RecordKind) -> Result<()> {
+        if !self.is_tokens() || self.index.records != kind {
+            return Err(Error::Data(format!(
+                "{}: holds {} {:?} records, expected token shards of {kind:?} records",
+                self.url(),
+                self.index.content,
+                self.index.records
+            )));
+        }
+        Ok(())
+    }
+
+    /// A stream whose records `parse` turns into `T`.
+    pub fn stream_with<T: Send + 'static>(
+        &self,
+        plan: StreamPlan,
+        start: u64,
+        parse: Parse<T>,
+    ) -> Result<RankStream<T>> {
         let window = plan.window_blocks.max(1);
-        let windows: Vec<Vec<(u32, u32)>> = self
-            .rank_blocks(plan.seed, plan.epoch, plan.rank, plan.world)
-            .chunks(window)
-            .map(<[_]>::to_vec)
-            .collect();
+        let windows = self.windows(&plan);
         // Find the window holding record `start`.
         let (mut first, mut before) = (windows.len(), 0u64);
         for (i, w) in windows.iter().enumerate() {
@@ -198,11 +375,11 @@ impl ShardedData {
                     let Some((i, pending)) = fetching.pop_front() else {
                         return;
                     };
-                    let salt = plan.epoch.wrapping_mul(1 << 32) ^ i as u64 ^ (1 << 63);
+                    let salt = Self::window_salt(plan.epoch, i);
                     let r = pending
                         .wait()
                         .map_err(|e| data.not_found_is_bad_data(e))
-                        .and_then(|frames| data.decode_window::<T>(&windows[i], frames))
+                        .and_then(|frames| data.decode_window(&windows[i], frames, &parse))
                         .map(|mut recs| {
                             let order = permutation(recs.len(), plan.seed, salt);
                             let mut slots: Vec<Option<StreamedRecord<T>>> =
@@ -254,10 +431,11 @@ impl ShardedData {
     }
 
     /// Verify, decompress and split the fetched blocks of a window (in parallel).
-    fn decode_window<T: DeserializeOwned + Send>(
+    fn decode_window<T: Send>(
         &self,
         blocks: &[(u32, u32)],
         frames: Vec<bytes::Bytes>,
+        parse: &Parse<T>,
     ) -> Result<Vec<StreamedRecord<T>>> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -275,8 +453,7 @@ impl ShardedData {
                         for (&(s, b), frame) in chunk {
                             out.extend(self.decode_block(s, b, frame)?.into_iter().map(
                                 |(line, location)| StreamedRecord {
-                                    parsed:
-                                        serde_json::from_slice(&line).map_err(|e| e.to_string()),
+                                    parsed: parse(&line),
                                     line,
                                     location,
                                 },
@@ -323,16 +500,22 @@ impl ShardedData {
         }
         let text = bytes::Bytes::from(decode_block(frame, &what)?);
         let mut out = Vec::with_capacity(blk.samples as usize);
-        let mut start = 0;
-        for (i, &c) in text.iter().enumerate() {
-            if c == b'\n' {
+        let location = |n: usize| RecordLocation {
+            shard: s,
+            block: b,
+            line: n as u32 + 1,
+        };
+        if self.is_tokens() {
+            let ranges = tokens::split_samples(&text, self.index.records, self.id_bytes())
+                .map_err(|e| Error::Data(format!("{what}: {e}")))?;
+            for r in ranges {
+                out.push((text.slice(r), location(out.len())));
+            }
+        } else {
+            let mut start = 0;
+            for i in memchr_iter(&text) {
                 if i > start {
-                    let location = RecordLocation {
-                        shard: s,
-                        block: b,
-                        line: out.len() as u32 + 1,
-                    };
-                    out.push((text.slice(start..i), location));
+                    out.push((text.slice(start..i), location(out.len())));
                 }
                 start = i + 1;
             }
@@ -383,6 +566,14 @@ impl ShardedData {
             l.line
         )
     }
+}
+
+/// Offsets of the newlines of `text`.
+fn memchr_iter(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    text.iter()
+        .enumerate()
+        .filter(|(_, &c)| c == b'\n')
+        .map(|(i, _)| i)
 }
 
 /// One rank's records of one epoch, fetched ahead by a background thread.

@@ -3,6 +3,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::kv_cache::{CachedPass, KvCache};
 use super::ModelConfig;
 
 /// How the tokens of a batch may attend to each other.
@@ -260,6 +261,40 @@ impl Attention {
         )
     }
 
+    /// The new tokens' attention over everything in `cache` (their own keys and
+    /// values are written into it first).
+    fn forward_cached(
+        &self,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        layer: usize,
+        cache: &mut KvCache,
+        pass: &CachedPass,
+    ) -> Tensor {
+        let (b, t, _) = x.size3().expect("rank 3");
+        let split =
+            |p: &Linear, n: i64| p.forward(x).view([b, t, n, self.head_dim]).transpose(1, 2);
+        let q = apply_rotary(&split(&self.q_proj, self.heads), cos, sin);
+        let k = apply_rotary(&split(&self.k_proj, self.kv_heads), cos, sin);
+        let v = split(&self.v_proj, self.kv_heads);
+        let (k, v) = cache.append(layer, pass, &k, &v);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(&pass.mask),
+            0.0,
+            false,
+            None,
+            false,
+        );
+        self.o_proj.forward(
+            &y.transpose(1, 2)
+                .reshape([b, t, self.heads * self.head_dim]),
+        )
+    }
+
     /// Packed rows without a mask: causal attention over each segment on its own.
     fn segmentwise(
         &self,
@@ -365,6 +400,27 @@ impl DecoderLayer {
         let h = x + self
             .self_attn
             .forward(&self.input_layernorm.forward(x), ctx);
+        let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
+        h + out
+    }
+}
+
+impl DecoderLayer {
+    fn forward_cached(
+        &self,
+        x: &Tensor,
+        rotary: (&Tensor, &Tensor),
+        layer: usize,
+        cache: &mut KvCache,
+        pass: &CachedPass,
+    ) -> Tensor {
+        let h = x + self.self_attn.forward_cached(
+            &self.input_layernorm.forward(x),
+            rotary,
+            layer,
+            cache,
+            pass,
+        );
         let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h));
         h + out
     }
@@ -488,6 +544,44 @@ impl Transformer {
         layout: &AttentionLayout,
     ) -> Tensor {
         self.lm_head(&self.hidden_states(input_ids, positions, layout))
+    }
+
+    /// An empty KV cache for `batch` sequences of this model.
+    pub fn new_cache(&self, batch: i64, kind: Kind, device: tch::Device) -> KvCache {
+        let c = &self.config;
+        KvCache::new(
+            self.layers.len(),
+            batch,
+            c.num_kv_heads() as i64,
+            c.head_dim() as i64,
+            kind,
+            device,
+        )
+    }
+
+    /// Final hidden states `[batch, t, hidden]` of `t` new tokens per row, attending
+    /// to what `cache` holds of each row and appending the new tokens' keys and
+    /// values to it: the prefill of a (left-padded) batch of prompts, or a decode
+    /// step. `positions` `[batch, t]` are the tokens' positions in their sequences,
+    /// `valid` `[batch, t]` (bool) is false for left padding. Runs without autograd.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        valid: &Tensor,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        tch::no_grad(|| {
+            let mut x = self.embed(input_ids);
+            let (cos, sin) = self.rotary.cos_sin(positions, x.kind());
+            let window = self.config.sliding_window.map(|w| w as i64);
+            let pass = cache.begin(valid, positions, window);
+            for (i, layer) in self.layers.iter().enumerate() {
+                x = layer.forward_cached(&x, (&cos, &sin), i, cache, &pass);
+            }
+            cache.commit(pass);
+            self.final_norm(&x)
+        })
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {

@@ -7,6 +7,7 @@ use tch::{nn::VarStore, Kind, Tensor};
 
 use super::ModelConfig;
 use crate::error::{Error, IoContext, Result};
+use crate::storage::{ObjectWriter, Store, Written};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -42,35 +43,70 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Copy the weights of an HF model directory into the variables of `vs` (converting
 /// dtype). Every variable must be present with its shape; unknown tensors are an error.
 pub fn load_model_dir(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result<()> {
-    load_weights(dir, vs, config, false)
+    load_weights(dir, vs, config, false).map(|_| ())
 }
 
 /// Start a reward model from a causal LM's directory: the body's weights are loaded,
-/// the LM head is left out and the value head (`score.weight`) keeps its random
-/// initialisation when the directory has none.
-pub fn load_reward_init(dir: &Path, vs: &VarStore, config: &ModelConfig) -> Result<()> {
-    load_weights(dir, vs, config, true)
+/// the LM head is left out and the value head (`score.weight`), when the directory has
+/// none, is drawn from N(0, 0.02) by a generator of its own seeded with `seed`.
+pub fn load_reward_init(dir: &Path, vs: &VarStore, config: &ModelConfig, seed: u64) -> Result<()> {
+    if let Some(head) = load_weights(dir, vs, config, true)? {
+        init_value_head(&head, seed);
+    }
+    Ok(())
 }
 
-fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool) -> Result<()> {
+/// torch's global generator is shared by every thread of the process (tests, the
+/// server), so a head drawn from it depends on what else ran; this draw does not.
+fn init_value_head(head: &Tensor, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5c0e_4ead);
+    let n = head.numel();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            // Box-Muller: two uniforms in (0, 1] give one standard normal.
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (0.02 * z) as f32
+        })
+        .collect();
+    let drawn = Tensor::from_slice(&values)
+        .view(head.size().as_slice())
+        .to_kind(head.kind())
+        .to_device(head.device());
+    tch::no_grad(|| {
+        let mut head = head.shallow_clone();
+        head.copy_(&drawn);
+    });
+}
+
+/// Returns the value head when `new_head` and the directory has none.
+fn load_weights(
+    dir: &Path,
+    vs: &VarStore,
+    config: &ModelConfig,
+    new_head: bool,
+) -> Result<Option<Tensor>> {
     let mut vars = vs.variables();
     let mut unexpected = Vec::new();
     for file in weight_files(dir)? {
-        let tensors = Tensor::read_safetensors(&file)
-            .map_err(|e| Error::Model(format!("{}: {e}", file.display())))?;
-        for (name, t) in tensors {
+        // Mapped, and copied once, straight from the page cache into each variable.
+        let st = SafetensorsFile::open(&file).map_err(|e| Error::Model(e.to_string()))?;
+        for name in st.names() {
             match vars.remove(&name) {
                 Some(mut var) => {
-                    if var.size() != t.size() {
+                    let shape = st.spec(&name).map(|(_, s)| s.to_vec()).unwrap_or_default();
+                    if var.size() != shape {
                         return Err(Error::Model(format!(
-                            "{}: tensor `{name}` has shape {:?}, the config ({} ) needs {:?}",
+                            "{}: tensor `{name}` has shape {shape:?}, the config ({} ) needs {:?}",
                             file.display(),
-                            t.size(),
                             dir.join("config.json").display(),
                             var.size()
                         )));
                     }
-                    tch::no_grad(|| var.copy_(&t));
+                    st.with_view(&name, |t| tch::no_grad(|| var.copy_(t)))
+                        .map_err(|e| Error::Model(e.to_string()))?;
                 }
                 // Old checkpoints carry rotary buffers; tied models may carry the head.
                 None if name.ends_with("rotary_emb.inv_freq") => {}
@@ -80,9 +116,11 @@ fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool)
             }
         }
     }
-    if new_head {
-        vars.remove("score.weight");
-    }
+    let head = if new_head {
+        vars.remove("score.weight")
+    } else {
+        None
+    };
     if !vars.is_empty() || !unexpected.is_empty() {
         let mut missing: Vec<_> = vars.into_keys().collect();
         missing.sort();
@@ -91,7 +129,7 @@ fn load_weights(dir: &Path, vs: &VarStore, config: &ModelConfig, new_head: bool)
             dir.display()
         )));
     }
-    Ok(())
+    Ok(head)
 }
 
 /// Name, kind and shape of a tensor in a safetensors file.
@@ -142,20 +180,32 @@ fn kind_of(dtype: &str) -> Option<Kind> {
 
 /// Writes a safetensors file one tensor at a time: the header first (from the specs,
 /// with HF's `{"format": "pt"}` metadata), then each tensor's bytes straight from its
-/// storage, hashing as it goes. No file-sized buffer is ever held, so a 7B model's
-/// optimizer state can be written while it is gathered bucket by bucket.
+/// storage (never copied into a buffer: a file gets them by `write`, an upload sends
+/// the storage itself), hashed as they go. No file-sized buffer is ever held, so a 7B
+/// model's optimizer state can be written while it is gathered bucket by bucket.
 pub struct SafetensorsWriter {
-    out: std::io::BufWriter<std::fs::File>,
-    path: PathBuf,
+    out: ObjectWriter,
     specs: Vec<TensorSpec>,
     next: usize,
-    hasher: sha2::Sha256,
-    written: u64,
+}
+
+/// A CPU tensor's bytes, kept alive by the tensor (a shallow clone of its storage).
+struct HostBytes(Tensor, usize);
+
+impl AsRef<[u8]> for HostBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: a contiguous CPU tensor of exactly `self.1` bytes, alive in `self.0`.
+        unsafe { std::slice::from_raw_parts(self.0.data_ptr() as *const u8, self.1) }
+    }
 }
 
 impl SafetensorsWriter {
     pub fn create(path: &Path, specs: Vec<TensorSpec>) -> Result<Self> {
-        use sha2::Digest;
+        Self::new(ObjectWriter::local_file(path)?, specs)
+    }
+
+    /// Write to `out` (a file, or an object being uploaded).
+    pub fn new(mut out: ObjectWriter, specs: Vec<TensorSpec>) -> Result<Self> {
         let mut header = serde_json::Map::new();
         header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
         let mut offset = 0usize;
@@ -172,28 +222,14 @@ impl SafetensorsWriter {
         while !text.len().is_multiple_of(8) {
             text.push(' ');
         }
-        let file = std::fs::File::create(path).ctx(|| path.display().to_string())?;
-        let mut w = Self {
-            out: std::io::BufWriter::with_capacity(8 << 20, file),
-            path: path.to_path_buf(),
+        let mut head = (text.len() as u64).to_le_bytes().to_vec();
+        head.extend_from_slice(text.as_bytes());
+        out.write(&head)?;
+        Ok(Self {
+            out,
             specs,
             next: 0,
-            hasher: sha2::Sha256::new(),
-            written: 0,
-        };
-        w.put(&(text.len() as u64).to_le_bytes())?;
-        w.put(text.as_bytes())?;
-        Ok(w)
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        use sha2::Digest;
-        use std::io::Write;
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        self.out
-            .write_all(bytes)
-            .ctx(|| self.path.display().to_string())
+        })
     }
 
     /// The next tensor, in the order of the specs.
@@ -201,13 +237,13 @@ impl SafetensorsWriter {
         let spec = self.specs.get(self.next).ok_or_else(|| {
             Error::Model(format!(
                 "{}: more tensors than announced ({name})",
-                self.path.display()
+                self.out.url()
             ))
         })?;
         if spec.name != name || spec.kind != t.kind() || spec.shape != t.size() {
             return Err(Error::Model(format!(
                 "{}: expected {} {:?} {:?} next, got {name} {:?} {:?}",
-                self.path.display(),
+                self.out.url(),
                 spec.name,
                 spec.kind,
                 spec.shape,
@@ -216,41 +252,43 @@ impl SafetensorsWriter {
             )));
         }
         self.next += 1;
-        let host = t.to_device(tch::Device::Cpu).contiguous();
         let n = spec.bytes();
         if n > 0 {
-            // SAFETY: `host` is a contiguous CPU tensor of exactly `n` bytes, alive here.
-            let bytes = unsafe { std::slice::from_raw_parts(host.data_ptr() as *const u8, n) };
-            self.put(bytes)?;
+            let host = t.to_device(tch::Device::Cpu).contiguous();
+            self.out
+                .write_shared(bytes::Bytes::from_owner(HostBytes(host, n)))?;
         }
         Ok(())
     }
 
-    /// Flush; returns the file's size and sha256.
-    pub fn finish(mut self) -> Result<(u64, String)> {
-        use sha2::Digest;
-        use std::io::Write;
+    /// Flush; returns the file's size and sha256 (and, for an upload, its completion).
+    pub fn finish(self) -> Result<Written> {
         if self.next != self.specs.len() {
             return Err(Error::Model(format!(
                 "{}: {} of {} tensors written",
-                self.path.display(),
+                self.out.url(),
                 self.next,
                 self.specs.len()
             )));
         }
-        self.out.flush().ctx(|| self.path.display().to_string())?;
-        Ok((self.written, hex::encode(self.hasher.finalize())))
+        self.out.finish()
     }
 }
 
 /// Write named tensors to one safetensors file with HF's `{"format": "pt"}` metadata.
 pub fn tensors_to_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    write_tensors(tensors, ObjectWriter::local_file(path)?)?
+        .wait()
+        .map(|_| ())
+}
+
+fn write_tensors(tensors: &[(String, Tensor)], out: ObjectWriter) -> Result<Written> {
     let specs = tensors.iter().map(|(n, t)| TensorSpec::of(n, t)).collect();
-    let mut w = SafetensorsWriter::create(path, specs)?;
+    let mut w = SafetensorsWriter::new(out, specs)?;
     for (n, t) in tensors {
         w.write(n, t)?;
     }
-    w.finish().map(|_| ())
+    w.finish()
 }
 
 /// A safetensors file mapped into memory: tensors (or parts of them) are read without
@@ -342,6 +380,35 @@ impl SafetensorsFile {
         ))
     }
 
+    /// Run `f` on a tensor that views `name`'s bytes in the mapped file, without
+    /// copying them (e.g. to `copy_` them into a variable). The view lives only for `f`.
+    pub fn with_view<R>(&self, name: &str, f: impl FnOnce(&Tensor) -> R) -> Result<R> {
+        let (kind, shape, begin, end) = self.entries.get(name).ok_or_else(|| {
+            Error::Checkpoint(format!("{}: no tensor `{name}`", self.path.display()))
+        })?;
+        let numel = shape.iter().product::<i64>() as usize;
+        if end - begin != numel * kind.elt_size_in_bytes() {
+            return Err(Error::Checkpoint(format!(
+                "{}: `{name}` has {} bytes for {numel} elements",
+                self.path.display(),
+                end - begin
+            )));
+        }
+        if numel == 0 {
+            return Ok(f(&Tensor::zeros(
+                shape.as_slice(),
+                (*kind, tch::Device::Cpu),
+            )));
+        }
+        let data = &self.map[self.data_start + begin..self.data_start + end];
+        // SAFETY: `data` holds exactly the tensor's bytes and outlives the view, which
+        // is dropped before this returns; libtorch only reads it (the map is read-only).
+        let view = unsafe { Tensor::from_blob(data.as_ptr(), shape, &[], *kind, tch::Device::Cpu) };
+        let r = f(&view);
+        drop(view);
+        Ok(r)
+    }
+
     /// The whole tensor `name` in its shape.
     pub fn read(&self, name: &str) -> Result<Tensor> {
         let (_, shape) = self.spec(name).ok_or_else(|| {
@@ -363,6 +430,26 @@ pub fn save_model_dir(
     max_shard_bytes: usize,
 ) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).ctx(|| dir.display().to_string())?;
+    let store = Store::open(
+        &dir.display().to_string(),
+        std::time::Duration::from_secs(60),
+    )?;
+    let mut names = Vec::new();
+    for (name, w) in save_model(&store, vs, config, max_shard_bytes)? {
+        w.wait()?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// `save_model_dir` into any store: every file is hashed as it is written, and
+/// uploads complete in the background (`Written::wait`).
+pub fn save_model(
+    store: &Store,
+    vs: &VarStore,
+    config: &ModelConfig,
+    max_shard_bytes: usize,
+) -> Result<Vec<(String, Written)>> {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let kind = vars
         .values()
@@ -382,41 +469,44 @@ pub fn save_model_dir(
         total += bytes;
         shards.last_mut().expect("non-empty").push((name, t));
     }
-    let mut written = vec!["config.json".to_string()];
     let mut cfg = config.clone();
     cfg.extra.insert(
         "torch_dtype".into(),
         serde_json::Value::from(kind_name(kind)),
     );
-    let cfg_path = dir.join("config.json");
-    std::fs::write(
-        &cfg_path,
-        serde_json::to_string_pretty(&cfg).expect("config serializes"),
-    )
-    .ctx(|| cfg_path.display().to_string())?;
+    let put = |name: &str, bytes: &[u8]| -> Result<(String, Written)> {
+        let mut w = store.writer(name)?;
+        w.write(bytes)?;
+        Ok((name.to_string(), w.finish()?))
+    };
+    let mut written = vec![put(
+        "config.json",
+        serde_json::to_string_pretty(&cfg)
+            .expect("config serializes")
+            .as_bytes(),
+    )?];
     if shards.len() == 1 {
-        tensors_to_safetensors(&shards[0], &dir.join(SINGLE_FILE))?;
-        written.push(SINGLE_FILE.into());
+        let w = write_tensors(&shards[0], store.writer(SINGLE_FILE)?)?;
+        written.push((SINGLE_FILE.into(), w));
         return Ok(written);
     }
     let n = shards.len();
     let mut weight_map = BTreeMap::new();
     for (i, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
-        tensors_to_safetensors(shard, &dir.join(&file))?;
+        let w = write_tensors(shard, store.writer(&file)?)?;
         for (name, _) in shard {
             weight_map.insert(name.clone(), file.clone());
         }
-        written.push(file);
+        written.push((file, w));
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    let index_path = dir.join(SHARD_INDEX);
-    std::fs::write(
-        &index_path,
-        serde_json::to_string_pretty(&index).expect("json"),
-    )
-    .ctx(|| index_path.display().to_string())?;
-    written.push(SHARD_INDEX.into());
+    written.push(put(
+        SHARD_INDEX,
+        serde_json::to_string_pretty(&index)
+            .expect("json")
+            .as_bytes(),
+    )?);
     Ok(written)
 }
 
@@ -425,5 +515,38 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::BFloat16 => "bfloat16",
         Kind::Half => "float16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Transformer;
+
+    fn reward_head(lm_dir: &Path, lm: &ModelConfig, seed: u64, torch_seed: i64) -> Tensor {
+        let config = lm.as_reward_model(0);
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _model = Transformer::new(&vs.root(), &config);
+        // Whatever else drew from torch's global generator before this load.
+        tch::manual_seed(torch_seed);
+        load_reward_init(lm_dir, &vs, &config, seed).unwrap();
+        vs.variables()["score.weight"].copy()
+    }
+
+    #[test]
+    fn a_new_value_head_depends_on_the_seed_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lm = ModelConfig::small("mistral", 64, 32, 64, 1, 4, 2);
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _model = Transformer::new(&vs.root(), &lm);
+        save_model_dir(tmp.path(), &vs, &lm, usize::MAX).unwrap();
+
+        let a = reward_head(tmp.path(), &lm, 7, 1);
+        let b = reward_head(tmp.path(), &lm, 7, 2);
+        let c = reward_head(tmp.path(), &lm, 8, 1);
+        assert!(a.equal(&b), "the head moved with torch's global generator");
+        assert!(!a.equal(&c), "the seed must choose the head");
+        let std = a.std(true).double_value(&[]);
+        assert!((0.01..0.04).contains(&std), "std {std}");
     }
 }

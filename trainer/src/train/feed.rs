@@ -10,8 +10,9 @@ use rand::SeedableRng;
 
 use crate::checkpoint::DataCursor;
 use crate::config::{Hyperparameters, Method, TrainConfig};
-use crate::data::shards::RecordKind;
+use crate::data::shards::{format_name, RecordKind, INDEX};
 use crate::data::stream::{is_dataset, RankStream, ShardedData, StreamPlan, StreamedRecord};
+use crate::data::tokens::{TokenPair, TokenSeq};
 use crate::data::{
     self, pack, Example, Pair, PreferenceRecord, Record, SftRecord, Tokenization, TokenizeStats,
 };
@@ -91,18 +92,25 @@ pub struct Counts {
     pub stats: TokenizeStats,
 }
 
-/// A rank's stream, parsed (in the decode threads) as the method's record type.
+/// A rank's stream, parsed (in the decode threads) as the method's record type, or
+/// as token ids from token shards.
 enum Records {
     Sft(RankStream<SftRecord>),
     Preference(RankStream<PreferenceRecord>),
+    TokenSft(RankStream<TokenSeq>),
+    TokenPairs(RankStream<TokenPair>),
 }
 
 pub struct Streamed<'a> {
     data: ShardedData,
     plan: StreamPlan,
     stream: Option<Records>,
-    /// (epoch, records each rank consumes in it)
+    /// (epoch, units each rank consumes in it: records, or packed rows)
     epoch_len: (u64, u64),
+    /// Packing (token shards of SFT records): this rank's rows of the epoch in
+    /// `epoch_len`, as one past each row's last record.
+    rows: Option<Vec<u64>>,
+    packing: bool,
     method: Method,
     skip_bad: bool,
     tokenization: Tokenization<'a>,
@@ -219,11 +227,17 @@ impl<'a> Feed<'a> {
         data: ShardedData,
         share: Share,
     ) -> Result<Self> {
-        if cfg.data.packing {
+        let packing = cfg.data.packing && cfg.method == Method::Sft;
+        if packing && !data.is_tokens() {
             return Err(Error::Config(format!(
-                "`data.packing` is not supported when streaming a sharded dataset ({}) yet: set data.packing=false, or train from the data files",
-                data.url()
+                "`data.packing` with a streamed dataset needs token shards, whose lengths fix the packed rows and the step count before the first step; {} holds records: shard it with `janus data shard --tokenizer {} --prompt-format {}`, or set data.packing=false",
+                data.url(),
+                tokenization.tok.path.display(),
+                format_name(cfg.data.prompt_format)
             )));
+        }
+        if data.is_tokens() {
+            check_token_shards(&data, &tokenization)?;
         }
         let wanted = match cfg.method {
             Method::Sft => RecordKind::Sft,
@@ -238,7 +252,28 @@ impl<'a> Feed<'a> {
             )));
         }
         let h = &cfg.hyperparameters;
-        let first = data.epoch_samples(h.seed, 0, share.world);
+        let s = &cfg.data.streaming;
+        let mut streamed = Streamed {
+            plan: StreamPlan {
+                seed: h.seed,
+                epoch: 0,
+                rank: share.rank,
+                world: share.world,
+                window_blocks: s.window_blocks,
+                prefetch_windows: s.prefetch_windows,
+            },
+            data,
+            stream: None,
+            epoch_len: (u64::MAX, 0),
+            rows: None,
+            packing,
+            method: cfg.method,
+            skip_bad: cfg.data.skip_bad_records,
+            tokenization,
+            counts: Counts::default(),
+        };
+        let data = &streamed.data;
+        let first = streamed.epoch_units(h.seed, 0);
         if first == 0 {
             return Err(Error::Data(format!(
                 "{} has {} blocks in {} shards, too few to give each of {} ranks a block: reshard with a smaller --block-size",
@@ -252,31 +287,14 @@ impl<'a> Feed<'a> {
         tracing::info!(
             dataset = %data.url(),
             records,
+            content = %data.index.content,
             shards = data.index.shards.len(),
             per_rank_per_epoch = first,
+            packed = packing,
             "streaming data"
         );
-        let s = &cfg.data.streaming;
-        Ok(Feed::Stream(Box::new(Streamed {
-            plan: StreamPlan {
-                seed: h.seed,
-                epoch: 0,
-                rank: share.rank,
-                world: share.world,
-                window_blocks: s.window_blocks,
-                prefetch_windows: s.prefetch_windows,
-            },
-            data,
-            stream: None,
-            epoch_len: (0, first),
-            method: cfg.method,
-            skip_bad: cfg.data.skip_bad_records,
-            tokenization,
-            counts: Counts {
-                records,
-                ..Default::default()
-            },
-        })))
+        streamed.counts.records = records;
+        Ok(Feed::Stream(Box::new(streamed)))
     }
 
     /// Optimizer steps of the whole run.
@@ -287,11 +305,7 @@ impl<'a> Feed<'a> {
         match self {
             Feed::Memory { units, .. } => h.epochs * units.len().div_ceil(share.per_step()) as u64,
             Feed::Stream(s) => (0..h.epochs)
-                .map(|e| {
-                    s.data
-                        .epoch_samples(h.seed, e, share.world)
-                        .div_ceil(share.per_rank as u64)
-                })
+                .map(|e| s.epoch_units(h.seed, e).div_ceil(share.per_rank as u64))
                 .sum(),
         }
     }
@@ -346,71 +360,222 @@ impl<'a> Feed<'a> {
 }
 
 impl Streamed<'_> {
-    /// In streaming, `cursor.position` counts this rank's records of the epoch (the
-    /// same number on every rank).
+    fn plan_of(&self, seed: u64, epoch: u64, rank: usize) -> StreamPlan {
+        StreamPlan {
+            seed,
+            epoch,
+            rank,
+            ..self.plan
+        }
+    }
+
+    /// This rank's packed rows of `epoch` (see `ShardedData::packed_rows`).
+    fn rank_rows(&self, seed: u64, epoch: u64, rank: usize) -> Vec<u64> {
+        let t = &self.tokenization;
+        self.data
+            .packed_rows(
+                &self.plan_of(seed, epoch, rank),
+                |p, r| t.fitted_len(p, r),
+                t.max_len,
+            )
+            .expect("packing was checked when the feed opened")
+    }
+
+    /// Units every rank consumes in `epoch`: the fewest any rank has (records, or
+    /// packed rows), so all ranks take the same number of steps.
+    fn epoch_units(&self, seed: u64, epoch: u64) -> u64 {
+        if !self.packing {
+            return self.data.epoch_samples(seed, epoch, self.plan.world);
+        }
+        (0..self.plan.world)
+            .map(|r| self.rank_rows(seed, epoch, r).len() as u64)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn set_epoch(&mut self, seed: u64, epoch: u64) {
+        self.epoch_len = (epoch, self.epoch_units(seed, epoch));
+        self.rows = self
+            .packing
+            .then(|| self.rank_rows(seed, epoch, self.plan.rank));
+    }
+
+    /// In streaming, `cursor.position` counts this rank's units of the epoch (records,
+    /// or packed rows; the same number on every rank).
     fn next_step(&mut self, cursor: &mut DataCursor, share: Share) -> Result<StepData> {
         if self.epoch_len.0 != cursor.epoch {
-            self.epoch_len = (
-                cursor.epoch,
-                self.data
-                    .epoch_samples(cursor.seed, cursor.epoch, share.world),
-            );
+            self.set_epoch(cursor.seed, cursor.epoch);
         }
         if cursor.position as u64 >= self.epoch_len.1 {
             cursor.epoch += 1;
             cursor.position = 0;
             self.stream = None;
-            self.epoch_len = (
-                cursor.epoch,
-                self.data
-                    .epoch_samples(cursor.seed, cursor.epoch, share.world),
-            );
+            self.set_epoch(cursor.seed, cursor.epoch);
         }
         if self.stream.is_none() || self.plan.epoch != cursor.epoch {
             self.plan.epoch = cursor.epoch;
             self.plan.seed = cursor.seed;
-            let start = cursor.position as u64;
-            self.stream = Some(match self.method {
-                Method::Sft => Records::Sft(self.data.stream(self.plan, start)?),
-                _ => Records::Preference(self.data.stream(self.plan, start)?),
+            // A packed position counts rows: start at the first record of the row.
+            let start = match (&self.rows, cursor.position) {
+                (Some(ends), p) if p > 0 => ends[p - 1],
+                _ => cursor.position as u64,
+            };
+            let tokens = self.data.is_tokens();
+            self.stream = Some(match (self.method, tokens) {
+                (Method::Sft, false) => Records::Sft(self.data.stream(self.plan, start)?),
+                (_, false) => Records::Preference(self.data.stream(self.plan, start)?),
+                (Method::Sft, true) => {
+                    Records::TokenSft(self.data.stream_token_seqs(self.plan, start)?)
+                }
+                (_, true) => Records::TokenPairs(self.data.stream_token_pairs(self.plan, start)?),
             });
         }
         let n = share
             .per_rank
             .min((self.epoch_len.1 - cursor.position as u64) as usize);
+        let data = match &self.rows {
+            Some(ends) => {
+                let row_records: Vec<usize> = (cursor.position..cursor.position + n)
+                    .map(|k| (ends[k] - if k == 0 { 0 } else { ends[k - 1] }) as usize)
+                    .collect();
+                let mut rows = Vec::with_capacity(n);
+                for want in row_records {
+                    let recs = self.take(want, share.rank, cursor.epoch)?;
+                    let Records::TokenSft(_) = self.stream.as_ref().expect("opened above") else {
+                        unreachable!("packing streams token shards")
+                    };
+                    let seqs = self.typed_tokens(recs)?;
+                    let (ex, st) = self
+                        .tokenization
+                        .sft_tokens(seqs.into_iter().map(|s| (s.prompt, s.response)));
+                    self.add_stats(&st);
+                    let used: usize = ex.iter().map(|e| e.tokens.len() - 1).sum();
+                    if ex.is_empty() || used > self.tokenization.max_len {
+                        return Err(Error::Data(format!(
+                            "{}: a packed row of rank {} holds {} examples / {used} tokens, which its {} does not predict: the shards do not match it",
+                            self.data.url(),
+                            share.rank,
+                            ex.len(),
+                            crate::data::shards::LENGTHS
+                        )));
+                    }
+                    rows.push(ex);
+                }
+                StepData::Rows(rows)
+            }
+            None => {
+                let recs = self.take(n, share.rank, cursor.epoch)?;
+                self.tokenise(recs)?
+            }
+        };
+        cursor.position += n;
+        Ok(data)
+    }
+
+    /// The next `n` records of the stream (an error when it ends first).
+    fn take(&mut self, n: usize, rank: usize, epoch: u64) -> Result<Taken> {
         let short = |got: usize| {
             Error::Data(format!(
-                "{}: rank {} ran out of records in epoch {} ({} short): the shards do not match index.json",
+                "{}: rank {rank} ran out of records in epoch {epoch} ({} short): the shards do not match {INDEX}",
                 self.data.url(),
-                share.rank,
-                cursor.epoch,
                 n - got
             ))
         };
-        let data = match self.stream.as_mut().expect("opened above") {
-            Records::Sft(stream) => {
-                let recs = stream.take(n)?;
-                if recs.len() < n {
-                    return Err(short(recs.len()));
-                }
+        let (got, taken) = match self.stream.as_mut().expect("opened above") {
+            Records::Sft(s) => {
+                let r = s.take(n)?;
+                (r.len(), Taken::Sft(r))
+            }
+            Records::Preference(s) => {
+                let r = s.take(n)?;
+                (r.len(), Taken::Preference(r))
+            }
+            Records::TokenSft(s) => {
+                let r = s.take(n)?;
+                (r.len(), Taken::TokenSft(r))
+            }
+            Records::TokenPairs(s) => {
+                let r = s.take(n)?;
+                (r.len(), Taken::TokenPairs(r))
+            }
+        };
+        if got < n {
+            return Err(short(got));
+        }
+        Ok(taken)
+    }
+
+    /// A step's records as examples or pairs, tokenised here or read as ids.
+    fn tokenise(&mut self, taken: Taken) -> Result<StepData> {
+        Ok(match taken {
+            Taken::Sft(recs) => {
                 let recs = self.typed(recs)?;
                 let (ex, st) = self.tokenization.sft(&recs)?;
                 self.add_stats(&st);
                 StepData::Examples(ex)
             }
-            Records::Preference(stream) => {
-                let recs = stream.take(n)?;
-                if recs.len() < n {
-                    return Err(short(recs.len()));
-                }
+            Taken::Preference(recs) => {
                 let recs = self.typed(recs)?;
                 let (pairs, st) = self.tokenization.pairs(&recs)?;
                 self.add_stats(&st);
                 StepData::Pairs(pairs)
             }
+            Taken::TokenSft(recs) => {
+                let seqs = self.typed_tokens(Taken::TokenSft(recs))?;
+                let (ex, st) = self
+                    .tokenization
+                    .sft_tokens(seqs.into_iter().map(|s| (s.prompt, s.response)));
+                self.add_stats(&st);
+                StepData::Examples(ex)
+            }
+            Taken::TokenPairs(recs) => {
+                let mut pairs = Vec::with_capacity(recs.len());
+                for r in recs {
+                    let p = r.parsed.map_err(|e| self.bad_sample(r.location, e))?;
+                    self.check_ids(&p.chosen, r.location)?;
+                    self.check_ids(&p.rejected, r.location)?;
+                    pairs.push((
+                        (p.chosen.prompt, p.chosen.response),
+                        (p.rejected.prompt, p.rejected.response),
+                        p.margin,
+                    ));
+                }
+                let (pairs, st) = self.tokenization.pairs_tokens(pairs);
+                self.add_stats(&st);
+                StepData::Pairs(pairs)
+            }
+        })
+    }
+
+    /// Token samples, checked: a sample that does not parse is corrupt data (the
+    /// block's checksum passed, so the shard writer and reader disagree).
+    fn typed_tokens(&self, taken: Taken) -> Result<Vec<TokenSeq>> {
+        let Taken::TokenSft(recs) = taken else {
+            unreachable!("token SFT records")
         };
-        cursor.position += n;
-        Ok(data)
+        let mut out = Vec::with_capacity(recs.len());
+        for r in recs {
+            let s = r.parsed.map_err(|e| self.bad_sample(r.location, e))?;
+            self.check_ids(&s, r.location)?;
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    fn bad_sample(&self, at: crate::data::stream::RecordLocation, e: String) -> Error {
+        Error::Data(format!("{}: {e}", self.data.describe(at)))
+    }
+
+    /// Ids beyond the vocabulary would index past the embedding.
+    fn check_ids(&self, s: &TokenSeq, at: crate::data::stream::RecordLocation) -> Result<()> {
+        let vocab = self.tokenization.tok.vocab_size() as i64;
+        match s.prompt.iter().chain(&s.response).find(|&&id| id >= vocab) {
+            Some(id) => Err(self.bad_sample(
+                at,
+                format!("token id {id} is outside the tokenizer's {vocab} ids"),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn add_stats(&mut self, st: &TokenizeStats) {
@@ -440,6 +605,44 @@ impl Streamed<'_> {
         }
         Ok(out)
     }
+}
+
+/// Records taken from a stream, by kind.
+enum Taken {
+    Sft(Vec<StreamedRecord<SftRecord>>),
+    Preference(Vec<StreamedRecord<PreferenceRecord>>),
+    TokenSft(Vec<StreamedRecord<TokenSeq>>),
+    TokenPairs(Vec<StreamedRecord<TokenPair>>),
+}
+
+/// Token shards must come from this run's tokenizer and prompt format: the same ids
+/// on-the-fly tokenisation would give.
+fn check_token_shards(data: &ShardedData, t: &Tokenization) -> Result<()> {
+    let index = &data.index;
+    let made_with = index
+        .tokens
+        .as_ref()
+        .map(|t| t.tokenizer_file.as_str())
+        .unwrap_or("?");
+    let shard_tok = index.tokenizer.as_deref().unwrap_or("");
+    let format = format_name(t.format);
+    if shard_tok != t.tok.identity {
+        return Err(Error::Config(format!(
+            "{}/{INDEX}: the shards were tokenised with {made_with} (sha256 {shard_tok}), but this job's tokenizer {} has sha256 {}: reshard with `janus data shard --tokenizer {} --prompt-format {format}`, or train with the tokenizer the shards were made with",
+            data.url(),
+            t.tok.path.display(),
+            t.tok.identity,
+            t.tok.path.display()
+        )));
+    }
+    let shard_format = index.prompt_format.as_deref().unwrap_or("");
+    if shard_format != format {
+        return Err(Error::Config(format!(
+            "{}/{INDEX}: the shards were tokenised in prompt format `{shard_format}`, this job's data.prompt_format is `{format}`: reshard with `--prompt-format {format}` or set data.prompt_format={shard_format}",
+            data.url()
+        )));
+    }
+    Ok(())
 }
 
 /// Local copies of the training files; URLs are downloaded into `cache`.

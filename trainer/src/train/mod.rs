@@ -257,7 +257,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
         None => {
             if model_config.is_sequence_classifier() && !base_config.is_sequence_classifier() {
-                load_reward_init(&model_path, &trainer.vs, &model_config)?;
+                load_reward_init(&model_path, &trainer.vs, &model_config, h.seed)?;
             } else {
                 load_model_dir(&model_path, &trainer.vs, &model_config)?;
             }

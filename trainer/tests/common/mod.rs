@@ -242,3 +242,58 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// Start a long-running helper (a server) that dies with the test process: it gets
+/// SIGKILL when the thread that forked it exits, so it is forked from a thread that
+/// lives as long as the process.
+pub fn spawn_tied(mut cmd: Command) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        tx.send(cmd.spawn()).expect("the test waits for the child");
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("spawner thread").expect("helper starts")
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), or None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Wait until `GET path` answers `status` (panics after `secs`).
+pub fn wait_for_status(port: u16, path: &str, status: u16, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if http_get(port, path).is_some_and(|(s, _)| s == status) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {path} on port {port} did not answer {status} within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

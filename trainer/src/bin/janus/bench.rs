@@ -91,6 +91,11 @@ pub struct BenchCheckpointArgs {
     dir: String,
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Also time the raw transfer of the same files with the same client in each
+    /// repetition, alternating with the checkpoint: parallel multipart uploads and
+    /// parallel ranged downloads, no hashing or checks (the peer of a remote save/load).
+    #[arg(long)]
+    raw: bool,
 }
 
 pub fn train(a: BenchTrainArgs) -> Result<()> {
@@ -136,7 +141,7 @@ pub fn allreduce(a: BenchAllreduceArgs) -> Result<()> {
 }
 
 pub fn checkpoint(a: BenchCheckpointArgs) -> Result<()> {
-    bench_checkpoint(&a.model, &a.dir, a.reps)
+    bench_checkpoint(&a.model, &a.dir, a.reps, a.raw)
 }
 
 struct BenchTrainOpts {
@@ -437,7 +442,7 @@ fn bench_allreduce(sizes_mib: &[usize], iters: usize, warmup: usize, use_nccl: b
     Ok(())
 }
 
-fn bench_checkpoint(model: &Path, dir: &str, reps: usize) -> Result<()> {
+fn bench_checkpoint(model: &Path, dir: &str, reps: usize, raw: bool) -> Result<()> {
     use janus::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
     let cfg = ModelConfig::from_file(&model.join("config.json"))?;
     let adam = AdamWConfig {
@@ -451,6 +456,8 @@ fn bench_checkpoint(model: &Path, dir: &str, reps: usize) -> Result<()> {
     let ckpt = CheckpointDir::new(dir, "bench", std::time::Duration::from_secs(60))?;
     ckpt.check_access()?;
     let (mut save, mut load) = (Vec::new(), Vec::new());
+    let (mut raw_save, mut raw_load) = (Vec::new(), Vec::new());
+    let store = janus::storage::Store::open(dir, std::time::Duration::from_secs(60))?;
     let mut bytes = 0u64;
     for rep in 0..reps {
         let state = TrainerState {
@@ -487,17 +494,73 @@ fn bench_checkpoint(model: &Path, dir: &str, reps: usize) -> Result<()> {
         restore(&local, &trainer.vs, &cfg, &mut trainer.opt, &found)?;
         load.push(t.elapsed().as_secs_f64());
         bytes = walk_bytes(&local);
+        if raw {
+            let (up, down) = raw_transfer(&store, &local, rep)?;
+            raw_save.push(up);
+            raw_load.push(down);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "dir": dir, "params": cfg.num_parameters(), "checkpoint_bytes": bytes,
         "save_seconds": median(&mut save), "load_seconds": median(&mut load),
+        "save_runs": save, "load_runs": load,
     });
+    if raw {
+        out["raw_save_seconds"] = median(&mut raw_save).into();
+        out["raw_load_seconds"] = median(&mut raw_load).into();
+        out["raw_save_runs"] = raw_save.into();
+        out["raw_load_runs"] = raw_load.into();
+    }
     println!("{out}");
     Ok(())
+}
+
+/// Upload the files of `local` to `raw-<rep>/` of `store` (in parallel, multipart),
+/// then download them back (parallel 16 MiB ranges, written in order), unchecked;
+/// returns the seconds of each.
+fn raw_transfer(store: &janus::storage::Store, local: &Path, rep: usize) -> Result<(f64, f64)> {
+    use std::io::Write;
+    let prefix = format!("raw-{rep}");
+    let files: Vec<(String, PathBuf)> = std::fs::read_dir(local)
+        .map_err(|e| Error::io(local.display().to_string(), e))?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            (
+                format!("{prefix}/{}", e.file_name().to_string_lossy()),
+                e.path(),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    store.put_files(&files)?;
+    let up = t.elapsed().as_secs_f64();
+    let scratch = janus::checkpoint::staging_dir("janus-raw-")?;
+    let t = Instant::now();
+    const PART: u64 = 16 << 20;
+    for (rel, src) in &files {
+        let size = std::fs::metadata(src)
+            .map_err(|e| Error::io(src.display().to_string(), e))?
+            .len();
+        let parts: Vec<(String, std::ops::Range<u64>)> = (0..size.div_ceil(PART))
+            .map(|i| (rel.clone(), i * PART..((i + 1) * PART).min(size)))
+            .collect();
+        let dst = scratch.path().join(rel.replace('/', "_"));
+        let mut f =
+            std::fs::File::create(&dst).map_err(|e| Error::io(dst.display().to_string(), e))?;
+        for chunk in parts.chunks(8) {
+            for b in store.get_ranges(chunk, 8)? {
+                f.write_all(&b)
+                    .map_err(|e| Error::io(dst.display().to_string(), e))?;
+            }
+        }
+    }
+    let down = t.elapsed().as_secs_f64();
+    store.delete_prefix(&prefix)?;
+    Ok((up, down))
 }
 
 fn walk_bytes(dir: &Path) -> u64 {

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use janus::data::shards::{self, RecordKind, ShardOptions};
-use janus::data::stream::{ShardedData, StreamPlan};
-use janus::data::{PreferenceRecord, SftRecord};
+use janus::data::shards::{self, RecordKind, ShardOptions, TokenSpec};
+use janus::data::stream::{parse_json, parse_json_sonic, Parse, ShardedData, StreamPlan};
+use janus::data::tokens::{TokenPair, TokenSeq};
+use janus::data::{PreferenceRecord, PromptFormat, SftRecord};
 use janus::storage::Store;
 use janus::{Error, Result};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -35,6 +36,15 @@ pub enum DataCommand {
         /// Skip malformed records (counted in index.json) instead of failing.
         #[arg(long)]
         skip_bad_records: bool,
+        /// Write token ids and loss boundaries instead of records, tokenised with this
+        /// tokenizer.json as training tokenises them (the joint text); a run checks
+        /// that its tokenizer is this one (sha256) before it starts.
+        #[arg(long, requires = "prompt_format")]
+        tokenizer: Option<std::path::PathBuf>,
+        /// Prompt format of the token shards (mistral, chatml): must equal the job's
+        /// data.prompt_format.
+        #[arg(long, requires = "tokenizer", value_parser = parse_format)]
+        prompt_format: Option<PromptFormat>,
         /// Seconds a request to object storage is retried.
         #[arg(long, default_value_t = 180)]
         retry_timeout_seconds: u64,
@@ -65,6 +75,9 @@ pub enum DataCommand {
         /// decompressing or parsing them.
         #[arg(long, requires = "stats")]
         raw: bool,
+        /// JSON parser of record shards for --stats (the trainer uses serde-json).
+        #[arg(long, value_enum, default_value = "serde-json")]
+        parser: Parser,
         #[arg(long, default_value_t = 180)]
         retry_timeout_seconds: u64,
     },
@@ -87,6 +100,19 @@ pub enum DataCommand {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Parser {
+    /// sonic-rs (SIMD), the comparison.
+    Sonic,
+    /// serde_json, what training uses.
+    SerdeJson,
+}
+
+fn parse_format(s: &str) -> std::result::Result<PromptFormat, String> {
+    serde_json::from_value(Value::String(s.to_string()))
+        .map_err(|_| format!("unknown prompt format `{s}` (mistral, chatml)"))
+}
+
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -105,23 +131,24 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
-/// Read a stream to its end (writing the lines to `out`, if given, until it closes);
-/// returns the records read. A record that does not parse is an error naming it.
-fn drain<T: DeserializeOwned + Send + 'static>(
+/// Read a stream to its end (writing each record's line, as `show` renders it, to
+/// `out`, if given, until it closes); returns the records read. A record that does not
+/// parse is an error naming it.
+fn drain<T: Send + 'static>(
+    stream: Result<janus::data::stream::RankStream<T>>,
     data: &ShardedData,
-    plan: StreamPlan,
-    start: u64,
     mut out: Option<&mut dyn Write>,
+    show: impl Fn(&[u8], &T) -> Vec<u8>,
 ) -> Result<u64> {
-    let mut stream = data.stream::<T>(plan, start)?;
+    let mut stream = stream?;
     let mut n = 0;
     while let Some(r) = stream.next_record()? {
-        if let Err(e) = r.parsed {
-            return Err(Error::Data(format!("{}: {e}", data.describe(r.location))));
-        }
+        let t = r
+            .parsed
+            .map_err(|e| Error::Data(format!("{}: {e}", data.describe(r.location))))?;
         n += 1;
         if let Some(w) = out.as_mut() {
-            if w.write_all(&r.line)
+            if w.write_all(&show(&r.line, &t))
                 .and_then(|_| w.write_all(b"\n"))
                 .is_err()
             {
@@ -130,6 +157,53 @@ fn drain<T: DeserializeOwned + Send + 'static>(
         }
     }
     Ok(n)
+}
+
+fn records<T: DeserializeOwned + Send + 'static>(
+    data: &ShardedData,
+    plan: StreamPlan,
+    start: u64,
+    parser: Parser,
+) -> Result<u64> {
+    let parse: Parse<T> = match parser {
+        Parser::Sonic => std::sync::Arc::new(parse_json_sonic::<T>),
+        Parser::SerdeJson => std::sync::Arc::new(parse_json::<T>),
+    };
+    drain(data.stream_with(plan, start, parse), data, None, |_, _| {
+        Vec::new()
+    })
+}
+
+fn seq_json(s: &TokenSeq) -> Value {
+    serde_json::json!({"prompt": s.prompt, "response": s.response})
+}
+
+/// A token-shard stream: samples as JSON lines (`{"prompt": [ids], "response": [ids]}`,
+/// or chosen/rejected/margin for pairs) to `out`, or only counted.
+fn token_samples(
+    data: &ShardedData,
+    plan: StreamPlan,
+    start: u64,
+    out: Option<&mut dyn Write>,
+) -> Result<u64> {
+    match data.index.records {
+        RecordKind::Sft => drain(
+            data.stream_token_seqs(plan, start),
+            data,
+            out,
+            |_, s: &TokenSeq| seq_json(s).to_string().into_bytes(),
+        ),
+        _ => drain(
+            data.stream_token_pairs(plan, start),
+            data,
+            out,
+            |_, p: &TokenPair| {
+                serde_json::json!({"chosen": seq_json(&p.chosen), "rejected": seq_json(&p.rejected), "margin": p.margin})
+                    .to_string()
+                    .into_bytes()
+            },
+        ),
+    }
 }
 
 pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
@@ -148,9 +222,15 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
             block_size,
             level,
             skip_bad_records,
+            tokenizer,
+            prompt_format,
             retry_timeout_seconds,
         } => {
             let retry = Duration::from_secs(retry_timeout_seconds);
+            let tok = match &tokenizer {
+                Some(p) => Some(janus::tokenizer::Tokenizer::from_file(p)?),
+                None => None,
+            };
             let opts = ShardOptions {
                 shard_bytes: shard_size,
                 block_bytes: block_size.min(shard_size),
@@ -169,7 +249,7 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
             });
             let t = Instant::now();
             let mut records = 0u64;
-            let index = shards::write_shards(&input, &out, &opts, retry, |name, n| {
+            let on_file = |name: &str, n: u64| {
                 records += n;
                 match &bar {
                     Some(b) => {
@@ -178,7 +258,21 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                     }
                     None => tracing::info!(file = name, records = n, "sharded"),
                 }
-            })?;
+            };
+            let index = match (&tok, prompt_format) {
+                (Some(t), Some(format)) => {
+                    let spec = TokenSpec {
+                        tokenizer: t,
+                        tokenizer_file: tokenizer
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        format,
+                    };
+                    shards::write_token_shards(&input, &out, &opts, &spec, retry, on_file)?
+                }
+                _ => shards::write_shards(&input, &out, &opts, retry, on_file)?,
+            };
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -190,6 +284,7 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                 "bytes": index.bytes,
                 "uncompressed_bytes": index.uncompressed_bytes,
                 "records": index.records,
+                "content": index.content,
                 "seconds": t.elapsed().as_secs_f64(),
             });
             println!("{line}");
@@ -206,6 +301,7 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
             prefetch_windows,
             stats,
             raw,
+            parser,
             retry_timeout_seconds,
         } => {
             if world == 0 || rank >= world {
@@ -237,16 +333,26 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                 return Ok(());
             }
             // What a trainer gets: records parsed as the dataset's type; or the lines.
-            let n = match (stats, data.index.records) {
-                (true, RecordKind::Sft) => drain::<SftRecord>(&data, plan, start, None)?,
-                (true, RecordKind::Preference) => {
-                    drain::<PreferenceRecord>(&data, plan, start, None)?
+            let n = match (stats, data.is_tokens(), data.index.records) {
+                (true, true, _) => token_samples(&data, plan, start, None)?,
+                (true, false, RecordKind::Sft) => records::<SftRecord>(&data, plan, start, parser)?,
+                (true, false, RecordKind::Preference) => {
+                    records::<PreferenceRecord>(&data, plan, start, parser)?
                 }
-                (true, RecordKind::Mixed) => drain::<Value>(&data, plan, start, None)?,
-                (false, _) => {
+                (true, false, RecordKind::Mixed) => records::<Value>(&data, plan, start, parser)?,
+                (false, tokens, _) => {
                     let stdout = std::io::stdout();
                     let mut out = std::io::BufWriter::new(stdout.lock());
-                    let n = drain::<IgnoredAny>(&data, plan, start, Some(&mut out))?;
+                    let n = if tokens {
+                        token_samples(&data, plan, start, Some(&mut out))?
+                    } else {
+                        drain(
+                            data.stream::<IgnoredAny>(plan, start),
+                            &data,
+                            Some(&mut out),
+                            |line, _| line.to_vec(),
+                        )?
+                    };
                     let _ = out.flush();
                     n
                 }
@@ -266,6 +372,8 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
                         "samples_per_second": n as f64 / secs,
                         "mb_per_second": fetched as f64 / secs / 1e6,
                         "decoded_mb_per_second": decoded / secs / 1e6,
+                        "content": data.index.content,
+                        "parser": if data.is_tokens() { "tokens" } else if parser == Parser::Sonic { "sonic-rs" } else { "serde_json" },
                         "peak_rss_mib": crate::bench::peak_rss_mib(),
                     })
                 );

@@ -9,9 +9,11 @@ use janus::config::Dtype;
 mod bench;
 mod data;
 mod demo;
+mod eval;
 mod launch;
 mod make;
 mod plan;
+mod serve;
 mod train;
 
 #[derive(Parser)]
@@ -52,6 +54,15 @@ enum Command {
     /// All-reduce bandwidth of the CPU ring (run under `janus launch`); rank 0 prints
     /// one JSON line per size.
     BenchAllreduce(bench::BenchAllreduceArgs),
+    /// An OpenAI-compatible HTTP server (chat completions, completions, models,
+    /// health, metrics) on a model directory.
+    Serve(serve::ServeArgs),
+    /// The Multifaceted Bench protocol: generate answers, grade them with a judge,
+    /// score them (each stage resumable).
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
     /// Seconds to save and to find + load a checkpoint (model and AdamW state) of the
     /// model in --model, to --dir (a path or URL); prints one JSON line.
     BenchCheckpoint(bench::BenchCheckpointArgs),
@@ -101,5 +112,7 @@ fn run(cmd: Command, terminal: bool) -> janus::Result<()> {
         Command::BenchTrain(a) => bench::train(a),
         Command::BenchAllreduce(a) => bench::allreduce(a),
         Command::BenchCheckpoint(a) => bench::checkpoint(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Eval { command } => eval::run(command, terminal),
     }
 }

@@ -1,0 +1,33 @@
+//! The Multifaceted Bench protocol (shared/JANUS.md), as three resumable stages over
+//! one output directory (a path or an object-store URL; layout in
+//! `janus_crds::config::eval`):
+//! - [`generation`]: bench items -> `answers/shard-<i>.jsonl` (one line per item);
+//! - [`judge`]: one judge call per (answer, rubric, run) -> `grades.jsonl`;
+//! - [`score`]: grades -> `results.json`, `summary.json` and [`report`] (`report.md`
+//!   with SVG charts).
+//!
+//! Each stage appends what it finishes and skips what is already there, so a killed
+//! or restarted stage redoes nothing it recorded.
+
+pub mod answers;
+pub mod bench;
+pub mod client;
+pub mod generation;
+pub mod judge;
+pub mod log;
+pub mod parse;
+pub mod progress;
+pub mod report;
+pub mod score;
+pub mod template;
+
+/// The judge's answers, under the output directory.
+pub const GRADES: &str = "grades.jsonl";
+/// Generation shards' directory.
+pub const ANSWERS_DIR: &str = "answers";
+/// Everything `score` computed.
+pub const RESULTS: &str = "results.json";
+/// The headline numbers (what the operator mirrors into the job's status).
+pub const SUMMARY: &str = "summary.json";
+/// The human-readable report and its charts.
+pub const REPORT: &str = "report.md";
