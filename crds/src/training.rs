@@ -429,8 +429,15 @@ fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
-    /// Checkpoints go to `<url>/<job name>/step-<N>`.
+    /// Checkpoints go to `<url>/<namespace>/<job name>/step-<N>`, recorded with the
+    /// job's UID: a job refuses a history another job (UID) wrote unless `resumeFrom`
+    /// names it.
     pub url: StorageUrl,
+    /// A checkpoint history (`<url>/<namespace>/<job name>` of an earlier job) to
+    /// continue from when this job has no checkpoint of its own: to take over a run
+    /// whose job was deleted, or to continue another job's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<StorageUrl>,
     /// Save every this many optimizer steps (0: only at the end).
     #[serde(default = "default_every_steps")]
     #[schemars(range(min = 0, max = 1_000_000_000_000u64))]
@@ -637,6 +644,10 @@ pub mod reason {
         "CreateContainerConfigError",
         "CreateContainerError",
     ];
+    /// The API server refused a worker pod (Pod Security or a quota: 403, a missing
+    /// namespace or ServiceAccount: 404, a template it rejects: 422); the message
+    /// quotes it and the create is retried.
+    pub const FAILED_CREATE: &str = "FailedCreate";
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";

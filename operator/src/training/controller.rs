@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use janus_crds::training::{condition, reason, JanusTrainingJobStatus};
 use janus_crds::{labels, JanusTrainingJob, Progress};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
@@ -96,7 +97,7 @@ fn invalid_template(job: &JanusTrainingJob, d: &Decision) -> Option<Decision> {
     };
     match children::worker_pod(job, *create.first()?, 0) {
         Err(e @ Error::TemplateOverride { .. }) => Some(Decision::Fail {
-            reason: janus_crds::training::reason::INVALID_POD_TEMPLATE,
+            reason: reason::INVALID_POD_TEMPLATE,
             message: e.to_string(),
             delete: vec![],
         }),
@@ -236,17 +237,7 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     };
     let write_status = async {
         if job.status.as_ref() != Some(&st) {
-            let patch = serde_json::json!({
-                "apiVersion": "janus.dev/v1alpha1",
-                "kind": "JanusTrainingJob",
-                "status": st,
-            });
-            jobs.patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            write_status(&jobs, &name, &st).await?;
         }
         Ok::<_, Error>(())
     };
@@ -284,17 +275,25 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             .iter()
             .map(|rank| children::worker_pod(&job, *rank, attempt))
             .collect::<Result<Vec<_>>>()?;
-        futures::future::try_join_all(new_pods.iter().map(|pod| {
+        let created = futures::future::join_all(new_pods.iter().map(|pod| {
             let pod_api = pod_api.clone();
             async move {
                 match pod_api.create(&PostParams::default(), pod).await {
                     // Deterministic names: an existing pod is the one we meant to create.
-                    Err(e) if !is_status(&e, 409) => Err(Error::from(e)),
+                    Err(e) if !is_status(&e, 409) => Err((pod.name_any(), e)),
                     _ => Ok(()),
                 }
             }
         }))
-        .await?;
+        .await;
+        if let Some((pod, e)) = created.into_iter().find_map(|r| r.err()) {
+            if let kube::Error::Api(refusal) = &e {
+                if REFUSALS.contains(&refusal.code) {
+                    create_refused(ctx, &jobs, &job, st, &pod, &refusal.message, now).await?;
+                }
+            }
+            return Err(e.into());
+        }
     }
     if let Decision::Finished {
         delete_job: true, ..
@@ -309,6 +308,62 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     }
     Ok(requeue(&decision))
+}
+
+/// Refusals of a pod create that only a change elsewhere (the namespace's Pod Security
+/// level or quota, a missing namespace or ServiceAccount, the job's template) can lift.
+const REFUSALS: [u16; 4] = [400, 403, 404, 422];
+
+/// The API server refused a worker pod: Running=False (`FailedCreate`) with its
+/// message, and a Warning Event when the message is new. The create is retried with
+/// the reconcile's backoff, as the Job controller does.
+async fn create_refused(
+    ctx: &Context,
+    jobs: &Api<JanusTrainingJob>,
+    job: &JanusTrainingJob,
+    mut st: JanusTrainingJobStatus,
+    pod: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let msg = format!("creating worker pod {pod} was refused: {message}");
+    let repeated = st.conditions.iter().any(|c| {
+        c.type_ == condition::RUNNING && c.reason == reason::FAILED_CREATE && c.message == msg
+    });
+    if repeated {
+        return Ok(());
+    }
+    status::set_condition(
+        &mut st.conditions,
+        condition::RUNNING,
+        false,
+        reason::FAILED_CREATE,
+        &msg,
+        now,
+    );
+    write_status(jobs, &job.name_any(), &st).await?;
+    let ev = EventSpec {
+        warning: true,
+        reason: reason::FAILED_CREATE,
+        note: msg,
+    };
+    publish(&ctx.recorder, &job.object_ref(&()), &ev).await;
+    Ok(())
+}
+
+async fn write_status(
+    jobs: &Api<JanusTrainingJob>,
+    name: &str,
+    st: &JanusTrainingJobStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": "janus.dev/v1alpha1",
+        "kind": "JanusTrainingJob",
+        "status": st,
+    });
+    jobs.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
 }
 
 fn requeue(d: &Decision) -> Action {

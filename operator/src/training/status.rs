@@ -436,8 +436,11 @@ fn stuck(
             .iter_mut()
             .find(|c| c.type_ == condition::RUNNING && c.status == "False")
         {
+            // A refused create holds until a pod of this attempt exists.
+            let created = pods.iter().any(|p| p.attempt == Some(s.restarts));
             if c.reason == reason::WORKERS_PENDING
                 || reason::CONTAINER_WAITING.contains(&c.reason.as_str())
+                || (c.reason == reason::FAILED_CREATE && created)
             {
                 c.reason = reason::WORKERS_PENDING.into();
                 c.message = "waiting for the workers to start".into();
@@ -575,6 +578,38 @@ mod tests {
         job2.status = Some(s);
         let (_, ev) = next_status(&job2, &d, &pf, None, now());
         assert!(ev.iter().all(|e| !e.warning), "{ev:?}");
+    }
+
+    #[test]
+    fn a_refused_create_holds_until_a_pod_of_the_attempt_exists() {
+        let mut job = representative_job();
+        let d = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![0, 1],
+            requeue_after: None,
+        };
+        let (mut s, _) = next_status(&job, &d, &[], None, now());
+        let refused = "creating worker pod j-worker-0 was refused: violates PodSecurity";
+        set_condition(
+            &mut s.conditions,
+            condition::RUNNING,
+            false,
+            reason::FAILED_CREATE,
+            refused,
+            now(),
+        );
+        job.status = Some(s);
+        // Retried: the refusal's words stay (no new Event from a reset and repeat).
+        let (s, _) = next_status(&job, &d, &[], None, now());
+        let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!((c.reason.as_str(), c.message.as_str()), ("FailedCreate", refused));
+        // A pod of the attempt exists: the refusal is over.
+        let p = pending_pod(serde_json::json!({"phase": "Pending"}));
+        let pf = vec![pod_facts(&p, None, |_| true)];
+        let (s, _) = next_status(&job, &d, &pf, None, now());
+        let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!(c.reason, "WorkersPending");
     }
 
     #[test]

@@ -338,3 +338,103 @@ async fn an_unschedulable_worker_is_a_condition_and_a_warning_quoting_the_schedu
     .await;
     assert!(note.contains("Insufficient nvidia.com/gpu"), "{note}");
 }
+
+/// A worker pod the API server refuses (here a ResourceQuota of 0 pods: 403): Running
+/// False with reason FailedCreate quoting the API server, one Warning Event, and the
+/// gang is created once the quota is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let c = client().await;
+    let ns = namespace(&c, "quota").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(c.clone(), &ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    create_job(&c, &ns, "refused", job_spec(2)).await;
+    let cond = wait_for("the FailedCreate condition", T, || async {
+        let j = get_job(&c, &ns, "refused").await?;
+        let cond = condition(&j, "Running")?.clone();
+        (cond.reason == "FailedCreate").then_some(cond)
+    })
+    .await;
+    assert_eq!(cond.status, "False");
+    assert!(
+        cond.message.contains("refused-worker-")
+            && cond.message.contains("forbidden")
+            && cond.message.contains("quota"),
+        "{}",
+        cond.message
+    );
+    assert!(pods(&c, &ns, "refused").await.is_empty());
+    let warnings = || async {
+        use k8s_openapi::api::events::v1::Event;
+        Api::<Event>::namespaced(c.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("FailedCreate") && e.type_.as_deref() == Some("Warning")
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = wait_for("the FailedCreate event", T, || async {
+        let w = warnings().await;
+        (!w.is_empty()).then_some(w)
+    })
+    .await;
+    assert!(
+        first[0].note.as_deref().unwrap_or("").contains("quota"),
+        "{:?}",
+        first[0].note
+    );
+    quotas
+        .delete("no-pods", &Default::default())
+        .await
+        .unwrap();
+    wait_phase(&c, &ns, "refused", "Running", Duration::from_secs(120)).await;
+    // Retries of the same refusal did not repeat the Event (the quota's first words
+    // may be "status unknown" before its controller counted the namespace).
+    let n: i32 = warnings()
+        .await
+        .iter()
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum();
+    assert!(n <= 2, "{n} FailedCreate events for one refusal");
+}
+
+/// Same-name jobs in two namespaces get separate checkpoint histories, each recorded
+/// with its job's UID (the trainer refuses another UID's history: `trainer/tests/resume.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_jobs_in_two_namespaces_keep_separate_checkpoints() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let c = client().await;
+    let (ns1, ns2) = (namespace(&c, "ckpt-a").await, namespace(&c, "ckpt-b").await);
+    let _op1 = Operator::start(&ns1, "a", &["--no-leader-election"]);
+    let _op2 = Operator::start(&ns2, "b", &["--no-leader-election"]);
+    let mut seen = Vec::new();
+    for ns in [&ns1, &ns2] {
+        create_job(&c, ns, "twin", job_spec(1)).await;
+        let cm = wait_for("the twin's ConfigMap", T, || async {
+            Api::<ConfigMap>::namespaced(c.clone(), ns)
+                .get_opt("twin-config")
+                .await
+                .unwrap()
+        })
+        .await;
+        let text = &cm.data.unwrap()["config.yaml"];
+        let v: Value = serde_yaml::from_str(text).unwrap();
+        let cfg = janus_crds::config::TrainConfig::from_value(v, "twin-config").unwrap();
+        let uid = get_job(&c, ns, "twin").await.unwrap().metadata.uid;
+        assert_eq!(cfg.checkpoint.owner, uid);
+        assert!(cfg.checkpoint.dir.ends_with(&format!("/{ns}")), "{}", cfg.checkpoint.dir);
+        seen.push(format!("{}/{}", cfg.checkpoint.dir, cfg.job));
+    }
+    assert_ne!(seen[0], seen[1]);
+}
