@@ -651,6 +651,10 @@ pub mod reason {
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";
+    /// A worker was disrupted (its pod has a `DisruptionTarget` condition: preempted,
+    /// evicted through the Eviction API, drained, or killed by the kubelet); the gang
+    /// restarts without counting towards `backoffLimit`.
+    pub const WORKER_DISRUPTED: &str = "WorkerDisrupted";
     /// A rank of a gang that had started is missing (its pod disappeared).
     pub const WORKER_LOST: &str = "WorkerLost";
     /// A worker's node no longer exists.
@@ -684,6 +688,10 @@ pub struct JanusTrainingJobStatus {
     /// Gang restarts so far (the current attempt number).
     #[serde(default)]
     pub restarts: i32,
+    /// Of `restarts`, those that count towards `runPolicy.backoffLimit`: disruptions
+    /// (preemption, eviction, node drain or loss) restart the gang without counting.
+    #[serde(default)]
+    pub restarts_counted_towards_backoff: i32,
     /// When the job (last) started or resumed; `activeDeadlineSeconds` counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

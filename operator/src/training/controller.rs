@@ -486,9 +486,12 @@ fn slim_pod(p: &mut Pod) {
         };
     }
     if let Some(st) = p.status.as_mut() {
-        // Only the scheduler's verdict of a pod it cannot place is read.
+        // Only the scheduler's verdict of a pod it cannot place and a disruption are read.
         if let Some(c) = st.conditions.as_mut() {
-            c.retain(|c| c.type_ == "PodScheduled" && c.status == "False");
+            c.retain(|c| {
+                (c.type_ == "PodScheduled" && c.status == "False")
+                    || (c.type_ == "DisruptionTarget" && c.status == "True")
+            });
         }
         st.pod_ips = None;
         st.host_ips = None;

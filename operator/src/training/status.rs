@@ -22,6 +22,7 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
         clean_pod_policy: rp.clean_pod_policy,
         phase: s.phase.unwrap_or_default(),
         restarts: s.restarts,
+        counted_restarts: s.restarts_counted_towards_backoff,
         start_time: s.start_time.map(|t| t.0),
         completion_time: s.completion_time.map(|t| t.0),
     }
@@ -60,6 +61,15 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
         reason: status.and_then(|s| s.reason.clone()),
         waiting,
+        disrupted: status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+            .map(|c| {
+                (
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            }),
         node_lost: node.is_some_and(|n| !node_exists(n)),
         foreign: !owned_by(pod, job_uid),
     }
@@ -284,9 +294,12 @@ pub fn next_status(
         Decision::Restart {
             reason: why,
             message,
+            counted,
             ..
         } => {
             s.restarts = old.restarts + 1;
+            s.restarts_counted_towards_backoff =
+                old.restarts_counted_towards_backoff + i32::from(*counted);
             s.phase = Some(JobPhase::Restarting);
             let msg = format!("{message}; restarting all workers (attempt {})", s.restarts);
             set_condition(
@@ -640,9 +653,22 @@ mod tests {
             reason: "WorkerFailed",
             message: "worker x exited with code 75".into(),
             delete: vec![],
+            counted: true,
         };
         let (s, ev) = next_status(&job, &d, &[], None, now());
         assert_eq!((s.restarts, s.phase), (1, Some(JobPhase::Restarting)));
+        assert_eq!(s.restarts_counted_towards_backoff, 1);
+        // A disruption restarts without counting.
+        let mut again = job.clone();
+        again.status = Some(s.clone());
+        let d = Decision::Restart {
+            reason: "WorkerDisrupted",
+            message: "worker x was disrupted".into(),
+            delete: vec![],
+            counted: false,
+        };
+        let (s2, _) = next_status(&again, &d, &[], None, now());
+        assert_eq!((s2.restarts, s2.restarts_counted_towards_backoff), (2, 1));
         let c = s
             .conditions
             .iter()

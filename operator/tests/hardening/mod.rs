@@ -438,3 +438,54 @@ async fn same_name_jobs_in_two_namespaces_keep_separate_checkpoints() {
     }
     assert_ne!(seen[0], seen[1]);
 }
+
+/// A worker evicted through the Eviction API (the API server marks it with a
+/// `DisruptionTarget` condition, as for a drain or a preemption) restarts the gang
+/// without counting towards `backoffLimit: 0`; a plain failure afterwards does count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disruption_restarts_the_gang_without_counting_towards_the_backoff_limit() {
+    use k8s_openapi::api::core::v1::Pod;
+    let c = client().await;
+    let ns = namespace(&c, "disruption").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    spec.run_policy.backoff_limit = 0;
+    create_job(&c, &ns, "evicted", spec).await;
+    wait_gang_running(&c, &ns, "evicted", 2, 0).await;
+    let pods_api = Api::<Pod>::namespaced(c.clone(), &ns);
+    // A kwok pod goes at once; a real one takes its grace period (the trainer saves a
+    // checkpoint). A finalizer holds it terminating the way a kubelet would.
+    let hold = |on: bool| {
+        json!({"metadata": {"finalizers": if on { json!(["janus.dev/test-hold"]) } else { json!(null) }}})
+    };
+    pods_api
+        .patch("evicted-worker-1", &PatchParams::default(), &Patch::Merge(hold(true)))
+        .await
+        .unwrap();
+    pods_api
+        .evict("evicted-worker-1", &Default::default())
+        .await
+        .unwrap();
+    let j = wait_for("the restart after the eviction", T, || async {
+        let j = get_job(&c, &ns, "evicted").await?;
+        (j.status.as_ref()?.restarts == 1).then_some(j)
+    })
+    .await;
+    let s = j.status.as_ref().unwrap();
+    assert_eq!(s.restarts_counted_towards_backoff, 0);
+    let cond = condition(&j, "Restarting").unwrap();
+    assert_eq!(cond.reason, "WorkerDisrupted");
+    assert!(
+        cond.message.contains("evicted-worker-1") && cond.message.contains("EvictionByEvictionAPI"),
+        "{}",
+        cond.message
+    );
+    pods_api
+        .patch("evicted-worker-1", &PatchParams::default(), &Patch::Merge(hold(false)))
+        .await
+        .unwrap();
+    wait_gang_running(&c, &ns, "evicted", 2, 1).await;
+    finish_pod(&c, &ns, "evicted-worker-0", 1).await;
+    let j = wait_phase(&c, &ns, "evicted", "Failed", T).await;
+    assert_eq!(condition(&j, "Failed").unwrap().reason, "BackoffLimitExceeded");
+}
