@@ -124,7 +124,7 @@ pub struct BenchmarkSpec {
     pub url: StorageUrl,
     /// Evaluate only the first this many items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub limit: Option<u32>,
 }
 
@@ -146,7 +146,7 @@ pub struct GenerationSpec {
     pub top_p: f64,
     /// Keep only the k most likely tokens (default: no top-k filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub top_k: Option<u32>,
     /// Repetition penalty as Hugging Face applies it (1 = none; default 1.03).
     #[serde(default = "default_repetition_penalty")]
@@ -154,10 +154,11 @@ pub struct GenerationSpec {
     pub repetition_penalty: f64,
     /// Most tokens generated per answer (default 1024).
     #[serde(default = "default_max_new_tokens")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1048576))]
     pub max_new_tokens: u32,
     /// Random seed (default 42).
     #[serde(default = "default_seed")]
+    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
     pub seed: u64,
     /// Sequences decoded together per generation pod (default 16).
     #[serde(default = "default_batch_size")]
@@ -228,11 +229,11 @@ pub struct JudgeSpec {
     pub concurrency: u32,
     /// Calls started per minute at most (0: no limit; default 0).
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub requests_per_minute: u32,
     /// Seconds one call may take (default 120).
     #[serde(default = "default_timeout_seconds")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: u64,
     /// Retries of a call on 429 / 5xx / timeouts, with exponential backoff and
     /// `Retry-After` (default 8).
@@ -250,7 +251,7 @@ pub struct JudgeSpec {
     pub temperature: f64,
     /// Most tokens of one judge answer (default 1024).
     #[serde(default = "default_judge_max_tokens")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1048576))]
     pub max_tokens: u32,
     /// CPU / memory of the judge pod (it needs no GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,7 +324,7 @@ pub struct EvalWorkerSpec {
     /// Generation pods: pod i of N answers shard i of the bench (split by item id) and
     /// writes `answers/shard-<i>.jsonl`.
     #[serde(default = "default_replicas")]
-    #[schemars(range(max = 1024))]
+    #[schemars(range(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self >= 1").message("spec.worker.replicas must be >= 1"))]
     pub replicas: i32,
     /// Container image with the `janus` binary.
@@ -371,17 +372,17 @@ pub struct EvalRunPolicy {
     /// retried before the job is Failed (BackoffLimitExceeded). Exit code 64 (bad
     /// input) fails the job at once.
     #[serde(default = "default_backoff_limit")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 10000))]
     pub backoff_limit: i32,
     /// Seconds the evaluation may run (since its first pod was created, or since it
     /// resumed) before it is Failed with DeadlineExceeded. Waiting for the model does not
     /// count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the pods and keep the output; false resumes from it (Kueue admits jobs by
     /// flipping this field).

@@ -35,6 +35,14 @@ pub const GROUP: &str = "janus.dev";
 /// API version of the custom resources.
 pub const VERSION: &str = "v1alpha1";
 
+/// Largest integer a 64-bit field of the CRDs accepts (2^53 - 1): JSON numbers beyond it
+/// lose precision in clients that read them as doubles, and the API server compares
+/// `maximum` as a double too, so a larger bound would let 2^63 through to a Rust `i64`.
+pub const MAX_JSON_INTEGER: u64 = 9_007_199_254_740_991;
+/// Longest duration in seconds of a deadline or TTL field (ten years): far beyond any
+/// job, and small enough that adding it to a timestamp cannot overflow.
+pub const MAX_SECONDS: i32 = 315_360_000;
+
 /// Environment variables the operator sets on every worker pod.
 pub mod env {
     pub const JOB: &str = "JANUS_JOB";

@@ -162,7 +162,7 @@ pub struct DatasetSpec {
     pub truncation: Truncation,
     /// With `TruncateResponse`, the fewest response tokens an example must keep.
     #[serde(default = "default_min_response_tokens")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1048576))]
     pub min_response_tokens: u32,
     /// Skip malformed records (counted and logged) instead of failing the job.
     #[serde(default)]
@@ -183,19 +183,19 @@ pub struct Hyperparameters {
     pub learning_rate: Option<f64>,
     /// Passes over the data (recipe: 4 for sft, 2 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
     pub epochs: Option<u32>,
     /// Stop after this many optimizer steps (the schedule is sized for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000_000u64))]
     pub max_steps: Option<u64>,
     /// Sequences per micro-batch per rank (recipe: 2 for sft, 1 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 65536))]
     pub micro_batch_size: Option<u32>,
     /// Micro-batches per optimizer step (recipe: 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 65536))]
     pub gradient_accumulation_steps: Option<u32>,
     /// Tokens per sequence (recipe: 8192 for sft, 4096 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,7 +206,7 @@ pub struct Hyperparameters {
     pub packing: Option<bool>,
     /// Linear warm-up steps before the cosine decay (recipe: 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000_000_000u64))]
     pub warmup_steps: Option<u64>,
     /// The cosine schedule decays to learningRate * minLrRatio (recipe: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +242,7 @@ pub struct Hyperparameters {
     pub orpo_nll_on_prompt: Option<bool>,
     /// Random seed (default 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
     pub seed: Option<u64>,
 }
 
@@ -364,7 +364,7 @@ impl Truncation {
 pub struct WorkersSpec {
     /// Number of worker pods (nodes). Must be >= 1.
     #[serde(default = "default_replicas")]
-    #[schemars(range(max = 4096))]
+    #[schemars(range(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self >= 1").message("spec.workers.replicas must be >= 1"))]
     pub replicas: i32,
     /// GPUs per worker (`nvidia.com/gpu`); the trainer starts one rank per GPU. 0 runs
@@ -429,19 +429,26 @@ fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSpec {
-    /// Checkpoints go to `<url>/<job name>/step-<N>`.
+    /// Checkpoints go to `<url>/<namespace>/<job name>/step-<N>`, recorded with the
+    /// job's UID: a job refuses a history another job (UID) wrote unless `resumeFrom`
+    /// names it.
     pub url: StorageUrl,
+    /// A checkpoint history (`<url>/<namespace>/<job name>` of an earlier job) to
+    /// continue from when this job has no checkpoint of its own: to take over a run
+    /// whose job was deleted, or to continue another job's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<StorageUrl>,
     /// Save every this many optimizer steps (0: only at the end).
     #[serde(default = "default_every_steps")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000_000_000u64))]
     pub every_steps: u64,
     /// Keep the newest this many checkpoints (0: keep all).
     #[serde(default = "default_keep")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub keep: u32,
     /// How long one storage request is retried before the attempt fails (retryable).
     #[serde(default = "default_retry_timeout")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 604800))]
     pub retry_timeout_seconds: u64,
 }
 
@@ -490,16 +497,16 @@ pub enum CleanPodPolicy {
 pub struct RunPolicy {
     /// Gang restarts allowed before the job is Failed (BackoffLimitExceeded).
     #[serde(default = "default_backoff_limit")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 10000))]
     pub backoff_limit: i32,
     /// Seconds the job may run (since it last started or resumed) before it is Failed
     /// with DeadlineExceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the worker pods and keep the checkpoint; false resumes from it. Kueue
     /// admits jobs by flipping this field.
@@ -557,14 +564,14 @@ pub struct PodGroupSpec {
     pub provider: PodGroupProvider,
     /// Pods that must be placed together; default: `workers.replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 4096))]
     pub min_member: Option<i32>,
     /// Volcano queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
     /// Coscheduling: seconds to wait for the whole gang before rejecting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 2592000))]
     pub schedule_timeout_seconds: Option<i32>,
 }
 
@@ -625,10 +632,29 @@ pub mod condition {
 /// Condition reasons (CamelCase constants tests match on).
 pub mod reason {
     pub const JOB_CREATED: &str = "JobCreated";
+    /// A worker cannot be scheduled; the message quotes the scheduler's (for example
+    /// `0/4 nodes are available: 4 Insufficient nvidia.com/gpu`).
     pub const WORKERS_PENDING: &str = "WorkersPending";
+    /// Reasons of the kubelet for a trainer container that cannot start, used verbatim
+    /// as the reason of the Running=False condition (the message quotes the kubelet's).
+    pub const CONTAINER_WAITING: [&str; 5] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    ];
+    /// The API server refused a worker pod (Pod Security or a quota: 403, a missing
+    /// namespace or ServiceAccount: 404, a template it rejects: 422); the message
+    /// quotes it and the create is retried.
+    pub const FAILED_CREATE: &str = "FailedCreate";
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";
+    /// A worker was disrupted (its pod has a `DisruptionTarget` condition: preempted,
+    /// evicted through the Eviction API, drained, or killed by the kubelet); the gang
+    /// restarts without counting towards `backoffLimit`.
+    pub const WORKER_DISRUPTED: &str = "WorkerDisrupted";
     /// A rank of a gang that had started is missing (its pod disappeared).
     pub const WORKER_LOST: &str = "WorkerLost";
     /// A worker's node no longer exists.
@@ -662,6 +688,10 @@ pub struct JanusTrainingJobStatus {
     /// Gang restarts so far (the current attempt number).
     #[serde(default)]
     pub restarts: i32,
+    /// Of `restarts`, those that count towards `runPolicy.backoffLimit`: disruptions
+    /// (preemption, eviction, node drain or loss) restart the gang without counting.
+    #[serde(default)]
+    pub restarts_counted_towards_backoff: i32,
     /// When the job (last) started or resumed; `activeDeadlineSeconds` counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

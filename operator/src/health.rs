@@ -10,6 +10,10 @@
 //!
 //! The kubelet then restarts the container; a standby replica takes the Lease. An
 //! idle controller with no jobs is healthy: nothing here expects activity.
+//!
+//! Readiness (`/readyz`) is stricter and immediate: a replica that runs the controllers
+//! is ready once every watch it started has listed its objects (the caches the
+//! decisions read are complete) and while none is failing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +21,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The watches the controller runs.
-pub const WATCHES: [&str; 3] = ["jobs", "pods", "nodes"];
+pub const WATCHES: [&str; 7] = [
+    "jobs",
+    "pods",
+    "nodes",
+    "eval-jobs",
+    "eval-pods",
+    "eval-training-jobs",
+    "eval-baselines",
+];
 
 #[derive(Default)]
 struct State {
     /// Per watch: since when it has failed without an event in between.
     failing_since: HashMap<&'static str, (Instant, String)>,
+    /// Per started watch: whether its cache has been filled by a complete list.
+    synced: HashMap<&'static str, bool>,
     /// Reconciles in flight: id -> (job, start).
     in_flight: HashMap<u64, (String, Instant)>,
 }
@@ -60,9 +74,43 @@ impl Health {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A watch was started: not ready until its first list completes.
+    pub fn watch_started(&self, watch: &'static str) {
+        self.lock().synced.entry(watch).or_insert(false);
+    }
+
     /// A watch delivered an event (it works again) ...
     pub fn watch_ok(&self, watch: &'static str) {
         self.lock().failing_since.remove(watch);
+    }
+
+    /// ... its first complete list (`InitDone`): its cache is complete.
+    pub fn watch_synced(&self, watch: &'static str) {
+        let mut s = self.lock();
+        s.failing_since.remove(watch);
+        s.synced.insert(watch, true);
+    }
+
+    /// Ok while every started watch has synced and none is failing, else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let s = self.lock();
+        let mut problems: Vec<String> = s
+            .synced
+            .iter()
+            .filter(|(_, synced)| !**synced)
+            .map(|(w, _)| format!("the {w} cache has not synced"))
+            .chain(
+                s.failing_since
+                    .iter()
+                    .map(|(w, (_, e))| format!("the {w} watch is failing: {e}")),
+            )
+            .collect();
+        problems.sort();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// ... or failed; the first failure of a run of failures starts the clock.
@@ -143,6 +191,31 @@ mod tests {
         );
         h.watch_ok("pods");
         assert!(h.check(t0 + Duration::from_secs(120)).is_ok());
+    }
+
+    #[test]
+    fn ready_once_every_started_watch_synced_and_not_while_one_fails() {
+        let h = Health::new(STALL);
+        // A standby replica runs no watches.
+        assert!(h.readiness().is_ok());
+        h.watch_started("jobs");
+        h.watch_started("pods");
+        h.watch_synced("jobs");
+        let e = h.readiness().unwrap_err();
+        assert!(
+            e.contains("pods cache has not synced") && !e.contains("jobs"),
+            "{e}"
+        );
+        h.watch_synced("pods");
+        assert!(h.readiness().is_ok());
+        h.watch_failed("jobs", "jobs is forbidden", Instant::now());
+        let e = h.readiness().unwrap_err();
+        assert!(
+            e.contains("jobs watch is failing: jobs is forbidden"),
+            "{e}"
+        );
+        h.watch_ok("jobs");
+        assert!(h.readiness().is_ok());
     }
 
     #[test]

@@ -50,11 +50,18 @@ async fn healthz(State(s): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+/// The readiness probe: the API server answered, and (on the leader) every cache is
+/// complete and no watch is failing.
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    if !s.ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the API server has not answered".into(),
+        );
+    }
+    match s.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 

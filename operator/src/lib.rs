@@ -10,6 +10,7 @@ pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 pub mod training;
+pub mod watch;
 
 /// Select rustls's crypto provider before any client is built. kube's TLS brings
 /// rustls with `ring`; in a workspace build the trainer's object_store/reqwest add

@@ -14,8 +14,10 @@ use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
 use janus_operator::metrics::Metrics;
 use janus_operator::telemetry;
+use janus_operator::watch::DecodeReporter;
 use janus_operator::{eval, training};
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
@@ -96,11 +98,23 @@ async fn run_controllers(
 ) {
     let shutdown = shutdown.shared();
     let Stores { jobs, eval_jobs } = stores;
+    // One reporter for both controllers: an undecodable object is reported once.
+    let decode = DecodeReporter::new(
+        metrics.clone(),
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: training::controller::MANAGER.into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+    );
     tokio::join!(
         training::controller::run(
             client.clone(),
             metrics.clone(),
-            health,
+            health.clone(),
+            decode.clone(),
             identity.clone(),
             namespace.clone(),
             move |s| {
@@ -111,6 +125,8 @@ async fn run_controllers(
         eval::controller::run(
             client,
             metrics,
+            health,
+            decode,
             identity,
             namespace,
             move |s| {

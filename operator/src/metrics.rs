@@ -19,6 +19,10 @@ pub struct Metrics {
     pub eval_restarts_total: IntCounter,
     pub leader: IntGauge,
     pub api_requests_total: IntCounterVec,
+    /// Watch errors by watch (jobs, pods, nodes, ...); the runtime retries them.
+    pub watch_errors_total: IntCounterVec,
+    /// Objects skipped because they do not decode, by kind.
+    pub undecodable_objects_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -81,6 +85,22 @@ impl Metrics {
             &["method"],
         )
         .unwrap();
+        let watch_errors_total = IntCounterVec::new(
+            Opts::new(
+                "janus_operator_watch_errors_total",
+                "Errors of the operator's watches (retried with backoff), by watch",
+            ),
+            &["watch"],
+        )
+        .unwrap();
+        let undecodable_objects_total = IntCounterVec::new(
+            Opts::new(
+                "janus_operator_undecodable_objects_total",
+                "Object versions skipped because they do not decode, by kind",
+            ),
+            &["kind"],
+        )
+        .unwrap();
         for c in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors_total.clone()),
@@ -91,6 +111,8 @@ impl Metrics {
             Box::new(eval_restarts_total.clone()),
             Box::new(leader.clone()),
             Box::new(api_requests_total.clone()),
+            Box::new(watch_errors_total.clone()),
+            Box::new(undecodable_objects_total.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -99,6 +121,12 @@ impl Metrics {
         }
         for e in crate::error::Error::METRIC_LABELS {
             reconcile_errors_total.with_label_values(&[e]);
+        }
+        for w in crate::health::WATCHES {
+            watch_errors_total.with_label_values(&[w]);
+        }
+        for k in ["JanusTrainingJob", "JanusEvalJob"] {
+            undecodable_objects_total.with_label_values(&[k]);
         }
         for p in EvalPhase::ALL {
             eval_jobs.with_label_values(&[p.as_str()]).set(0);
@@ -114,6 +142,8 @@ impl Metrics {
             eval_restarts_total,
             leader,
             api_requests_total,
+            watch_errors_total,
+            undecodable_objects_total,
         }
     }
 
@@ -176,6 +206,8 @@ mod tests {
             "janus_eval_jobs{phase=\"Judging\"} 1",
             "janus_eval_jobs{phase=\"Generating\"} 0",
             "janus_eval_restarts_total 1",
+            "janus_operator_watch_errors_total{watch=\"pods\"} 0",
+            "janus_operator_undecodable_objects_total{kind=\"JanusTrainingJob\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -3,6 +3,7 @@
 //! own operator process (the built binary).
 
 mod eval;
+mod hardening;
 mod support;
 
 use std::time::Duration;
@@ -561,7 +562,7 @@ async fn healthz_fails_when_the_controller_is_wedged_on_failing_watches() {
         ),
     )
     .unwrap();
-    let op = Operator::start_as(
+    let op = Operator::start_unready(
         &ns,
         "nobody",
         &["--no-leader-election", "--stall-seconds", "2"],
@@ -574,6 +575,20 @@ async fn healthz_fails_when_the_controller_is_wedged_on_failing_watches() {
     assert!(body.starts_with("wedged:"), "{body}");
     assert!(body.contains("watch has failed"), "{body}");
     assert!(body.contains("forbidden"), "{body}");
+    // Not ready either, naming the failing watch, and the errors are counted.
+    let ready = op.get("/readyz").unwrap();
+    assert!(
+        ready.starts_with("not ready:") && ready.contains("jobs watch is failing"),
+        "{ready}"
+    );
+    let metrics = op.get("/metrics").unwrap();
+    assert!(
+        !metrics.contains("janus_operator_watch_errors_total{watch=\"jobs\"} 0"),
+        "{metrics}"
+    );
+    assert!(op
+        .log_text()
+        .contains("watch failed; retrying with backoff"));
     // A working operator stays healthy past the same limit.
     let ok = Operator::start(
         &ns,

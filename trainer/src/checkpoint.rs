@@ -56,6 +56,9 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// Loss of every completed step, so a resumed run reports the whole curve.
     pub losses: Vec<f64>,
+    /// `checkpoint.owner` of the run that wrote it (the job's UID under the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +130,19 @@ impl CheckpointDir {
         let store = Store::open(dir, retry_timeout)?.child(job);
         let staging = staging_dir(&format!("janus-{job}-"))?;
         Ok(Self { store, staging })
+    }
+
+    /// The checkpoint history at `url` (`<dir>/<job>`, as `url()` names it).
+    pub fn at(url: &str, retry_timeout: Duration) -> Result<Self> {
+        let url = url.trim_end_matches('/');
+        match url.rsplit_once('/') {
+            Some((dir, job)) if !job.is_empty() && !dir.ends_with(':') && !dir.ends_with("//") => {
+                Self::new(dir, job, retry_timeout)
+            }
+            _ => Err(Error::Config(format!(
+                "{url}: not a checkpoint history (expected <dir>/<job>, e.g. s3://bucket/checkpoints/team/job)"
+            ))),
+        }
     }
 
     pub fn url(&self) -> &str {

@@ -1,6 +1,7 @@
 //! Exact resume: 20 steps straight and 10 steps + stop + resume + 10 steps give
 //! bitwise-identical weights on CPU, for SFT (packed), ORPO, DPO and the reward model;
-//! incomplete or corrupt checkpoints are skipped.
+//! incomplete or corrupt checkpoints are skipped; a history another owner wrote is
+//! refused unless `checkpoint.resume_from` names it, which continues it exactly.
 
 mod common;
 
@@ -17,6 +18,17 @@ fn train(
     extra: &[&str],
     stop: Option<u64>,
 ) -> Summary {
+    try_train(dir, model, data, job, extra, stop).unwrap()
+}
+
+fn try_train(
+    dir: &Path,
+    model: &Path,
+    data: &Path,
+    job: &str,
+    extra: &[&str],
+    stop: Option<u64>,
+) -> janus::error::Result<Summary> {
     let mut o = common::tiny_overrides(dir, model, data, extra);
     o.push(format!("job={job}"));
     o.push(format!(
@@ -37,7 +49,6 @@ fn train(
             world: None,
         },
     )
-    .unwrap()
 }
 
 fn weights(dir: &Path, job: &str) -> Vec<u8> {
@@ -202,4 +213,55 @@ fn resuming_with_a_changed_config_is_refused() {
         e.contains("different config") && e.contains("step-10"),
         "{e}"
     );
+}
+
+/// Job `a` (owner uid-a) stops at step 10. A new job of the same name (uid-b) refuses
+/// that history, naming both owners and the way out; with `resume_from` naming it, it
+/// continues at step 10. A job of another name continues it the same way, and both end
+/// bitwise equal to a straight run.
+#[test]
+fn a_history_of_another_owner_is_refused_unless_resume_from_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 24);
+    let data = data.join("sft.jsonl");
+    let extra = ["hyperparameters.micro_batch_size=2"];
+    let with = |more: &[&str]| -> Vec<String> {
+        extra.iter().chain(more).map(|s| s.to_string()).collect()
+    };
+    let args = |v: &Vec<String>| -> Vec<&str> { v.iter().map(|s| s.as_str()).collect() };
+    train(dir, &model, &data, "straight", &extra, None);
+
+    let a = with(&["checkpoint.owner=uid-a"]);
+    let first = train(dir, &model, &data, "a", &args(&a), Some(10));
+    assert_eq!(first.steps_completed, 10);
+    let history = dir.join("ckpt/a").display().to_string();
+
+    let b = with(&["checkpoint.owner=uid-b"]);
+    let e = try_train(dir, &model, &data, "a", &args(&b), None)
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 64, "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("uid-a") && e.contains("uid-b") && e.contains("resumeFrom") && e.contains(&history),
+        "{e}"
+    );
+    // Nothing was written over the other owner's history.
+    assert!(std::fs::read_to_string(dir.join("ckpt/a/latest")).unwrap().contains("step-10"));
+
+    let other_name = with(&["checkpoint.owner=uid-c", &format!("checkpoint.resume_from={history}")]);
+    let taken = train(dir, &model, &data, "c", &args(&other_name), None);
+    assert_eq!(taken.resumed_from_step, Some(10));
+    assert!(taken.finished);
+    assert!(weights(dir, "straight") == weights(dir, "c"), "continued run differs from the straight run");
+
+    let same_name = with(&["checkpoint.owner=uid-b", &format!("checkpoint.resume_from={history}")]);
+    let taken = train(dir, &model, &data, "a", &args(&same_name), None);
+    assert_eq!(taken.resumed_from_step, Some(10));
+    assert!(weights(dir, "straight") == weights(dir, "a"), "taken-over run differs from the straight run");
+
+    // A resume_from with nothing in it is an error, not a silent fresh start.
+    let empty = with(&["checkpoint.owner=uid-d", &format!("checkpoint.resume_from={}", dir.join("ckpt/none").display())]);
+    let e = try_train(dir, &model, &data, "d", &args(&empty), None).unwrap_err().to_string();
+    assert!(e.contains("ckpt/none") && e.contains("no complete checkpoint"), "{e}");
 }

@@ -283,6 +283,14 @@ pub struct CheckpointSection {
     /// How long one storage request is retried (timeouts, 5xx) before the run fails
     /// with the retryable exit code.
     pub retry_timeout_seconds: u64,
+    /// Who owns this job's checkpoint history (the operator sets the job's UID): a
+    /// checkpoint another owner wrote is refused unless `resume_from` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// A checkpoint history (`<dir>/<job>`, of this job or another) to continue from
+    /// when this job has no checkpoint of its own: the way to take over another run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -557,10 +565,11 @@ impl TrainConfig {
     pub fn trajectory_hash(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut v = serde_json::to_value(self).expect("config serializes");
-        // Where things are written, how often we log, how many to keep, how memory is
-        // checked and how ranks talk do not change the weights.
+        // The job's name, where things are written, how often we log, how many to
+        // keep, how memory is checked and how ranks talk do not change the weights (a
+        // job may continue another job's checkpoints: `checkpoint.resume_from`).
         if let Value::Object(m) = &mut v {
-            for k in ["output_dir", "log_every_steps", "distributed", "memory"] {
+            for k in ["job", "output_dir", "log_every_steps", "distributed", "memory"] {
                 m.remove(k);
             }
             if let Some(Value::Object(md)) = m.get_mut("model") {
@@ -577,6 +586,8 @@ impl TrainConfig {
                 c.remove("retry_timeout_seconds");
                 c.remove("resume");
                 c.remove("dir");
+                c.remove("owner");
+                c.remove("resume_from");
             }
         }
         hex::encode(Sha256::digest(v.to_string().as_bytes()))[..16].to_string()
@@ -686,6 +697,10 @@ mod tests {
                 "hyperparameters.gradient_accumulation_steps=7".into(),
                 "model.gradient_checkpointing=true".into(),
                 "distributed.shard_optimizer=false".into(),
+                // Another job continuing this one's checkpoints.
+                "job=other".into(),
+                "checkpoint.owner=4f1c2d7e-0000-4000-8000-000000000002".into(),
+                "checkpoint.resume_from=s3://checkpoints/research/sft".into(),
             ],
         )
         .unwrap();

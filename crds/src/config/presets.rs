@@ -104,6 +104,8 @@ pub fn janus_7b_sft() -> TrainConfig {
             keep: 3,
             resume: true,
             retry_timeout_seconds: 180,
+            owner: None,
+            resume_from: None,
         },
         distributed: DistributedSection {
             backend: Backend::Auto,

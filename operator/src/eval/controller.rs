@@ -31,9 +31,12 @@ use super::gates::{self, Gates};
 use super::stage::{self, Decision, Slot};
 use super::status;
 use crate::error::{is_status, Error, Result};
+use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::training::controller::watch_health;
 use crate::training::controller::{apply, backoff, publish, MANAGER};
 use crate::training::status::EventSpec;
+use crate::watch::{dynamic_api, lenient_watcher, DecodeReporter};
 
 /// Periodic resync of a quiet job.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -459,9 +462,12 @@ fn waiting_for_baseline(
 
 /// Runs the controller (over all namespaces, or only `namespace`) until `shutdown`
 /// resolves. `on_store` receives the evaluation cache (for `janus_eval_jobs{phase}`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     metrics: Metrics,
+    health: Health,
+    decode: DecodeReporter,
     identity: String,
     namespace: Option<String>,
     on_store: impl FnOnce(Store<JanusEvalJob>),
@@ -486,18 +492,8 @@ pub async fn run(
         .modify(slim_pod),
     )
     .default_backoff()
+    .inspect(watch_health(&health, &metrics, "eval-pods"))
     .touched_objects();
-    let (training_jobs, tj_writer) = reflector::store();
-    let tj_stream = reflector::reflector(
-        tj_writer,
-        watcher(
-            api::<JanusTrainingJob>(&client, &namespace),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -505,11 +501,40 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    let controller = Controller::new(
-        api::<JanusEvalJob>(&client, &namespace),
-        watcher::Config::default(),
+    let (training_jobs, tj_writer) = reflector::store();
+    let tj_stream = reflector::reflector(
+        tj_writer,
+        lenient_watcher(
+            dynamic_api::<JanusTrainingJob>(&client, &namespace),
+            watcher::Config::default(),
+            decode.clone(),
+        ),
     )
-    .with_config(
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "eval-training-jobs"))
+    .touched_objects();
+    let (eval_store, eval_writer) = reflector::store();
+    let eval_stream = reflector::reflector(
+        eval_writer,
+        lenient_watcher(
+            dynamic_api::<JanusEvalJob>(&client, &namespace),
+            watcher::Config::default(),
+            decode.clone(),
+        ),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "eval-jobs"))
+    .touched_objects();
+    let baseline_stream = lenient_watcher::<JanusEvalJob>(
+        dynamic_api::<JanusEvalJob>(&client, &namespace),
+        watcher::Config::default(),
+        decode,
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "eval-baselines"))
+    .touched_objects();
+
+    let controller = Controller::for_stream(eval_stream, eval_store).with_config(
         kube::runtime::controller::Config::default()
             .debounce(DEBOUNCE)
             .concurrency(CONCURRENCY),
@@ -530,14 +555,10 @@ pub async fn run(
             let store = eval_jobs.clone();
             move |tj| waiting_for_training(&store, &tj)
         })
-        .watches(
-            api::<JanusEvalJob>(&client, &namespace),
-            watcher::Config::default(),
-            {
-                let store = eval_jobs.clone();
-                move |b| waiting_for_baseline(&store, &b)
-            },
-        )
+        .watches_stream(baseline_stream, {
+            let store = eval_jobs.clone();
+            move |b| waiting_for_baseline(&store, &b)
+        })
         .graceful_shutdown_on(shutdown);
     on_store(eval_jobs);
     controller

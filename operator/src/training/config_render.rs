@@ -51,7 +51,19 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     c.data.truncation = spec.dataset.truncation.to_trainer();
     c.data.min_response_tokens = spec.dataset.min_response_tokens as usize;
     c.data.skip_bad_records = spec.dataset.skip_bad_records;
-    c.checkpoint.dir = spec.checkpoint.url.to_string();
+    // `<url>/<namespace>/<name>`: same-name jobs of two namespaces keep apart, and the
+    // UID tells a job from an earlier one of its name.
+    c.checkpoint.dir = format!(
+        "{}/{}",
+        spec.checkpoint.url.as_str().trim_end_matches('/'),
+        job.namespace().unwrap_or_default()
+    );
+    c.checkpoint.owner = job.uid();
+    c.checkpoint.resume_from = spec
+        .checkpoint
+        .resume_from
+        .as_ref()
+        .map(|u| u.as_str().trim_end_matches('/').to_string());
     c.checkpoint.every_steps = spec.checkpoint.every_steps;
     c.checkpoint.keep = spec.checkpoint.keep as usize;
     // A restarted gang always continues from the newest complete checkpoint.
@@ -156,7 +168,12 @@ storageSecretRef:
         let mut job = representative_job();
         let c = trainer_config(&job);
         assert_eq!(c.model.path, PathBuf::from("s3://models/mistral-7b-v0.2"));
-        assert_eq!(c.checkpoint.dir, "s3://checkpoints");
+        assert_eq!(c.checkpoint.dir, "s3://checkpoints/research");
+        assert_eq!(
+            c.checkpoint.owner.as_deref(),
+            Some("4f1c2d7e-0000-4000-8000-000000000001")
+        );
+        assert_eq!(c.checkpoint.resume_from, None);
         assert_eq!(c.output_dir, PathBuf::from("s3://models/janus-7b-sft"));
         assert_eq!(c.model.device, DeviceChoice::Cuda);
         assert!(c.checkpoint.resume);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use janus_crds::training::{condition, reason, JanusTrainingJobStatus};
 use janus_crds::{labels, JanusTrainingJob, Progress};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
@@ -30,6 +31,7 @@ use super::status::{self, EventSpec};
 use crate::error::{is_status, Error, Result};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::watch::{dynamic_api, lenient_watcher, DecodeReporter};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "janus-operator";
@@ -95,7 +97,7 @@ fn invalid_template(job: &JanusTrainingJob, d: &Decision) -> Option<Decision> {
     };
     match children::worker_pod(job, *create.first()?, 0) {
         Err(e @ Error::TemplateOverride { .. }) => Some(Decision::Fail {
-            reason: janus_crds::training::reason::INVALID_POD_TEMPLATE,
+            reason: reason::INVALID_POD_TEMPLATE,
             message: e.to_string(),
             delete: vec![],
         }),
@@ -235,17 +237,7 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     };
     let write_status = async {
         if job.status.as_ref() != Some(&st) {
-            let patch = serde_json::json!({
-                "apiVersion": "janus.dev/v1alpha1",
-                "kind": "JanusTrainingJob",
-                "status": st,
-            });
-            jobs.patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            write_status(&jobs, &name, &st).await?;
         }
         Ok::<_, Error>(())
     };
@@ -283,17 +275,25 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             .iter()
             .map(|rank| children::worker_pod(&job, *rank, attempt))
             .collect::<Result<Vec<_>>>()?;
-        futures::future::try_join_all(new_pods.iter().map(|pod| {
+        let created = futures::future::join_all(new_pods.iter().map(|pod| {
             let pod_api = pod_api.clone();
             async move {
                 match pod_api.create(&PostParams::default(), pod).await {
                     // Deterministic names: an existing pod is the one we meant to create.
-                    Err(e) if !is_status(&e, 409) => Err(Error::from(e)),
+                    Err(e) if !is_status(&e, 409) => Err((pod.name_any(), e)),
                     _ => Ok(()),
                 }
             }
         }))
-        .await?;
+        .await;
+        if let Some((pod, e)) = created.into_iter().find_map(|r| r.err()) {
+            if let kube::Error::Api(refusal) = &e {
+                if REFUSALS.contains(&refusal.code) {
+                    create_refused(ctx, &jobs, &job, st, &pod, &refusal.message, now).await?;
+                }
+            }
+            return Err(e.into());
+        }
     }
     if let Decision::Finished {
         delete_job: true, ..
@@ -308,6 +308,62 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     }
     Ok(requeue(&decision))
+}
+
+/// Refusals of a pod create that only a change elsewhere (the namespace's Pod Security
+/// level or quota, a missing namespace or ServiceAccount, the job's template) can lift.
+const REFUSALS: [u16; 4] = [400, 403, 404, 422];
+
+/// The API server refused a worker pod: Running=False (`FailedCreate`) with its
+/// message, and a Warning Event when the message is new. The create is retried with
+/// the reconcile's backoff, as the Job controller does.
+async fn create_refused(
+    ctx: &Context,
+    jobs: &Api<JanusTrainingJob>,
+    job: &JanusTrainingJob,
+    mut st: JanusTrainingJobStatus,
+    pod: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let msg = format!("creating worker pod {pod} was refused: {message}");
+    let repeated = st.conditions.iter().any(|c| {
+        c.type_ == condition::RUNNING && c.reason == reason::FAILED_CREATE && c.message == msg
+    });
+    if repeated {
+        return Ok(());
+    }
+    status::set_condition(
+        &mut st.conditions,
+        condition::RUNNING,
+        false,
+        reason::FAILED_CREATE,
+        &msg,
+        now,
+    );
+    write_status(jobs, &job.name_any(), &st).await?;
+    let ev = EventSpec {
+        warning: true,
+        reason: reason::FAILED_CREATE,
+        note: msg,
+    };
+    publish(&ctx.recorder, &job.object_ref(&()), &ev).await;
+    Ok(())
+}
+
+async fn write_status(
+    jobs: &Api<JanusTrainingJob>,
+    name: &str,
+    st: &JanusTrainingJobStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": "janus.dev/v1alpha1",
+        "kind": "JanusTrainingJob",
+        "status": st,
+    });
+    jobs.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
 }
 
 fn requeue(d: &Decision) -> Action {
@@ -430,7 +486,13 @@ fn slim_pod(p: &mut Pod) {
         };
     }
     if let Some(st) = p.status.as_mut() {
-        st.conditions = None;
+        // Only the scheduler's verdict of a pod it cannot place and a disruption are read.
+        if let Some(c) = st.conditions.as_mut() {
+            c.retain(|c| {
+                (c.type_ == "PodScheduled" && c.status == "False")
+                    || (c.type_ == "DisruptionTarget" && c.status == "True")
+            });
+        }
         st.pod_ips = None;
         st.host_ips = None;
         if let Some(cs) = st.container_statuses.as_mut() {
@@ -468,15 +530,23 @@ fn jobs_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<JanusTrainingJo
 }
 
 /// Reports each event or error of a watch to `health` (a watch that keeps failing
-/// wedges the controller: the runtime would retry it silently forever).
-fn watch_health<K>(
+/// wedges the controller: the runtime would retry it silently forever) and counts and
+/// logs its errors at warn (`janus_operator_watch_errors_total{watch}`).
+pub(crate) fn watch_health<K>(
     health: &Health,
+    metrics: &Metrics,
     watch: &'static str,
 ) -> impl Fn(&std::result::Result<watcher::Event<K>, watcher::Error>) {
-    let health = health.clone();
+    let (health, errors) = (health.clone(), metrics.watch_errors_total.clone());
+    health.watch_started(watch);
     move |ev| match ev {
+        Ok(watcher::Event::InitDone) => health.watch_synced(watch),
         Ok(_) => health.watch_ok(watch),
-        Err(e) => health.watch_failed(watch, &e.to_string(), std::time::Instant::now()),
+        Err(e) => {
+            errors.with_label_values(&[watch]).inc();
+            tracing::warn!(watch, error = %e, "watch failed; retrying with backoff");
+            health.watch_failed(watch, &e.to_string(), std::time::Instant::now())
+        }
     }
 }
 
@@ -488,47 +558,17 @@ pub async fn run(
     client: Client,
     metrics: Metrics,
     health: Health,
+    decode: DecodeReporter,
     identity: String,
     namespace: Option<String>,
     on_store: impl FnOnce(Store<JanusTrainingJob>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (jobs, pods_api): (Api<JanusTrainingJob>, Api<Pod>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let pods_api: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     let nodes_api: Api<Node> = Api::all(client.clone());
-
-    let (job_store, job_writer) = reflector::store();
-    let job_stream = reflector::reflector(job_writer, watcher(jobs, watcher::Config::default()))
-        .default_backoff()
-        .inspect(watch_health(&health, "jobs"))
-        .touched_objects();
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(pods_api, watcher::Config::default().labels(labels::JOB)).modify(slim_pod),
-    )
-    .default_backoff()
-    .inspect(watch_health(&health, "pods"))
-    .touched_objects();
-    let (nodes, node_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(nodes_api, watcher::Config::default()).modify(slim_node),
-    )
-    .default_backoff()
-    .inspect(watch_health(&health, "nodes"))
-    .filter_map(|ev| async move {
-        match ev {
-            Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
-            _ => None,
-        }
-    });
-
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -536,6 +576,41 @@ pub async fn run(
             instance: Some(identity),
         },
     );
+
+    let (job_store, job_writer) = reflector::store();
+    let job_stream = reflector::reflector(
+        job_writer,
+        lenient_watcher(
+            dynamic_api::<JanusTrainingJob>(&client, &namespace),
+            watcher::Config::default(),
+            decode,
+        ),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "jobs"))
+    .touched_objects();
+    let (pods, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(pods_api, watcher::Config::default().labels(labels::JOB)).modify(slim_pod),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "pods"))
+    .touched_objects();
+    let (nodes, node_writer) = reflector::store();
+    let node_stream = reflector::reflector(
+        node_writer,
+        watcher(nodes_api, watcher::Config::default()).modify(slim_node),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, "nodes"))
+    .filter_map(|ev| async move {
+        match ev {
+            Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
+            _ => None,
+        }
+    });
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -564,6 +639,7 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
+                // Watch errors are logged (warn) and counted where they happen.
                 tracing::debug!(error = %e, "controller event");
             }
         });

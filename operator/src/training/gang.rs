@@ -4,7 +4,9 @@
 //! Rules (issue 5):
 //! - any worker of the current attempt Failed, evicted, deleted by someone else, or on a
 //!   node that no longer exists -> delete all workers, attempt + 1 (Restarting);
-//! - more restarts than `backoffLimit` -> Failed (BackoffLimitExceeded);
+//! - more restarts than `backoffLimit` -> Failed (BackoffLimitExceeded); disruptions
+//!   (a `DisruptionTarget` pod condition: preemption, Eviction API, drain, the kubelet;
+//!   a kubelet eviction; a lost node) restart without counting;
 //! - exit code 64 (bad input) -> Failed at once (NonRetryableExit);
 //! - `activeDeadlineSeconds` passed -> Failed (DeadlineExceeded);
 //! - `suspend` -> delete the pods (Suspended); resume recreates them;
@@ -30,6 +32,8 @@ pub struct JobFacts {
     pub phase: JobPhase,
     /// Gang restarts so far = the current attempt.
     pub restarts: i32,
+    /// Of those, the ones `backoffLimit` counts (disruptions do not).
+    pub counted_restarts: i32,
     pub start_time: Option<Timestamp>,
     pub completion_time: Option<Timestamp>,
 }
@@ -60,6 +64,11 @@ pub struct PodFacts {
     pub finished_at: Option<Timestamp>,
     /// `status.reason` of the pod (`Evicted`, ...).
     pub reason: Option<String>,
+    /// Why a pending pod does not start: (reason, the scheduler's or kubelet's message).
+    pub waiting: Option<(&'static str, String)>,
+    /// Its `DisruptionTarget` condition: (reason, message) of a preemption, an
+    /// eviction, a drain or the kubelet's termination.
+    pub disrupted: Option<(String, String)>,
     /// Bound to a node that no longer exists.
     pub node_lost: bool,
     /// Carries the job's labels but its controller is not this job (another object of
@@ -103,6 +112,8 @@ pub enum Decision {
         reason: &'static str,
         message: String,
         delete: Vec<String>,
+        /// Whether `backoffLimit` counts it (disruptions do not).
+        counted: bool,
     },
     /// The job failed now.
     Fail {
@@ -271,13 +282,26 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
             p.rank,
         )
     });
-    let failure: Option<(&'static str, String)> = by_cause
+    // (reason, message, whether backoffLimit counts it)
+    // A disruption comes first: the peers it leaves exit 75 (counted) before the
+    // disrupted pod itself has finished terminating.
+    let disruption = by_cause.iter().find_map(|p| {
+        let (why, msg) = p.disrupted.as_ref()?;
+        Some((
+            reason::WORKER_DISRUPTED,
+            format!("worker {} was disrupted ({why}: {msg})", p.name),
+            false,
+        ))
+    });
+    let failure: Option<(&'static str, String, bool)> = disruption.or_else(|| by_cause
         .iter()
         .find_map(|p| {
             if p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted") {
+                // The kubelet's node-pressure eviction: a disruption too.
                 Some((
                     reason::WORKER_EVICTED,
                     format!("worker {} was evicted", p.name),
+                    false,
                 ))
             } else if p.phase == PodPhase::Failed {
                 Some((
@@ -292,16 +316,19 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
                         }
                         None => format!("worker {} failed", p.name),
                     },
+                    true,
                 ))
             } else if p.node_lost && !p.finished() {
                 Some((
                     reason::NODE_LOST,
                     format!("the node of worker {} is gone", p.name),
+                    false,
                 ))
             } else if p.terminating && !p.finished() {
                 Some((
                     reason::WORKER_DELETED,
                     format!("worker {} was deleted", p.name),
+                    true,
                 ))
             } else {
                 None
@@ -312,17 +339,18 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
                 (
                     reason::WORKER_LOST,
                     format!("the worker of rank {} disappeared", missing[0]),
+                    true,
                 )
             })
-        });
-    if let Some((why, message)) = failure {
+        }));
+    if let Some((why, message, counted)) = failure {
         let delete = names(pods);
-        if job.restarts + 1 > job.backoff_limit {
+        if counted && job.counted_restarts + 1 > job.backoff_limit {
             return Decision::Fail {
                 reason: reason::BACKOFF_LIMIT_EXCEEDED,
                 message: format!(
-                    "{message}; {} gang restarts already (backoffLimit {})",
-                    job.restarts, job.backoff_limit
+                    "{message}; {} counted gang restarts already (backoffLimit {})",
+                    job.counted_restarts, job.backoff_limit
                 ),
                 delete: cleanup(job.clean_pod_policy, pods),
             };
@@ -331,6 +359,7 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
             reason: why,
             message,
             delete,
+            counted,
         };
     }
 
@@ -384,6 +413,7 @@ mod tests {
             clean_pod_policy: CleanPodPolicy::Running,
             phase: JobPhase::Pending,
             restarts: 0,
+            counted_restarts: 0,
             start_time: Some("2026-01-01T11:00:00Z".parse().unwrap()),
             completion_time: None,
         }
@@ -404,9 +434,58 @@ mod tests {
             reason: None,
             message: None,
             finished_at: None,
+            waiting: None,
+            disrupted: None,
             node_lost: false,
             foreign: false,
         }
+    }
+
+    #[test]
+    fn a_disruption_restarts_without_counting_even_at_the_backoff_limit() {
+        let mut j = job(2);
+        j.restarts = 5;
+        j.counted_restarts = 3;
+        j.phase = JobPhase::Running;
+        let mut preempted = pod(0, 5, PodPhase::Running);
+        preempted.terminating = true;
+        preempted.disrupted = Some((
+            "PreemptionByScheduler".into(),
+            "Preempted by research/urgent on node gpu-3".into(),
+        ));
+        // Its peer already lost it and exited 75: the disruption is still the cause.
+        let mut peer = pod(1, 5, PodPhase::Failed);
+        peer.finished_at = Some(now());
+        match decide(&j, &[preempted, peer.clone()], now()) {
+            Decision::Restart {
+                reason,
+                message,
+                counted,
+                ..
+            } => {
+                assert_eq!(reason, "WorkerDisrupted");
+                assert!(!counted);
+                assert!(message.contains("PreemptionByScheduler") && message.contains("urgent"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same failure without the disruption counts, and the limit is reached.
+        let mut failed = pod(0, 5, PodPhase::Failed);
+        failed.exit_code = Some(1);
+        assert!(matches!(
+            decide(&j, &[failed, peer], now()),
+            Decision::Fail {
+                reason: "BackoffLimitExceeded",
+                ..
+            }
+        ));
+        // The kubelet's eviction and a lost node do not count either.
+        let mut evicted = pod(0, 5, PodPhase::Failed);
+        evicted.reason = Some("Evicted".into());
+        assert!(matches!(
+            decide(&j, &[evicted, pod(1, 5, PodPhase::Running)], now()),
+            Decision::Restart { counted: false, .. }
+        ));
     }
 
     fn gang(n: i32, attempt: i32, phase: PodPhase) -> Vec<PodFacts> {
@@ -464,7 +543,9 @@ mod tests {
                 reason,
                 message,
                 delete,
+                counted,
             } => {
+                assert!(counted);
                 assert_eq!(reason, "WorkerFailed");
                 assert!(
                     message.contains("j-worker-1") && message.contains("75"),
@@ -538,6 +619,7 @@ mod tests {
         let mut j = job(2);
         j.backoff_limit = 1;
         j.restarts = 1;
+        j.counted_restarts = 1;
         j.phase = JobPhase::Running;
         let mut pods = gang(2, 1, PodPhase::Running);
         pods[0] = pod(0, 1, PodPhase::Failed);

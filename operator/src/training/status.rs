@@ -22,6 +22,7 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
         clean_pod_policy: rp.clean_pod_policy,
         phase: s.phase.unwrap_or_default(),
         restarts: s.restarts,
+        counted_restarts: s.restarts_counted_towards_backoff,
         start_time: s.start_time.map(|t| t.0),
         completion_time: s.completion_time.map(|t| t.0),
     }
@@ -45,6 +46,9 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         .and_then(|c| c.state.as_ref())
         .and_then(|st| st.terminated.as_ref());
     let exit_code = terminated.map(|t| t.exit_code);
+    let waiting = (phase == PodPhase::Pending)
+        .then(|| waiting_reason(pod))
+        .flatten();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
     PodFacts {
         name: pod.name_any(),
@@ -56,9 +60,54 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         message: terminated.and_then(|t| t.message.clone()),
         finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
         reason: status.and_then(|s| s.reason.clone()),
+        waiting,
+        disrupted: status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+            .map(|c| {
+                (
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            }),
         node_lost: node.is_some_and(|n| !node_exists(n)),
         foreign: !owned_by(pod, job_uid),
     }
+}
+
+/// Why a pending pod does not start, in the words of the component that knows: the
+/// scheduler's Unschedulable message, or the kubelet's waiting reason of the trainer
+/// container (image pulls, a missing Secret or key).
+pub fn waiting_reason(pod: &Pod) -> Option<(&'static str, String)> {
+    let status = pod.status.as_ref()?;
+    let container = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == defaults::CONTAINER_NAME))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|st| st.waiting.as_ref())
+        .and_then(|w| {
+            let r = reason::CONTAINER_WAITING
+                .iter()
+                .find(|r| w.reason.as_deref() == Some(**r))?;
+            Some((*r, w.message.clone().unwrap_or_default()))
+        });
+    container.or_else(|| {
+        let c = status
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+        (c.reason.as_deref() == Some("Unschedulable")).then(|| {
+            (
+                reason::WORKERS_PENDING,
+                format!(
+                    "cannot be scheduled: {}",
+                    c.message.clone().unwrap_or_default()
+                ),
+            )
+        })
+    })
 }
 
 /// Whether `pod`'s controller owner reference is the object with UID `uid`.
@@ -245,9 +294,12 @@ pub fn next_status(
         Decision::Restart {
             reason: why,
             message,
+            counted,
             ..
         } => {
             s.restarts = old.restarts + 1;
+            s.restarts_counted_towards_backoff =
+                old.restarts_counted_towards_backoff + i32::from(*counted);
             s.phase = Some(JobPhase::Restarting);
             let msg = format!("{message}; restarting all workers (attempt {})", s.restarts);
             set_condition(
@@ -321,6 +373,14 @@ pub fn next_status(
         Decision::Finished { .. } => {}
     }
 
+    if let Decision::Progress {
+        phase: JobPhase::Pending,
+        ..
+    } = decision
+    {
+        stuck(&mut s, &old, pods, &mut events, now);
+    }
+
     // Worker counts of the attempt the status now describes.
     let attempt = s.restarts;
     let mut c = WorkerCounts {
@@ -366,6 +426,63 @@ pub fn next_status(
     (s, events)
 }
 
+/// A pending gang with a worker that cannot start: Running=False with the reason and
+/// the underlying message, and a Warning Event when either changes.
+fn stuck(
+    s: &mut JanusTrainingJobStatus,
+    old: &JanusTrainingJobStatus,
+    pods: &[PodFacts],
+    events: &mut Vec<EventSpec>,
+    now: Timestamp,
+) {
+    let Some((why, msg)) = pods
+        .iter()
+        .filter(|p| p.attempt == Some(s.restarts) && !p.terminating)
+        .find_map(|p| {
+            let (r, m) = p.waiting.as_ref()?;
+            Some((*r, format!("worker {} {}", p.name, waiting_text(r, m))))
+        })
+    else {
+        // No longer stuck, not yet running: the old words would mislead.
+        if let Some(c) = s
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition::RUNNING && c.status == "False")
+        {
+            // A refused create holds until a pod of this attempt exists.
+            let created = pods.iter().any(|p| p.attempt == Some(s.restarts));
+            if c.reason == reason::WORKERS_PENDING
+                || reason::CONTAINER_WAITING.contains(&c.reason.as_str())
+                || (c.reason == reason::FAILED_CREATE && created)
+            {
+                c.reason = reason::WORKERS_PENDING.into();
+                c.message = "waiting for the workers to start".into();
+            }
+        }
+        return;
+    };
+    let same = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::RUNNING && c.reason == why && c.message == msg);
+    set_condition(&mut s.conditions, condition::RUNNING, false, why, &msg, now);
+    if !same {
+        events.push(EventSpec {
+            warning: true,
+            reason: why,
+            note: msg,
+        });
+    }
+}
+
+fn waiting_text(reason: &str, message: &str) -> String {
+    if reason == reason::WORKERS_PENDING {
+        message.to_string()
+    } else {
+        format!("cannot start ({reason}): {message}")
+    }
+}
+
 /// Seconds to the last step at the step rate between the previous report and this one.
 fn eta_seconds(prev: Option<&JobProgress>, now: &Progress) -> Option<u64> {
     let prev = prev?;
@@ -399,6 +516,115 @@ mod tests {
         }
     }
 
+    fn pending_pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j-worker-1", "labels": {"janus.dev/rank": "1", "janus.dev/attempt": "0"}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_kubelets_and_the_schedulers_words_say_why_a_worker_waits() {
+        for r in [
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "CreateContainerConfigError",
+        ] {
+            let p = pending_pod(
+                serde_json::json!({"phase": "Pending", "containerStatuses": [
+                {"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": r, "message": "secret \"s3\" not found"}}}]}),
+            );
+            let f = pod_facts(&p, None, |_| true);
+            assert_eq!(
+                f.waiting,
+                Some((r_static(r), "secret \"s3\" not found".into()))
+            );
+        }
+        let p = pending_pod(serde_json::json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}]}));
+        let (r, m) = waiting_reason(&p).unwrap();
+        assert_eq!(r, "WorkersPending");
+        assert!(m.contains("Insufficient nvidia.com/gpu"), "{m}");
+        // ContainerCreating is normal progress, not a stuck state.
+        let p = pending_pod(
+            serde_json::json!({"phase": "Pending", "containerStatuses": [
+            {"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+        );
+        assert_eq!(waiting_reason(&p), None);
+    }
+
+    fn r_static(r: &str) -> &'static str {
+        reason::CONTAINER_WAITING.iter().find(|x| **x == r).unwrap()
+    }
+
+    #[test]
+    fn a_stuck_pending_gang_is_running_false_with_the_reason_and_one_warning() {
+        let job = representative_job();
+        let d = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![],
+            requeue_after: None,
+        };
+        let p = pending_pod(
+            serde_json::json!({"phase": "Pending", "containerStatuses": [
+            {"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}),
+        );
+        let pf = vec![pod_facts(&p, None, |_| true)];
+        let (s, ev) = next_status(&job, &d, &pf, None, now());
+        let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ImagePullBackOff")
+        );
+        assert!(c.message.contains("j-worker-1") && c.message.contains("Back-off pulling image"));
+        let w: Vec<_> = ev.iter().filter(|e| e.warning).collect();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].reason, "ImagePullBackOff");
+        // The same state again: no second Event.
+        let mut job2 = job.clone();
+        job2.status = Some(s);
+        let (_, ev) = next_status(&job2, &d, &pf, None, now());
+        assert!(ev.iter().all(|e| !e.warning), "{ev:?}");
+    }
+
+    #[test]
+    fn a_refused_create_holds_until_a_pod_of_the_attempt_exists() {
+        let mut job = representative_job();
+        let d = Decision::Progress {
+            phase: JobPhase::Pending,
+            delete: vec![],
+            create: vec![0, 1],
+            requeue_after: None,
+        };
+        let (mut s, _) = next_status(&job, &d, &[], None, now());
+        let refused = "creating worker pod j-worker-0 was refused: violates PodSecurity";
+        set_condition(
+            &mut s.conditions,
+            condition::RUNNING,
+            false,
+            reason::FAILED_CREATE,
+            refused,
+            now(),
+        );
+        job.status = Some(s);
+        // Retried: the refusal's words stay (no new Event from a reset and repeat).
+        let (s, _) = next_status(&job, &d, &[], None, now());
+        let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!((c.reason.as_str(), c.message.as_str()), ("FailedCreate", refused));
+        // A pod of the attempt exists: the refusal is over.
+        let p = pending_pod(serde_json::json!({"phase": "Pending"}));
+        let pf = vec![pod_facts(&p, None, |_| true)];
+        let (s, _) = next_status(&job, &d, &pf, None, now());
+        let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!(c.reason, "WorkersPending");
+    }
+
     #[test]
     fn first_status_is_created_and_pending() {
         let job = representative_job();
@@ -427,9 +653,22 @@ mod tests {
             reason: "WorkerFailed",
             message: "worker x exited with code 75".into(),
             delete: vec![],
+            counted: true,
         };
         let (s, ev) = next_status(&job, &d, &[], None, now());
         assert_eq!((s.restarts, s.phase), (1, Some(JobPhase::Restarting)));
+        assert_eq!(s.restarts_counted_towards_backoff, 1);
+        // A disruption restarts without counting.
+        let mut again = job.clone();
+        again.status = Some(s.clone());
+        let d = Decision::Restart {
+            reason: "WorkerDisrupted",
+            message: "worker x was disrupted".into(),
+            delete: vec![],
+            counted: false,
+        };
+        let (s2, _) = next_status(&again, &d, &[], None, now());
+        assert_eq!((s2.restarts, s2.restarts_counted_towards_backoff), (2, 1));
         let c = s
             .conditions
             .iter()

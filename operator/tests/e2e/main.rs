@@ -72,7 +72,7 @@ spec:
 "#,
         model = w.s3_url("models/tiny"),
         site = w.site_packages.display(),
-        ckpt = w.s3_url(&format!("ckpt/{ns}")),
+        ckpt = w.s3_url("ckpt"),
         out = w.s3_url(&format!("out/{ns}/{name}")),
     )
 }

@@ -211,6 +211,21 @@ impl Operator {
 
     /// The same with another kubeconfig (another identity).
     pub fn start_as(ns: &str, tag: &str, extra: &[&str], kubeconfig: &Path) -> Operator {
+        Self::spawn(ns, tag, extra, kubeconfig, |body| body == "ok")
+    }
+
+    /// The same, returning once it serves HTTP at all (it may never become ready).
+    pub fn start_unready(ns: &str, tag: &str, extra: &[&str], kubeconfig: &Path) -> Operator {
+        Self::spawn(ns, tag, extra, kubeconfig, |_| true)
+    }
+
+    fn spawn(
+        ns: &str,
+        tag: &str,
+        extra: &[&str],
+        kubeconfig: &Path,
+        up: impl Fn(&str) -> bool,
+    ) -> Operator {
         let c = cluster();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -244,7 +259,7 @@ impl Operator {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if op.get("/readyz").is_some_and(|b| b == "ok") {
+            if op.get("/readyz").is_some_and(|b| up(&b)) {
                 return op;
             }
             std::thread::sleep(Duration::from_millis(100));

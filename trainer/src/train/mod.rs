@@ -115,12 +115,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     }
     // The checkpoint to resume from comes first: its global batch decides how many
     // micro-batches each of this run's ranks accumulates.
-    let resume = if cfg.checkpoint.resume {
-        ckpt.latest()?
-    } else {
-        None
-    };
-    let accumulation = accumulation_steps(cfg, world, resume.as_ref().map(|(_, s)| s), &ckpt)?;
+    let resume = resume_point(cfg, &ckpt, retry)?;
+    let accumulation = accumulation_steps(cfg, world, resume.as_ref())?;
     // Each rank takes `per_rank` units of every step.
     let share = Share {
         rank,
@@ -128,12 +124,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         per_rank: h.micro_batch_size * accumulation,
     };
     let mut feed = Feed::open(cfg, &tok, share)?;
-    if let (Some((_, saved)), Feed::Stream(_)) = (&resume, &feed) {
+    if let (Some(ResumePoint { state: saved, url, .. }), Feed::Stream(_)) = (&resume, &feed) {
         if saved.world_size != world {
             return Err(Error::Config(format!(
-                "{} was written by {} ranks, this run has {world}: a streamed dataset deals its blocks to the ranks, \
+                "{url} was written by {} ranks, this run has {world}: a streamed dataset deals its blocks to the ranks, \
                  so the data order depends on their number; resume with {} ranks",
-                ckpt.step_url(saved.step),
                 saved.world_size,
                 saved.world_size
             )));
@@ -227,11 +222,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         global_batch: Some(share.per_step()),
         tokens_seen: 0,
         losses: vec![],
+        owner: cfg.checkpoint.owner.clone(),
     };
     let mut run = RunRecord::default();
     match resume {
-        Some((dir, saved)) => {
-            let url = ckpt.step_url(saved.step);
+        Some(ResumePoint {
+            dir,
+            state: saved,
+            url,
+            from: _from,
+        }) => {
             if saved.config_hash != config_hash
                 || saved.tokenizer != tok.identity
                 || saved.total_steps != total_steps
@@ -249,6 +249,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             state = TrainerState {
                 world_size: world,
                 global_batch: Some(share.per_step()),
+                // A history taken over (`resume_from`) continues as this job's own.
+                owner: cfg.checkpoint.owner.clone(),
                 ..saved
             };
             run.last_checkpoint = Some(url);
@@ -645,21 +647,77 @@ impl ModelSource {
     }
 }
 
+/// The checkpoint a run continues from.
+struct ResumePoint {
+    /// Its files, staged locally.
+    dir: PathBuf,
+    state: TrainerState,
+    url: String,
+    /// The history it came from when not this job's own (`checkpoint.resume_from`);
+    /// it owns the staged files.
+    from: Option<CheckpointDir>,
+}
+
+/// This job's newest complete checkpoint, else the newest of the history
+/// `checkpoint.resume_from` names. A checkpoint of this job's history written by
+/// another owner (a job of the same name deleted and created again, or two jobs on one
+/// URL) is refused naming both, unless `resume_from` names this history.
+fn resume_point(
+    cfg: &TrainConfig,
+    ckpt: &CheckpointDir,
+    retry: std::time::Duration,
+) -> Result<Option<ResumePoint>> {
+    let c = &cfg.checkpoint;
+    if !c.resume {
+        return Ok(None);
+    }
+    let same_history = |url: &str| url.trim_end_matches('/') == ckpt.url().trim_end_matches('/');
+    if let Some((dir, state)) = ckpt.latest()? {
+        let url = ckpt.step_url(state.step);
+        if let (Some(theirs), Some(ours)) = (&state.owner, &c.owner) {
+            if theirs != ours && !c.resume_from.as_deref().is_some_and(same_history) {
+                return Err(Error::Config(format!(
+                    "{url} was written by another owner ({theirs}), this job is {ours}: two jobs would share one \
+                     checkpoint history. To continue from it set checkpoint.resumeFrom: {} \
+                     (checkpoint.resume_from), else use another job name or checkpoint URL",
+                    ckpt.url()
+                )));
+            }
+        }
+        return Ok(Some(ResumePoint {
+            dir,
+            state,
+            url,
+            from: None,
+        }));
+    }
+    let Some(from) = c.resume_from.as_deref().filter(|u| !same_history(u)) else {
+        return Ok(None);
+    };
+    let other = CheckpointDir::at(from, retry)?;
+    let Some((dir, state)) = other.latest()? else {
+        return Err(Error::Config(format!(
+            "checkpoint.resume_from: {from} holds no complete checkpoint"
+        )));
+    };
+    tracing::info!(from = %other.url(), step = state.step, "continuing another job's checkpoint history");
+    Ok(Some(ResumePoint {
+        dir,
+        url: other.step_url(state.step),
+        state,
+        from: Some(other),
+    }))
+}
+
 /// Micro-batches per rank per step. A fresh run takes the config's; a resumed one
 /// keeps the checkpoint's global batch, so on another number of ranks the
 /// accumulation follows the rank count (and the step boundaries, the data order and
 /// the schedule stay those of the run that wrote it).
-fn accumulation_steps(
-    cfg: &TrainConfig,
-    world: usize,
-    saved: Option<&TrainerState>,
-    ckpt: &CheckpointDir,
-) -> Result<usize> {
+fn accumulation_steps(cfg: &TrainConfig, world: usize, saved: Option<&ResumePoint>) -> Result<usize> {
     let h = &cfg.hyperparameters;
-    let Some(s) = saved else {
+    let Some(ResumePoint { state: s, url, .. }) = saved else {
         return Ok(h.gradient_accumulation_steps);
     };
-    let url = ckpt.step_url(s.step);
     let ours = h.micro_batch_size * h.gradient_accumulation_steps * world;
     match s.global_batch {
         None if s.world_size != world => Err(Error::Config(format!(

@@ -475,6 +475,7 @@ fn bench_checkpoint(model: &Path, dir: &str, reps: usize, raw: bool) -> Result<(
             global_batch: None,
             tokens_seen: 0,
             losses: vec![],
+            owner: None,
         };
         let t = Instant::now();
         ckpt.save(

@@ -1,0 +1,491 @@
+//! Issue 12 (operator hardening) against the real control plane, with the real operator
+//! binary: nothing the API server accepts may wedge the controller.
+
+use std::time::Duration;
+
+use janus_crds::crd_yaml::{eval_crd, integer_fields, training_crd};
+use janus_crds::{JanusEvalJob, JanusTrainingJob};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::{Client, Resource};
+use serde_json::{json, Value};
+
+use super::support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Held while a test relaxes the shared CRD's schema, and while one checks its bounds.
+static CRD_SCHEMA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Objects a path's array items or objects need besides the field under test (their
+/// schema's `required` fields).
+fn skeleton(path: &str) -> Option<Value> {
+    if path.ends_with("nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[]") {
+        return Some(json!({"preference": {}}));
+    }
+    if path.ends_with("preferredDuringSchedulingIgnoredDuringExecution[]") {
+        return Some(json!({"podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}));
+    }
+    if path.ends_with("requiredDuringSchedulingIgnoredDuringExecution[]") {
+        return Some(json!({"topologyKey": "kubernetes.io/hostname"}));
+    }
+    if path == "spec.scheduling.podGroup" {
+        return Some(json!({"provider": "Volcano"}));
+    }
+    None
+}
+
+/// Set `path` (`a.b[].c`: `[]` is the array's first item) of `obj` to `value`.
+fn set_path(obj: &mut Value, path: &str, value: Value) {
+    let mut cur = obj;
+    let mut done = String::new();
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (key, array) = match part.strip_suffix("[]") {
+            Some(k) => (k, true),
+            None => (*part, false),
+        };
+        done = if done.is_empty() {
+            key.to_string()
+        } else {
+            format!("{done}.{key}")
+        };
+        let last = i + 1 == parts.len();
+        let map = cur.as_object_mut().expect("an object on the path");
+        if last && !array {
+            map.insert(key.to_string(), value);
+            return;
+        }
+        if array {
+            let item = skeleton(&format!("{done}[]")).unwrap_or_else(|| json!({}));
+            let list = map.entry(key).or_insert_with(|| json!([]));
+            if list.as_array().is_none_or(|l| l.is_empty()) {
+                *list = json!([item]);
+            }
+            cur = &mut list.as_array_mut().unwrap()[0];
+        } else {
+            let sk = skeleton(&done).unwrap_or_else(|| json!({}));
+            let next = map.entry(key).or_insert(sk);
+            if next.is_null() {
+                *next = json!({});
+            }
+            cur = next;
+        }
+    }
+}
+
+/// `(path, minimum, maximum)` of every integer under `spec` of `crd`.
+fn spec_integers(crd: &CustomResourceDefinition) -> Vec<(String, i64, i64)> {
+    let v = serde_json::to_value(crd).unwrap();
+    integer_fields(&v["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        .into_iter()
+        .filter(|f| f.0.starts_with("spec."))
+        .map(|(p, _, min, max)| (p, min.unwrap() as i64, max.unwrap() as i64))
+        .collect()
+}
+
+async fn dry_run(api: &Api<DynamicObject>, obj: &Value) -> Result<(), String> {
+    let o: DynamicObject = serde_json::from_value(obj.clone()).unwrap();
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match api.create(&pp, &o).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(format!("{} {}", s.code, s.message)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// For every integer of the spec: its minimum and maximum are accepted, one below and
+/// one above are refused naming the field; a job with every integer at its minimum and
+/// one with every integer at its maximum are decoded and handled by the operator.
+async fn boundary_values_of_every_integer<K: Resource<DynamicType = ()>>(
+    c: &Client,
+    ns: &str,
+    crd: &CustomResourceDefinition,
+    base: Value,
+) -> (Value, Value) {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), ns, &ApiResource::erase::<K>(&()));
+    let fields = spec_integers(crd);
+    assert!(fields.len() >= 10, "{fields:?}");
+    let _schema = CRD_SCHEMA.lock().await;
+    let (mut all_min, mut all_max) = (base.clone(), base.clone());
+    let mut failures = vec![];
+    for (path, min, max) in &fields {
+        for (v, ok) in [
+            (*min, true),
+            (*max, true),
+            (min - 1, false),
+            (max + 1, false),
+        ] {
+            let mut obj = base.clone();
+            set_path(&mut obj, path, json!(v));
+            match (dry_run(&api, &obj).await, ok) {
+                (Ok(()), true) => {}
+                (Err(e), false)
+                    if e.starts_with("422")
+                        && e.contains(path.trim_end_matches("[]").split("[]").next().unwrap()) => {}
+                (r, _) => failures.push(format!("{path} = {v}: {r:?}")),
+            }
+        }
+        set_path(&mut all_min, path, json!(min));
+        set_path(&mut all_max, path, json!(max));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    (all_min, all_max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_integer_at_its_bounds_is_decoded_and_beyond_them_refused() {
+    let c = client().await;
+    let ns = namespace(&c, "bounds").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+
+    // Suspended: a job with 4096 replicas must not make 4096 pods.
+    let mut spec = serde_json::to_value(job_spec(1)).unwrap();
+    spec["runPolicy"] = json!({"suspend": true});
+    let base = json!({"apiVersion": "janus.dev/v1alpha1", "kind": "JanusTrainingJob",
+                      "metadata": {"name": "t", "namespace": ns}, "spec": spec});
+    let (min, max) =
+        boundary_values_of_every_integer::<JanusTrainingJob>(&c, &ns, &training_crd(), base).await;
+    let jobs: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), &ns, &ApiResource::erase::<JanusTrainingJob>(&()));
+    for (name, mut obj) in [("t-min", min), ("t-max", max)] {
+        obj["metadata"]["name"] = json!(name);
+        // A PodGroup needs its scheduler's CRD, which this cluster lacks; its integers
+        // decode like every other (the dry runs above checked their bounds).
+        obj["spec"].as_object_mut().unwrap().remove("scheduling");
+        jobs.create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        wait_phase(&c, &ns, name, "Suspended", T).await;
+    }
+
+    let mut spec = json!({
+        "model": {"url": "s3://models/janus-7b-orpo", "promptFormat": "chatml"},
+        "benchmark": {"url": "s3://data/multifaceted-bench/test.jsonl"},
+        "judge": {"endpoint": "http://judge.example:8000/v1", "model": "judge-model"},
+        "output": {"url": "s3://eval-results"},
+        "worker": {"image": "ghcr.io/janus/trainer:test"},
+        "runPolicy": {"suspend": true}
+    });
+    spec["worker"]["replicas"] = json!(1);
+    let base = json!({"apiVersion": "janus.dev/v1alpha1", "kind": "JanusEvalJob",
+                      "metadata": {"name": "e", "namespace": ns}, "spec": spec});
+    let (min, max) =
+        boundary_values_of_every_integer::<JanusEvalJob>(&c, &ns, &eval_crd(), base).await;
+    let evals: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), &ns, &ApiResource::erase::<JanusEvalJob>(&()));
+    let typed: Api<JanusEvalJob> = Api::namespaced(c.clone(), &ns);
+    for (name, mut obj) in [("e-min", min), ("e-max", max)] {
+        obj["metadata"]["name"] = json!(name);
+        evals
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        wait_for(&format!("{name} Suspended"), T, || async {
+            let j = typed.get(name).await.expect("decodes");
+            (j.status.and_then(|s| s.phase).map(|p| p.as_str()) == Some("Suspended")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// An object stored before the schema had its bounds (here: written while the CRD
+/// lacked the maximum of `runPolicy.backoffLimit`) is skipped and reported; the other
+/// jobs are reconciled, and the operator is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_job_is_skipped_and_reported_and_others_still_reconcile() {
+    let c = client().await;
+    let ns = namespace(&c, "undecodable").await;
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let name = "janustrainingjobs.janus.dev";
+    let max = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/runPolicy/properties/backoffLimit/maximum";
+    let relax = json!([{"op": "remove", "path": max}]);
+    let schema = CRD_SCHEMA.lock().await;
+    crds.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::<Value>::Json(serde_json::from_value(relax).unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut spec = serde_json::to_value(job_spec(1)).unwrap();
+    spec["runPolicy"] = json!({"backoffLimit": 3_000_000_000u64});
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "janus.dev/v1alpha1", "kind": "JanusTrainingJob",
+        "metadata": {"name": "bad", "namespace": ns}, "spec": spec}))
+    .unwrap();
+    let jobs: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), &ns, &ApiResource::erase::<JanusTrainingJob>(&()));
+    // The relaxed schema takes a moment to be served.
+    let created = wait_for("the relaxed schema to accept the job", T, || async {
+        jobs.create(&PostParams::default(), &bad).await.ok()
+    })
+    .await;
+    // Restore the committed CRD (its maximum) for every other test.
+    let restore = json!([{"op": "add", "path": max, "value": 10000}]);
+    crds.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::<Value>::Json(serde_json::from_value(restore).unwrap()),
+    )
+    .await
+    .unwrap();
+    // The committed bound is served again before anyone else checks it.
+    let mut probe = serde_json::to_value(&bad).unwrap();
+    probe["metadata"]["name"] = json!("probe");
+    wait_for("the restored maximum to be served", T, || async {
+        let o: DynamicObject = serde_json::from_value(probe.clone()).unwrap();
+        let pp = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        jobs.create(&pp, &o).await.is_err().then_some(())
+    })
+    .await;
+    drop(schema);
+
+    let op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    create_job(&c, &ns, "good", job_spec(1)).await;
+    wait_phase(&c, &ns, "good", "Running", T).await;
+    let text = wait_for("the UndecodableObject event", T, || async {
+        use k8s_openapi::api::events::v1::Event;
+        Api::<Event>::namespaced(c.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("UndecodableObject")
+                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref())
+                        == created.metadata.uid.as_deref()
+            })
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(
+        text.contains("spec.runPolicy.backoffLimit") && text.contains("3000000000"),
+        "{text}"
+    );
+    assert_eq!(op.get("/readyz").as_deref(), Some("ok"));
+    let metrics = op.get("/metrics").unwrap();
+    assert!(
+        metrics.contains("janus_operator_undecodable_objects_total{kind=\"JanusTrainingJob\"} 1"),
+        "{metrics}"
+    );
+    assert!(op.log_text().contains("cannot decode the object"));
+    // Fixed by its owner, it is reconciled like any other job.
+    jobs.patch(
+        "bad",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"runPolicy": {"backoffLimit": 3}}})),
+    )
+    .await
+    .unwrap();
+    wait_phase(&c, &ns, "bad", "Running", T).await;
+}
+
+/// A worker the scheduler cannot place: Running=False, reason WorkersPending, quoting
+/// the scheduler, and a Warning Event with the same words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unschedulable_worker_is_a_condition_and_a_warning_quoting_the_scheduler() {
+    let c = client().await;
+    let ns = namespace(&c, "unschedulable").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    // The fake nodes have 8 GPUs each.
+    spec.workers.gpus_per_worker = 64;
+    create_job(&c, &ns, "big", spec).await;
+    let cond = wait_for("the WorkersPending condition", T, || async {
+        let j = get_job(&c, &ns, "big").await?;
+        let cond = condition(&j, "Running")?.clone();
+        (cond.reason == "WorkersPending").then_some(cond)
+    })
+    .await;
+    assert_eq!(cond.status, "False");
+    assert!(
+        cond.message.contains("big-worker-")
+            && cond.message.contains("cannot be scheduled")
+            && cond.message.contains("Insufficient nvidia.com/gpu"),
+        "{}",
+        cond.message
+    );
+    let note = wait_for("the WorkersPending event", T, || async {
+        use k8s_openapi::api::events::v1::Event;
+        Api::<Event>::namespaced(c.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("WorkersPending")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("Insufficient nvidia.com/gpu"), "{note}");
+}
+
+/// A worker pod the API server refuses (here a ResourceQuota of 0 pods: 403): Running
+/// False with reason FailedCreate quoting the API server, one Warning Event, and the
+/// gang is created once the quota is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let c = client().await;
+    let ns = namespace(&c, "quota").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(c.clone(), &ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    create_job(&c, &ns, "refused", job_spec(2)).await;
+    let cond = wait_for("the FailedCreate condition", T, || async {
+        let j = get_job(&c, &ns, "refused").await?;
+        let cond = condition(&j, "Running")?.clone();
+        (cond.reason == "FailedCreate").then_some(cond)
+    })
+    .await;
+    assert_eq!(cond.status, "False");
+    assert!(
+        cond.message.contains("refused-worker-")
+            && cond.message.contains("forbidden")
+            && cond.message.contains("quota"),
+        "{}",
+        cond.message
+    );
+    assert!(pods(&c, &ns, "refused").await.is_empty());
+    let warnings = || async {
+        use k8s_openapi::api::events::v1::Event;
+        Api::<Event>::namespaced(c.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("FailedCreate") && e.type_.as_deref() == Some("Warning")
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = wait_for("the FailedCreate event", T, || async {
+        let w = warnings().await;
+        (!w.is_empty()).then_some(w)
+    })
+    .await;
+    assert!(
+        first[0].note.as_deref().unwrap_or("").contains("quota"),
+        "{:?}",
+        first[0].note
+    );
+    quotas
+        .delete("no-pods", &Default::default())
+        .await
+        .unwrap();
+    wait_phase(&c, &ns, "refused", "Running", Duration::from_secs(120)).await;
+    // Retries of the same refusal did not repeat the Event (the quota's first words
+    // may be "status unknown" before its controller counted the namespace).
+    let n: i32 = warnings()
+        .await
+        .iter()
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum();
+    assert!(n <= 2, "{n} FailedCreate events for one refusal");
+}
+
+/// Same-name jobs in two namespaces get separate checkpoint histories, each recorded
+/// with its job's UID (the trainer refuses another UID's history: `trainer/tests/resume.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_name_jobs_in_two_namespaces_keep_separate_checkpoints() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let c = client().await;
+    let (ns1, ns2) = (namespace(&c, "ckpt-a").await, namespace(&c, "ckpt-b").await);
+    let _op1 = Operator::start(&ns1, "a", &["--no-leader-election"]);
+    let _op2 = Operator::start(&ns2, "b", &["--no-leader-election"]);
+    let mut seen = Vec::new();
+    for ns in [&ns1, &ns2] {
+        create_job(&c, ns, "twin", job_spec(1)).await;
+        let cm = wait_for("the twin's ConfigMap", T, || async {
+            Api::<ConfigMap>::namespaced(c.clone(), ns)
+                .get_opt("twin-config")
+                .await
+                .unwrap()
+        })
+        .await;
+        let text = &cm.data.unwrap()["config.yaml"];
+        let v: Value = serde_yaml::from_str(text).unwrap();
+        let cfg = janus_crds::config::TrainConfig::from_value(v, "twin-config").unwrap();
+        let uid = get_job(&c, ns, "twin").await.unwrap().metadata.uid;
+        assert_eq!(cfg.checkpoint.owner, uid);
+        assert!(cfg.checkpoint.dir.ends_with(&format!("/{ns}")), "{}", cfg.checkpoint.dir);
+        seen.push(format!("{}/{}", cfg.checkpoint.dir, cfg.job));
+    }
+    assert_ne!(seen[0], seen[1]);
+}
+
+/// A worker evicted through the Eviction API (the API server marks it with a
+/// `DisruptionTarget` condition, as for a drain or a preemption) restarts the gang
+/// without counting towards `backoffLimit: 0`; a plain failure afterwards does count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disruption_restarts_the_gang_without_counting_towards_the_backoff_limit() {
+    use k8s_openapi::api::core::v1::Pod;
+    let c = client().await;
+    let ns = namespace(&c, "disruption").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    spec.run_policy.backoff_limit = 0;
+    create_job(&c, &ns, "evicted", spec).await;
+    wait_gang_running(&c, &ns, "evicted", 2, 0).await;
+    let pods_api = Api::<Pod>::namespaced(c.clone(), &ns);
+    // A kwok pod goes at once; a real one takes its grace period (the trainer saves a
+    // checkpoint). A finalizer holds it terminating the way a kubelet would.
+    let hold = |on: bool| {
+        json!({"metadata": {"finalizers": if on { json!(["janus.dev/test-hold"]) } else { json!(null) }}})
+    };
+    pods_api
+        .patch("evicted-worker-1", &PatchParams::default(), &Patch::Merge(hold(true)))
+        .await
+        .unwrap();
+    pods_api
+        .evict("evicted-worker-1", &Default::default())
+        .await
+        .unwrap();
+    let j = wait_for("the restart after the eviction", T, || async {
+        let j = get_job(&c, &ns, "evicted").await?;
+        (j.status.as_ref()?.restarts == 1).then_some(j)
+    })
+    .await;
+    let s = j.status.as_ref().unwrap();
+    assert_eq!(s.restarts_counted_towards_backoff, 0);
+    let cond = condition(&j, "Restarting").unwrap();
+    assert_eq!(cond.reason, "WorkerDisrupted");
+    assert!(
+        cond.message.contains("evicted-worker-1") && cond.message.contains("EvictionByEvictionAPI"),
+        "{}",
+        cond.message
+    );
+    pods_api
+        .patch("evicted-worker-1", &PatchParams::default(), &Patch::Merge(hold(false)))
+        .await
+        .unwrap();
+    wait_gang_running(&c, &ns, "evicted", 2, 1).await;
+    finish_pod(&c, &ns, "evicted-worker-0", 1).await;
+    let j = wait_phase(&c, &ns, "evicted", "Failed", T).await;
+    assert_eq!(condition(&j, "Failed").unwrap().reason, "BackoffLimitExceeded");
+}
