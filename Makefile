@@ -72,6 +72,17 @@ controlplane:
 
 unit: controlplane node
 
+# Kueue (sigs.k8s.io/kueue at the release pinned in tests/controlplane/kueue/go.mod): its
+# controller manager and CRDs, built once (build-kueue.sh, a stamp like build.sh) for the
+# quota-admission tests (operator/tests/kueue.rs), which run it against the test cluster.
+KUEUE_VERSION := $(shell awk '$$1 == "require" && $$2 == "sigs.k8s.io/kueue" {print $$3}' tests/controlplane/kueue/go.mod)
+export JANUS_KUEUE := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/kueue-$(KUEUE_VERSION)
+.PHONY: kueue
+kueue:
+	@tests/controlplane/build-kueue.sh >/dev/null
+
+unit: kueue
+
 .PHONY: node node-deps
 # Debian packages of the node (needs root; a no-op when installed).
 node-deps:

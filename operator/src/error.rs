@@ -13,6 +13,8 @@ pub enum Error {
     EvalConfig { job: String, message: String },
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("Kueue {object}: {message}")]
+    Kueue { object: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -20,8 +22,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Every value of [`Error::metric_label`]: the error counter starts with each at 0,
     /// so `rate()` over it has a series (0 while nothing fails) from the first scrape.
-    pub const METRIC_LABELS: [&'static str; 4] =
-        ["Kube", "ConfigRender", "TemplateOverride", "MissingField"];
+    pub const METRIC_LABELS: [&'static str; 5] = [
+        "Kube",
+        "ConfigRender",
+        "TemplateOverride",
+        "MissingField",
+        "Kueue",
+    ];
 
     /// Metric label: the variant name.
     pub fn metric_label(&self) -> &'static str {
@@ -31,6 +38,7 @@ impl Error {
             Error::TemplateOverride { .. } => "TemplateOverride",
             Error::EvalConfig { .. } => "EvalConfig",
             Error::MissingField(_) => "MissingField",
+            Error::Kueue { .. } => "Kueue",
         }
     }
 }
@@ -57,6 +65,10 @@ mod tests {
                 message: "m".into(),
             },
             Error::MissingField("f"),
+            Error::Kueue {
+                object: "o".into(),
+                message: "m".into(),
+            },
         ] {
             assert!(Error::METRIC_LABELS.contains(&e.metric_label()), "{e}");
         }

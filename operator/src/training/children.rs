@@ -193,9 +193,8 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
     let mut pod_labels = job_labels(&name);
     pod_labels.insert(labels::RANK.into(), rank.to_string());
     pod_labels.insert(labels::ATTEMPT.into(), attempt.to_string());
-    // The Kueue queue label stays on the job (Kueue admits the job through
-    // `runPolicy.suspend`); copied onto pods it would make Kueue's pod integration gate
-    // them a second time.
+    // The Kueue queue label stays on the job (its Workload is admitted, see `kueue.rs`);
+    // copied onto pods it would make Kueue's pod integration gate them a second time.
     let mut pod_annotations = BTreeMap::new();
     if let Some(pg) = &job.spec.scheduling.pod_group {
         match pg.provider {

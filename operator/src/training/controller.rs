@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use super::children;
 use super::gang::{self, Decision, PodFacts};
+use super::kueue::{self, KueueFacts};
 use super::status::{self, EventSpec};
 use crate::error::{is_status, Error, Result};
 use crate::health::Health;
@@ -132,15 +133,21 @@ fn plan(
     ctx: &Context,
     job: &JanusTrainingJob,
     pods: &[Arc<Pod>],
+    admission: Option<&KueueFacts>,
     now: Timestamp,
 ) -> (Decision, janus_crds::JanusTrainingJobStatus, Vec<EventSpec>) {
     let mut pf = facts(ctx, job, pods);
-    let decision = gang::decide(&status::job_facts(job), &pf, now);
+    let mut jf = status::job_facts(job);
+    jf.admitted = admission.is_none_or(KueueFacts::admitted);
+    let decision = gang::decide(&jf, &pf, now);
     // Foreign pods are never counted in the status either.
     pf.retain(|p| !p.foreign);
     let attempt = job.status.as_ref().map(|s| s.restarts).unwrap_or(0);
-    let (st, events) =
+    let (mut st, mut events) =
         status::next_status(job, &decision, &pf, rank0_progress(job, pods, attempt), now);
+    if let Some(a) = admission {
+        kueue::admission_status(job, a, &mut st, &mut events, now);
+    }
     (decision, st, events)
 }
 
@@ -189,9 +196,14 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     let _ = ctx.nodes.wait_until_ready().await;
     let now = Timestamp::now();
     let pods = cached_pods(ctx, &ns, &name);
-    let (decision, st, _) = plan(ctx, cached, &pods, now);
+    // A job with a queue name runs when Kueue admits its Workload (created here).
+    let admission = kueue::observe(&ctx.client, cached).await?;
+    let (decision, st, _) = plan(ctx, cached, &pods, admission.as_ref(), now);
     if is_quiet(&decision) && cached.status.as_ref() == Some(&st) {
-        return Ok(requeue(&decision));
+        if let Some(a) = &admission {
+            after_kueue_decision(ctx, cached, a, &decision, &pods, now).await?;
+        }
+        return Ok(requeue_kueue(requeue(&decision), admission.as_ref()));
     }
 
     // Something changes: decide again on the job read fresh from the API server (a
@@ -201,7 +213,7 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     };
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let (mut decision, mut st, mut events) = plan(ctx, &job, &pods, now);
+    let (mut decision, mut st, mut events) = plan(ctx, &job, &pods, admission.as_ref(), now);
     if is_destructive(&decision) {
         // Before deleting anything, confirm on a fresh list of the pods too.
         let lp = ListParams::default().labels(&format!("{}={}", labels::JOB, name));
@@ -212,7 +224,7 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             .into_iter()
             .map(Arc::new)
             .collect();
-        (decision, st, events) = plan(ctx, &job, &fresh, now);
+        (decision, st, events) = plan(ctx, &job, &fresh, admission.as_ref(), now);
     }
     if let Some(d) = invalid_template(&job, &decision) {
         // A pod template override that cannot make a pod fails the job with a reason the
@@ -271,9 +283,17 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     .await?;
     if let Decision::Progress { create, .. } = &decision {
         let attempt = st.restarts;
+        let placement = match &admission {
+            Some(a) if !create.is_empty() => kueue::admitted_placement(&ctx.client, a).await?,
+            _ => Default::default(),
+        };
         let new_pods = create
             .iter()
-            .map(|rank| children::worker_pod(&job, *rank, attempt))
+            .map(|rank| {
+                let mut pod = children::worker_pod(&job, *rank, attempt)?;
+                kueue::apply_placement(&mut pod, &placement);
+                Ok(pod)
+            })
             .collect::<Result<Vec<_>>>()?;
         let created = futures::future::join_all(new_pods.iter().map(|pod| {
             let pod_api = pod_api.clone();
@@ -295,6 +315,9 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             return Err(e.into());
         }
     }
+    if let Some(a) = &admission {
+        after_kueue_decision(ctx, &job, a, &decision, &pods, now).await?;
+    }
     if let Decision::Finished {
         delete_job: true, ..
     } = &decision
@@ -307,7 +330,49 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         }
         return Ok(Action::await_change());
     }
-    Ok(requeue(&decision))
+    Ok(requeue_kueue(requeue(&decision), admission.as_ref()))
+}
+
+/// What Kueue learns from the job: a finished job's Workload is marked Finished (the
+/// quota returns), an evicted one releases its reservation once no worker is left.
+async fn after_kueue_decision(
+    ctx: &Context,
+    job: &JanusTrainingJob,
+    admission: &KueueFacts,
+    decision: &Decision,
+    pods: &[Arc<Pod>],
+    now: Timestamp,
+) -> Result<()> {
+    let finished = match decision {
+        Decision::Succeed { .. } => Some((true, "the job succeeded".to_string())),
+        Decision::Fail { message, .. } => Some((false, message.clone())),
+        Decision::Finished { .. } => Some((
+            job.phase() == janus_crds::training::JobPhase::Succeeded,
+            format!("the job {}", job.phase().as_str().to_lowercase()),
+        )),
+        _ => None,
+    };
+    if let Some((succeeded, message)) = finished {
+        return kueue::finish(&ctx.client, job, admission, succeeded, &message, now).await;
+    }
+    let uid = job.metadata.uid.as_deref();
+    let gang_gone = !pods.iter().any(|p| status::owned_by(p, uid));
+    if matches!(decision, Decision::Suspend { .. }) && gang_gone {
+        kueue::release_after_eviction(&ctx.client, job, admission, now).await?;
+    }
+    Ok(())
+}
+
+/// Without a Workload watch (Kueue not installed when the operator started), look again
+/// soon while a job waits on Kueue.
+fn requeue_kueue(action: Action, admission: Option<&KueueFacts>) -> Action {
+    match admission.map(|a| &a.state) {
+        Some(kueue::AdmissionState::Waiting {
+            reason: kueue::reason::KUEUE_NOT_INSTALLED,
+            ..
+        }) => Action::requeue(Duration::from_secs(30)),
+        _ => action,
+    }
 }
 
 /// Refusals of a pod create that only a change elsewhere (the namespace's Pod Security
@@ -633,6 +698,17 @@ pub async fn run(
             move |node: Node| jobs_on_node(&pods, &node)
         })
         .graceful_shutdown_on(shutdown);
+    // Workload changes (admission, eviction) trigger the owning job, when Kueue is there.
+    let controller = if kueue::installed(&client).await {
+        let api: Api<kube::api::DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &kueue::workload_resource()),
+            None => Api::all_with(client.clone(), &kueue::workload_resource()),
+        };
+        tracing::info!("Kueue's Workload API is installed: watching Workloads");
+        controller.owns_with(api, kueue::workload_resource(), watcher::Config::default())
+    } else {
+        controller
+    };
     on_store(controller.store());
 
     let run = controller

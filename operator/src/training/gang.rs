@@ -27,6 +27,9 @@ pub struct JobFacts {
     pub active_deadline_seconds: Option<i64>,
     pub ttl_seconds_after_finished: Option<i32>,
     pub suspend: bool,
+    /// Kueue admitted the job's Workload (always true for a job without a queue name):
+    /// a job Kueue has not admitted, or evicted, is held suspended.
+    pub admitted: bool,
     pub clean_pod_policy: CleanPodPolicy,
     /// Phase in the current status.
     pub phase: JobPhase,
@@ -209,8 +212,8 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         };
     }
 
-    // 2. Suspended: no pods.
-    if job.suspend {
+    // 2. Suspended (by the user, or held by Kueue): no pods.
+    if job.suspend || !job.admitted {
         return Decision::Suspend {
             delete: names(pods),
         };
@@ -410,6 +413,7 @@ mod tests {
             active_deadline_seconds: None,
             ttl_seconds_after_finished: None,
             suspend: false,
+            admitted: true,
             clean_pod_policy: CleanPodPolicy::Running,
             phase: JobPhase::Pending,
             restarts: 0,
@@ -748,6 +752,19 @@ mod tests {
             decide(&j, &pods, now()),
             Decision::Suspend {
                 delete: vec!["j-worker-0".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_job_kueue_has_not_admitted_or_evicted_has_no_pods() {
+        let mut j = job(2);
+        j.admitted = false;
+        assert_eq!(decide(&j, &[], now()), Decision::Suspend { delete: vec![] });
+        assert_eq!(
+            decide(&j, &gang(2, 0, PodPhase::Running), now()),
+            Decision::Suspend {
+                delete: vec!["j-worker-0".into(), "j-worker-1".into()]
             }
         );
     }

@@ -5,4 +5,5 @@ pub mod children;
 pub mod config_render;
 pub mod controller;
 pub mod gang;
+pub mod kueue;
 pub mod status;

@@ -19,6 +19,8 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
         active_deadline_seconds: rp.active_deadline_seconds,
         ttl_seconds_after_finished: rp.ttl_seconds_after_finished,
         suspend: rp.suspend,
+        // The controller sets it from the job's Workload (`kueue::KueueFacts`).
+        admitted: true,
         clean_pod_policy: rp.clean_pod_policy,
         phase: s.phase.unwrap_or_default(),
         restarts: s.restarts,
@@ -258,7 +260,12 @@ pub fn next_status(
 
     let was_suspended = has_condition(&old.conditions, condition::SUSPENDED, "True");
     let resumed = has_condition(&old.conditions, condition::SUSPENDED, "False");
-    if old_phase == JobPhase::Suspended && !job.spec.run_policy.suspend && !resumed {
+    // Not on a Suspend decision: a job Kueue holds is suspended without `suspend`.
+    if old_phase == JobPhase::Suspended
+        && !job.spec.run_policy.suspend
+        && !matches!(decision, Decision::Suspend { .. })
+        && !resumed
+    {
         resume(&mut s, &mut events, now);
     }
 
