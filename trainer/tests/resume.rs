@@ -229,7 +229,9 @@ fn a_history_of_another_owner_is_refused_unless_resume_from_names_it() {
     let with = |more: &[&str]| -> Vec<String> {
         extra.iter().chain(more).map(|s| s.to_string()).collect()
     };
-    let args = |v: &Vec<String>| -> Vec<&str> { v.iter().map(|s| s.as_str()).collect() };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(|s| s.as_str()).collect()
+    }
     train(dir, &model, &data, "straight", &extra, None);
 
     let a = with(&["checkpoint.owner=uid-a"]);
