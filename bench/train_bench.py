@@ -1,9 +1,15 @@
 """Training throughput: our trainer (`janus bench-train`) vs a plain PyTorch eager loop
-(Hugging Face MistralForCausalLM, torch.optim.AdamW) on the same model shape, the
-same random tokens shape, the same torch 2.11 and thread count, side by side.
+(Hugging Face MistralForCausalLM, torch.optim.AdamW) and the same loop under
+`torch.compile` (inductor) on the same model shape, the same random tokens shape, the
+same torch 2.11, thread count and allocator (glibc malloc for all), side by side.
 
-Each repetition runs both, alternating, each in a fresh process (so peak RSS is per
-implementation). Prints a Markdown table of medians and the ratio.
+Each repetition runs all three, in rotating order, each in a fresh process (so peak RSS
+is per implementation). Prints a Markdown table of medians and the ratios, and the
+per-phase profile (seconds per step, medians): the body's forward, the LM head and
+loss (forward and backward), the body's backward, the optimizer (clipping, AdamW,
+zeroing), collectives. In PyTorch the head's backward ends when the gradient of the
+body's output is computed (a hook marks it); the compiled loop fuses the head into the
+forward graph, so its forward includes the head's forward and its backward the head's.
 
   python bench/train_bench.py --janus target/release/janus --reps 5
 """
@@ -38,19 +44,52 @@ def torch_worker(a):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     tokens = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=a.device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    times = []
-    for i in range(a.warmup + a.steps):
-        t = time.perf_counter()
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    def eager_loss(inputs, targets, marks):
+        hidden = model.model(input_ids=inputs, use_cache=False).last_hidden_state
+        sync()
+        marks["forward"] = time.perf_counter()
+        hidden.register_hook(lambda g: marks.__setitem__("head_backward", time.perf_counter()))
+        logits = model.lm_head(hidden)
+        return F.cross_entropy(logits.float().reshape(-1, a.vocab), targets.reshape(-1))
+
+    def full_loss(inputs, targets):
         logits = model(input_ids=inputs, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, a.vocab), targets.reshape(-1))
+        return F.cross_entropy(logits.float().reshape(-1, a.vocab), targets.reshape(-1))
+
+    compiled = torch.compile(full_loss) if a.compile else None
+    times, phases = [], []
+    for i in range(a.warmup + a.steps):
+        marks = {}
+        t = time.perf_counter()
+        if compiled is not None:
+            loss = compiled(inputs, targets)
+        else:
+            loss = eager_loss(inputs, targets, marks)
+        sync()
+        t_loss = time.perf_counter()
         loss.backward()
+        sync()
+        t_bwd = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if a.device == "cuda":
-            torch.cuda.synchronize()
+        sync()
+        t_end = time.perf_counter()
         if i >= a.warmup:
-            times.append(time.perf_counter() - t)
+            times.append(t_end - t)
+            if compiled is not None:
+                p = dict(forward=t_loss - t, head_loss=0.0, backward=t_bwd - t_loss)
+            else:
+                p = dict(forward=marks["forward"] - t,
+                         head_loss=(t_loss - marks["forward"]) + (marks["head_backward"] - t_loss),
+                         backward=t_bwd - marks["head_backward"])
+            p.update(optimizer=t_end - t_bwd, collectives=0.0)
+            phases.append(p)
     mean = sum(times) / len(times)
     params = sum(p.numel() for p in model.parameters())
     tps = a.seq * a.batch / mean
@@ -58,8 +97,9 @@ def torch_worker(a):
         "device": a.device, "dtype": str(dtype),
         # 6N plus causal attention (forward + backward), as janus bench-train counts.
         "mfu": (6 * params + 6 * a.layers * a.hidden * a.seq) * tps / (a.peak_tflops * 1e12) if a.device == "cuda" else None,
-        "impl": "pytorch-eager", "params": params,
+        "impl": "torch-compile" if a.compile else "pytorch-eager", "params": params,
         "threads": torch.get_num_threads(), "step_seconds": times,
+        "phase_seconds": {k: sum(p[k] for p in phases) / len(phases) for k in phases[0]},
         "tokens_per_second": tps,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
@@ -78,6 +118,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--torch-worker", action="store_true")
+    p.add_argument("--compile", action="store_true", help="(worker) the loop under torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=989.0)
@@ -91,9 +133,13 @@ def main():
     common = shape + [f"--steps={a.steps}", f"--warmup={a.warmup}"]
     ours_cmd = [a.janus, "bench-train"] + common
     torch_cmd = [sys.executable, __file__, "--torch-worker"] + common
-    results = {"janus": [], "pytorch-eager": []}
+    impls = [("janus", ours_cmd), ("pytorch-eager", torch_cmd)]
+    if not a.no_compile:
+        impls.append(("torch-compile", torch_cmd + ["--compile"]))
+    results = {name: [] for name, _ in impls}
     for rep in range(a.reps):
-        for name, cmd in [("janus", ours_cmd), ("pytorch-eager", torch_cmd)][:: 1 if rep % 2 == 0 else -1]:
+        # Rotate the order so no implementation always runs first (or after another).
+        for name, cmd in impls[rep % len(impls):] + impls[:rep % len(impls)]:
             r = run(cmd, env)
             results[name].append(r)
             print(f"rep {rep + 1}/{a.reps} {name:14s} {r['tokens_per_second']:9.1f} tokens/s  peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr)
@@ -103,11 +149,20 @@ def main():
     print(f"\nModel: Mistral-style, {a.layers} layers, hidden {a.hidden}, {a.heads} heads / {a.kv_heads} KV, vocab {a.vocab}, "
           f"{params / 1e6:.1f}M params; batch {a.batch} x seq {a.seq}; fp32 CPU, {a.threads} threads; "
           f"median of {a.reps} runs x {a.steps} timed steps\n")
-    print("| implementation | tokens/s (median) | speed vs PyTorch eager | peak RSS MiB (median) | RSS vs PyTorch eager |")
-    print("|---|---|---|---|---|")
+    print("| implementation | tokens/s (median) | speed vs PyTorch eager | speed vs torch.compile | peak RSS MiB (median) | RSS vs PyTorch eager |")
+    print("|---|---|---|---|---|---|")
     base = "pytorch-eager"
-    for k in ["janus", base]:
-        print(f"| {k} | {med[k]:.0f} | {med[k] / med[base]:.3f}x | {rss[k]:.0f} | {rss[k] / rss[base]:.2f}x |")
+    for k in results:
+        vs_compile = f"{med[k] / med['torch-compile']:.3f}x" if "torch-compile" in med else "-"
+        print(f"| {k} | {med[k]:.0f} | {med[k] / med[base]:.3f}x | {vs_compile} | {rss[k]:.0f} | {rss[k] / rss[base]:.2f}x |")
+    names = ["forward", "head_loss", "backward", "optimizer", "collectives"]
+    print("\nPer-phase seconds per step (median over runs of each run's mean):\n")
+    print("| implementation | " + " | ".join(names) + " | step |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for k, v in results.items():
+        cells = [statistics.median(r["phase_seconds"][n] for r in v) for n in names]
+        step = statistics.median(statistics.mean(r["step_seconds"]) for r in v)
+        print(f"| {k} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {step:.3f} |")
 
 
 if __name__ == "__main__":

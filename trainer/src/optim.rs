@@ -23,28 +23,138 @@ pub fn adamw_update(
     step: u64,
     c: &AdamWConfig,
 ) {
+    adamw_update_scaled(p, g, m, v, lr, step, c, 1.0)
+}
+
+/// As `adamw_update` from the gradient `g * grad_scale` (clipping folded in, so the
+/// gradient is not rewritten first). Contiguous fp32 CPU tensors take one fused pass
+/// over the four arrays; anything else (CUDA, bf16 moments) the tensor ops.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_scaled(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    lr: f64,
+    step: u64,
+    c: &AdamWConfig,
+    grad_scale: f64,
+) {
     let bias1 = 1.0 - c.beta1.powi(step as i32);
     let bias2_sqrt = (1.0 - c.beta2.powi(step as i32)).sqrt();
     let step_size = lr / bias1;
+    let k = Coefficients {
+        scale: grad_scale as f32,
+        decay: (1.0 - lr * c.weight_decay) as f32,
+        one_minus_beta1: (1.0 - c.beta1) as f32,
+        beta2: c.beta2 as f32,
+        one_minus_beta2: (1.0 - c.beta2) as f32,
+        // p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), folded so that one
+        // division does it: the denominator carries -1/step_size.
+        denom_mul: (-1.0 / (bias2_sqrt * step_size)) as f32,
+        denom_sub: (c.eps / step_size) as f32,
+        decays: c.weight_decay != 0.0,
+        // Warmup's first step: moments advance, weights stay (as torch).
+        moves: step_size != 0.0,
+    };
     tch::no_grad(|| {
-        if c.weight_decay != 0.0 {
+        if fused_applies(&[&*p, g, &*m, &*v]) {
+            return fused_cpu(p, g, m, v, &k);
+        }
+        let g = if grad_scale == 1.0 {
+            g.shallow_clone()
+        } else {
+            g * grad_scale
+        };
+        if k.decays {
             let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
         }
-        let _ = m.lerp_(g, 1.0 - c.beta1);
+        let _ = m.lerp_(&g, 1.0 - c.beta1);
         let _ = v.g_mul_scalar_(c.beta2);
-        let _ = v.addcmul_(g, &(g * (1.0 - c.beta2)));
-        if step_size == 0.0 {
-            // Warmup's first step: moments advance, weights stay (as torch).
+        let _ = v.addcmul_(&g, &(&g * (1.0 - c.beta2)));
+        if !k.moves {
             return;
         }
-        // p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), folded so that one
-        // addcdiv does it: the denominator carries -1/step_size.
         let denom = v
             .sqrt()
             .g_mul_scalar_(-1.0 / (bias2_sqrt * step_size))
             .g_sub_scalar_(c.eps / step_size);
         let _ = p.addcdiv_(m, &denom);
     });
+}
+
+/// The per-element constants of one AdamW update, in the arrays' precision.
+struct Coefficients {
+    scale: f32,
+    decay: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    denom_mul: f32,
+    denom_sub: f32,
+    decays: bool,
+    moves: bool,
+}
+
+/// Whether the fused CPU pass can run: fp32, contiguous, CPU, equal sizes.
+fn fused_applies(ts: &[&Tensor]) -> bool {
+    let n = ts[0].numel();
+    ts.iter().all(|t| {
+        t.device() == tch::Device::Cpu
+            && t.kind() == Kind::Float
+            && t.is_contiguous()
+            && t.numel() == n
+    })
+}
+
+/// One pass over `p`, `g`, `m`, `v` (the same formulas as the tensor-op path, element
+/// by element), split across the intra-op threads for large tensors. The tensor ops
+/// make about ten passes over parameter-sized memory and allocate three temporaries.
+fn fused_cpu(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Coefficients) {
+    let n = p.numel();
+    if n == 0 {
+        return;
+    }
+    // SAFETY: all four are contiguous fp32 CPU tensors of `n` elements (checked by
+    // `fused_applies`), distinct buffers (a parameter, its gradient and two moments),
+    // alive for this call, and not touched by anything else while it runs.
+    let (ps, gs, ms, vs) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(p.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(g.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n),
+        )
+    };
+    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(1 << 16));
+    if threads <= 1 {
+        return fused_slice(ps, gs, ms, vs, k);
+    }
+    let len = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (((p, g), m), v) in ps
+            .chunks_mut(len)
+            .zip(gs.chunks(len))
+            .zip(ms.chunks_mut(len))
+            .zip(vs.chunks_mut(len))
+        {
+            s.spawn(move || fused_slice(p, g, m, v, k));
+        }
+    });
+}
+
+fn fused_slice(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Coefficients) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * k.scale;
+        if k.decays {
+            *p *= k.decay;
+        }
+        *m += k.one_minus_beta1 * (g - *m);
+        *v = *v * k.beta2 + g * (g * k.one_minus_beta2);
+        if k.moves {
+            *p += *m / (v.sqrt() * k.denom_mul - k.denom_sub);
+        }
+    }
 }
 
 /// Global L2 norm of all gradients (computed in fp32); when above `max_norm > 0`,

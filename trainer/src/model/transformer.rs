@@ -585,9 +585,12 @@ impl Transformer {
     }
 
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear(
-            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
-            None::<Tensor>,
-        )
+        hidden.linear(self.lm_head_weight(), None::<Tensor>)
+    }
+
+    /// The LM head's weight `[vocab, hidden]` (the embedding when tied), for the
+    /// loss heads that write its gradient themselves.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 }

@@ -7,8 +7,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use crate::data::{PreferenceBatch, RewardBatch, IGNORE};
 use crate::loss::{
-    dpo_objective, orpo_objective, reward_objective, sft_loss, DpoParams, DpoSums, OrpoSums,
-    RewardSums,
+    dpo_objective, orpo_objective, reward_objective, DpoParams, DpoSums, OrpoSums, RewardSums,
 };
 use crate::model::Transformer;
 
@@ -46,18 +45,74 @@ pub fn sft(model: &Transformer, hidden: &Tensor, targets: &Tensor, step_tokens: 
     let flat = hidden.view([-1, h]);
     let targets = targets.view([-1]);
     let keep = targets.ne(IGNORE).nonzero().view([-1]);
-    let mut loss = 0.0;
-    for rows in chunks(&keep) {
-        // Each chunk selects its own rows, so each backward has its own graph.
-        let part = sft_loss(
-            &logits(model, &flat, &rows).unsqueeze(0),
-            &targets.index_select(0, &rows).unsqueeze(0),
-            step_tokens,
-        );
-        part.backward();
-        loss += part.double_value(&[]);
+    let scale = 1.0 / step_tokens.max(1) as f64;
+    let weight = Tensor::full([keep.size()[0]], scale, (Kind::Float, flat.device()));
+    let nll = fused_ce_backward(model, &flat, hidden, &targets, &keep, &weight);
+    nll * scale
+}
+
+/// The head and cross-entropy of `positions` in chunks, with the backward written by
+/// hand instead of through autograd: per chunk one matmul for the logits, one `exp`
+/// (the softmax is written over the logits in place and becomes their gradient), and
+/// the two matmuls of the head's backward, the weight's straight into its `.grad`.
+/// Autograd would keep the logits, the log-softmax and its gradient alive at once and
+/// run `exp` twice. `weight[i]` is the loss's derivative with respect to position
+/// `i`'s cross-entropy (position `i` of `positions`); the gradient with respect to the
+/// flattened hidden states is accumulated into `hidden`'s `.grad`. Returns the
+/// unweighted sum of the cross-entropies.
+fn fused_ce_backward(
+    model: &Transformer,
+    flat: &Tensor,
+    hidden: &Tensor,
+    targets: &Tensor,
+    positions: &Tensor,
+    weight: &Tensor,
+) -> f64 {
+    let w = model.lm_head_weight();
+    let kind = flat.kind();
+    let mut nll = 0.0;
+    let (grad_hidden, grad_w) = tch::no_grad(|| {
+        let mut grad_hidden = flat.zeros_like();
+        // The weight's gradient exists from the trainer's first touch of every
+        // parameter; a model without it (a frozen head) gets a local buffer seeded below.
+        let existing = w.grad();
+        let (mut grad_w, local) = if existing.defined() {
+            (existing, false)
+        } else {
+            (w.zeros_like(), true)
+        };
+        let mut start = 0;
+        for pos in chunks(positions) {
+            let n = pos.size()[0];
+            let x = flat.index_select(0, &pos);
+            let tgt = targets.index_select(0, &pos).unsqueeze(1);
+            let mut z = x.mm(&w.tr()).to_kind(Kind::Float);
+            let max = z.amax([1], true);
+            let _ = z.g_sub_(&max);
+            let picked = z.gather(1, &tgt, false);
+            let _ = z.exp_();
+            let sum = z.sum_dim_intlist(1, true, Kind::Float);
+            nll += (sum.log() - picked).sum(Kind::Float).double_value(&[]);
+            // d ce_i / d z_ij = softmax_ij - [j == target_i], times the row's weight.
+            let rw = weight.narrow(0, start, n).unsqueeze(1);
+            let _ = z.g_mul_(&(&rw / sum));
+            let _ = z.scatter_add_(1, &tgt, &rw.neg());
+            let g = z.to_kind(kind);
+            let _ = grad_hidden.index_copy_(0, &pos, &g.mm(w));
+            let _ = grad_w.addmm_(&g.tr(), &x);
+            start += n;
+        }
+        (grad_hidden, local.then_some(grad_w))
+    });
+    // d/dx of sum(x * g) is g: hands the gradients to the leaves' `.grad`.
+    let mut seed = (hidden * grad_hidden.view_as(hidden)).sum(Kind::Float);
+    if let Some(g) = grad_w {
+        if w.requires_grad() {
+            seed = seed + (w * g).sum(Kind::Float);
+        }
     }
-    loss
+    seed.backward();
+    nll
 }
 
 /// The positions of a pair batch whose log-probabilities a loss reads: response
@@ -101,29 +156,24 @@ fn logp_grids(
     })
 }
 
-/// Second pass: recompute each chunk with a graph and backpropagate `coef`, the
-/// loss's gradient with respect to each needed token's log-probability.
+/// Second pass: backpropagate `coef`, the loss's gradient with respect to each
+/// needed token's log-probability (the negated cross-entropy), through the head.
 fn backprop_coefficients(
     model: &Transformer,
     flat: &Tensor,
+    hidden: &Tensor,
     targets: &Tensor,
     needed: &Tensor,
     coef: &Tensor,
 ) {
-    let mut start = 0;
-    for pos in chunks(needed) {
-        let n = pos.size()[0];
-        let lp = token_logp(&logits(model, flat, &pos), &targets.index_select(0, &pos));
-        (lp * coef.narrow(0, start, n)).sum(Kind::Float).backward();
-        start += n;
-    }
+    fused_ce_backward(model, flat, hidden, targets, needed, &coef.neg());
 }
 
 /// A loss over a pair batch that is not a sum over tokens (it compares the rows'
 /// log-probabilities) in two passes over the chunks: the first computes every needed
 /// token's log-probability without a graph; `objective` and its gradient with respect
 /// to those log-probabilities follow on the small `[rows, t]` grid; the second pass
-/// recomputes each chunk with a graph and backpropagates those coefficients.
+/// recomputes each chunk and backpropagates those coefficients (`fused_ce_backward`).
 fn two_pass<S>(
     model: &Transformer,
     hidden: &Tensor,
@@ -139,7 +189,7 @@ fn two_pass<S>(
     let (loss, sums) = objective(&grid, &means);
     loss.backward();
     let coef = grid.grad().view([-1]).index_select(0, &needed);
-    backprop_coefficients(model, &flat, &targets, &needed, &coef);
+    backprop_coefficients(model, &flat, hidden, &targets, &needed, &coef);
     (loss.double_value(&[]), sums)
 }
 

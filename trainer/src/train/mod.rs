@@ -18,7 +18,7 @@ pub use backprop::BodyPass;
 pub use feed::{epoch_order, Counts, Feed, Share, StepData};
 pub use head::{rewards, sequence_logps, LOSS_CHUNK_TOKENS};
 pub use optimizer::{Layout, Optimizer};
-pub use step::{StepResult, Trainer, DEFAULT_BUCKET_BYTES};
+pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
 use crate::config::{Backend, DeviceChoice, DpoReference, Method, ReduceDtype, TrainConfig};

@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 use crate::dist::{all_reduce_f64, all_reduce_grads, Collective};
 use crate::error::{Error, Result};
 use crate::model::{SafetensorsFile, TensorSpec};
-use crate::optim::{adamw_update, clip_grad_norm, AdamWConfig};
+use crate::optim::{adamw_update, adamw_update_scaled, AdamWConfig};
 
 pub struct Optimizer {
     pub config: AdamWConfig,
@@ -33,6 +33,8 @@ pub struct Optimizer {
     /// Whether master weights exist apart from the parameters.
     master: bool,
     state: State,
+    /// Seconds in the gradient reduction since the last `take_reduce_seconds`.
+    reduce_seconds: f64,
 }
 
 enum State {
@@ -174,6 +176,7 @@ impl Optimizer {
             params,
             state_kind,
             master,
+            reduce_seconds: 0.0,
         }
     }
 
@@ -248,6 +251,12 @@ impl Optimizer {
         });
     }
 
+    /// Seconds the replicated path spent reducing gradients since the last call (the
+    /// sharded path's reduce-scatter is counted as optimizer time).
+    pub fn take_reduce_seconds(&mut self) -> f64 {
+        std::mem::take(&mut self.reduce_seconds)
+    }
+
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();
@@ -275,13 +284,20 @@ impl Optimizer {
             } => {
                 let params: Vec<Tensor> =
                     self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+                let t = std::time::Instant::now();
                 all_reduce_grads(comm, &params, bucket_bytes, Some(reduce_kind))?;
+                self.reduce_seconds += t.elapsed().as_secs_f64();
                 if master.is_empty() {
-                    // The update of `torch.optim.AdamW` on the parameters themselves.
-                    let norm = clip_grad_norm(params.iter(), max_grad_norm);
-                    for ((p, m), v) in params.iter().zip(exp_avg).zip(exp_avg_sq) {
-                        let g = p.grad();
-                        adamw_update(&mut p.shallow_clone(), &g, m, v, lr, step, &c);
+                    // The update of `torch.optim.AdamW` on the parameters themselves,
+                    // the clipping folded into it.
+                    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
+                    let norm = global_norm(&grads);
+                    let coef = clip_coef(norm, max_grad_norm);
+                    for (((p, g), m), v) in params.iter().zip(&grads).zip(exp_avg).zip(exp_avg_sq) {
+                        if g.defined() {
+                            let mut p = p.shallow_clone();
+                            adamw_update_scaled(&mut p, g, m, v, lr, step, &c, coef);
+                        }
                     }
                     return Ok(norm);
                 }
@@ -289,11 +305,8 @@ impl Optimizer {
                 let norm = global_norm(&grads);
                 let coef = clip_coef(norm, max_grad_norm);
                 for (((p, w), m), v) in params.iter().zip(master).zip(exp_avg).zip(exp_avg_sq) {
-                    let mut g = p.grad().to_kind(Kind::Float);
-                    if coef < 1.0 {
-                        g *= coef;
-                    }
-                    adamw_update(w, &g, m, v, lr, step, &c);
+                    let g = p.grad().to_kind(Kind::Float);
+                    adamw_update_scaled(w, &g, m, v, lr, step, &c, coef);
                     tch::no_grad(|| p.shallow_clone().copy_(w));
                 }
                 Ok(norm)

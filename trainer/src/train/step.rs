@@ -3,6 +3,9 @@
 //! of the whole step summed over all ranks, so the reduced gradient equals the
 //! single-process gradient of the combined batch.
 
+use std::cell::Cell;
+use std::time::Instant;
+
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -33,6 +36,45 @@ pub struct Trainer {
     /// Kind the gradients are summed in across ranks.
     pub reduce_kind: Kind,
     params: Vec<Tensor>,
+    /// Where the time of the steps went.
+    pub phases: PhaseTimes,
+}
+
+/// Seconds spent in each phase of the steps since the last `take`, for profiles
+/// (`janus bench-train`). Cells, because the per-micro-batch passes borrow the
+/// trainer immutably.
+#[derive(Debug, Default)]
+pub struct PhaseTimes {
+    /// The decoder body's forward pass.
+    pub forward: Cell<f64>,
+    /// The LM head and the loss, forward and backward (chunked, `head`).
+    pub head: Cell<f64>,
+    /// The body's backward pass from the head's gradient.
+    pub backward: Cell<f64>,
+    /// Clipping and AdamW (with the master-weight copies).
+    pub optimizer: Cell<f64>,
+    /// Gradient reduction and the step's count/loss all-reduces.
+    pub collectives: Cell<f64>,
+}
+
+impl PhaseTimes {
+    fn add(cell: &Cell<f64>, since: Instant) {
+        cell.set(cell.get() + since.elapsed().as_secs_f64());
+    }
+
+    /// The accumulated seconds by phase name, and reset.
+    pub fn take(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("forward", &self.forward),
+            ("head_loss", &self.head),
+            ("backward", &self.backward),
+            ("optimizer", &self.optimizer),
+            ("collectives", &self.collectives),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n, c.take()))
+        .collect()
+    }
 }
 
 /// What one optimizer step did, over all ranks.
@@ -96,6 +138,7 @@ impl Trainer {
             checkpointing: false,
             reduce_kind: Kind::Float,
             params,
+            phases: PhaseTimes::default(),
         }
     }
 
@@ -117,6 +160,7 @@ impl Trainer {
     }
 
     fn finish_step(&mut self, lr: f64, mut r: StepResult) -> Result<StepResult> {
+        let t = Instant::now();
         r.grad_norm = self.opt.step(
             self.comm.as_mut(),
             lr,
@@ -125,19 +169,28 @@ impl Trainer {
             self.bucket_bytes,
         )?;
         self.opt.zero_grad();
+        let reduce = self.opt.take_reduce_seconds();
+        let p = &self.phases;
+        p.optimizer
+            .set(p.optimizer.get() + t.elapsed().as_secs_f64() - reduce);
+        p.collectives.set(p.collectives.get() + reduce);
         Ok(r)
     }
 
     /// SFT step over this rank's micro-batches (possibly none).
     pub fn sft_step(&mut self, micro: &[Batch], lr: f64) -> Result<StepResult> {
         let local = micro.iter().map(|b| b.loss_tokens).sum::<i64>() as f64;
+        let t = Instant::now();
         let step_tokens = all_reduce_f64(self.comm.as_mut(), &[local])?[0] as i64;
+        PhaseTimes::add(&self.phases.collectives, t);
         let (mut loss, mut tokens) = (0.0, 0i64);
         for b in micro {
             loss += self.sft_backward(b, step_tokens);
             tokens += b.tokens;
         }
+        let t = Instant::now();
         let sums = all_reduce_f64(self.comm.as_mut(), &[loss, tokens as f64])?;
+        PhaseTimes::add(&self.phases.collectives, t);
         self.finish_step(
             lr,
             StepResult {
@@ -151,6 +204,7 @@ impl Trainer {
     /// Forward and backward of one SFT micro-batch; returns its share of the loss.
     /// The head runs on loss positions only, in chunks (`head::sft`).
     pub fn sft_backward(&self, b: &Batch, step_tokens: i64) -> f64 {
+        let t = Instant::now();
         let body = BodyPass::forward(
             &self.model,
             &b.input_ids,
@@ -158,8 +212,13 @@ impl Trainer {
             &b.layout,
             self.checkpointing,
         );
+        PhaseTimes::add(&self.phases.forward, t);
+        let t = Instant::now();
         let loss = head::sft(&self.model, &body.hidden, &b.targets, step_tokens);
+        PhaseTimes::add(&self.phases.head, t);
+        let t = Instant::now();
         body.backward(&self.model);
+        PhaseTimes::add(&self.phases.backward, t);
         loss
     }
 

@@ -277,6 +277,7 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         },
     );
     let mut times = Vec::new();
+    let mut phases: Vec<(&str, f64)> = Vec::new();
     let mut cuda_used = 0u64;
     for i in 0..warmup + steps {
         let b = if o.packed > 1 {
@@ -291,8 +292,15 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
             tch::Cuda::synchronize(0);
             cuda_used = cuda_used.max(cuda_used_bytes());
         }
+        let step_phases = trainer.phases.take();
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
+            if phases.is_empty() {
+                phases = step_phases.iter().map(|(n, _)| (*n, 0.0)).collect();
+            }
+            for (acc, (_, s)) in phases.iter_mut().zip(&step_phases) {
+                acc.1 += s / steps as f64;
+            }
         }
         if !r.loss.is_finite() {
             return Err(Error::Data(format!(
@@ -320,6 +328,7 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         "zero": zero,
         "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
         "threads": tch::get_num_threads(), "step_seconds": times,
+        "phase_seconds": phases.iter().map(|(n, s)| (n.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
         "tokens_per_second": tokens_per_second, "mfu": mfu,
         "peak_rss_mib": peak as f64 / (1u64 << 20) as f64,
         "peak_rss_increase_bytes": peak.saturating_sub(rss_before),
