@@ -515,6 +515,12 @@ pub struct RunPolicy {
     /// Which pods are deleted when the job finishes.
     #[serde(default)]
     pub clean_pod_policy: CleanPodPolicy,
+    /// Seconds a gang may take from its first pod's creation until every worker runs;
+    /// past it the job Fails with reason `SchedulingTimeout`, quoting why a worker waits
+    /// (as Kueue's `waitForPodsReady` does). Unset: wait as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    pub scheduling_timeout_seconds: Option<i64>,
 }
 
 fn default_backoff_limit() -> i32 {
@@ -529,6 +535,7 @@ impl Default for RunPolicy {
             ttl_seconds_after_finished: None,
             suspend: false,
             clean_pod_policy: CleanPodPolicy::default(),
+            scheduling_timeout_seconds: None,
         }
     }
 }
@@ -665,6 +672,8 @@ pub mod reason {
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const NON_RETRYABLE_EXIT: &str = "NonRetryableExit";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// The gang was not running within `runPolicy.schedulingTimeoutSeconds`.
+    pub const SCHEDULING_TIMEOUT: &str = "SchedulingTimeout";
     pub const JOB_SUSPENDED: &str = "JobSuspended";
     pub const JOB_RESUMED: &str = "JobResumed";
     pub const ALL_WORKERS_SUCCEEDED: &str = "AllWorkersSucceeded";

@@ -29,7 +29,13 @@ const T: Duration = Duration::from_secs(90);
 fn controlplane_dir() -> PathBuf {
     std::env::var_os("JANUS_CONTROLPLANE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())).join("../tests/controlplane"))
+        .unwrap_or_else(|| {
+            PathBuf::from(
+                std::env::var("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../tests/controlplane")
+        })
 }
 
 /// Kueue's build: `$JANUS_KUEUE` (the Makefile's), else build-kueue.sh's (cached).

@@ -240,30 +240,54 @@ fn a_history_of_another_owner_is_refused_unless_resume_from_names_it() {
     let history = dir.join("ckpt/a").display().to_string();
 
     let b = with(&["checkpoint.owner=uid-b"]);
-    let e = try_train(dir, &model, &data, "a", &args(&b), None)
-        .unwrap_err();
+    let e = try_train(dir, &model, &data, "a", &args(&b), None).unwrap_err();
     assert_eq!(e.exit_code(), 64, "{e}");
     let e = e.to_string();
     assert!(
-        e.contains("uid-a") && e.contains("uid-b") && e.contains("resumeFrom") && e.contains(&history),
+        e.contains("uid-a")
+            && e.contains("uid-b")
+            && e.contains("resumeFrom")
+            && e.contains(&history),
         "{e}"
     );
     // Nothing was written over the other owner's history.
-    assert!(std::fs::read_to_string(dir.join("ckpt/a/latest")).unwrap().contains("step-10"));
+    assert!(std::fs::read_to_string(dir.join("ckpt/a/latest"))
+        .unwrap()
+        .contains("step-10"));
 
-    let other_name = with(&["checkpoint.owner=uid-c", &format!("checkpoint.resume_from={history}")]);
+    let other_name = with(&[
+        "checkpoint.owner=uid-c",
+        &format!("checkpoint.resume_from={history}"),
+    ]);
     let taken = train(dir, &model, &data, "c", &args(&other_name), None);
     assert_eq!(taken.resumed_from_step, Some(10));
     assert!(taken.finished);
-    assert!(weights(dir, "straight") == weights(dir, "c"), "continued run differs from the straight run");
+    assert!(
+        weights(dir, "straight") == weights(dir, "c"),
+        "continued run differs from the straight run"
+    );
 
-    let same_name = with(&["checkpoint.owner=uid-b", &format!("checkpoint.resume_from={history}")]);
+    let same_name = with(&[
+        "checkpoint.owner=uid-b",
+        &format!("checkpoint.resume_from={history}"),
+    ]);
     let taken = train(dir, &model, &data, "a", &args(&same_name), None);
     assert_eq!(taken.resumed_from_step, Some(10));
-    assert!(weights(dir, "straight") == weights(dir, "a"), "taken-over run differs from the straight run");
+    assert!(
+        weights(dir, "straight") == weights(dir, "a"),
+        "taken-over run differs from the straight run"
+    );
 
     // A resume_from with nothing in it is an error, not a silent fresh start.
-    let empty = with(&["checkpoint.owner=uid-d", &format!("checkpoint.resume_from={}", dir.join("ckpt/none").display())]);
-    let e = try_train(dir, &model, &data, "d", &args(&empty), None).unwrap_err().to_string();
-    assert!(e.contains("ckpt/none") && e.contains("no complete checkpoint"), "{e}");
+    let empty = with(&[
+        "checkpoint.owner=uid-d",
+        &format!("checkpoint.resume_from={}", dir.join("ckpt/none").display()),
+    ]);
+    let e = try_train(dir, &model, &data, "d", &args(&empty), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ckpt/none") && e.contains("no complete checkpoint"),
+        "{e}"
+    );
 }

@@ -569,7 +569,13 @@ impl TrainConfig {
         // keep, how memory is checked and how ranks talk do not change the weights (a
         // job may continue another job's checkpoints: `checkpoint.resume_from`).
         if let Value::Object(m) = &mut v {
-            for k in ["job", "output_dir", "log_every_steps", "distributed", "memory"] {
+            for k in [
+                "job",
+                "output_dir",
+                "log_every_steps",
+                "distributed",
+                "memory",
+            ] {
                 m.remove(k);
             }
             if let Some(Value::Object(md)) = m.get_mut("model") {

@@ -426,8 +426,12 @@ async fn write_status(
         "kind": "JanusTrainingJob",
         "status": st,
     });
-    jobs.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    jobs.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub struct JobFacts {
     pub replicas: i32,
     pub backoff_limit: i32,
     pub active_deadline_seconds: Option<i64>,
+    pub scheduling_timeout_seconds: Option<i64>,
     pub ttl_seconds_after_finished: Option<i32>,
     pub suspend: bool,
     /// Kueue admitted the job's Workload (always true for a job without a queue name):
@@ -65,6 +66,8 @@ pub struct PodFacts {
     pub message: Option<String>,
     /// When the trainer container terminated.
     pub finished_at: Option<Timestamp>,
+    /// `metadata.creationTimestamp`.
+    pub created_at: Option<Timestamp>,
     /// `status.reason` of the pod (`Evicted`, ...).
     pub reason: Option<String>,
     /// Why a pending pod does not start: (reason, the scheduler's or kubelet's message).
@@ -296,56 +299,58 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
             false,
         ))
     });
-    let failure: Option<(&'static str, String, bool)> = disruption.or_else(|| by_cause
-        .iter()
-        .find_map(|p| {
-            if p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted") {
-                // The kubelet's node-pressure eviction: a disruption too.
-                Some((
-                    reason::WORKER_EVICTED,
-                    format!("worker {} was evicted", p.name),
-                    false,
-                ))
-            } else if p.phase == PodPhase::Failed {
-                Some((
-                    reason::WORKER_FAILED,
-                    match p.exit_code {
-                        Some(c) => {
-                            format!(
-                                "worker {} exited with code {c}{}",
-                                p.name,
-                                quoted(&p.message)
-                            )
-                        }
-                        None => format!("worker {} failed", p.name),
-                    },
-                    true,
-                ))
-            } else if p.node_lost && !p.finished() {
-                Some((
-                    reason::NODE_LOST,
-                    format!("the node of worker {} is gone", p.name),
-                    false,
-                ))
-            } else if p.terminating && !p.finished() {
-                Some((
-                    reason::WORKER_DELETED,
-                    format!("worker {} was deleted", p.name),
-                    true,
-                ))
-            } else {
-                None
-            }
-        })
-        .or_else(|| {
-            (started && !missing.is_empty()).then(|| {
-                (
-                    reason::WORKER_LOST,
-                    format!("the worker of rank {} disappeared", missing[0]),
-                    true,
-                )
+    let failure: Option<(&'static str, String, bool)> = disruption.or_else(|| {
+        by_cause
+            .iter()
+            .find_map(|p| {
+                if p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted") {
+                    // The kubelet's node-pressure eviction: a disruption too.
+                    Some((
+                        reason::WORKER_EVICTED,
+                        format!("worker {} was evicted", p.name),
+                        false,
+                    ))
+                } else if p.phase == PodPhase::Failed {
+                    Some((
+                        reason::WORKER_FAILED,
+                        match p.exit_code {
+                            Some(c) => {
+                                format!(
+                                    "worker {} exited with code {c}{}",
+                                    p.name,
+                                    quoted(&p.message)
+                                )
+                            }
+                            None => format!("worker {} failed", p.name),
+                        },
+                        true,
+                    ))
+                } else if p.node_lost && !p.finished() {
+                    Some((
+                        reason::NODE_LOST,
+                        format!("the node of worker {} is gone", p.name),
+                        false,
+                    ))
+                } else if p.terminating && !p.finished() {
+                    Some((
+                        reason::WORKER_DELETED,
+                        format!("worker {} was deleted", p.name),
+                        true,
+                    ))
+                } else {
+                    None
+                }
             })
-        }));
+            .or_else(|| {
+                (started && !missing.is_empty()).then(|| {
+                    (
+                        reason::WORKER_LOST,
+                        format!("the worker of rank {} disappeared", missing[0]),
+                        true,
+                    )
+                })
+            })
+    });
     if let Some((why, message, counted)) = failure {
         let delete = names(pods);
         if counted && job.counted_restarts + 1 > job.backoff_limit {
@@ -383,6 +388,31 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         && current
             .iter()
             .all(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
+    if let (false, Some(timeout), Some(first)) = (
+        all_running,
+        job.scheduling_timeout_seconds,
+        current.iter().filter_map(|p| p.created_at).min(),
+    ) {
+        let left = timeout - now.duration_since(first).as_secs();
+        if left <= 0 {
+            let why = current
+                .iter()
+                .find_map(|p| {
+                    p.waiting
+                        .as_ref()
+                        .map(|(r, m)| format!(": worker {} {r}: {m}", p.name))
+                })
+                .unwrap_or_default();
+            return Decision::Fail {
+                reason: reason::SCHEDULING_TIMEOUT,
+                message: format!(
+                    "the gang was not running {timeout}s (runPolicy.schedulingTimeoutSeconds) after its first pod was created{why}"
+                ),
+                delete: cleanup(job.clean_pod_policy, pods),
+            };
+        }
+        requeue_after = Some(requeue_after.map_or(secs(left), |r: Duration| r.min(secs(left))));
+    }
     let phase = if all_running {
         JobPhase::Running
     } else if job.phase == JobPhase::Restarting || !stale.is_empty() {
@@ -411,6 +441,7 @@ mod tests {
             replicas,
             backoff_limit: 3,
             active_deadline_seconds: None,
+            scheduling_timeout_seconds: None,
             ttl_seconds_after_finished: None,
             suspend: false,
             admitted: true,
@@ -438,11 +469,63 @@ mod tests {
             reason: None,
             message: None,
             finished_at: None,
+            created_at: None,
             waiting: None,
             disrupted: None,
             node_lost: false,
             foreign: false,
         }
+    }
+
+    #[test]
+    fn a_gang_not_running_within_the_scheduling_timeout_fails_quoting_the_wait() {
+        let mut j = job(2);
+        j.scheduling_timeout_seconds = Some(300);
+        let created = |secs_ago: i64| Some(now() - jiff::SignedDuration::from_secs(secs_ago));
+        let mut pods = vec![pod(0, 0, PodPhase::Running), pod(1, 0, PodPhase::Pending)];
+        pods[0].created_at = created(200);
+        pods[1].created_at = created(200);
+        pods[1].waiting = Some((
+            "WorkersPending",
+            "cannot be scheduled: 0/4 nodes are available".into(),
+        ));
+        // 100 s left: keep waiting, look again then.
+        match decide(&j, &pods, now()) {
+            Decision::Progress {
+                requeue_after,
+                create,
+                ..
+            } => {
+                assert!(create.is_empty());
+                assert_eq!(requeue_after, Some(Duration::from_secs(100)));
+            }
+            d => panic!("{d:?}"),
+        }
+        pods[0].created_at = created(301);
+        match decide(&j, &pods, now()) {
+            Decision::Fail {
+                reason, message, ..
+            } => {
+                assert_eq!(reason, "SchedulingTimeout");
+                assert!(
+                    message.contains("300s")
+                        && message.contains("j-worker-1")
+                        && message.contains("0/4 nodes"),
+                    "{message}"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // A running gang is past it.
+        pods[1] = pod(1, 0, PodPhase::Running);
+        pods[1].created_at = created(400);
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Running,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -469,7 +552,10 @@ mod tests {
             } => {
                 assert_eq!(reason, "WorkerDisrupted");
                 assert!(!counted);
-                assert!(message.contains("PreemptionByScheduler") && message.contains("urgent"), "{message}");
+                assert!(
+                    message.contains("PreemptionByScheduler") && message.contains("urgent"),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -17,6 +17,7 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
         replicas: job.spec.workers.replicas,
         backoff_limit: rp.backoff_limit,
         active_deadline_seconds: rp.active_deadline_seconds,
+        scheduling_timeout_seconds: rp.scheduling_timeout_seconds,
         ttl_seconds_after_finished: rp.ttl_seconds_after_finished,
         suspend: rp.suspend,
         // The controller sets it from the job's Workload (`kueue::KueueFacts`).
@@ -62,10 +63,14 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
         message: terminated.and_then(|t| t.message.clone()),
         finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
         reason: status.and_then(|s| s.reason.clone()),
+        created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         waiting,
         disrupted: status
             .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            })
             .map(|c| {
                 (
                     c.reason.clone().unwrap_or_default(),
@@ -623,7 +628,10 @@ mod tests {
         // Retried: the refusal's words stay (no new Event from a reset and repeat).
         let (s, _) = next_status(&job, &d, &[], None, now());
         let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
-        assert_eq!((c.reason.as_str(), c.message.as_str()), ("FailedCreate", refused));
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            ("FailedCreate", refused)
+        );
         // A pod of the attempt exists: the refusal is over.
         let p = pending_pod(serde_json::json!({"phase": "Pending"}));
         let pf = vec![pod_facts(&p, None, |_| true)];

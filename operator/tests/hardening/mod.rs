@@ -394,10 +394,7 @@ async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
         "{:?}",
         first[0].note
     );
-    quotas
-        .delete("no-pods", &Default::default())
-        .await
-        .unwrap();
+    quotas.delete("no-pods", &Default::default()).await.unwrap();
     wait_phase(&c, &ns, "refused", "Running", Duration::from_secs(120)).await;
     // Retries of the same refusal did not repeat the Event (the quota's first words
     // may be "status unknown" before its controller counted the namespace).
@@ -433,7 +430,11 @@ async fn same_name_jobs_in_two_namespaces_keep_separate_checkpoints() {
         let cfg = janus_crds::config::TrainConfig::from_value(v, "twin-config").unwrap();
         let uid = get_job(&c, ns, "twin").await.unwrap().metadata.uid;
         assert_eq!(cfg.checkpoint.owner, uid);
-        assert!(cfg.checkpoint.dir.ends_with(&format!("/{ns}")), "{}", cfg.checkpoint.dir);
+        assert!(
+            cfg.checkpoint.dir.ends_with(&format!("/{ns}")),
+            "{}",
+            cfg.checkpoint.dir
+        );
         seen.push(format!("{}/{}", cfg.checkpoint.dir, cfg.job));
     }
     assert_ne!(seen[0], seen[1]);
@@ -455,11 +456,13 @@ async fn a_disruption_restarts_the_gang_without_counting_towards_the_backoff_lim
     let pods_api = Api::<Pod>::namespaced(c.clone(), &ns);
     // A kwok pod goes at once; a real one takes its grace period (the trainer saves a
     // checkpoint). A finalizer holds it terminating the way a kubelet would.
-    let hold = |on: bool| {
-        json!({"metadata": {"finalizers": if on { json!(["janus.dev/test-hold"]) } else { json!(null) }}})
-    };
+    let hold = |on: bool| json!({"metadata": {"finalizers": if on { json!(["janus.dev/test-hold"]) } else { json!(null) }}});
     pods_api
-        .patch("evicted-worker-1", &PatchParams::default(), &Patch::Merge(hold(true)))
+        .patch(
+            "evicted-worker-1",
+            &PatchParams::default(),
+            &Patch::Merge(hold(true)),
+        )
         .await
         .unwrap();
     pods_api
@@ -481,11 +484,39 @@ async fn a_disruption_restarts_the_gang_without_counting_towards_the_backoff_lim
         cond.message
     );
     pods_api
-        .patch("evicted-worker-1", &PatchParams::default(), &Patch::Merge(hold(false)))
+        .patch(
+            "evicted-worker-1",
+            &PatchParams::default(),
+            &Patch::Merge(hold(false)),
+        )
         .await
         .unwrap();
     wait_gang_running(&c, &ns, "evicted", 2, 1).await;
     finish_pod(&c, &ns, "evicted-worker-0", 1).await;
     let j = wait_phase(&c, &ns, "evicted", "Failed", T).await;
-    assert_eq!(condition(&j, "Failed").unwrap().reason, "BackoffLimitExceeded");
+    assert_eq!(
+        condition(&j, "Failed").unwrap().reason,
+        "BackoffLimitExceeded"
+    );
+}
+
+/// `runPolicy.schedulingTimeoutSeconds`: a gang the scheduler cannot place fails with
+/// reason SchedulingTimeout quoting the scheduler once the timeout passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_not_running_within_the_scheduling_timeout_fails_quoting_the_scheduler() {
+    let c = client().await;
+    let ns = namespace(&c, "sched-timeout").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    spec.workers.gpus_per_worker = 64;
+    spec.run_policy.scheduling_timeout_seconds = Some(3);
+    create_job(&c, &ns, "late", spec).await;
+    let j = wait_phase(&c, &ns, "late", "Failed", T).await;
+    let cond = condition(&j, "Failed").unwrap();
+    assert_eq!(cond.reason, "SchedulingTimeout");
+    assert!(
+        cond.message.contains("3s") && cond.message.contains("Insufficient nvidia.com/gpu"),
+        "{}",
+        cond.message
+    );
 }

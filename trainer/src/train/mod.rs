@@ -124,7 +124,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         per_rank: h.micro_batch_size * accumulation,
     };
     let mut feed = Feed::open(cfg, &tok, share)?;
-    if let (Some(ResumePoint { state: saved, url, .. }), Feed::Stream(_)) = (&resume, &feed) {
+    if let (
+        Some(ResumePoint {
+            state: saved, url, ..
+        }),
+        Feed::Stream(_),
+    ) = (&resume, &feed)
+    {
         if saved.world_size != world {
             return Err(Error::Config(format!(
                 "{url} was written by {} ranks, this run has {world}: a streamed dataset deals its blocks to the ranks, \
@@ -713,7 +719,11 @@ fn resume_point(
 /// keeps the checkpoint's global batch, so on another number of ranks the
 /// accumulation follows the rank count (and the step boundaries, the data order and
 /// the schedule stay those of the run that wrote it).
-fn accumulation_steps(cfg: &TrainConfig, world: usize, saved: Option<&ResumePoint>) -> Result<usize> {
+fn accumulation_steps(
+    cfg: &TrainConfig,
+    world: usize,
+    saved: Option<&ResumePoint>,
+) -> Result<usize> {
     let h = &cfg.hyperparameters;
     let Some(ResumePoint { state: s, url, .. }) = saved else {
         return Ok(h.gradient_accumulation_steps);
