@@ -91,23 +91,27 @@ fn render(crd: &CustomResourceDefinition) -> String {
     format!("# Generated from crds/ by `{REGENERATE}`. Do not edit.\n{yaml}")
 }
 
-/// Every integer field of `schema`: `(path, format, minimum, maximum)`.
-pub fn integer_fields(
-    schema: &serde_json::Value,
-) -> Vec<(String, Option<String>, Option<f64>, Option<f64>)> {
-    fn walk(
-        s: &serde_json::Value,
-        path: String,
-        out: &mut Vec<(String, Option<String>, Option<f64>, Option<f64>)>,
-    ) {
+/// An integer field of a schema and its bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegerField {
+    /// `spec.a.b[]` (`[]`: an array's items, `{}`: a map's values).
+    pub path: String,
+    pub format: Option<String>,
+    pub minimum: Option<f64>,
+    pub maximum: Option<f64>,
+}
+
+/// Every integer field of `schema`.
+pub fn integer_fields(schema: &serde_json::Value) -> Vec<IntegerField> {
+    fn walk(s: &serde_json::Value, path: String, out: &mut Vec<IntegerField>) {
         let Some(obj) = s.as_object() else { return };
         if obj.get("type").and_then(|t| t.as_str()) == Some("integer") {
-            out.push((
-                path.clone(),
-                obj.get("format").and_then(|f| f.as_str()).map(String::from),
-                obj.get("minimum").and_then(|m| m.as_f64()),
-                obj.get("maximum").and_then(|m| m.as_f64()),
-            ));
+            out.push(IntegerField {
+                path: path.clone(),
+                format: obj.get("format").and_then(|f| f.as_str()).map(String::from),
+                minimum: obj.get("minimum").and_then(|m| m.as_f64()),
+                maximum: obj.get("maximum").and_then(|m| m.as_f64()),
+            });
         }
         if let Some(props) = obj.get("properties").and_then(|p| p.as_object()) {
             for (k, v) in props {
@@ -166,7 +170,13 @@ mod tests {
             let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             let fields = integer_fields(schema);
             assert!(fields.len() > 20, "{fields:?}");
-            for (path, format, min, max) in fields {
+            for IntegerField {
+                path,
+                format,
+                minimum: min,
+                maximum: max,
+            } in fields
+            {
                 let (lo, hi) = format_range(format.as_deref());
                 let (Some(min), Some(max)) = (min, max) else {
                     panic!("{}: {path} has no minimum/maximum", crd.spec.names.kind);
@@ -184,17 +194,17 @@ mod tests {
         let v = serde_json::to_value(training_crd()).unwrap();
         let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let f = integer_fields(schema);
-        let get = |p: &str| f.iter().find(|x| x.0 == p).unwrap().clone();
-        assert_eq!(get("spec.runPolicy.backoffLimit").3, Some(10000.0));
-        assert_eq!(get("spec.workers.replicas").2, Some(1.0));
+        let get = |p: &str| f.iter().find(|x| x.path == p).unwrap().clone();
+        assert_eq!(get("spec.runPolicy.backoffLimit").maximum, Some(10000.0));
+        assert_eq!(get("spec.workers.replicas").minimum, Some(1.0));
         assert_eq!(
-            get("spec.hyperparameters.seed").3,
+            get("spec.hyperparameters.seed").maximum,
             Some(MAX_JSON_INTEGER as f64)
         );
         // The status and embedded Kubernetes types get their format's range.
-        assert_eq!(get("status.restarts").3, Some(i32::MAX as f64));
+        assert_eq!(get("status.restarts").maximum, Some(i32::MAX as f64));
         assert_eq!(
-            get("spec.workers.tolerations[].tolerationSeconds").3,
+            get("spec.workers.tolerations[].tolerationSeconds").maximum,
             Some(MAX_JSON_INTEGER as f64)
         );
     }

@@ -80,8 +80,8 @@ fn spec_integers(crd: &CustomResourceDefinition) -> Vec<(String, i64, i64)> {
     let v = serde_json::to_value(crd).unwrap();
     integer_fields(&v["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
         .into_iter()
-        .filter(|f| f.0.starts_with("spec."))
-        .map(|(p, _, min, max)| (p, min.unwrap() as i64, max.unwrap() as i64))
+        .filter(|f| f.path.starts_with("spec."))
+        .map(|f| (f.path, f.minimum.unwrap() as i64, f.maximum.unwrap() as i64))
         .collect()
 }
 

@@ -108,7 +108,7 @@ fn fused_ce_backward(
     let mut seed = (hidden * grad_hidden.view_as(hidden)).sum(Kind::Float);
     if let Some(g) = grad_w {
         if w.requires_grad() {
-            seed = seed + (w * g).sum(Kind::Float);
+            seed += (w * g).sum(Kind::Float);
         }
     }
     seed.backward();
