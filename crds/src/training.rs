@@ -655,6 +655,8 @@ pub mod reason {
     /// namespace or ServiceAccount: 404, a template it rejects: 422); the message
     /// quotes it and the create is retried.
     pub const FAILED_CREATE: &str = "FailedCreate";
+    /// `spec.scheduling.podGroup` names a scheduler whose PodGroup CRD is not installed.
+    pub const POD_GROUP_NOT_INSTALLED: &str = "PodGroupNotInstalled";
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";

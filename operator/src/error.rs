@@ -22,10 +22,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Every value of [`Error::metric_label`]: the error counter starts with each at 0,
     /// so `rate()` over it has a series (0 while nothing fails) from the first scrape.
-    pub const METRIC_LABELS: [&'static str; 5] = [
+    pub const METRIC_LABELS: [&'static str; 6] = [
         "Kube",
         "ConfigRender",
         "TemplateOverride",
+        "EvalConfig",
         "MissingField",
         "Kueue",
     ];
@@ -61,6 +62,10 @@ mod tests {
                 message: "m".into(),
             },
             Error::TemplateOverride {
+                job: "j".into(),
+                message: "m".into(),
+            },
+            Error::EvalConfig {
                 job: "j".into(),
                 message: "m".into(),
             },

@@ -254,6 +254,9 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         Ok::<_, Error>(())
     };
     futures::try_join!(statics, write_status)?;
+    if creating {
+        ensure_pod_group(ctx, &jobs, &job, &st, now).await?;
+    }
     if matches!(decision, Decision::Restart { .. }) {
         ctx.metrics.job_restarts_total.inc();
     }
@@ -386,15 +389,30 @@ async fn create_refused(
     ctx: &Context,
     jobs: &Api<JanusTrainingJob>,
     job: &JanusTrainingJob,
-    mut st: JanusTrainingJobStatus,
+    st: JanusTrainingJobStatus,
     pod: &str,
     message: &str,
     now: Timestamp,
 ) -> Result<()> {
     let msg = format!("creating worker pod {pod} was refused: {message}");
-    let repeated = st.conditions.iter().any(|c| {
-        c.type_ == condition::RUNNING && c.reason == reason::FAILED_CREATE && c.message == msg
-    });
+    blocked(ctx, jobs, job, st, reason::FAILED_CREATE, msg, now).await
+}
+
+/// The gang cannot be created until something outside the job changes: Running=False
+/// with `why` and `msg`, and a Warning Event when the words are new.
+async fn blocked(
+    ctx: &Context,
+    jobs: &Api<JanusTrainingJob>,
+    job: &JanusTrainingJob,
+    mut st: JanusTrainingJobStatus,
+    why: &'static str,
+    msg: String,
+    now: Timestamp,
+) -> Result<()> {
+    let repeated = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::RUNNING && c.reason == why && c.message == msg);
     if repeated {
         return Ok(());
     }
@@ -402,18 +420,63 @@ async fn create_refused(
         &mut st.conditions,
         condition::RUNNING,
         false,
-        reason::FAILED_CREATE,
+        why,
         &msg,
         now,
     );
     write_status(jobs, &job.name_any(), &st).await?;
     let ev = EventSpec {
         warning: true,
-        reason: reason::FAILED_CREATE,
+        reason: why,
         note: msg,
     };
     publish(&ctx.recorder, &job.object_ref(&()), &ev).await;
     Ok(())
+}
+
+/// The job's PodGroup (gang scheduling by Volcano or the coscheduling plugin), before
+/// its pods. Without its scheduler's CRD (404) the job says so and waits.
+async fn ensure_pod_group(
+    ctx: &Context,
+    jobs: &Api<JanusTrainingJob>,
+    job: &JanusTrainingJob,
+    st: &JanusTrainingJobStatus,
+    now: Timestamp,
+) -> Result<()> {
+    let Some((ar, pg)) = children::pod_group(job)? else {
+        return Ok(());
+    };
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    let applied = api
+        .patch(
+            &job.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&pg),
+        )
+        .await;
+    match applied {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let msg = format!(
+                "the PodGroup API {}/{} is not installed (its scheduler's CRD): install it, or remove spec.scheduling.podGroup ({})",
+                ar.group, ar.version, e.message
+            );
+            blocked(
+                ctx,
+                jobs,
+                job,
+                st.clone(),
+                reason::POD_GROUP_NOT_INSTALLED,
+                msg,
+                now,
+            )
+            .await?;
+            Err(kube::Error::Api(e).into())
+        }
+        r => r.map(|_| ()).map_err(Error::from),
+    }
 }
 
 async fn write_status(
@@ -530,15 +593,6 @@ async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result
             apply::<RoleBinding>(c, &ns, &rb).await
         },
     )?;
-    if let Some((ar, pg)) = children::pod_group(job)? {
-        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), &ns, &ar);
-        api.patch(
-            &job.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&pg),
-        )
-        .await?;
-    }
     Ok(())
 }
 

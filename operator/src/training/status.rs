@@ -465,7 +465,9 @@ fn stuck(
             let created = pods.iter().any(|p| p.attempt == Some(s.restarts));
             if c.reason == reason::WORKERS_PENDING
                 || reason::CONTAINER_WAITING.contains(&c.reason.as_str())
-                || (c.reason == reason::FAILED_CREATE && created)
+                || ([reason::FAILED_CREATE, reason::POD_GROUP_NOT_INSTALLED]
+                    .contains(&c.reason.as_str())
+                    && created)
             {
                 c.reason = reason::WORKERS_PENDING.into();
                 c.message = "waiting for the workers to start".into();

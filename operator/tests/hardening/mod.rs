@@ -520,3 +520,35 @@ async fn a_gang_not_running_within_the_scheduling_timeout_fails_quoting_the_sche
         cond.message
     );
 }
+
+/// A job asking for a Volcano PodGroup on a cluster without Volcano's CRD: no pods,
+/// Running=False with reason PodGroupNotInstalled naming the API, one Warning Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_group_without_its_crd_is_a_condition_and_a_warning() {
+    let c = client().await;
+    let ns = namespace(&c, "no-podgroup").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = serde_json::to_value(job_spec(2)).unwrap();
+    spec["scheduling"] = json!({"podGroup": {"provider": "Volcano"}});
+    create_job(&c, &ns, "gang", serde_json::from_value(spec).unwrap()).await;
+    let cond = wait_for("the PodGroupNotInstalled condition", T, || async {
+        let j = get_job(&c, &ns, "gang").await?;
+        let cond = condition(&j, "Running")?.clone();
+        (cond.reason == "PodGroupNotInstalled").then_some(cond)
+    })
+    .await;
+    assert_eq!(cond.status, "False");
+    assert!(
+        cond.message.contains("scheduling.volcano.sh"),
+        "{}",
+        cond.message
+    );
+    assert!(pods(&c, &ns, "gang").await.is_empty());
+    wait_for("the PodGroupNotInstalled event", T, || async {
+        event_reasons(&c, &ns, "gang")
+            .await
+            .contains(&"PodGroupNotInstalled".to_string())
+            .then_some(())
+    })
+    .await;
+}
