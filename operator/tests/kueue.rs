@@ -26,18 +26,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(90);
 
-fn controlplane_dir() -> PathBuf {
-    std::env::var_os("JANUS_CONTROLPLANE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(
-                std::env::var("CARGO_MANIFEST_DIR")
-                    .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-            )
-            .join("../tests/controlplane")
-        })
-}
-
 /// Kueue's build: `$JANUS_KUEUE` (the Makefile's), else build-kueue.sh's (cached).
 fn kueue_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("JANUS_KUEUE") {
@@ -56,14 +44,6 @@ fn kueue_dir() -> PathBuf {
             .unwrap()
             .trim(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Kueue's controller manager, once per test binary (killed with the test process: the
@@ -160,15 +140,7 @@ featureGates:
             .stderr(std::fs::File::create(c.dir.join("kueue.err")).unwrap())
             .spawn()
             .expect("start Kueue");
-        {
-            use std::io::Write;
-            let mut pids = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(c.dir.join("operator-pids"))
-                .unwrap();
-            writeln!(pids, "{}", child.id()).unwrap();
-        }
+        c.kill_at_teardown(child.id());
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let ready = Command::new("curl")

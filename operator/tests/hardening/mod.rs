@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use janus_crds::crd_yaml::{eval_crd, integer_fields, training_crd};
 use janus_crds::{JanusEvalJob, JanusTrainingJob};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use kube::{Client, Resource};
@@ -14,6 +16,37 @@ use serde_json::{json, Value};
 use super::support::*;
 
 const T: Duration = Duration::from_secs(60);
+
+/// The `Running` condition of `job` once its reason is `reason`.
+async fn wait_running_reason(c: &Client, ns: &str, job: &str, reason: &str) -> Condition {
+    wait_for(&format!("the {reason} condition"), T, || async {
+        let j = get_job(c, ns, job).await?;
+        let cond = condition(&j, "Running")?.clone();
+        (cond.reason == reason).then_some(cond)
+    })
+    .await
+}
+
+/// The Warning Events of `ns` with `reason`.
+async fn warnings(c: &Client, ns: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(c.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
+        .collect()
+}
+
+/// Once there is one, the Warning Events of `ns` with `reason`.
+async fn wait_warnings(c: &Client, ns: &str, reason: &str) -> Vec<Event> {
+    wait_for(&format!("the {reason} event"), T, || async {
+        let w = warnings(c, ns, reason).await;
+        (!w.is_empty()).then_some(w)
+    })
+    .await
+}
 
 /// Held while a test relaxes the shared CRD's schema, and while one checks its bounds.
 static CRD_SCHEMA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -259,7 +292,6 @@ async fn an_undecodable_job_is_skipped_and_reported_and_others_still_reconcile()
     create_job(&c, &ns, "good", job_spec(1)).await;
     wait_phase(&c, &ns, "good", "Running", T).await;
     let text = wait_for("the UndecodableObject event", T, || async {
-        use k8s_openapi::api::events::v1::Event;
         Api::<Event>::namespaced(c.clone(), &ns)
             .list(&Default::default())
             .await
@@ -307,12 +339,7 @@ async fn an_unschedulable_worker_is_a_condition_and_a_warning_quoting_the_schedu
     // The fake nodes have 8 GPUs each.
     spec.workers.gpus_per_worker = 64;
     create_job(&c, &ns, "big", spec).await;
-    let cond = wait_for("the WorkersPending condition", T, || async {
-        let j = get_job(&c, &ns, "big").await?;
-        let cond = condition(&j, "Running")?.clone();
-        (cond.reason == "WorkersPending").then_some(cond)
-    })
-    .await;
+    let cond = wait_running_reason(&c, &ns, "big", "WorkersPending").await;
     assert_eq!(cond.status, "False");
     assert!(
         cond.message.contains("big-worker-")
@@ -321,21 +348,8 @@ async fn an_unschedulable_worker_is_a_condition_and_a_warning_quoting_the_schedu
         "{}",
         cond.message
     );
-    let note = wait_for("the WorkersPending event", T, || async {
-        use k8s_openapi::api::events::v1::Event;
-        Api::<Event>::namespaced(c.clone(), &ns)
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("WorkersPending")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-            .and_then(|e| e.note)
-    })
-    .await;
+    let first = wait_warnings(&c, &ns, "WorkersPending").await;
+    let note = first[0].note.as_deref().unwrap_or("");
     assert!(note.contains("Insufficient nvidia.com/gpu"), "{note}");
 }
 
@@ -356,12 +370,7 @@ async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
     quotas.create(&PostParams::default(), &quota).await.unwrap();
     let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
     create_job(&c, &ns, "refused", job_spec(2)).await;
-    let cond = wait_for("the FailedCreate condition", T, || async {
-        let j = get_job(&c, &ns, "refused").await?;
-        let cond = condition(&j, "Running")?.clone();
-        (cond.reason == "FailedCreate").then_some(cond)
-    })
-    .await;
+    let cond = wait_running_reason(&c, &ns, "refused", "FailedCreate").await;
     assert_eq!(cond.status, "False");
     assert!(
         cond.message.contains("refused-worker-")
@@ -371,24 +380,7 @@ async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
         cond.message
     );
     assert!(pods(&c, &ns, "refused").await.is_empty());
-    let warnings = || async {
-        use k8s_openapi::api::events::v1::Event;
-        Api::<Event>::namespaced(c.clone(), &ns)
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.reason.as_deref() == Some("FailedCreate") && e.type_.as_deref() == Some("Warning")
-            })
-            .collect::<Vec<_>>()
-    };
-    let first = wait_for("the FailedCreate event", T, || async {
-        let w = warnings().await;
-        (!w.is_empty()).then_some(w)
-    })
-    .await;
+    let first = wait_warnings(&c, &ns, "FailedCreate").await;
     assert!(
         first[0].note.as_deref().unwrap_or("").contains("quota"),
         "{:?}",
@@ -398,7 +390,7 @@ async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
     wait_phase(&c, &ns, "refused", "Running", Duration::from_secs(120)).await;
     // Retries of the same refusal did not repeat the Event (the quota's first words
     // may be "status unknown" before its controller counted the namespace).
-    let n: i32 = warnings()
+    let n: i32 = warnings(&c, &ns, "FailedCreate")
         .await
         .iter()
         .map(|e| e.series.as_ref().map_or(1, |s| s.count))
@@ -531,12 +523,7 @@ async fn a_pod_group_without_its_crd_is_a_condition_and_a_warning() {
     let mut spec = serde_json::to_value(job_spec(2)).unwrap();
     spec["scheduling"] = json!({"podGroup": {"provider": "Volcano"}});
     create_job(&c, &ns, "gang", serde_json::from_value(spec).unwrap()).await;
-    let cond = wait_for("the PodGroupNotInstalled condition", T, || async {
-        let j = get_job(&c, &ns, "gang").await?;
-        let cond = condition(&j, "Running")?.clone();
-        (cond.reason == "PodGroupNotInstalled").then_some(cond)
-    })
-    .await;
+    let cond = wait_running_reason(&c, &ns, "gang", "PodGroupNotInstalled").await;
     assert_eq!(cond.status, "False");
     assert!(
         cond.message.contains("scheduling.volcano.sh"),
@@ -544,11 +531,14 @@ async fn a_pod_group_without_its_crd_is_a_condition_and_a_warning() {
         cond.message
     );
     assert!(pods(&c, &ns, "gang").await.is_empty());
-    wait_for("the PodGroupNotInstalled event", T, || async {
-        event_reasons(&c, &ns, "gang")
-            .await
-            .contains(&"PodGroupNotInstalled".to_string())
-            .then_some(())
-    })
-    .await;
+    let first = wait_warnings(&c, &ns, "PodGroupNotInstalled").await;
+    assert!(
+        first[0]
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("scheduling.volcano.sh"),
+        "{:?}",
+        first[0].note
+    );
 }

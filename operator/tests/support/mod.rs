@@ -36,10 +36,32 @@ fn repo_root() -> PathBuf {
     .unwrap()
 }
 
-fn controlplane_dir() -> PathBuf {
+pub fn controlplane_dir() -> PathBuf {
     std::env::var_os("JANUS_CONTROLPLANE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("tests/controlplane"))
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Have the watchdog kill `pid` with the cluster, however the test process exits.
+    pub fn kill_at_teardown(&self, pid: u32) {
+        use std::io::Write;
+        let mut pids = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("operator-pids"))
+            .unwrap();
+        writeln!(pids, "{pid}").unwrap();
+    }
 }
 
 fn run_ok(cmd: &mut Command, what: &str) -> String {
@@ -227,11 +249,7 @@ impl Operator {
         up: impl Fn(&str) -> bool,
     ) -> Operator {
         let c = cluster();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let log = c.dir.join(format!("operator-{ns}-{tag}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_janus-operator"))
             .args(["--namespace", ns, "--lease-namespace", ns])
@@ -245,13 +263,7 @@ impl Operator {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start janus-operator");
-        use std::io::Write;
-        let mut pids = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(c.dir.join("operator-pids"))
-            .unwrap();
-        writeln!(pids, "{}", child.id()).unwrap();
+        c.kill_at_teardown(child.id());
         let op = Operator {
             child,
             http: format!("http://127.0.0.1:{port}"),
