@@ -126,10 +126,18 @@ pub fn dynamic_api<K>(client: &Client, namespace: &Option<String>) -> Api<Dynami
 where
     K: Resource<DynamicType = ()>,
 {
-    let ar = ApiResource::erase::<K>(&());
+    resource_api(client, namespace, &ApiResource::erase::<K>(&()))
+}
+
+/// The untyped API of `ar` (all namespaces, or only `namespace`).
+pub fn resource_api(
+    client: &Client,
+    namespace: &Option<String>,
+    ar: &ApiResource,
+) -> Api<DynamicObject> {
     match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-        None => Api::all_with(client.clone(), &ar),
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
     }
 }
 

@@ -32,7 +32,7 @@ use super::status::{self, EventSpec};
 use crate::error::{is_status, Error, Result};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::watch::{dynamic_api, lenient_watcher, DecodeReporter};
+use crate::watch::{dynamic_api, lenient_watcher, resource_api, DecodeReporter};
 
 /// Field manager of everything the operator applies.
 pub const MANAGER: &str = "janus-operator";
@@ -758,10 +758,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown);
     // Workload changes (admission, eviction) trigger the owning job, when Kueue is there.
     let controller = if kueue::installed(&client).await {
-        let api: Api<kube::api::DynamicObject> = match &namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &kueue::workload_resource()),
-            None => Api::all_with(client.clone(), &kueue::workload_resource()),
-        };
+        let api = resource_api(&client, &namespace, &kueue::workload_resource());
         tracing::info!("Kueue's Workload API is installed: watching Workloads");
         controller.owns_with(api, kueue::workload_resource(), watcher::Config::default())
     } else {
