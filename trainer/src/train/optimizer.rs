@@ -38,6 +38,11 @@ pub struct Optimizer {
 }
 
 enum State {
+    /// Nothing allocated yet: the master weights equal the parameters and the moments
+    /// are zero. Kept until the first use so that `shard` builds the partitioned state
+    /// straight from the parameters, never holding the replicated state beside it (on a
+    /// 7B model that would be 12 bytes per parameter on every rank at start-up).
+    Fresh,
     Replicated {
         /// fp32 copies of the parameters when `master`.
         master: Vec<Tensor>,
@@ -150,34 +155,45 @@ impl Optimizer {
         let param_kind = params.first().map(|(_, p)| p.kind()).unwrap_or(Kind::Float);
         let master = master && param_kind != Kind::Float;
         let state_kind = if master { Kind::Float } else { param_kind };
-        let masters = if master {
-            tch::no_grad(|| {
-                params
-                    .iter()
-                    .map(|(_, p)| p.detach().to_kind(Kind::Float))
-                    .collect()
-            })
-        } else {
-            Vec::new()
-        };
-        let zeros = |ps: &[(String, Tensor)]| {
-            ps.iter()
-                .map(|(_, p)| p.zeros_like().to_kind(state_kind))
-                .collect()
-        };
         Self {
             config,
             step: 0,
-            state: State::Replicated {
-                master: masters,
-                exp_avg: zeros(&params),
-                exp_avg_sq: zeros(&params),
-            },
+            state: State::Fresh,
             params,
             state_kind,
             master,
             reduce_seconds: 0.0,
         }
+    }
+
+    /// The initial state of parameter `i`, one tensor per `state_names` entry.
+    fn initial_state(&self, i: usize) -> Vec<Tensor> {
+        let p = &self.params[i].1;
+        let zeros = || p.zeros_like().to_kind(self.state_kind);
+        let mut out = vec![zeros(), zeros()];
+        if self.master {
+            out.insert(0, tch::no_grad(|| p.detach().to_kind(Kind::Float)));
+        }
+        out
+    }
+
+    /// Allocate the replicated state if nothing is allocated yet.
+    fn ensure_state(&mut self) {
+        if !matches!(self.state, State::Fresh) {
+            return;
+        }
+        let (mut master, mut exp_avg, mut exp_avg_sq) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..self.params.len() {
+            let mut parts = self.initial_state(i);
+            exp_avg_sq.push(parts.pop().expect("moment"));
+            exp_avg.push(parts.pop().expect("moment"));
+            master.extend(parts.pop());
+        }
+        self.state = State::Replicated {
+            master,
+            exp_avg,
+            exp_avg_sq,
+        };
     }
 
     pub fn params(&self) -> impl Iterator<Item = &Tensor> {
@@ -200,7 +216,7 @@ impl Optimizer {
     pub fn layout(&self) -> Option<&Layout> {
         match &self.state {
             State::Sharded(s) => Some(&s.layout),
-            State::Replicated { .. } => None,
+            State::Fresh | State::Replicated { .. } => None,
         }
     }
 
@@ -216,13 +232,16 @@ impl Optimizer {
         let mut master = Tensor::zeros([n], (self.state_kind, device));
         let mut exp_avg = master.zeros_like();
         let mut exp_avg_sq = master.zeros_like();
-        let State::Replicated {
-            master: m0,
-            exp_avg: a0,
-            exp_avg_sq: s0,
-        } = &self.state
-        else {
-            return;
+        let fresh = matches!(self.state, State::Fresh);
+        let empty = Vec::new();
+        let (m0, a0, s0) = match &self.state {
+            State::Fresh => (&empty, &empty, &empty),
+            State::Replicated {
+                master,
+                exp_avg,
+                exp_avg_sq,
+            } => (master, exp_avg, exp_avg_sq),
+            State::Sharded(_) => return,
         };
         tch::no_grad(|| {
             for b in &layout.buckets {
@@ -230,14 +249,16 @@ impl Optimizer {
                     let dst =
                         |t: &mut Tensor| t.narrow(0, (b.shard_offset + off) as i64, len as i64);
                     let src = |t: &Tensor| flat(t).narrow(0, at as i64, len as i64);
-                    let value = if self.master {
+                    let value = if self.master && !fresh {
                         &m0[p]
                     } else {
                         &self.params[p].1
                     };
                     dst(&mut master).copy_(&src(value));
-                    dst(&mut exp_avg).copy_(&src(&a0[p]));
-                    dst(&mut exp_avg_sq).copy_(&src(&s0[p]));
+                    if !fresh {
+                        dst(&mut exp_avg).copy_(&src(&a0[p]));
+                        dst(&mut exp_avg_sq).copy_(&src(&s0[p]));
+                    }
                 }
             }
         });
@@ -274,9 +295,11 @@ impl Optimizer {
         reduce_kind: Kind,
         bucket_bytes: usize,
     ) -> Result<f64> {
+        self.ensure_state();
         self.step += 1;
         let (step, c) = (self.step, self.config);
         match &mut self.state {
+            State::Fresh => unreachable!("allocated above"),
             State::Replicated {
                 master,
                 exp_avg,
@@ -351,6 +374,14 @@ impl Optimizer {
     ) -> Result<()> {
         let names = self.state_names();
         match &self.state {
+            State::Fresh => {
+                for (i, (name, _)) in self.params.iter().enumerate() {
+                    for (prefix, t) in names.iter().zip(self.initial_state(i)) {
+                        sink(&format!("{prefix}.{name}"), &t)?;
+                    }
+                }
+                Ok(())
+            }
             State::Replicated {
                 master,
                 exp_avg,
@@ -436,8 +467,10 @@ impl Optimizer {
                 }
             }
         }
+        self.ensure_state();
         let master = self.master;
         match &mut self.state {
+            State::Fresh => unreachable!("allocated above"),
             State::Replicated {
                 master: masters,
                 exp_avg,
@@ -511,6 +544,8 @@ impl Optimizer {
     pub fn sync_master_from_params(&mut self) {
         let params = &self.params;
         tch::no_grad(|| match &mut self.state {
+            // The master weights are taken from the parameters when allocated.
+            State::Fresh => {}
             State::Replicated { master, .. } => {
                 for (w, (_, p)) in master.iter_mut().zip(params) {
                     w.copy_(p);
