@@ -60,6 +60,9 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "JANUS_POD_NAMESPACE";
     /// Port on which the first trainer process of the pod serves `/metrics`.
     pub const METRICS_PORT: &str = "JANUS_METRICS_PORT";
+    /// The pod's `terminationGracePeriodSeconds`: how long the trainer has after SIGTERM
+    /// (a checkpoint of the last step is saved when it fits).
+    pub const TERMINATION_GRACE_SECONDS: &str = "JANUS_TERMINATION_GRACE_SECONDS";
     /// In the judge pod of a `JanusEvalJob`: the judge's API key (from
     /// `spec.judge.apiKeySecretRef`); the rendered eval config's `judge.api_key_env`
     /// names this variable.
@@ -76,6 +79,10 @@ pub mod exit_code {
     /// Anything else (I/O, a lost peer, an out-of-memory kill) is retryable; the trainer
     /// uses this code for errors it recognises as transient.
     pub const RETRYABLE: i32 = 75;
+    /// Stopped by SIGTERM (suspend, preemption, eviction, node drain), after saving a
+    /// checkpoint of the last completed step when one fit in the grace period: 128 +
+    /// SIGTERM, as a process killed by it would report. Retryable.
+    pub const TERMINATED: i32 = 143;
 }
 
 /// Labels the operator puts on every child object.
@@ -116,4 +123,8 @@ pub mod defaults {
     pub const CONTAINER_NAME: &str = "trainer";
     /// Port of the trainer's `/metrics` (`JANUS_METRICS_PORT`, container port `metrics`).
     pub const METRICS_PORT: i32 = 9400;
+    /// `terminationGracePeriodSeconds` of worker pods unless the spec says: long enough
+    /// for the checkpoint of a 7B job on SIGTERM (about 100 GB at ~1 GB/s with margin),
+    /// where Kubernetes' 30 s would kill every such save.
+    pub const TERMINATION_GRACE_SECONDS: i64 = 300;
 }

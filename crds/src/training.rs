@@ -395,6 +395,12 @@ pub struct WorkersSpec {
     /// PriorityClass of the worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Seconds a worker has after SIGTERM (suspend, preemption, eviction, drain) before
+    /// it is killed; the trainer saves a checkpoint of the last completed step in it when
+    /// the save is expected to fit, and warns at start when it is not. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub termination_grace_period_seconds: Option<i64>,
     /// Rendezvous port of rank 0 (`JANUS_MASTER_PORT`).
     #[serde(default = "default_master_port")]
     #[schemars(range(min = 1024, max = 65535))]

@@ -25,6 +25,10 @@ pub enum Error {
     },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Stopped by SIGTERM/SIGINT at a step boundary (with or without a checkpoint, as
+    /// the message says).
+    #[error("terminated: {0}")]
+    Terminated(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +51,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Data(_) | Error::Model(_) => exit_code::BAD_INPUT,
             Error::Checkpoint(_) | Error::Io { .. } | Error::Torch(_) => exit_code::RETRYABLE,
+            Error::Terminated(_) => exit_code::TERMINATED,
         }
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use janus::dist::launch::free_port;
@@ -647,4 +647,153 @@ fn sigterm_to_the_launcher_stops_every_rank() {
             "rank pid {pid} still running after the launcher exited"
         );
     }
+}
+
+/// Start `cmd`, wait for the log to report step `at` (or later), and SIGTERM `target`
+/// (the launcher, or one rank's pid from the log); returns the exit code and the log.
+fn sigterm_at_step(cmd: Command, at: u64, target: Option<u64>) -> (Option<i32>, String) {
+    let (mut child, mut lines) = common::spawn_logged(cmd);
+    let mut seen = Vec::new();
+    loop {
+        seen.extend(common::read_until(&mut lines, "\"step\":"));
+        let last = seen.last().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(last.split_once("] ").map_or(last, |(_, l)| l)).unwrap();
+        if v["step"].as_u64().unwrap_or(0) >= at {
+            break;
+        }
+    }
+    let pid = match target {
+        None => child.id() as i32,
+        Some(rank) => {
+            let pids = common::rank_pids(&seen);
+            pids.iter().find(|(r, _)| *r == rank).expect("rank pid").1
+        }
+    };
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    (status.code(), seen.join("\n"))
+}
+
+fn checkpoint_steps(dir: &Path, job: &str) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(dir.join("ckpt").join(job))
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("step-")?.parse().ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    steps.sort();
+    steps
+}
+
+#[test]
+fn sigterm_saves_the_current_step_and_the_resumed_run_equals_the_straight_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    // No periodic checkpoint before the end: what survives is the SIGTERM's.
+    let extra = [
+        "hyperparameters.max_steps=40",
+        "checkpoint.every_steps=1000",
+        "log_every_steps=1",
+    ];
+    let train = |job: &str| {
+        let mut cmd = common::janus();
+        cmd.args(train_args(dir, &model, &data, job, &extra));
+        cmd
+    };
+    common::run_ok(train("straight"));
+    let (code, log) = sigterm_at_step(train("resumed"), 3, None);
+    assert_eq!(code, Some(janus_crds::exit_code::TERMINATED), "{log}");
+    assert!(
+        log.contains("after saving a checkpoint of this step"),
+        "{log}"
+    );
+    let saved = checkpoint_steps(dir, "resumed");
+    assert!(
+        saved.len() == 1 && (3..40).contains(&saved[0]),
+        "checkpoints {saved:?}:\n{log}"
+    );
+    let log = common::run_ok(train("resumed"));
+    assert!(log.contains("\"message\":\"resumed\""), "{log}");
+    let a = common::read_bytes(&dir.join("out-straight/model.safetensors"));
+    let b = common::read_bytes(&dir.join("out-resumed/model.safetensors"));
+    assert!(a == b, "resume after SIGTERM is not bitwise identical");
+}
+
+#[test]
+fn sigterm_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    let extra = [
+        "hyperparameters.max_steps=40",
+        "checkpoint.every_steps=1000",
+        "hyperparameters.micro_batch_size=2",
+        "log_every_steps=1",
+    ];
+    let launch = |job: &str| {
+        let mut cmd = common::janus();
+        cmd.args(["launch", "--nproc", "2", "--"])
+            .args(train_args(dir, &model, &data, job, &extra));
+        cmd
+    };
+    // Only rank 1 is signalled (its pod evicted): rank 0 learns it at the boundary,
+    // and both take part in saving the sharded optimizer state.
+    let (code, log) = sigterm_at_step(launch("one"), 3, Some(1));
+    assert_eq!(code, Some(janus_crds::exit_code::TERMINATED), "{log}");
+    let stopped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") && l.contains("stopped by a signal"))
+        .collect();
+    assert_eq!(stopped.len(), 2, "both ranks stop:\n{log}");
+    let saved = checkpoint_steps(dir, "one");
+    assert_eq!(saved.len(), 1, "{saved:?}\n{log}");
+    let step = format!("\"step\":{}", saved[0]);
+    assert!(stopped.iter().all(|l| l.contains(&step)), "{log}");
+    let log = common::run_ok(launch("one"));
+    assert!(
+        log.contains("\"message\":\"resumed\"") && log.contains("training finished"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigterm_without_time_for_a_checkpoint_stops_without_one_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let mut cmd = common::janus();
+    cmd.args(train_args(
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "short",
+        &[
+            "hyperparameters.max_steps=40",
+            "checkpoint.every_steps=1000",
+            "log_every_steps=1",
+        ],
+    ))
+    .env(janus_crds::env::TERMINATION_GRACE_SECONDS, "0");
+    let (code, log) = sigterm_at_step(cmd, 2, None);
+    assert_eq!(code, Some(janus_crds::exit_code::TERMINATED), "{log}");
+    // Said at start, before any disruption, and again when it happens.
+    assert!(
+        log.contains("not expected to fit in the pod's grace period"),
+        "{log}"
+    );
+    assert!(
+        log.contains("without a checkpoint") && log.contains("terminationGracePeriodSeconds"),
+        "{log}"
+    );
+    assert!(checkpoint_steps(dir, "short").is_empty());
 }

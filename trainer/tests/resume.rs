@@ -47,6 +47,7 @@ fn try_train(
             stop_after_steps: stop,
             progress_bar: false,
             world: None,
+            stop: None,
         },
     )
 }

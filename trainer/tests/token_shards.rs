@@ -313,6 +313,7 @@ fn train_packed(dir: &Path, model: &Path, data: &Path, job: &str, stop: Option<u
             stop_after_steps: stop,
             progress_bar: false,
             world: None,
+            stop: None,
         },
     )
     .unwrap()

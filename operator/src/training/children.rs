@@ -323,6 +323,10 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             hostname: Some(pod_name),
             subdomain: Some(name.clone()),
             restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(
+                w.termination_grace_period_seconds
+                    .unwrap_or(defaults::TERMINATION_GRACE_SECONDS),
+            ),
             service_account_name: Some(rbac_name(&name)),
             scheduler_name: job.spec.scheduling.scheduler_name.clone(),
             priority_class_name: w.priority_class_name.clone(),
@@ -352,10 +356,34 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         }),
         status: None,
     };
-    match &w.template {
-        None => Ok(pod),
+    let mut pod = match &w.template {
+        None => pod,
         Some(over) => apply_template_override(pod, over)
-            .map_err(|message| Error::TemplateOverride { job: name, message }),
+            .map_err(|message| Error::TemplateOverride { job: name, message })?,
+    };
+    tell_grace_period(&mut pod);
+    Ok(pod)
+}
+
+/// The trainer's budget for a checkpoint on SIGTERM is the grace period the pod ends up
+/// with, a template override's included.
+fn tell_grace_period(pod: &mut Pod) {
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let Some(grace) = spec.termination_grace_period_seconds else {
+        return;
+    };
+    for c in &mut spec.containers {
+        if c.name == defaults::CONTAINER_NAME {
+            let env = c.env.get_or_insert_with(Vec::new);
+            env.retain(|e| e.name != env::TERMINATION_GRACE_SECONDS);
+            env.push(EnvVar {
+                name: env::TERMINATION_GRACE_SECONDS.into(),
+                value: Some(grace.to_string()),
+                ..Default::default()
+            });
+        }
     }
 }
 
@@ -451,6 +479,28 @@ mod tests {
     }
 
     #[test]
+    fn the_trainer_is_told_the_grace_period_the_pod_ends_up_with() {
+        let mut job = representative_job();
+        job.spec.workers.termination_grace_period_seconds = Some(900);
+        let pod = worker_pod(&job, 0, 0).unwrap();
+        assert_eq!(
+            pod.spec.as_ref().unwrap().termination_grace_period_seconds,
+            Some(900)
+        );
+        assert_eq!(env_of(&pod)["JANUS_TERMINATION_GRACE_SECONDS"], "900");
+        // A template override's value wins, and the trainer hears that one.
+        job.spec.workers.template = Some(serde_json::json!({
+            "spec": {"terminationGracePeriodSeconds": 45}
+        }));
+        let pod = worker_pod(&job, 0, 0).unwrap();
+        assert_eq!(
+            pod.spec.as_ref().unwrap().termination_grace_period_seconds,
+            Some(45)
+        );
+        assert_eq!(env_of(&pod)["JANUS_TERMINATION_GRACE_SECONDS"], "45");
+    }
+
+    #[test]
     fn worker_pod_follows_the_design_contract() {
         let mut job = representative_job();
         job.metadata.labels = Some(BTreeMap::from([(
@@ -485,6 +535,9 @@ mod tests {
         assert_eq!(e["JANUS_ATTEMPT"], "1");
         assert_eq!(e["JANUS_CONFIG"], "/etc/janus/config.yaml");
         assert_eq!(e["JANUS_METRICS_PORT"], "9400");
+        // Time for a checkpoint on SIGTERM, and the trainer told how much.
+        assert_eq!(spec.termination_grace_period_seconds, Some(300));
+        assert_eq!(e["JANUS_TERMINATION_GRACE_SECONDS"], "300");
         let c = &spec.containers[0];
         let ports: Vec<(&str, i32)> = c
             .ports

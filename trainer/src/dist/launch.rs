@@ -11,8 +11,17 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-/// How long ranks get to exit after SIGTERM before SIGKILL.
+/// How long ranks get to exit after SIGTERM before SIGKILL, unless the operator passed
+/// the pod's grace period (the ranks may be saving a checkpoint in it).
 const GRACE: Duration = Duration::from_secs(10);
+
+fn grace() -> Duration {
+    std::env::var(janus_crds::env::TERMINATION_GRACE_SECONDS)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(GRACE)
+}
 
 pub struct LaunchSpec {
     /// Local processes to start.
@@ -125,7 +134,17 @@ fn supervise(children: &mut [(usize, Child)], stop: &AtomicBool) -> i32 {
         if stop.load(Ordering::SeqCst) {
             tracing::warn!("signal received: stopping all ranks");
             terminate(children);
-            return 130;
+            // Ranks that stopped at a step boundary (with or without a checkpoint) say
+            // so with their own code; the job is told the same.
+            let terminated = children.iter_mut().all(|(_, c)| {
+                c.try_wait().ok().flatten().and_then(|s| s.code())
+                    == Some(janus_crds::exit_code::TERMINATED)
+            });
+            return if terminated {
+                janus_crds::exit_code::TERMINATED
+            } else {
+                130
+            };
         }
         // Every rank that failed since the last look: when one dies the others soon
         // fail on the broken ring, and all of them are named.
@@ -175,7 +194,7 @@ fn terminate(children: &mut [(usize, Child)]) {
             signal(c, libc::SIGTERM);
         }
     }
-    let deadline = Instant::now() + GRACE;
+    let deadline = Instant::now() + grace();
     for (_, c) in children.iter_mut() {
         while matches!(c.try_wait(), Ok(None)) {
             if Instant::now() >= deadline {

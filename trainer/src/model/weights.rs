@@ -149,7 +149,7 @@ impl TensorSpec {
         }
     }
 
-    fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.shape.iter().product::<i64>().max(0) as usize * self.kind.elt_size_in_bytes()
     }
 }

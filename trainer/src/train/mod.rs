@@ -14,11 +14,13 @@ mod head;
 mod optimizer;
 pub mod reference;
 mod step;
+mod stop;
 pub use backprop::BodyPass;
 pub use feed::{epoch_order, Counts, Feed, Share, StepData};
 pub use head::{rewards, sequence_logps, LOSS_CHUNK_TOKENS};
 pub use optimizer::{Layout, Optimizer};
 pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
+pub use stop::{Decision, StopRequest, Stopper};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
 use crate::config::{Backend, DeviceChoice, DpoReference, Method, ReduceDtype, TrainConfig};
@@ -53,6 +55,9 @@ pub struct RunOptions {
     pub progress_bar: bool,
     /// This process's place in a data-parallel job (None: a job of one).
     pub world: Option<WorldInfo>,
+    /// Stop at the next step boundary once set (SIGTERM), with a checkpoint when one
+    /// fits in the grace period.
+    pub stop: Option<StopRequest>,
 }
 
 /// What a run did, printed at the end and written as `summary.json`.
@@ -304,6 +309,20 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
     };
     report(&state, &run);
+    let mut stopper = opts.stop.clone().map(|r| {
+        let bytes = checkpoint_bytes(&trainer);
+        let s = Stopper::new(r, bytes);
+        if rank == 0 && !s.fits_grace() {
+            tracing::warn!(
+                checkpoint_bytes = bytes,
+                expected_seconds = s.save_seconds(),
+                grace_seconds = ?s.grace().map(|g| g.as_secs()),
+                "a checkpoint on SIGTERM is not expected to fit in the pod's grace period; \
+                 raise spec.workers.terminationGracePeriodSeconds"
+            );
+        }
+        s
+    });
     metrics.start_at(state.step); // metrics
     let started = Instant::now();
     while state.step < total_steps {
@@ -350,32 +369,42 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
 
         let every = cfg.checkpoint.every_steps;
         let stop_here = opts.stop_after_steps == Some(state.step);
-        if (every > 0 && state.step.is_multiple_of(every)) || state.step == total_steps || stop_here
-        {
-            // Rank 0 writes (weights are identical everywhere); the others wait so
-            // that no rank runs ahead of a checkpoint that may fail.
+        let due = (every > 0 && state.step.is_multiple_of(every))
+            || state.step == total_steps
+            || stop_here;
+        let save = |trainer: &mut Trainer, state: &TrainerState, run: &mut RunRecord| {
             let held = Instant::now(); // metrics
-            if rank == 0 {
-                let t = Instant::now();
-                let dir = ckpt.save(
-                    &trainer.vs,
-                    &model_config,
-                    &tokenizer_path,
-                    &trainer.opt,
-                    trainer.comm.as_mut(),
-                    &state,
-                    cfg.checkpoint.keep,
-                )?;
-                tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
-            } else if trainer.opt.is_sharded() {
-                // Rank 0 gathers the sharded optimizer state from every rank.
-                trainer
-                    .opt
-                    .gather_state(trainer.comm.as_mut(), &mut |_, _| Ok(()))?;
-            }
-            trainer.comm.barrier()?;
+            save_checkpoint(
+                &ckpt,
+                trainer,
+                &model_config,
+                &tokenizer_path,
+                state,
+                cfg,
+                rank,
+            )?;
             metrics.checkpoint(held.elapsed()); // metrics
             run.last_checkpoint = Some(ckpt.step_url(state.step));
+            Ok::<f64, Error>(held.elapsed().as_secs_f64())
+        };
+        if due {
+            let seconds = save(&mut trainer, &state, &mut run)?;
+            if let Some(s) = &mut stopper {
+                s.saved(seconds);
+            }
+        }
+        if let Some(s) = &mut stopper {
+            if let Decision::Stop { save: first, why } =
+                s.check(trainer.comm.as_mut(), rank, due)?
+            {
+                if first {
+                    save(&mut trainer, &state, &mut run)?;
+                }
+                report(&state, &run);
+                progress.finish();
+                tracing::warn!(step = state.step, checkpoint = ?run.last_checkpoint, "{why}");
+                return Err(Error::Terminated(format!("{why} (step {})", state.step)));
+            }
         }
         report(&state, &run);
         if stop_here && state.step < total_steps {
@@ -399,6 +428,50 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         "training finished"
     );
     Ok(s)
+}
+
+/// Write the checkpoint of `state.step`: rank 0 writes (the weights are the same
+/// everywhere), the others help gather a sharded optimizer state, and all wait, so that
+/// no rank runs ahead of a checkpoint that may fail.
+fn save_checkpoint(
+    ckpt: &CheckpointDir,
+    trainer: &mut Trainer,
+    model_config: &ModelConfig,
+    tokenizer_path: &Path,
+    state: &TrainerState,
+    cfg: &TrainConfig,
+    rank: usize,
+) -> Result<()> {
+    if rank == 0 {
+        let t = Instant::now();
+        let dir = ckpt.save(
+            &trainer.vs,
+            model_config,
+            tokenizer_path,
+            &trainer.opt,
+            trainer.comm.as_mut(),
+            state,
+            cfg.checkpoint.keep,
+        )?;
+        tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
+    } else if trainer.opt.is_sharded() {
+        trainer
+            .opt
+            .gather_state(trainer.comm.as_mut(), &mut |_, _| Ok(()))?;
+    }
+    trainer.comm.barrier()
+}
+
+/// Bytes of one checkpoint: the weights and the optimizer state.
+fn checkpoint_bytes(trainer: &Trainer) -> u64 {
+    let weights: usize = trainer
+        .vs
+        .variables()
+        .values()
+        .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+        .sum();
+    let state: usize = trainer.opt.state_specs().iter().map(|s| s.bytes()).sum();
+    (weights + state) as u64
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -53,6 +53,7 @@ pub fn run(dir: &Path, terminal: bool) -> Result<()> {
         stop_after_steps: None,
         progress_bar: terminal,
         world: None,
+        stop: None,
     };
     let s1 = train::run(&sft, &opts)?;
     let orpo = TrainConfig::resolve(

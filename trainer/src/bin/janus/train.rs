@@ -2,13 +2,17 @@
 //! GPUs, run the job, print its summary.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use janus::config::TrainConfig;
 use janus::dist::env::Role;
 use janus::dist::launch::{launch, LaunchSpec};
+use janus::train::StopRequest;
 use janus::train::{self, RunOptions};
-use janus::Result;
+use janus::{Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -64,6 +68,7 @@ pub fn run(a: TrainArgs, terminal: bool) -> Result<()> {
         stop_after_steps: a.stop_after_steps,
         progress_bar: terminal,
         world: Some(world.clone()),
+        stop: Some(stop_on_signals()?),
     };
     let s = train::run(&cfg, &opts)?;
     if world.rank == 0 {
@@ -73,4 +78,23 @@ pub fn run(a: TrainArgs, terminal: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGTERM (the kubelet stopping the pod: suspend, preemption, eviction, drain) and
+/// SIGINT stop the run at the next step boundary, with a checkpoint when one fits in
+/// the grace period the operator passes in `JANUS_TERMINATION_GRACE_SECONDS`.
+fn stop_on_signals() -> Result<StopRequest> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))
+            .map_err(|e| Error::io("installing signal handlers", e))?;
+    }
+    let env = janus_crds::env::TERMINATION_GRACE_SECONDS;
+    let grace = match std::env::var(env) {
+        Ok(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
+            Error::Config(format!("{env}={v:?}: expected whole seconds"))
+        })?)),
+        Err(_) => None,
+    };
+    Ok(StopRequest { flag, grace })
 }
