@@ -4,7 +4,8 @@
 # module's manifests/base/crds), under ${JANUS_CACHE:-$HOME/.cache/janus}/kubeflow-<version>/:
 #   bin/training-operator   the manager (github.com/kubeflow/training-operator/cmd/training-operator.v1)
 #   crds/*.yaml             its CustomResourceDefinitions (PyTorchJob, TFJob, ...)
-# The one addition to the release is kubeflow/request_latency.go.overlay (metrics only).
+# The one addition to the release is kubeflow/request_latency.go.overlay (metrics only,
+# added to a copy of the module's source).
 # Idempotent: when both exist and the stamp matches the pinned go.mod/go.sum (and this
 # script), it returns at once. The last line on stdout is the cache directory.
 # Used by bench/operator_bench.py (--peer kubeflow), the side-by-side benchmark; no test
@@ -52,11 +53,16 @@ start=$SECONDS
 echo "build-kubeflow.sh: building the Kubeflow Training Operator $VERSION into $DIR" >&2
 src="$(cd "$HERE/kubeflow" && go mod download "$MODULE" && go list -m -f '{{.Dir}}' "$MODULE")"
 # The release as it is, plus one file in its main package that registers client-go's
-# request-latency histograms (kubeflow/request_latency.go.overlay says why).
-python3 -c 'import json, sys; print(json.dumps({"Replace": {sys.argv[1]: sys.argv[2]}}))' \
-	"$src/cmd/training-operator.v1/zz_janus_request_latency.go" "$HERE/kubeflow/request_latency.go.overlay" >"$TMP/overlay.json"
-(cd "$HERE/kubeflow" && nice -n 5 go build -trimpath -ldflags="-s -w" -overlay="$TMP/overlay.json" \
-	-o "$TMP/training-operator" "$MODULE/cmd/training-operator.v1")
+# request-latency histograms (kubeflow/request_latency.go.overlay says why). Go refuses
+# overlays inside the module cache: build a copy of the release, through a `replace` in
+# a copy of kubeflow/ (the same module graph: go.sum unchanged).
+cp -r "$src" "$TMP/training-operator"
+chmod -R u+w "$TMP/training-operator"
+cp "$HERE/kubeflow/request_latency.go.overlay" "$TMP/training-operator/cmd/training-operator.v1/zz_janus_request_latency.go"
+mkdir "$TMP/mod"
+cp "$HERE/kubeflow/go.mod" "$HERE/kubeflow/go.sum" "$HERE/kubeflow/tools.go" "$TMP/mod/"
+(cd "$TMP/mod" && go mod edit -replace="$MODULE=$TMP/training-operator" &&
+	nice -n 5 go build -trimpath -ldflags="-s -w" -o "$TMP/training-operator.bin" "$MODULE/cmd/training-operator.v1")
 # The CRDs ship in the module itself: the same release as the binary.
 mkdir -p "$TMP/crds"
 cp "$src"/manifests/base/crds/kubeflow.org_*.yaml "$TMP/crds/"
@@ -64,7 +70,7 @@ chmod -R u+w "$TMP/crds"
 
 rm -rf "$DIR/bin" "$DIR/crds"
 mkdir -p "$DIR/bin"
-mv "$TMP/training-operator" "$DIR/bin/training-operator"
+mv "$TMP/training-operator.bin" "$DIR/bin/training-operator"
 mv "$TMP/crds" "$DIR/crds"
 stamp >"$DIR/.stamp"
 echo "build-kubeflow.sh: built in $((SECONDS - start))s" >&2
