@@ -31,6 +31,8 @@ Kubeflow / Janus of each (every figure is lower-is-better: > 1 means Janus is ah
 Usage: bench/operator_bench.py [--jobs 200] [--workers 8] [--reps 3]
          [--sides janus,kubeflow,kubeflow-tuned] [--operator PATH] [--kubeflow DIR]
          [--json FILE] [--keep]
+       bench/operator_bench.py --create-only ...   (kubectl create alone, no operator)
+       bench/operator_bench.py --table FILE.json ...  (the table of earlier runs)
 """
 
 import argparse
@@ -426,6 +428,27 @@ def run_side(name, op, a, nodes, rep):
             shutil.rmtree(work, ignore_errors=True)
 
 
+def create_only(name, op, a, nodes):
+    """Seconds of `kubectl create` of all jobs on a fresh control plane, no operator: the
+    API server's own cost of the CRD (validation, storage)."""
+    work = tempfile.mkdtemp(prefix=f"janus-bench-{name}-create-")
+    cdir = os.path.join(work, "cluster")
+    subprocess.run([os.path.join(CP, "up.sh"), cdir, str(nodes)], check=True, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, KUBECONFIG=os.path.join(cdir, "kubeconfig"))
+    kubectl = os.path.join(sh(os.path.join(CP, "build.sh")).strip().splitlines()[-1], "kubectl")
+    try:
+        op.install(kubectl, env, work)
+        manifest = os.path.join(work, "jobs.json")
+        with open(manifest, "w") as f:
+            json.dump({"apiVersion": "v1", "kind": "List", "items": [op.job(i, a.workers) for i in range(a.jobs)]}, f)
+        t0 = time.monotonic()
+        sh(kubectl, "create", "-f", manifest, env=env)
+        return time.monotonic() - t0
+    finally:
+        subprocess.run([os.path.join(CP, "down.sh"), cdir], stdout=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # --- the table -----------------------------------------------------------------------
 ROWS = [
     # (label, key, format)
@@ -474,7 +497,7 @@ def table(results, sides, reps):
         if "janus" in sides:
             for p in peers:
                 j, k = med["janus"], med[p]
-                if key == "reconciles" or j is None or k is None:
+                if key in ("reconciles", "throttle_per_rec_ms") or j is None or k is None:
                     cells.append("")
                 elif j == 0:
                     cells.append("inf" if k > 0 else "")
@@ -496,6 +519,8 @@ def main():
     ap.add_argument("--json", default=None, help="write every repetition's figures here")
     ap.add_argument("--keep", action="store_true", help="keep each cluster running")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of earlier --json files")
+    ap.add_argument("--create-only", action="store_true",
+                    help="only time `kubectl create` of the jobs of each kind with no operator running")
     a = ap.parse_args()
     if a.table:
         results = {}
@@ -530,6 +555,12 @@ def main():
 
     pods_total = a.jobs * a.workers
     nodes = max(4, math.ceil(pods_total / 240))
+    if a.create_only:
+        for rep in range(a.reps):
+            for s in [s for s in sides if s != "kubeflow-tuned" or "kubeflow" not in sides]:
+                t = create_only(s, ops[s], a, nodes)
+                print(f"{ops[s].kind}: kubectl create of {a.jobs} jobs, no operator running: {t:.1f} s (rep {rep + 1})")
+        return
     results = {s: [] for s in sides}
     for rep in range(a.reps):
         order = sides[rep % len(sides):] + sides[:rep % len(sides)]  # rotate who goes first
