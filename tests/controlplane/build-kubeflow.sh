@@ -8,7 +8,7 @@
 # added to a copy of the module's source).
 # Idempotent: when both exist and the stamp matches the pinned go.mod/go.sum (and this
 # script), it returns at once. The last line on stdout is the cache directory.
-# Used by bench/operator_bench.py (--peer kubeflow), the side-by-side benchmark; no test
+# Used by bench/operator_bench.py (its kubeflow sides), the side-by-side benchmark; no test
 # needs it.
 set -euo pipefail
 
