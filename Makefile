@@ -37,7 +37,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export JANUS_PYTHON := $(PY)
 
-.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator crdgen clean-demo bench-serve
+.PHONY: demo test build lint unit gpu-bundle bench bench-train bench-memory bench-allreduce bench-scaling bench-checkpoint bench-stream bench-operator kubeflow crdgen clean-demo bench-serve
 
 $(STAMP): requirements-dev.txt
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
@@ -82,6 +82,15 @@ kueue:
 	@tests/controlplane/build-kueue.sh >/dev/null
 
 unit: kueue
+
+# The Kubeflow Training Operator v1 (github.com/kubeflow/training-operator at the release
+# pinned in tests/controlplane/kubeflow/go.mod) and its CRDs, built once
+# (build-kubeflow.sh, a stamp like build.sh): the peer of bench-operator, no test's.
+KUBEFLOW_VERSION := $(shell awk '$$1 == "require" && $$2 == "github.com/kubeflow/training-operator" {print $$3}' tests/controlplane/kubeflow/go.mod)
+KUBEFLOW_DIR := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/kubeflow-$(KUBEFLOW_VERSION)
+.PHONY: kubeflow
+kubeflow:
+	@tests/controlplane/build-kubeflow.sh >/dev/null
 
 .PHONY: node node-deps
 # Debian packages of the node (needs root; a no-op when installed).
@@ -128,9 +137,11 @@ clean-demo:
 bench-stream: build $(VERSITYGW)
 	$(PY) bench/stream_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
-# 200 JanusTrainingJobs x 8 workers on the kwok test cluster, the real operator binary.
-bench-operator: build controlplane
-	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator
+# 200 JanusTrainingJobs x 8 workers on the kwok test cluster, the real operator binary,
+# side by side with 200 PyTorchJobs x 8 under the Kubeflow Training Operator (as it
+# ships, and with its client rate limit lifted), a fresh control plane each, 3 reps.
+bench-operator: build controlplane kubeflow
+	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator --kubeflow $(KUBEFLOW_DIR) --reps 3
 
 # Regenerate the CRD YAML in the chart from the Rust types (a test fails when it drifts).
 crdgen:

@@ -162,14 +162,11 @@ async fn main() -> anyhow::Result<()> {
     // Tests and humans read the port from here.
     tracing::info!(addr = %bound, identity = %identity, "serving /metrics /healthz /readyz");
 
-    // Every API request is counted (janus_operator_api_requests_total{method}).
-    let counter = metrics.api_requests_total.clone();
+    // Every API request is counted (janus_operator_api_requests_total{method}) and all
+    // but watches timed (janus_operator_api_request_duration_seconds{method,resource}).
     let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
-        .with_layer(&tower::util::MapRequestLayer::new(
-            move |req: ::http::Request<kube::client::Body>| {
-                counter.with_label_values(&[req.method().as_str()]).inc();
-                req
-            },
+        .with_layer(&janus_operator::metrics::ApiRequestMetricsLayer::new(
+            &metrics,
         ))
         .build();
     let version = client.apiserver_version().await?;

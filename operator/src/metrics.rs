@@ -3,9 +3,18 @@
 use janus_crds::eval::EvalPhase;
 use janus_crds::training::JobPhase;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Buckets of the reconcile and API request histograms (seconds).
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -13,12 +22,21 @@ pub struct Metrics {
     pub reconcile_total: IntCounter,
     pub reconcile_errors_total: IntCounterVec,
     pub reconcile_duration_seconds: Histogram,
+    /// Per reconcile: the time it had at least one API request outstanding.
+    pub reconcile_api_wait_seconds: Histogram,
+    /// Per reconcile: its duration less its API wait, the operator's own time.
+    pub reconcile_own_seconds: Histogram,
     pub jobs: IntGaugeVec,
     pub job_restarts_total: IntCounter,
     pub eval_jobs: IntGaugeVec,
     pub eval_restarts_total: IntCounter,
     pub leader: IntGauge,
     pub api_requests_total: IntCounterVec,
+    /// Time from sending a request to its response's headers, by HTTP method and
+    /// resource ([`resource_of`]); watches are not timed (they stay open). Reconciles
+    /// wait on these (all but `events`, published from tasks of their own): the
+    /// reconcile time less this is the operator's own.
+    pub api_request_duration_seconds: HistogramVec,
     /// Watch errors by watch (jobs, pods, nodes, ...); the runtime retries them.
     pub watch_errors_total: IntCounterVec,
     /// Objects skipped because they do not decode, by kind.
@@ -49,10 +67,23 @@ impl Metrics {
                 "janus_operator_reconcile_duration_seconds",
                 "Time of one reconcile",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let reconcile_api_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "janus_operator_reconcile_api_wait_seconds",
+                "Time of one reconcile with at least one API request outstanding",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let reconcile_own_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "janus_operator_reconcile_own_seconds",
+                "Time of one reconcile not waiting on the API server",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .unwrap();
         let jobs = IntGaugeVec::new(
@@ -85,6 +116,15 @@ impl Metrics {
             &["method"],
         )
         .unwrap();
+        let api_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "janus_operator_api_request_duration_seconds",
+                "Time from sending a request to the API server to its response, by HTTP method and resource (watches excluded)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "resource"],
+        )
+        .unwrap();
         let watch_errors_total = IntCounterVec::new(
             Opts::new(
                 "janus_operator_watch_errors_total",
@@ -105,12 +145,15 @@ impl Metrics {
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors_total.clone()),
             Box::new(reconcile_duration_seconds.clone()),
+            Box::new(reconcile_api_wait_seconds.clone()),
+            Box::new(reconcile_own_seconds.clone()),
             Box::new(jobs.clone()),
             Box::new(job_restarts_total.clone()),
             Box::new(eval_jobs.clone()),
             Box::new(eval_restarts_total.clone()),
             Box::new(leader.clone()),
             Box::new(api_requests_total.clone()),
+            Box::new(api_request_duration_seconds.clone()),
             Box::new(watch_errors_total.clone()),
             Box::new(undecodable_objects_total.clone()),
         ] {
@@ -136,12 +179,15 @@ impl Metrics {
             reconcile_total,
             reconcile_errors_total,
             reconcile_duration_seconds,
+            reconcile_api_wait_seconds,
+            reconcile_own_seconds,
             jobs,
             job_restarts_total,
             eval_jobs,
             eval_restarts_total,
             leader,
             api_requests_total,
+            api_request_duration_seconds,
             watch_errors_total,
             undecodable_objects_total,
         }
@@ -169,6 +215,23 @@ impl Metrics {
         }
     }
 
+    /// Runs one reconcile, observing its duration, its wait on the API server (the
+    /// union of its requests' times: requests that overlap count once) and the rest,
+    /// its own time. Requests from tasks it spawns (Events) are not its own.
+    pub async fn timed_reconcile<F: Future>(&self, reconcile: F) -> F::Output {
+        let wait = Arc::new(ApiWait::default());
+        let start = Instant::now();
+        let out = API_WAIT.scope(wait.clone(), reconcile).await;
+        let took = start.elapsed();
+        let waited = wait.total();
+        self.reconcile_duration_seconds.observe(took.as_secs_f64());
+        self.reconcile_api_wait_seconds
+            .observe(waited.as_secs_f64());
+        self.reconcile_own_seconds
+            .observe(took.saturating_sub(waited).as_secs_f64());
+        out
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut buf = vec![];
@@ -179,9 +242,206 @@ impl Metrics {
     }
 }
 
+tokio::task_local! {
+    /// The API wait of the reconcile being polled ([`Metrics::timed_reconcile`]).
+    static API_WAIT: Arc<ApiWait>;
+}
+
+/// The union of the intervals with at least one request outstanding.
+#[derive(Default)]
+struct ApiWait(Mutex<ApiWaitState>);
+
+#[derive(Default)]
+struct ApiWaitState {
+    in_flight: usize,
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl ApiWait {
+    fn begin(self: &Arc<Self>) -> ApiWaitGuard {
+        let mut s = self.0.lock().unwrap();
+        if s.in_flight == 0 {
+            s.since = Some(Instant::now());
+        }
+        s.in_flight += 1;
+        ApiWaitGuard(self.clone())
+    }
+
+    fn total(&self) -> Duration {
+        let s = self.0.lock().unwrap();
+        s.total
+            + s.since
+                .filter(|_| s.in_flight > 0)
+                .map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// Ends a request's part of the wait when it completes or is dropped.
+struct ApiWaitGuard(Arc<ApiWait>);
+
+impl Drop for ApiWaitGuard {
+    fn drop(&mut self) {
+        let mut s = self.0 .0.lock().unwrap();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            if let Some(t) = s.since.take() {
+                s.total += t.elapsed();
+            }
+        }
+    }
+}
+
+/// A layer for the kube client's HTTP stack: counts every request
+/// (`janus_operator_api_requests_total{method}`) and times every one but watches
+/// (`janus_operator_api_request_duration_seconds{method,resource}`).
+#[derive(Clone)]
+pub struct ApiRequestMetricsLayer {
+    total: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl ApiRequestMetricsLayer {
+    pub fn new(m: &Metrics) -> Self {
+        ApiRequestMetricsLayer {
+            total: m.api_requests_total.clone(),
+            duration: m.api_request_duration_seconds.clone(),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ApiRequestMetricsLayer {
+    type Service = ApiRequestMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiRequestMetrics {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiRequestMetrics<S> {
+    inner: S,
+    layer: ApiRequestMetricsLayer,
+}
+
+/// The resource of an API path, with its subresource: `pods` for
+/// `/api/v1/namespaces/N/pods/P`, `janustrainingjobs/status` for
+/// `/apis/janus.dev/v1alpha1/namespaces/N/janustrainingjobs/J/status`, `events` for
+/// `/apis/events.k8s.io/v1/namespaces/N/events`. Empty for anything else.
+pub fn resource_of(path: &str) -> String {
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match seg.first() {
+        Some(&"api") if seg.len() > 2 => &seg[2..],
+        Some(&"apis") if seg.len() > 3 => &seg[3..],
+        _ => return String::new(),
+    };
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        _ => rest,
+    };
+    match rest {
+        [r, _, sub, ..] => format!("{r}/{sub}"),
+        [r, ..] => (*r).to_owned(),
+        [] => String::new(),
+    }
+}
+
+/// `?watch=true` (or `watch=1`): a watch, open until the server ends it.
+fn is_watch(uri: &::http::Uri) -> bool {
+    uri.query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
+}
+
+impl<S, B> tower::Service<::http::Request<B>> for ApiRequestMetrics<S>
+where
+    S: tower::Service<::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ::http::Request<B>) -> Self::Future {
+        let method = req.method().as_str().to_owned();
+        self.layer.total.with_label_values(&[&method]).inc();
+        let timer = (!is_watch(req.uri())).then(|| {
+            self.layer
+                .duration
+                .with_label_values(&[&method, &resource_of(req.uri().path())])
+        });
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            // Polled by the task that sent the request (the kube client's buffer hands
+            // this future back to it): inside a reconcile, its wait.
+            let _wait = API_WAIT.try_with(|w| w.begin()).ok();
+            let res = fut.await;
+            if let Some(h) = timer {
+                h.observe(start.elapsed().as_secs_f64());
+            }
+            res
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reconcile_waits_once_for_overlapping_requests() {
+        let m = Metrics::new();
+        let mut svc = tower::Layer::layer(
+            &ApiRequestMetricsLayer::new(&m),
+            tower::service_fn(|_req: ::http::Request<()>| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, ()>(())
+            }),
+        );
+        let get = |svc: &mut ApiRequestMetrics<_>| {
+            tower::Service::call(svc, ::http::Request::get("/api/v1/pods").body(()).unwrap())
+        };
+        m.timed_reconcile(async {
+            let (a, b) = (get(&mut svc), get(&mut svc));
+            futures::try_join!(a, b).unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        })
+        .await;
+        let wait = m.reconcile_api_wait_seconds.get_sample_sum();
+        let own = m.reconcile_own_seconds.get_sample_sum();
+        assert!((0.045..0.075).contains(&wait), "wait {wait}");
+        assert!((0.025..0.06).contains(&own), "own {own}");
+        // Each request timed on its own: both 50 ms.
+        let per_request = m
+            .api_request_duration_seconds
+            .with_label_values(&["GET", "pods"])
+            .get_sample_sum();
+        assert!(per_request >= 0.095, "requests {per_request}");
+    }
+
+    #[test]
+    fn api_paths_name_their_resource() {
+        for (path, want) in [
+            ("/api/v1/namespaces/default/pods", "pods"),
+            ("/api/v1/namespaces/default/pods/j-worker-0", "pods"),
+            ("/api/v1/nodes", "nodes"),
+            ("/api/v1/namespaces/default", "namespaces"),
+            (
+                "/apis/janus.dev/v1alpha1/namespaces/default/janustrainingjobs/j/status",
+                "janustrainingjobs/status",
+            ),
+            ("/apis/events.k8s.io/v1/namespaces/default/events", "events"),
+            ("/version", ""),
+        ] {
+            assert_eq!(resource_of(path), want, "{path}");
+        }
+    }
 
     #[test]
     fn every_design_metric_is_exported() {
@@ -193,6 +453,18 @@ mod tests {
         m.set_job_phases([JobPhase::Running, JobPhase::Running, JobPhase::Failed]);
         m.set_eval_job_phases([EvalPhase::Judging]);
         m.eval_restarts_total.inc();
+        // A GET and a watch through the client layer: both counted, the GET timed.
+        let mut svc = tower::Layer::layer(
+            &ApiRequestMetricsLayer::new(&m),
+            tower::service_fn(|_req: ::http::Request<()>| async { Ok::<_, ()>(()) }),
+        );
+        for uri in [
+            "/api/v1/pods",
+            "/api/v1/pods?labelSelector=a&watch=true&timeoutSeconds=290",
+        ] {
+            let req = ::http::Request::get(uri).body(()).unwrap();
+            futures::executor::block_on(tower::Service::call(&mut svc, req)).unwrap();
+        }
         let text = m.encode();
         for name in [
             "janus_operator_reconcile_total 1",
@@ -208,6 +480,8 @@ mod tests {
             "janus_eval_restarts_total 1",
             "janus_operator_watch_errors_total{watch=\"pods\"} 0",
             "janus_operator_undecodable_objects_total{kind=\"JanusTrainingJob\"} 0",
+            "janus_operator_api_requests_total{method=\"GET\"} 2",
+            "janus_operator_api_request_duration_seconds_count{method=\"GET\",resource=\"pods\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

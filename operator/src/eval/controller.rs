@@ -255,8 +255,10 @@ fn secrets_pending(job: &JanusEvalJob) -> bool {
 /// Top-level reconcile: metrics around [`reconcile_eval`].
 pub async fn reconcile(job: Arc<JanusEvalJob>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconcile_total.inc();
-    let _timer = ctx.metrics.reconcile_duration_seconds.start_timer();
-    let result = reconcile_eval(&job, &ctx).await;
+    let result = ctx
+        .metrics
+        .timed_reconcile(reconcile_eval(&job, &ctx))
+        .await;
     if result.is_ok() {
         ctx.failures.lock().unwrap().remove(&key(&job));
     }

@@ -157,8 +157,7 @@ pub async fn reconcile(job: Arc<JanusTrainingJob>, ctx: Arc<Context>) -> Result<
     let _in_flight = ctx
         .health
         .reconcile_started(key(&job), std::time::Instant::now());
-    let _timer = ctx.metrics.reconcile_duration_seconds.start_timer();
-    let result = reconcile_job(&job, &ctx).await;
+    let result = ctx.metrics.timed_reconcile(reconcile_job(&job, &ctx)).await;
     if result.is_ok() {
         ctx.failures.lock().unwrap().remove(&key(&job));
     }
