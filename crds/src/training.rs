@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -401,6 +402,10 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Size limit of the scratch `emptyDir` mounted at `/tmp` (model and data downloads;
+    /// a 7B model is about 15 GB). None: no limit beyond the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_size_limit: Option<Quantity>,
     /// Rendezvous port of rank 0 (`JANUS_MASTER_PORT`).
     #[serde(default = "default_master_port")]
     #[schemars(range(min = 1024, max = 65535))]
@@ -408,8 +413,11 @@ pub struct WorkersSpec {
     /// A partial PodTemplateSpec merged over the generated pod: maps merge, lists of
     /// named items (containers, env, volumes, volumeMounts) merge by `name` (the
     /// generated container is named `trainer`), anything else replaces.
+    /// It may not set `serviceAccountName` or `automountServiceAccountToken`: workers run
+    /// as the job's own ServiceAccount, whose Role the operator scopes to that job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
+    #[x_kube(validation = Rule::new("!has(self.spec) || (!has(self.spec.serviceAccountName) && !has(self.spec.serviceAccount) && !has(self.spec.automountServiceAccountToken))").message("spec.workers.template may not set serviceAccountName or automountServiceAccountToken: worker pods run as the job's own ServiceAccount"))]
     pub template: Option<serde_json::Value>,
 }
 
@@ -424,10 +432,24 @@ fn default_master_port() -> i32 {
 }
 
 fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // The fields the CEL rule reads are declared (CEL cannot select undeclared fields
+    // of an open object); everything else is kept as given.
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
-        "description": "A partial PodTemplateSpec merged over the generated pod."
+        "description": "A partial PodTemplateSpec merged over the generated pod.",
+        "properties": {
+            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "serviceAccountName": {"type": "string"},
+                    "serviceAccount": {"type": "string"},
+                    "automountServiceAccountToken": {"type": "boolean"}
+                }
+            }
+        }
     })
 }
 

@@ -8,6 +8,7 @@ pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod security;
 pub mod telemetry;
 pub mod training;
 pub mod watch;

@@ -22,6 +22,7 @@ use kube::{Resource, ResourceExt};
 use super::gates::Resolved;
 use super::stage::Slot;
 use crate::error::{Error, Result};
+use crate::security;
 
 /// Key of the eval config in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -193,12 +194,16 @@ fn container(
         resources,
         // The operator quotes the error `janus` printed last when the pod fails.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".into(),
-            mount_path: config_dir,
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: config_dir,
+                read_only: Some(true),
+                ..Default::default()
+            },
+            security::scratch_mount(),
+        ]),
+        security_context: Some(security::container_security_context()),
         ..Default::default()
     }
 }
@@ -239,14 +244,18 @@ fn pod(
             tolerations: w.tolerations.clone(),
             init_containers: (!init.is_empty()).then_some(init),
             containers: vec![main],
-            volumes: Some(vec![Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(&name),
+            security_context: Some(security::pod_security_context()),
+            volumes: Some(vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: config_map_name(&name),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+                },
+                security::scratch_volume(None),
+            ]),
             ..Default::default()
         }),
         status: None,

@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::security;
 
 /// Key of the trainer config in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -306,7 +307,9 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
                 mount_path: "/dev/shm".into(),
                 ..Default::default()
             },
+            security::scratch_mount(),
         ]),
+        security_context: Some(security::container_security_context()),
         ..Default::default()
     };
 
@@ -351,7 +354,9 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
                     }),
                     ..Default::default()
                 },
+                security::scratch_volume(w.scratch_size_limit.as_ref()),
             ]),
+            security_context: Some(security::pod_security_context()),
             ..Default::default()
         }),
         status: None,
@@ -537,6 +542,34 @@ mod tests {
         assert_eq!(e["JANUS_METRICS_PORT"], "9400");
         // Time for a checkpoint on SIGTERM, and the trainer told how much.
         assert_eq!(spec.termination_grace_period_seconds, Some(300));
+        // The restricted Pod Security Standard, and scratch space for downloads.
+        let psc = spec.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let sc = spec.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".into()])
+        );
+        let scratch = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "scratch")
+            .unwrap();
+        assert_eq!(
+            scratch.empty_dir.as_ref().unwrap().size_limit,
+            job.spec.workers.scratch_size_limit
+        );
+        assert!(spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "scratch" && m.mount_path == "/tmp"));
         assert_eq!(e["JANUS_TERMINATION_GRACE_SECONDS"], "300");
         let c = &spec.containers[0];
         let ports: Vec<(&str, i32)> = c

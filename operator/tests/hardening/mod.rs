@@ -542,3 +542,52 @@ async fn a_pod_group_without_its_crd_is_a_condition_and_a_warning() {
         first[0].note
     );
 }
+
+/// Worker pods pass the `restricted` Pod Security Standard: a namespace that enforces
+/// it admits them and the gang runs. A template override cannot swap the workers'
+/// ServiceAccount (the API server refuses it, naming the rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_namespace_admits_the_workers_and_the_service_account_stays_the_jobs() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let c = client().await;
+    let ns = namespace(&c, "restricted").await;
+    let label = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"
+    }}});
+    Api::<Namespace>::all(c.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    create_job(&c, &ns, "safe", job_spec(2)).await;
+    wait_phase(&c, &ns, "safe", "Running", Duration::from_secs(120)).await;
+    assert!(warnings(&c, &ns, "FailedCreate").await.is_empty());
+
+    for field in [
+        json!({"serviceAccountName": "default"}),
+        json!({"automountServiceAccountToken": true}),
+    ] {
+        let mut spec = serde_json::to_value(job_spec(1)).unwrap();
+        spec["workers"]["template"] = json!({"spec": field});
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(c.clone(), &ns, &ApiResource::erase::<JanusTrainingJob>(&()));
+        let obj = json!({
+            "apiVersion": "janus.dev/v1alpha1",
+            "kind": "JanusTrainingJob",
+            "metadata": {"name": "swap"},
+            "spec": spec
+        });
+        let err = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).unwrap(),
+            )
+            .await
+            .expect_err("a template that sets the ServiceAccount is refused");
+        assert!(
+            err.to_string().contains("may not set serviceAccountName"),
+            "{err}"
+        );
+    }
+}
