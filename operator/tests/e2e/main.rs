@@ -176,9 +176,16 @@ fn helm_installed_operator_runs_under_its_own_service_account_with_leader_electi
         "-A"
     ]));
     assert!(can(&["create", "pods", "-n", "default"]));
+    // Its own Lease only: RBAC names it.
     assert!(can(&[
         "update",
-        "leases.coordination.k8s.io",
+        "leases.coordination.k8s.io/janus-operator",
+        "-n",
+        RELEASE_NS
+    ]));
+    assert!(!can(&[
+        "update",
+        "leases.coordination.k8s.io/someone-elses",
         "-n",
         RELEASE_NS
     ]));

@@ -323,6 +323,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         }
         s
     });
+    let _armed = opts.stop.as_ref().map(stop::Armed::new);
     metrics.start_at(state.step); // metrics
     let started = Instant::now();
     while state.step < total_steps {
@@ -416,6 +417,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             return Ok(summary(cfg, feed.counts(), &state, &run, None, false));
         }
     }
+    drop(_armed);
     progress.finish();
     if rank != 0 {
         return Ok(summary(cfg, feed.counts(), &state, &run, None, true));

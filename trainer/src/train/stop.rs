@@ -28,6 +28,10 @@ const SAFETY: f64 = 1.5;
 #[derive(Debug, Clone)]
 pub struct StopRequest {
     pub flag: Arc<AtomicBool>,
+    /// Set while the run is in its step loop, where a signal waits for the next step
+    /// boundary; outside it (downloads, rendezvous, publishing) the signal handler
+    /// exits at once, as the default action would.
+    pub armed: Arc<AtomicBool>,
     /// None: no limit known (a terminal's Ctrl-C); a checkpoint is always saved.
     pub grace: Option<Duration>,
 }
@@ -49,6 +53,23 @@ pub struct Stopper {
     save_seconds: f64,
     measured: bool,
     boundary: Instant,
+}
+
+/// Keeps a stop request armed while alive (the step loop), disarmed after it, on
+/// every way out.
+pub struct Armed(Arc<AtomicBool>);
+
+impl Armed {
+    pub fn new(request: &StopRequest) -> Self {
+        request.armed.store(true, Ordering::SeqCst);
+        Self(request.armed.clone())
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Stopper {
@@ -183,6 +204,7 @@ mod tests {
         let flag = Arc::new(AtomicBool::new(false));
         let request = StopRequest {
             flag: flag.clone(),
+            armed: Arc::new(AtomicBool::new(true)),
             grace: Some(Duration::from_secs(60)),
         };
         let mut s = Stopper::new(request, 1_000_000_000);

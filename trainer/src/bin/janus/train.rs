@@ -2,7 +2,7 @@
 //! GPUs, run the job, print its summary.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,8 +85,19 @@ pub fn run(a: TrainArgs, terminal: bool) -> Result<()> {
 /// the grace period the operator passes in `JANUS_TERMINATION_GRACE_SECONDS`.
 fn stop_on_signals() -> Result<StopRequest> {
     let flag = Arc::new(AtomicBool::new(false));
+    let armed = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&flag))
+        let (f, a) = (flag.clone(), armed.clone());
+        // Outside the step loop, or at a second signal, exit as the default action
+        // would (a container's PID 1 has no default action: it would wait for SIGKILL).
+        let handler = move || {
+            if !a.load(Ordering::SeqCst) || f.swap(true, Ordering::SeqCst) {
+                signal_hook::low_level::exit(janus_crds::exit_code::TERMINATED);
+            }
+        };
+        // SAFETY: the handler only touches atomics and calls _exit(2), both
+        // async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, handler) }
             .map_err(|e| Error::io("installing signal handlers", e))?;
     }
     let env = janus_crds::env::TERMINATION_GRACE_SECONDS;
@@ -96,5 +107,5 @@ fn stop_on_signals() -> Result<StopRequest> {
         })?)),
         Err(_) => None,
     };
-    Ok(StopRequest { flag, grace })
+    Ok(StopRequest { flag, armed, grace })
 }
