@@ -398,7 +398,8 @@ pub struct WorkersSpec {
     pub priority_class_name: Option<String>,
     /// Seconds a worker has after SIGTERM (suspend, preemption, eviction, drain) before
     /// it is killed; the trainer saves a checkpoint of the last completed step in it when
-    /// the save is expected to fit, and warns at start when it is not. Default 300.
+    /// the save is expected to fit, and warns at start when it is not. Default 30 (Kubernetes'
+    /// own); a 7B job needs a few hundred seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub termination_grace_period_seconds: Option<i64>,

@@ -541,7 +541,7 @@ mod tests {
         assert_eq!(e["JANUS_CONFIG"], "/etc/janus/config.yaml");
         assert_eq!(e["JANUS_METRICS_PORT"], "9400");
         // Time for a checkpoint on SIGTERM, and the trainer told how much.
-        assert_eq!(spec.termination_grace_period_seconds, Some(300));
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
         // The restricted Pod Security Standard, and scratch space for downloads.
         let psc = spec.security_context.as_ref().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -570,7 +570,7 @@ mod tests {
             .iter()
             .flatten()
             .any(|m| m.name == "scratch" && m.mount_path == "/tmp"));
-        assert_eq!(e["JANUS_TERMINATION_GRACE_SECONDS"], "300");
+        assert_eq!(e["JANUS_TERMINATION_GRACE_SECONDS"], "30");
         let c = &spec.containers[0];
         let ports: Vec<(&str, i32)> = c
             .ports
