@@ -2,9 +2,9 @@
 //!
 //! Always available (no Kubernetes dependencies, so the trainer can use them): the
 //! operator <-> trainer contract from `shared/DESIGN.md` (environment variable names,
-//! exit codes, labels, the progress annotation and its JSON document) and the trainer
+//! exit codes, labels, the progress annotation and its JSON document), the trainer
 //! config document with its presets (`config`), which the trainer parses and the
-//! operator renders.
+//! operator renders, and the storage URL schemes both accept (`url`).
 //!
 //! With the `k8s` feature: the `JanusTrainingJob` / `JanusEvalJob` custom resources
 //! (kube `CustomResource`, schemars schemas with CEL validation rules).
@@ -18,8 +18,7 @@ pub mod crd_yaml;
 pub mod eval;
 #[cfg(feature = "k8s")]
 pub mod training;
-#[cfg(feature = "k8s")]
-mod url;
+pub mod url;
 
 pub use progress::Progress;
 
@@ -27,7 +26,6 @@ pub use progress::Progress;
 pub use eval::{JanusEvalJob, JanusEvalJobSpec, JanusEvalJobStatus};
 #[cfg(feature = "k8s")]
 pub use training::{JanusTrainingJob, JanusTrainingJobSpec, JanusTrainingJobStatus};
-#[cfg(feature = "k8s")]
 pub use url::StorageUrl;
 
 /// API group of the custom resources.

@@ -102,7 +102,8 @@ pub struct JanusTrainingJobSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     /// URL of a Hugging Face format directory (`config.json`, `*.safetensors`,
-    /// `tokenizer.json`): s3://, gs://, az://, file://, https:// or an absolute path.
+    /// `tokenizer.json`): s3://, gs://, az://, file:// (and s3a://, abfs://, abfss://)
+    /// or an absolute path; https:// is refused (the trainer cannot read it).
     pub url: StorageUrl,
     /// `tokenizer.json` to use instead of the model directory's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,7 +150,7 @@ pub enum Truncation {
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {
     /// Training files (Multifaceted-Collection-style records): s3://, gs://, az://,
-    /// file://, https:// URLs or absolute paths.
+    /// file:// (and s3a://, abfs://, abfss://) URLs or absolute paths.
     #[schemars(length(min = 1, max = 256))]
     pub urls: Vec<StorageUrl>,
     /// File format of every URL.
@@ -550,10 +551,122 @@ pub struct RunPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
     pub scheduling_timeout_seconds: Option<i64>,
+    /// Seconds a worker's node may be NotReady or unreachable (its `Ready` condition
+    /// not `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before
+    /// the gang restarts without counting towards `backoffLimit` (reason
+    /// `NodeUnreachable`, naming the node) and the worker pods on that node are
+    /// force-deleted: no kubelet confirms their deletion, and the new gang reuses their
+    /// names. Like the default `tolerationSeconds` of Kubernetes' taint-based eviction.
+    #[serde(default = "default_unreachable_node_toleration")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub unreachable_node_toleration_seconds: i64,
+    /// What a failed worker does to the job (JobSet's `failurePolicy`, Kubernetes'
+    /// `podFailurePolicy`). Without a matching rule: exit code 64 (bad input) fails the
+    /// job, a disruption restarts the gang without counting towards `backoffLimit`,
+    /// anything else restarts it and counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// Rules deciding what a failed worker does to the job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Evaluated in order for each failed worker; the first rule that matches decides.
+    /// `FailJob` of any failed worker fails the job; otherwise the action of the first
+    /// failure decides whether the restart counts.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub rules: Vec<FailurePolicyRule>,
+}
+
+/// What a matching rule does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicyAction {
+    /// Fail the job at once (reason `PodFailurePolicy`), without a restart.
+    FailJob,
+    /// Restart the gang; the restart counts towards `backoffLimit`.
+    RestartJob,
+    /// Restart the gang without counting towards `backoffLimit`.
+    RestartJobAndIgnoreBackoff,
+}
+
+impl FailurePolicyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicyAction::FailJob => "FailJob",
+            FailurePolicyAction::RestartJob => "RestartJob",
+            FailurePolicyAction::RestartJobAndIgnoreBackoff => "RestartJobAndIgnoreBackoff",
+        }
+    }
+}
+
+/// One rule: an action and one requirement (exit codes or pod conditions), as in
+/// Kubernetes' `podFailurePolicy`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.onExitCodes) != has(self.onPodConditions)")
+        .message("a failurePolicy rule needs exactly one of onExitCodes and onPodConditions")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicyRule {
+    /// What to do when the rule matches.
+    pub action: FailurePolicyAction,
+    /// Matches a worker whose trainer container exited with a code In (or NotIn) these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exit_codes: Option<OnExitCodes>,
+    /// Matches a worker with any of these pod conditions (status True).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4))]
+    pub on_pod_conditions: Option<Vec<OnPodCondition>>,
+}
+
+/// How `onExitCodes.values` is read.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExitCodeOperator {
+    /// The exit code is one of the values.
+    In,
+    /// The exit code is none of the values.
+    NotIn,
+}
+
+/// A requirement on the trainer container's exit code.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.operator == 'NotIn' || !self.values.exists(v, v == 0)")
+        .message("onExitCodes with operator In cannot list 0 (a worker exiting 0 did not fail)")
+)]
+pub struct OnExitCodes {
+    /// `In`: the exit code is one of `values`; `NotIn`: none of them.
+    pub operator: ExitCodeOperator,
+    /// Exit codes (0-255), each once (a set).
+    #[schemars(length(min = 1, max = 255), inner(range(min = 0, max = 255)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub values: Vec<i32>,
+}
+
+/// Pod condition types a rule can match.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PodConditionType {
+    /// The worker was disrupted: preempted, evicted (Eviction API, drain, the kubelet's
+    /// node pressure), or its node was lost or unreachable.
+    DisruptionTarget,
+}
+
+/// A requirement on the worker pod's conditions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct OnPodCondition {
+    /// The condition type (with status True); `DisruptionTarget` for now.
+    #[serde(rename = "type")]
+    pub type_: PodConditionType,
 }
 
 fn default_backoff_limit() -> i32 {
     3
+}
+
+fn default_unreachable_node_toleration() -> i64 {
+    300
 }
 
 impl Default for RunPolicy {
@@ -565,6 +678,8 @@ impl Default for RunPolicy {
             suspend: false,
             clean_pod_policy: CleanPodPolicy::default(),
             scheduling_timeout_seconds: None,
+            unreachable_node_toleration_seconds: default_unreachable_node_toleration(),
+            failure_policy: None,
         }
     }
 }
@@ -697,11 +812,18 @@ pub mod reason {
     pub const WORKER_LOST: &str = "WorkerLost";
     /// A worker's node no longer exists.
     pub const NODE_LOST: &str = "NodeLost";
+    /// A worker's node was NotReady or unreachable for longer than
+    /// `runPolicy.unreachableNodeTolerationSeconds`: the gang restarts without counting
+    /// and the pods on that node are force-deleted; the message names the node.
+    pub const NODE_UNREACHABLE: &str = "NodeUnreachable";
     /// A worker was deleted by someone other than the operator.
     pub const WORKER_DELETED: &str = "WorkerDeleted";
     pub const GANG_RECREATED: &str = "GangRecreated";
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
     pub const NON_RETRYABLE_EXIT: &str = "NonRetryableExit";
+    /// A `FailJob` rule of `runPolicy.failurePolicy` matched a failed worker; the
+    /// message names the rule.
+    pub const POD_FAILURE_POLICY: &str = "PodFailurePolicy";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     /// The gang was not running within `runPolicy.schedulingTimeoutSeconds`.
     pub const SCHEDULING_TIMEOUT: &str = "SchedulingTimeout";

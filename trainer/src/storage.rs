@@ -124,9 +124,22 @@ impl Store {
                 .map_err(|e| bad(&e))?;
             (Arc::new(fs), ObjectPath::default())
         } else {
+            // Exactly the schemes a job's schema accepts (case-sensitive, as there).
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !janus_crds::url::SCHEMES.contains(&scheme) {
+                return Err(bad(&format!(
+                    "unsupported scheme `{scheme}` (use {} or a path)",
+                    janus_crds::url::SCHEMES
+                        .map(|s| format!("{s}://"))
+                        .join(", ")
+                )));
+            }
             let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(bad(&"no bucket or container after the scheme"));
+            }
             let prefix = ObjectPath::from_url_path(parsed.path()).map_err(|e| bad(&e))?;
-            let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            let store: Arc<dyn ObjectStore> = match scheme {
                 "s3" | "s3a" => Arc::new(
                     object_store::aws::AmazonS3Builder::from_env()
                         .with_url(url)
@@ -716,5 +729,51 @@ impl ObjectWriter {
             sha256,
             done,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URLs a job's schema accepts open here, those it refuses do not (an `az://`
+    /// URL needs its account from the environment, as a pod gets it from the job's
+    /// `storageSecretRef`; without one the error says so).
+    #[test]
+    fn the_trainer_opens_exactly_the_urls_a_jobs_schema_accepts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut wrong = vec![];
+        for (u, accepted) in janus_crds::url::BOUNDARY_URLS {
+            let local;
+            let u = match u
+                .strip_prefix("file://")
+                .or_else(|| u.strip_prefix('/').map(|_| u))
+            {
+                // Local ones under a temporary directory (opening creates it).
+                Some(p) => {
+                    let prefix = if u.starts_with("file://") {
+                        "file://"
+                    } else {
+                        ""
+                    };
+                    local = format!(
+                        "{prefix}{}/{}",
+                        tmp.path().display(),
+                        p.trim_start_matches('/')
+                    );
+                    local.as_str()
+                }
+                None => u,
+            };
+            match (Store::open(u, Duration::from_secs(1)), accepted) {
+                (Ok(_), true) | (Err(_), false) => {}
+                (Err(e), true) if u.starts_with("az://") && e.to_string().contains("ccount") => {}
+                (r, _) => wrong.push(format!(
+                    "{u}: accepted by the schema: {accepted}, here: {:?}",
+                    r.map(|s| s.url().to_string()).map_err(|e| e.to_string())
+                )),
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 }

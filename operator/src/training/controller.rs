@@ -75,7 +75,12 @@ fn cached_pods(ctx: &Context, ns: &str, job: &str) -> Vec<Arc<Pod>> {
 fn facts(ctx: &Context, job: &JanusTrainingJob, pods: &[Arc<Pod>]) -> Vec<PodFacts> {
     let uid = job.metadata.uid.as_deref();
     pods.iter()
-        .map(|p| status::pod_facts(p, uid, |n| ctx.nodes.get(&ObjectRef::new(n)).is_some()))
+        .map(|p| {
+            status::pod_facts(p, uid, |n| match ctx.nodes.get(&ObjectRef::new(n)) {
+                Some(node) => status::node_state(&node),
+                None => status::NodeState::Missing,
+            })
+        })
         .collect()
 }
 
@@ -135,11 +140,13 @@ fn plan(
     pods: &[Arc<Pod>],
     admission: Option<&KueueFacts>,
     now: Timestamp,
-) -> (Decision, janus_crds::JanusTrainingJobStatus, Vec<EventSpec>) {
+) -> Plan {
     let mut pf = facts(ctx, job, pods);
     let mut jf = status::job_facts(job);
     jf.admitted = admission.is_none_or(KueueFacts::admitted);
     let decision = gang::decide(&jf, &pf, now);
+    let force = gang::force_delete(&jf, &pf, deletions(&decision), now);
+    let toleration_end = gang::next_toleration_end(&jf, &pf, now);
     // Foreign pods are never counted in the status either.
     pf.retain(|p| !p.foreign);
     let attempt = job.status.as_ref().map(|s| s.restarts).unwrap_or(0);
@@ -148,7 +155,36 @@ fn plan(
     if let Some(a) = admission {
         kueue::admission_status(job, a, &mut st, &mut events, now);
     }
-    (decision, st, events)
+    Plan {
+        decision,
+        status: st,
+        events,
+        force,
+        toleration_end,
+    }
+}
+
+/// What a reconcile does: the decision, the status it leads to and its Events, the
+/// pods to force-delete (on nodes down past the toleration), and when a toleration of
+/// a down node ends.
+struct Plan {
+    decision: Decision,
+    status: JanusTrainingJobStatus,
+    events: Vec<EventSpec>,
+    force: Vec<String>,
+    toleration_end: Option<Duration>,
+}
+
+/// The pods `d` deletes.
+fn deletions(d: &Decision) -> &[String] {
+    match d {
+        Decision::Progress { delete, .. }
+        | Decision::Restart { delete, .. }
+        | Decision::Fail { delete, .. }
+        | Decision::Succeed { delete }
+        | Decision::Suspend { delete }
+        | Decision::Finished { delete, .. } => delete,
+    }
 }
 
 /// Top-level reconcile: metrics and tracing around [`reconcile_job`].
@@ -197,12 +233,17 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     let pods = cached_pods(ctx, &ns, &name);
     // A job with a queue name runs when Kueue admits its Workload (created here).
     let admission = kueue::observe(&ctx.client, cached).await?;
-    let (decision, st, _) = plan(ctx, cached, &pods, admission.as_ref(), now);
-    if is_quiet(&decision) && cached.status.as_ref() == Some(&st) {
+    let cached_plan = plan(ctx, cached, &pods, admission.as_ref(), now);
+    if is_quiet(&cached_plan.decision)
+        && cached_plan.force.is_empty()
+        && cached.status.as_ref() == Some(&cached_plan.status)
+    {
+        let decision = &cached_plan.decision;
         if let Some(a) = &admission {
-            after_kueue_decision(ctx, cached, a, &decision, &pods, now).await?;
+            after_kueue_decision(ctx, cached, a, decision, &pods, now).await?;
         }
-        return Ok(requeue_kueue(requeue(&decision), admission.as_ref()));
+        let action = requeue(decision, cached_plan.toleration_end);
+        return Ok(requeue_kueue(action, admission.as_ref()));
     }
 
     // Something changes: decide again on the job read fresh from the API server (a
@@ -212,8 +253,8 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     };
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let (mut decision, mut st, mut events) = plan(ctx, &job, &pods, admission.as_ref(), now);
-    if is_destructive(&decision) {
+    let mut p = plan(ctx, &job, &pods, admission.as_ref(), now);
+    if is_destructive(&p.decision) || !p.force.is_empty() {
         // Before deleting anything, confirm on a fresh list of the pods too.
         let lp = ListParams::default().labels(&format!("{}={}", labels::JOB, name));
         let fresh: Vec<Arc<Pod>> = pod_api
@@ -223,8 +264,15 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             .into_iter()
             .map(Arc::new)
             .collect();
-        (decision, st, events) = plan(ctx, &job, &fresh, admission.as_ref(), now);
+        p = plan(ctx, &job, &fresh, admission.as_ref(), now);
     }
+    let Plan {
+        mut decision,
+        status: mut st,
+        mut events,
+        force,
+        toleration_end,
+    } = p;
     if let Some(d) = invalid_template(&job, &decision) {
         // A pod template override that cannot make a pod fails the job with a reason the
         // user sees, instead of an endless error loop.
@@ -265,18 +313,25 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         tokio::spawn(async move { publish(&recorder, &reference, &ev).await });
     }
 
-    let delete = match &decision {
-        Decision::Progress { delete, .. }
-        | Decision::Restart { delete, .. }
-        | Decision::Fail { delete, .. }
-        | Decision::Succeed { delete }
-        | Decision::Suspend { delete }
-        | Decision::Finished { delete, .. } => delete,
+    let delete = deletions(&decision);
+    for pod in &force {
+        tracing::warn!(job = %name, namespace = %ns, pod = %pod, "force-deleting a worker on a node down past unreachableNodeTolerationSeconds");
+    }
+    let normal = delete.iter().filter(|p| !force.contains(p));
+    let forced = force.iter();
+    let with = |grace: bool| {
+        if grace {
+            DeleteParams::default()
+        } else {
+            // As `kubectl delete --grace-period=0 --force`: no kubelet confirms it.
+            DeleteParams::default().grace_period(0)
+        }
     };
-    futures::future::try_join_all(delete.iter().map(|pod| {
-        let pod_api = pod_api.clone();
+    let all = normal.map(|p| (p, true)).chain(forced.map(|p| (p, false)));
+    futures::future::try_join_all(all.map(|(pod, grace)| {
+        let (pod_api, dp) = (pod_api.clone(), with(grace));
         async move {
-            match pod_api.delete(pod, &DeleteParams::default()).await {
+            match pod_api.delete(pod, &dp).await {
                 Err(e) if !is_status(&e, 404) => Err(Error::from(e)),
                 _ => Ok(()),
             }
@@ -332,7 +387,10 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         }
         return Ok(Action::await_change());
     }
-    Ok(requeue_kueue(requeue(&decision), admission.as_ref()))
+    Ok(requeue_kueue(
+        requeue(&decision, toleration_end),
+        admission.as_ref(),
+    ))
 }
 
 /// What Kueue learns from the job: a finished job's Workload is marked Finished (the
@@ -497,14 +555,17 @@ async fn write_status(
     Ok(())
 }
 
-fn requeue(d: &Decision) -> Action {
+/// When to reconcile again: the decision's deadline or the end of a down node's
+/// toleration, whichever comes first, else the resync.
+fn requeue(d: &Decision, toleration_end: Option<Duration>) -> Action {
     let after = match d {
         Decision::Progress { requeue_after, .. } | Decision::Finished { requeue_after, .. } => {
-            requeue_after.map(|t| t.min(RESYNC) + Duration::from_millis(100))
+            *requeue_after
         }
         _ => None,
     };
-    Action::requeue(after.unwrap_or(RESYNC))
+    let after = [after, toleration_end].into_iter().flatten().min();
+    Action::requeue(after.map_or(RESYNC, |t| t.min(RESYNC) + Duration::from_millis(100)))
 }
 
 /// The Events API refuses a note over 1 KiB (the whole Event would be lost): a
@@ -623,16 +684,65 @@ fn slim_pod(p: &mut Pod) {
     }
 }
 
-/// Only node names matter (does the node still exist).
+/// Only what [`status::node_state`] reads: does the node exist, is it Ready, since when
+/// not (its Ready condition and the not-ready / unreachable taints).
 fn slim_node(n: &mut Node) {
     n.metadata.managed_fields = None;
     n.metadata.annotations = None;
     n.metadata.labels = None;
-    n.spec = None;
-    n.status = None;
+    let taints = n.spec.as_mut().and_then(|s| s.taints.take()).map(|mut t| {
+        t.retain(|t| t.key.starts_with("node.kubernetes.io/"));
+        t
+    });
+    n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        taints,
+        ..Default::default()
+    });
+    let ready = n
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.take())
+        .map(|mut c| {
+            c.retain(|c| c.type_ == "Ready");
+            // The heartbeat changes every few seconds; decisions never read it.
+            for c in &mut c {
+                c.last_heartbeat_time = None;
+            }
+            c
+        });
+    n.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+        conditions: ready,
+        ..Default::default()
+    });
 }
 
-/// Jobs with a pod on `node` (reconciled when the node disappears).
+/// Nodes whose jobs to reconcile: those deleted, and those whose readiness changed
+/// (became NotReady or unreachable, or Ready again); heartbeats pass unnoticed.
+fn node_transitions() -> impl FnMut(
+    std::result::Result<watcher::Event<Node>, watcher::Error>,
+) -> futures::future::Ready<Option<std::result::Result<Node, watcher::Error>>> {
+    let mut seen: std::collections::HashMap<String, status::NodeState> = Default::default();
+    move |ev| {
+        let out = match ev {
+            Ok(watcher::Event::Delete(n)) => {
+                seen.remove(&n.name_any());
+                Some(Ok(n))
+            }
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let state = status::node_state(&n);
+                let changed = seen
+                    .insert(n.name_any(), state.clone())
+                    .map_or(state != status::NodeState::Ready, |old| old != state);
+                changed.then_some(Ok(n))
+            }
+            _ => None,
+        };
+        futures::future::ready(out)
+    }
+}
+
+/// Jobs with a pod on `node` (reconciled when the node disappears or its readiness
+/// changes).
 fn jobs_on_node(pods: &Store<Pod>, node: &Node) -> Vec<ObjectRef<JanusTrainingJob>> {
     let name = node.name_any();
     let mut out: Vec<ObjectRef<JanusTrainingJob>> = pods
@@ -726,12 +836,7 @@ pub async fn run(
     )
     .default_backoff()
     .inspect(watch_health(&health, &metrics, "nodes"))
-    .filter_map(|ev| async move {
-        match ev {
-            Ok(watcher::Event::Delete(n)) => Some(Ok(n)),
-            _ => None,
-        }
-    });
+    .filter_map(node_transitions());
 
     let ctx = Arc::new(Context {
         client: client.clone(),

@@ -8,6 +8,12 @@
 //!   (a `DisruptionTarget` pod condition: preemption, Eviction API, drain, the kubelet;
 //!   a kubelet eviction; a lost node) restart without counting;
 //! - exit code 64 (bad input) -> Failed at once (NonRetryableExit);
+//! - `runPolicy.failurePolicy.rules` (exit codes, the `DisruptionTarget` condition)
+//!   override these three defaults per failed worker: FailJob, RestartJob,
+//!   RestartJobAndIgnoreBackoff;
+//! - a worker's node NotReady or unreachable past `unreachableNodeTolerationSeconds`
+//!   -> restart without counting, and force-delete the pods on it (no kubelet will
+//!   confirm their deletion, and the new gang reuses their names);
 //! - `activeDeadlineSeconds` passed -> Failed (DeadlineExceeded);
 //! - `suspend` -> delete the pods (Suspended); resume recreates them;
 //! - every rank exited 0 -> Succeeded;
@@ -16,7 +22,10 @@
 use std::time::Duration;
 
 use janus_crds::exit_code;
-use janus_crds::training::{reason, CleanPodPolicy, JobPhase};
+use janus_crds::training::{
+    reason, CleanPodPolicy, ExitCodeOperator, FailurePolicyAction, FailurePolicyRule, JobPhase,
+    PodConditionType,
+};
 use jiff::Timestamp;
 
 /// What the decision needs from the job.
@@ -26,6 +35,10 @@ pub struct JobFacts {
     pub backoff_limit: i32,
     pub active_deadline_seconds: Option<i64>,
     pub scheduling_timeout_seconds: Option<i64>,
+    /// `runPolicy.unreachableNodeTolerationSeconds`.
+    pub unreachable_node_toleration_seconds: i64,
+    /// `runPolicy.failurePolicy.rules`.
+    pub failure_rules: Vec<FailurePolicyRule>,
     pub ttl_seconds_after_finished: Option<i32>,
     pub suspend: bool,
     /// Kueue admitted the job's Workload (always true for a job without a queue name):
@@ -77,10 +90,62 @@ pub struct PodFacts {
     pub disrupted: Option<(String, String)>,
     /// Bound to a node that no longer exists.
     pub node_lost: bool,
+    /// Bound to a node that is NotReady or unreachable.
+    pub node_down: Option<NodeDown>,
     /// Carries the job's labels but its controller is not this job (another object of
     /// the same name, e.g. a deleted job whose pods the garbage collector has not yet
     /// removed). Never counted; only blocks creating pods of the same names.
     pub foreign: bool,
+}
+
+/// A node that does not report Ready: no kubelet acts on its pods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeDown {
+    pub node: String,
+    /// Since when (its Ready condition's last transition, or the taint's `timeAdded`).
+    pub since: Timestamp,
+    /// What the node says (`Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting
+    /// node status.)`, or the taint).
+    pub why: String,
+}
+
+/// Seconds left of the toleration of `p`'s node being down (<= 0: past it), counted
+/// from when the node went down or the pod was created, whichever is later (a pod
+/// placed on a node long down, tolerating its taints, gets the whole toleration too).
+fn toleration_left(job: &JobFacts, p: &PodFacts, now: Timestamp) -> Option<i64> {
+    let d = p.node_down.as_ref()?;
+    let since = p.created_at.map_or(d.since, |c| c.max(d.since));
+    Some(job.unreachable_node_toleration_seconds - now.duration_since(since).as_secs())
+}
+
+fn past_toleration(job: &JobFacts, p: &PodFacts, now: Timestamp) -> bool {
+    toleration_left(job, p, now).is_some_and(|l| l <= 0)
+}
+
+/// Pods to delete with grace period 0: those on a node down for longer than the
+/// toleration that are being deleted already (by anyone: a Terminating pod there
+/// never goes) or that `delete` deletes now. Pods of another owner are included only
+/// when already terminating: their deletion was asked for, it only never completes.
+pub fn force_delete(
+    job: &JobFacts,
+    pods: &[PodFacts],
+    delete: &[String],
+    now: Timestamp,
+) -> Vec<String> {
+    pods.iter()
+        .filter(|p| past_toleration(job, p, now))
+        .filter(|p| p.terminating || (!p.foreign && delete.contains(&p.name)))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// When a toleration of a down node ends next (reconcile then).
+pub fn next_toleration_end(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Option<Duration> {
+    pods.iter()
+        .filter_map(|p| toleration_left(job, p, now))
+        .filter(|l| *l > 0)
+        .min()
+        .map(secs)
 }
 
 /// `": <message>"` for a termination message (trimmed, at most 1 KiB), else nothing.
@@ -174,6 +239,144 @@ fn drain_before_resume(pods: &[PodFacts]) -> Decision {
 /// How soon to look again while foreign pods block creating the gang.
 pub const FOREIGN_POD_WAIT: Duration = Duration::from_secs(2);
 
+/// One failed worker (or a missing rank), as the failure policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+    /// The trainer container's exit code, when it failed with one.
+    exit_code: Option<i32>,
+    /// A disruption (`DisruptionTarget`): preempted, evicted, its node lost or down.
+    disruption: bool,
+}
+
+/// The failures of the current attempt, the one to report first: a node down past the
+/// toleration (its pods never report anything again), then a disruption (the peers it
+/// leaves exit 75 before the disrupted pod itself has finished terminating), then the
+/// failure that came first, and of those at the same time (the kubelet stamps seconds)
+/// one that is not a lost-peer exit, so the condition names the cause.
+fn failures(job: &JobFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Failure> {
+    let mut by_cause: Vec<&PodFacts> = current.to_vec();
+    by_cause.sort_by_key(|p| {
+        (
+            !(past_toleration(job, p, now) && !p.finished()),
+            p.disrupted.is_none(),
+            p.phase != PodPhase::Failed,
+            p.finished_at,
+            p.exit_code == Some(exit_code::RETRYABLE),
+            p.rank,
+        )
+    });
+    by_cause
+        .into_iter()
+        .filter_map(|p| {
+            let exit_code = p.exit_code.filter(|_| p.phase == PodPhase::Failed);
+            let evicted = p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted");
+            let (reason, message, disruption) = if let Some(d) = p
+                .node_down
+                .as_ref()
+                .filter(|_| past_toleration(job, p, now) && !p.finished())
+            {
+                (
+                    reason::NODE_UNREACHABLE,
+                    format!(
+                        "node {} of worker {} has been unavailable for {}s, longer than runPolicy.unreachableNodeTolerationSeconds ({}s): {}; its pods are force-deleted",
+                        d.node,
+                        p.name,
+                        now.duration_since(d.since).as_secs(),
+                        job.unreachable_node_toleration_seconds,
+                        d.why
+                    ),
+                    true,
+                )
+            } else if let Some((why, msg)) = &p.disrupted {
+                (
+                    reason::WORKER_DISRUPTED,
+                    format!("worker {} was disrupted ({why}: {msg})", p.name),
+                    true,
+                )
+            } else if evicted {
+                // The kubelet's node-pressure eviction: a disruption too.
+                (
+                    reason::WORKER_EVICTED,
+                    format!("worker {} was evicted", p.name),
+                    true,
+                )
+            } else if p.phase == PodPhase::Failed {
+                let message = match exit_code {
+                    Some(c) => format!("worker {} exited with code {c}{}", p.name, quoted(&p.message)),
+                    None => format!("worker {} failed", p.name),
+                };
+                (reason::WORKER_FAILED, message, false)
+            } else if p.node_lost && !p.finished() {
+                (
+                    reason::NODE_LOST,
+                    format!("the node of worker {} is gone", p.name),
+                    true,
+                )
+            } else if p.terminating && !p.finished() {
+                (
+                    reason::WORKER_DELETED,
+                    format!("worker {} was deleted", p.name),
+                    false,
+                )
+            } else {
+                return None;
+            };
+            Some(Failure {
+                reason,
+                message,
+                exit_code,
+                disruption,
+            })
+        })
+        .collect()
+}
+
+/// What the failure policy makes of one failure: the action, and the index of the rule
+/// that matched (None: the defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Judgement {
+    action: FailurePolicyAction,
+    rule: Option<usize>,
+}
+
+/// The first rule matching `f`, else the defaults: exit code 64 fails the job, a
+/// disruption restarts without counting, anything else restarts and counts.
+fn judge(rules: &[FailurePolicyRule], f: &Failure) -> Judgement {
+    let matches = |r: &FailurePolicyRule| {
+        let on_code = r.on_exit_codes.as_ref().is_some_and(|c| {
+            f.exit_code.is_some_and(|code| {
+                let listed = c.values.contains(&code);
+                match c.operator {
+                    ExitCodeOperator::In => listed,
+                    ExitCodeOperator::NotIn => !listed,
+                }
+            })
+        });
+        let on_condition = r.on_pod_conditions.as_ref().is_some_and(|cs| {
+            cs.iter().any(|c| match c.type_ {
+                PodConditionType::DisruptionTarget => f.disruption,
+            })
+        });
+        on_code || on_condition
+    };
+    if let Some(i) = rules.iter().position(matches) {
+        return Judgement {
+            action: rules[i].action,
+            rule: Some(i),
+        };
+    }
+    let action = if f.exit_code == Some(exit_code::BAD_INPUT) {
+        FailurePolicyAction::FailJob
+    } else if f.disruption {
+        FailurePolicyAction::RestartJobAndIgnoreBackoff
+    } else {
+        FailurePolicyAction::RestartJob
+    };
+    Judgement { action, rule: None }
+}
+
 pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
     // Pods of another owner with this job's names: not ours, never counted. Creating a
     // pod under a name they hold would conflict, so wait until they are gone.
@@ -251,107 +454,70 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         p.attempt == Some(attempt) && p.rank.is_some_and(|r| r >= 0 && r < job.replicas)
     });
 
-    // 5. A worker that exited with the "bad input" code fails the job at once.
-    if let Some(p) = current
-        .iter()
-        .find(|p| p.phase == PodPhase::Failed && p.exit_code == Some(exit_code::BAD_INPUT))
-    {
-        return Decision::Fail {
-            reason: reason::NON_RETRYABLE_EXIT,
-            message: format!(
-                "worker {} exited with code {} (bad input, not retried){}",
-                p.name,
-                exit_code::BAD_INPUT,
-                quoted(&p.message)
-            ),
-            delete: cleanup(job.clean_pod_policy, pods),
-        };
-    }
-
-    // 6. Gang failures: failed, evicted, deleted under us, node gone, or a rank missing
-    //    after the gang started.
+    // 5-6. Gang failures: a worker failed, was disrupted (evicted, preempted, its node
+    //    lost or down past the toleration), deleted under us, or a rank is missing after
+    //    the gang started. `runPolicy.failurePolicy` (else the defaults) says what each
+    //    failed worker does to the job.
     let started = current
         .iter()
         .any(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
     let missing: Vec<i32> = (0..job.replicas)
         .filter(|r| !current.iter().any(|p| p.rank == Some(*r)))
         .collect();
-    // When one rank dies the others lose their peer and exit too (75) within moments:
-    // report the failure that came first, and of those at the same time (the kubelet
-    // stamps seconds) one that is not a lost-peer exit, so the condition names the cause.
-    let mut by_cause = current.clone();
-    by_cause.sort_by_key(|p| {
-        (
-            p.phase != PodPhase::Failed,
-            p.finished_at,
-            p.exit_code == Some(exit_code::RETRYABLE),
-            p.rank,
-        )
-    });
-    // (reason, message, whether backoffLimit counts it)
-    // A disruption comes first: the peers it leaves exit 75 (counted) before the
-    // disrupted pod itself has finished terminating.
-    let disruption = by_cause.iter().find_map(|p| {
-        let (why, msg) = p.disrupted.as_ref()?;
-        Some((
-            reason::WORKER_DISRUPTED,
-            format!("worker {} was disrupted ({why}: {msg})", p.name),
-            false,
-        ))
-    });
-    let failure: Option<(&'static str, String, bool)> = disruption.or_else(|| {
-        by_cause
-            .iter()
-            .find_map(|p| {
-                if p.phase == PodPhase::Failed && p.reason.as_deref() == Some("Evicted") {
-                    // The kubelet's node-pressure eviction: a disruption too.
-                    Some((
-                        reason::WORKER_EVICTED,
-                        format!("worker {} was evicted", p.name),
-                        false,
-                    ))
-                } else if p.phase == PodPhase::Failed {
-                    Some((
-                        reason::WORKER_FAILED,
-                        match p.exit_code {
-                            Some(c) => {
-                                format!(
-                                    "worker {} exited with code {c}{}",
-                                    p.name,
-                                    quoted(&p.message)
-                                )
-                            }
-                            None => format!("worker {} failed", p.name),
-                        },
-                        true,
-                    ))
-                } else if p.node_lost && !p.finished() {
-                    Some((
-                        reason::NODE_LOST,
-                        format!("the node of worker {} is gone", p.name),
-                        false,
-                    ))
-                } else if p.terminating && !p.finished() {
-                    Some((
-                        reason::WORKER_DELETED,
-                        format!("worker {} was deleted", p.name),
-                        true,
-                    ))
-                } else {
-                    None
-                }
-            })
-            .or_else(|| {
-                (started && !missing.is_empty()).then(|| {
-                    (
-                        reason::WORKER_LOST,
-                        format!("the worker of rank {} disappeared", missing[0]),
-                        true,
-                    )
-                })
-            })
-    });
-    if let Some((why, message, counted)) = failure {
+    let mut failures: Vec<Failure> = failures(job, &current, now);
+    if failures.is_empty() && started && !missing.is_empty() {
+        failures.push(Failure {
+            reason: reason::WORKER_LOST,
+            message: format!("the worker of rank {} disappeared", missing[0]),
+            exit_code: None,
+            disruption: false,
+        });
+    }
+    let judged: Vec<(&Failure, Judgement)> = failures
+        .iter()
+        .map(|f| (f, judge(&job.failure_rules, f)))
+        .collect();
+    // `FailJob` of any failed worker fails the job (as in a Job's podFailurePolicy).
+    if let Some((f, j)) = judged
+        .iter()
+        .find(|(_, j)| j.action == FailurePolicyAction::FailJob)
+    {
+        let (reason, message) = match j.rule {
+            Some(i) => (
+                reason::POD_FAILURE_POLICY,
+                format!(
+                    "{}, matching runPolicy.failurePolicy.rules[{i}] (FailJob)",
+                    f.message
+                ),
+            ),
+            None => (
+                reason::NON_RETRYABLE_EXIT,
+                f.message.replacen(
+                    &format!("with code {}", exit_code::BAD_INPUT),
+                    &format!(
+                        "with code {} (bad input, not retried)",
+                        exit_code::BAD_INPUT
+                    ),
+                    1,
+                ),
+            ),
+        };
+        return Decision::Fail {
+            reason,
+            message,
+            delete: cleanup(job.clean_pod_policy, pods),
+        };
+    }
+    if let Some((f, j)) = judged.first() {
+        let counted = j.action == FailurePolicyAction::RestartJob;
+        let message = match j.rule {
+            Some(i) => format!(
+                "{} (runPolicy.failurePolicy.rules[{i}]: {})",
+                f.message,
+                j.action.as_str()
+            ),
+            None => f.message.clone(),
+        };
         let delete = names(pods);
         if counted && job.counted_restarts + 1 > job.backoff_limit {
             return Decision::Fail {
@@ -364,7 +530,7 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
             };
         }
         return Decision::Restart {
-            reason: why,
+            reason: f.reason,
             message,
             delete,
             counted,
@@ -442,6 +608,8 @@ mod tests {
             backoff_limit: 3,
             active_deadline_seconds: None,
             scheduling_timeout_seconds: None,
+            unreachable_node_toleration_seconds: 300,
+            failure_rules: vec![],
             ttl_seconds_after_finished: None,
             suspend: false,
             admitted: true,
@@ -473,6 +641,7 @@ mod tests {
             waiting: None,
             disrupted: None,
             node_lost: false,
+            node_down: None,
             foreign: false,
         }
     }
@@ -673,6 +842,259 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn down_since(secs_ago: i64) -> Option<NodeDown> {
+        Some(NodeDown {
+            node: "node-7".into(),
+            since: now() - jiff::SignedDuration::from_secs(secs_ago),
+            why: "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into(),
+        })
+    }
+
+    #[test]
+    fn a_node_down_within_the_toleration_is_waited_for() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].node_down = down_since(100);
+        let j = job(2);
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Progress {
+                phase: JobPhase::Running,
+                ..
+            }
+        ));
+        assert_eq!(
+            next_toleration_end(&j, &pods, now()),
+            Some(Duration::from_secs(200))
+        );
+        assert!(force_delete(&j, &pods, &names(&pods), now()).is_empty());
+        // A pod placed on a node long down gets the whole toleration from its creation.
+        pods[1].node_down = down_since(4000);
+        pods[1].created_at = Some(now() - jiff::SignedDuration::from_secs(10));
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Progress { .. }
+        ));
+        assert_eq!(
+            next_toleration_end(&j, &pods, now()),
+            Some(Duration::from_secs(290))
+        );
+    }
+
+    #[test]
+    fn a_node_down_past_the_toleration_restarts_uncounted_and_force_deletes_its_pods() {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].node_down = down_since(301);
+        let mut j = job(2);
+        j.backoff_limit = 0;
+        match decide(&j, &pods, now()) {
+            Decision::Restart {
+                reason,
+                message,
+                delete,
+                counted,
+            } => {
+                assert_eq!(reason, "NodeUnreachable");
+                assert!(!counted, "a lost node is a disruption");
+                assert!(
+                    message.contains("node node-7 of worker j-worker-1")
+                        && message.contains("301s")
+                        && message.contains("(300s)")
+                        && message.contains("Kubelet stopped posting node status."),
+                    "{message}"
+                );
+                assert_eq!(
+                    force_delete(&j, &pods, &delete, now()),
+                    vec!["j-worker-1".to_string()]
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(next_toleration_end(&j, &pods, now()), None);
+    }
+
+    #[test]
+    fn terminating_pods_on_a_node_down_past_the_toleration_are_force_deleted() {
+        // Attempt 1 waits for the old pods, which a dead kubelet never lets go.
+        let mut j = job(2);
+        j.restarts = 1;
+        j.phase = JobPhase::Restarting;
+        let mut pods = gang(2, 0, PodPhase::Running);
+        for p in &mut pods {
+            p.terminating = true;
+        }
+        pods[0].node_down = down_since(10);
+        pods[1].node_down = down_since(400);
+        pods[1].foreign = true;
+        let d = decide(&j, &pods, now());
+        assert!(
+            matches!(&d, Decision::Progress { create, .. } if create.is_empty()),
+            "{d:?}"
+        );
+        assert_eq!(
+            force_delete(&j, &pods, &[], now()),
+            vec!["j-worker-1".to_string()],
+            "only past the toleration; a foreign pod only as it is terminating already"
+        );
+        pods[1].terminating = false;
+        assert!(force_delete(&j, &pods, &["j-worker-1".into()], now()).is_empty());
+    }
+
+    fn rule(action: &str, on: serde_json::Value) -> FailurePolicyRule {
+        let mut v = on;
+        v["action"] = serde_json::json!(action);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn failed_with(code: i32) -> Vec<PodFacts> {
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[1].phase = PodPhase::Failed;
+        pods[1].exit_code = Some(code);
+        pods
+    }
+
+    #[test]
+    fn a_fail_job_rule_on_an_exit_code_fails_the_job_naming_the_rule() {
+        let mut j = job(2);
+        j.failure_rules = vec![rule(
+            "FailJob",
+            serde_json::json!({"onExitCodes": {"operator": "In", "values": [3, 4]}}),
+        )];
+        match decide(&j, &failed_with(3), now()) {
+            Decision::Fail {
+                reason, message, ..
+            } => {
+                assert_eq!(reason, "PodFailurePolicy");
+                assert_eq!(
+                    message,
+                    "worker j-worker-1 exited with code 3, matching runPolicy.failurePolicy.rules[0] (FailJob)"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // Other codes keep the defaults.
+        assert!(matches!(
+            decide(&j, &failed_with(1), now()),
+            Decision::Restart { counted: true, .. }
+        ));
+        assert!(matches!(
+            decide(&j, &failed_with(64), now()),
+            Decision::Fail {
+                reason: "NonRetryableExit",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins_and_rules_override_the_defaults() {
+        let mut j = job(2);
+        j.backoff_limit = 0;
+        j.failure_rules = vec![
+            rule(
+                "RestartJobAndIgnoreBackoff",
+                serde_json::json!({"onExitCodes": {"operator": "NotIn", "values": [75, 64]}}),
+            ),
+            rule(
+                "FailJob",
+                serde_json::json!({"onExitCodes": {"operator": "In", "values": [3]}}),
+            ),
+            rule(
+                "RestartJob",
+                serde_json::json!({"onExitCodes": {"operator": "In", "values": [64]}}),
+            ),
+        ];
+        match decide(&j, &failed_with(3), now()) {
+            Decision::Restart {
+                counted, message, ..
+            } => {
+                assert!(!counted);
+                assert!(
+                    message.ends_with(
+                        "(runPolicy.failurePolicy.rules[0]: RestartJobAndIgnoreBackoff)"
+                    ),
+                    "{message}"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // 64 restarts (and counts: backoffLimit 0 fails) instead of failing at once.
+        assert!(matches!(
+            decide(&j, &failed_with(64), now()),
+            Decision::Fail {
+                reason: "BackoffLimitExceeded",
+                ..
+            }
+        ));
+        // No rule for 75: the default counts it.
+        assert!(matches!(
+            decide(&j, &failed_with(75), now()),
+            Decision::Fail {
+                reason: "BackoffLimitExceeded",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_rule_on_the_disruption_target_condition_can_count_disruptions() {
+        let mut j = job(2);
+        j.backoff_limit = 0;
+        let mut pods = gang(2, 0, PodPhase::Running);
+        pods[0].disrupted = Some(("PreemptionByScheduler".into(), "preempted".into()));
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Restart { counted: false, .. }
+        ));
+        j.failure_rules = vec![rule(
+            "RestartJob",
+            serde_json::json!({"onPodConditions": [{"type": "DisruptionTarget"}]}),
+        )];
+        assert!(matches!(
+            decide(&j, &pods, now()),
+            Decision::Fail {
+                reason: "BackoffLimitExceeded",
+                ..
+            }
+        ));
+        // A lost node is a disruption too; so is a node down past the toleration.
+        let mut lost = gang(2, 0, PodPhase::Running);
+        lost[1].node_lost = true;
+        j.failure_rules[0].action = FailurePolicyAction::FailJob;
+        assert!(matches!(
+            decide(&j, &lost, now()),
+            Decision::Fail {
+                reason: "PodFailurePolicy",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn fail_job_of_any_failed_worker_wins_over_a_restart() {
+        let mut j = job(3);
+        j.failure_rules = vec![rule(
+            "FailJob",
+            serde_json::json!({"onExitCodes": {"operator": "In", "values": [3]}}),
+        )];
+        let mut pods = gang(3, 0, PodPhase::Running);
+        let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
+        pods[0].phase = PodPhase::Failed;
+        pods[0].exit_code = Some(137);
+        pods[0].finished_at = at("2026-01-01T11:59:00Z");
+        pods[2].phase = PodPhase::Failed;
+        pods[2].exit_code = Some(3);
+        pods[2].finished_at = at("2026-01-01T11:59:30Z");
+        match decide(&j, &pods, now()) {
+            Decision::Fail {
+                reason, message, ..
+            } => {
+                assert_eq!(reason, "PodFailurePolicy");
+                assert!(message.contains("j-worker-2"), "{message}");
+            }
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use janus_crds::training::{condition, reason, JobPhase, JobProgress, WorkerCounts};
 use janus_crds::{defaults, labels, JanusTrainingJob, JanusTrainingJobStatus, Progress};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use super::gang::{Decision, JobFacts, PodFacts, PodPhase};
+use super::gang::{Decision, JobFacts, NodeDown, PodFacts, PodPhase};
 
 pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
     let s = job.status.clone().unwrap_or_default();
@@ -18,6 +18,12 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
         backoff_limit: rp.backoff_limit,
         active_deadline_seconds: rp.active_deadline_seconds,
         scheduling_timeout_seconds: rp.scheduling_timeout_seconds,
+        unreachable_node_toleration_seconds: rp.unreachable_node_toleration_seconds,
+        failure_rules: rp
+            .failure_policy
+            .as_ref()
+            .map(|f| f.rules.clone())
+            .unwrap_or_default(),
         ttl_seconds_after_finished: rp.ttl_seconds_after_finished,
         suspend: rp.suspend,
         // The controller sets it from the job's Workload (`kueue::KueueFacts`).
@@ -31,10 +37,72 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
     }
 }
 
-/// `node_exists(name)`: whether the pod's node is still there.
+/// What the decisions know of a worker's node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeState {
+    /// No such node (any more).
+    Missing,
+    Ready,
+    /// NotReady or unreachable since then, for this reason.
+    Down(Timestamp, String),
+}
+
+/// Taints the node lifecycle controller puts on a node whose kubelet does not report
+/// Ready (and the taint-based eviction reads).
+const DOWN_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/not-ready",
+];
+
+/// Whether `node` is Ready, or since when it is not and why: its `Ready` condition not
+/// `True` (kubelet reporting NotReady, or `Unknown`: no kubelet reports at all), or a
+/// not-ready / unreachable taint; the earliest of those times.
+pub fn node_state(node: &Node) -> NodeState {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let mut down: Vec<(Timestamp, String)> = vec![];
+    if let Some(c) = ready.filter(|c| c.status != "True") {
+        let why = format!(
+            "Ready={} ({}: {})",
+            c.status,
+            c.reason.as_deref().unwrap_or(""),
+            c.message.as_deref().unwrap_or("")
+        );
+        let since = c
+            .last_transition_time
+            .as_ref()
+            .or(c.last_heartbeat_time.as_ref())
+            .map(|t| t.0);
+        down.push((since.unwrap_or(Timestamp::UNIX_EPOCH), why));
+    }
+    for t in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if DOWN_TAINTS.contains(&t.key.as_str()) {
+            if let Some(at) = t.time_added.as_ref() {
+                down.push((at.0, format!("taint {}:{}", t.key, t.effect)));
+            }
+        }
+    }
+    // The Ready condition's words when there is one (they say the most).
+    let why = down.first().map(|(_, w)| w.clone());
+    match (down.iter().map(|(t, _)| *t).min(), why) {
+        (Some(since), Some(why)) => NodeState::Down(since, why),
+        _ => NodeState::Ready,
+    }
+}
+
+/// `node(name)`: the state of the pod's node.
 /// `job_uid`: the UID of the job the pod is looked at for; a pod whose controller owner
 /// reference names another UID is foreign.
-pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) -> bool) -> PodFacts {
+pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node: impl Fn(&str) -> NodeState) -> PodFacts {
     let label = |k: &str| pod.labels().get(k).and_then(|v| v.parse::<i32>().ok());
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
@@ -52,7 +120,8 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
     let waiting = (phase == PodPhase::Pending)
         .then(|| waiting_reason(pod))
         .flatten();
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    let node_state = node_name.map(&node);
     PodFacts {
         name: pod.name_any(),
         rank: label(labels::RANK),
@@ -77,7 +146,15 @@ pub fn pod_facts(pod: &Pod, job_uid: Option<&str>, node_exists: impl Fn(&str) ->
                     c.message.clone().unwrap_or_default(),
                 )
             }),
-        node_lost: node.is_some_and(|n| !node_exists(n)),
+        node_lost: node_state == Some(NodeState::Missing),
+        node_down: match (node_name, node_state) {
+            (Some(n), Some(NodeState::Down(since, why))) => Some(NodeDown {
+                node: n.to_string(),
+                since,
+                why,
+            }),
+            _ => None,
+        },
         foreign: !owned_by(pod, job_uid),
     }
 }
@@ -550,7 +627,7 @@ mod tests {
                 {"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                  "state": {"waiting": {"reason": r, "message": "secret \"s3\" not found"}}}]}),
             );
-            let f = pod_facts(&p, None, |_| true);
+            let f = pod_facts(&p, None, |_| NodeState::Ready);
             assert_eq!(
                 f.waiting,
                 Some((r_static(r), "secret \"s3\" not found".into()))
@@ -589,7 +666,7 @@ mod tests {
             {"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
              "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}),
         );
-        let pf = vec![pod_facts(&p, None, |_| true)];
+        let pf = vec![pod_facts(&p, None, |_| NodeState::Ready)];
         let (s, ev) = next_status(&job, &d, &pf, None, now());
         let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
         assert_eq!(
@@ -636,7 +713,7 @@ mod tests {
         );
         // A pod of the attempt exists: the refusal is over.
         let p = pending_pod(serde_json::json!({"phase": "Pending"}));
-        let pf = vec![pod_facts(&p, None, |_| true)];
+        let pf = vec![pod_facts(&p, None, |_| NodeState::Ready)];
         let (s, _) = next_status(&job, &d, &pf, None, now());
         let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
         assert_eq!(c.reason, "WorkersPending");
@@ -938,7 +1015,13 @@ mod tests {
                         "state": {"terminated": {"exitCode": 64}}}]}
         }))
         .unwrap();
-        let f = pod_facts(&pod, None, |n| n != "gone");
+        let f = pod_facts(&pod, None, |n| {
+            if n == "gone" {
+                NodeState::Missing
+            } else {
+                NodeState::Ready
+            }
+        });
         assert_eq!(
             (f.rank, f.attempt, f.exit_code),
             (Some(1), Some(2), Some(64))
@@ -946,6 +1029,39 @@ mod tests {
         assert_eq!(f.phase, PodPhase::Failed);
         assert!(f.node_lost);
         assert!(f.foreign, "no owner reference: not the job's");
+    }
+
+    #[test]
+    fn a_node_not_ready_or_tainted_unreachable_is_down_since_the_earliest_sign() {
+        let node = |v: serde_json::Value| -> Node { serde_json::from_value(v).unwrap() };
+        let ready = node(serde_json::json!({"metadata": {"name": "n"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}));
+        assert_eq!(node_state(&ready), NodeState::Ready);
+        let unknown = node(serde_json::json!({"metadata": {"name": "n"},
+            "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute",
+                                 "timeAdded": "2026-01-01T12:00:05Z"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown",
+                "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
+                "lastTransitionTime": "2026-01-01T12:00:03Z"}]}}));
+        assert_eq!(
+            node_state(&unknown),
+            NodeState::Down(
+                "2026-01-01T12:00:03Z".parse().unwrap(),
+                "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into()
+            )
+        );
+        let tainted = node(serde_json::json!({"metadata": {"name": "n"},
+            "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule",
+                                 "timeAdded": "2026-01-01T12:00:05Z"}]}}));
+        assert!(
+            matches!(node_state(&tainted), NodeState::Down(_, w) if w == "taint node.kubernetes.io/not-ready:NoSchedule")
+        );
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j-worker-0"}, "spec": {"nodeName": "n", "containers": []}}))
+        .unwrap();
+        let f = pod_facts(&pod, None, |_| node_state(&unknown));
+        assert_eq!(f.node_down.map(|d| d.node), Some("n".to_string()));
+        assert!(!f.node_lost);
     }
 
     #[test]
@@ -959,7 +1075,7 @@ mod tests {
             }))
             .unwrap()
         };
-        assert!(!pod_facts(&pod("new"), Some("new"), |_| true).foreign);
-        assert!(pod_facts(&pod("old"), Some("new"), |_| true).foreign);
+        assert!(!pod_facts(&pod("new"), Some("new"), |_| NodeState::Ready).foreign);
+        assert!(pod_facts(&pod("old"), Some("new"), |_| NodeState::Ready).foreign);
     }
 }

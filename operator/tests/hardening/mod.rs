@@ -10,7 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use super::support::*;
@@ -66,6 +66,13 @@ fn skeleton(path: &str) -> Option<Value> {
     if path == "spec.scheduling.podGroup" {
         return Some(json!({"provider": "Volcano"}));
     }
+    if path == "spec.runPolicy.failurePolicy.rules[]" {
+        return Some(json!({"action": "RestartJob"}));
+    }
+    if path == "spec.runPolicy.failurePolicy.rules.onExitCodes" {
+        // NotIn: `In` may not list 0, the minimum.
+        return Some(json!({"operator": "NotIn"}));
+    }
     None
 }
 
@@ -86,8 +93,9 @@ fn set_path(obj: &mut Value, path: &str, value: Value) {
         };
         let last = i + 1 == parts.len();
         let map = cur.as_object_mut().expect("an object on the path");
-        if last && !array {
-            map.insert(key.to_string(), value);
+        if last {
+            // `a.b[]`: a list of that one value.
+            map.insert(key.to_string(), if array { json!([value]) } else { value });
             return;
         }
         if array {
@@ -590,4 +598,375 @@ async fn a_restricted_namespace_admits_the_workers_and_the_service_account_stays
             "{err}"
         );
     }
+}
+
+/// What a kubelet reports of a started pod (the test's node has no kubelet, nor kwok).
+async fn report_running(c: &Client, ns: &str, pod: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let patch = json!({"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "trainer", "image": "ghcr.io/janus/trainer:test",
+            "imageID": "", "ready": true, "restartCount": 0, "started": true,
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}});
+    Api::<Pod>::namespaced(c.clone(), ns)
+        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+}
+
+/// A node whose kubelet stops reporting (Ready=Unknown and the unreachable taints, as
+/// the node lifecycle controller leaves it; nothing completes a deletion of its pods
+/// then, so they would stay Terminating forever and block the names of the new gang):
+/// after `runPolicy.unreachableNodeTolerationSeconds` the gang restarts without
+/// counting towards `backoffLimit: 0`, the condition and a Warning Event name the node,
+/// the pods there are force-deleted and the new gang is created under the same names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_an_unreachable_node_are_force_deleted_after_the_toleration() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let c = client().await;
+    let ns = namespace(&c, "unreachable").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    // A node of this test's own (no kwok annotation: the test plays its kubelet), that
+    // only this job's pods tolerate and select.
+    let node_name = format!("{ns}-node");
+    let nodes: Api<Node> = Api::all(c.clone());
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": node_name, "labels": {"janus.dev/test-pool": ns}},
+        "spec": {"taints": [{"key": "janus.dev/test-pool", "value": ns, "effect": "NoSchedule"}]}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let now = || jiff::Timestamp::now().to_string();
+    let ready = json!({"status": {
+        "capacity": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": "8"},
+        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": "8"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status", "lastHeartbeatTime": now(),
+            "lastTransitionTime": now()}]}});
+    nodes
+        .patch_status(
+            &node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(ready),
+        )
+        .await
+        .unwrap();
+
+    let mut spec = job_spec(2);
+    spec.run_policy.backoff_limit = 0;
+    spec.run_policy.unreachable_node_toleration_seconds = 3;
+    spec.workers.node_selector = Some([("janus.dev/test-pool".to_string(), ns.clone())].into());
+    let pool = serde_json::from_value(
+        json!({"key": "janus.dev/test-pool", "operator": "Exists", "effect": "NoSchedule"}),
+    )
+    .unwrap();
+    spec.workers
+        .tolerations
+        .get_or_insert_with(Vec::new)
+        .push(pool);
+    create_job(&c, &ns, "far", spec).await;
+    let old = wait_for("both workers bound to the test's node", T, || async {
+        let ps = pods(&c, &ns, "far").await;
+        let bound = ps.len() == 2
+            && ps.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
+            });
+        bound.then_some(ps)
+    })
+    .await;
+    for p in &old {
+        report_running(&c, &ns, &p.metadata.name.clone().unwrap()).await;
+    }
+    wait_gang_running(&c, &ns, "far", 2, 0).await;
+
+    // The kubelet goes silent.
+    let unknown = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown",
+        "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
+        "lastHeartbeatTime": now(), "lastTransitionTime": now()}]}});
+    nodes
+        .patch_status(
+            &node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(unknown),
+        )
+        .await
+        .unwrap();
+    let taints = json!({"spec": {"taints": [
+        {"key": "janus.dev/test-pool", "value": ns, "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": now()},
+        {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now()}]}});
+    nodes
+        .patch(&node_name, &PatchParams::default(), &Patch::Merge(taints))
+        .await
+        .unwrap();
+    let down = std::time::Instant::now();
+
+    let j = wait_for("the restart after the toleration", T, || async {
+        let j = get_job(&c, &ns, "far").await?;
+        (j.status.as_ref()?.restarts == 1).then_some(j)
+    })
+    .await;
+    assert!(
+        down.elapsed() >= Duration::from_secs(2),
+        "restarted {:?} after the node went down, within the 3 s toleration",
+        down.elapsed()
+    );
+    assert_eq!(
+        j.status.as_ref().unwrap().restarts_counted_towards_backoff,
+        0
+    );
+    let cond = condition(&j, "Restarting").unwrap();
+    assert_eq!(cond.reason, "NodeUnreachable");
+    assert!(
+        cond.message
+            .contains(&format!("node {node_name} of worker far-worker-"))
+            && cond
+                .message
+                .contains("Kubelet stopped posting node status.")
+            && cond
+                .message
+                .contains("unreachableNodeTolerationSeconds (3s)"),
+        "{}",
+        cond.message
+    );
+    let ev = wait_warnings(&c, &ns, "NodeUnreachable").await;
+    assert!(
+        ev[0].note.as_deref().unwrap_or("").contains(&node_name),
+        "{:?}",
+        ev[0].note
+    );
+    // The old pods are gone (no kubelet could have confirmed a graceful deletion), and
+    // the new gang holds the same names.
+    let old_uids: Vec<_> = old.iter().map(|p| p.metadata.uid.clone()).collect();
+    let new = wait_for("the gang of attempt 1", T, || async {
+        let ps = pods(&c, &ns, "far").await;
+        let fresh = ps.len() == 2
+            && ps.iter().all(|p| {
+                p.labels().get("janus.dev/attempt").map(String::as_str) == Some("1")
+                    && !old_uids.contains(&p.metadata.uid)
+            });
+        fresh.then_some(ps)
+    })
+    .await;
+    let names: Vec<_> = new
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["far-worker-0", "far-worker-1"]);
+    for p in &old {
+        let name = p.metadata.name.as_deref().unwrap();
+        let now_there = Api::<Pod>::namespaced(c.clone(), &ns)
+            .get(name)
+            .await
+            .unwrap();
+        assert_ne!(now_there.metadata.uid, p.metadata.uid);
+    }
+    nodes.delete(&node_name, &Default::default()).await.unwrap();
+}
+
+/// A worker whose image cannot be pulled, or whose container cannot be configured (a
+/// missing Secret): kwok's `pod-container-waiting` stage reports it as a kubelet does
+/// (tests/controlplane/kwok-stages.yaml). The job says Running=False with the kubelet's
+/// reason and words, and publishes a Warning Event with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_the_kubelet_cannot_start_is_a_condition_and_a_warning_in_its_words() {
+    let c = client().await;
+    let ns = namespace(&c, "container-waiting").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let cases = [
+        (
+            "pull",
+            "ImagePullBackOff",
+            "Back-off pulling image \"ghcr.io/janus/trainer:no-such-tag\": ErrImagePull: failed to pull and unpack image \"ghcr.io/janus/trainer:no-such-tag\": not found",
+        ),
+        (
+            "pull-err",
+            "ErrImagePull",
+            "failed to pull image \"ghcr.io/janus/trainer:no-such-tag\": rpc error: code = NotFound",
+        ),
+        (
+            "config",
+            "CreateContainerConfigError",
+            "secret \"missing-credentials\" not found",
+        ),
+    ];
+    for (job, why, words) in cases {
+        let mut spec = job_spec(2);
+        spec.workers.template = Some(json!({"metadata": {"annotations": {
+            "test.janus.dev/container-waiting": why,
+            "test.janus.dev/container-waiting-message": words}}}));
+        create_job(&c, &ns, job, spec).await;
+    }
+    for (job, why, words) in cases {
+        let cond = wait_running_reason(&c, &ns, job, why).await;
+        assert_eq!(cond.status, "False");
+        assert!(
+            cond.message.starts_with(&format!("worker {job}-worker-"))
+                && cond
+                    .message
+                    .contains(&format!("cannot start ({why}): {words}")),
+            "{}",
+            cond.message
+        );
+        let ev = wait_warnings(&c, &ns, why).await;
+        assert!(
+            ev.iter()
+                .any(|e| e.note.as_deref().unwrap_or("").contains(words)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job)),
+            "{ev:?}"
+        );
+        assert_eq!(
+            get_job(&c, &ns, job).await.map(|j| phase(&j)).as_deref(),
+            Some("Pending")
+        );
+    }
+}
+
+/// Every storage URL field of both kinds accepts exactly the URLs the trainer opens
+/// (`janus_crds::url::BOUNDARY_URLS`; the trainer's side: `trainer/src/storage.rs`),
+/// and `checkpoint.everySteps: 0` (save only at the end) is accepted by the API server
+/// and by the trainer's parse of the rendered config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_urls_and_every_steps_zero_are_accepted_by_both_sides_or_refused_by_the_api_server()
+{
+    use janus_crds::url::BOUNDARY_URLS;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let c = client().await;
+    let ns = namespace(&c, "urls").await;
+    let train = serde_json::to_value(job_spec(1)).unwrap();
+    let eval = json!({
+        "model": {"url": "s3://models/janus-7b-orpo", "promptFormat": "chatml"},
+        "benchmark": {"url": "s3://data/multifaceted-bench/test.jsonl"},
+        "judge": {"endpoint": "http://judge.example:8000/v1", "model": "judge-model"},
+        "output": {"url": "s3://eval-results"},
+        "worker": {"image": "ghcr.io/janus/trainer:test"}
+    });
+    let kinds = [
+        (
+            ApiResource::erase::<JanusTrainingJob>(&()),
+            "JanusTrainingJob",
+            train,
+            &[
+                "model.url",
+                "model.tokenizerUrl",
+                "dataset.urls[]",
+                "checkpoint.url",
+                "checkpoint.resumeFrom",
+                "output.url",
+            ][..],
+        ),
+        (
+            ApiResource::erase::<JanusEvalJob>(&()),
+            "JanusEvalJob",
+            eval,
+            &[
+                "model.url",
+                "model.tokenizerUrl",
+                "benchmark.url",
+                "output.url",
+                "baseline.resultsUrl",
+            ][..],
+        ),
+    ];
+    let mut wrong = vec![];
+    for (ar, kind, spec, fields) in &kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns, ar);
+        for field in *fields {
+            for (url, accepted) in BOUNDARY_URLS {
+                let mut obj = json!({"apiVersion": "janus.dev/v1alpha1", "kind": kind,
+                    "metadata": {"name": "u", "namespace": ns}, "spec": spec.clone()});
+                let path = format!("spec.{field}");
+                set_path(&mut obj, &path, json!(url));
+                let named = path.trim_end_matches("[]");
+                match (dry_run(&api, &obj).await, accepted) {
+                    (Ok(()), true) => {}
+                    (Err(e), false) if e.starts_with("422") && e.contains(named) => {}
+                    (r, _) => wrong.push(format!("{kind} {path} = {url}: {r:?}")),
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(1);
+    spec.checkpoint.every_steps = 0;
+    create_job(&c, &ns, "at-end", spec).await;
+    let cm = wait_for("the ConfigMap of at-end", T, || async {
+        Api::<ConfigMap>::namespaced(c.clone(), &ns)
+            .get_opt("at-end-config")
+            .await
+            .unwrap()
+    })
+    .await;
+    let v: Value = serde_yaml::from_str(&cm.data.unwrap()["config.yaml"]).unwrap();
+    let cfg = janus_crds::config::TrainConfig::from_value(v, "at-end-config")
+        .expect("the trainer accepts what the API server accepted");
+    assert_eq!(cfg.checkpoint.every_steps, 0);
+}
+
+/// `runPolicy.failurePolicy.rules`: a rule making exit code 3 `FailJob` fails the job at
+/// the first such exit, without a restart, naming the rule; the API server refuses
+/// rules that cannot mean anything (both or neither requirement, `In` with 0, a code
+/// twice, a code beyond 255, an unknown action).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_job_rule_on_an_exit_code_fails_the_job_at_once() {
+    let c = client().await;
+    let ns = namespace(&c, "failure-policy").await;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), &ns, &ApiResource::erase::<JanusTrainingJob>(&()));
+    let with_rules = |rules: Value| {
+        let mut spec = serde_json::to_value(job_spec(2)).unwrap();
+        spec["runPolicy"] = json!({"failurePolicy": {"rules": rules}});
+        json!({"apiVersion": "janus.dev/v1alpha1", "kind": "JanusTrainingJob",
+               "metadata": {"name": "p", "namespace": ns}, "spec": spec})
+    };
+    let codes = |op: &str, values: Value| json!({"operator": op, "values": values});
+    let refused = [
+        json!([{"action": "FailJob"}]),
+        json!([{"action": "FailJob", "onExitCodes": codes("In", json!([3])),
+                "onPodConditions": [{"type": "DisruptionTarget"}]}]),
+        json!([{"action": "FailJob", "onExitCodes": codes("In", json!([0, 3]))}]),
+        json!([{"action": "FailJob", "onExitCodes": codes("In", json!([3, 3]))}]),
+        json!([{"action": "FailJob", "onExitCodes": codes("In", json!([256]))}]),
+        json!([{"action": "FailJob", "onExitCodes": codes("In", json!([]))}]),
+        json!([{"action": "Ignore", "onExitCodes": codes("In", json!([3]))}]),
+        json!([{"action": "FailJob", "onPodConditions": [{"type": "Ready"}]}]),
+    ];
+    for rules in refused {
+        let r = dry_run(&api, &with_rules(rules.clone())).await;
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.starts_with("422") && e.contains("failurePolicy")),
+            "{rules}: {r:?}"
+        );
+    }
+    let accepted = json!([
+        {"action": "FailJob", "onExitCodes": codes("In", json!([3]))},
+        {"action": "RestartJobAndIgnoreBackoff", "onExitCodes": codes("NotIn", json!([0, 64, 75]))},
+        {"action": "RestartJob", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    ]);
+    dry_run(&api, &with_rules(accepted.clone())).await.unwrap();
+
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = serde_json::to_value(job_spec(2)).unwrap();
+    spec["runPolicy"] = json!({"failurePolicy": {"rules": accepted}});
+    create_job(&c, &ns, "strict", serde_json::from_value(spec).unwrap()).await;
+    wait_gang_running(&c, &ns, "strict", 2, 0).await;
+    finish_pod(&c, &ns, "strict-worker-1", 3).await;
+    let j = wait_phase(&c, &ns, "strict", "Failed", T).await;
+    let cond = condition(&j, "Failed").unwrap();
+    assert_eq!(cond.reason, "PodFailurePolicy");
+    assert_eq!(
+        cond.message,
+        "worker strict-worker-1 exited with code 3, matching runPolicy.failurePolicy.rules[0] (FailJob)"
+    );
+    assert_eq!(j.status.as_ref().unwrap().restarts, 0);
+    let ev = wait_warnings(&c, &ns, "PodFailurePolicy").await;
+    assert!(
+        ev[0].note.as_deref().unwrap_or("").contains("rules[0]"),
+        "{:?}",
+        ev[0].note
+    );
 }
