@@ -134,7 +134,8 @@ def by_label(m, name, label):
     out = {}
     for (n, l), v in m.items():
         if n == name:
-            k = dict(l).get(label, "")
+            d = dict(l)
+            k = d.get(label, "") if isinstance(label, str) else " ".join(d.get(x, "") for x in label)
             out[k] = out.get(k, 0.0) + v
     return out
 
@@ -221,6 +222,9 @@ class Janus:
             "api_p99": quantile(m, "janus_operator_api_request_duration_seconds", 0.99),
             "throttle_sum": 0.0,  # kube-rs has no client-side rate limiter
             "by_method": by_label(m, "janus_operator_api_requests_total", "method"),
+            "by_resource": by_label(
+                m, "janus_operator_api_request_duration_seconds_count", ("method", "resource")
+            ),
         }
 
 
@@ -399,6 +403,7 @@ def run_side(name, op, a, nodes, rep):
             "cpu_s": cpu1 - cpu0, "rss_mib": rss,
             "server_cpu_s": srv1 - srv0,
             "op_requests_by_method": f["by_method"],
+            "op_requests_by_resource": f.get("by_resource", {}),
             "reconciles": f["reconciles"], "errors": f["errors"],
             "rec_p50_ms": f["rec_p50"] * 1e3, "rec_p99_ms": f["rec_p99"] * 1e3,
             "rec_mean_ms": f["rec_sum"] / max(f["reconciles"], 1) * 1e3,

@@ -7,7 +7,7 @@
 //! restart or delete the pods of a new attempt.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use janus_crds::training::{condition, reason, JanusTrainingJobStatus};
@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::children;
+use super::expectations::Expectations;
 use super::gang::{self, Decision, PodFacts};
 use super::kueue::{self, KueueFacts};
 use super::status::{self, EventSpec};
@@ -53,10 +54,22 @@ pub struct Context {
     pub health: Health,
     /// Consecutive failed reconciles per job (`namespace/name`), for the backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Pods created and status written that the caches may not show yet.
+    pub expectations: Expectations,
 }
 
 fn key(job: &JanusTrainingJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// The job's expectations: per object (a job deleted and created again under its name
+/// has other pods and another history).
+fn expect_key(job: &JanusTrainingJob) -> String {
+    format!(
+        "{}/{}",
+        key(job),
+        job.metadata.uid.as_deref().unwrap_or_default()
+    )
 }
 
 /// Requeue delay after `n` consecutive failures: 1 s, 2 s, 4 s ... capped at 5 minutes.
@@ -223,6 +236,7 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     let name = cached.name_any();
     if cached.metadata.deletion_timestamp.is_some() {
         // Children go with the job (owner references, garbage collector).
+        ctx.expectations.forget(&expect_key(cached));
         return Ok(Action::await_change());
     }
     // "Node gone" and "rank missing" can only be trusted on complete caches (the
@@ -231,6 +245,14 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     let _ = ctx.nodes.wait_until_ready().await;
     let now = Timestamp::now();
     let pods = cached_pods(ctx, &ns, &name);
+    // Pods this operator created are not all in the cache yet: deciding now would create
+    // them again. Their watch events trigger the next reconcile.
+    if let Some(left) = ctx
+        .expectations
+        .pods_pending(&expect_key(cached), &pods, Instant::now())
+    {
+        return Ok(Action::requeue(left));
+    }
     // A job with a queue name runs when Kueue admits its Workload (created here).
     let admission = kueue::observe(&ctx.client, cached).await?;
     let cached_plan = plan(ctx, cached, &pods, admission.as_ref(), now);
@@ -246,11 +268,18 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
         return Ok(requeue_kueue(action, admission.as_ref()));
     }
 
-    // Something changes: decide again on the job read fresh from the API server (a
-    // stale cached job could double-count a restart or misjudge the attempt).
+    // Something changes: decide again on a job at least as new as this operator's last
+    // status write (a stale cached job could double-count a restart or misjudge the
+    // attempt): the cached one when it shows that write, else one read fresh.
     let jobs: Api<JanusTrainingJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(job) = jobs.get_opt(&name).await? else {
-        return Ok(Action::await_change());
+    let rv = cached.metadata.resource_version.as_deref();
+    let job = if ctx.expectations.shows_last_write(&expect_key(cached), rv) {
+        cached.clone()
+    } else {
+        match jobs.get_opt(&name).await? {
+            Some(job) => job,
+            None => return Ok(Action::await_change()),
+        }
     };
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut p = plan(ctx, &job, &pods, admission.as_ref(), now);
@@ -296,7 +325,9 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     };
     let write_status = async {
         if job.status.as_ref() != Some(&st) {
-            write_status(&jobs, &name, &st).await?;
+            let written = write_status(&jobs, &name, &st).await?;
+            ctx.expectations
+                .wrote_status(&expect_key(&job), written.metadata.resource_version);
         }
         Ok::<_, Error>(())
     };
@@ -363,6 +394,13 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             }
         }))
         .await;
+        // Those created (or already there) are expected in the cache.
+        let made = new_pods.iter().zip(&created).filter(|(_, r)| r.is_ok());
+        ctx.expectations.created(
+            &expect_key(&job),
+            made.map(|(p, _)| p.name_any()),
+            Instant::now(),
+        );
         if let Some((pod, e)) = created.into_iter().find_map(|r| r.err()) {
             if let kube::Error::Api(refusal) = &e {
                 if REFUSALS.contains(&refusal.code) {
@@ -481,7 +519,9 @@ async fn blocked(
         &msg,
         now,
     );
-    write_status(jobs, &job.name_any(), &st).await?;
+    let written = write_status(jobs, &job.name_any(), &st).await?;
+    ctx.expectations
+        .wrote_status(&expect_key(job), written.metadata.resource_version);
     let ev = EventSpec {
         warning: true,
         reason: why,
@@ -540,19 +580,20 @@ async fn write_status(
     jobs: &Api<JanusTrainingJob>,
     name: &str,
     st: &JanusTrainingJobStatus,
-) -> Result<()> {
+) -> Result<JanusTrainingJob> {
     let patch = serde_json::json!({
         "apiVersion": "janus.dev/v1alpha1",
         "kind": "JanusTrainingJob",
         "status": st,
     });
-    jobs.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    let written = jobs
+        .patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(written)
 }
 
 /// When to reconcile again: the decision's deadline or the end of a down node's
@@ -720,7 +761,9 @@ fn slim_node(n: &mut Node) {
 /// (became NotReady or unreachable, or Ready again); heartbeats pass unnoticed.
 fn node_transitions() -> impl FnMut(
     std::result::Result<watcher::Event<Node>, watcher::Error>,
-) -> futures::future::Ready<Option<std::result::Result<Node, watcher::Error>>> {
+) -> futures::future::Ready<
+    Option<std::result::Result<Node, watcher::Error>>,
+> {
     let mut seen: std::collections::HashMap<String, status::NodeState> = Default::default();
     move |ev| {
         let out = match ev {
@@ -846,6 +889,7 @@ pub async fn run(
         nodes: nodes.clone(),
         health,
         failures: Default::default(),
+        expectations: Default::default(),
     });
     let controller = Controller::for_stream(job_stream, job_store)
         // Coalesce the burst of pod events of a starting gang into fewer reconciles.

@@ -4,6 +4,7 @@
 pub mod children;
 pub mod config_render;
 pub mod controller;
+pub mod expectations;
 pub mod gang;
 pub mod kueue;
 pub mod status;
