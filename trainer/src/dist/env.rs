@@ -33,6 +33,24 @@ pub enum Role {
 
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
 
+/// The pod's grace period the operator passes (`JANUS_TERMINATION_GRACE_SECONDS`), if
+/// any: what the ranks have for a checkpoint after SIGTERM, and what the launcher waits
+/// for them. A value that is not whole seconds is refused, by both.
+pub fn termination_grace() -> Result<Option<std::time::Duration>> {
+    parse_grace(std::env::var(janus_env::TERMINATION_GRACE_SECONDS).ok())
+}
+
+fn parse_grace(v: Option<String>) -> Result<Option<std::time::Duration>> {
+    let Some(v) = v else { return Ok(None) };
+    let secs = v.trim().parse::<u64>().map_err(|_| {
+        Error::Config(format!(
+            "{}={v:?}: expected whole seconds",
+            janus_env::TERMINATION_GRACE_SECONDS
+        ))
+    })?;
+    Ok(Some(std::time::Duration::from_secs(secs)))
+}
+
 /// Variables from the process environment, or from a table in tests.
 struct Vars<F: Fn(&str) -> Option<String>>(F);
 
@@ -120,6 +138,20 @@ impl Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_period_is_whole_seconds_or_refused_naming_the_variable() {
+        use std::time::Duration;
+        assert_eq!(parse_grace(None).unwrap(), None);
+        assert_eq!(
+            parse_grace(Some(" 300\n".into())).unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        for bad in ["30s", "-1", "1.5", ""] {
+            let e = parse_grace(Some(bad.into())).unwrap_err().to_string();
+            assert!(e.contains("JANUS_TERMINATION_GRACE_SECONDS"), "{e}");
+        }
+    }
 
     fn role(vars: &[(&str, &str)]) -> Result<Role> {
         let map: std::collections::HashMap<String, String> = vars

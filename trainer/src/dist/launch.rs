@@ -15,14 +15,6 @@ use crate::error::{Error, Result};
 /// the pod's grace period (the ranks may be saving a checkpoint in it).
 const GRACE: Duration = Duration::from_secs(10);
 
-fn grace() -> Duration {
-    std::env::var(janus_crds::env::TERMINATION_GRACE_SECONDS)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(GRACE)
-}
-
 pub struct LaunchSpec {
     /// Local processes to start.
     pub nproc: usize,
@@ -72,6 +64,7 @@ fn forward_lines(
 pub fn launch(spec: &LaunchSpec) -> Result<i32> {
     let exe = std::env::current_exe().map_err(|e| Error::io("locating the janus binary", e))?;
     let world = spec.nproc * spec.nnodes;
+    let grace = super::env::termination_grace()?.unwrap_or(GRACE);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -103,7 +96,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                terminate(&mut children);
+                terminate(&mut children, grace);
                 return Err(Error::io(format!("starting rank {rank}"), e));
             }
         };
@@ -120,20 +113,20 @@ pub fn launch(spec: &LaunchSpec) -> Result<i32> {
         ));
         children.push((rank, child));
     }
-    let code = supervise(&mut children, &stop);
+    let code = supervise(&mut children, &stop, grace);
     for p in pumps {
         let _ = p.join();
     }
     Ok(code)
 }
 
-fn supervise(children: &mut [(usize, Child)], stop: &AtomicBool) -> i32 {
+fn supervise(children: &mut [(usize, Child)], stop: &AtomicBool, grace: Duration) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     let mut running: Vec<bool> = vec![true; children.len()];
     loop {
         if stop.load(Ordering::SeqCst) {
             tracing::warn!("signal received: stopping all ranks");
-            terminate(children);
+            terminate(children, grace);
             // Ranks that stopped at a step boundary (with or without a checkpoint) say
             // so with their own code; the job is told the same.
             let terminated = children.iter_mut().all(|(_, c)| {
@@ -177,7 +170,7 @@ fn supervise(children: &mut [(usize, Child)], stop: &AtomicBool) -> i32 {
             let others: Vec<usize> = failed.iter().skip(1).map(|f| f.0).collect();
             tracing::error!(rank, exit_code = code, also_failed = ?others, "rank failed: stopping the other ranks");
             eprintln!("janus launch: rank {rank} exited with {status}; stopping the other ranks");
-            terminate(children);
+            terminate(children, grace);
             return *code;
         }
         if running.iter().all(|r| !r) {
@@ -188,13 +181,13 @@ fn supervise(children: &mut [(usize, Child)], stop: &AtomicBool) -> i32 {
 }
 
 /// SIGTERM every live child, then SIGKILL whoever is left after the grace period.
-fn terminate(children: &mut [(usize, Child)]) {
+fn terminate(children: &mut [(usize, Child)], grace: Duration) {
     for (_, c) in children.iter_mut() {
         if matches!(c.try_wait(), Ok(None)) {
             signal(c, libc::SIGTERM);
         }
     }
-    let deadline = Instant::now() + grace();
+    let deadline = Instant::now() + grace;
     for (_, c) in children.iter_mut() {
         while matches!(c.try_wait(), Ok(None)) {
             if Instant::now() >= deadline {

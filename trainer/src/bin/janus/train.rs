@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use janus::config::TrainConfig;
@@ -100,12 +99,6 @@ fn stop_on_signals() -> Result<StopRequest> {
         unsafe { signal_hook::low_level::register(sig, handler) }
             .map_err(|e| Error::io("installing signal handlers", e))?;
     }
-    let env = janus_crds::env::TERMINATION_GRACE_SECONDS;
-    let grace = match std::env::var(env) {
-        Ok(v) => Some(Duration::from_secs(v.trim().parse().map_err(|_| {
-            Error::Config(format!("{env}={v:?}: expected whole seconds"))
-        })?)),
-        Err(_) => None,
-    };
+    let grace = janus::dist::env::termination_grace()?;
     Ok(StopRequest { flag, armed, grace })
 }
