@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -46,7 +47,9 @@ pub const MAX_NAME_LENGTH: usize = 48;
     validation = Rule::new("!has(self.dpo) || self.method == 'dpo'")
         .message("spec.dpo is only read with method dpo"),
     validation = Rule::new("!has(self.reward) || self.method == 'reward'")
-        .message("spec.reward is only read with method reward")
+        .message("spec.reward is only read with method reward"),
+    validation = Rule::new("has(self.networkPolicy) == has(oldSelf.networkPolicy)")
+        .message("spec.networkPolicy is immutable (it cannot be added or removed either)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct JanusTrainingJobSpec {
@@ -95,6 +98,24 @@ pub struct JanusTrainingJobSpec {
     /// Scheduler and gang (pod group) settings.
     #[serde(default)]
     pub scheduling: SchedulingSpec,
+    /// Isolate the workers: a NetworkPolicy `<name>-workers` (owned by the job) lets
+    /// only the job's own pods reach them, on any port (the rendezvous port, NCCL's and
+    /// the CPU ring's sockets), and the metrics port from `metricsFrom`. It takes
+    /// effect where the network plugin enforces NetworkPolicy. Left out: no policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.networkPolicy is immutable"))]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// The workers' NetworkPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Who may reach the workers' metrics port (Prometheus), as NetworkPolicy peers
+    /// (e.g. a `namespaceSelector` of the monitoring namespace). Left out: any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub metrics_from: Option<Vec<NetworkPolicyPeer>>,
 }
 
 /// The base model.

@@ -12,6 +12,10 @@ use k8s_openapi::api::core::v1::{
     EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
     SecretEnvSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -144,6 +148,52 @@ pub fn role_binding(job: &JanusTrainingJob) -> Result<RoleBinding> {
             ..Default::default()
         }]),
     })
+}
+
+/// NetworkPolicy `J-workers` (with `spec.networkPolicy`): the job's pods admit only
+/// each other, on every port (rendezvous, NCCL and the CPU ring open ports of their
+/// own), and the metrics port from `metricsFrom` (left out: from anywhere).
+pub fn network_policy(job: &JanusTrainingJob) -> Result<Option<NetworkPolicy>> {
+    let Some(np) = &job.spec.network_policy else {
+        return Ok(None);
+    };
+    let own = job_labels(&job.name_any());
+    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some(own),
+        ..Default::default()
+    };
+    let peers = NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(selector.clone()),
+            ..Default::default()
+        }]),
+        ports: None,
+    };
+    let metrics = NetworkPolicyIngressRule {
+        from: np.metrics_from.clone(),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
+                    defaults::METRICS_PORT,
+                ),
+            ),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    };
+    Ok(Some(NetworkPolicy {
+        metadata: meta(job, network_policy_name(&job.name_any()))?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![peers, metrics]),
+            egress: None,
+        }),
+    }))
+}
+
+pub fn network_policy_name(job: &str) -> String {
+    format!("{job}-workers")
 }
 
 /// The PodGroup of the gang scheduler named in `spec.scheduling.podGroup` (name `J`).
@@ -660,6 +710,37 @@ mod tests {
         job.spec.workers.template = Some(json!({"specc": {}}));
         let e = worker_pod(&job, 0, 0).unwrap_err().to_string();
         assert!(e.contains("specc"), "{e}");
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_jobs_pods_and_metrics_from_the_named_peers() {
+        let mut j = representative_job();
+        assert!(
+            network_policy(&j).unwrap().is_none(),
+            "no policy unless asked"
+        );
+        j.spec.network_policy = Some(serde_json::from_value(json!({"metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]})).unwrap());
+        let np = serde_json::to_value(network_policy(&j).unwrap().unwrap()).unwrap();
+        let name = j.name_any();
+        assert_eq!(np["metadata"]["name"], format!("{name}-workers"));
+        assert_eq!(
+            np["metadata"]["ownerReferences"][0]["kind"],
+            "JanusTrainingJob"
+        );
+        assert_eq!(
+            np["spec"],
+            json!({
+                "podSelector": {"matchLabels": {"janus.dev/job": name}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"janus.dev/job": name}}}]},
+                    {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                     "ports": [{"port": 9400, "protocol": "TCP"}]}
+                ]
+            })
+        );
     }
 
     #[test]

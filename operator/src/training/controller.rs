@@ -14,6 +14,7 @@ use janus_crds::training::{condition, reason, JanusTrainingJobStatus};
 use janus_crds::{labels, JanusTrainingJob, Progress};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -667,8 +668,8 @@ where
     Ok(())
 }
 
-/// Service, ConfigMap, ServiceAccount, Role, RoleBinding (and PodGroup), by server-side
-/// apply: creating them again is a no-op.
+/// Service, ConfigMap, ServiceAccount, Role, RoleBinding (and the NetworkPolicy when
+/// asked for), by server-side apply: creating them again is a no-op.
 async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result<()> {
     let ns = job
         .namespace()
@@ -692,6 +693,12 @@ async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result
         async {
             apply::<Role>(c, &ns, &role).await?;
             apply::<RoleBinding>(c, &ns, &rb).await
+        },
+        async {
+            match children::network_policy(job)? {
+                Some(np) => apply::<NetworkPolicy>(c, &ns, &np).await,
+                None => Ok(()),
+            }
         },
     )?;
     Ok(())
@@ -757,13 +764,12 @@ fn slim_node(n: &mut Node) {
     });
 }
 
+type NodeEvent = std::result::Result<watcher::Event<Node>, watcher::Error>;
+type NodeItem = std::result::Result<Node, watcher::Error>;
+
 /// Nodes whose jobs to reconcile: those deleted, and those whose readiness changed
 /// (became NotReady or unreachable, or Ready again); heartbeats pass unnoticed.
-fn node_transitions() -> impl FnMut(
-    std::result::Result<watcher::Event<Node>, watcher::Error>,
-) -> futures::future::Ready<
-    Option<std::result::Result<Node, watcher::Error>>,
-> {
+fn node_transitions() -> impl FnMut(NodeEvent) -> futures::future::Ready<Option<NodeItem>> {
     let mut seen: std::collections::HashMap<String, status::NodeState> = Default::default();
     move |ev| {
         let out = match ev {

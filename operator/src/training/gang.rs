@@ -259,7 +259,7 @@ fn failures(job: &JobFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Failur
     let mut by_cause: Vec<&PodFacts> = current.to_vec();
     by_cause.sort_by_key(|p| {
         (
-            !(past_toleration(job, p, now) && !p.finished()),
+            !past_toleration(job, p, now) || p.finished(),
             p.disrupted.is_none(),
             p.phase != PodPhase::Failed,
             p.finished_at,

@@ -176,6 +176,20 @@ fn helm_installed_operator_runs_under_its_own_service_account_with_leader_electi
         "-A"
     ]));
     assert!(can(&["create", "pods", "-n", "default"]));
+    // Trimmed to the verbs it uses: the static children by server-side apply only
+    // (every job of the tests below gets its children so), status by patch only.
+    for (verb, what) in [
+        ("update", "janustrainingjobs.janus.dev/status"),
+        ("delete", "configmaps"),
+        ("list", "roles.rbac.authorization.k8s.io"),
+        ("get", "serviceaccounts"),
+        ("delete", "podgroups.scheduling.volcano.sh"),
+    ] {
+        assert!(
+            !can(&[verb, what, "-n", "default"]),
+            "the operator may not {verb} {what}"
+        );
+    }
     // Its own Lease only: RBAC names it.
     assert!(can(&[
         "update",

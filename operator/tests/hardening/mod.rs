@@ -970,3 +970,69 @@ async fn a_fail_job_rule_on_an_exit_code_fails_the_job_at_once() {
         ev[0].note
     );
 }
+
+/// `spec.networkPolicy`: the job gets a NetworkPolicy `<name>-workers`, owned by it,
+/// that admits its own pods on every port and the metrics port from `metricsFrom`; a
+/// job without the field gets none; the field cannot be removed. (The test cluster's
+/// network plugin enforces nothing: the policy's shape is what is checked here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_policy_admits_only_the_jobs_own_pods_and_the_named_scrapers() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let c = client().await;
+    let ns = namespace(&c, "netpol").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    spec.network_policy = Some(
+        serde_json::from_value(json!({"metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]}))
+        .unwrap(),
+    );
+    let job = create_job(&c, &ns, "fenced", spec).await;
+    create_job(&c, &ns, "open", job_spec(1)).await;
+    wait_phase(&c, &ns, "fenced", "Running", Duration::from_secs(120)).await;
+    wait_phase(&c, &ns, "open", "Running", Duration::from_secs(120)).await;
+
+    let api: Api<NetworkPolicy> = Api::namespaced(c.clone(), &ns);
+    let np = api.get("fenced-workers").await.unwrap();
+    let owner = &np.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), &owner.uid),
+        ("JanusTrainingJob", job.metadata.uid.as_ref().unwrap())
+    );
+    let spec = serde_json::to_value(np.spec.unwrap()).unwrap();
+    let own = json!({"podSelector": {"matchLabels": {"janus.dev/job": "fenced"}}});
+    assert_eq!(spec["podSelector"], own["podSelector"]);
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        spec["ingress"][0],
+        json!({"from": [own]}),
+        "its own pods, every port"
+    );
+    assert_eq!(
+        spec["ingress"][1],
+        json!({"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+               "ports": [{"port": 9400, "protocol": "TCP"}]})
+    );
+    assert_eq!(spec["ingress"].as_array().unwrap().len(), 2);
+    let all = api.list(&Default::default()).await.unwrap();
+    assert_eq!(
+        all.items.len(),
+        1,
+        "the job without the field has no policy"
+    );
+
+    let jobs: Api<JanusTrainingJob> = Api::namespaced(c.clone(), &ns);
+    let err = jobs
+        .patch(
+            "fenced",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"networkPolicy": null}})),
+        )
+        .await
+        .expect_err("removing the policy is refused");
+    assert!(
+        err.to_string().contains("spec.networkPolicy is immutable"),
+        "{err}"
+    );
+}
