@@ -61,6 +61,10 @@ pub mod env {
     /// The pod's `terminationGracePeriodSeconds`: how long the trainer has after SIGTERM
     /// (a checkpoint of the last step is saved when it fits).
     pub const TERMINATION_GRACE_SECONDS: &str = "JANUS_TERMINATION_GRACE_SECONDS";
+    /// The size limit of the pod's scratch volume (`spec.workers.scratchSizeLimit`) in
+    /// bytes: the trainer checks that each download and staged upload fits in what is
+    /// left of it before starting it, instead of the kubelet evicting the pod midway.
+    pub const SCRATCH_LIMIT_BYTES: &str = "JANUS_SCRATCH_LIMIT_BYTES";
     /// In the judge pod of a `JanusEvalJob`: the judge's API key (from
     /// `spec.judge.apiKeySecretRef`); the rendered eval config's `judge.api_key_env`
     /// names this variable.

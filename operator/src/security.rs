@@ -5,8 +5,8 @@
 //! loosen this where a namespace allows it.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, EmptyDirVolumeSource, PodSecurityContext, SeccompProfile, SecurityContext,
-    Volume, VolumeMount,
+    Capabilities, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -55,10 +55,115 @@ pub fn scratch_volume(size: Option<&Quantity>) -> Volume {
     }
 }
 
+/// Tell `container` the scratch volume's size limit in bytes (`JANUS_SCRATCH_LIMIT_BYTES`),
+/// as the pod ends up with it (a template override's included): the trainer checks each
+/// download fits in what is left before starting it. No limit, nothing to tell.
+pub fn tell_scratch_limit(spec: &mut PodSpec, container: &str) {
+    let limit = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == SCRATCH_VOLUME)
+        .and_then(|v| v.empty_dir.as_ref()?.size_limit.as_ref())
+        .and_then(|q| quantity_bytes(&q.0));
+    let var = janus_crds::env::SCRATCH_LIMIT_BYTES;
+    for c in spec.containers.iter_mut().filter(|c| c.name == container) {
+        let env = c.env.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != var);
+        if let Some(bytes) = limit {
+            env.push(EnvVar {
+                name: var.into(),
+                value: Some(bytes.to_string()),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// Bytes of a Kubernetes quantity (`20Gi`, `500M`, `1e9`, `1.5Ti`), rounded up; None for
+/// what is not one.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    let bytes = (n * scale).ceil();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
 pub fn scratch_mount() -> VolumeMount {
     VolumeMount {
         name: SCRATCH_VOLUME.into(),
         mount_path: SCRATCH_PATH.into(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_read_as_bytes() {
+        for (q, b) in [
+            ("20Gi", Some(20u64 << 30)),
+            ("1.5Ki", Some(1536)),
+            ("500M", Some(500_000_000)),
+            ("1e9", Some(1_000_000_000)),
+            ("1E3", Some(1000)),
+            ("123", Some(123)),
+            ("1500m", Some(2)),
+            ("Gi", None),
+            ("20GB", None),
+            ("-1Gi", None),
+        ] {
+            assert_eq!(quantity_bytes(q), b, "{q}");
+        }
+    }
+
+    #[test]
+    fn the_trainer_is_told_the_scratch_limit_the_pod_ends_up_with() {
+        let mut spec = PodSpec {
+            containers: vec![k8s_openapi::api::core::v1::Container {
+                name: "trainer".into(),
+                ..Default::default()
+            }],
+            volumes: Some(vec![scratch_volume(Some(&Quantity("64Gi".into())))]),
+            ..Default::default()
+        };
+        tell_scratch_limit(&mut spec, "trainer");
+        let env = spec.containers[0].env.clone().unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(
+            (env[0].name.as_str(), env[0].value.as_deref()),
+            ("JANUS_SCRATCH_LIMIT_BYTES", Some("68719476736"))
+        );
+        spec.volumes = Some(vec![scratch_volume(None)]);
+        tell_scratch_limit(&mut spec, "trainer");
+        assert_eq!(
+            spec.containers[0].env.as_ref().unwrap().len(),
+            0,
+            "no limit, nothing told"
+        );
     }
 }

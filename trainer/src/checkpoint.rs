@@ -278,8 +278,26 @@ impl CheckpointDir {
     }
 
     /// Download a step and check it against its manifest; returns the local copy.
-    fn fetch(&self, step: u64) -> std::result::Result<(PathBuf, TrainerState), String> {
+    /// The checkpoint of `step`, checked; `Ok(Err(why))` for one that is corrupt or
+    /// incomplete (an older one may do), `Err` for what no older one would change (no
+    /// room in the scratch space to download it).
+    fn fetch(&self, step: u64) -> Result<std::result::Result<(PathBuf, TrainerState), String>> {
         let name = step_name(step);
+        let m = match self.manifest(&name, step) {
+            Ok(m) => m,
+            Err(why) => return Ok(Err(why)),
+        };
+        if self.store.local_dir().is_none() {
+            crate::scratch::ensure_room(
+                self.staging.path(),
+                m.files.iter().map(|f| f.bytes).sum(),
+                &format!("downloading checkpoint {}", self.step_url(step)),
+            )?;
+        }
+        Ok(self.fetch_files(&name, m))
+    }
+
+    fn manifest(&self, name: &str, step: u64) -> std::result::Result<Manifest, String> {
         let text = self
             .store
             .get_bytes(&format!("{name}/{MANIFEST}"))
@@ -289,12 +307,21 @@ impl CheckpointDir {
         if !READABLE_FORMATS.contains(&m.format.as_str()) || m.step != step {
             return Err(format!("manifest says format {} step {}", m.format, m.step));
         }
+        Ok(m)
+    }
+
+    /// Download (when remote) and check every file of checkpoint `name`.
+    fn fetch_files(
+        &self,
+        name: &str,
+        m: Manifest,
+    ) -> std::result::Result<(PathBuf, TrainerState), String> {
         // Local checkpoints are checked where they are; remote ones are downloaded in
         // ranges and hashed as they arrive. Files in parallel.
-        let in_place = self.store.local_dir().map(|root| root.join(&name));
+        let in_place = self.store.local_dir().map(|root| root.join(name));
         let local = in_place
             .clone()
-            .unwrap_or_else(|| self.staging.path().join("restore").join(&name));
+            .unwrap_or_else(|| self.staging.path().join("restore").join(name));
         std::thread::scope(|scope| {
             let checks: Vec<_> = m
                 .files
@@ -335,7 +362,7 @@ impl CheckpointDir {
                 tracing::warn!(checkpoint = %self.step_url(step), "skipping checkpoint without manifest (incomplete save)");
                 continue;
             }
-            match self.fetch(step) {
+            match self.fetch(step)? {
                 Ok(found) => return Ok(Some(found)),
                 Err(e) => {
                     tracing::warn!(checkpoint = %self.step_url(step), error = %e, "skipping corrupt checkpoint")
@@ -349,9 +376,7 @@ impl CheckpointDir {
 /// A fresh local scratch directory under `JANUS_STAGING_DIR` (default: the system
 /// temp dir), removed when dropped.
 pub fn staging_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    let base = std::env::var_os("JANUS_STAGING_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let base = crate::scratch::staging_base();
     std::fs::create_dir_all(&base).ctx(|| base.display().to_string())?;
     tempfile::Builder::new()
         .prefix(prefix)

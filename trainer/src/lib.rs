@@ -15,6 +15,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod sample;
+pub mod scratch;
 pub mod serve;
 pub mod storage;
 pub mod tokenizer;

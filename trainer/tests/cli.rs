@@ -133,3 +133,56 @@ fn the_operator_rendered_config_is_accepted() {
     assert_eq!(serde_json::to_value(&strict).unwrap(), resolved);
     assert_eq!(rendered, resolved);
 }
+
+/// In a pod whose scratch volume is limited (`JANUS_SCRATCH_LIMIT_BYTES`, from
+/// `spec.workers.scratchSizeLimit`), a model download that does not fit in it fails
+/// before it starts, as bad input naming the sizes and the field, instead of the
+/// kubelet evicting the pod midway (and the restarted gang trying again).
+#[test]
+fn a_model_download_beyond_the_scratch_limit_fails_up_front_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, model) = common::tiny_setup(dir.path(), 4);
+    let scratch = dir.path().join("scratch");
+    let mut cmd = common::janus();
+    cmd.args(["train", "--preset", "tiny"])
+        .env("JANUS_STAGING_DIR", &scratch)
+        .env(janus_crds::env::SCRATCH_LIMIT_BYTES, "100000");
+    let url = format!("file://{}", model.display());
+    for o in common::tiny_overrides(dir.path(), &model, &data.join("sft.jsonl"), &[]) {
+        let o = if o.starts_with("model.path=") {
+            format!("model.path={url}")
+        } else {
+            o
+        };
+        cmd.args(["--set", &o]);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(janus_crds::exit_code::BAD_INPUT),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "not enough scratch space for the model download ({url})"
+        )) && err.contains("limit of 0.10 MiB")
+            && err.contains("spec.workers.scratchSizeLimit"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+    let downloaded: u64 = left.iter().flat_map(|e| walk(&e.path())).sum();
+    assert_eq!(downloaded, 0, "nothing was downloaded");
+}
+
+fn walk(p: &std::path::Path) -> Vec<u64> {
+    if p.is_dir() {
+        std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .flat_map(|e| walk(&e.path()))
+            .collect()
+    } else {
+        vec![std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)]
+    }
+}

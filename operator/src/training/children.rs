@@ -417,6 +417,9 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             .map_err(|message| Error::TemplateOverride { job: name, message })?,
     };
     tell_grace_period(&mut pod);
+    if let Some(spec) = pod.spec.as_mut() {
+        security::tell_scratch_limit(spec, defaults::CONTAINER_NAME);
+    }
     Ok(pod)
 }
 

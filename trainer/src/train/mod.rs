@@ -637,6 +637,19 @@ fn publish(
         .as_ref()
         .map(|d| d.path().to_path_buf())
         .unwrap_or_else(|| cfg.output_dir.clone());
+    if remote {
+        // The whole model is written here before it is uploaded.
+        let bytes: u64 = vs
+            .variables()
+            .values()
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum();
+        crate::scratch::ensure_room(
+            &local,
+            bytes,
+            &format!("staging the final model for {target}"),
+        )?;
+    }
     let mut files = save_model_dir(&local, vs, model_config, crate::checkpoint::MAX_SHARD_BYTES)?;
     std::fs::copy(tokenizer, local.join("tokenizer.json")).ctx(|| local.display().to_string())?;
     files.push("tokenizer.json".into());
@@ -684,17 +697,22 @@ impl ModelSource {
         let dir = if storage::is_url(&path_s) {
             let local = staging.as_ref().expect("staged").path().join("model");
             let store = Store::open(&path_s, retry)?;
-            let names: Vec<String> = store
+            let files: Vec<(String, u64)> = store
                 .list_objects("")?
                 .into_iter()
-                .map(|(n, _)| n)
-                .filter(|n| is_model_file(n))
+                .filter(|(n, _)| is_model_file(n))
                 .collect();
+            let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
             if !names.iter().any(|n| n == "config.json") {
                 return Err(Error::Model(format!(
                     "{path_s}: no config.json there (expected a Hugging Face model directory)"
                 )));
             }
+            crate::scratch::ensure_room(
+                staging.as_ref().expect("staged").path(),
+                files.iter().map(|(_, b)| b).sum(),
+                &format!("the model download ({path_s})"),
+            )?;
             for n in &names {
                 store.get_file(n, &local.join(n))?;
             }
