@@ -294,7 +294,12 @@ impl CheckpointDir {
                 &format!("downloading checkpoint {}", self.step_url(step)),
             )?;
         }
-        Ok(self.fetch_files(&name, m))
+        let fetched = self.fetch_files(&name, m);
+        if fetched.is_err() && self.store.local_dir().is_none() {
+            // A corrupt download would count against the scratch room of the older one.
+            let _ = std::fs::remove_dir_all(self.staging.path().join("restore").join(&name));
+        }
+        Ok(fetched)
     }
 
     fn manifest(&self, name: &str, step: u64) -> std::result::Result<Manifest, String> {

@@ -56,7 +56,7 @@ pub struct Context {
     /// Consecutive failed reconciles per job (`namespace/name`), for the backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Pods created and status written that the caches may not show yet.
-    pub expectations: Expectations,
+    pub expectations: Arc<Expectations>,
 }
 
 fn key(job: &JanusTrainingJob) -> String {
@@ -326,7 +326,7 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     };
     let write_status = async {
         if job.status.as_ref() != Some(&st) {
-            let written = write_status(&jobs, &name, &st).await?;
+            let written = write_status(&jobs, &job, &st).await?;
             ctx.expectations
                 .wrote_status(&expect_key(&job), written.metadata.resource_version);
         }
@@ -388,15 +388,20 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             let pod_api = pod_api.clone();
             async move {
                 match pod_api.create(&PostParams::default(), pod).await {
-                    // Deterministic names: an existing pod is the one we meant to create.
-                    Err(e) if !is_status(&e, 409) => Err((pod.name_any(), e)),
-                    _ => Ok(()),
+                    Ok(_) => Ok(true),
+                    // Deterministic names: an existing pod is the one we meant to create
+                    // (or a foreign one the decisions see; not expected in the cache).
+                    Err(e) if is_status(&e, 409) => Ok(false),
+                    Err(e) => Err((pod.name_any(), e)),
                 }
             }
         }))
         .await;
-        // Those created (or already there) are expected in the cache.
-        let made = new_pods.iter().zip(&created).filter(|(_, r)| r.is_ok());
+        // Those created are expected in the cache.
+        let made = new_pods
+            .iter()
+            .zip(&created)
+            .filter(|(_, r)| matches!(r, Ok(true)));
         ctx.expectations.created(
             &expect_key(&job),
             made.map(|(p, _)| p.name_any()),
@@ -419,7 +424,16 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     } = &decision
     {
         tracing::info!(job = %name, namespace = %ns, "ttlSecondsAfterFinished passed: deleting the job");
-        match jobs.delete(&name, &DeleteParams::background()).await {
+        // This job, not one created since under its name (the decision may be the
+        // cached job's).
+        let this = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: job.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match jobs.delete(&name, &this).await {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),
@@ -520,7 +534,7 @@ async fn blocked(
         &msg,
         now,
     );
-    let written = write_status(jobs, &job.name_any(), &st).await?;
+    let written = write_status(jobs, job, &st).await?;
     ctx.expectations
         .wrote_status(&expect_key(job), written.metadata.resource_version);
     let ev = EventSpec {
@@ -579,17 +593,21 @@ async fn ensure_pod_group(
 
 async fn write_status(
     jobs: &Api<JanusTrainingJob>,
-    name: &str,
+    job: &JanusTrainingJob,
     st: &JanusTrainingJobStatus,
 ) -> Result<JanusTrainingJob> {
+    let name = job.name_any();
+    // The uid makes it a precondition: a job deleted and created again under the name
+    // since the decision (which may be the cached job's) refuses it with a 409.
     let patch = serde_json::json!({
         "apiVersion": "janus.dev/v1alpha1",
         "kind": "JanusTrainingJob",
+        "metadata": {"uid": job.metadata.uid},
         "status": st,
     });
     let written = jobs
         .patch_status(
-            name,
+            &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -858,6 +876,7 @@ pub async fn run(
         },
     );
 
+    let expectations: Arc<Expectations> = Default::default();
     let (job_store, job_writer) = reflector::store();
     let job_stream = reflector::reflector(
         job_writer,
@@ -869,6 +888,15 @@ pub async fn run(
     )
     .default_backoff()
     .inspect(watch_health(&health, &metrics, "jobs"))
+    .inspect({
+        // A deleted job is not reconciled again (no finalizer): forget it here.
+        let e = expectations.clone();
+        move |ev| {
+            if let Ok(watcher::Event::Delete(job)) = ev {
+                e.forget(&expect_key(job));
+            }
+        }
+    })
     .touched_objects();
     let (pods, pod_writer) = reflector::store();
     let pod_stream = reflector::reflector(
@@ -895,7 +923,7 @@ pub async fn run(
         nodes: nodes.clone(),
         health,
         failures: Default::default(),
-        expectations: Default::default(),
+        expectations,
     });
     let controller = Controller::for_stream(job_stream, job_store)
         // Coalesce the burst of pod events of a starting gang into fewer reconciles.

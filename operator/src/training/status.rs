@@ -76,7 +76,11 @@ pub fn node_state(node: &Node) -> NodeState {
             .as_ref()
             .or(c.last_heartbeat_time.as_ref())
             .map(|t| t.0);
-        down.push((since.unwrap_or(Timestamp::UNIX_EPOCH), why));
+        // Without a time it cannot say how long (down since 1970 would force-delete at
+        // once); the taints, which carry one, still count.
+        if let Some(since) = since {
+            down.push((since, why));
+        }
     }
     for t in node
         .spec

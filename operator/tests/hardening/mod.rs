@@ -982,6 +982,8 @@ async fn a_network_policy_admits_only_the_jobs_own_pods_and_the_named_scrapers()
     let ns = namespace(&c, "netpol").await;
     let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
     let mut spec = job_spec(2);
+    // No GPUs: the shared cluster's are for the tests that schedule on them.
+    spec.workers.gpus_per_worker = 0;
     spec.network_policy = Some(
         serde_json::from_value(json!({"metricsFrom": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
@@ -989,7 +991,9 @@ async fn a_network_policy_admits_only_the_jobs_own_pods_and_the_named_scrapers()
         .unwrap(),
     );
     let job = create_job(&c, &ns, "fenced", spec).await;
-    create_job(&c, &ns, "open", job_spec(1)).await;
+    let mut open = job_spec(1);
+    open.workers.gpus_per_worker = 0;
+    create_job(&c, &ns, "open", open).await;
     wait_phase(&c, &ns, "fenced", "Running", Duration::from_secs(120)).await;
     wait_phase(&c, &ns, "open", "Running", Duration::from_secs(120)).await;
 

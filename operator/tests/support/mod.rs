@@ -122,9 +122,11 @@ pub fn cluster() -> &'static Cluster {
             .spawn()
             .expect("start the teardown watchdog");
         run_ok(
+            // 6 nodes of 8 GPUs: the tests' jobs mostly keep running to the end, and
+            // 32 GPUs left the last ones unschedulable.
             Command::new(cp.join("up.sh"))
                 .arg(&dir)
-                .arg("4")
+                .arg("6")
                 .env("JANUS_K8S_BIN", &bin)
                 .stderr(Stdio::inherit()),
             "tests/controlplane/up.sh (the real control plane must start; see its log above)",
