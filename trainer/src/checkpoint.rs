@@ -288,7 +288,7 @@ impl CheckpointDir {
             Err(why) => return Ok(Err(why)),
         };
         if self.store.local_dir().is_none() {
-            crate::scratch::ensure_room(
+            crate::scratch::ensure_room_per_rank(
                 self.staging.path(),
                 m.files.iter().map(|f| f.bytes).sum(),
                 &format!("downloading checkpoint {}", self.step_url(step)),

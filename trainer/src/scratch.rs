@@ -31,6 +31,28 @@ pub fn ensure_room(dir: &Path, need: u64, what: &str) -> Result<()> {
     check(need, free_bytes(dir)?, limit.map(|l| (l, used)), what, dir)
 }
 
+/// [`ensure_room`] for what every rank of the pod stages a copy of at about the same
+/// time (the model, a checkpoint to resume from).
+pub fn ensure_room_per_rank(dir: &Path, need: u64, what: &str) -> Result<()> {
+    match local_ranks() {
+        1 => ensure_room(dir, need, what),
+        n => ensure_room(
+            dir,
+            need * n,
+            &format!("{what}, a copy for each of {n} local ranks"),
+        ),
+    }
+}
+
+/// Ranks the launcher started in this pod (`LOCAL_WORLD_SIZE`), 1 outside it.
+fn local_ranks() -> u64 {
+    std::env::var("LOCAL_WORLD_SIZE")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
 /// The scratch directories' parent (`JANUS_STAGING_DIR`, else the system temp dir):
 /// what the size limit counts.
 pub fn staging_base() -> std::path::PathBuf {

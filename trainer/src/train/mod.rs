@@ -708,7 +708,7 @@ impl ModelSource {
                     "{path_s}: no config.json there (expected a Hugging Face model directory)"
                 )));
             }
-            crate::scratch::ensure_room(
+            crate::scratch::ensure_room_per_rank(
                 staging.as_ref().expect("staged").path(),
                 files.iter().map(|(_, b)| b).sum(),
                 &format!("the model download ({path_s})"),
