@@ -66,14 +66,24 @@ pub fn tell_scratch_limit(spec: &mut PodSpec, container: &str) {
         .find(|v| v.name == SCRATCH_VOLUME)
         .and_then(|v| v.empty_dir.as_ref()?.size_limit.as_ref())
         .and_then(|q| quantity_bytes(&q.0));
-    let var = janus_crds::env::SCRATCH_LIMIT_BYTES;
+    set_env(
+        spec,
+        container,
+        janus_crds::env::SCRATCH_LIMIT_BYTES,
+        limit.map(|b| b.to_string()),
+    );
+}
+
+/// Set (or, with None, remove) variable `name` of `container`, replacing what the pod
+/// had: for values read off the pod as it ends up, after a template override.
+pub fn set_env(spec: &mut PodSpec, container: &str, name: &str, value: Option<String>) {
     for c in spec.containers.iter_mut().filter(|c| c.name == container) {
         let env = c.env.get_or_insert_with(Vec::new);
-        env.retain(|e| e.name != var);
-        if let Some(bytes) = limit {
+        env.retain(|e| e.name != name);
+        if let Some(value) = &value {
             env.push(EnvVar {
-                name: var.into(),
-                value: Some(bytes.to_string()),
+                name: name.into(),
+                value: Some(value.clone()),
                 ..Default::default()
             });
         }

@@ -14,15 +14,7 @@ use crate::error::{Error, Result};
 /// Fails with a message naming what does not fit when `need` bytes for `what` are more
 /// than `dir` has left.
 pub fn ensure_room(dir: &Path, need: u64, what: &str) -> Result<()> {
-    let limit = match std::env::var(env::SCRATCH_LIMIT_BYTES) {
-        Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-            Error::Config(format!(
-                "{}={v:?}: expected a number of bytes",
-                env::SCRATCH_LIMIT_BYTES
-            ))
-        })?),
-        Err(_) => None,
-    };
+    let limit = crate::dist::env::whole_number(env::SCRATCH_LIMIT_BYTES, "a number of bytes")?;
     let base = staging_base();
     let used = match limit {
         Some(_) => usage(&base),

@@ -432,17 +432,12 @@ fn tell_grace_period(pod: &mut Pod) {
     let Some(grace) = spec.termination_grace_period_seconds else {
         return;
     };
-    for c in &mut spec.containers {
-        if c.name == defaults::CONTAINER_NAME {
-            let env = c.env.get_or_insert_with(Vec::new);
-            env.retain(|e| e.name != env::TERMINATION_GRACE_SECONDS);
-            env.push(EnvVar {
-                name: env::TERMINATION_GRACE_SECONDS.into(),
-                value: Some(grace.to_string()),
-                ..Default::default()
-            });
-        }
-    }
+    security::set_env(
+        spec,
+        defaults::CONTAINER_NAME,
+        env::TERMINATION_GRACE_SECONDS,
+        Some(grace.to_string()),
+    );
 }
 
 /// Merge a partial PodTemplateSpec (`metadata`, `spec`) over the generated pod. The

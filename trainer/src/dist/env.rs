@@ -37,18 +37,23 @@ pub const DEFAULT_MASTER_PORT: u16 = 29500;
 /// any: what the ranks have for a checkpoint after SIGTERM, and what the launcher waits
 /// for them. A value that is not whole seconds is refused, by both.
 pub fn termination_grace() -> Result<Option<std::time::Duration>> {
-    parse_grace(std::env::var(janus_env::TERMINATION_GRACE_SECONDS).ok())
+    let secs = whole_number(janus_env::TERMINATION_GRACE_SECONDS, "whole seconds")?;
+    Ok(secs.map(std::time::Duration::from_secs))
 }
 
-fn parse_grace(v: Option<String>) -> Result<Option<std::time::Duration>> {
+/// An operator-set variable holding a whole number (surrounding whitespace allowed), if
+/// set; a value that is not one is refused naming the variable and what it holds.
+pub fn whole_number(name: &str, unit: &str) -> Result<Option<u64>> {
+    parse_whole(name, unit, std::env::var(name).ok())
+}
+
+fn parse_whole(name: &str, unit: &str, v: Option<String>) -> Result<Option<u64>> {
     let Some(v) = v else { return Ok(None) };
-    let secs = v.trim().parse::<u64>().map_err(|_| {
-        Error::Config(format!(
-            "{}={v:?}: expected whole seconds",
-            janus_env::TERMINATION_GRACE_SECONDS
-        ))
-    })?;
-    Ok(Some(std::time::Duration::from_secs(secs)))
+    let n = v
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| Error::Config(format!("{name}={v:?}: expected {unit}")))?;
+    Ok(Some(n))
 }
 
 /// Variables from the process environment, or from a table in tests.
@@ -141,14 +146,17 @@ mod tests {
 
     #[test]
     fn the_grace_period_is_whole_seconds_or_refused_naming_the_variable() {
-        use std::time::Duration;
-        assert_eq!(parse_grace(None).unwrap(), None);
-        assert_eq!(
-            parse_grace(Some(" 300\n".into())).unwrap(),
-            Some(Duration::from_secs(300))
-        );
+        let grace = |v: Option<&str>| {
+            parse_whole(
+                janus_env::TERMINATION_GRACE_SECONDS,
+                "whole seconds",
+                v.map(String::from),
+            )
+        };
+        assert_eq!(grace(None).unwrap(), None);
+        assert_eq!(grace(Some(" 300\n")).unwrap(), Some(300));
         for bad in ["30s", "-1", "1.5", ""] {
-            let e = parse_grace(Some(bad.into())).unwrap_err().to_string();
+            let e = grace(Some(bad)).unwrap_err().to_string();
             assert!(e.contains("JANUS_TERMINATION_GRACE_SECONDS"), "{e}");
         }
     }
