@@ -274,16 +274,17 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
     // attempt): the cached one when it shows that write, else one read fresh.
     let jobs: Api<JanusTrainingJob> = Api::namespaced(ctx.client.clone(), &ns);
     let rv = cached.metadata.resource_version.as_deref();
-    let job = if ctx.expectations.shows_last_write(&expect_key(cached), rv) {
-        cached.clone()
+    let (job, mut p) = if ctx.expectations.shows_last_write(&expect_key(cached), rv) {
+        // The same job and pods: the plan made above stands.
+        (cached.clone(), cached_plan)
     } else {
-        match jobs.get_opt(&name).await? {
-            Some(job) => job,
-            None => return Ok(Action::await_change()),
-        }
+        let Some(job) = jobs.get_opt(&name).await? else {
+            return Ok(Action::await_change());
+        };
+        let p = plan(ctx, &job, &pods, admission.as_ref(), now);
+        (job, p)
     };
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut p = plan(ctx, &job, &pods, admission.as_ref(), now);
     if is_destructive(&p.decision) || !p.force.is_empty() {
         // Before deleting anything, confirm on a fresh list of the pods too.
         let lp = ListParams::default().labels(&format!("{}={}", labels::JOB, name));
