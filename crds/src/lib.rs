@@ -51,8 +51,7 @@ pub mod env {
     pub const MASTER_PORT: &str = "JANUS_MASTER_PORT";
     pub const ATTEMPT: &str = "JANUS_ATTEMPT";
     pub const CONFIG: &str = "JANUS_CONFIG";
-    /// Name of the pod the process runs in (downward API); rank 0 writes the progress
-    /// annotation on this pod.
+    /// Name of the pod the process runs in (downward API).
     pub const POD_NAME: &str = "JANUS_POD_NAME";
     /// Namespace of that pod (downward API).
     pub const POD_NAMESPACE: &str = "JANUS_POD_NAMESPACE";
@@ -65,6 +64,10 @@ pub mod env {
     /// bytes: the trainer checks that each download and staged upload fits in what is
     /// left of it before starting it, instead of the kubelet evicting the pod midway.
     pub const SCRATCH_LIMIT_BYTES: &str = "JANUS_SCRATCH_LIMIT_BYTES";
+    /// Where a pod sends its progress reports (the operator's endpoint,
+    /// [`crate::progress::publish`]); unset when the operator was not told its own
+    /// address, and then the pod does not report.
+    pub const REPORT_URL: &str = "JANUS_REPORT_URL";
     /// In the judge pod of a `JanusEvalJob`: the judge's API key (from
     /// `spec.judge.apiKeySecretRef`); the rendered eval config's `judge.api_key_env`
     /// names this variable.

@@ -1,6 +1,6 @@
-//! The progress report rank 0 publishes as the `janus.dev/progress` annotation on its
-//! own pod (a per-job Role allows `get`/`patch` on exactly that pod). The operator
-//! mirrors it into `status.progress` of the job.
+//! The progress report rank 0 publishes, through the operator ([`publish`]), as the
+//! `janus.dev/progress` annotation on its own pod. The operator mirrors it into
+//! `status.progress` of the job.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,30 +38,36 @@ impl Progress {
     }
 }
 
-/// How rank 0 publishes a report with its pod's ServiceAccount (no Kubernetes client
-/// library needed): `PATCH https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT<path>`
-/// with `Content-Type: application/merge-patch+json`, `Authorization: Bearer <token>`
-/// (token and CA from [`SERVICE_ACCOUNT_DIR`]), the pod and namespace from
-/// `JANUS_POD_NAME` / `JANUS_POD_NAMESPACE`.
+/// How a pod hands a report to the operator. Pods hold no Kubernetes API permission:
+/// the operator checks who sent a report and writes it as the annotation on the
+/// sender's own pod. `POST $JANUS_REPORT_URL` (the operator's Service, path [`PATH`])
+/// with `Authorization: Bearer <token>` and a JSON [`Report`]. The token is the pod's
+/// projected ServiceAccount token at [`TOKEN_FILE`]: audience [`AUDIENCE`], bound to
+/// the pod, so the operator learns the pod's name and UID from its TokenReview. The
+/// operator answers 204, or 4xx/5xx with the reason as text.
 pub mod publish {
-    use super::Progress;
+    use serde::{Deserialize, Serialize};
 
-    /// Mounted ServiceAccount credentials: `token` and `ca.crt` in this directory.
-    pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-    /// Content type of the patch.
-    pub const CONTENT_TYPE: &str = "application/merge-patch+json";
+    /// Audience of the projected token: the API server itself refuses it, so a stolen
+    /// report token opens nothing else.
+    pub const AUDIENCE: &str = "janus.dev/operator";
+    /// Where the operator mounts the projected token in every pod it creates.
+    pub const TOKEN_DIR: &str = "/var/run/secrets/janus.dev/report";
+    /// The token file (re-read for each report: the kubelet rotates it).
+    pub const TOKEN_FILE: &str = "/var/run/secrets/janus.dev/report/token";
+    /// Lifetime the operator asks for (the kubelet renews it at 80%).
+    pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+    /// Path of the operator's report endpoint.
+    pub const PATH: &str = "/v1/report";
+    /// The largest report body the operator reads.
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-    /// API path of the pod.
-    pub fn path(namespace: &str, pod: &str) -> String {
-        format!("/api/v1/namespaces/{namespace}/pods/{pod}")
-    }
-
-    /// JSON merge patch that sets the progress annotation.
-    pub fn body(p: &Progress) -> String {
-        serde_json::json!({
-            "metadata": {"annotations": {crate::annotations::PROGRESS: p.to_annotation()}}
-        })
-        .to_string()
+    /// Body of a report: set `annotation` (one of [`crate::annotations`]) to `value` on
+    /// the sender's pod.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Report {
+        pub annotation: String,
+        pub value: String,
     }
 }
 
@@ -86,24 +92,14 @@ mod tests {
     }
 
     #[test]
-    fn publish_patch_sets_the_annotation_on_the_pod() {
-        let p = Progress {
-            step: 1,
-            total_steps: 2,
-            loss: None,
-            tokens_per_second: None,
-            last_checkpoint: None,
-            updated_at: "t".into(),
+    fn a_report_is_the_annotation_and_its_value() {
+        let r = publish::Report {
+            annotation: crate::annotations::PROGRESS.into(),
+            value: "{}".into(),
         };
-        assert_eq!(
-            publish::path("ns", "j-worker-0"),
-            "/api/v1/namespaces/ns/pods/j-worker-0"
-        );
-        let v: serde_json::Value = serde_json::from_str(&publish::body(&p)).unwrap();
-        let ann = v["metadata"]["annotations"]["janus.dev/progress"]
-            .as_str()
-            .unwrap();
-        assert_eq!(Progress::from_annotation(ann), Some(p));
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"annotation":"janus.dev/progress","value":"{}"}"#);
+        assert_eq!(serde_json::from_str::<publish::Report>(&s).unwrap(), r);
     }
 
     #[test]
@@ -119,9 +115,8 @@ mod tests {
 /// pod of a `JanusEvalJob` on itself (generation workers, the judge); the operator
 /// mirrors it into the job's status: a generation pod's `items_*` into
 /// `status.shards[i]` (summed into `status.progress`), the judge pod's `calls_*`,
-/// `parse_failures` and `scores` into `status.progress` and `status.scores`. The
-/// writer needs only `get`/`patch` of its own pod (the per-job Role `<job>-eval`), as
-/// [`publish`] describes for the training progress, with this annotation key.
+/// `parse_failures` and `scores` into `status.progress` and `status.scores`. Each pod
+/// sends it through the operator as [`publish`] describes, with this annotation key.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EvalReport {

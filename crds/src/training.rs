@@ -437,7 +437,8 @@ pub struct WorkersSpec {
     /// named items (containers, env, volumes, volumeMounts) merge by `name` (the
     /// generated container is named `trainer`), anything else replaces.
     /// It may not set `serviceAccountName` or `automountServiceAccountToken`: workers run
-    /// as the job's own ServiceAccount, whose Role the operator scopes to that job.
+    /// as the job's own ServiceAccount without an API token; the operator knows rank 0
+    /// by that account when it reports progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     #[x_kube(validation = Rule::new("!has(self.spec) || (!has(self.spec.serviceAccountName) && !has(self.spec.serviceAccount) && !has(self.spec.automountServiceAccountToken))").message("spec.workers.template may not set serviceAccountName or automountServiceAccountToken: worker pods run as the job's own ServiceAccount"))]

@@ -1,18 +1,21 @@
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz`, `/readyz`, and the pods' progress reports
+//! (`POST /v1/report`, [`crate::report`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
 use axum::Router;
 use janus_crds::{JanusEvalJob, JanusTrainingJob};
 use kube::runtime::reflector::Store;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::report::Reports;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -25,6 +28,8 @@ pub struct HttpState {
     pub health: Health,
     /// The evaluation controller's cache, once this replica leads (`janus_eval_jobs{phase}`).
     pub eval_jobs: Arc<OnceLock<Store<JanusEvalJob>>>,
+    /// The report endpoint (every replica serves it, leader or not).
+    pub reports: Arc<Reports>,
 }
 
 async fn metrics(State(s): State<HttpState>) -> String {
@@ -65,11 +70,25 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
+async fn report(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    s.reports.handle(&headers, &body).await
+}
+
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            janus_crds::progress::publish::PATH,
+            post(report).layer(DefaultBodyLimit::max(
+                janus_crds::progress::publish::MAX_BODY_BYTES,
+            )),
+        )
         .with_state(state)
 }
 

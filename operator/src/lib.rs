@@ -8,10 +8,23 @@ pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod report;
 pub mod security;
 pub mod telemetry;
 pub mod training;
 pub mod watch;
+
+/// What both controllers run with, besides their clients and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// This replica's name (Events' reporting instance).
+    pub identity: String,
+    /// Watch only this namespace (None: all).
+    pub namespace: Option<String>,
+    /// The operator's report endpoint as pods reach it (`JANUS_REPORT_URL`); None: pods
+    /// do not report progress.
+    pub report_url: Option<String>,
+}
 
 /// Select rustls's crypto provider before any client is built. kube's TLS brings
 /// rustls with `ring`; in a workspace build the trainer's object_store/reqwest add

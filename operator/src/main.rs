@@ -13,9 +13,10 @@ use janus_operator::health::Health;
 use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
 use janus_operator::metrics::Metrics;
+use janus_operator::report::Reports;
 use janus_operator::telemetry;
 use janus_operator::watch::DecodeReporter;
-use janus_operator::{eval, training};
+use janus_operator::{eval, training, Settings};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -61,6 +62,11 @@ struct Args {
     /// /healthz fails once a watch has failed, or one reconcile has run, this long.
     #[arg(long, default_value_t = 120)]
     stall_seconds: u64,
+    /// The report endpoint as pods reach it (the chart sets the operator's Service:
+    /// `http://<service>.<namespace>.svc:<port>/v1/report`); without it pods do not
+    /// report progress.
+    #[arg(long, env = "JANUS_OPERATOR_REPORT_URL")]
+    report_url: Option<String>,
 }
 
 fn default_identity() -> String {
@@ -91,8 +97,7 @@ async fn run_controllers(
     client: Client,
     metrics: Metrics,
     health: Health,
-    identity: String,
-    namespace: Option<String>,
+    settings: Settings,
     stores: Stores,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -105,7 +110,7 @@ async fn run_controllers(
             client.clone(),
             Reporter {
                 controller: training::controller::MANAGER.into(),
-                instance: Some(identity.clone()),
+                instance: Some(settings.identity.clone()),
             },
         ),
     );
@@ -115,8 +120,7 @@ async fn run_controllers(
             metrics.clone(),
             health.clone(),
             decode.clone(),
-            identity.clone(),
-            namespace.clone(),
+            settings.clone(),
             move |s| {
                 let _ = jobs.set(s);
             },
@@ -127,8 +131,7 @@ async fn run_controllers(
             metrics,
             health,
             decode,
-            identity,
-            namespace,
+            settings,
             move |s| {
                 let _ = eval_jobs.set(s);
             },
@@ -148,6 +151,14 @@ async fn main() -> anyhow::Result<()> {
     let health = Health::new(Duration::from_secs(args.stall_seconds));
     let ready = Arc::new(AtomicBool::new(false));
     let stores = Stores::default();
+    // Every API request is counted (janus_operator_api_requests_total{method}) and all
+    // but watches timed (janus_operator_api_request_duration_seconds{method,resource}).
+    // Building the client sends nothing: HTTP is served before the API server answers.
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&janus_operator::metrics::ApiRequestMetricsLayer::new(
+            &metrics,
+        ))
+        .build();
     let bound = http::serve(
         args.http_addr,
         HttpState {
@@ -156,23 +167,24 @@ async fn main() -> anyhow::Result<()> {
             jobs: stores.jobs.clone(),
             eval_jobs: stores.eval_jobs.clone(),
             health: health.clone(),
+            reports: Arc::new(Reports::new(client.clone(), metrics.clone())),
         },
     )
     .await?;
     // Tests and humans read the port from here.
-    tracing::info!(addr = %bound, identity = %identity, "serving /metrics /healthz /readyz");
-
-    // Every API request is counted (janus_operator_api_requests_total{method}) and all
-    // but watches timed (janus_operator_api_request_duration_seconds{method,resource}).
-    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
-        .with_layer(&janus_operator::metrics::ApiRequestMetricsLayer::new(
-            &metrics,
-        ))
-        .build();
+    tracing::info!(addr = %bound, identity = %identity, "serving /metrics /healthz /readyz /v1/report");
+    if args.report_url.is_none() {
+        tracing::warn!("no --report-url: pods will not report progress");
+    }
     let version = client.apiserver_version().await?;
     tracing::info!(apiserver = %version.git_version, "connected to the API server");
     ready.store(true, Ordering::Relaxed);
 
+    let settings = Settings {
+        identity: identity.clone(),
+        namespace: args.namespace.clone(),
+        report_url: args.report_url.clone(),
+    };
     let shutdown = async {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -180,16 +192,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.no_leader_election {
         metrics.leader.set(1);
-        run_controllers(
-            client,
-            metrics,
-            health,
-            identity,
-            args.namespace.clone(),
-            stores,
-            shutdown,
-        )
-        .await;
+        run_controllers(client, metrics, health, settings, stores, shutdown).await;
         return Ok(());
     }
 
@@ -214,8 +217,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         metrics.clone(),
         health,
-        identity,
-        args.namespace.clone(),
+        settings,
         stores,
         async move {
             let _ = stop_rx.await;

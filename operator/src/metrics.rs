@@ -41,6 +41,8 @@ pub struct Metrics {
     pub watch_errors_total: IntCounterVec,
     /// Objects skipped because they do not decode, by kind.
     pub undecodable_objects_total: IntCounterVec,
+    /// Progress reports from pods, by result ([`crate::report::ReportError::LABELS`]).
+    pub reports_total: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -141,6 +143,14 @@ impl Metrics {
             &["kind"],
         )
         .unwrap();
+        let reports_total = IntCounterVec::new(
+            Opts::new(
+                "janus_operator_reports_total",
+                "Progress reports pods sent to the operator, by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
         for c in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors_total.clone()),
@@ -156,6 +166,7 @@ impl Metrics {
             Box::new(api_request_duration_seconds.clone()),
             Box::new(watch_errors_total.clone()),
             Box::new(undecodable_objects_total.clone()),
+            Box::new(reports_total.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -174,6 +185,9 @@ impl Metrics {
         for p in EvalPhase::ALL {
             eval_jobs.with_label_values(&[p.as_str()]).set(0);
         }
+        for r in crate::report::ReportError::LABELS {
+            reports_total.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             reconcile_total,
@@ -190,6 +204,7 @@ impl Metrics {
             api_request_duration_seconds,
             watch_errors_total,
             undecodable_objects_total,
+            reports_total,
         }
     }
 

@@ -4,9 +4,11 @@
 //! images run as uid 1000 (images/trainer.Dockerfile); a template override may still
 //! loosen this where a namespace allows it.
 
+use janus_crds::progress::publish;
 use k8s_openapi::api::core::v1::{
-    Capabilities, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, ProjectedVolumeSource,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -15,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// container layer and is counted against the pod's ephemeral storage.
 pub const SCRATCH_PATH: &str = "/tmp";
 const SCRATCH_VOLUME: &str = "scratch";
+const REPORT_TOKEN_VOLUME: &str = "janus-report-token";
 
 pub fn pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
@@ -77,7 +80,11 @@ pub fn tell_scratch_limit(spec: &mut PodSpec, container: &str) {
 /// Set (or, with None, remove) variable `name` of `container`, replacing what the pod
 /// had: for values read off the pod as it ends up, after a template override.
 pub fn set_env(spec: &mut PodSpec, container: &str, name: &str, value: Option<String>) {
-    for c in spec.containers.iter_mut().filter(|c| c.name == container) {
+    let containers = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten());
+    for c in containers.filter(|c| c.name == container) {
         let env = c.env.get_or_insert_with(Vec::new);
         env.retain(|e| e.name != name);
         if let Some(value) = &value {
@@ -121,6 +128,83 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
+/// Pods prove who they are to the operator's report endpoint with a projected token of
+/// audience [`publish::AUDIENCE`], bound to the pod, in place of the automounted API
+/// token: they need no Kubernetes API access, and the API server refuses this token.
+/// Mounted into the operator's own containers only (not a template's sidecars);
+/// applied after a template override, which may not undo it.
+pub fn report_identity(spec: &mut PodSpec, containers: &[&str]) {
+    spec.automount_service_account_token = Some(false);
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.retain(|v| v.name != REPORT_TOKEN_VOLUME);
+    let file = std::path::Path::new(publish::TOKEN_FILE);
+    volumes.push(Volume {
+        name: REPORT_TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(publish::AUDIENCE.into()),
+                    expiration_seconds: Some(publish::TOKEN_EXPIRATION_SECONDS),
+                    path: file
+                        .file_name()
+                        .expect("token file name")
+                        .to_string_lossy()
+                        .into_owned(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let dir = file
+        .parent()
+        .expect("token dir")
+        .to_string_lossy()
+        .into_owned();
+    debug_assert_eq!(dir, publish::TOKEN_DIR);
+    let ours = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+        .filter(|c| containers.contains(&c.name.as_str()));
+    for c in ours {
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.retain(|m| m.name != REPORT_TOKEN_VOLUME);
+        mounts.push(VolumeMount {
+            name: REPORT_TOKEN_VOLUME.into(),
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+}
+
+/// Tell the containers that hold the report token ([`report_identity`]) where to report
+/// (`JANUS_REPORT_URL`); None: not at all (the operator does not know its address).
+pub fn tell_report_url(spec: &mut PodSpec, url: Option<&str>) {
+    let names: Vec<String> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == REPORT_TOKEN_VOLUME)
+        })
+        .map(|c| c.name.clone())
+        .collect();
+    for name in names {
+        set_env(
+            spec,
+            &name,
+            janus_crds::env::REPORT_URL,
+            url.map(String::from),
+        );
+    }
+}
+
 pub fn scratch_mount() -> VolumeMount {
     VolumeMount {
         name: SCRATCH_VOLUME.into(),
@@ -132,6 +216,62 @@ pub fn scratch_mount() -> VolumeMount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_container_gets_the_report_token_and_url_and_no_api_token() {
+        use k8s_openapi::api::core::v1::Container;
+        let c = |n: &str| Container {
+            name: n.into(),
+            ..Default::default()
+        };
+        let mut spec = PodSpec {
+            automount_service_account_token: Some(true),
+            containers: vec![c("score"), c("sidecar")],
+            init_containers: Some(vec![c("judge")]),
+            ..Default::default()
+        };
+        report_identity(&mut spec, &["score", "judge"]);
+        report_identity(&mut spec, &["score", "judge"]);
+        tell_report_url(&mut spec, Some("http://op.ns.svc:8080/v1/report"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let vols = spec.volumes.as_ref().unwrap();
+        assert_eq!(vols.len(), 1, "applied twice, mounted once");
+        let t = vols[0]
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap()[0]
+            .service_account_token
+            .as_ref()
+            .unwrap();
+        assert_eq!(t.audience.as_deref(), Some("janus.dev/operator"));
+        assert_eq!(t.path, "token");
+        let sidecar = spec.containers.pop().unwrap();
+        assert!(
+            sidecar.volume_mounts.is_none() && sidecar.env.is_none(),
+            "not a sidecar's"
+        );
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let m = c.volume_mounts.as_ref().unwrap();
+            assert_eq!(m.len(), 1, "{}", c.name);
+            assert_eq!(m[0].mount_path, publish::TOKEN_DIR);
+            assert_eq!(m[0].read_only, Some(true));
+            let env = c.env.as_ref().unwrap();
+            assert_eq!(env[0].name, "JANUS_REPORT_URL", "{}", c.name);
+            assert_eq!(
+                env[0].value.as_deref(),
+                Some("http://op.ns.svc:8080/v1/report")
+            );
+        }
+        tell_report_url(&mut spec, None);
+        assert!(spec.containers[0].env.as_ref().unwrap().is_empty());
+    }
 
     #[test]
     fn quantities_are_read_as_bytes() {

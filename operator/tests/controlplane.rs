@@ -18,6 +18,8 @@ use serde_json::json;
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
+/// What the operator tells pods (the chart's in-cluster Service address).
+const REPORT_URL: &str = "http://janus-operator.janus-system.svc:8080/v1/report";
 
 fn env_value(pod: &Pod, name: &str) -> Option<String> {
     pod.spec.as_ref()?.containers[0]
@@ -30,10 +32,14 @@ fn env_value(pod: &Pod, name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn applied_job_gets_service_configmap_rbac_and_running_pods() {
+async fn applied_job_gets_service_configmap_identity_running_pods_and_reported_progress() {
     let c = client().await;
     let ns = namespace(&c, "apply").await;
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let _op = Operator::start(
+        &ns,
+        "a",
+        &["--no-leader-election", "--report-url", REPORT_URL],
+    );
     let job = create_job(&c, &ns, "sft", job_spec(3)).await;
 
     let j = wait_phase(&c, &ns, "sft", "Running", T).await;
@@ -84,13 +90,13 @@ async fn applied_job_gets_service_configmap_rbac_and_running_pods() {
         .get("sft-worker")
         .await
         .unwrap();
-    let role = Api::<Role>::namespaced(c.clone(), &ns)
-        .get("sft-worker")
-        .await
-        .unwrap();
-    assert_eq!(
-        role.rules.unwrap()[0].resource_names.as_deref(),
-        Some(&["sft-worker-0".to_string()][..])
+    assert!(
+        Api::<Role>::namespaced(c.clone(), &ns)
+            .get_opt("sft-worker")
+            .await
+            .unwrap()
+            .is_none(),
+        "the workers hold no Role"
     );
 
     let s = j.status.unwrap();
@@ -98,45 +104,43 @@ async fn applied_job_gets_service_configmap_rbac_and_running_pods() {
     assert_eq!(s.observed_generation, Some(1));
     assert!(s.start_time.is_some());
 
-    // The workers' ServiceAccount may patch rank 0 (progress) and nothing else.
+    // The workers' ServiceAccount may not touch the API at all, not even rank 0's pod.
     let worker = impersonated_client("system:serviceaccount:apply:sft-worker").await;
     let pods_as_worker: Api<Pod> = Api::namespaced(worker, &ns);
     let note = json!({"metadata": {"annotations": {"x": "y"}}});
-    pods_as_worker
-        .patch(
-            "sft-worker-0",
-            &PatchParams::default(),
-            &Patch::Merge(&note),
-        )
-        .await
-        .expect("rank 0 may annotate its own pod");
     match pods_as_worker
         .patch(
-            "sft-worker-1",
+            "sft-worker-0",
             &PatchParams::default(),
             &Patch::Merge(&note),
         )
         .await
     {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => panic!("patching another worker must be forbidden, got {other:?}"),
+        other => panic!("a worker patching a pod must be forbidden, got {other:?}"),
     }
-    assert!(
-        pods_as_worker.list(&Default::default()).await.is_err(),
-        "no list"
-    );
+    for p in &ps {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(
+            env_value(p, "JANUS_REPORT_URL").as_deref(),
+            Some(REPORT_URL)
+        );
+    }
 
-    // Progress from the rank-0 annotation is mirrored into status.progress.
-    let progress = json!({"metadata": {"annotations": {"janus.dev/progress":
-        r#"{"step":42,"totalSteps":1000,"loss":1.25,"tokensPerSecond":5000,"lastCheckpoint":"s3://checkpoints/sft/step-40","updatedAt":"2026-01-01T00:00:00Z"}"#}}});
-    Api::<Pod>::namespaced(c.clone(), &ns)
-        .patch(
-            "sft-worker-0",
-            &PatchParams::default(),
-            &Patch::Merge(progress),
-        )
-        .await
-        .unwrap();
+    // Progress goes through the operator: rank 0's pod-bound token, checked by a real
+    // TokenReview, and the annotation it writes is mirrored into status.progress.
+    let doc = r#"{"step":42,"totalSteps":1000,"loss":1.25,"tokensPerSecond":5000,"lastCheckpoint":"s3://checkpoints/sft/step-40","updatedAt":"2026-01-01T00:00:00Z"}"#;
+    let report = |annotation: &str, value: &str| {
+        json!({"annotation": annotation, "value": value}).to_string()
+    };
+    let rank0 = pod_token(&c, &ns, "sft-worker", &ps[0], "janus.dev/operator").await;
+    let (code, why) = _op.post(
+        "/v1/report",
+        Some(&rank0),
+        &report("janus.dev/progress", doc),
+    );
+    assert_eq!(code, 204, "{why}");
     wait_for("status.progress.step = 42", T, || async {
         let j = get_job(&c, &ns, "sft").await?;
         let s = j.status?;
@@ -145,6 +149,68 @@ async fn applied_job_gets_service_configmap_rbac_and_running_pods() {
         .then_some(())
     })
     .await;
+
+    // Everyone else is refused, with the reason, and nothing is written.
+    let progress = report("janus.dev/progress", doc);
+    let rank1 = pod_token(&c, &ns, "sft-worker", &ps[1], "janus.dev/operator").await;
+    let api_audience = pod_token(&c, &ns, "sft-worker", &ps[0], "").await;
+    let unbound = Api::<ServiceAccount>::namespaced(c.clone(), &ns)
+        .create_token_request(
+            "sft-worker",
+            &PostParams::default(),
+            &serde_json::from_value(json!({"spec": {"audiences": ["janus.dev/operator"]}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    for (token, body, want, says) in [
+        (Some(&rank1), &progress, 403, "only rank 0 (sft-worker-0)"),
+        (
+            Some(&api_audience),
+            &progress,
+            401,
+            "audience janus.dev/operator",
+        ),
+        (Some(&unbound), &progress, 403, "names no pod"),
+        (None, &progress, 401, "no bearer token"),
+        (
+            Some(&rank0),
+            &report("janus.dev/eval-progress", "{}"),
+            403,
+            "may set only janus.dev/progress",
+        ),
+        (
+            Some(&rank0),
+            &report("janus.dev/progress", "{\"step\":1}"),
+            400,
+            "not a valid report",
+        ),
+        (
+            Some(&rank0),
+            &"not json".to_string(),
+            400,
+            "malformed report",
+        ),
+    ] {
+        let (code, why) = _op.post("/v1/report", token.map(String::as_str), body);
+        assert_eq!(code, want, "{says}: {why}");
+        assert!(why.contains(says), "{code}: {why}");
+    }
+    let rank1_pod = Api::<Pod>::namespaced(c.clone(), &ns)
+        .get("sft-worker-1")
+        .await
+        .unwrap();
+    assert!(!rank1_pod.annotations().contains_key("janus.dev/progress"));
+    assert!(
+        _op.get("/metrics")
+            .unwrap_or_default()
+            .contains("janus_operator_reports_total{result=\"forbidden\"} 3"),
+        "{}",
+        _op.get("/metrics").unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Progress for the operator: in a pod, rank 0 writes a `janus.dev/progress`
-//! annotation (step, total, loss, tokens/s, last checkpoint) on its own pod, which the
-//! operator mirrors into the job's status. The pod's service account may only get and
-//! patch that one pod.
+//! Progress for the operator: in a pod, rank 0 sends a `janus.dev/progress` report
+//! (step, total, loss, tokens/s, last checkpoint) to the operator, which checks the
+//! sender through its pod-bound token and writes it on the sender's pod; the job's
+//! status mirrors it. Pods hold no Kubernetes API permission
+//! ([`janus_crds::progress::publish`]).
 //!
 //! Reporting never slows or fails training: a background thread sends the newest
 //! report at most once per interval; failures are logged and the next report retried.
@@ -9,85 +10,61 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use janus_crds::progress::publish;
 use janus_crds::{annotations, env, Progress};
 
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// Where and how to reach the API server for the pod's own object.
+/// Where the reports go and the token that proves which pod sends them.
 #[derive(Debug, Clone)]
 struct Target {
     url: String,
     token_file: String,
-    ca_file: Option<String>,
 }
 
 impl Target {
-    /// From the pod's environment: the downward API names the pod; the API server and
-    /// credentials are the in-cluster ones (`JANUS_KUBE_API`, `JANUS_KUBE_TOKEN_FILE`,
-    /// `JANUS_KUBE_CA_FILE` override them, for tests and out-of-cluster runs).
+    /// From the pod's environment: `JANUS_REPORT_URL` (set by the operator) and the
+    /// projected token (`JANUS_REPORT_TOKEN_FILE` overrides its path, for tests).
     fn from_env() -> Option<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let (pod, ns) = (var(env::POD_NAME)?, var(env::POD_NAMESPACE)?);
-        let api = var("JANUS_KUBE_API").or_else(|| {
-            let host = var("KUBERNETES_SERVICE_HOST")?;
-            let port = var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host
-            };
-            Some(format!("https://{host}:{port}"))
-        })?;
-        let token_file = var("JANUS_KUBE_TOKEN_FILE").unwrap_or_else(|| format!("{SA_DIR}/token"));
-        let ca_file = var("JANUS_KUBE_CA_FILE").or_else(|| {
-            let f = format!("{SA_DIR}/ca.crt");
-            std::path::Path::new(&f).exists().then_some(f)
-        });
-        Some(Self {
-            url: format!(
-                "{}/api/v1/namespaces/{ns}/pods/{pod}",
-                api.trim_end_matches('/')
-            ),
-            token_file,
-            ca_file,
-        })
+        let url = var(env::REPORT_URL)?;
+        let token_file =
+            var("JANUS_REPORT_TOKEN_FILE").unwrap_or_else(|| publish::TOKEN_FILE.into());
+        Some(Self { url, token_file })
     }
 
     fn client(&self) -> Result<reqwest::Client, String> {
-        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10));
-        if let Some(ca) = &self.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("{ca}: {e}"))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{ca}: {e}"))?;
-            b = b.add_root_certificate(cert);
-        }
-        b.build().map_err(|e| e.to_string())
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())
     }
 
-    /// Set annotation `key` to `value` on the pod.
-    async fn patch(
+    /// Send one report; the operator's refusal comes back with its reason.
+    async fn send(
         &self,
         client: &reqwest::Client,
         (key, value): &(&'static str, String),
     ) -> Result<(), String> {
-        // Read each time: projected service-account tokens are rotated.
+        // Read each time: the kubelet rotates projected tokens.
         let token = std::fs::read_to_string(&self.token_file)
             .map_err(|e| format!("{}: {e}", self.token_file))?;
-        let mut annotation = serde_json::Map::new();
-        annotation.insert(key.to_string(), serde_json::Value::from(value.as_str()));
-        let body = serde_json::json!({"metadata": {"annotations": annotation}});
+        let body = publish::Report {
+            annotation: key.to_string(),
+            value: value.clone(),
+        };
         let resp = client
-            .patch(&self.url)
+            .post(&self.url)
             .bearer_auth(token.trim())
-            .header("Content-Type", "application/merge-patch+json")
-            .body(body.to_string())
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_string(&body).expect("report serializes"))
             .send()
             .await
-            .map_err(|e| format!("PATCH {}: {e}", self.url))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("PATCH {}: HTTP {}", self.url, resp.status()))
+            .map_err(|e| format!("POST {}: {e}", self.url))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
         }
+        let why = resp.text().await.unwrap_or_default();
+        Err(format!("POST {}: HTTP {status}: {}", self.url, why.trim()))
     }
 }
 
@@ -105,12 +82,16 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter for this pod, or None outside Kubernetes (or on ranks other than 0).
+    /// A reporter for this pod, or None outside Kubernetes, without a report URL, or on
+    /// ranks other than 0.
     pub fn for_pod(rank: usize, interval: Duration) -> Option<Self> {
         if rank != 0 {
             return None;
         }
-        let target = Target::from_env()?;
+        Self::start(Target::from_env()?, interval)
+    }
+
+    fn start(target: Target, interval: Duration) -> Option<Self> {
         crate::storage::install_crypto_provider();
         let client = match target.client() {
             Ok(c) => c,
@@ -138,7 +119,7 @@ impl Reporter {
                         (s.pending.take(), s.closed)
                     };
                     if let Some(p) = next {
-                        match rt.block_on(target.patch(&client, &p)) {
+                        match rt.block_on(target.send(&client, &p)) {
                             Ok(()) if failing => {
                                 failing = false;
                                 tracing::info!("progress reporting works again");
@@ -162,7 +143,7 @@ impl Reporter {
                 }
             })
             .ok()?;
-        tracing::info!(pod = %url, "publishing progress on the pod");
+        tracing::info!(to = %url, "reporting progress to the operator");
         Some(Self {
             slot,
             thread: Some(thread),
@@ -248,6 +229,100 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// One HTTP request read off `listener`, answered with `status`: (head, body).
+    fn serve_one(
+        listener: std::net::TcpListener,
+        status: &'static str,
+    ) -> std::thread::JoinHandle<(String, String)> {
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let (mut head, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let mut w = conn;
+            write!(
+                w,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            (head, String::from_utf8(body).unwrap())
+        })
+    }
+
+    #[test]
+    fn a_report_is_posted_with_the_pods_token_and_flushed_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "pod-bound-token\n").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}{}",
+            listener.local_addr().unwrap(),
+            super::publish::PATH
+        );
+        let server = serve_one(listener, "204 No Content");
+        let target = super::Target {
+            url,
+            token_file: token.to_string_lossy().into(),
+        };
+        let reporter = super::Reporter::start(target, std::time::Duration::from_secs(60)).unwrap();
+        let p = super::Progress {
+            step: 7,
+            total_steps: 9,
+            loss: Some(1.5),
+            tokens_per_second: None,
+            last_checkpoint: None,
+            updated_at: "2026-12-02T00:00:00Z".into(),
+        };
+        reporter.report(p.clone());
+        drop(reporter);
+        let (head, body) = server.join().unwrap();
+        assert!(head.starts_with("POST /v1/report HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: bearer pod-bound-token\r\n"),
+            "{head}"
+        );
+        let r: super::publish::Report = serde_json::from_str(&body).unwrap();
+        assert_eq!(r.annotation, "janus.dev/progress");
+        assert_eq!(super::Progress::from_annotation(&r.value), Some(p));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_comes_back_with_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/report", listener.local_addr().unwrap());
+        let server = serve_one(listener, "403 Forbidden");
+        let target = super::Target {
+            url,
+            token_file: token.to_string_lossy().into(),
+        };
+        let client = target.client().unwrap();
+        let e = target
+            .send(&client, &("janus.dev/progress", "{}".into()))
+            .await
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(e.contains("HTTP 403"), "{e}");
+    }
+
     #[test]
     fn the_termination_message_is_written_only_where_the_file_exists() {
         let dir = tempfile::tempdir().unwrap();

@@ -13,3 +13,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "janus-operator.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+{{- define "janus-operator.reportUrl" -}}
+{{- if .Values.reportUrl -}}
+{{ .Values.reportUrl }}
+{{- else -}}
+http://{{ include "janus-operator.name" . }}.{{ .Release.Namespace }}.svc:{{ .Values.metrics.port }}/v1/report
+{{- end -}}
+{{- end -}}

@@ -1,6 +1,6 @@
 //! Pure builders of an evaluation's child objects: the ConfigMap with the eval config,
-//! the ServiceAccount / Role / RoleBinding that let each pod annotate itself with its
-//! progress, the generation pods and the judge pod. Names are deterministic, so
+//! the ServiceAccount (the pods' identity when they report progress; it holds no
+//! permission), the generation pods and the judge pod. Names are deterministic, so
 //! creating an object twice is a harmless conflict.
 //!
 //! Names and labels differ from a training job's (`J-eval-config`, `J-eval`,
@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, Pod, PodSpec, ResourceRequirements, SecretEnvSource, SecretKeySelector,
     ServiceAccount, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -41,9 +40,25 @@ pub const STAGE_JUDGE: &str = "judge";
 pub fn config_map_name(job: &str) -> String {
     format!("{job}-eval-config")
 }
-/// ServiceAccount, Role and RoleBinding of the pods.
+/// ServiceAccount of the pods.
 pub fn rbac_name(job: &str) -> String {
     format!("{job}-eval")
+}
+/// The evaluation whose pods' ServiceAccount this is ([`rbac_name`] backwards).
+pub fn job_of_service_account(sa: &str) -> Option<&str> {
+    sa.strip_suffix("-eval").filter(|j| !j.is_empty())
+}
+/// Whether `pod` is named as a generation or the judge pod of evaluation `job`.
+pub fn is_pod_name(job: &str, pod: &str) -> bool {
+    let Some(rest) = pod.strip_prefix(job).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let shard = rest.strip_prefix("generate-");
+    rest == "judge"
+        || shard.is_some_and(|i| {
+            i.parse::<i32>()
+                .is_ok_and(|i| i >= 0 && Slot::Generate(i).pod_name(job) == pod)
+        })
 }
 
 fn owner(job: &JanusEvalJob) -> Result<OwnerReference> {
@@ -85,48 +100,6 @@ pub fn service_account(job: &JanusEvalJob) -> Result<ServiceAccount> {
     Ok(ServiceAccount {
         metadata: meta(job, rbac_name(&job.name_any()))?,
         ..Default::default()
-    })
-}
-
-/// Every pod name of the job: the shards' and the judge's.
-pub fn pod_names(job: &JanusEvalJob) -> Vec<String> {
-    let name = job.name_any();
-    (0..job.spec.worker.replicas)
-        .map(Slot::Generate)
-        .chain([Slot::Judge])
-        .map(|s| s.pod_name(&name))
-        .collect()
-}
-
-/// Only `get` and `patch` of the job's own pods, by name: what progress reporting needs.
-pub fn role(job: &JanusEvalJob) -> Result<Role> {
-    Ok(Role {
-        metadata: meta(job, rbac_name(&job.name_any()))?,
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["".into()]),
-            resources: Some(vec!["pods".into()]),
-            resource_names: Some(pod_names(job)),
-            verbs: vec!["get".into(), "patch".into()],
-            ..Default::default()
-        }]),
-    })
-}
-
-pub fn role_binding(job: &JanusEvalJob) -> Result<RoleBinding> {
-    let name = rbac_name(&job.name_any());
-    Ok(RoleBinding {
-        metadata: meta(job, name.clone())?,
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: Some(namespace(job)?),
-            ..Default::default()
-        }]),
     })
 }
 
@@ -227,6 +200,39 @@ fn pod(
         Slot::Judge => (STAGE_JUDGE, job.spec.judge.node_selector.clone(), None),
     };
     pod_labels.insert(labels::STAGE.into(), stage.into());
+    let mut spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(rbac_name(&name)),
+        priority_class_name: w.priority_class_name.clone(),
+        node_selector,
+        affinity,
+        tolerations: w.tolerations.clone(),
+        init_containers: (!init.is_empty()).then_some(init),
+        containers: vec![main],
+        security_context: Some(security::pod_security_context()),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&name),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            security::scratch_volume(None),
+        ]),
+        ..Default::default()
+    };
+    let ours: Vec<String> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.name.clone())
+        .collect();
+    security::report_identity(
+        &mut spec,
+        &ours.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(slot.pod_name(&name)),
@@ -235,29 +241,7 @@ fn pod(
             owner_references: Some(vec![owner(job)?]),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".into()),
-            service_account_name: Some(rbac_name(&name)),
-            priority_class_name: w.priority_class_name.clone(),
-            node_selector,
-            affinity,
-            tolerations: w.tolerations.clone(),
-            init_containers: (!init.is_empty()).then_some(init),
-            containers: vec![main],
-            security_context: Some(security::pod_security_context()),
-            volumes: Some(vec![
-                Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: config_map_name(&name),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                security::scratch_volume(None),
-            ]),
-            ..Default::default()
-        }),
+        spec: Some(spec),
         status: None,
     })
 }
@@ -456,23 +440,23 @@ mod tests {
     }
 
     #[test]
-    fn the_role_allows_get_and_patch_of_the_jobs_own_pods_only() {
+    fn pod_names_and_the_service_account_name_their_evaluation() {
         let job = representative_job();
-        let rules = role(&job).unwrap().rules.unwrap();
-        assert_eq!(rules[0].verbs, vec!["get", "patch"]);
+        let name = job.name_any();
         assert_eq!(
-            rules[0].resource_names.as_ref().unwrap(),
-            &vec![
-                "janus-7b-orpo-bench-generate-0".to_string(),
-                "janus-7b-orpo-bench-generate-1".into(),
-                "janus-7b-orpo-bench-generate-2".into(),
-                "janus-7b-orpo-bench-generate-3".into(),
-                "janus-7b-orpo-bench-judge".into(),
-            ]
+            job_of_service_account(&rbac_name(&name)),
+            Some(name.as_str())
         );
-        let b = role_binding(&job).unwrap();
-        assert_eq!(b.role_ref.name, "janus-7b-orpo-bench-eval");
-        assert_eq!(b.subjects.unwrap()[0].name, "janus-7b-orpo-bench-eval");
+        for slot in [Slot::Generate(0), Slot::Generate(3), Slot::Judge] {
+            assert!(is_pod_name(&name, &slot.pod_name(&name)), "{slot:?}");
+        }
+        for pod in [
+            "x-judge",
+            "janus-7b-orpo-bench-generate-01",
+            "janus-7b-orpo-bench-generate--1",
+        ] {
+            assert!(!is_pod_name(&name, pod), "{pod}");
+        }
     }
 
     #[test]

@@ -17,7 +17,6 @@ use janus_crds::eval::{condition, reason};
 use janus_crds::{labels, JanusEvalJob, JanusTrainingJob};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -54,6 +53,8 @@ pub struct Context {
     pub training_jobs: Store<JanusTrainingJob>,
     /// Evaluations (baselines are evaluations too).
     pub eval_jobs: Store<JanusEvalJob>,
+    /// Where pods report progress (`JANUS_REPORT_URL`); None: they do not.
+    pub report_url: Option<String>,
     /// Consecutive failed reconciles per job (`namespace/name`), for the backoff.
     pub failures: Mutex<HashMap<String, u32>>,
 }
@@ -330,14 +331,11 @@ async fn reconcile_eval(cached: &JanusEvalJob, ctx: &Context) -> Result<Action> 
     }
     tracing::debug!(eval_job = %name, namespace = %ns, decision = ?p.decision, "reconcile");
 
-    // The pods' config and permissions exist before any pod (server-side apply: again
-    // is a no-op). The Role before its RoleBinding: the API server's escalation check
-    // of the binding resolves the Role.
+    // The pods' config and identity exist before any pod (server-side apply: again is
+    // a no-op).
     if !creates(&p.decision).is_empty() {
         let c = &ctx.client;
         apply::<ServiceAccount>(c, &ns, &children::service_account(&job)?).await?;
-        apply::<Role>(c, &ns, &children::role(&job)?).await?;
-        apply::<RoleBinding>(c, &ns, &children::role_binding(&job)?).await?;
         apply::<ConfigMap>(c, &ns, &children::config_map(&job, &gates.resolved)?).await?;
     }
     // The status (attempts, restarts) is written before any pod is deleted or created.
@@ -385,7 +383,11 @@ async fn reconcile_eval(cached: &JanusEvalJob, ctx: &Context) -> Result<Action> 
                     .map_or(0, |s| s.attempt),
                 Slot::Judge => p.status.judge.as_ref().map_or(0, |j| j.attempt),
             };
-            children::slot_pod(&job, *slot, attempt)
+            let mut pod = children::slot_pod(&job, *slot, attempt)?;
+            if let Some(spec) = pod.spec.as_mut() {
+                crate::security::tell_report_url(spec, ctx.report_url.as_deref());
+            }
+            Ok(pod)
         })
         .collect::<Result<Vec<_>>>()?;
     futures::future::try_join_all(new_pods.iter().map(|pod| {
@@ -470,11 +472,15 @@ pub async fn run(
     metrics: Metrics,
     health: Health,
     decode: DecodeReporter,
-    identity: String,
-    namespace: Option<String>,
+    settings: crate::Settings,
     on_store: impl FnOnce(Store<JanusEvalJob>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let crate::Settings {
+        identity,
+        namespace,
+        report_url,
+    } = settings;
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -550,6 +556,7 @@ pub async fn run(
         training_jobs,
         eval_jobs: eval_jobs.clone(),
         failures: Default::default(),
+        report_url,
     });
     let controller = controller
         .owns_stream(pod_stream)

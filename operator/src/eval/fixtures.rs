@@ -29,6 +29,7 @@ const JOB: &str = "janus-7b-orpo-bench";
 const JOB_PATH: &str =
     "/apis/janus.dev/v1alpha1/namespaces/research/janusevaljobs/janus-7b-orpo-bench";
 const APPLY: &str = "?&force=true&fieldManager=janus-operator";
+const REPORT_URL: &str = "http://janus-operator.janus-system.svc:8080/v1/report";
 
 #[derive(Debug, Clone)]
 struct Req {
@@ -208,6 +209,7 @@ impl Scenario {
             training_jobs: ready_store(vec![]),
             eval_jobs: ready_store(vec![self.job.clone()]),
             failures: Default::default(),
+            report_url: Some(REPORT_URL.into()),
         });
         reconcile(Arc::new(self.job.clone()), ctx)
             .await
@@ -281,13 +283,12 @@ fn lines(reqs: &[Req]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_new_job_reads_its_secrets_applies_config_and_rbac_writes_status_then_creates_the_shards()
-{
+async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_then_creates_the_shards(
+) {
     let sc = Scenario::new(job_with(None));
     sc.reconcile().await;
     let reqs = sc.server.requests();
     let ns = format!("/api/v1/namespaces/{NS}");
-    let rbac = format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}");
     assert_eq!(
         lines(&reqs),
         vec![
@@ -295,8 +296,6 @@ async fn a_new_job_reads_its_secrets_applies_config_and_rbac_writes_status_then_
             format!("GET {ns}/secrets/s3-credentials"),
             format!("GET {ns}/secrets/openai"),
             format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
-            format!("PATCH {rbac}/roles/{JOB}-eval{APPLY}"),
-            format!("PATCH {rbac}/rolebindings/{JOB}-eval{APPLY}"),
             format!("PATCH {ns}/configmaps/{JOB}-eval-config{APPLY}"),
             format!("PATCH {JOB_PATH}/status{APPLY}"),
             format!("POST {ns}/pods?"),
@@ -305,16 +304,29 @@ async fn a_new_job_reads_its_secrets_applies_config_and_rbac_writes_status_then_
             format!("POST {ns}/pods?"),
         ]
     );
-    let cm = &reqs[6].body;
+    let cm = &reqs[4].body;
     assert!(cm["data"]["config.yaml"]
         .as_str()
         .unwrap()
         .contains("output_dir: s3://eval-results/research/janus-7b-orpo-bench"));
-    let st = &reqs[7].body["status"];
+    let st = &reqs[5].body["status"];
     assert_eq!(st["phase"], "Pending");
     assert_eq!(st["modelUrl"], "s3://models/janus-7b-orpo");
     assert_eq!(st["shards"].as_array().unwrap().len(), 4);
-    let mut created: Vec<String> = reqs[8..]
+    // Pods report through the operator with their projected token, no API token.
+    for r in &reqs[6..] {
+        let spec = &r.body["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        let env = &spec["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
+            "{env}"
+        );
+    }
+    let mut created: Vec<String> = reqs[6..]
         .iter()
         .map(|r| r.body["metadata"]["name"].as_str().unwrap().to_string())
         .collect();

@@ -1,6 +1,6 @@
 //! Pure builders of a job's child objects: the headless Service, the ConfigMap with
-//! the trainer config, the per-job ServiceAccount / Role / RoleBinding that lets rank 0
-//! annotate its own pod, and the worker pods. Names are deterministic, so creating an
+//! the trainer config, the per-job ServiceAccount (the workers' identity when rank 0
+//! reports progress; it holds no permission), and the worker pods. Names are deterministic, so creating an
 //! object twice is a harmless conflict.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,6 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::DynamicObject;
@@ -44,9 +43,13 @@ pub fn worker_name(job: &str, rank: i32) -> String {
 pub fn config_map_name(job: &str) -> String {
     format!("{job}-config")
 }
-/// ServiceAccount, Role and RoleBinding of the workers.
+/// ServiceAccount of the workers.
 pub fn rbac_name(job: &str) -> String {
     format!("{job}-worker")
+}
+/// The job whose workers' ServiceAccount this is ([`rbac_name`] backwards).
+pub fn job_of_service_account(sa: &str) -> Option<&str> {
+    sa.strip_suffix("-worker").filter(|j| !j.is_empty())
 }
 /// `J-worker-0.J.N.svc`: rank 0 through the headless Service.
 pub fn master_addr(job: &str, namespace: &str) -> String {
@@ -115,38 +118,6 @@ pub fn service_account(job: &JanusTrainingJob) -> Result<ServiceAccount> {
     Ok(ServiceAccount {
         metadata: meta(job, rbac_name(&job.name_any()))?,
         ..Default::default()
-    })
-}
-
-/// Only `get` and `patch` of the rank-0 pod, by name: what progress reporting needs.
-pub fn role(job: &JanusTrainingJob) -> Result<Role> {
-    Ok(Role {
-        metadata: meta(job, rbac_name(&job.name_any()))?,
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["".into()]),
-            resources: Some(vec!["pods".into()]),
-            resource_names: Some(vec![worker_name(&job.name_any(), 0)]),
-            verbs: vec!["get".into(), "patch".into()],
-            ..Default::default()
-        }]),
-    })
-}
-
-pub fn role_binding(job: &JanusTrainingJob) -> Result<RoleBinding> {
-    let name = rbac_name(&job.name_any());
-    Ok(RoleBinding {
-        metadata: meta(job, name.clone())?,
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: Some(namespace(job)?),
-            ..Default::default()
-        }]),
     })
 }
 
@@ -419,6 +390,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
     tell_grace_period(&mut pod);
     if let Some(spec) = pod.spec.as_mut() {
         security::tell_scratch_limit(spec, defaults::CONTAINER_NAME);
+        security::report_identity(spec, &[defaults::CONTAINER_NAME]);
     }
     Ok(pod)
 }
@@ -570,6 +542,19 @@ mod tests {
             spec.service_account_name.as_deref(),
             Some("janus-7b-sft-worker")
         );
+        // No API token: only the report token, which the API server refuses.
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert!(spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v
+                .projected
+                .as_ref()
+                .is_some_and(|p| p.sources.iter().flatten().any(|s| s
+                    .service_account_token
+                    .as_ref()
+                    .is_some_and(|t| t.audience.as_deref() == Some("janus.dev/operator"))))));
         let l = pod.metadata.labels.as_ref().unwrap();
         assert_eq!(l["janus.dev/job"], "janus-7b-sft");
         assert_eq!(l["janus.dev/rank"], "2");
@@ -699,7 +684,12 @@ mod tests {
             trainer.image.as_deref(),
             Some("ghcr.io/janus/trainer:0.1.0")
         );
-        assert_eq!(spec.volumes.unwrap().len(), 3);
+        // config, dshm, scratch (replaced by the template's), the report token.
+        assert_eq!(spec.volumes.unwrap().len(), 4);
+        assert!(
+            spec.containers[1].volume_mounts.is_none(),
+            "the sidecar has no token"
+        );
     }
 
     #[test]
@@ -742,23 +732,11 @@ mod tests {
     }
 
     #[test]
-    fn progress_role_allows_only_get_and_patch_of_rank_zero() {
-        let job = representative_job();
-        let r = role(&job).unwrap();
-        let rules = r.rules.unwrap();
-        assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].verbs, vec!["get", "patch"]);
-        assert_eq!(
-            rules[0].resources.as_ref().unwrap(),
-            &vec!["pods".to_string()]
-        );
-        assert_eq!(
-            rules[0].resource_names.as_ref().unwrap(),
-            &vec!["janus-7b-sft-worker-0".to_string()]
-        );
-        let b = role_binding(&job).unwrap();
-        assert_eq!(b.role_ref.name, "janus-7b-sft-worker");
-        assert_eq!(b.subjects.unwrap()[0].name, "janus-7b-sft-worker");
+    fn the_workers_service_account_names_its_job() {
+        assert_eq!(job_of_service_account(&rbac_name("a-eval")), Some("a-eval"));
+        assert_eq!(job_of_service_account("worker"), None);
+        assert_eq!(job_of_service_account("-worker"), None);
+        assert_eq!(job_of_service_account("a-eval"), None);
     }
 
     #[test]

@@ -15,7 +15,6 @@ use janus_crds::{labels, JanusTrainingJob, Progress};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -53,6 +52,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
     pub health: Health,
+    /// Where pods report progress (`JANUS_REPORT_URL`); None: they do not.
+    pub report_url: Option<String>,
     /// Consecutive failed reconciles per job (`namespace/name`), for the backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Pods created and status written that the caches may not show yet.
@@ -382,6 +383,9 @@ async fn reconcile_job(cached: &JanusTrainingJob, ctx: &Context) -> Result<Actio
             .map(|rank| {
                 let mut pod = children::worker_pod(&job, *rank, attempt)?;
                 kueue::apply_placement(&mut pod, &placement);
+                if let Some(spec) = pod.spec.as_mut() {
+                    crate::security::tell_report_url(spec, ctx.report_url.as_deref());
+                }
                 Ok(pod)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -687,32 +691,22 @@ where
     Ok(())
 }
 
-/// Service, ConfigMap, ServiceAccount, Role, RoleBinding (and the NetworkPolicy when
-/// asked for), by server-side apply: creating them again is a no-op.
+/// Service, ConfigMap, ServiceAccount (and the NetworkPolicy when asked for), by
+/// server-side apply: creating them again is a no-op.
 async fn ensure_static_children(ctx: &Context, job: &JanusTrainingJob) -> Result<()> {
     let ns = job
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let c = &ctx.client;
-    let (svc, cm, sa, role, rb) = (
+    let (svc, cm, sa) = (
         children::service(job)?,
         children::config_map(job)?,
         children::service_account(job)?,
-        children::role(job)?,
-        children::role_binding(job)?,
     );
     futures::try_join!(
         apply::<Service>(c, &ns, &svc),
         apply::<ConfigMap>(c, &ns, &cm),
         apply::<ServiceAccount>(c, &ns, &sa),
-        // The Role first: the API server's escalation check of a RoleBinding made by a
-        // user who may not `bind` (the chart's service account) resolves the Role, and
-        // answers 404 while it does not exist yet; concurrently, that error also
-        // cancelled the Role's own apply, so the job never got past this point.
-        async {
-            apply::<Role>(c, &ns, &role).await?;
-            apply::<RoleBinding>(c, &ns, &rb).await
-        },
         async {
             match children::network_policy(job)? {
                 Some(np) => apply::<NetworkPolicy>(c, &ns, &np).await,
@@ -859,11 +853,15 @@ pub async fn run(
     metrics: Metrics,
     health: Health,
     decode: DecodeReporter,
-    identity: String,
-    namespace: Option<String>,
+    settings: crate::Settings,
     on_store: impl FnOnce(Store<JanusTrainingJob>),
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let crate::Settings {
+        identity,
+        namespace,
+        report_url,
+    } = settings;
     let pods_api: Api<Pod> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -924,6 +922,7 @@ pub async fn run(
         nodes: nodes.clone(),
         health,
         failures: Default::default(),
+        report_url,
         expectations,
     });
     let controller = Controller::for_stream(job_stream, job_store)

@@ -233,22 +233,43 @@ async fn eval_job_generates_then_judges_and_mirrors_the_scores() {
         Some("JANUS_JUDGE_API_KEY")
     );
 
-    // Each pod may report on itself only.
+    // Pods hold no API permission; each reports through the operator, on itself only.
     let sa = impersonated_client(&format!("system:serviceaccount:{ns}:ev-eval")).await;
     let as_pod: Api<Pod> = Api::namespaced(sa, &ns);
     let note = json!({"metadata": {"annotations": {"x": "y"}}});
-    as_pod
-        .patch(
-            "ev-generate-0",
-            &PatchParams::default(),
-            &Patch::Merge(&note),
-        )
+    assert!(
+        as_pod
+            .patch(
+                "ev-generate-0",
+                &PatchParams::default(),
+                &Patch::Merge(&note)
+            )
+            .await
+            .is_err(),
+        "a pod may not patch itself"
+    );
+    let shard0 = Api::<Pod>::namespaced(c.clone(), &ns)
+        .get("ev-generate-0")
         .await
-        .expect("a generation pod may annotate itself");
-    assert!(as_pod.list(&Default::default()).await.is_err(), "no list");
+        .unwrap();
+    assert_eq!(
+        shard0
+            .spec
+            .as_ref()
+            .unwrap()
+            .automount_service_account_token,
+        Some(false)
+    );
+    let token = pod_token(&c, &ns, "ev-eval", &shard0, "janus.dev/operator").await;
+    let doc = json!({"stage": "generate", "itemsDone": 4, "itemsTotal": 4, "updatedAt": "2026-01-01T00:00:01Z"});
+    let body = json!({"annotation": "janus.dev/eval-progress", "value": doc.to_string()});
+    let (code, why) = op.post("/v1/report", Some(&token), &body.to_string());
+    assert_eq!(code, 204, "{why}");
+    let training = json!({"annotation": "janus.dev/progress", "value": "{}"});
+    let (code, why) = op.post("/v1/report", Some(&token), &training.to_string());
+    assert_eq!(code, 403, "only its own kind of report: {why}");
 
     // Progress is mirrored; the judge waits for every shard.
-    report(&c, &ns, "ev-generate-0", json!({"stage": "generate", "itemsDone": 4, "itemsTotal": 4, "updatedAt": "2026-01-01T00:00:01Z"})).await;
     report(&c, &ns, "ev-generate-1", json!({"stage": "generate", "itemsDone": 1, "itemsTotal": 4, "updatedAt": "2026-01-01T00:00:02Z"})).await;
     let j = wait_eval(&c, &ns, "ev", "itemsGenerated 5 of 8", |j| {
         j.status

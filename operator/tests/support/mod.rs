@@ -212,6 +212,30 @@ pub async fn impersonated_client(user: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// A token of ServiceAccount `sa` bound to `pod`, as the kubelet projects it (empty
+/// `audience`: the API server's own).
+pub async fn pod_token(c: &Client, ns: &str, sa: &str, pod: &Pod, audience: &str) -> String {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let audiences: Vec<&str> = if audience.is_empty() {
+        vec![]
+    } else {
+        vec![audience]
+    };
+    let request = serde_json::from_value(json!({"spec": {
+        "audiences": audiences,
+        "expirationSeconds": 600,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "uid": pod.uid()},
+    }}))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(c.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+}
+
 /// A fresh namespace for one test.
 pub async fn namespace(client: &Client, name: &str) -> String {
     let api: Api<Namespace> = Api::all(client.clone());
@@ -295,6 +319,32 @@ impl Operator {
         s.read_to_string(&mut body).ok()?;
         let (head, rest) = body.split_once("\r\n\r\n")?;
         head.starts_with("HTTP/1.").then(|| rest.to_string())
+    }
+
+    /// POST `body` (JSON) to a path, with a bearer token: (status code, body).
+    pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.http.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("operator HTTP");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let (head, rest) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, rest.to_string())
     }
 
     /// Value of an unlabelled metric.

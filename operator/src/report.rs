@@ -1,0 +1,402 @@
+//! `POST /v1/report`: pods report progress to the operator instead of annotating
+//! themselves, so they hold no Kubernetes API permission at all. A report carries the
+//! pod's projected ServiceAccount token (audience
+//! [`janus_crds::progress::publish::AUDIENCE`], bound to the pod); a TokenReview tells
+//! which pod sent it, and only rank 0 of a training job, or a generation or judge pod
+//! of an evaluation, may report, only its own annotation, and only on itself. The
+//! operator then writes the annotation on that pod (UID-checked), where the
+//! controllers' pod caches see it as before. Every replica serves this, the leader or
+//! not: it is a pod patch, not a status write, so no hand-off is needed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use janus_crds::progress::publish::{self, Report};
+use janus_crds::progress::EvalReport;
+use janus_crds::{annotations, Progress};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+use crate::metrics::Metrics;
+
+/// How long a reviewed token is trusted without asking again (kube-rbac-proxy and the
+/// API server's own webhook token cache do the same). A deleted pod's token may pass
+/// for this long, but the UID-checked patch then finds no such pod.
+const REVIEW_TTL: Duration = Duration::from_secs(60);
+/// Reviewed tokens kept at most (one per reporting pod is the usual need).
+const REVIEW_CACHE_MAX: usize = 4096;
+
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// Who sent a report, as the API server vouches for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sender {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: String,
+    pub pod_uid: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no bearer token: send the pod's projected token ({file})", file = publish::TOKEN_FILE)]
+    NoToken,
+    #[error("the token was not accepted for audience {aud}: {0}", aud = publish::AUDIENCE)]
+    Unauthenticated(String),
+    #[error("the token is not bound to a pod: {0}")]
+    NotAPod(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("malformed report: {0}")]
+    Malformed(String),
+    #[error("pod {0} is gone or was replaced")]
+    PodGone(String),
+    #[error("the API server: {0}")]
+    Api(#[source] kube::Error),
+}
+
+impl ReportError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoToken | Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::NotAPod(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::PodGone(_) => StatusCode::CONFLICT,
+            Self::Api(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `result` label of `janus_operator_reports_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoToken | Self::Unauthenticated(_) => "unauthenticated",
+            Self::NotAPod(_) | Self::Forbidden(_) => "forbidden",
+            Self::Malformed(_) => "malformed",
+            Self::PodGone(_) => "pod_gone",
+            Self::Api(_) => "api_error",
+        }
+    }
+
+    pub const LABELS: [&'static str; 6] = [
+        "accepted",
+        "unauthenticated",
+        "forbidden",
+        "malformed",
+        "pod_gone",
+        "api_error",
+    ];
+}
+
+/// Which pods may report, and what: the training job's rank 0 its progress, an
+/// evaluation's generation and judge pods their reports. The ServiceAccount names the
+/// job (each job's pods run as its own, which a template may not change).
+pub fn authorize(sender: &Sender, report: &Report) -> Result<(), ReportError> {
+    use crate::{eval, training};
+    let Sender {
+        service_account: sa,
+        pod,
+        ..
+    } = sender;
+    let (allowed, well_formed) = if let Some(job) = training::children::job_of_service_account(sa) {
+        if *pod != training::children::worker_name(job, 0) {
+            return Err(ReportError::Forbidden(format!(
+                "pod {pod} may not report: only rank 0 ({}) of training job {job} does",
+                training::children::worker_name(job, 0)
+            )));
+        }
+        (
+            annotations::PROGRESS,
+            Progress::from_annotation(&report.value).is_some(),
+        )
+    } else if let Some(job) = eval::children::job_of_service_account(sa) {
+        if !eval::children::is_pod_name(job, pod) {
+            return Err(ReportError::Forbidden(format!(
+                "pod {pod} is not a generation or judge pod of evaluation {job}"
+            )));
+        }
+        (
+            annotations::EVAL_PROGRESS,
+            EvalReport::from_annotation(&report.value).is_some(),
+        )
+    } else {
+        return Err(ReportError::Forbidden(format!(
+            "ServiceAccount {sa} is not a Janus job's: only the operator's workers report"
+        )));
+    };
+    if report.annotation != allowed {
+        return Err(ReportError::Forbidden(format!(
+            "pod {pod} may set only {allowed}, not {}",
+            report.annotation
+        )));
+    }
+    if !well_formed {
+        return Err(ReportError::Malformed(format!(
+            "the value of {allowed} is not a valid report document"
+        )));
+    }
+    Ok(())
+}
+
+/// The sender a TokenReview's answer describes.
+pub fn sender_of(review: &TokenReview) -> Result<Sender, ReportError> {
+    let status = review.status.clone().unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(ReportError::Unauthenticated(
+            status.error.unwrap_or_else(|| "not authenticated".into()),
+        ));
+    }
+    let user = status.user.unwrap_or_default();
+    let name = user.username.unwrap_or_default();
+    let Some((namespace, sa)) = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    else {
+        return Err(ReportError::NotAPod(format!(
+            "{name} is not a ServiceAccount"
+        )));
+    };
+    let extra = user.extra.unwrap_or_default();
+    let one = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+    let (Some(pod), Some(pod_uid)) = (one(POD_NAME_EXTRA), one(POD_UID_EXTRA)) else {
+        return Err(ReportError::NotAPod(format!(
+            "the token of {name} names no pod (use the projected token the operator mounts)"
+        )));
+    };
+    Ok(Sender {
+        namespace: namespace.into(),
+        service_account: sa.into(),
+        pod,
+        pod_uid,
+    })
+}
+
+/// The report endpoint's state: a client and the reviewed tokens.
+pub struct Reports {
+    client: Client,
+    metrics: Metrics,
+    reviewed: Mutex<HashMap<String, (Sender, Instant)>>,
+}
+
+impl Reports {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        Self {
+            client,
+            metrics,
+            reviewed: Mutex::default(),
+        }
+    }
+
+    /// Handle one request: 204, or the status and reason of the refusal.
+    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+        let result = self.accept(headers, body).await;
+        let label = match &result {
+            Ok(_) => "accepted",
+            Err(e) => e.label(),
+        };
+        self.metrics.reports_total.with_label_values(&[label]).inc();
+        match result {
+            Ok(_) => (StatusCode::NO_CONTENT, String::new()),
+            Err(e) => {
+                if matches!(e, ReportError::Api(_)) {
+                    tracing::warn!(error = %e, "a report could not be written");
+                } else {
+                    tracing::debug!(error = %e, "a report was refused");
+                }
+                (e.status(), format!("{e}\n"))
+            }
+        }
+    }
+
+    async fn accept(&self, headers: &HeaderMap, body: &[u8]) -> Result<Sender, ReportError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ReportError::NoToken)?;
+        let sender = self.review(token).await?;
+        let report: Report =
+            serde_json::from_slice(body).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        authorize(&sender, &report)?;
+        self.write(&sender, &report).await?;
+        Ok(sender)
+    }
+
+    /// Who holds `token`, from the cache or a TokenReview.
+    async fn review(&self, token: &str) -> Result<Sender, ReportError> {
+        let now = Instant::now();
+        if let Some((s, at)) = self.reviewed.lock().expect("lock").get(token) {
+            if now.duration_since(*at) < REVIEW_TTL {
+                return Ok(s.clone());
+            }
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.into()),
+                audiences: Some(vec![publish::AUDIENCE.into()]),
+            },
+            ..Default::default()
+        };
+        let answer = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(ReportError::Api)?;
+        let sender = sender_of(&answer)?;
+        let mut cache = self.reviewed.lock().expect("lock");
+        if cache.len() >= REVIEW_CACHE_MAX {
+            cache.retain(|_, (_, at)| now.duration_since(*at) < REVIEW_TTL);
+            if cache.len() >= REVIEW_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), (sender.clone(), now));
+        Ok(sender)
+    }
+
+    /// Set the annotation on the sender's pod, if it is still the pod the token names.
+    async fn write(&self, sender: &Sender, report: &Report) -> Result<(), ReportError> {
+        let patch = serde_json::json!({
+            "metadata": {
+                // A pod with the same name but another UID refuses the patch.
+                "uid": sender.pod_uid,
+                "annotations": { &report.annotation: &report.value },
+            }
+        });
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &sender.namespace);
+        match pods
+            .patch(&sender.pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Err(
+                ReportError::PodGone(format!("{}/{}", sender.namespace, sender.pod)),
+            ),
+            Err(e) => Err(ReportError::Api(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+    use std::collections::BTreeMap;
+
+    fn sender(sa: &str, pod: &str) -> Sender {
+        Sender {
+            namespace: "ns".into(),
+            service_account: sa.into(),
+            pod: pod.into(),
+            pod_uid: "u".into(),
+        }
+    }
+
+    fn progress() -> String {
+        r#"{"step":1,"totalSteps":2,"updatedAt":"t"}"#.into()
+    }
+
+    fn report(annotation: &str, value: String) -> Report {
+        Report {
+            annotation: annotation.into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn only_rank_0_of_a_training_job_reports_and_only_its_progress() {
+        let p = report(annotations::PROGRESS, progress());
+        assert!(authorize(&sender("j-worker", "j-worker-0"), &p).is_ok());
+        let e = authorize(&sender("j-worker", "j-worker-1"), &p).unwrap_err();
+        assert!(e.to_string().contains("only rank 0 (j-worker-0)"), "{e}");
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        // Another job's rank 0, with this job's account: not its own pod.
+        assert!(authorize(&sender("j-worker", "k-worker-0"), &p).is_err());
+        let eval = report(annotations::EVAL_PROGRESS, "{}".into());
+        let e = authorize(&sender("j-worker", "j-worker-0"), &eval).unwrap_err();
+        assert!(
+            e.to_string().contains("may set only janus.dev/progress"),
+            "{e}"
+        );
+        let bad = report(annotations::PROGRESS, "{\"step\": 1}".into());
+        let e = authorize(&sender("j-worker", "j-worker-0"), &bad).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+    }
+
+    #[test]
+    fn an_evaluations_generation_and_judge_pods_report_their_own_documents() {
+        let r = report(
+            annotations::EVAL_PROGRESS,
+            r#"{"stage":"generate","itemsDone":1,"itemsTotal":2,"updatedAt":"t"}"#.into(),
+        );
+        for pod in ["e-generate-0", "e-generate-12", "e-judge"] {
+            assert!(authorize(&sender("e-eval", pod), &r).is_ok(), "{pod}");
+        }
+        for pod in [
+            "e-generate-",
+            "e-generate-x",
+            "e-judge-0",
+            "f-judge",
+            "e-worker-0",
+        ] {
+            assert!(authorize(&sender("e-eval", pod), &r).is_err(), "{pod}");
+        }
+        let p = report(annotations::PROGRESS, progress());
+        assert!(authorize(&sender("e-eval", "e-judge"), &p).is_err());
+    }
+
+    #[test]
+    fn other_service_accounts_may_not_report() {
+        let p = report(annotations::PROGRESS, progress());
+        let e = authorize(&sender("default", "j-worker-0"), &p).unwrap_err();
+        assert!(e.to_string().contains("ServiceAccount default"), "{e}");
+    }
+
+    fn answer(authenticated: bool, username: &str, extra: &[(&str, &str)]) -> TokenReview {
+        TokenReview {
+            status: Some(TokenReviewStatus {
+                authenticated: Some(authenticated),
+                error: (!authenticated).then(|| "invalid bearer token".into()),
+                user: Some(UserInfo {
+                    username: Some(username.into()),
+                    extra: Some(
+                        extra
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                            .collect::<BTreeMap<_, _>>(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_sender_is_the_pod_the_api_server_names() {
+        let pod = [(POD_NAME_EXTRA, "j-worker-0"), (POD_UID_EXTRA, "123")];
+        let s = sender_of(&answer(true, "system:serviceaccount:ns:j-worker", &pod)).unwrap();
+        assert_eq!(
+            s,
+            Sender {
+                namespace: "ns".into(),
+                service_account: "j-worker".into(),
+                pod: "j-worker-0".into(),
+                pod_uid: "123".into()
+            }
+        );
+        let e = sender_of(&answer(false, "", &[])).unwrap_err();
+        assert!(e.to_string().contains("invalid bearer token"), "{e}");
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        // A token not bound to a pod (e.g. `kubectl create token`), or a user's.
+        let e = sender_of(&answer(true, "system:serviceaccount:ns:j-worker", &[])).unwrap_err();
+        assert!(e.to_string().contains("names no pod"), "{e}");
+        assert!(sender_of(&answer(true, "alice", &pod)).is_err());
+    }
+}
