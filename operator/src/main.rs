@@ -167,7 +167,11 @@ async fn main() -> anyhow::Result<()> {
             jobs: stores.jobs.clone(),
             eval_jobs: stores.eval_jobs.clone(),
             health: health.clone(),
-            reports: Arc::new(Reports::new(client.clone(), metrics.clone())),
+            reports: Arc::new(Reports::new(
+                client.clone(),
+                metrics.clone(),
+                args.namespace.clone(),
+            )),
         },
     )
     .await?;

@@ -142,6 +142,17 @@ pub fn authorize(sender: &Sender, report: &Report) -> Result<(), ReportError> {
     Ok(())
 }
 
+/// The bearer token of a request (the scheme is case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The sender a TokenReview's answer describes.
 pub fn sender_of(review: &TokenReview) -> Result<Sender, ReportError> {
     let status = review.status.clone().unwrap_or_default();
@@ -149,6 +160,19 @@ pub fn sender_of(review: &TokenReview) -> Result<Sender, ReportError> {
         return Err(ReportError::Unauthenticated(
             status.error.unwrap_or_else(|| "not authenticated".into()),
         ));
+    }
+    // An authenticator that ignores audiences answers without ours (the API reference
+    // asks clients to check): an API token must not pass for a report token.
+    if !status
+        .audiences
+        .iter()
+        .flatten()
+        .any(|a| a == publish::AUDIENCE)
+    {
+        return Err(ReportError::Unauthenticated(format!(
+            "the review did not confirm the audience (it answered {:?})",
+            status.audiences.unwrap_or_default()
+        )));
     }
     let user = status.user.unwrap_or_default();
     let name = user.username.unwrap_or_default();
@@ -175,19 +199,29 @@ pub fn sender_of(review: &TokenReview) -> Result<Sender, ReportError> {
     })
 }
 
+/// TokenReviews in flight at most: a flood of bad tokens waits here instead of
+/// becoming a flood of API requests.
+const REVIEWS_IN_FLIGHT: usize = 4;
+
 /// The report endpoint's state: a client and the reviewed tokens.
 pub struct Reports {
     client: Client,
     metrics: Metrics,
+    /// The one namespace the operator watches, if it watches one: pods elsewhere are
+    /// not its own.
+    namespace: Option<String>,
     reviewed: Mutex<HashMap<String, (Sender, Instant)>>,
+    reviews: tokio::sync::Semaphore,
 }
 
 impl Reports {
-    pub fn new(client: Client, metrics: Metrics) -> Self {
+    pub fn new(client: Client, metrics: Metrics, namespace: Option<String>) -> Self {
         Self {
             client,
             metrics,
+            namespace,
             reviewed: Mutex::default(),
+            reviews: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
 
@@ -213,16 +247,26 @@ impl Reports {
     }
 
     async fn accept(&self, headers: &HeaderMap, body: &[u8]) -> Result<Sender, ReportError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ReportError::NoToken)?;
-        let sender = self.review(token).await?;
+        let token = bearer(headers).ok_or(ReportError::NoToken)?;
+        // What costs nothing first: a malformed report never reaches the API server.
         let report: Report =
             serde_json::from_slice(body).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        let known = [annotations::PROGRESS, annotations::EVAL_PROGRESS];
+        if !known.contains(&report.annotation.as_str()) {
+            return Err(ReportError::Forbidden(format!(
+                "{} is not a report annotation",
+                report.annotation
+            )));
+        }
+        let sender = self.review(token).await?;
+        if let Some(ns) = self.namespace.as_deref() {
+            if ns != sender.namespace {
+                return Err(ReportError::Forbidden(format!(
+                    "pod {}/{} is outside namespace {ns}, the one this operator watches",
+                    sender.namespace, sender.pod
+                )));
+            }
+        }
         authorize(&sender, &report)?;
         self.write(&sender, &report).await?;
         Ok(sender)
@@ -236,6 +280,7 @@ impl Reports {
                 return Ok(s.clone());
             }
         }
+        let _turn = self.reviews.acquire().await.expect("never closed");
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.into()),
@@ -274,9 +319,19 @@ impl Reports {
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Err(
-                ReportError::PodGone(format!("{}/{}", sender.namespace, sender.pod)),
-            ),
+            // 422: the UID differs (immutable), the pod was replaced under its name.
+            Err(kube::Error::Api(s))
+                if s.code == 404 || (s.code == 422 && s.message.contains("uid")) =>
+            {
+                Err(ReportError::PodGone(format!(
+                    "{}/{}",
+                    sender.namespace, sender.pod
+                )))
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => Err(ReportError::Forbidden(format!(
+                "the operator may not write on pod {}/{}: {}",
+                sender.namespace, sender.pod, s.message
+            ))),
             Err(e) => Err(ReportError::Api(e)),
         }
     }
@@ -361,6 +416,7 @@ mod tests {
         TokenReview {
             status: Some(TokenReviewStatus {
                 authenticated: Some(authenticated),
+                audiences: Some(vec![publish::AUDIENCE.into()]),
                 error: (!authenticated).then(|| "invalid bearer token".into()),
                 user: Some(UserInfo {
                     username: Some(username.into()),
@@ -372,7 +428,6 @@ mod tests {
                     ),
                     ..Default::default()
                 }),
-                ..Default::default()
             }),
             ..Default::default()
         }
@@ -398,5 +453,26 @@ mod tests {
         let e = sender_of(&answer(true, "system:serviceaccount:ns:j-worker", &[])).unwrap_err();
         assert!(e.to_string().contains("names no pod"), "{e}");
         assert!(sender_of(&answer(true, "alice", &pod)).is_err());
+        // Authenticated, but not for our audience (an authenticator ignoring it).
+        let mut api = answer(true, "system:serviceaccount:ns:j-worker", &pod);
+        api.status.as_mut().unwrap().audiences = Some(vec![]);
+        let e = sender_of(&api).unwrap_err();
+        assert!(
+            e.to_string().contains("did not confirm the audience"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(axum::http::header::AUTHORIZATION, v.parse().unwrap());
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer ")), None);
     }
 }

@@ -6,9 +6,9 @@
 
 use janus_crds::progress::publish;
 use k8s_openapi::api::core::v1::{
-    Capabilities, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, ProjectedVolumeSource,
-    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
+    ProjectedVolumeSource, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -77,23 +77,24 @@ pub fn tell_scratch_limit(spec: &mut PodSpec, container: &str) {
     );
 }
 
-/// Set (or, with None, remove) variable `name` of `container`, replacing what the pod
-/// had: for values read off the pod as it ends up, after a template override.
+/// Set (or, with None, remove) variable `name` of `container` (a container or an init
+/// container), replacing what the pod had: for values read off the pod as it ends up,
+/// after a template override.
 pub fn set_env(spec: &mut PodSpec, container: &str, name: &str, value: Option<String>) {
-    let containers = spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten());
-    for c in containers.filter(|c| c.name == container) {
-        let env = c.env.get_or_insert_with(Vec::new);
-        env.retain(|e| e.name != name);
-        if let Some(value) = &value {
-            env.push(EnvVar {
-                name: name.into(),
-                value: Some(value.clone()),
-                ..Default::default()
-            });
-        }
+    for c in all_containers(spec).filter(|c| c.name == container) {
+        set_container_env(c, name, value.clone());
+    }
+}
+
+fn set_container_env(c: &mut Container, name: &str, value: Option<String>) {
+    let env = c.env.get_or_insert_with(Vec::new);
+    env.retain(|e| e.name != name);
+    if let Some(value) = value {
+        env.push(EnvVar {
+            name: name.into(),
+            value: Some(value),
+            ..Default::default()
+        });
     }
 }
 
@@ -131,9 +132,9 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
 /// Pods prove who they are to the operator's report endpoint with a projected token of
 /// audience [`publish::AUDIENCE`], bound to the pod, in place of the automounted API
 /// token: they need no Kubernetes API access, and the API server refuses this token.
-/// Mounted into the operator's own containers only (not a template's sidecars);
-/// applied after a template override, which may not undo it.
-pub fn report_identity(spec: &mut PodSpec, containers: &[&str]) {
+/// Mounted into container `only` (the operator's, not a template's sidecars), or with
+/// None into every container; applied after a template override, which may not undo it.
+pub fn report_identity(spec: &mut PodSpec, only: Option<&str>) {
     spec.automount_service_account_token = Some(false);
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != REPORT_TOKEN_VOLUME);
@@ -163,11 +164,7 @@ pub fn report_identity(spec: &mut PodSpec, containers: &[&str]) {
         .to_string_lossy()
         .into_owned();
     debug_assert_eq!(dir, publish::TOKEN_DIR);
-    let ours = spec
-        .containers
-        .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-        .filter(|c| containers.contains(&c.name.as_str()));
+    let ours = all_containers(spec).filter(|c| only.is_none_or(|n| c.name == n));
     for c in ours {
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
         mounts.retain(|m| m.name != REPORT_TOKEN_VOLUME);
@@ -183,26 +180,22 @@ pub fn report_identity(spec: &mut PodSpec, containers: &[&str]) {
 /// Tell the containers that hold the report token ([`report_identity`]) where to report
 /// (`JANUS_REPORT_URL`); None: not at all (the operator does not know its address).
 pub fn tell_report_url(spec: &mut PodSpec, url: Option<&str>) {
-    let names: Vec<String> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .filter(|c| {
-            c.volume_mounts
-                .iter()
-                .flatten()
-                .any(|m| m.name == REPORT_TOKEN_VOLUME)
-        })
-        .map(|c| c.name.clone())
-        .collect();
-    for name in names {
-        set_env(
-            spec,
-            &name,
-            janus_crds::env::REPORT_URL,
-            url.map(String::from),
-        );
+    let reporting = all_containers(spec).filter(|c| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == REPORT_TOKEN_VOLUME)
+    });
+    for c in reporting {
+        set_container_env(c, janus_crds::env::REPORT_URL, url.map(String::from));
     }
+}
+
+/// The containers and init containers of a pod (names are unique across both).
+fn all_containers(spec: &mut PodSpec) -> impl Iterator<Item = &mut Container> {
+    spec.containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
 }
 
 pub fn scratch_mount() -> VolumeMount {
@@ -219,19 +212,19 @@ mod tests {
 
     #[test]
     fn every_container_gets_the_report_token_and_url_and_no_api_token() {
-        use k8s_openapi::api::core::v1::Container;
         let c = |n: &str| Container {
             name: n.into(),
             ..Default::default()
         };
         let mut spec = PodSpec {
             automount_service_account_token: Some(true),
-            containers: vec![c("score"), c("sidecar")],
+            containers: vec![c("score")],
             init_containers: Some(vec![c("judge")]),
             ..Default::default()
         };
-        report_identity(&mut spec, &["score", "judge"]);
-        report_identity(&mut spec, &["score", "judge"]);
+        report_identity(&mut spec, None);
+        report_identity(&mut spec, None);
+        spec.containers.push(c("sidecar"));
         tell_report_url(&mut spec, Some("http://op.ns.svc:8080/v1/report"));
         assert_eq!(spec.automount_service_account_token, Some(false));
         let vols = spec.volumes.as_ref().unwrap();

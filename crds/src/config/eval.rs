@@ -23,8 +23,9 @@
 //!   container `janus eval score` in the same pod (no shell in the image, so two
 //!   containers rather than one `sh -c`); a restarted judge re-asks nothing in
 //!   `grades.jsonl`;
-//! - every process writes its [`crate::progress::EvalReport`] on its own pod (stage
-//!   `generate`, `judge` or `score`); the operator mirrors it into the job's status and
+//! - every process sends its [`crate::progress::EvalReport`] to the operator, which
+//!   writes it on the process's pod (stage `generate`, `judge` or `score`,
+//!   [`crate::progress::publish`]); the operator mirrors it into the job's status and
 //!   takes the final `scores` from the judge pod's last report;
 //! - exit code 64 (bad input) fails the job at once; any other non-zero exit is retried
 //!   (`runPolicy.backoffLimit` over the whole job).

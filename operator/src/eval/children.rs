@@ -223,16 +223,7 @@ fn pod(
         ]),
         ..Default::default()
     };
-    let ours: Vec<String> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .map(|c| c.name.clone())
-        .collect();
-    security::report_identity(
-        &mut spec,
-        &ours.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    security::report_identity(&mut spec, None);
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(slot.pod_name(&name)),

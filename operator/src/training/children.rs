@@ -390,7 +390,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
     tell_grace_period(&mut pod);
     if let Some(spec) = pod.spec.as_mut() {
         security::tell_scratch_limit(spec, defaults::CONTAINER_NAME);
-        security::report_identity(spec, &[defaults::CONTAINER_NAME]);
+        security::report_identity(spec, Some(defaults::CONTAINER_NAME));
     }
     Ok(pod)
 }
