@@ -9,7 +9,7 @@
 //! (scores), `report.md` with its charts.
 //!
 //! In a cluster (a `JanusEvalJob`; operator/src/eval/), the operator renders this
-//! document into ConfigMap `<job>-eval-config`, mounted at `JANUS_CONFIG`
+//! document into ConfigMap `<job>-eval-settings`, mounted at `JANUS_CONFIG`
 //! (`/etc/janus/config.yaml`), with `output_dir = <spec.output.url>/<namespace>/<job>`,
 //! and runs, each process with `JANUS_JOB`, `JANUS_ATTEMPT`, `JANUS_CONFIG`,
 //! `JANUS_POD_NAME` and `JANUS_POD_NAMESPACE` set:

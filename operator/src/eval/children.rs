@@ -3,7 +3,7 @@
 //! permission), the generation pods and the judge pod. Names are deterministic, so
 //! creating an object twice is a harmless conflict.
 //!
-//! Names and labels differ from a training job's (`J-eval-config`, `J-eval`,
+//! Names and labels differ from a training job's (`J-eval-settings`, `J-eval`,
 //! `janus.dev/eval-job`), so a training job and an evaluation may share a name.
 
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ pub const STAGE_GENERATE: &str = "generate";
 pub const STAGE_JUDGE: &str = "judge";
 
 pub fn config_map_name(job: &str) -> String {
-    format!("{job}-eval-config")
+    format!("{job}-eval-settings")
 }
 /// ServiceAccount of the pods.
 pub fn rbac_name(job: &str) -> String {
@@ -86,7 +86,7 @@ fn meta(job: &JanusEvalJob, name: String) -> Result<ObjectMeta> {
     })
 }
 
-/// ConfigMap `J-eval-config` with the rendered eval config.
+/// ConfigMap `J-eval-settings` with the rendered eval config.
 pub fn config_map(job: &JanusEvalJob, resolved: &Resolved) -> Result<ConfigMap> {
     let rendered = super::config_render::render(job, resolved)?;
     Ok(ConfigMap {
@@ -431,6 +431,23 @@ mod tests {
     }
 
     #[test]
+    fn no_child_name_of_an_evaluation_is_a_training_jobs() {
+        // A training job `e-eval` and an evaluation `e` once shared ConfigMap
+        // `e-eval-config`, each overwriting the other's config.
+        use crate::training::children as training;
+        for e in ["e", "e-eval", "sft", "a-b"] {
+            for t in [
+                format!("{e}-eval"),
+                format!("{e}-eval-settings"),
+                e.to_string(),
+            ] {
+                assert_ne!(config_map_name(e), training::config_map_name(&t), "{e} {t}");
+                assert_ne!(rbac_name(e), training::rbac_name(&t), "{e} {t}");
+            }
+        }
+    }
+
+    #[test]
     fn pod_names_and_the_service_account_name_their_evaluation() {
         let job = representative_job();
         let name = job.name_any();
@@ -456,7 +473,7 @@ mod tests {
         let cm = config_map(&job, &resolved(&job)).unwrap();
         assert_eq!(
             cm.metadata.name.as_deref(),
-            Some("janus-7b-orpo-bench-eval-config")
+            Some("janus-7b-orpo-bench-eval-settings")
         );
         let text = &cm.data.unwrap()[CONFIG_KEY];
         assert!(

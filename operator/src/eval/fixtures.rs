@@ -296,7 +296,7 @@ async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_t
             format!("GET {ns}/secrets/s3-credentials"),
             format!("GET {ns}/secrets/openai"),
             format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
-            format!("PATCH {ns}/configmaps/{JOB}-eval-config{APPLY}"),
+            format!("PATCH {ns}/configmaps/{JOB}-eval-settings{APPLY}"),
             format!("PATCH {JOB_PATH}/status{APPLY}"),
             format!("POST {ns}/pods?"),
             format!("POST {ns}/pods?"),

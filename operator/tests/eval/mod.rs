@@ -220,7 +220,7 @@ async fn eval_job_generates_then_judges_and_mirrors_the_scores() {
     }
     // The config every pod reads is the eval config `janus eval` parses.
     let cm = Api::<ConfigMap>::namespaced(c.clone(), &ns)
-        .get("ev-eval-config")
+        .get("ev-eval-settings")
         .await
         .unwrap();
     let text = &cm.data.unwrap()["config.yaml"];
@@ -565,7 +565,7 @@ async fn an_eval_job_waits_for_its_training_job_and_evaluates_its_output() {
     // The training job's output, in the format it trained with (sft: mistral).
     assert_eq!(s.model_url.as_deref(), Some("s3://models/out"));
     let cm = Api::<ConfigMap>::namespaced(c.clone(), &ns)
-        .get("sft-eval-config")
+        .get("sft-eval-settings")
         .await
         .unwrap();
     let cfg = EvalConfig::from_value(
