@@ -167,8 +167,9 @@ class Janus:
     kind = "JanusTrainingJob"
     jobs_path = "/apis/janus.dev/v1alpha1/namespaces/default/janustrainingjobs"
 
-    def __init__(self, binary):
+    def __init__(self, binary, extra=()):
         self.binary = binary
+        self.extra = list(extra)
 
     def install(self, kubectl, env, work):
         sh(kubectl, "apply", "--server-side", "-f", os.path.join(ROOT, "charts/janus-operator/crds"), env=env)
@@ -178,7 +179,7 @@ class Janus:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         return subprocess.Popen(
-            [self.binary, "--no-leader-election", f"--http-addr=127.0.0.1:{self.port}"],
+            [self.binary, "--no-leader-election", f"--http-addr=127.0.0.1:{self.port}", *self.extra],
             env=dict(env, RUST_LOG="warn"), stdout=out, stderr=subprocess.STDOUT,
         )
 
@@ -519,6 +520,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of " + ", ".join(SIDES))
     ap.add_argument("--operator", default=None, help="the janus-operator binary")
+    ap.add_argument("--operator-arg", action="append", default=[],
+                    help="an extra flag of janus-operator (repeatable), e.g. --operator-arg=--concurrency=8")
     ap.add_argument("--kubeflow", default=None, help="build-kubeflow.sh's cache directory (default: run it)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per side to every job Running")
     ap.add_argument("--json", default=None, help="write every repetition's figures here")
@@ -552,7 +555,7 @@ def main():
         )
         if not op_bin:
             sys.exit("janus-operator not built: cargo build --release -p janus-operator (or --operator PATH)")
-        ops["janus"] = Janus(op_bin)
+        ops["janus"] = Janus(op_bin, a.operator_arg)
     if any(s.startswith("kubeflow") for s in sides):
         kdir = a.kubeflow or sh(os.path.join(CP, "build-kubeflow.sh")).strip().splitlines()[-1]
         ops["kubeflow"] = Kubeflow(kdir, tuned=False)

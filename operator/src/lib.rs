@@ -24,6 +24,8 @@ pub struct Settings {
     /// The operator's report endpoint as pods reach it (`JANUS_REPORT_URL`); None: pods
     /// do not report progress.
     pub report_url: Option<String>,
+    /// Reconciles in flight at once, per controller (None: each controller's default).
+    pub concurrency: Option<u16>,
 }
 
 /// Select rustls's crypto provider before any client is built. kube's TLS brings

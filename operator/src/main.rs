@@ -67,6 +67,10 @@ struct Args {
     /// report progress.
     #[arg(long, env = "JANUS_OPERATOR_REPORT_URL")]
     report_url: Option<String>,
+    /// Reconciles in flight at once, per controller (default: 4 training, 8
+    /// evaluation). More than the API server can serve only queues them there.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
 }
 
 fn default_identity() -> String {
@@ -188,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         identity: identity.clone(),
         namespace: args.namespace.clone(),
         report_url: args.report_url.clone(),
+        concurrency: args.concurrency,
     };
     let shutdown = async {
         shutdown_signal().await;

@@ -480,6 +480,7 @@ pub async fn run(
         identity,
         namespace,
         report_url,
+        concurrency,
     } = settings;
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
     where
@@ -545,7 +546,7 @@ pub async fn run(
     let controller = Controller::for_stream(eval_stream, eval_store).with_config(
         kube::runtime::controller::Config::default()
             .debounce(DEBOUNCE)
-            .concurrency(CONCURRENCY),
+            .concurrency(concurrency.unwrap_or(CONCURRENCY)),
     );
     let eval_jobs = controller.store();
     let ctx = Arc::new(Context {
