@@ -53,7 +53,9 @@ pub mod publish {
     pub const AUDIENCE: &str = "janus.dev/operator";
     /// Where the operator mounts the projected token in every pod it creates.
     pub const TOKEN_DIR: &str = "/var/run/secrets/janus.dev/report";
-    /// The token file (re-read for each report: the kubelet rotates it).
+    /// The token's file name in [`TOKEN_DIR`] (the projection's `path`).
+    pub const TOKEN_NAME: &str = "token";
+    /// [`TOKEN_DIR`]/[`TOKEN_NAME`] (re-read for each report: the kubelet rotates it).
     pub const TOKEN_FILE: &str = "/var/run/secrets/janus.dev/report/token";
     /// Lifetime the operator asks for (the kubelet renews it at 80%).
     pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
@@ -89,6 +91,14 @@ mod tests {
         assert!(s.contains("\"totalSteps\":3004") && s.contains("\"lastCheckpoint\""));
         assert!(s.contains("\"tokensPerSecond\"") && s.contains("\"updatedAt\""));
         assert_eq!(Progress::from_annotation(&s), Some(p));
+    }
+
+    #[test]
+    fn the_token_file_is_its_name_in_its_directory() {
+        assert_eq!(
+            publish::TOKEN_FILE,
+            format!("{}/{}", publish::TOKEN_DIR, publish::TOKEN_NAME)
+        );
     }
 
     #[test]

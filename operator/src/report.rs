@@ -229,12 +229,12 @@ impl Reports {
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
         let result = self.accept(headers, body).await;
         let label = match &result {
-            Ok(_) => "accepted",
+            Ok(()) => "accepted",
             Err(e) => e.label(),
         };
         self.metrics.reports_total.with_label_values(&[label]).inc();
         match result {
-            Ok(_) => (StatusCode::NO_CONTENT, String::new()),
+            Ok(()) => (StatusCode::NO_CONTENT, String::new()),
             Err(e) => {
                 if matches!(e, ReportError::Api(_)) {
                     tracing::warn!(error = %e, "a report could not be written");
@@ -246,7 +246,7 @@ impl Reports {
         }
     }
 
-    async fn accept(&self, headers: &HeaderMap, body: &[u8]) -> Result<Sender, ReportError> {
+    async fn accept(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), ReportError> {
         let token = bearer(headers).ok_or(ReportError::NoToken)?;
         // What costs nothing first: a malformed report never reaches the API server.
         let report: Report =
@@ -268,8 +268,7 @@ impl Reports {
             }
         }
         authorize(&sender, &report)?;
-        self.write(&sender, &report).await?;
-        Ok(sender)
+        self.write(&sender, &report).await
     }
 
     /// Who holds `token`, from the cache or a TokenReview.

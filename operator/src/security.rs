@@ -138,7 +138,6 @@ pub fn report_identity(spec: &mut PodSpec, only: Option<&str>) {
     spec.automount_service_account_token = Some(false);
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != REPORT_TOKEN_VOLUME);
-    let file = std::path::Path::new(publish::TOKEN_FILE);
     volumes.push(Volume {
         name: REPORT_TOKEN_VOLUME.into(),
         projected: Some(ProjectedVolumeSource {
@@ -146,11 +145,7 @@ pub fn report_identity(spec: &mut PodSpec, only: Option<&str>) {
                 service_account_token: Some(ServiceAccountTokenProjection {
                     audience: Some(publish::AUDIENCE.into()),
                     expiration_seconds: Some(publish::TOKEN_EXPIRATION_SECONDS),
-                    path: file
-                        .file_name()
-                        .expect("token file name")
-                        .to_string_lossy()
-                        .into_owned(),
+                    path: publish::TOKEN_NAME.into(),
                 }),
                 ..Default::default()
             }]),
@@ -158,19 +153,13 @@ pub fn report_identity(spec: &mut PodSpec, only: Option<&str>) {
         }),
         ..Default::default()
     });
-    let dir = file
-        .parent()
-        .expect("token dir")
-        .to_string_lossy()
-        .into_owned();
-    debug_assert_eq!(dir, publish::TOKEN_DIR);
     let ours = all_containers(spec).filter(|c| only.is_none_or(|n| c.name == n));
     for c in ours {
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
         mounts.retain(|m| m.name != REPORT_TOKEN_VOLUME);
         mounts.push(VolumeMount {
             name: REPORT_TOKEN_VOLUME.into(),
-            mount_path: dir.clone(),
+            mount_path: publish::TOKEN_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         });
