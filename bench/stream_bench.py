@@ -169,7 +169,7 @@ def main():
               f"| {r['peak_rss_mib']:.0f} (+{r['peak_rss_mib'] - base_rss:.0f}) |")
     print(f"| trainer (tiny model, seq 512, 8 records/step) | {train_sps:.1f} | | | 1x | |")
     sonic = by["records, S3, 1 rank (sonic-rs)"]["samples_per_second"]
-    serde = by["records, S3, 1 rank (serde_json, before)"]["samples_per_second"]
+    serde = by["records, S3, 1 rank (serde_json, the trainer's)"]["samples_per_second"]
     print(f"\nRecord parse: sonic-rs {sonic:.0f} records/s vs serde_json {serde:.0f} records/s = {sonic / serde:.2f}x")
     print(json.dumps({"rows": rows, "trainer_samples_per_second": train_sps, "shard_seconds": shard_secs,
                       "token_shard_seconds": tshard_secs, "base_rss_mib": base_rss}))

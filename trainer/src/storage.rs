@@ -397,22 +397,68 @@ impl Store {
         parts: Vec<(String, std::ops::Range<u64>)>,
         in_flight: usize,
     ) -> Pending<Vec<bytes::Bytes>> {
-        use futures::StreamExt;
         let fetches: Vec<_> = parts
             .into_iter()
-            .map(|(rel, range)| {
-                let this = self.clone();
+            .map(|(rel, range)| self.get_part(rel, range))
+            .collect();
+        self.spawn_in_order(fetches, in_flight)
+    }
+
+    /// `spawn_get_ranges` with `then(i, bytes)` run on part `i` as soon as it arrives,
+    /// on the runtime's blocking threads: CPU work on the parts (checks, decoding)
+    /// runs side by side and overlaps the transfers still in flight, instead of
+    /// starting when the last part is in. Results keep the parts' order.
+    pub fn spawn_get_ranges_then<R: Send + 'static>(
+        &self,
+        parts: Vec<(String, std::ops::Range<u64>)>,
+        in_flight: usize,
+        then: Arc<dyn Fn(usize, bytes::Bytes) -> Result<R> + Send + Sync>,
+    ) -> Pending<Vec<R>> {
+        let jobs: Vec<_> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (rel, range))| {
+                let (get, then) = (self.get_part(rel, range), then.clone());
                 async move {
-                    let path = this.path(&rel);
-                    this.store
-                        .get_range(&path, range.clone())
+                    let got = get.await?;
+                    tokio::task::spawn_blocking(move || then(i, got))
                         .await
-                        .map_err(|e| this.error(&rel, &format!("download of bytes {range:?}"), e))
+                        .map_err(|e| {
+                            Error::io(
+                                "a download's decoding",
+                                std::io::Error::other(e.to_string()),
+                            )
+                        })?
                 }
             })
             .collect();
+        self.spawn_in_order(jobs, in_flight)
+    }
+
+    fn get_part(
+        &self,
+        rel: String,
+        range: std::ops::Range<u64>,
+    ) -> impl std::future::Future<Output = Result<bytes::Bytes>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let path = this.path(&rel);
+            this.store
+                .get_range(&path, range.clone())
+                .await
+                .map_err(|e| this.error(&rel, &format!("download of bytes {range:?}"), e))
+        }
+    }
+
+    /// Run `jobs`, `in_flight` at a time, on the I/O runtime; results in order.
+    fn spawn_in_order<R, F>(&self, jobs: Vec<F>, in_flight: usize) -> Pending<Vec<R>>
+    where
+        R: Send + 'static,
+        F: std::future::Future<Output = Result<R>> + Send + 'static,
+    {
+        use futures::StreamExt;
         let task = self.rt.spawn(async move {
-            futures::stream::iter(fetches)
+            futures::stream::iter(jobs)
                 .buffered(in_flight.max(1))
                 .try_collect::<Vec<_>>()
                 .await

@@ -154,7 +154,7 @@ fn token_shards_equal_on_the_fly_tokenisation_for_bpe_and_sentencepiece() {
             let mut s = ds.stream_token_seqs(plan(), 0).unwrap();
             let mut got = vec![];
             while let Some(r) = s.next_record().unwrap() {
-                got.push(r.parsed.unwrap());
+                got.push(r.parsed.unwrap().widen());
             }
             let want: Vec<TokenSeq> = sft
                 .iter()
@@ -199,7 +199,7 @@ fn token_shards_equal_on_the_fly_tokenisation_for_bpe_and_sentencepiece() {
             let mut s = ds.stream_token_pairs(plan(), 0).unwrap();
             let mut got = vec![];
             while let Some(r) = s.next_record().unwrap() {
-                let p = r.parsed.unwrap();
+                let p = r.parsed.unwrap().widen();
                 got.push((
                     (p.chosen.prompt, p.chosen.response),
                     (p.rejected.prompt, p.rejected.response),

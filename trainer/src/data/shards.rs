@@ -686,7 +686,55 @@ fn shard_file(
     Ok((written, skipped))
 }
 
-/// Decode one block's bytes (already checked) into its lines.
-pub fn decode_block(frame: &[u8], what: &str) -> Result<Vec<u8>> {
-    zstd::stream::decode_all(frame).map_err(|e| Error::Data(format!("{what}: {e}")))
+/// Decode one block's bytes (already checked) into `out`, cleared first so its
+/// capacity is reused. The writer's frames record their decoded size, so `out` grows at
+/// most once, to that size; a frame without it (or claiming more than a block can
+/// hold) is decoded as a stream.
+pub fn decode_block(frame: &[u8], what: &str, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    let err = |e: std::io::Error| Error::Data(format!("{what}: {e}"));
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n <= MAX_BLOCK_DECODED => {
+            out.reserve(n as usize);
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(frame, out))
+                .map_err(err)?;
+        }
+        _ => zstd::stream::copy_decode(frame, &mut *out).map_err(err)?,
+    }
+    Ok(())
+}
+
+/// The largest decoded block `decode_block` allocates up front (blocks are
+/// `--block-size`, 1 MiB by default).
+const MAX_BLOCK_DECODED: u64 = 1 << 30;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_decode_into_a_reused_buffer_with_or_without_their_size_in_the_frame() {
+        let text: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        // Ours (bulk: the frame records its size) and a streamed frame (it does not).
+        let sized = zstd::bulk::compress(&text, DEFAULT_LEVEL).unwrap();
+        let mut streamed = zstd::stream::Encoder::new(Vec::new(), DEFAULT_LEVEL).unwrap();
+        std::io::Write::write_all(&mut streamed, &text).unwrap();
+        let streamed = streamed.finish().unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
+        let mut out = b"left over from the last block".to_vec();
+        decode_block(&sized, "a", &mut out).unwrap();
+        assert_eq!(out, text);
+        let ptr = out.as_ptr();
+        decode_block(&streamed, "b", &mut out).unwrap();
+        assert_eq!(out, text);
+        assert_eq!(out.as_ptr(), ptr, "the buffer is reused, not reallocated");
+        let e = decode_block(&sized[..sized.len() - 4], "shard-00000 block 3", &mut out);
+        assert!(e.unwrap_err().to_string().contains("shard-00000 block 3"));
+    }
 }

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::shards::{decode_block, RecordKind, ShardIndex, INDEX, TOKENS};
-use super::tokens::{self, TokenPair, TokenSeq};
+use super::tokens::{self, PairIds, SeqIds};
 use crate::error::{Error, Result};
 use crate::storage::Store;
 
@@ -35,8 +35,9 @@ pub struct ShardedData {
     lengths: Option<Arc<Vec<u32>>>,
 }
 
-/// How a stream turns a record's bytes into `T` (run in the decode threads).
-pub type Parse<T> = Arc<dyn Fn(&[u8]) -> std::result::Result<T, String> + Send + Sync>;
+/// How a stream turns a record's bytes into `T` (run in the decode threads). It gets
+/// the record's slice of the decoded block, so `T` may keep it without a copy.
+pub type Parse<T> = Arc<dyn Fn(&bytes::Bytes) -> std::result::Result<T, String> + Send + Sync>;
 
 /// The JSON parse of record shards: serde_json. sonic-rs (SIMD) measured slower on
 /// the typed records (`make bench-stream`: their `deserialize_with` fields and
@@ -182,6 +183,14 @@ impl ShardedData {
         self.index.tokens.as_ref().map(|t| t.id_bytes).unwrap_or(4)
     }
 
+    fn vocab(&self) -> u64 {
+        self.index
+            .tokens
+            .as_ref()
+            .map(|t| t.vocab_size)
+            .unwrap_or(u64::MAX)
+    }
+
     pub fn url(&self) -> &str {
         self.store.url()
     }
@@ -305,25 +314,29 @@ impl ShardedData {
         plan: StreamPlan,
         start: u64,
     ) -> Result<RankStream<T>> {
-        self.stream_with(plan, start, Arc::new(parse_json::<T>))
+        self.stream_with(plan, start, Arc::new(|b: &bytes::Bytes| parse_json::<T>(b)))
     }
 
-    /// This rank's samples of token shards of SFT records.
-    pub fn stream_token_seqs(&self, plan: StreamPlan, start: u64) -> Result<RankStream<TokenSeq>> {
+    /// This rank's samples of token shards of SFT records, as slices of their blocks.
+    pub fn stream_token_seqs(&self, plan: StreamPlan, start: u64) -> Result<RankStream<SeqIds>> {
         self.expect_tokens(RecordKind::Sft)?;
-        let w = self.id_bytes();
-        self.stream_with(plan, start, Arc::new(move |b| tokens::parse_sft(b, w)))
+        let (w, vocab) = (self.id_bytes(), self.vocab());
+        self.stream_with(
+            plan,
+            start,
+            Arc::new(move |b| tokens::parse_sft(b, w, vocab)),
+        )
     }
 
     /// This rank's samples of token shards of preference records.
-    pub fn stream_token_pairs(
-        &self,
-        plan: StreamPlan,
-        start: u64,
-    ) -> Result<RankStream<TokenPair>> {
+    pub fn stream_token_pairs(&self, plan: StreamPlan, start: u64) -> Result<RankStream<PairIds>> {
         self.expect_tokens(RecordKind::Preference)?;
-        let w = self.id_bytes();
-        self.stream_with(plan, start, Arc::new(move |b| tokens::parse_pair(b, w)))
+        let (w, vocab) = (self.id_bytes(), self.vocab());
+        self.stream_with(
+            plan,
+            start,
+            Arc::new(move |b| tokens::parse_pair(b, w, vocab)),
+        )
     }
 
     fn expect_tokens(&self, kind: RecordKind) -> Result<()> {
@@ -359,17 +372,23 @@ impl ShardedData {
         }
         let skip = (start - before) as usize;
         let (tx, rx) = sync_channel(plan.prefetch_windows);
-        let data = self.clone();
+        let data = Arc::new(self.clone());
+        // Decoded blocks alive at once: the window consumed, those queued and those
+        // fetched ahead.
+        let buffers = BlockBuffers::new((2 * plan.prefetch_windows + 2) * window);
         let handle = std::thread::Builder::new()
             .name("janus-data".into())
             .spawn(move || {
-                // Fetches run on the I/O runtime, `prefetch_windows` windows ahead of
-                // the one being decoded; decoding runs here, blocks in parallel.
+                // Blocks are fetched on the I/O runtime and decoded as each arrives,
+                // `prefetch_windows` windows ahead of the one being sent; this thread
+                // shuffles each window and hands it over.
                 let mut fetching = std::collections::VecDeque::new();
                 let mut next = first;
                 loop {
                     while next < windows.len() && fetching.len() <= plan.prefetch_windows {
-                        fetching.push_back((next, data.fetch_window(&windows[next], window)));
+                        let blocks = &windows[next];
+                        let got = data.fetch_decoded(blocks, window, parse.clone(), &buffers);
+                        fetching.push_back((next, got));
                         next += 1;
                     }
                     let Some((i, pending)) = fetching.pop_front() else {
@@ -379,8 +398,8 @@ impl ShardedData {
                     let r = pending
                         .wait()
                         .map_err(|e| data.not_found_is_bad_data(e))
-                        .and_then(|frames| data.decode_window(&windows[i], frames, &parse))
-                        .map(|mut recs| {
+                        .map(|blocks| {
+                            let mut recs: Vec<_> = blocks.into_iter().flatten().collect();
                             let order = permutation(recs.len(), plan.seed, salt);
                             let mut slots: Vec<Option<StreamedRecord<T>>> =
                                 recs.drain(..).map(Some).collect();
@@ -413,12 +432,15 @@ impl ShardedData {
         }
     }
 
-    /// Start fetching the blocks of one window.
-    fn fetch_window(
-        &self,
+    /// Start fetching the blocks of one window, each verified, decompressed and parsed
+    /// into its records as soon as it arrives (blocks side by side).
+    fn fetch_decoded<T: Send + 'static>(
+        self: &Arc<Self>,
         blocks: &[(u32, u32)],
         in_flight: usize,
-    ) -> crate::storage::Pending<Vec<bytes::Bytes>> {
+        parse: Parse<T>,
+        buffers: &BlockBuffers,
+    ) -> crate::storage::Pending<Vec<Vec<StreamedRecord<T>>>> {
         let parts: Vec<(String, std::ops::Range<u64>)> = blocks
             .iter()
             .map(|&(s, b)| {
@@ -427,52 +449,21 @@ impl ShardedData {
                 (shard.name.clone(), blk.offset..blk.offset + blk.bytes)
             })
             .collect();
-        self.store.spawn_get_ranges(parts, in_flight)
-    }
-
-    /// Verify, decompress and split the fetched blocks of a window (in parallel).
-    fn decode_window<T: Send>(
-        &self,
-        blocks: &[(u32, u32)],
-        frames: Vec<bytes::Bytes>,
-        parse: &Parse<T>,
-    ) -> Result<Vec<StreamedRecord<T>>> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(blocks.len())
-            .max(1);
-        let jobs: Vec<(&(u32, u32), bytes::Bytes)> = blocks.iter().zip(frames).collect();
-        let per = jobs.len().div_ceil(threads);
-        let parts: Vec<Result<Vec<StreamedRecord<T>>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .chunks(per.max(1))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for (&(s, b), frame) in chunk {
-                            out.extend(self.decode_block(s, b, frame)?.into_iter().map(
-                                |(line, location)| StreamedRecord {
-                                    parsed: parse(&line),
-                                    line,
-                                    location,
-                                },
-                            ));
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            handles
+        let (data, ids, buffers) = (self.clone(), blocks.to_vec(), buffers.clone());
+        let decode = move |i: usize, frame: bytes::Bytes| {
+            let (s, b) = ids[i];
+            Ok(data
+                .decode_block(s, b, &frame, &buffers)?
                 .into_iter()
-                .map(|h| h.join().expect("decode thread"))
-                .collect()
-        });
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(p?);
-        }
-        Ok(out)
+                .map(|(line, location)| StreamedRecord {
+                    parsed: parse(&line),
+                    line,
+                    location,
+                })
+                .collect())
+        };
+        self.store
+            .spawn_get_ranges_then(parts, in_flight, Arc::new(decode))
     }
 
     /// The lines of one verified, decompressed block.
@@ -481,6 +472,7 @@ impl ShardedData {
         s: u32,
         b: u32,
         frame: &bytes::Bytes,
+        buffers: &BlockBuffers,
     ) -> Result<Vec<(bytes::Bytes, RecordLocation)>> {
         let shard = &self.index.shards[s as usize];
         let blk = &shard.blocks[b as usize];
@@ -498,7 +490,9 @@ impl ShardedData {
                 blk.sha256
             )));
         }
-        let text = bytes::Bytes::from(decode_block(frame, &what)?);
+        let mut text = buffers.take();
+        decode_block(frame, &what, &mut text)?;
+        let text = buffers.share(text);
         let mut out = Vec::with_capacity(blk.samples as usize);
         let location = |n: usize| RecordLocation {
             shard: s,
@@ -568,6 +562,59 @@ impl ShardedData {
     }
 }
 
+/// Decoded blocks' buffers, reused once every record of a block is dropped. A fresh
+/// buffer per block (1 MiB) is a fresh mapping that the kernel zeroes and faults in,
+/// then unmaps on whichever thread drops the last record (the consumer): `perf` of a
+/// token stream put a third of its time in the kernel.
+#[derive(Clone)]
+struct BlockBuffers {
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// At most this many buffers wait for reuse (those the stream holds at once).
+    keep: usize,
+}
+
+/// A decoded block shared by its records: returns its buffer when the last is dropped.
+struct PooledBlock {
+    buf: Vec<u8>,
+    pool: BlockBuffers,
+}
+
+impl AsRef<[u8]> for PooledBlock {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBlock {
+    fn drop(&mut self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.pool.keep {
+            free.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+impl BlockBuffers {
+    fn new(keep: usize) -> Self {
+        Self {
+            free: Arc::default(),
+            keep,
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.pop().unwrap_or_default()
+    }
+
+    fn share(&self, buf: Vec<u8>) -> bytes::Bytes {
+        bytes::Bytes::from_owner(PooledBlock {
+            buf,
+            pool: self.clone(),
+        })
+    }
+}
+
 /// Offsets of the newlines of `text`.
 fn memchr_iter(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
     text.iter()
@@ -615,5 +662,33 @@ impl<T> RankStream<T> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocks_buffer_is_reused_once_its_last_record_is_dropped() {
+        let pool = BlockBuffers::new(1);
+        let mut buf = pool.take();
+        buf.extend_from_slice(b"abc\ndef\n");
+        let ptr = buf.as_ptr();
+        let block = pool.share(buf);
+        let record = block.slice(0..3);
+        drop(block);
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "a record still reads it"
+        );
+        assert_eq!(&record[..], b"abc");
+        drop(record);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.capacity() >= 8);
+        // The pool keeps no more than the stream holds at once.
+        drop((pool.share(vec![1]), pool.share(vec![2])));
+        assert_eq!(pool.free.lock().unwrap().len(), 1);
     }
 }

@@ -109,42 +109,126 @@ pub fn split_samples(
     Ok(out)
 }
 
-fn read_seq(b: &[u8], at: usize, id_bytes: u32) -> Result<(TokenSeq, usize), String> {
-    let len = seq_len(b, at, id_bytes)?;
-    let p = u32_at(b, at)? as usize;
-    let ids = &b[at + 8..at + len];
-    let mut all: Vec<i64> = if id_bytes == 2 {
-        ids.chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
-            .collect()
-    } else {
-        ids.chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-            .collect()
-    };
-    let response = all.split_off(p);
-    Ok((
-        TokenSeq {
-            prompt: all,
-            response,
-        },
-        at + len,
-    ))
+/// One sequence of a token shard as read: its ids still in the decoded block's bytes
+/// (a slice of it, not a copy). Ids are widened to `i64` only when a batch is built
+/// from them, so the stream itself never writes 4x the bytes it read.
+#[derive(Debug, Clone)]
+pub struct SeqIds {
+    /// `prompt_len + response_len` ids, `id_bytes` each, little-endian.
+    ids: bytes::Bytes,
+    id_bytes: u32,
+    prompt_len: usize,
 }
 
-/// Parse one SFT sample (the bytes `split_samples` delimited).
-pub fn parse_sft(b: &[u8], id_bytes: u32) -> Result<TokenSeq, String> {
-    Ok(read_seq(b, 0, id_bytes)?.0)
+impl SeqIds {
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    pub fn response_len(&self) -> usize {
+        self.len() - self.prompt_len
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len() / self.id_bytes as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Every id, prompt then response.
+    pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        let w = self.id_bytes as usize;
+        self.ids.chunks_exact(w).map(move |c| {
+            if w == 2 {
+                u16::from_le_bytes([c[0], c[1]]) as i64
+            } else {
+                u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64
+            }
+        })
+    }
+
+    /// The largest id (what a vocabulary check needs), in one pass over the bytes.
+    pub fn max_id(&self) -> Option<i64> {
+        if self.id_bytes == 2 {
+            self.ids
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .max()
+                .map(i64::from)
+        } else {
+            self.ids
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .max()
+                .map(i64::from)
+        }
+    }
+
+    /// The ids as the prompt and response vectors a batch is built from.
+    pub fn widen(&self) -> TokenSeq {
+        let mut prompt: Vec<i64> = self.ids().collect();
+        let response = prompt.split_off(self.prompt_len);
+        TokenSeq { prompt, response }
+    }
+}
+
+/// A preference sample of a token shard as read (see `SeqIds`).
+#[derive(Debug, Clone)]
+pub struct PairIds {
+    pub chosen: SeqIds,
+    pub rejected: SeqIds,
+    pub margin: f64,
+}
+
+impl PairIds {
+    pub fn widen(&self) -> TokenPair {
+        TokenPair {
+            chosen: self.chosen.widen(),
+            rejected: self.rejected.widen(),
+            margin: self.margin,
+        }
+    }
+}
+
+/// The sequence at `at`, its ids checked against the shards' vocabulary (an id past
+/// it would index past the embedding).
+fn read_seq(
+    b: &bytes::Bytes,
+    at: usize,
+    id_bytes: u32,
+    vocab: u64,
+) -> Result<(SeqIds, usize), String> {
+    let len = seq_len(b, at, id_bytes)?;
+    let prompt_len = u32_at(b, at)? as usize;
+    let seq = SeqIds {
+        ids: b.slice(at + 8..at + len),
+        id_bytes,
+        prompt_len,
+    };
+    match seq.max_id().filter(|&id| id as u64 >= vocab) {
+        Some(id) => Err(format!(
+            "token id {id} is outside the shards' vocabulary of {vocab} ids"
+        )),
+        None => Ok((seq, at + len)),
+    }
+}
+
+/// Parse one SFT sample (the bytes `split_samples` delimited) of shards of a
+/// `vocab`-id tokenizer.
+pub fn parse_sft(b: &bytes::Bytes, id_bytes: u32, vocab: u64) -> Result<SeqIds, String> {
+    Ok(read_seq(b, 0, id_bytes, vocab)?.0)
 }
 
 /// Parse one preference sample.
-pub fn parse_pair(b: &[u8], id_bytes: u32) -> Result<TokenPair, String> {
-    let (chosen, at) = read_seq(b, 0, id_bytes)?;
-    let (rejected, at) = read_seq(b, at, id_bytes)?;
+pub fn parse_pair(b: &bytes::Bytes, id_bytes: u32, vocab: u64) -> Result<PairIds, String> {
+    let (chosen, at) = read_seq(b, 0, id_bytes, vocab)?;
+    let (rejected, at) = read_seq(b, at, id_bytes, vocab)?;
     let m = b
         .get(at..at + 8)
         .ok_or_else(|| "truncated sample (no margin)".to_string())?;
-    Ok(TokenPair {
+    Ok(PairIds {
         chosen,
         rejected,
         margin: f64::from_le_bytes(m.try_into().expect("8 bytes")),
@@ -210,9 +294,17 @@ mod tests {
             let a = seq(&[1, 500, 7], &[9, 65535]);
             put_sft(&mut b, &a, w);
             put_sft(&mut b, &seq(&[1], &[]), w);
+            let b = bytes::Bytes::from(b);
             let r = split_samples(&b, RecordKind::Sft, w).unwrap();
             assert_eq!(r.len(), 2);
-            assert_eq!(parse_sft(&b[r[0].clone()], w).unwrap(), a);
+            let got = parse_sft(&b.slice(r[0].clone()), w, 1 << 16).unwrap();
+            assert_eq!(got.widen(), a);
+            assert_eq!((got.prompt_len(), got.response_len()), (3, 2));
+            assert_eq!(got.max_id(), Some(65535));
+            let e = parse_sft(&b.slice(r[0].clone()), w, 65535).unwrap_err();
+            assert!(e.contains("token id 65535 is outside"), "{e}");
+            let last = parse_sft(&b.slice(r[1].clone()), w, 2).unwrap().widen();
+            assert!(last.response.is_empty());
             let p = TokenPair {
                 chosen: a.clone(),
                 rejected: seq(&[1, 2], &[3]),
@@ -221,9 +313,16 @@ mod tests {
             let mut b = Vec::new();
             put_pair(&mut b, &p, w);
             put_pair(&mut b, &p, w);
+            let b = bytes::Bytes::from(b);
             let r = split_samples(&b, RecordKind::Preference, w).unwrap();
             assert_eq!(r.len(), 2);
-            assert_eq!(parse_pair(&b[r[1].clone()], w).unwrap(), p);
+            assert_eq!(
+                parse_pair(&b.slice(r[1].clone()), w, 1 << 16)
+                    .unwrap()
+                    .widen(),
+                p
+            );
+            assert!(parse_pair(&b.slice(r[1].clone()), w, 600).is_err());
             assert!(split_samples(&b[..b.len() - 3], RecordKind::Preference, w).is_err());
         }
     }

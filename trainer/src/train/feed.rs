@@ -12,7 +12,7 @@ use crate::checkpoint::DataCursor;
 use crate::config::{Hyperparameters, Method, TrainConfig};
 use crate::data::shards::{format_name, RecordKind, INDEX};
 use crate::data::stream::{is_dataset, RankStream, ShardedData, StreamPlan, StreamedRecord};
-use crate::data::tokens::{TokenPair, TokenSeq};
+use crate::data::tokens::{PairIds, SeqIds, TokenSeq};
 use crate::data::{
     self, pack, Example, Pair, PreferenceRecord, Record, SftRecord, Tokenization, TokenizeStats,
 };
@@ -97,8 +97,8 @@ pub struct Counts {
 enum Records {
     Sft(RankStream<SftRecord>),
     Preference(RankStream<PreferenceRecord>),
-    TokenSft(RankStream<TokenSeq>),
-    TokenPairs(RankStream<TokenPair>),
+    TokenSft(RankStream<SeqIds>),
+    TokenPairs(RankStream<PairIds>),
 }
 
 pub struct Streamed<'a> {
@@ -532,8 +532,7 @@ impl Streamed<'_> {
                 let mut pairs = Vec::with_capacity(recs.len());
                 for r in recs {
                     let p = r.parsed.map_err(|e| self.bad_sample(r.location, e))?;
-                    self.check_ids(&p.chosen, r.location)?;
-                    self.check_ids(&p.rejected, r.location)?;
+                    let p = p.widen();
                     pairs.push((
                         (p.chosen.prompt, p.chosen.response),
                         (p.rejected.prompt, p.rejected.response),
@@ -547,8 +546,9 @@ impl Streamed<'_> {
         })
     }
 
-    /// Token samples, checked: a sample that does not parse is corrupt data (the
-    /// block's checksum passed, so the shard writer and reader disagree).
+    /// Token samples widened to ids: a sample that does not parse (or holds an id past
+    /// the vocabulary) is corrupt data (the block's checksum passed, so the shard
+    /// writer and reader disagree).
     fn typed_tokens(&self, taken: Taken) -> Result<Vec<TokenSeq>> {
         let Taken::TokenSft(recs) = taken else {
             unreachable!("token SFT records")
@@ -556,26 +556,13 @@ impl Streamed<'_> {
         let mut out = Vec::with_capacity(recs.len());
         for r in recs {
             let s = r.parsed.map_err(|e| self.bad_sample(r.location, e))?;
-            self.check_ids(&s, r.location)?;
-            out.push(s);
+            out.push(s.widen());
         }
         Ok(out)
     }
 
     fn bad_sample(&self, at: crate::data::stream::RecordLocation, e: String) -> Error {
         Error::Data(format!("{}: {e}", self.data.describe(at)))
-    }
-
-    /// Ids beyond the vocabulary would index past the embedding.
-    fn check_ids(&self, s: &TokenSeq, at: crate::data::stream::RecordLocation) -> Result<()> {
-        let vocab = self.tokenization.tok.vocab_size() as i64;
-        match s.prompt.iter().chain(&s.response).find(|&&id| id >= vocab) {
-            Some(id) => Err(self.bad_sample(
-                at,
-                format!("token id {id} is outside the tokenizer's {vocab} ids"),
-            )),
-            None => Ok(()),
-        }
     }
 
     fn add_stats(&mut self, st: &TokenizeStats) {
@@ -611,8 +598,8 @@ impl Streamed<'_> {
 enum Taken {
     Sft(Vec<StreamedRecord<SftRecord>>),
     Preference(Vec<StreamedRecord<PreferenceRecord>>),
-    TokenSft(Vec<StreamedRecord<TokenSeq>>),
-    TokenPairs(Vec<StreamedRecord<TokenPair>>),
+    TokenSft(Vec<StreamedRecord<SeqIds>>),
+    TokenPairs(Vec<StreamedRecord<PairIds>>),
 }
 
 /// Token shards must come from this run's tokenizer and prompt format: the same ids

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use janus::data::shards::{self, RecordKind, ShardOptions, TokenSpec};
 use janus::data::stream::{parse_json, parse_json_sonic, Parse, ShardedData, StreamPlan};
-use janus::data::tokens::{TokenPair, TokenSeq};
+use janus::data::tokens::{PairIds, SeqIds, TokenSeq};
 use janus::data::{PreferenceRecord, PromptFormat, SftRecord};
 use janus::storage::Store;
 use janus::{Error, Result};
@@ -166,8 +166,8 @@ fn records<T: DeserializeOwned + Send + 'static>(
     parser: Parser,
 ) -> Result<u64> {
     let parse: Parse<T> = match parser {
-        Parser::Sonic => std::sync::Arc::new(parse_json_sonic::<T>),
-        Parser::SerdeJson => std::sync::Arc::new(parse_json::<T>),
+        Parser::Sonic => std::sync::Arc::new(|b: &bytes::Bytes| parse_json_sonic::<T>(b)),
+        Parser::SerdeJson => std::sync::Arc::new(|b: &bytes::Bytes| parse_json::<T>(b)),
     };
     drain(data.stream_with(plan, start, parse), data, None, |_, _| {
         Vec::new()
@@ -191,13 +191,14 @@ fn token_samples(
             data.stream_token_seqs(plan, start),
             data,
             out,
-            |_, s: &TokenSeq| seq_json(s).to_string().into_bytes(),
+            |_, s: &SeqIds| seq_json(&s.widen()).to_string().into_bytes(),
         ),
         _ => drain(
             data.stream_token_pairs(plan, start),
             data,
             out,
-            |_, p: &TokenPair| {
+            |_, p: &PairIds| {
+                let p = p.widen();
                 serde_json::json!({"chosen": seq_json(&p.chosen), "rejected": seq_json(&p.rejected), "margin": p.margin})
                     .to_string()
                     .into_bytes()
