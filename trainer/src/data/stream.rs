@@ -42,13 +42,13 @@ pub type Parse<T> = Arc<dyn Fn(&bytes::Bytes) -> std::result::Result<T, String> 
 /// The JSON parse of record shards: serde_json. sonic-rs (SIMD) measured slower on
 /// the typed records (`make bench-stream`: their `deserialize_with` fields and
 /// untagged enum go through serde's buffered path), so it is only the comparison.
-pub fn parse_json<T: DeserializeOwned>(b: &[u8]) -> std::result::Result<T, String> {
+pub fn parse_json<T: DeserializeOwned>(b: &bytes::Bytes) -> std::result::Result<T, String> {
     serde_json::from_slice(b).map_err(|e| e.to_string())
 }
 
 /// sonic-rs's parse of the same records, which `janus data stream --parser sonic`
 /// compares with.
-pub fn parse_json_sonic<T: DeserializeOwned>(b: &[u8]) -> std::result::Result<T, String> {
+pub fn parse_json_sonic<T: DeserializeOwned>(b: &bytes::Bytes) -> std::result::Result<T, String> {
     sonic_rs::from_slice(b).map_err(|e| e.to_string())
 }
 
@@ -314,7 +314,7 @@ impl ShardedData {
         plan: StreamPlan,
         start: u64,
     ) -> Result<RankStream<T>> {
-        self.stream_with(plan, start, Arc::new(|b: &bytes::Bytes| parse_json::<T>(b)))
+        self.stream_with(plan, start, Arc::new(parse_json::<T>))
     }
 
     /// This rank's samples of token shards of SFT records, as slices of their blocks.

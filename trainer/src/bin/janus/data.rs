@@ -166,8 +166,8 @@ fn records<T: DeserializeOwned + Send + 'static>(
     parser: Parser,
 ) -> Result<u64> {
     let parse: Parse<T> = match parser {
-        Parser::Sonic => std::sync::Arc::new(|b: &bytes::Bytes| parse_json_sonic::<T>(b)),
-        Parser::SerdeJson => std::sync::Arc::new(|b: &bytes::Bytes| parse_json::<T>(b)),
+        Parser::Sonic => std::sync::Arc::new(parse_json_sonic::<T>),
+        Parser::SerdeJson => std::sync::Arc::new(parse_json::<T>),
     };
     drain(data.stream_with(plan, start, parse), data, None, |_, _| {
         Vec::new()
