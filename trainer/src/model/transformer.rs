@@ -69,6 +69,17 @@ pub fn masks_built() -> usize {
     MASKS_BUILT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Causal attention of `q` over `k`/`v` that may have fewer (grouped) heads, as
+/// transformers' sdpa attention runs without a mask: PyTorch's kernel shares each K/V
+/// head across its query group itself, so the `[b, heads, t, d]` copies `repeat_kv`
+/// makes (and their gradients' reduction in backward) are never built. The output is
+/// bit for bit that of repeating first; the K/V gradients differ only in the order of
+/// the group's sum (PyTorch 2.11, fp32 and bf16).
+fn causal_gqa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let gqa = q.size()[1] != k.size()[1];
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, gqa)
+}
+
 /// Causal mask limited to the last `window` positions, `[1, 1, t, t]` bool.
 fn window_mask(t: i64, window: i64, device: tch::Device) -> Tensor {
     MASKS_BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -229,31 +240,19 @@ impl Attention {
                 }
             }
             AttentionLayout::Packed(seg) => self.segmentwise(&q, k, v, seg, ctx.window_len),
-            AttentionLayout::Causal => {
-                let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-                match &ctx.window {
-                    Some(m) => Tensor::scaled_dot_product_attention(
-                        &q,
-                        &k,
-                        &v,
-                        Some(m),
-                        0.0,
-                        false,
-                        None,
-                        false,
-                    ),
-                    None => Tensor::scaled_dot_product_attention(
-                        &q,
-                        &k,
-                        &v,
-                        None::<Tensor>,
-                        0.0,
-                        true,
-                        None,
-                        false,
-                    ),
-                }
-            }
+            AttentionLayout::Causal => match &ctx.window {
+                Some(m) => Tensor::scaled_dot_product_attention(
+                    &q,
+                    &self.repeat_kv(k),
+                    &self.repeat_kv(v),
+                    Some(m),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                ),
+                None => causal_gqa(&q, &k, &v),
+            },
         };
         self.o_proj.forward(
             &y.transpose(1, 2)
@@ -304,7 +303,6 @@ impl Attention {
         seg: &Segments,
         window: Option<i64>,
     ) -> Tensor {
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let rows: Vec<Tensor> = seg
             .rows
             .iter()
@@ -320,8 +318,8 @@ impl Attention {
                                 let m = window_mask(l, w, q.device());
                                 Tensor::scaled_dot_product_attention(
                                     &qs,
-                                    &ks,
-                                    &vs,
+                                    &self.repeat_kv(ks),
+                                    &self.repeat_kv(vs),
                                     Some(&m),
                                     0.0,
                                     false,
@@ -329,16 +327,7 @@ impl Attention {
                                     false,
                                 )
                             }
-                            None => Tensor::scaled_dot_product_attention(
-                                &qs,
-                                &ks,
-                                &vs,
-                                None::<Tensor>,
-                                0.0,
-                                true,
-                                None,
-                                false,
-                            ),
+                            None => causal_gqa(&qs, &ks, &vs),
                         }
                     })
                     .collect();
