@@ -113,6 +113,7 @@ def run(cmd, env):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--janus", default="target/release/janus")
+    p.add_argument("--janus-before", help="a second janus binary (e.g. the last commit's) run as its own side, for an A/B in the same run")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
@@ -134,6 +135,8 @@ def main():
     ours_cmd = [a.janus, "bench-train"] + common
     torch_cmd = [sys.executable, __file__, "--torch-worker"] + common
     impls = [("janus", ours_cmd), ("pytorch-eager", torch_cmd)]
+    if a.janus_before:
+        impls.insert(1, ("janus-before", [a.janus_before, "bench-train"] + common))
     if not a.no_compile:
         impls.append(("torch-compile", torch_cmd + ["--compile"]))
     results = {name: [] for name, _ in impls}

@@ -3,7 +3,9 @@
 //! softmax and gradient) are never alive at once. Each leaves the gradient of the loss
 //! on the detached hidden states (for `BodyPass::backward`) and on the head's weight.
 
-use tch::{Kind, Reduction, Tensor};
+use std::cell::RefCell;
+
+use tch::{Device, Kind, Tensor};
 
 use crate::data::{PreferenceBatch, RewardBatch, IGNORE};
 use crate::loss::{
@@ -14,20 +16,73 @@ use crate::model::Transformer;
 /// Positions per LM-head + cross-entropy chunk.
 pub const LOSS_CHUNK_TOKENS: usize = 1024;
 
-/// Logits of the head applied to `rows` of `hidden` (flattened `[n, h]`).
-fn logits(model: &Transformer, hidden: &Tensor, rows: &Tensor) -> Tensor {
-    model.lm_head(&hidden.index_select(0, rows))
+/// A chunk's logits, `[LOSS_CHUNK_TOKENS, vocab]` in the model's dtype, and their fp32
+/// copy when that dtype is not fp32, reused from chunk to chunk and step to step.
+/// Why: at vocab 32k a chunk's logits are 131 MB, above glibc's mmap threshold, so a
+/// fresh buffer per chunk is a fresh mapping whose every page the kernel zero-fills
+/// on first touch and unmaps on drop: that was a fifth of the head's time on CPU.
+struct ChunkBuffers {
+    kind: Kind,
+    vocab: i64,
+    raw: Tensor,
+    fp32: Option<Tensor>,
 }
 
-/// Per-position log-probability of `targets` under `logits`, fp32.
-fn token_logp(logits: &Tensor, targets: &Tensor) -> Tensor {
-    -logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-        targets,
-        None,
-        Reduction::None,
-        IGNORE,
-        0.0,
-    )
+thread_local! {
+    /// CPU only: CUDA's caching allocator already reuses its blocks. Held for the
+    /// thread's lifetime, as PyTorch's allocator would hold a cached block.
+    static CHUNK_BUFFERS: RefCell<Option<ChunkBuffers>> = const { RefCell::new(None) };
+}
+
+/// The head applied to `x` (`[n, h]`, `n <= LOSS_CHUNK_TOKENS`): the fp32 logits to
+/// work on in place, and the logits in the model's dtype (the same tensor when that is
+/// fp32). On CPU both are views of this thread's `ChunkBuffers`, valid until the next
+/// chunk, so a caller keeps nothing of them past its chunk but what it computes anew.
+fn chunk_logits(x: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
+    let kind = x.kind();
+    if x.device() != Device::Cpu {
+        let raw = x.mm(&w.tr());
+        return (raw.to_kind(Kind::Float), raw);
+    }
+    let (n, vocab) = (x.size()[0], w.size()[0]);
+    CHUNK_BUFFERS.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let fits = matches!(&*cell, Some(b) if b.kind == kind && b.vocab == vocab);
+        if !fits {
+            let rows = LOSS_CHUNK_TOKENS as i64;
+            let buffer = |k: Kind| Tensor::empty([rows, vocab], (k, Device::Cpu));
+            *cell = Some(ChunkBuffers {
+                kind,
+                vocab,
+                raw: buffer(kind),
+                fp32: (kind != Kind::Float).then(|| buffer(Kind::Float)),
+            });
+        }
+        let buffers = cell.as_ref().expect("just filled");
+        let raw = buffers.raw.narrow(0, 0, n);
+        let _ = x.mm_out(&raw, &w.tr());
+        let z = match &buffers.fp32 {
+            Some(f) => {
+                let mut z = f.narrow(0, 0, n);
+                z.copy_(&raw);
+                z
+            }
+            None => raw.shallow_clone(),
+        };
+        (z, raw)
+    })
+}
+
+/// Turns the fp32 logits `z` (`[n, vocab]`) into `exp(z - max)` in place, the one
+/// `exp` of a chunk; returns each row's cross-entropy against `tgt` (`[n, 1]`) and
+/// the row sums of the exponentials (`[n, 1]`), which normalise `z` into the softmax.
+fn exp_shifted(z: &mut Tensor, tgt: &Tensor) -> (Tensor, Tensor) {
+    let max = z.amax([1], true);
+    let _ = z.g_sub_(&max);
+    let picked = z.gather(1, tgt, false);
+    let _ = z.exp_();
+    let sum = z.sum_dim_intlist(1, true, Kind::Float);
+    (sum.log() - picked, sum)
 }
 
 /// Chunks of `positions` (a 1-d index tensor).
@@ -86,18 +141,20 @@ fn fused_ce_backward(
             let n = pos.size()[0];
             let x = flat.index_select(0, &pos);
             let tgt = targets.index_select(0, &pos).unsqueeze(1);
-            let mut z = x.mm(&w.tr()).to_kind(Kind::Float);
-            let max = z.amax([1], true);
-            let _ = z.g_sub_(&max);
-            let picked = z.gather(1, &tgt, false);
-            let _ = z.exp_();
-            let sum = z.sum_dim_intlist(1, true, Kind::Float);
-            nll += (sum.log() - picked).sum(Kind::Float).double_value(&[]);
+            let (mut z, mut raw) = chunk_logits(&x, w);
+            let (ce, sum) = exp_shifted(&mut z, &tgt);
+            nll += ce.sum(Kind::Float).double_value(&[]);
             // d ce_i / d z_ij = softmax_ij - [j == target_i], times the row's weight.
             let rw = weight.narrow(0, start, n).unsqueeze(1);
             let _ = z.g_mul_(&(&rw / sum));
             let _ = z.scatter_add_(1, &tgt, &rw.neg());
-            let g = z.to_kind(kind);
+            // The gradient in the model's dtype goes where its logits were.
+            let g = if kind == Kind::Float {
+                z
+            } else {
+                raw.copy_(&z);
+                raw
+            };
             let _ = grad_hidden.index_copy_(0, &pos, &g.mm(w));
             let _ = grad_w.addmm_(&g.tr(), &x);
             start += n;
@@ -136,11 +193,14 @@ fn logp_grids(
     shape: [i64; 2],
 ) -> (Tensor, Tensor) {
     tch::no_grad(|| {
+        let w = model.lm_head_weight();
         let (mut lps, mut means) = (Vec::new(), Vec::new());
         for pos in chunks(needed) {
-            let l = logits(model, flat, &pos);
-            means.push(l.to_kind(Kind::Float).mean_dim(-1, false, Kind::Float));
-            lps.push(token_logp(&l, &targets.index_select(0, &pos)));
+            let (mut z, _) = chunk_logits(&flat.index_select(0, &pos), w);
+            means.push(z.mean_dim(-1, false, Kind::Float));
+            let tgt = targets.index_select(0, &pos).unsqueeze(1);
+            let (ce, _) = exp_shifted(&mut z, &tgt);
+            lps.push(-ce.view([-1]));
         }
         let device = flat.device();
         let grid = |parts: Vec<Tensor>| {
