@@ -25,8 +25,6 @@ pub const LOSS_CHUNK_TOKENS: usize = 1024;
 /// fresh buffer per chunk is a fresh mapping whose every page the kernel zero-fills
 /// on first touch and unmaps on drop: 11% of the head's time on CPU (`make bench-train`).
 struct ChunkBuffers {
-    kind: Kind,
-    vocab: i64,
     raw: Tensor,
     fp32: Option<Tensor>,
 }
@@ -50,13 +48,11 @@ fn chunk_logits(x: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
     let (n, vocab) = (x.size()[0], w.size()[0]);
     CHUNK_BUFFERS.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let fits = matches!(&*cell, Some(b) if b.kind == kind && b.vocab == vocab);
+        let fits = matches!(&*cell, Some(b) if b.raw.kind() == kind && b.raw.size()[1] == vocab);
         if !fits {
             let rows = LOSS_CHUNK_TOKENS as i64;
             let buffer = |k: Kind| Tensor::empty([rows, vocab], (k, Device::Cpu));
             *cell = Some(ChunkBuffers {
-                kind,
-                vocab,
                 raw: buffer(kind),
                 fp32: (kind != Kind::Float).then(|| buffer(Kind::Float)),
             });
