@@ -1,5 +1,5 @@
 //! `JanusEvalJob`: generate answers for a benchmark (Multifaceted Bench) with system
-//! messages and grade them with a judge model (shared/DESIGN.md, "Evaluation flow").
+//! messages and grade them with a judge model (docs/design.md, "Evaluation flow").
 //!
 //! The operator runs `worker.replicas` generation pods (`janus eval generate`, shard i of
 //! N), then one judge pod (`janus eval judge`, then `janus eval score`), all reading the

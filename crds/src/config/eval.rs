@@ -1,7 +1,7 @@
 //! The evaluation config: one typed document for `janus eval generate|judge|score`
 //! (YAML or JSON), rendered by the operator from a `JanusEvalJob` and mounted at
 //! `JANUS_CONFIG` in its pods. Defaults are the Janus evaluation protocol
-//! (shared/JANUS.md, "Evaluation on Multifaceted Bench").
+//! (docs/method.md, "Evaluation on Multifaceted Bench").
 //!
 //! Output layout under `output_dir` (a path or an object-store URL), per DESIGN.md:
 //! `answers/shard-<i>.jsonl` (generation, one file per generation worker),

@@ -3,7 +3,7 @@
 //!
 //! This is the one definition of the document: the trainer parses it, the operator
 //! renders it from a `JanusTrainingJob` (starting from the same presets), and the
-//! recipe numbers of shared/JANUS.md live only in [`presets`].
+//! recipe numbers of docs/method.md live only in [`presets`].
 
 use std::path::{Path, PathBuf};
 
