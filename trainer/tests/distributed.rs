@@ -363,6 +363,105 @@ fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
 }
 
 #[test]
+fn a_ring_peer_that_stops_answering_mid_all_reduce_fails_the_others_within_the_timeout() {
+    let port = free_port().unwrap();
+    let timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let results: Vec<Option<(String, Duration)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|r| {
+                s.spawn(move || {
+                    let mut ring = rendezvous(&info(r, 3, port), "h", timeout, None)
+                        .unwrap()
+                        .ring;
+                    if r == 2 {
+                        // Joined, then stops answering with its connections open.
+                        std::thread::sleep(Duration::from_secs(8));
+                        return None;
+                    }
+                    let began = Instant::now();
+                    let mut t = Tensor::ones([1 << 20], (Kind::Float, Device::Cpu));
+                    let e = ring.all_reduce_sum(&mut t).unwrap_err();
+                    Some((e.to_string(), began.elapsed()))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (e0, t0) = results[0].clone().expect("rank 0 failed");
+    assert!(
+        e0.contains("ring rank 0: rank 2 stopped answering mid all-reduce")
+            && e0.contains("for 2s (distributed.timeout_seconds)"),
+        "{e0}"
+    );
+    assert!(
+        t0 >= timeout && t0 < timeout + Duration::from_secs(2),
+        "rank 0 failed after {t0:?}"
+    );
+    let (e1, t1) = results[1].clone().expect("rank 1 failed");
+    assert!(e1.starts_with("ring rank 1: rank "), "{e1}");
+    assert!(
+        t1 < 2 * timeout + Duration::from_secs(2),
+        "rank 1 failed after {t1:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn a_rank_that_stops_answering_ends_the_run_within_the_timeout_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let extra = [
+        "hyperparameters.max_steps=400",
+        "checkpoint.every_steps=3",
+        "hyperparameters.micro_batch_size=2",
+        "hyperparameters.gradient_accumulation_steps=1",
+        "distributed.timeout_seconds=3",
+    ];
+    let args = train_args(dir, &model, &data.join("sft.jsonl"), "stall", &extra);
+    let mut launcher = common::janus();
+    launcher
+        .args(["launch", "--nproc", "2", "--"])
+        .args(&args)
+        // The stopped rank cannot act on SIGTERM: SIGKILL follows after a second.
+        .env("JANUS_TERMINATION_GRACE_SECONDS", "1");
+    let (mut child, mut lines) = common::spawn_logged(launcher);
+    let seen = common::read_until(&mut lines, "checkpoint saved");
+    let pid = common::rank_pids(&seen)
+        .iter()
+        .find(|(r, _)| *r == 1)
+        .expect("the launcher logs each rank's pid")
+        .1;
+    let stopped_at = Instant::now();
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let took = stopped_at.elapsed();
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let text = rest.join("\n");
+    assert_eq!(
+        status.code(),
+        Some(janus_crds::exit_code::RETRYABLE),
+        "{text}"
+    );
+    assert!(
+        text.contains("ring rank 0: rank 1 stopped answering mid"),
+        "{text}"
+    );
+    assert!(text.contains("janus launch: rank 0 exited"), "{text}");
+    // 3 s of no progress, then a second of grace for the stopped rank.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(12),
+        "the run ended {took:?} after rank 1 stopped"
+    );
+}
+
+#[test]
 fn a_rank_with_a_wrong_master_address_fails_within_the_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

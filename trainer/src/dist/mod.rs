@@ -8,6 +8,8 @@ pub mod nccl;
 mod rendezvous;
 mod ring;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Kind, Tensor};
@@ -38,6 +40,13 @@ pub trait Collective: Send {
     /// `t` is cut like `reduce_scatter_sum`; each rank's segment `rank` is its
     /// contribution, and afterwards every segment holds the contribution of its rank.
     fn all_gather(&mut self, t: &mut Tensor) -> Result<()>;
+
+    /// For a communicator whose calls only enqueue work (NCCL): add the device time of
+    /// its collectives to `nanos` as they complete, and say so. A synchronous one
+    /// (the ring) answers false: the wall time of its calls is the measure.
+    fn time_device_into(&mut self, _nanos: Arc<AtomicU64>) -> bool {
+        false
+    }
 
     fn barrier(&mut self) -> Result<()> {
         let mut t = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));

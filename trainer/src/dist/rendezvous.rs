@@ -308,5 +308,5 @@ fn connect_ring(
         s.set_nodelay(true)
             .map_err(|e| Error::io("ring socket", e))?;
     }
-    Ok(Ring::new(rank, world, next, prev))
+    Ring::new(rank, world, next, prev, timeout).map_err(|e| Error::io("ring socket", e))
 }
