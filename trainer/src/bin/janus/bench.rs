@@ -232,6 +232,9 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
+    let kernel = janus::model::attention_kernel(cfg, kind, device, o.packed > 1);
+    tracing::info!(kernel = kernel.name(), "attention: {kernel}");
+    let fallbacks_before = janus::model::fallback_calls();
     let (rss_before, _) = rss_bytes();
     let mut trainer = Trainer::with_master_weights(cfg, kind, device, adam, 1.0, o.master_weights);
     trainer.checkpointing = o.checkpointing;
@@ -312,13 +315,9 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
     let (_, peak) = rss_bytes();
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let tokens_per_second = (seq * batch * world) as f64 / mean;
-    // Model FLOPs per token: 6 x parameters plus causal attention within each
-    // sequence (forward + backward: 6 x layers x q-width x sequence length), as
-    // torchtitan and Megatron count them; the recomputation of checkpointing is not
-    // model FLOPs.
-    let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
-    let flops_per_token =
-        6.0 * cfg.num_parameters() as f64 + 6.0 * cfg.num_hidden_layers as f64 * q * seg as f64;
+    // The metrics' formula, on what a row holds: `packed` sequences of `seg` tokens.
+    let flops_per_token = janus::metrics::ModelFlops::new(cfg, &trainer.vs.trainable_variables())
+        .per_token(std::iter::repeat_n(seg, o.packed));
     let mfu = device
         .is_cuda()
         .then(|| flops_per_token * tokens_per_second / world as f64 / (o.peak_tflops * 1e12));
@@ -329,7 +328,9 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
         "threads": tch::get_num_threads(), "step_seconds": times,
         "phase_seconds": phases.iter().map(|(n, s)| (n.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
-        "tokens_per_second": tokens_per_second, "mfu": mfu,
+        "tokens_per_second": tokens_per_second, "flops_per_token": flops_per_token, "mfu": mfu,
+        "attention_kernel": kernel.name(),
+        "attention_fallback_calls": janus::model::fallback_calls() - fallbacks_before,
         "peak_rss_mib": peak as f64 / (1u64 << 20) as f64,
         "peak_rss_increase_bytes": peak.saturating_sub(rss_before),
         "cuda_used_bytes": device.is_cuda().then_some(cuda_used),
