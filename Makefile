@@ -125,11 +125,20 @@ bench-serve: build
 bench-checkpoint: build $(VERSITYGW)
 	$(PY) bench/checkpoint_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
-# A stripped `janus` for a GPU machine without Rust (bench/gpu_check.sh; the device tool
-# carries at most 64 MiB of working tree).
+# The device check's bundle for a GPU machine without Rust (bench/gpu_check.sh runs it):
+# `janus` and the `#[ignore]` CUDA test binary of trainer/tests/gpu.rs, stripped and
+# gzipped (about 12 MB each; 34 MB stripped, 290 MB as built), so that the working tree
+# a device machine receives stays well under its 64 MiB.
 gpu-bundle: build
 	mkdir -p target/gpu
 	strip -o target/gpu/janus $(TARGET_DIR)/release/janus
+	$(CARGO) test --release -p janus-trainer --test gpu --no-run --message-format=json \
+	  | $(PY) -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable")][-1])' \
+	  > target/gpu/gpu-tests.path
+	strip -o target/gpu/gpu-tests "$$(cat target/gpu/gpu-tests.path)"
+	rm -f target/gpu/gpu-tests.path target/gpu/janus.gz target/gpu/gpu-tests.gz
+	gzip -6 target/gpu/janus target/gpu/gpu-tests
+	@du -ch target/gpu/janus.gz target/gpu/gpu-tests.gz
 
 clean-demo:
 	rm -rf target/janus-demo
