@@ -193,10 +193,10 @@ impl TrainMetrics {
     }
 
     /// `comm`, with the time spent in its collectives added to this step's all-reduce
-    /// time: the device time of each (CUDA events) for an asynchronous communicator,
-    /// the wall time of the calls for a synchronous one.
+    /// time: each collective's own time where the calls return before it is done (the
+    /// device time between CUDA events for NCCL), the wall time of the calls otherwise.
     pub fn timed(&self, mut comm: Box<dyn Collective>) -> Box<dyn Collective> {
-        let device_timed = comm.time_device_into(self.collective_nanos.clone());
+        let device_timed = comm.time_collectives_into(self.collective_nanos.clone());
         Box::new(TimedCollective {
             inner: comm,
             nanos: (!device_timed).then(|| self.collective_nanos.clone()),
@@ -359,8 +359,14 @@ impl Collective for TimedCollective {
     fn barrier(&mut self) -> Result<()> {
         self.time(|c| c.barrier())
     }
-    fn time_device_into(&mut self, nanos: Arc<AtomicU64>) -> bool {
-        self.inner.time_device_into(nanos)
+    fn start(&mut self, op: crate::dist::Op, t: &Tensor) -> Result<()> {
+        self.time(|c| c.start(op, t))
+    }
+    fn wait(&mut self) -> Result<()> {
+        self.time(|c| c.wait())
+    }
+    fn time_collectives_into(&mut self, nanos: Arc<AtomicU64>) -> bool {
+        self.inner.time_collectives_into(nanos)
     }
 }
 

@@ -362,6 +362,73 @@ fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 3);
 }
 
+/// Reduce-scatter, all-reduce, a synchronous all-reduce between them and an all-gather,
+/// started and waited for (`background`) or called one by one; rank `rank`'s results.
+fn collective_sequence(
+    c: &mut dyn Collective,
+    rank: usize,
+    world: usize,
+    background: bool,
+) -> Vec<Tensor> {
+    use janus::dist::Op;
+    let mk = |len: usize, k: f64| {
+        Tensor::arange(len as i64, (Kind::Float, Device::Cpu)) * (rank as f64 + k) + k
+    };
+    let (mut a, mut b, mut mid, mut g) = (
+        mk(1000 * world, 1.0),
+        mk(777, 2.0),
+        mk(5, 4.0),
+        mk(12 * world, 3.0),
+    );
+    if background {
+        c.start(Op::ReduceScatter, &a).unwrap();
+        c.start(Op::AllReduce, &b).unwrap();
+        c.all_reduce_sum(&mut mid).unwrap();
+        c.start(Op::AllGather, &g).unwrap();
+        c.wait().unwrap();
+    } else {
+        c.reduce_scatter_sum(&mut a).unwrap();
+        c.all_reduce_sum(&mut b).unwrap();
+        c.all_reduce_sum(&mut mid).unwrap();
+        c.all_gather(&mut g).unwrap();
+    }
+    // Only this rank's segment of a reduce-scatter is defined.
+    vec![a.narrow(0, (rank * 1000) as i64, 1000), b, mid, g]
+}
+
+#[test]
+fn collectives_started_on_a_background_ring_equal_synchronous_ones() {
+    for world in [2, 3] {
+        let sync = with_ring(world, |rank, ring| {
+            collective_sequence(ring, rank, world, false)
+        });
+        let port = free_port().unwrap();
+        let started: Vec<Vec<Tensor>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..world)
+                .map(|r| {
+                    s.spawn(move || {
+                        let ring =
+                            rendezvous(&info(r, world, port), "h", Duration::from_secs(30), None)
+                                .unwrap()
+                                .ring;
+                        let mut c = janus::dist::Background::new(Box::new(ring));
+                        collective_sequence(&mut c, r, world, true)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, (want, got)) in sync.iter().zip(&started).enumerate() {
+            for (i, (w, g)) in want.iter().zip(got).enumerate() {
+                assert!(
+                    w.equal(g),
+                    "world {world}, rank {rank}, collective {i} differs"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_ring_peer_that_stops_answering_mid_all_reduce_fails_the_others_within_the_timeout() {
     let port = free_port().unwrap();

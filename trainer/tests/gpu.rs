@@ -96,11 +96,39 @@ fn nccl_loads_by_soname_initialises_and_reduces_every_datatype() {
 
 #[test]
 #[ignore = "needs a CUDA device"]
+fn collectives_started_on_the_side_stream_equal_synchronous_ones_beside_compute() {
+    require_cuda();
+    let mut comm = communicator(Duration::from_secs(60));
+    let want = Tensor::randn([1 << 22], (Kind::Float, GPU));
+    // Started while the default stream still writes the tensor and computes beside it:
+    // the side stream must wait for the write, and the reader after `wait` for NCCL.
+    let a = Tensor::randn([8192, 8192], (Kind::BFloat16, GPU));
+    let mut t = want.zeros_like();
+    let out = a.empty_like();
+    let _ = a.mm_out(&out, &a);
+    tch::no_grad(|| t.copy_(&want));
+    comm.start(janus::dist::Op::AllReduce, &t).unwrap();
+    comm.start(janus::dist::Op::ReduceScatter, &t).unwrap();
+    for _ in 0..20 {
+        let _ = a.mm_out(&out, &a);
+    }
+    comm.start(janus::dist::Op::AllGather, &t).unwrap();
+    comm.wait().unwrap();
+    assert!(t.equal(&want), "a world of one changed the values");
+    // A synchronous call after a start is ordered after it.
+    let mut u = want.copy();
+    comm.start(janus::dist::Op::AllReduce, &u).unwrap();
+    comm.all_reduce_sum(&mut u).unwrap();
+    assert!(u.equal(&want));
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
 fn collectives_are_timed_on_the_device_not_at_enqueue() {
     require_cuda();
     let mut comm = communicator(Duration::from_secs(60));
     let nanos = Arc::new(AtomicU64::new(0));
-    assert!(comm.time_device_into(nanos.clone()));
+    assert!(comm.time_collectives_into(nanos.clone()));
     let mut t = Tensor::ones([64 << 20], (Kind::Float, GPU));
     for _ in 0..5 {
         comm.all_reduce_sum(&mut t).unwrap();

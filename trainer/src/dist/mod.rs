@@ -2,6 +2,7 @@
 //! (`rendezvous`), collectives behind one interface (`Collective`: a TCP ring on CPUs,
 //! NCCL on GPUs), gradient bucketing, and the local launcher.
 
+mod background;
 pub mod env;
 pub mod launch;
 pub mod nccl;
@@ -14,11 +15,20 @@ use std::time::Duration;
 
 use tch::{Kind, Tensor};
 
+pub use background::Background;
 pub use env::WorldInfo;
 pub use rendezvous::{rendezvous, Peers};
 pub use ring::Ring;
 
 use crate::error::Result;
+
+/// A collective that can be started now and waited for later (`Collective::start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    AllReduce,
+    ReduceScatter,
+    AllGather,
+}
 
 /// Collective operations across the ranks of a job. Every rank must call the same
 /// operations in the same order with tensors of the same shape.
@@ -41,11 +51,32 @@ pub trait Collective: Send {
     /// contribution, and afterwards every segment holds the contribution of its rank.
     fn all_gather(&mut self, t: &mut Tensor) -> Result<()>;
 
-    /// For a communicator whose calls only enqueue work (NCCL): add the device time of
-    /// its collectives to `nanos` as they complete, and say so. A synchronous one
-    /// (the ring) answers false: the wall time of its calls is the measure.
-    fn time_device_into(&mut self, _nanos: Arc<AtomicU64>) -> bool {
+    /// For a communicator whose calls return before the collectives are done (NCCL,
+    /// which only enqueues them; `Background`): add each collective's own time to
+    /// `nanos` as it completes (for NCCL the device's, between CUDA events), and say so.
+    /// A synchronous one answers false: the wall time of its calls is the measure.
+    fn time_collectives_into(&mut self, _nanos: Arc<AtomicU64>) -> bool {
         false
+    }
+
+    /// Begin `op` on `t` in place (the gradient buckets of a backward pass still
+    /// running, the next bucket's all-gather during an update); `t`'s values are
+    /// defined only after `wait`, and the caller leaves `t` alone until then. Started
+    /// and synchronous calls run in the order they were made. A communicator that
+    /// cannot run in the background runs it now (this default).
+    fn start(&mut self, op: Op, t: &Tensor) -> Result<()> {
+        let mut t = t.shallow_clone();
+        match op {
+            Op::AllReduce => self.all_reduce_sum(&mut t),
+            Op::ReduceScatter => self.reduce_scatter_sum(&mut t),
+            Op::AllGather => self.all_gather(&mut t),
+        }
+    }
+
+    /// Wait for every started collective: their results are in place for whatever
+    /// runs next.
+    fn wait(&mut self) -> Result<()> {
+        Ok(())
     }
 
     fn barrier(&mut self) -> Result<()> {

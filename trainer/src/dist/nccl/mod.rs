@@ -10,7 +10,17 @@
 //! communicator (`ncclCommAbort`; never `ncclCommDestroy` with work in flight, which
 //! can block) and exits with the retryable code, so the operator restarts the gang
 //! instead of a stalled job running forever. The watchdog's events also give the
-//! device time of the collectives (`Collective::time_device_into`).
+//! device time of the collectives (`Collective::time_collectives_into`).
+//!
+//! Collectives started ahead (`Collective::start`: the gradient buckets of a backward
+//! pass still running, the next bucket's all-gather during an update) run on a stream
+//! of the communicator's own instead, non-blocking so that the default stream's kernels
+//! run beside them: an event makes the side stream wait for the work enqueued before the
+//! start, and `wait` makes the default stream wait for the side stream. The started
+//! tensors are held until then, so the caching allocator (which orders the reuse of
+//! their memory by the default stream) never hands it out while NCCL still uses it. A
+//! synchronous call first waits for whatever was started, so the collectives reach the
+//! device in the order every rank issued them.
 //!
 //! The library is NCCL 2.x opened by its soname (`lib`); the CUDA runtime calls go
 //! through cudarc. Neither is touched before `available()` said yes, so CPU runs never
@@ -27,9 +37,9 @@ use std::time::Duration;
 use cudarc::runtime::{result as cuda, sys as cuda_sys};
 use tch::{Device, Kind, Tensor};
 
-use super::Collective;
+use super::{Collective, Op};
 use crate::error::{Error, Result};
-use lib::{DataType, SUCCESS, SUM};
+use lib::{DataType, Stream, SUCCESS, SUM};
 use watchdog::Watchdog;
 
 pub use lib::PATH_ENV as LIBRARY_ENV;
@@ -46,6 +56,42 @@ pub struct Nccl {
     nccl: &'static lib::Nccl,
     /// `None` only while dropping.
     watchdog: Option<Watchdog<CudaEvents>>,
+    side: SideStream,
+}
+
+/// The stream started collectives run on, and what orders it with the default one.
+struct SideStream {
+    stream: cuda_sys::cudaStream_t,
+    /// Recorded on the default stream at a start; the side stream waits on it.
+    ready: Event,
+    /// Recorded on the side stream by `wait`; the default stream waits on it.
+    done: Event,
+    /// The started collectives' tensors, alive until `wait`.
+    held: Vec<Tensor>,
+}
+
+impl SideStream {
+    fn new() -> std::result::Result<Self, String> {
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer.
+        let rc = unsafe {
+            cuda_sys::cudaStreamCreateWithFlags(&mut stream, cuda_sys::cudaStreamNonBlocking)
+        };
+        if rc != cuda_sys::cudaError_t::cudaSuccess {
+            return Err(format!("cudaStreamCreateWithFlags: {rc:?}"));
+        }
+        let ordering = || {
+            cuda::event::create(cuda_sys::cudaEventDisableTiming)
+                .map(Event)
+                .map_err(|e| format!("cudaEventCreate: {e:?}"))
+        };
+        Ok(Self {
+            stream,
+            ready: ordering()?,
+            done: ordering()?,
+            held: Vec::new(),
+        })
+    }
 }
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls are not
@@ -143,11 +189,13 @@ impl Nccl {
         for (d, s) in unique.internal.iter_mut().zip(id) {
             *d = *s as std::ffi::c_char;
         }
+        let side = SideStream::new().map_err(|e| nccl_error("side stream", e))?;
         let comm = Arc::new(AtomicPtr::new(std::ptr::null_mut()));
         let events = CudaEvents {
             ordinal: local_rank as i32,
             comm: comm.clone(),
             nccl,
+            side: side.stream as usize,
         };
         let to_abort = comm.clone();
         let watchdog = Watchdog::start(events, timeout, move |msg| {
@@ -160,14 +208,13 @@ impl Nccl {
             || unsafe { (nccl.comm_init_rank)(&mut raw, world as c_int, unique, rank as c_int) },
         );
         if rc != SUCCESS {
-            let detail = nccl.last_error(std::ptr::null_mut());
+            let detail = nccl
+                .last_error(std::ptr::null_mut())
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
             return Err(nccl_error(
                 "init rank",
-                format!(
-                    "{}{}",
-                    nccl.error_string(rc),
-                    detail.map(|d| format!(": {d}")).unwrap_or_default()
-                ),
+                format!("{}{detail}", nccl.error_string(rc)),
             ));
         }
         comm.store(raw, Ordering::SeqCst);
@@ -188,19 +235,47 @@ impl Nccl {
             device: Device::Cuda(local_rank),
             nccl,
             watchdog: Some(watchdog),
+            side,
         })
     }
 
-    /// Run `op` on a contiguous copy of `t` on our device (or `t` itself when it already
-    /// is one), under the watchdog, writing the result back. `op` gets the library, the
-    /// communicator, the data pointer, the element count and type.
-    fn run(
+    /// Whether NCCL can use `t` where it is (else it works on a copy).
+    fn direct(&self, t: &Tensor) -> bool {
+        t.device() == self.device && t.is_contiguous() && dtype(t.kind()).is_some()
+    }
+
+    /// Make the default stream wait for the started collectives; release their tensors.
+    fn wait_side(&mut self) -> Result<()> {
+        if self.side.held.is_empty() {
+            return Ok(());
+        }
+        let s = &self.side;
+        // SAFETY: live events and streams of this communicator's device.
+        unsafe { cuda::event::record(s.done.0, s.stream) }
+            .and_then(|()| unsafe { cuda::stream::wait_event(std::ptr::null_mut(), s.done.0, 0) })
+            .map_err(|e| nccl_error("wait", format!("rank {}: {e:?}", self.rank)))?;
+        // Reuse of their memory is now ordered after the collectives.
+        self.side.held.clear();
+        Ok(())
+    }
+
+    /// A synchronous collective on the default stream, after whatever was started.
+    fn run(&mut self, name: &str, t: &mut Tensor, op: impl FnOnce(Call) -> c_int) -> Result<()> {
+        self.wait_side()?;
+        self.enqueue(name, t, false, op)
+    }
+
+    /// Enqueue `op` on a contiguous copy of `t` on our device (or `t` itself when it
+    /// already is one: always so with `side`), under the watchdog, writing the result
+    /// back; on the side stream with `side`.
+    fn enqueue(
         &mut self,
         name: &str,
         t: &mut Tensor,
-        op: impl FnOnce(&lib::Nccl, lib::Comm, *mut c_void, usize, DataType) -> c_int,
+        side: bool,
+        op: impl FnOnce(Call) -> c_int,
     ) -> Result<()> {
-        let direct = t.device() == self.device && t.is_contiguous() && dtype(t.kind()).is_some();
+        let direct = self.direct(t);
         let work = if direct {
             t.shallow_clone()
         } else {
@@ -213,8 +288,21 @@ impl Nccl {
         };
         let kind = work.kind();
         let n = work.numel();
-        let comm = self.comm.load(Ordering::SeqCst);
-        let nccl = self.nccl;
+        let call = Call {
+            nccl: self.nccl,
+            comm: self.comm.load(Ordering::SeqCst),
+            data: work.data_ptr(),
+            n,
+            dt: dtype(kind).expect("supported"),
+            stream: if side {
+                self.side.stream as Stream
+            } else {
+                std::ptr::null_mut()
+            },
+            rank: self.rank,
+            world: self.world,
+        };
+        let (nccl, comm) = (call.nccl, call.comm);
         let watchdog = self.watchdog.as_ref().expect("not dropped");
         watchdog
             .collective(
@@ -222,14 +310,9 @@ impl Nccl {
                     let mib = (n * kind.elt_size_in_bytes()) as f64 / (1u64 << 20) as f64;
                     format!("NCCL {name} of {mib:.1} MiB ({kind:?})")
                 },
+                side,
                 || {
-                    let rc = op(
-                        nccl,
-                        comm,
-                        work.data_ptr(),
-                        n,
-                        dtype(kind).expect("supported"),
-                    );
+                    let rc = op(call);
                     if rc == SUCCESS {
                         return Ok(());
                     }
@@ -248,6 +331,60 @@ impl Nccl {
     }
 }
 
+/// One NCCL call's arguments: the library, the communicator, a contiguous CUDA buffer
+/// of `n` elements of `dt` (alive until the kernel ran: by the default stream's order,
+/// or held until `wait` on the side stream), the stream, and who we are.
+#[derive(Clone, Copy)]
+struct Call {
+    nccl: &'static lib::Nccl,
+    comm: lib::Comm,
+    data: *mut c_void,
+    n: usize,
+    dt: DataType,
+    stream: Stream,
+    rank: usize,
+    world: usize,
+}
+
+// SAFETY (the four below): `c` is as `Call` says; the in-place forms as NCCL defines
+// them.
+
+fn all_reduce(c: Call) -> c_int {
+    unsafe { (c.nccl.all_reduce)(c.data, c.data, c.n, c.dt as c_int, SUM, c.comm, c.stream) }
+}
+
+/// In place, the receive buffer is `send + rank * recvcount`.
+fn reduce_scatter(c: Call) -> c_int {
+    let seg = c.n / c.world;
+    unsafe {
+        let recv = (c.data as *mut u8).add(c.rank * seg * c.dt.size()) as *mut c_void;
+        (c.nccl.reduce_scatter)(c.data, recv, seg, c.dt as c_int, SUM, c.comm, c.stream)
+    }
+}
+
+/// In place, the send buffer is `recv + rank * sendcount`.
+fn all_gather(c: Call) -> c_int {
+    let seg = c.n / c.world;
+    unsafe {
+        let send = (c.data as *const u8).add(c.rank * seg * c.dt.size()) as *const c_void;
+        (c.nccl.all_gather)(send, c.data, seg, c.dt as c_int, c.comm, c.stream)
+    }
+}
+
+fn broadcast(root: usize) -> impl FnOnce(Call) -> c_int {
+    move |c| unsafe {
+        (c.nccl.broadcast)(
+            c.data,
+            c.data,
+            c.n,
+            c.dt as c_int,
+            root as c_int,
+            c.comm,
+            c.stream,
+        )
+    }
+}
+
 impl Collective for Nccl {
     fn rank(&self) -> usize {
         self.rank
@@ -261,7 +398,7 @@ impl Collective for Nccl {
         false
     }
 
-    fn time_device_into(&mut self, nanos: Arc<AtomicU64>) -> bool {
+    fn time_collectives_into(&mut self, nanos: Arc<AtomicU64>) -> bool {
         if let Some(w) = &self.watchdog {
             w.time_into(nanos);
         }
@@ -269,46 +406,46 @@ impl Collective for Nccl {
     }
 
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
-        // SAFETY (all four): `p` is a contiguous CUDA tensor of `n` elements of `dt`,
-        // alive until the call is enqueued and, through the caching allocator's stream
-        // order, until the kernel ran; in-place forms as NCCL defines them.
-        self.run("all-reduce", t, |nccl, comm, p, n, dt| unsafe {
-            (nccl.all_reduce)(p, p, n, dt as c_int, SUM, comm, std::ptr::null_mut())
-        })
+        self.run("all-reduce", t, all_reduce)
     }
 
     fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()> {
-        let (rank, world) = (self.rank, self.world);
-        // NCCL's in-place form has the receive buffer at `send + rank * recvcount`.
-        self.run("reduce-scatter", t, |nccl, comm, p, n, dt| unsafe {
-            let seg = n / world;
-            let recv = (p as *mut u8).add(rank * seg * dt.size()) as *mut c_void;
-            (nccl.reduce_scatter)(p, recv, seg, dt as c_int, SUM, comm, std::ptr::null_mut())
-        })
+        self.run("reduce-scatter", t, reduce_scatter)
     }
 
     fn all_gather(&mut self, t: &mut Tensor) -> Result<()> {
-        let (rank, world) = (self.rank, self.world);
-        // In place, the send buffer is `recv + rank * sendcount`.
-        self.run("all-gather", t, |nccl, comm, p, n, dt| unsafe {
-            let seg = n / world;
-            let send = (p as *const u8).add(rank * seg * dt.size()) as *const c_void;
-            (nccl.all_gather)(send, p, seg, dt as c_int, comm, std::ptr::null_mut())
-        })
+        self.run("all-gather", t, all_gather)
     }
 
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
-        self.run("broadcast", t, |nccl, comm, p, n, dt| unsafe {
-            (nccl.broadcast)(
-                p,
-                p,
-                n,
-                dt as c_int,
-                root as c_int,
-                comm,
-                std::ptr::null_mut(),
-            )
-        })
+        self.run("broadcast", t, broadcast(root))
+    }
+
+    fn start(&mut self, op: Op, t: &Tensor) -> Result<()> {
+        let mut t = t.shallow_clone();
+        let (name, f): (&str, fn(Call) -> c_int) = match op {
+            Op::AllReduce => ("all-reduce", all_reduce),
+            Op::ReduceScatter => ("reduce-scatter", reduce_scatter),
+            Op::AllGather => ("all-gather", all_gather),
+        };
+        if !self.direct(&t) {
+            // A copy would be read back at once: run it synchronously.
+            return self.run(name, &mut t, f);
+        }
+        let s = &self.side;
+        // The side stream waits for what the default stream enqueued so far (`t`'s
+        // values among it).
+        // SAFETY: live events and streams of this communicator's device.
+        unsafe { cuda::event::record(s.ready.0, std::ptr::null_mut()) }
+            .and_then(|()| unsafe { cuda::stream::wait_event(s.stream, s.ready.0, 0) })
+            .map_err(|e| nccl_error("start", format!("rank {}: {e:?}", self.rank)))?;
+        self.enqueue(name, &mut t, true, f)?;
+        self.side.held.push(t);
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        self.wait_side()
     }
 }
 
@@ -316,20 +453,23 @@ impl Drop for Nccl {
     fn drop(&mut self) {
         // Destroy only with nothing in flight (it may block otherwise); stop the
         // watchdog first, so that it never touches a freed communicator.
-        let idle = self.watchdog.as_ref().map(|w| w.drain()).unwrap_or(false);
+        let idle =
+            self.wait_side().is_ok() && self.watchdog.as_ref().map(|w| w.drain()).unwrap_or(false);
         drop(self.watchdog.take());
         let comm = self.comm.swap(std::ptr::null_mut(), Ordering::SeqCst);
-        if comm.is_null() {
-            return;
-        }
-        // SAFETY: the communicator came from ncclCommInitRank and is not used again.
-        unsafe {
-            if idle {
-                (self.nccl.comm_destroy)(comm);
-            } else {
-                (self.nccl.comm_abort)(comm);
+        if !comm.is_null() {
+            // SAFETY: the communicator came from ncclCommInitRank and is not used again.
+            unsafe {
+                if idle {
+                    (self.nccl.comm_destroy)(comm);
+                } else {
+                    (self.nccl.comm_abort)(comm);
+                }
             }
         }
+        // SAFETY: our stream; its work finished or was aborted with the communicator
+        // (CUDA releases a stream with work in flight once that work is done).
+        let _ = unsafe { cuda::stream::destroy(self.side.stream) };
     }
 }
 
@@ -361,11 +501,13 @@ fn fail_fast(nccl: &'static lib::Nccl, rank: usize, comm: &AtomicPtr<c_void>, ms
     unsafe { libc::_exit(code) }
 }
 
-/// CUDA events on the legacy default stream, for the watchdog.
+/// CUDA events on the collectives' streams, for the watchdog.
 struct CudaEvents {
     ordinal: i32,
     comm: Arc<AtomicPtr<c_void>>,
     nccl: &'static lib::Nccl,
+    /// The side stream (a `cudaStream_t` as an address: this crosses threads).
+    side: usize,
 }
 
 struct Event(cuda_sys::cudaEvent_t);
@@ -390,10 +532,14 @@ impl watchdog::Device for CudaEvents {
             .map_err(|e| format!("cudaEventCreate: {e:?}"))
     }
 
-    fn record(&self, e: &Event) -> std::result::Result<(), String> {
-        // SAFETY: a live event, on the stream the collectives run on.
-        unsafe { cuda::event::record(e.0, std::ptr::null_mut()) }
-            .map_err(|e| format!("cudaEventRecord: {e:?}"))
+    fn record(&self, e: &Event, side: bool) -> std::result::Result<(), String> {
+        let stream = if side {
+            self.side as cuda_sys::cudaStream_t
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: a live event, on a stream the collectives run on.
+        unsafe { cuda::event::record(e.0, stream) }.map_err(|e| format!("cudaEventRecord: {e:?}"))
     }
 
     fn done(&self, e: &Event) -> std::result::Result<bool, String> {

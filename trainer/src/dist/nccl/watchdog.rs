@@ -25,8 +25,9 @@ pub trait Device: Send + Sync + 'static {
     type Event: Send + 'static;
     /// A new event (timing enabled).
     fn create(&self) -> Result<Self::Event, String>;
-    /// Record `e` on the stream, after the work enqueued so far (caller's thread).
-    fn record(&self, e: &Self::Event) -> Result<(), String>;
+    /// Record `e` after the work enqueued so far on the collectives' stream: the
+    /// default one, or with `side` the communicator's own (caller's thread).
+    fn record(&self, e: &Self::Event, side: bool) -> Result<(), String>;
     /// Whether the work before `e` has finished (watchdog thread; never blocks).
     fn done(&self, e: &Self::Event) -> Result<bool, String>;
     /// Seconds between two finished events.
@@ -115,10 +116,12 @@ impl<D: Device> Watchdog<D> {
         *self.shared.device_nanos.lock().expect("watchdog lock") = Some(nanos);
     }
 
-    /// Enqueue one collective: `enqueue` runs between the two events.
+    /// Enqueue one collective: `enqueue` runs between the two events, recorded on the
+    /// stream it enqueues on (`side`, see `Device::record`).
     pub fn collective<T>(
         &self,
         what: impl FnOnce() -> String,
+        side: bool,
         enqueue: impl FnOnce() -> Result<T, String>,
     ) -> Result<T, String> {
         let s = &self.shared;
@@ -128,9 +131,9 @@ impl<D: Device> Watchdog<D> {
         };
         let out = s
             .device
-            .record(&start)
+            .record(&start, side)
             .and_then(|()| enqueue())
-            .and_then(|out| s.device.record(&end).map(|()| out));
+            .and_then(|out| s.device.record(&end, side).map(|()| out));
         let out = match out {
             Ok(out) => out,
             Err(e) => {
@@ -298,7 +301,7 @@ mod tests {
         fn create(&self) -> Result<(), String> {
             Ok(())
         }
-        fn record(&self, _: &()) -> Result<(), String> {
+        fn record(&self, _: &(), _: bool) -> Result<(), String> {
             Ok(())
         }
         fn done(&self, _: &()) -> Result<bool, String> {
@@ -351,8 +354,12 @@ mod tests {
         let (got, on_failure) = recorder();
         let w = Watchdog::start(dev, Duration::from_millis(300), on_failure);
         let t = Instant::now();
-        w.collective(|| "rank 1: NCCL all-reduce of 4 MiB".into(), || Ok(()))
-            .unwrap();
+        w.collective(
+            || "rank 1: NCCL all-reduce of 4 MiB".into(),
+            false,
+            || Ok(()),
+        )
+        .unwrap();
         let (msg, at) = wait_for(&got, Duration::from_secs(5)).expect("the watchdog fired");
         let after = at - t;
         assert!(
@@ -374,7 +381,7 @@ mod tests {
         let nanos = Arc::new(AtomicU64::new(0));
         w.time_into(nanos.clone());
         for _ in 0..4 {
-            w.collective(|| "c".into(), || Ok(())).unwrap();
+            w.collective(|| "c".into(), true, || Ok(())).unwrap();
         }
         assert!(w.drain());
         std::thread::sleep(Duration::from_millis(300));
