@@ -86,7 +86,12 @@ pub struct TrainMetrics {
     /// Nanoseconds spent in collectives since the last step was recorded.
     collective_nanos: Arc<AtomicU64>,
     /// Model FLOPs of one token (forward and backward), and this rank's peak FLOP/s.
+    /// Until the first `sequences`: an upper bound, every token in a sequence of the
+    /// full length.
     flops_per_token: f64,
+    flops: ModelFlops,
+    /// Tokens and the sum of their sequences' squared lengths this run (`sequences`).
+    attention: std::sync::Mutex<(f64, f64)>,
     peak_flops: Option<f64>,
     world_size: usize,
 }
@@ -172,6 +177,8 @@ impl TrainMetrics {
             .expect("valid counter"),
             collective_nanos: Arc::new(AtomicU64::new(0)),
             flops_per_token: flops_per_token(model, params, seq_len),
+            flops: ModelFlops::new(model, params),
+            attention: Default::default(),
             peak_flops: peak_flops(device, kind),
             world_size: world_size.max(1),
         };
@@ -234,7 +241,26 @@ impl TrainMetrics {
         }
         if let Some(peak) = self.peak_flops {
             let per_rank = tokens_per_second / self.world_size as f64;
-            self.mfu.set(self.flops_per_token * per_rank / peak);
+            self.mfu.set(self.mean_flops_per_token() * per_rank / peak);
+        }
+    }
+
+    /// A step trained `tokens` real tokens whose sequences' (packed segments')
+    /// squared lengths sum to `squares` (`data::Batch::attention_squares`): MFU's
+    /// attention term from then on follows the run's real sequences.
+    pub fn sequences(&self, tokens: i64, squares: i64) {
+        let mut a = self.attention.lock().expect("metrics lock");
+        a.0 += tokens as f64;
+        a.1 += squares as f64;
+    }
+
+    /// Model FLOPs per token of the sequences trained so far (see [`ModelFlops`]).
+    fn mean_flops_per_token(&self) -> f64 {
+        let (tokens, squares) = *self.attention.lock().expect("metrics lock");
+        if tokens > 0.0 {
+            self.flops.of_tokens(tokens, squares) / tokens
+        } else {
+            self.flops_per_token
         }
     }
 
@@ -651,6 +677,24 @@ mod tests {
         // 2e12 / fpt tokens/s over 2 ranks: each rank does 1e12 FLOP/s = its peak.
         m.step(1, 1.0, 1.0, 1e-4, 2e12 / fpt);
         assert!((m.mfu.get() - 1.0).abs() < 1e-9, "{}", m.mfu.get());
+    }
+
+    #[test]
+    fn mfu_counts_the_attention_of_the_sequences_trained() {
+        std::env::set_var(PEAK_TFLOPS_ENV, "1");
+        let cfg = tiny();
+        let params = [Tensor::zeros([100_000], (Kind::Int8, Device::Cpu))];
+        let m = TrainMetrics::new(&labels(), 1, &cfg, &params, 128, Device::Cpu, Kind::Float);
+        std::env::remove_var(PEAK_TFLOPS_ENV);
+        m.step(1, 1.0, 1.0, 1e-4, 1000.0);
+        let bound = m.mfu.get();
+        // Packed rows of 16-token segments: a sixteenth of the full-length bound's
+        // attention, as the hand count says.
+        m.sequences(64, 4 * 16 * 16);
+        m.step(2, 1.0, 1.0, 1e-4, 1000.0);
+        let f = ModelFlops::new(&cfg, &params);
+        assert_eq!(m.mfu.get(), f.per_token([16; 4]) * 1000.0 / 1e12);
+        assert!(m.mfu.get() < bound);
     }
 
     #[test]
