@@ -19,8 +19,11 @@
 #    flash attention's varlen kernel + ZeRO-1 through a real NCCL communicator, seq 8192
 #    x micro batch 2: tokens/s, MFU and peak device memory next to the memory plan.
 #    Fails when the varlen kernel did not run (another kernel, or any fallback call);
+#    then the same with the collectives overlapped, and once with the device
+#    synchronised at each phase boundary for the phases' device times;
 # 3. a ~1.1B Llama-style model at seq 2048 in bf16, ours and PyTorch eager (transformers)
-#    side by side: tokens/s, MFU (one formula, trainer/src/metrics.rs), peak memory.
+#    side by side, both synchronising at phase boundaries: tokens/s, MFU (one formula,
+#    trainer/src/metrics.rs), peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-target/gpu}
@@ -71,9 +74,17 @@ if r["attention_kernel"] != "flash-varlen" or r["attention_fallback_calls"] != 0
 print(f"varlen attention ran: {r['attention_kernel']}, no fallback")
 EOF
 
+echo "== 2b. the same with the collectives overlapped (distributed.overlap)"
+peak_mem recipe-overlap "$JANUS" bench-train --nccl --zero --overlap "${RECIPE[@]}" --steps 5 --warmup 2 --peak-tflops "$PEAK" \
+  | tee "$OUT/recipe-overlap.json"
+
+echo "== 2c. recipe shape, the device synchronised at each phase boundary: the phases' device time"
+"$JANUS" bench-train --nccl --zero --sync-phases "${RECIPE[@]}" --steps 3 --warmup 1 --peak-tflops "$PEAK" \
+  | tee "$OUT/recipe-phases.json"
+
 SHAPE=(--layers 22 --hidden 2048 --intermediate 5632 --heads 32 --kv-heads 4 --vocab 32000 --seq 2048 --batch 4)
 echo "== 3a. ~1.1B Llama-style, seq 2048, bf16 + fp32 master: janus"
-peak_mem janus1b "$JANUS" bench-train --nccl --dtype bfloat16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK" \
+peak_mem janus1b "$JANUS" bench-train --nccl --sync-phases --dtype bfloat16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK" \
   | tee "$OUT/janus-1b.json"
 echo "== 3b. same shape: PyTorch eager (transformers, bf16 weights, torch.optim.AdamW)"
 peak_mem torch1b $PY bench/train_bench.py --torch-worker --device cuda --bf16 "${SHAPE[@]}" --steps 10 --warmup 3 --peak-tflops "$PEAK" \

@@ -309,6 +309,114 @@ fn zero1_on_2_and_4_ranks_equals_unsharded_training_orpo() {
     }
 }
 
+#[test]
+fn overlapped_collectives_give_the_weights_of_the_plain_step_for_every_method() {
+    // A model of about 13 MB (fp32), so that 1 MiB buckets make a dozen of them and the
+    // backward pass starts them one by one; 2 micro-batches per rank, so the first
+    // one's backward starts none. SFT packed (replicated and ZeRO-1, with and without
+    // checkpointing, 2 and 4 ranks), ORPO, DPO (ZeRO-1) and the reward model.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = janus::model::ModelConfig::small("mistral", 512, 256, 688, 4, 8, 4);
+    let (data, model) = common::setup_with(dir, 16, cfg);
+    let cases: &[(&str, usize, &[&str], &str)] = &[
+        (
+            "sft",
+            2,
+            &["distributed.shard_optimizer=false"],
+            "sft.jsonl",
+        ),
+        (
+            "sft-zero",
+            2,
+            &["distributed.shard_optimizer=true"],
+            "sft.jsonl",
+        ),
+        (
+            "sft-zero-ckpt",
+            4,
+            &[
+                "distributed.shard_optimizer=true",
+                "model.gradient_checkpointing=true",
+            ],
+            "sft.jsonl",
+        ),
+        (
+            "orpo-zero",
+            2,
+            &[ORPO, &["distributed.shard_optimizer=true"]].concat(),
+            "preference.parquet",
+        ),
+        (
+            "dpo-zero",
+            2,
+            &[
+                "method=dpo",
+                "data.packing=false",
+                "data.prompt_format=chatml",
+                "distributed.shard_optimizer=true",
+            ],
+            "preference.parquet",
+        ),
+        (
+            "reward",
+            2,
+            &[
+                "method=reward",
+                "data.packing=false",
+                "distributed.shard_optimizer=false",
+            ],
+            "preference.parquet",
+        ),
+    ];
+    for (name, world, extra, file) in cases {
+        let micro = format!("hyperparameters.micro_batch_size={}", 4 / world / 2);
+        let accum = if *world == 4 { "1" } else { "2" };
+        let accum = format!("hyperparameters.gradient_accumulation_steps={accum}");
+        let micro = if *world == 4 {
+            "hyperparameters.micro_batch_size=1".to_string()
+        } else {
+            micro
+        };
+        let run = |overlap: bool| {
+            let job = format!("{name}-{overlap}");
+            let o = format!("distributed.overlap={overlap}");
+            let args: Vec<&str> = [
+                &[
+                    "hyperparameters.max_steps=3",
+                    "distributed.bucket_mib=1",
+                    &micro,
+                    &accum,
+                    &o,
+                ],
+                *extra,
+            ]
+            .concat();
+            ok(run_ranks(
+                dir,
+                &model,
+                &data.join(file),
+                &job,
+                *world,
+                &args,
+                None,
+            ));
+            read_weights(&dir.join(format!("out-{job}")))
+        };
+        let (plain, overlapped) = (run(false), run(true));
+        let mut worst = 0.0f64;
+        for ((n, a), (m, b)) in plain.iter().zip(&overlapped) {
+            assert_eq!(n, m);
+            worst = worst.max((a - b).abs().max().double_value(&[]));
+        }
+        eprintln!("{name} on {world} ranks: max |overlapped - plain| = {worst:e}");
+        assert!(
+            worst <= 1e-6,
+            "{name} on {world} ranks: overlap changed the weights by {worst}"
+        );
+    }
+}
+
 /// The loss history of `job`'s checkpoint at `step`.
 fn losses(dir: &Path, job: &str, step: u64) -> Vec<f64> {
     let state: serde_json::Value = serde_json::from_slice(

@@ -8,7 +8,8 @@
 //!   collective and an init that never completes with the retryable exit code.
 //! - Flash attention's varlen kernel runs (no fallback) and gives the outputs and
 //!   gradients of attending to each segment on its own.
-//! - ZeRO-1 through a real NCCL communicator takes the steps replicated training takes.
+//! - ZeRO-1 through a real NCCL communicator takes the steps replicated training takes,
+//!   and with the reduction and all-gather overlapped on the side stream, the same bits.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,20 +350,30 @@ fn zero1_over_nccl_takes_the_steps_replicated_training_takes() {
         let cfg = ModelConfig::small("mistral", 512, 128, 256, 2, 4, 2);
         // Clipping off: the two paths sum the norm in another order.
         let mut replicated = Trainer::new(&cfg, kind, GPU, adam(), 0.0);
-        let mut sharded = Trainer::new(&cfg, kind, GPU, adam(), 0.0);
-        tch::no_grad(|| sharded.vs.copy(&replicated.vs)).unwrap();
-        sharded.opt.sync_master_from_params();
-        sharded.set_collective(Box::new(communicator(Duration::from_secs(60))));
-        // Small buckets: several, one parameter split across them.
-        sharded.bucket_bytes = 64 << 10;
-        sharded.shard_optimizer();
-        assert!(sharded.opt.is_sharded());
+        let zero = |overlap: bool| {
+            let mut t = Trainer::new(&cfg, kind, GPU, adam(), 0.0);
+            tch::no_grad(|| t.vs.copy(&replicated.vs)).unwrap();
+            t.opt.sync_master_from_params();
+            t.set_collective(Box::new(communicator(Duration::from_secs(60))));
+            // Small buckets: several, started one by one by the backward pass.
+            t.bucket_bytes = 64 << 10;
+            t.overlap = overlap;
+            t.shard_optimizer();
+            assert!(t.opt.is_sharded());
+            t
+        };
+        let (mut sharded, mut overlapped) = (zero(false), zero(true));
         let examples = random_examples(&[60, 33, 90, 17], 512);
         let refs: Vec<&Example> = examples.iter().collect();
         let b = Batch::unpacked(&refs, 0, GPU);
         for step in 0..3 {
             let r = replicated.sft_step(std::slice::from_ref(&b), 1e-3).unwrap();
             let s = sharded.sft_step(std::slice::from_ref(&b), 1e-3).unwrap();
+            let o = overlapped.sft_step(std::slice::from_ref(&b), 1e-3).unwrap();
+            assert_eq!(
+                s.loss, o.loss,
+                "{kind:?} step {step}: overlap changed the loss"
+            );
             assert!(
                 (r.loss - s.loss).abs() <= 1e-6 * r.loss.abs(),
                 "{kind:?} step {step}: loss {} vs {}",
@@ -375,10 +386,17 @@ fn zero1_over_nccl_takes_the_steps_replicated_training_takes() {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
-        for ((name, a), (_, b)) in sorted(&replicated.vs).iter().zip(&sorted(&sharded.vs)) {
+        let overlapped_weights = sorted(&overlapped.vs);
+        for (((name, a), (_, b)), (_, c)) in sorted(&replicated.vs)
+            .iter()
+            .zip(&sorted(&sharded.vs))
+            .zip(&overlapped_weights)
+        {
             let d = rel_diff(b, a);
             let limit = if kind == Kind::Float { 1e-6 } else { 1e-2 };
             assert!(d <= limit, "{kind:?} {name}: differs by {d}");
+            // Overlapped on the side stream: the same sums and updates, bit for bit.
+            assert!(b.equal(c), "{kind:?} {name}: overlap changed the weights");
         }
     }
 }

@@ -310,6 +310,12 @@ pub struct DistributedSection {
     /// gradients without rounding each partial sum to 8 bits of mantissa, for twice the
     /// bytes on the wire; `bfloat16` halves the traffic.
     pub reduce_dtype: ReduceDtype,
+    /// Overlap the collectives with compute, as DDP does: reduce each gradient bucket as
+    /// soon as the backward pass of the step's last micro-batch has finished its
+    /// parameters, and (ZeRO-1) all-gather each bucket beside the next bucket's update.
+    /// The same sums and updates as without.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlap: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,7 @@ pub fn janus_7b_sft() -> TrainConfig {
             timeout_seconds: 1800,
             shard_optimizer: None,
             reduce_dtype: ReduceDtype::Float32,
+            overlap: false,
         },
         memory: MemorySection {
             limit: None,

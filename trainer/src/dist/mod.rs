@@ -133,16 +133,9 @@ pub fn all_reduce_grads(
         return Ok(());
     }
     let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
-    let mut start = 0;
-    while start < grads.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < grads.len() && (end == start || bytes + grad_bytes(&grads[end]) <= bucket_bytes)
-        {
-            bytes += grad_bytes(&grads[end]);
-            end += 1;
-        }
-        let bucket = &grads[start..end];
+    let sizes: Vec<usize> = grads.iter().map(grad_bytes).collect();
+    for range in grad_buckets(&sizes, bucket_bytes) {
+        let bucket = &grads[range];
         let mut flat = Tensor::cat(&bucket.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0);
         if let Some(k) = kind.filter(|&k| k != flat.kind()) {
             flat = flat.to_kind(k);
@@ -157,9 +150,26 @@ pub fn all_reduce_grads(
                 offset += n;
             }
         });
-        start = end;
     }
     Ok(())
+}
+
+/// Consecutive runs of tensors of `sizes` bytes of about `bucket_bytes` each (a larger
+/// tensor is a run of its own): the buckets of `all_reduce_grads`.
+pub fn grad_buckets(sizes: &[usize], bucket_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < sizes.len() && (end == start || bytes + sizes[end] <= bucket_bytes) {
+            bytes += sizes[end];
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
 }
 
 fn grad_bytes(g: &Tensor) -> usize {

@@ -15,10 +15,10 @@ mod optimizer;
 pub mod reference;
 mod step;
 mod stop;
-pub use backprop::BodyPass;
+pub use backprop::{BodyPass, Stage};
 pub use feed::{epoch_order, Counts, Feed, Share, StepData};
 pub use head::{rewards, sequence_logps, LOSS_CHUNK_TOKENS};
-pub use optimizer::{Layout, Optimizer};
+pub use optimizer::{Layout, Optimizer, Reduction};
 pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 pub use stop::{Decision, StopRequest, Stopper};
 
@@ -167,6 +167,19 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         ReduceDtype::Bfloat16 => tch::Kind::BFloat16,
     };
     trainer.bucket_bytes = cfg.distributed.bucket_mib << 20;
+    trainer.overlap = cfg.distributed.overlap;
+    let kernel = crate::model::attention_kernel(
+        &model_config,
+        crate::config::kind(cfg.model.dtype),
+        device,
+        cfg.data.packing,
+    );
+    match &kernel {
+        crate::model::AttentionKernel::Segmentwise { .. } if device.is_cuda() => {
+            tracing::warn!(kernel = kernel.name(), "attention: {kernel}")
+        }
+        _ => tracing::info!(kernel = kernel.name(), "attention: {kernel}"),
+    }
     // metrics (issue 11): /metrics of this process, see crate::metrics.
     let metrics = std::sync::Arc::new(crate::metrics::TrainMetrics::new(
         &crate::metrics::Labels::from_env(&cfg.job, rank),
@@ -196,12 +209,17 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let id = peers.blob.ok_or_else(|| {
                 Error::Config("rank 0 sent no NCCL id (does it run the same config?)".into())
             })?;
-            trainer.set_collective(metrics.timed(Box::new(Nccl::new(
+            trainer.set_collective(metrics.timed(Box::new(Nccl::with_timeout(
                 rank,
                 world,
                 info.local_rank,
                 &id,
+                timeout,
             )?)));
+        } else if cfg.distributed.overlap {
+            // The ring is synchronous: a thread of its own runs the started collectives.
+            let ring = crate::dist::Background::new(Box::new(peers.ring));
+            trainer.set_collective(metrics.timed(Box::new(ring)));
         } else {
             trainer.set_collective(metrics.timed(Box::new(peers.ring)));
         }
@@ -354,6 +372,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         state.losses.push(r.loss);
         run.tokens += r.tokens;
         let tps = run.tokens_per_second();
+        metrics.sequences(r.attention.0, r.attention.1); // metrics
         metrics.step(state.step, r.loss, r.grad_norm, lr, tps); // metrics
         let mut fields: Vec<(&str, f64)> = vec![
             ("loss", r.loss),
@@ -493,7 +512,8 @@ fn step_on(
                 .chunks(mb)
                 .map(|c| Batch::unpacked(&c.iter().collect::<Vec<_>>(), pad, device))
                 .collect();
-            trainer.sft_step(&micro, lr)
+            let r = trainer.sft_step(&micro, lr)?;
+            Ok(r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
         }
         StepData::Rows(rows) => {
             let micro: Vec<Batch> = rows
@@ -503,14 +523,16 @@ fn step_on(
                     Batch::packed(&rs, pad, device)
                 })
                 .collect();
-            trainer.sft_step(&micro, lr)
+            let r = trainer.sft_step(&micro, lr)?;
+            Ok(r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
         }
         StepData::Pairs(pairs) if cfg.method == Method::Reward => {
             let micro: Vec<RewardBatch> = pairs
                 .chunks(mb)
                 .map(|c| RewardBatch::new(&c.iter().collect::<Vec<_>>(), pad, device))
                 .collect();
-            trainer.reward_step(&micro, cfg.reward.center_rewards_coefficient, lr)
+            let r = trainer.reward_step(&micro, cfg.reward.center_rewards_coefficient, lr)?;
+            Ok(r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
         }
         StepData::Pairs(pairs) => {
             // The NLL over the prompt is ORPO's option; DPO reads the responses only.
@@ -521,7 +543,7 @@ fn step_on(
                     PreferenceBatch::new(&c.iter().collect::<Vec<_>>(), pad, on_prompt, device)
                 })
                 .collect();
-            match (cfg.method, reference) {
+            let r = match (cfg.method, reference) {
                 (Method::Dpo, Some(r)) => {
                     let p = DpoParams {
                         beta: cfg.dpo.beta,
@@ -531,7 +553,8 @@ fn step_on(
                     trainer.dpo_step(&micro, r, &p, lr)
                 }
                 _ => trainer.orpo_step(&micro, cfg.hyperparameters.orpo_lambda, lr),
-            }
+            }?;
+            Ok(r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
         }
     }
 }

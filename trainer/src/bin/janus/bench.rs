@@ -61,6 +61,14 @@ pub struct BenchTrainArgs {
     /// Where to run (auto: CUDA when available).
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Synchronise the device at every phase boundary, so that phase_seconds are the
+    /// device's time and not the time to enqueue (CUDA; costs host/device overlap).
+    #[arg(long)]
+    sync_phases: bool,
+    /// Overlap the gradient reduction with the backward pass and ZeRO-1's all-gather
+    /// with the update (`distributed.overlap`).
+    #[arg(long)]
+    overlap: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -132,6 +140,8 @@ pub fn train(a: BenchTrainArgs) -> Result<()> {
         zero: a.zero,
         packed: a.packed,
         device,
+        sync_phases: a.sync_phases,
+        overlap: a.overlap,
     };
     bench_train(&cfg, &opts)
 }
@@ -157,6 +167,8 @@ struct BenchTrainOpts {
     zero: bool,
     packed: usize,
     device: tch::Device,
+    sync_phases: bool,
+    overlap: bool,
 }
 
 /// Resident set size of this process now and at its peak, from /proc (bytes).
@@ -238,6 +250,10 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
     let (rss_before, _) = rss_bytes();
     let mut trainer = Trainer::with_master_weights(cfg, kind, device, adam, 1.0, o.master_weights);
     trainer.checkpointing = o.checkpointing;
+    trainer.overlap = o.overlap;
+    if o.sync_phases {
+        trainer.sync_phases(device);
+    }
     // Under `janus launch` every rank trains its own batch, data-parallel.
     let rank = match Role::from_env()? {
         Role::Rank(info) if info.world_size > 1 || o.nccl => {
@@ -255,6 +271,9 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
                     info.local_rank,
                     &id,
                 )?));
+            } else if o.overlap {
+                trainer
+                    .set_collective(Box::new(janus::dist::Background::new(Box::new(peers.ring))));
             } else {
                 trainer.set_collective(Box::new(peers.ring));
             }
@@ -324,7 +343,7 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
     let out = serde_json::json!({
         "impl": "janus", "params": cfg.num_parameters(), "seq": seq, "batch": batch, "ranks": world,
         "packed": o.packed, "checkpointing": o.checkpointing, "master_weights": o.master_weights,
-        "zero": zero,
+        "zero": zero, "overlap": o.overlap, "sync_phases": o.sync_phases,
         "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
         "threads": tch::get_num_threads(), "step_seconds": times,
         "phase_seconds": phases.iter().map(|(n, s)| (n.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
