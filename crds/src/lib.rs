@@ -13,6 +13,8 @@ pub mod config;
 pub mod progress;
 
 #[cfg(feature = "k8s")]
+pub mod config_reference;
+#[cfg(feature = "k8s")]
 pub mod crd_yaml;
 #[cfg(feature = "k8s")]
 pub mod eval;
