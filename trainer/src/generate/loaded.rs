@@ -102,14 +102,15 @@ fn config_eos(c: &ModelConfig) -> Vec<i64> {
 }
 
 impl LoadedModel {
-    /// Load `path` (a directory or URL) in `dtype` on `device`.
+    /// Load `path` (a directory or URL) in `dtype` on `device` (CUDA: the GPU of this
+    /// process's `LOCAL_RANK`, see `crate::device`).
     pub fn load(
         path: &str,
         tokenizer: Option<&str>,
         dtype: Dtype,
         device: DeviceChoice,
     ) -> Result<Self> {
-        let device = crate::train::select_device(device)?;
+        let device = crate::device::select(device, crate::device::local_rank_from_env()?)?;
         let kind = crate::config::kind(dtype);
         let (dir, tok_path, staging) = local_copy(path, tokenizer)?;
         let config = ModelConfig::from_file(&dir.join("config.json"))?;

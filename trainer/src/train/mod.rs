@@ -23,7 +23,7 @@ pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 pub use stop::{Decision, StopRequest, Stopper};
 
 use crate::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
-use crate::config::{Backend, DeviceChoice, DpoReference, Method, ReduceDtype, TrainConfig};
+use crate::config::{Backend, DpoReference, Method, ReduceDtype, TrainConfig};
 use crate::data::{Batch, Example, PreferenceBatch, RewardBatch, TokenizeStats};
 use crate::dist::nccl::{self, Nccl};
 use crate::dist::{rendezvous, WorldInfo};
@@ -34,17 +34,6 @@ use crate::optim::{cosine_lr, AdamWConfig};
 use crate::progress::Progress;
 use crate::storage::{self, Store};
 use crate::tokenizer::Tokenizer;
-
-pub fn select_device(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(Error::Config(
-            "`model.device` is `cuda` but no CUDA device is available".into(),
-        )),
-    }
-}
 
 /// Options of a run that are not part of the job's config.
 #[derive(Debug, Clone, Default)]
@@ -88,10 +77,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         .as_ref()
         .map(|w| (w.rank, w.world_size))
         .unwrap_or((0, 1));
-    let device = match select_device(cfg.model.device)? {
-        Device::Cuda(_) => Device::Cuda(opts.world.as_ref().map(|w| w.local_rank).unwrap_or(0)),
-        d => d,
-    };
+    let device = crate::device::select(
+        cfg.model.device,
+        opts.world.as_ref().map(|w| w.local_rank).unwrap_or(0),
+    )?;
     tch::manual_seed(h.seed as i64);
     let retry = std::time::Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
     let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?;
