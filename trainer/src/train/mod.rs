@@ -11,14 +11,13 @@ use tch::Device;
 mod backprop;
 mod feed;
 mod head;
-mod optimizer;
 pub mod reference;
 mod step;
 mod stop;
+pub use crate::loss::LOSS_CHUNK_TOKENS;
 pub use backprop::BodyPass;
 pub use feed::{epoch_order, Counts, Feed, Share, StepData};
-pub use head::{rewards, sequence_logps, LOSS_CHUNK_TOKENS};
-pub use optimizer::{Layout, Optimizer};
+pub use head::{rewards, sequence_logps};
 pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 pub use stop::{Decision, StopRequest, Stopper};
 
