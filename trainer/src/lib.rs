@@ -11,6 +11,7 @@ pub mod generate;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod model_dir;
 pub mod optim;
 pub mod plan;
 pub mod progress;
