@@ -158,7 +158,7 @@ pub struct GenerationSpec {
     pub max_new_tokens: u32,
     /// Random seed (default 42).
     #[serde(default = "default_seed")]
-    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))]
     pub seed: u64,
     /// Sequences decoded together per generation pod (default 16).
     #[serde(default = "default_batch_size")]
@@ -378,11 +378,11 @@ pub struct EvalRunPolicy {
     /// resumed) before it is Failed with DeadlineExceeded. Waiting for the model does not
     /// count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the pods and keep the output; false resumes from it (Kueue admits jobs by
     /// flipping this field).
@@ -581,9 +581,10 @@ pub struct ShardStatus {
     pub attempt: i32,
     #[serde(default)]
     pub phase: PodPhase,
-    /// Items answered and to answer, as the pod last reported.
+    /// Items answered, as the pod last reported.
     #[serde(default)]
     pub items_done: u64,
+    /// Items of this shard to answer, as the pod last reported.
     #[serde(default)]
     pub items_total: u64,
 }
@@ -645,8 +646,11 @@ pub struct EvalScores {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeadToHead {
+    /// Fraction of items scored above the baseline.
     pub win: f64,
+    /// Fraction of items scored equal to the baseline.
     pub tie: f64,
+    /// Fraction of items scored below the baseline.
     pub lose: f64,
     /// `win + tie`, the rate the Janus paper reports.
     pub win_plus_tie: f64,

@@ -2,8 +2,7 @@
 //! counting what it did.
 
 use super::records::{PreferenceRecord, SftRecord};
-use super::PromptFormat;
-use crate::config::Truncation;
+use crate::config::{PromptFormat, Truncation};
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tch::Tensor;
 
-use super::{Collective, Op};
+use super::collective::{Collective, Op};
 use crate::error::{Error, Result};
 
 enum Job {

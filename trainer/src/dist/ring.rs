@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use super::Collective;
+use super::collective::Collective;
 use crate::error::{Error, Result};
 
 /// Bytes received before they are added in: large enough for few syscalls, small

@@ -11,14 +11,13 @@ use tch::{Device, Kind, Tensor};
 
 use super::backprop::{BodyPass, Stage};
 use super::head;
-use super::optimizer::{Optimizer, Reduction};
 use super::reference::Reference;
 use crate::data::{Batch, PreferenceBatch, RewardBatch};
 use crate::dist::{all_reduce_f64, broadcast_params, Collective, Single};
 use crate::error::Result;
 use crate::loss::{DpoParams, DpoSums, OrpoSums, RewardSums};
 use crate::model::{AttentionLayout, ModelConfig, Transformer};
-use crate::optim::AdamWConfig;
+use crate::optim::{AdamWConfig, Optimizer, Reduction};
 
 /// Default gradient bucket for the reduction.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -239,9 +238,10 @@ impl Trainer {
     ) -> Result<(Vec<T>, Reduction)> {
         let overlap = self.overlap && !self.comm.is_noop();
         let layers = self.model.num_layers();
+        let stage_of = |name: &str| Stage::of_parameter(name, layers);
         let mut red = self
             .opt
-            .reduction(self.reduce_kind, self.bucket_bytes, layers, overlap);
+            .reduction(self.reduce_kind, self.bucket_bytes, &stage_of, overlap);
         let Trainer {
             model,
             opt,

@@ -37,7 +37,7 @@ use std::time::Duration;
 use cudarc::runtime::{result as cuda, sys as cuda_sys};
 use tch::{Device, Kind, Tensor};
 
-use super::{Collective, Op};
+use super::collective::{Collective, Op};
 use crate::error::{Error, Result};
 use lib::{DataType, Stream, SUCCESS, SUM};
 use watchdog::Watchdog;

@@ -26,10 +26,10 @@
 
 use tch::{Kind, Tensor};
 
+use super::adamw::{adamw_update, adamw_update_scaled, AdamWConfig};
 use crate::dist::{all_reduce_f64, grad_buckets, Collective, Op};
 use crate::error::{Error, Result};
 use crate::model::{SafetensorsFile, TensorSpec};
-use crate::optim::{adamw_update, adamw_update_scaled, AdamWConfig};
 
 pub struct Optimizer {
     pub config: AdamWConfig,
@@ -56,7 +56,7 @@ pub struct Reduction {
     kind: Kind,
     overlap: bool,
     /// Per bucket: the stage of the backward pass after which its gradients are final
-    /// (`backprop::Stage::index`), its parameters, and its buffer while in flight.
+    /// (`train::Stage::index`), its parameters, and its buffer while in flight.
     buckets: Vec<PlannedBucket>,
     /// Bucket indices in the order they are started: by stage, then by index.
     order: Vec<usize>,
@@ -338,19 +338,21 @@ impl Optimizer {
         reduce_kind: Kind,
         bucket_bytes: usize,
     ) -> Result<f64> {
-        let r = self.reduction(reduce_kind, bucket_bytes, 0, false);
+        let r = self.reduction(reduce_kind, bucket_bytes, &|_| 0, false);
         self.step_reduced(comm, r, lr, max_grad_norm)
     }
 
     /// The reduction of this step's gradients in buckets of about `bucket_bytes` (the
-    /// sharded layout's buckets when sharded), for a model of `layers` decoder layers;
-    /// with `overlap` its collectives are started (`Collective::start`), else run one
-    /// after another.
+    /// sharded layout's buckets when sharded). `stage_of` names the stage of the
+    /// backward pass after which a parameter's gradient is final (the trainer's
+    /// `Stage::of_parameter`), a bucket's stage being its last parameter's; buckets
+    /// start by stage, then in order. With `overlap` the collectives are started
+    /// (`Collective::start`), else run one after another.
     pub fn reduction(
         &mut self,
         kind: Kind,
         bucket_bytes: usize,
-        layers: usize,
+        stage_of: &dyn Fn(&str) -> usize,
         overlap: bool,
     ) -> Reduction {
         self.ensure_state();
@@ -378,7 +380,7 @@ impl Optimizer {
             .map(|params| PlannedBucket {
                 stage: params
                     .iter()
-                    .map(|&p| super::backprop::Stage::of_parameter(&self.params[p].0, layers))
+                    .map(|&p| stage_of(&self.params[p].0))
                     .max()
                     .unwrap_or(0),
                 params,
@@ -404,7 +406,7 @@ impl Optimizer {
     }
 
     /// Start the reduction of every bucket whose gradients are final once the backward
-    /// pass reached stage `stage` (`backprop::Stage::index`), in `r`'s order.
+    /// pass reached stage `stage` (`train::Stage::index`), in `r`'s order.
     pub fn advance(
         &mut self,
         r: &mut Reduction,
