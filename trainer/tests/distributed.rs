@@ -313,8 +313,9 @@ fn zero1_on_2_and_4_ranks_equals_unsharded_training_orpo() {
 fn overlapped_collectives_give_the_weights_of_the_plain_step_for_every_method() {
     // A model of about 13 MB (fp32), so that 1 MiB buckets make a dozen of them and the
     // backward pass starts them one by one; 2 micro-batches per rank, so the first
-    // one's backward starts none. SFT packed (replicated and ZeRO-1, with and without
-    // checkpointing, 2 and 4 ranks), ORPO, DPO (ZeRO-1) and the reward model.
+    // one's backward starts none (one on 4 ranks). SFT packed (replicated and ZeRO-1,
+    // with and without checkpointing, on 2, 3 (odd: buckets padded to a multiple of 3) and 4
+    // ranks), ORPO, DPO (ZeRO-1) and the reward model. Weights and losses bit for bit.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cfg = janus::model::ModelConfig::small("mistral", 512, 256, 688, 4, 8, 4);
@@ -329,6 +330,12 @@ fn overlapped_collectives_give_the_weights_of_the_plain_step_for_every_method() 
         (
             "sft-zero",
             2,
+            &["distributed.shard_optimizer=true"],
+            "sft.jsonl",
+        ),
+        (
+            "sft-zero-3",
+            3,
             &["distributed.shard_optimizer=true"],
             "sft.jsonl",
         ),
@@ -370,14 +377,9 @@ fn overlapped_collectives_give_the_weights_of_the_plain_step_for_every_method() 
         ),
     ];
     for (name, world, extra, file) in cases {
-        let micro = format!("hyperparameters.micro_batch_size={}", 4 / world / 2);
+        let micro = "hyperparameters.micro_batch_size=1".to_string();
         let accum = if *world == 4 { "1" } else { "2" };
         let accum = format!("hyperparameters.gradient_accumulation_steps={accum}");
-        let micro = if *world == 4 {
-            "hyperparameters.micro_batch_size=1".to_string()
-        } else {
-            micro
-        };
         let run = |overlap: bool| {
             let job = format!("{name}-{overlap}");
             let o = format!("distributed.overlap={overlap}");
@@ -404,6 +406,12 @@ fn overlapped_collectives_give_the_weights_of_the_plain_step_for_every_method() 
             read_weights(&dir.join(format!("out-{job}")))
         };
         let (plain, overlapped) = (run(false), run(true));
+        let (a, b) = (
+            losses(dir, &format!("{name}-false"), 3),
+            losses(dir, &format!("{name}-true"), 3),
+        );
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, b, "{name} on {world} ranks: overlap changed the losses");
         let mut worst = 0.0f64;
         for ((n, a), (m, b)) in plain.iter().zip(&overlapped) {
             assert_eq!(n, m);

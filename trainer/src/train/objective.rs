@@ -110,8 +110,9 @@ impl Objective {
                     .chunks(b.micro)
                     .map(|c| Batch::unpacked(&c.iter().collect::<Vec<_>>(), b.pad, b.device))
                     .collect();
-                trainer.sft_step(&micro, lr)
-                    .map(|r| r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
+                trainer.sft_step(&micro, lr).map(|r| {
+                    r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares)))
+                })
             }
             (Objective::Sft, StepData::Rows(rows)) => {
                 let micro: Vec<Batch> = rows
@@ -121,8 +122,9 @@ impl Objective {
                         Batch::packed(&rs, b.pad, b.device)
                     })
                     .collect();
-                trainer.sft_step(&micro, lr)
-                    .map(|r| r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
+                trainer.sft_step(&micro, lr).map(|r| {
+                    r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares)))
+                })
             }
             (
                 Objective::Orpo {
@@ -132,22 +134,25 @@ impl Objective {
                 StepData::Pairs(pairs),
             ) => {
                 let micro = preference_batches(&pairs, b, *nll_on_prompt);
-                trainer.orpo_step(&micro, *lambda, lr)
-                    .map(|r| r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
+                trainer.orpo_step(&micro, *lambda, lr).map(|r| {
+                    r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares)))
+                })
             }
             // DPO reads the responses only.
             (Objective::Dpo { params, reference }, StepData::Pairs(pairs)) => {
                 let micro = preference_batches(&pairs, b, false);
-                trainer.dpo_step(&micro, reference, params, lr)
-                    .map(|r| r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
+                trainer.dpo_step(&micro, reference, params, lr).map(|r| {
+                    r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares)))
+                })
             }
             (Objective::Reward { center }, StepData::Pairs(pairs)) => {
                 let micro: Vec<RewardBatch> = pairs
                     .chunks(b.micro)
                     .map(|c| RewardBatch::new(&c.iter().collect::<Vec<_>>(), b.pad, b.device))
                     .collect();
-                trainer.reward_step(&micro, *center, lr)
-                    .map(|r| r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares))))
+                trainer.reward_step(&micro, *center, lr).map(|r| {
+                    r.with_attention(micro.iter().map(|b| (b.tokens, b.attention_squares)))
+                })
             }
             (o, data) => Err(Error::Data(format!(
                 "a step of `method: {}` was given {}: the data does not match the method",

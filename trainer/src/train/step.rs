@@ -618,3 +618,141 @@ impl Passes<'_> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::data::Example;
+    use crate::dist::Op;
+
+    /// Rank 0 of two whose peer contributes zeros: every collective is the identity.
+    /// For each gradient bucket (fp32; the step's counts are f64) it notes whether it
+    /// was started (`Collective::start`) and whether the embedding, the last parameter
+    /// the backward pass reaches, had its gradient by then.
+    struct Recorder {
+        embedding: Tensor,
+        log: Arc<Mutex<Vec<(bool, bool)>>>,
+    }
+
+    impl Recorder {
+        fn note(&self, started: bool, t: &Tensor) {
+            if t.kind() == Kind::Float {
+                let g = self.embedding.grad();
+                let ready = g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0;
+                self.log.lock().unwrap().push((started, ready));
+            }
+        }
+    }
+
+    impl Collective for Recorder {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+            self.note(false, t);
+            Ok(())
+        }
+        fn broadcast(&mut self, _: &mut Tensor, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()> {
+            self.note(false, t);
+            Ok(())
+        }
+        fn all_gather(&mut self, _: &mut Tensor) -> Result<()> {
+            Ok(())
+        }
+        fn start(&mut self, _: Op, t: &Tensor) -> Result<()> {
+            self.note(true, t);
+            Ok(())
+        }
+    }
+
+    fn trainer(overlap: bool, checkpointing: bool) -> (Trainer, Arc<Mutex<Vec<(bool, bool)>>>) {
+        tch::manual_seed(7);
+        let cfg = ModelConfig::small("mistral", 512, 64, 136, 2, 4, 2);
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut t = Trainer::new(&cfg, Kind::Float, Device::Cpu, adam, 1.0);
+        // About 150 kB a layer: several buckets per layer.
+        t.bucket_bytes = 64 << 10;
+        t.overlap = overlap;
+        t.checkpointing = checkpointing;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let embedding = t.vs.variables()["model.embed_tokens.weight"].shallow_clone();
+        t.set_collective(Box::new(Recorder {
+            embedding,
+            log: log.clone(),
+        }));
+        (t, log)
+    }
+
+    fn batches(n: usize) -> Vec<Batch> {
+        (0..n)
+            .map(|i| {
+                let examples: Vec<Example> = [9usize, 14, 6]
+                    .iter()
+                    .map(|&len| Example {
+                        tokens: (0..len as i64)
+                            .map(|j| (j * 37 + i as i64 * 11) % 500 + 3)
+                            .collect(),
+                        prompt_len: 2,
+                    })
+                    .collect();
+                let refs: Vec<&Example> = examples.iter().collect();
+                Batch::unpacked(&refs, 0, Device::Cpu)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn overlap_starts_gradient_buckets_before_the_backward_pass_ends() {
+        for checkpointing in [false, true] {
+            let micro = batches(1);
+            let (mut plain, plain_log) = trainer(false, checkpointing);
+            plain.sft_step(&micro, 1e-3).unwrap();
+            let log = plain_log.lock().unwrap().clone();
+            assert!(log.len() > 4, "{log:?}");
+            assert!(log.iter().all(|&(started, ready)| !started && ready));
+
+            let (mut overlapped, log) = trainer(true, checkpointing);
+            overlapped.sft_step(&micro, 1e-3).unwrap();
+            let log = log.lock().unwrap().clone();
+            // The same buckets, all started, the first ones (the head's, the last
+            // layer's) before the backward pass reached the embedding.
+            assert_eq!(log.len(), plain_log.lock().unwrap().len());
+            assert!(log.iter().all(|&(started, _)| started), "{log:?}");
+            let early = log.iter().filter(|&&(_, ready)| !ready).count();
+            assert!(early >= log.len() / 2, "ckpt {checkpointing}: {log:?}");
+            assert!(log.last().unwrap().1, "the embedding's bucket comes last");
+        }
+    }
+
+    #[test]
+    fn overlapped_steps_take_the_plain_steps_bit_for_bit() {
+        for checkpointing in [false, true] {
+            let micro = batches(2);
+            let (mut plain, _) = trainer(false, checkpointing);
+            let (mut overlapped, _) = trainer(true, checkpointing);
+            for step in 0..3 {
+                let a = plain.sft_step(&micro, 1e-3).unwrap();
+                let b = overlapped.sft_step(&micro, 1e-3).unwrap();
+                assert_eq!(a.loss, b.loss, "step {step}");
+                assert_eq!(a.grad_norm, b.grad_norm, "step {step}");
+            }
+            let (a, b) = (plain.vs.variables(), overlapped.vs.variables());
+            for (name, w) in &a {
+                assert!(w.equal(&b[name]), "ckpt {checkpointing}: {name} differs");
+            }
+        }
+    }
+}
