@@ -9,6 +9,7 @@ use std::sync::Once;
 
 use tch::Tensor;
 
+use super::config::ModelConfig;
 use super::segments::Segments;
 
 extern "C" {
@@ -118,7 +119,7 @@ impl std::fmt::Display for AttentionKernel {
 /// running the varlen kernel once on a two-segment input of the model's head shape (the
 /// same checks the training's calls meet: device, dtype, head size, GQA, window).
 pub fn attention_kernel(
-    cfg: &super::ModelConfig,
+    cfg: &ModelConfig,
     kind: tch::Kind,
     device: tch::Device,
     packed: bool,

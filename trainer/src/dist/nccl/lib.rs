@@ -15,10 +15,13 @@ pub type Comm = *mut c_void;
 pub type Stream = *mut c_void;
 
 /// `ncclUniqueId`.
+/// Length of an NCCL unique id (`ncclUniqueId`).
+pub const ID_BYTES: usize = 128;
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct UniqueId {
-    pub internal: [c_char; super::ID_BYTES],
+    pub internal: [c_char; ID_BYTES],
 }
 
 /// `ncclResult_t` values the communicator tells apart.

@@ -42,10 +42,7 @@ use crate::error::{Error, Result};
 use lib::{DataType, Stream, SUCCESS, SUM};
 use watchdog::Watchdog;
 
-pub use lib::PATH_ENV as LIBRARY_ENV;
-
-/// Length of an NCCL unique id (`ncclUniqueId`).
-pub const ID_BYTES: usize = 128;
+pub use lib::{ID_BYTES, PATH_ENV as LIBRARY_ENV};
 
 pub struct Nccl {
     /// Shared with the watchdog, which aborts it; null once destroyed.
