@@ -320,7 +320,7 @@ pub struct DistributedSection {
     /// Overlap the collectives with compute, as DDP does: reduce each gradient bucket as
     /// soon as the backward pass of the step's last micro-batch has finished its
     /// parameters, and (ZeRO-1) all-gather each bucket beside the next bucket's update.
-    /// The same sums and updates as without.
+    /// The same sums and updates as without. Off by default (unset) until measured on GPUs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overlap: bool,
 }

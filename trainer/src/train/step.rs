@@ -256,6 +256,7 @@ impl Trainer {
             phases,
             staged: overlap,
         };
+        let backward_before = phases.backward.get();
         let mut failed = None;
         let mut out = Vec::with_capacity(micro.len());
         for (i, b) in micro.iter().enumerate() {
@@ -269,12 +270,24 @@ impl Trainer {
             };
             out.push(pass(&passes, b, &mut done));
         }
+        // The buckets were started inside the backward phase where it is timed (SFT's
+        // passes): that time is the collectives', not the backward pass's
+        // (finish_step takes the rest of the reduction out of the optimizer's).
+        let during = opt.take_reduce_seconds();
+        let grown = phases.backward.get() - backward_before;
+        phases
+            .backward
+            .set(backward_before + grown - during.min(grown));
         if let Some(e) = failed {
             return Err(e);
         }
         if overlap {
             opt.advance(&mut red, comm.as_mut(), usize::MAX)?;
         }
+        let after = opt.take_reduce_seconds();
+        phases
+            .collectives
+            .set(phases.collectives.get() + during + after);
         Ok((out, red))
     }
 
@@ -633,8 +646,11 @@ mod tests {
     /// the backward pass reaches, had its gradient by then.
     struct Recorder {
         embedding: Tensor,
-        log: Arc<Mutex<Vec<(bool, bool)>>>,
+        log: Log,
     }
+
+    /// Per gradient bucket: (started, the embedding's gradient there).
+    type Log = Arc<Mutex<Vec<(bool, bool)>>>;
 
     impl Recorder {
         fn note(&self, started: bool, t: &Tensor) {
@@ -673,7 +689,7 @@ mod tests {
         }
     }
 
-    fn trainer(overlap: bool, checkpointing: bool) -> (Trainer, Arc<Mutex<Vec<(bool, bool)>>>) {
+    fn trainer(overlap: bool, checkpointing: bool) -> (Trainer, Log) {
         tch::manual_seed(7);
         let cfg = ModelConfig::small("mistral", 512, 64, 136, 2, 4, 2);
         let adam = AdamWConfig {
@@ -748,6 +764,10 @@ mod tests {
                 let b = overlapped.sft_step(&micro, 1e-3).unwrap();
                 assert_eq!(a.loss, b.loss, "step {step}");
                 assert_eq!(a.grad_norm, b.grad_norm, "step {step}");
+                // The buckets started inside the backward pass count as collectives.
+                for (phase, secs) in overlapped.phases.take() {
+                    assert!(secs >= 0.0, "step {step}: {phase} took {secs} s");
+                }
             }
             let (a, b) = (plain.vs.variables(), overlapped.vs.variables());
             for (name, w) in &a {
