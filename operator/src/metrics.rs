@@ -11,6 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Every `result` of `janus_operator_reports_total`: the counter starts with each at 0.
+/// The report endpoint (`crate::report`) counts under these names.
+pub const REPORT_RESULTS: [&str; 6] = [
+    "accepted",
+    "unauthenticated",
+    "forbidden",
+    "malformed",
+    "pod_gone",
+    "api_error",
+];
+
 /// Buckets of the reconcile and API request histograms (seconds).
 const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -41,7 +52,7 @@ pub struct Metrics {
     pub watch_errors_total: IntCounterVec,
     /// Objects skipped because they do not decode, by kind.
     pub undecodable_objects_total: IntCounterVec,
-    /// Progress reports from pods, by result ([`crate::report::ReportError::LABELS`]).
+    /// Progress reports from pods, by result ([`REPORT_RESULTS`]).
     pub reports_total: IntCounterVec,
 }
 
@@ -185,7 +196,7 @@ impl Metrics {
         for p in EvalPhase::ALL {
             eval_jobs.with_label_values(&[p.as_str()]).set(0);
         }
-        for r in crate::report::ReportError::LABELS {
+        for r in REPORT_RESULTS {
             reports_total.with_label_values(&[r]);
         }
         Metrics {

@@ -8,28 +8,26 @@ use std::collections::BTreeMap;
 use janus_crds::training::PodGroupProvider;
 use janus_crds::{annotations, defaults, env, labels, JanusTrainingJob};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
-    SecretEnvSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, Pod, PodSpec, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use crate::controller::children::{
+    self as layer, child_meta, config_mount, config_volume, field, namespace, plain, storage_env,
+    with_gpus,
+};
+pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
 use crate::error::{Error, Result};
 use crate::security;
-
-/// Key of the trainer config in the ConfigMap.
-pub const CONFIG_KEY: &str = "config.yaml";
-/// GPU resource name.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Name of the trainer's `/metrics` container port.
 pub const METRICS_PORT_NAME: &str = "metrics";
 /// Volcano's pod annotation naming the PodGroup.
@@ -56,29 +54,13 @@ pub fn master_addr(job: &str, namespace: &str) -> String {
     format!("{}.{job}.{namespace}.svc", worker_name(job, 0))
 }
 
-fn owner(job: &JanusTrainingJob) -> Result<OwnerReference> {
-    job.controller_owner_ref(&())
-        .ok_or(Error::MissingField("metadata.uid"))
-}
-
-fn namespace(job: &JanusTrainingJob) -> Result<String> {
-    job.namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))
-}
-
 /// Labels of every child: the job name (selector of the Service and of the pod watch).
 pub fn job_labels(job: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(labels::JOB.to_string(), job.to_string())])
+    layer::job_labels::<JanusTrainingJob>(job)
 }
 
 fn meta(job: &JanusTrainingJob, name: String) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace(job)?),
-        labels: Some(job_labels(&job.name_any())),
-        owner_references: Some(vec![owner(job)?]),
-        ..Default::default()
-    })
+    child_meta(job, name)
 }
 
 /// Headless Service `J`: gives pod `J-worker-i` the DNS name `J-worker-i.J.N.svc`.
@@ -107,18 +89,11 @@ pub fn config_map(job: &JanusTrainingJob) -> Result<ConfigMap> {
         job: job.name_any(),
         message: e.to_string(),
     })?;
-    Ok(ConfigMap {
-        metadata: meta(job, config_map_name(&job.name_any()))?,
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), rendered)])),
-        ..Default::default()
-    })
+    layer::config_map(job, config_map_name(&job.name_any()), rendered)
 }
 
 pub fn service_account(job: &JanusTrainingJob) -> Result<ServiceAccount> {
-    Ok(ServiceAccount {
-        metadata: meta(job, rbac_name(&job.name_any()))?,
-        ..Default::default()
-    })
+    layer::service_account(job, rbac_name(&job.name_any()))
 }
 
 /// NetworkPolicy `J-workers` (with `spec.networkPolicy`): the job's pods admit only
@@ -229,22 +204,6 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         }
     }
 
-    let plain = |k: &str, v: String| EnvVar {
-        name: k.into(),
-        value: Some(v),
-        ..Default::default()
-    };
-    let field = |k: &str, path: &str| EnvVar {
-        name: k.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let nproc = w.gpus_per_worker.max(1);
     let env_vars = vec![
         plain(env::JOB, name.clone()),
@@ -260,25 +219,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         field(env::POD_NAMESPACE, "metadata.namespace"),
     ];
 
-    let mut resources = w.resources.clone().unwrap_or_default();
-    if w.gpus_per_worker > 0 {
-        let gpus = Quantity(w.gpus_per_worker.to_string());
-        resources
-            .limits
-            .get_or_insert_with(Default::default)
-            .insert(GPU_RESOURCE.into(), gpus.clone());
-        resources
-            .requests
-            .get_or_insert_with(Default::default)
-            .insert(GPU_RESOURCE.into(), gpus);
-    }
-    let resources = (resources != ResourceRequirements::default()).then_some(resources);
-
-    let config_dir = std::path::Path::new(defaults::CONFIG_PATH)
-        .parent()
-        .expect("config path has a directory")
-        .to_string_lossy()
-        .into_owned();
+    let resources = with_gpus(w.resources.clone(), w.gpus_per_worker);
     let container = Container {
         name: defaults::CONTAINER_NAME.into(),
         image: Some(w.image.clone()),
@@ -290,15 +231,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             defaults::CONFIG_PATH.into(),
         ]),
         env: Some(env_vars),
-        env_from: job.spec.storage_secret_ref.as_ref().map(|s| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: s.name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
+        env_from: storage_env(job.spec.storage_secret_ref.as_ref()),
         ports: Some(vec![
             ContainerPort {
                 name: Some("rendezvous".into()),
@@ -317,12 +250,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         resources,
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: config_dir,
-                read_only: Some(true),
-                ..Default::default()
-            },
+            config_mount(),
             VolumeMount {
                 name: "dshm".into(),
                 mount_path: "/dev/shm".into(),
@@ -340,7 +268,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             namespace: Some(ns),
             labels: Some(pod_labels),
             annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
-            owner_references: Some(vec![owner(job)?]),
+            owner_references: Some(vec![crate::controller::children::owner(job)?]),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -359,14 +287,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             affinity: w.affinity.clone(),
             containers: vec![container],
             volumes: Some(vec![
-                Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: config_map_name(&name),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                config_volume(config_map_name(&name)),
                 Volume {
                     name: "dshm".into(),
                     empty_dir: Some(EmptyDirVolumeSource {

@@ -1,0 +1,499 @@
+//! Unit tests of `eval::stage`.
+
+use super::*;
+
+fn now() -> Timestamp {
+    "2026-01-01T12:00:00Z".parse().unwrap()
+}
+
+fn ready() -> Gate {
+    Gate::ready("Ready", "")
+}
+
+fn job(shards: i32) -> EvalFacts {
+    EvalFacts {
+        name: "e".into(),
+        shards,
+        backoff_limit: 3,
+        active_deadline_seconds: None,
+        ttl_seconds_after_finished: None,
+        suspend: false,
+        clean_pod_policy: CleanPodPolicy::Running,
+        scheduling_timeout_seconds: None,
+        unreachable_node_toleration_seconds: 300,
+        phase: EvalPhase::Pending,
+        restarts: 0,
+        start_time: Some("2026-01-01T11:00:00Z".parse().unwrap()),
+        completion_time: None,
+        shard_attempts: vec![0; shards as usize],
+        shard_done: vec![false; shards as usize],
+        judge_attempt: 0,
+        model: ready(),
+        storage_secret: ready(),
+        baseline: ready(),
+        judge_secret: ready(),
+    }
+}
+
+fn pod(slot: Slot, attempt: i32, phase: PodPhase) -> PodFacts {
+    let failed = phase == PodPhase::Failed;
+    PodFacts {
+        name: slot.pod_name("e"),
+        role: Some(slot),
+        attempt: Some(attempt),
+        phase,
+        terminating: false,
+        container: failed.then(|| "generate".into()),
+        exit_code: failed.then_some(75),
+        message: failed.then(|| "connection reset".into()),
+        finished_at: None,
+        created_at: None,
+        reason: None,
+        waiting: None,
+        disrupted: None,
+        node_lost: false,
+        node_down: None,
+        foreign: false,
+    }
+}
+
+fn generation(n: i32, phase: PodPhase) -> Vec<PodFacts> {
+    (0..n).map(|i| pod(Slot::Generate(i), 0, phase)).collect()
+}
+
+fn progress(d: Decision) -> (EvalPhase, Vec<Slot>, Vec<Restart>, Vec<String>, Vec<Slot>) {
+    match d {
+        Decision::Step(Progress {
+            phase,
+            done,
+            restart,
+            delete,
+            create,
+            ..
+        }) => (phase, done, restart, delete, create),
+        d => panic!("expected Progress, got {d:?}"),
+    }
+}
+
+#[test]
+fn a_new_job_creates_one_pod_per_shard_and_no_judge() {
+    let d = decide(&job(3), &[], now());
+    let (phase, _, _, _, create) = progress(d);
+    assert_eq!(phase, EvalPhase::Pending);
+    assert_eq!(
+        create,
+        &[Slot::Generate(0), Slot::Generate(1), Slot::Generate(2)]
+    );
+}
+
+#[test]
+fn running_generation_pods_are_generating_and_create_nothing() {
+    let d = decide(&job(2), &generation(2, PodPhase::Running), now());
+    let (phase, done, restart, delete, create) = progress(d);
+    assert_eq!(phase, EvalPhase::Generating);
+    assert!(done.is_empty() && restart.is_empty() && delete.is_empty() && create.is_empty());
+}
+
+#[test]
+fn the_judge_starts_only_when_every_shard_succeeded() {
+    let mut pods = generation(2, PodPhase::Succeeded);
+    pods[1].phase = PodPhase::Running;
+    let d = decide(&job(2), &pods, now());
+    let (phase, done, _, _, create) = progress(d);
+    assert_eq!(phase, EvalPhase::Generating);
+    assert_eq!(done, &[Slot::Generate(0)]);
+    assert!(create.is_empty(), "no judge while shard 1 runs");
+
+    pods[1].phase = PodPhase::Succeeded;
+    let d = decide(&job(2), &pods, now());
+    let (phase, done, _, _, create) = progress(d);
+    assert_eq!(phase, EvalPhase::Judging);
+    assert_eq!(done, &[Slot::Generate(0), Slot::Generate(1)]);
+    assert_eq!(create, &[Slot::Judge]);
+}
+
+#[test]
+fn done_shards_stay_done_after_their_pods_are_gone() {
+    let mut j = job(2);
+    j.shard_done = vec![true, true];
+    j.phase = EvalPhase::Generating;
+    let (phase, done, _, _, create) = progress(decide(&j, &[], now()));
+    assert_eq!(phase, EvalPhase::Judging);
+    assert!(done.is_empty(), "already recorded");
+    assert_eq!(create, &[Slot::Judge], "not one generation pod again");
+}
+
+#[test]
+fn the_judge_pod_exiting_zero_succeeds_the_job() {
+    let mut j = job(1);
+    j.shard_done = vec![true];
+    j.clean_pod_policy = CleanPodPolicy::All;
+    let pods = vec![
+        pod(Slot::Generate(0), 0, PodPhase::Succeeded),
+        pod(Slot::Judge, 0, PodPhase::Succeeded),
+    ];
+    assert_eq!(
+        decide(&j, &pods, now()),
+        Decision::Succeed {
+            delete: vec!["e-generate-0".into(), "e-judge".into()]
+        }
+    );
+}
+
+#[test]
+fn a_failed_shard_is_recreated_alone_and_counted() {
+    let mut pods = generation(3, PodPhase::Running);
+    pods[1] = pod(Slot::Generate(1), 0, PodPhase::Failed);
+    let d = decide(&job(3), &pods, now());
+    let (phase, _, restart, delete, create) = progress(d);
+    assert_eq!(phase, EvalPhase::Generating);
+    assert_eq!(restart.len(), 1);
+    assert_eq!(restart[0].slot, Slot::Generate(1));
+    assert_eq!(restart[0].reason, "PodFailed");
+    assert!(
+        restart[0].message.contains("e-generate-1")
+            && restart[0].message.contains("75")
+            && restart[0].message.contains("connection reset"),
+        "{}",
+        restart[0].message
+    );
+    assert_eq!(delete, &["e-generate-1".to_string()], "only the failed pod");
+    assert!(
+        create.is_empty(),
+        "the name is reused: wait until it is gone"
+    );
+
+    // Next look: the shard is at attempt 1 and its old pod is gone -> create it.
+    let mut j = job(3);
+    j.restarts = 1;
+    j.shard_attempts = vec![0, 1, 0];
+    let pods = vec![pods[0].clone(), pods[2].clone()];
+    let (_, _, restart, _, create) = progress(decide(&j, &pods, now()));
+    assert!(restart.is_empty());
+    assert_eq!(create, &[Slot::Generate(1)]);
+}
+
+#[test]
+fn a_failed_pod_seen_again_after_its_restart_is_stale_not_counted_twice() {
+    let mut j = job(2);
+    j.restarts = 1;
+    j.shard_attempts = vec![0, 1];
+    let pods = vec![
+        pod(Slot::Generate(0), 0, PodPhase::Running),
+        pod(Slot::Generate(1), 0, PodPhase::Failed),
+    ];
+    let (_, _, restart, delete, create) = progress(decide(&j, &pods, now()));
+    assert!(restart.is_empty());
+    assert_eq!(delete, &["e-generate-1".to_string()]);
+    assert!(create.is_empty());
+}
+
+#[test]
+fn a_failed_judge_is_recreated_and_resumes() {
+    let mut j = job(1);
+    j.shard_done = vec![true];
+    let mut judge = pod(Slot::Judge, 0, PodPhase::Failed);
+    judge.container = Some("judge".into());
+    let (phase, _, restart, delete, _) = progress(decide(&j, &[judge], now()));
+    assert_eq!(phase, EvalPhase::Judging);
+    assert_eq!(restart[0].slot, Slot::Judge);
+    assert!(restart[0].message.contains("container judge"));
+    assert_eq!(delete, &["e-judge".to_string()]);
+}
+
+#[test]
+fn restarts_beyond_the_backoff_limit_fail_the_job() {
+    let mut j = job(2);
+    j.backoff_limit = 1;
+    j.restarts = 1;
+    let mut pods = generation(2, PodPhase::Running);
+    pods[0] = pod(Slot::Generate(0), 0, PodPhase::Failed);
+    match decide(&j, &pods, now()) {
+        Decision::Fail {
+            reason,
+            message,
+            delete,
+        } => {
+            assert_eq!(reason, "BackoffLimitExceeded");
+            assert!(
+                message.contains("e-generate-0") && message.contains("backoffLimit 1"),
+                "{message}"
+            );
+            assert_eq!(
+                delete,
+                vec!["e-generate-1".to_string()],
+                "cleanPodPolicy Running"
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    // Two failures at once with room for one: also over the limit.
+    j.restarts = 0;
+    pods[1] = pod(Slot::Generate(1), 0, PodPhase::Failed);
+    assert!(matches!(
+        decide(&j, &pods, now()),
+        Decision::Fail {
+            reason: "BackoffLimitExceeded",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn exit_code_64_fails_at_once_naming_pod_container_and_message() {
+    let mut j = job(1);
+    j.shard_done = vec![true];
+    let mut judge = pod(Slot::Judge, 0, PodPhase::Failed);
+    judge.container = Some("judge".into());
+    judge.exit_code = Some(64);
+    judge.message = Some("judge.url: no such host".into());
+    match decide(&j, &[judge], now()) {
+        Decision::Fail {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, "NonRetryableExit");
+            assert!(
+                message.contains("e-judge")
+                    && message.contains("container judge")
+                    && message.contains("64")
+                    && message.contains("no such host"),
+                "{message}"
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn an_evicted_pod_is_recreated_with_its_reason() {
+    let mut p = pod(Slot::Generate(0), 0, PodPhase::Failed);
+    (p.container, p.exit_code, p.message) = (None, None, None);
+    p.reason = Some("Evicted".into());
+    let (_, _, restart, _, _) = progress(decide(&job(1), &[p], now()));
+    assert_eq!(restart[0].reason, "PodEvicted");
+}
+
+#[test]
+fn a_pod_deleted_by_someone_else_is_recreated_without_counting() {
+    let mut pods = generation(2, PodPhase::Running);
+    pods[1].terminating = true;
+    let (_, _, restart, delete, create) = progress(decide(&job(2), &pods, now()));
+    assert!(restart.is_empty() && delete.is_empty() && create.is_empty());
+    let (_, _, restart, _, create) = progress(decide(&job(2), &pods[..1], now()));
+    assert!(restart.is_empty());
+    assert_eq!(create, &[Slot::Generate(1)]);
+}
+
+#[test]
+fn waiting_for_the_model_creates_nothing() {
+    let mut j = job(2);
+    j.start_time = None;
+    j.active_deadline_seconds = Some(1);
+    j.model = Gate::Waiting {
+        reason: "WaitingForTrainingJob",
+        message: "m".into(),
+    };
+    let (phase, _, _, _, create) = progress(decide(&j, &[], now()));
+    assert_eq!(phase, EvalPhase::Pending);
+    assert!(create.is_empty());
+}
+
+#[test]
+fn a_failed_training_job_or_baseline_fails_the_job() {
+    let mut j = job(1);
+    j.model = Gate::Failed {
+        reason: "TrainingJobFailed",
+        message: "JanusTrainingJob sft failed: x".into(),
+    };
+    assert!(matches!(
+        decide(&j, &[], now()),
+        Decision::Fail {
+            reason: "TrainingJobFailed",
+            ..
+        }
+    ));
+    let mut j = job(1);
+    j.baseline = Gate::Failed {
+        reason: "BaselineFailed",
+        message: "m".into(),
+    };
+    assert!(matches!(
+        decide(&j, &[], now()),
+        Decision::Fail {
+            reason: "BaselineFailed",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_missing_judge_secret_holds_only_the_judge_and_looks_again() {
+    let mut j = job(1);
+    j.judge_secret = Gate::Waiting {
+        reason: "SecretNotFound",
+        message: "m".into(),
+    };
+    // Generation goes ahead.
+    let d = decide(&j, &[], now());
+    assert_eq!(progress(d).4, &[Slot::Generate(0)]);
+    // The judge waits, and the Secret is looked for again soon.
+    j.shard_done = vec![true];
+    match decide(&j, &[], now()) {
+        Decision::Step(Progress {
+            phase,
+            create,
+            requeue_after,
+            ..
+        }) => {
+            assert_eq!(phase, EvalPhase::Judging);
+            assert!(create.is_empty());
+            assert_eq!(requeue_after, Some(SECRET_RECHECK));
+        }
+        d => panic!("{d:?}"),
+    }
+    // Same for the baseline, without the Secret recheck (baselines are watched).
+    j.judge_secret = ready();
+    j.baseline = Gate::Waiting {
+        reason: "WaitingForBaseline",
+        message: "m".into(),
+    };
+    match decide(&j, &[], now()) {
+        Decision::Step(Progress {
+            create,
+            requeue_after,
+            ..
+        }) => {
+            assert!(create.is_empty());
+            assert_eq!(requeue_after, None);
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn a_missing_storage_secret_holds_every_pod() {
+    let mut j = job(2);
+    j.storage_secret = Gate::Waiting {
+        reason: "SecretNotFound",
+        message: "m".into(),
+    };
+    match decide(&j, &[], now()) {
+        Decision::Step(Progress {
+            create,
+            requeue_after,
+            ..
+        }) => {
+            assert!(create.is_empty());
+            assert_eq!(requeue_after, Some(SECRET_RECHECK));
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn the_deadline_fails_the_job_and_is_requeued_before() {
+    let mut j = job(1);
+    j.active_deadline_seconds = Some(3600);
+    assert!(matches!(
+        decide(&j, &generation(1, PodPhase::Running), now()),
+        Decision::Fail {
+            reason: "DeadlineExceeded",
+            ..
+        }
+    ));
+    j.active_deadline_seconds = Some(3700);
+    match decide(&j, &generation(1, PodPhase::Running), now()) {
+        Decision::Step(Progress { requeue_after, .. }) => {
+            assert_eq!(requeue_after, Some(Duration::from_secs(100)))
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn suspend_deletes_every_pod_and_resume_waits_for_them_to_go() {
+    let mut j = job(2);
+    j.suspend = true;
+    let mut pods = generation(2, PodPhase::Running);
+    pods[1].terminating = true;
+    assert_eq!(
+        decide(&j, &pods, now()),
+        Decision::Suspend {
+            delete: vec!["e-generate-0".into()]
+        }
+    );
+    j.suspend = false;
+    j.phase = EvalPhase::Suspended;
+    let (phase, _, restart, delete, create) = progress(decide(&j, &pods, now()));
+    assert_eq!(phase, EvalPhase::Suspended);
+    assert!(restart.is_empty() && create.is_empty());
+    assert_eq!(delete, &["e-generate-0".to_string()]);
+    let (phase, _, _, _, create) = progress(decide(&j, &[], now()));
+    assert_eq!(phase, EvalPhase::Pending);
+    assert_eq!(create.len(), 2);
+}
+
+#[test]
+fn finished_jobs_clean_up_and_expire_after_the_ttl() {
+    let mut j = job(1);
+    j.phase = EvalPhase::Succeeded;
+    j.completion_time = Some("2026-01-01T11:59:00Z".parse().unwrap());
+    let pods = vec![
+        pod(Slot::Generate(0), 0, PodPhase::Succeeded),
+        pod(Slot::Judge, 0, PodPhase::Running),
+    ];
+    assert_eq!(
+        decide(&j, &pods, now()),
+        Decision::Finished {
+            delete: vec!["e-judge".into()],
+            delete_job: false,
+            requeue_after: None
+        }
+    );
+    j.ttl_seconds_after_finished = Some(100);
+    assert_eq!(
+        decide(&j, &[], now()),
+        Decision::Finished {
+            delete: vec![],
+            delete_job: false,
+            requeue_after: Some(Duration::from_secs(40))
+        }
+    );
+    j.ttl_seconds_after_finished = Some(60);
+    assert!(matches!(
+        decide(&j, &[], now()),
+        Decision::Finished {
+            delete_job: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn pods_of_another_owner_are_not_counted_and_block_their_names() {
+    let mut pods = generation(2, PodPhase::Failed);
+    for p in &mut pods {
+        p.foreign = true;
+    }
+    match decide(&job(2), &pods, now()) {
+        Decision::Step(Progress {
+            restart,
+            create,
+            delete,
+            requeue_after,
+            ..
+        }) => {
+            assert!(restart.is_empty() && create.is_empty() && delete.is_empty());
+            assert_eq!(requeue_after, Some(FOREIGN_POD_WAIT));
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn pods_of_unknown_shards_are_stale() {
+    let p = pod(Slot::Generate(5), 0, PodPhase::Running);
+    let (_, _, _, delete, create) = progress(decide(&job(2), &[p], now()));
+    assert_eq!(delete, &["e-generate-5".to_string()]);
+    assert_eq!(create.len(), 2);
+}
