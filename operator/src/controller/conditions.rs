@@ -8,6 +8,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::{Event, EventType, Recorder};
 
+use super::run::{JobStatus, Kind};
+
 /// An Event to publish: (warning?, reason, note).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventSpec {
@@ -203,6 +205,16 @@ impl Transitions {
         }
         self.event(warning, c.reason, c.message);
     }
+}
+
+/// The start of a kind's next status: the status as read, the one made from it (which
+/// observes the job's generation), and the transitions between them.
+pub fn begin<K: Kind>(job: &K, now: Timestamp) -> (K::Status, K::Status, Transitions) {
+    let old = job.status().cloned().unwrap_or_default();
+    let mut s = old.clone();
+    *s.observed_generation_mut() = job.meta().generation;
+    let t = Transitions::new(old.conditions(), now);
+    (old, s, t)
 }
 
 /// The Events API refuses a note over 1 KiB (the whole Event would be lost): a

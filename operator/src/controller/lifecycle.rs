@@ -13,6 +13,70 @@ use jiff::Timestamp;
 
 use super::pods::PodFacts;
 
+/// What the lifecycle (and the stuck states) read of a job of any kind: its run policy
+/// (every kind's `runPolicy` has these fields, with Kubeflow's names and meanings) and
+/// the times of its status. Made by [`run_facts!`](crate::run_facts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub backoff_limit: i32,
+    pub active_deadline_seconds: Option<i64>,
+    pub ttl_seconds_after_finished: Option<i32>,
+    pub suspend: bool,
+    pub clean_pod_policy: CleanPodPolicy,
+    /// `runPolicy.schedulingTimeoutSeconds`.
+    pub scheduling_timeout_seconds: Option<i64>,
+    /// `runPolicy.unreachableNodeTolerationSeconds`.
+    pub unreachable_node_toleration_seconds: i64,
+    /// When the job (last) started or resumed.
+    pub start_time: Option<Timestamp>,
+    /// When it Succeeded or Failed.
+    pub completion_time: Option<Timestamp>,
+}
+
+/// The [`Run`] of a kind whose `runPolicy` is `$rp` and whose status is `$s` (their
+/// fields are named alike in every kind).
+#[macro_export]
+macro_rules! run_facts {
+    ($rp:expr, $s:expr) => {
+        $crate::controller::lifecycle::Run {
+            backoff_limit: $rp.backoff_limit,
+            active_deadline_seconds: $rp.active_deadline_seconds,
+            ttl_seconds_after_finished: $rp.ttl_seconds_after_finished,
+            suspend: $rp.suspend,
+            clean_pod_policy: $rp.clean_pod_policy,
+            scheduling_timeout_seconds: $rp.scheduling_timeout_seconds,
+            unreachable_node_toleration_seconds: $rp.unreachable_node_toleration_seconds,
+            start_time: $s.start_time.as_ref().map(|t| t.0),
+            completion_time: $s.completion_time.as_ref().map(|t| t.0),
+        }
+    };
+}
+
+impl Run {
+    /// What a finished job does now (see [`finished`]).
+    pub fn finished<R>(&self, pods: &[PodFacts<R>], now: Timestamp) -> Finished {
+        finished(
+            self.ttl_seconds_after_finished,
+            self.completion_time,
+            self.clean_pod_policy,
+            pods,
+            now,
+        )
+    }
+
+    /// Pods its `cleanPodPolicy` deletes once it finished.
+    pub fn cleanup<R>(&self, pods: &[PodFacts<R>]) -> Vec<String> {
+        cleanup(self.clean_pod_policy, pods)
+    }
+
+    /// Its deadline, counted from its start, or from now when it resumes (the status's
+    /// startTime is reset in the same reconcile).
+    pub fn deadline(&self, resuming: bool, now: Timestamp) -> Deadline {
+        let start = if resuming { Some(now) } else { self.start_time };
+        deadline(self.active_deadline_seconds, start, now)
+    }
+}
+
 /// How soon to look again while a pod of another owner holds a name we need.
 pub const FOREIGN_POD_WAIT: Duration = Duration::from_secs(2);
 

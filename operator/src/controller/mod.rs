@@ -29,6 +29,8 @@ pub mod stuck;
 
 #[cfg(test)]
 pub mod fixtures;
+#[cfg(test)]
+pub mod testing;
 
 pub use context::{Context, Settings};
 pub use decision::{Decision, Step};

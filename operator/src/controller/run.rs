@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::core::object::HasStatus;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -65,7 +66,7 @@ pub struct WatchNames {
 }
 
 /// What the run loop needs to know of a kind besides its hooks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Policy {
     /// Label naming the job on each of its children (the pod watch selects it).
     pub job_label: &'static str,
@@ -84,11 +85,39 @@ pub struct Policy {
     /// Whether the children are applied before the status is written (else at the same
     /// time: they do not depend on it).
     pub children_before_status: bool,
+    /// The counter of the restarts its decisions make.
+    pub restarts_total: fn(&Metrics) -> &IntCounter,
 }
 
 /// A kind's status, written whole.
 pub trait JobStatus: Serialize + Clone + PartialEq + Default + Debug + Send + Sync {
+    fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// `status.observedGeneration`.
+    fn observed_generation_mut(&mut self) -> &mut Option<i64>;
+}
+
+/// [`JobStatus`] for a kind's status type with the usual `conditions` and
+/// `observed_generation` fields.
+#[macro_export]
+macro_rules! job_status {
+    ($status:ty) => {
+        impl $crate::controller::JobStatus for $status {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &self.conditions
+            }
+
+            fn conditions_mut(
+                &mut self,
+            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut self.conditions
+            }
+
+            fn observed_generation_mut(&mut self) -> &mut Option<i64> {
+                &mut self.observed_generation
+            }
+        }
+    };
 }
 
 /// What one look at a job concluded.
@@ -140,6 +169,7 @@ pub type AddWatches<K> = Box<dyn FnOnce(Controller<K>) -> Controller<K> + Send>;
 /// (a pure function of its job, its pods and its facts); everything else is here.
 pub trait Kind:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasStatus<Status: JobStatus>
     + Clone
     + Debug
     + Serialize
@@ -148,7 +178,6 @@ pub trait Kind:
     + Sync
     + 'static
 {
-    type Status: JobStatus;
     /// Its own step of a job under way (the rest of a decision is the layer's).
     type Step: Step;
     /// A pod's place in the job (a rank, a slot), from its labels.
@@ -159,10 +188,7 @@ pub trait Kind:
     type Own: Send + Sync + 'static;
     const POLICY: Policy;
 
-    fn status(&self) -> Option<&Self::Status>;
     fn role(pod: &Pod) -> Option<Self::Role>;
-    /// The counter of the restarts it makes.
-    fn restarts_total(metrics: &Metrics) -> &IntCounter;
 
     /// Start the kind's own watches, given the job cache.
     fn watches(
@@ -369,7 +395,7 @@ async fn act<K: Kind>(
 ) -> Result<Action> {
     children_and_status(ctx, jobs, job, facts, &plan).await?;
     K::before_pods(ctx, jobs, job, &plan, now).await?;
-    K::restarts_total(&ctx.metrics).inc_by(plan.decision.restarts());
+    (K::POLICY.restarts_total)(&ctx.metrics).inc_by(plan.decision.restarts());
     publish_all(&ctx.recorder, job.object_ref(&()), plan.events.clone());
     delete_pods(ctx, job, &plan).await?;
     create_pods(ctx, jobs, job, facts, &plan, now).await?;

@@ -18,10 +18,7 @@ use kube::ResourceExt;
 
 use super::gates::Resolved;
 use super::stage::Slot;
-use crate::controller::children::{
-    self as layer, config_mount, config_volume, field, namespace, owner, plain, storage_env,
-    with_gpus,
-};
+use crate::controller::children::{self as layer, *};
 pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
 use crate::error::Result;
 use crate::security;
@@ -218,16 +215,10 @@ pub fn progress_annotation(pod: &Pod) -> Option<&String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
     use crate::eval::config_render::tests::{representative_job, resolved};
 
-    fn env_of(c: &Container) -> BTreeMap<String, String> {
-        c.env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-            .collect()
-    }
+    use crate::controller::testing::env_of;
 
     #[test]
     fn generation_pods_carry_their_shard_and_the_contract_env() {
@@ -279,23 +270,9 @@ mod tests {
             !names.contains(&"JANUS_JUDGE_API_KEY"),
             "no key in generation pods"
         );
-        assert_eq!(
-            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
-            "1"
-        );
-        assert_eq!(
-            c.env_from.as_ref().unwrap()[0]
-                .secret_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "s3-credentials"
-        );
-        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (o.kind.as_str(), o.controller),
-            ("JanusEvalJob", Some(true))
-        );
+        assert_eq!(testing::gpus(c), "1");
+        assert_eq!(testing::storage_secret(c), "s3-credentials");
+        assert_eq!(testing::owner(&pod.metadata), ("JanusEvalJob", Some(true)));
     }
 
     #[test]

@@ -16,13 +16,11 @@ use janus_crds::eval::{condition, reason};
 use janus_crds::{annotations, labels, JanusEvalJob, JanusEvalJobStatus, JanusTrainingJob};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::ResourceExt;
-use prometheus::IntCounter;
 
 use super::children;
 use super::gates::{self, Gates};
@@ -30,16 +28,11 @@ use super::stage::{self, Decision, Progress, Slot};
 use super::status;
 use crate::controller::apply::apply;
 use crate::controller::run::{watch_health, AddWatches, Watch, WatchNames};
-use crate::controller::{stuck, Context, JobStatus, Kind, Plan, Policy};
+use crate::controller::{stuck, Context, Kind, Plan, Policy};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::watch::{dynamic_api, lenient_watcher};
 
-impl JobStatus for JanusEvalJobStatus {
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-}
+crate::job_status!(JanusEvalJobStatus);
 
 /// The evaluation's own caches.
 pub struct EvalCaches {
@@ -50,7 +43,6 @@ pub struct EvalCaches {
 }
 
 impl Kind for JanusEvalJob {
-    type Status = JanusEvalJobStatus;
     type Step = Progress;
     type Role = Slot;
     type Facts = Gates;
@@ -68,19 +60,12 @@ impl Kind for JanusEvalJob {
         concurrency: 8,
         // Its decisions read Secrets that no cache holds: read the job fresh with them.
         trust_cached_job: false,
+        restarts_total: |m| &m.eval_restarts_total,
         children_before_status: true,
     };
 
-    fn status(&self) -> Option<&JanusEvalJobStatus> {
-        self.status.as_ref()
-    }
-
     fn role(pod: &Pod) -> Option<Slot> {
         status::slot_of(pod)
-    }
-
-    fn restarts_total(metrics: &Metrics) -> &IntCounter {
-        &metrics.eval_restarts_total
     }
 
     /// The training jobs and the baseline evaluations waited for.
@@ -161,7 +146,7 @@ impl Kind for JanusEvalJob {
         if let Some(d) = invalid_config(job, gates, &decision) {
             decision = d;
         }
-        let toleration = facts.unreachable_node_toleration_seconds;
+        let toleration = facts.run.unreachable_node_toleration_seconds;
         let force = stuck::force_delete(toleration, &pf, decision.deletes(), now);
         let pod_refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
         let reports = status::reports(&facts, uid, &pod_refs);

@@ -26,11 +26,10 @@ use std::time::Duration;
 
 use janus_crds::eval::{reason, EvalPhase};
 use janus_crds::exit_code;
-use janus_crds::training::CleanPodPolicy;
 use jiff::Timestamp;
 
 use crate::controller::decision::Step;
-use crate::controller::lifecycle::{self, cleanup, earliest, names, Deadline, FOREIGN_POD_WAIT};
+use crate::controller::lifecycle::{earliest, names, Deadline, Run, FOREIGN_POD_WAIT};
 use crate::controller::pods;
 pub use crate::controller::pods::PodPhase;
 use crate::controller::stuck::{self, Timeout};
@@ -92,21 +91,12 @@ pub struct EvalFacts {
     pub name: String,
     /// Generation pods (`spec.worker.replicas`).
     pub shards: i32,
-    pub backoff_limit: i32,
-    pub active_deadline_seconds: Option<i64>,
-    pub ttl_seconds_after_finished: Option<i32>,
-    pub suspend: bool,
-    pub clean_pod_policy: CleanPodPolicy,
-    /// `runPolicy.schedulingTimeoutSeconds`.
-    pub scheduling_timeout_seconds: Option<i64>,
-    /// `runPolicy.unreachableNodeTolerationSeconds`.
-    pub unreachable_node_toleration_seconds: i64,
+    /// Its run policy and the times of its status.
+    pub run: Run,
     /// Phase in the current status.
     pub phase: EvalPhase,
     /// Pod restarts so far.
     pub restarts: i32,
-    pub start_time: Option<Timestamp>,
-    pub completion_time: Option<Timestamp>,
     /// Current attempt of each shard (index = shard).
     pub shard_attempts: Vec<i32>,
     /// Shards whose pod exited 0 earlier (index = shard).
@@ -208,7 +198,7 @@ fn describe(p: &PodFacts) -> String {
 
 /// The current pods to delete and create again, and why.
 fn restarts(job: &EvalFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Restart> {
-    let toleration = job.unreachable_node_toleration_seconds;
+    let toleration = job.run.unreachable_node_toleration_seconds;
     current
         .iter()
         .filter_map(|p| {
@@ -248,19 +238,12 @@ fn restarts(job: &EvalFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Resta
 pub fn decide(job: &EvalFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
     // 1. Finished jobs only clean up and expire.
     if job.phase.is_finished() {
-        return lifecycle::finished(
-            job.ttl_seconds_after_finished,
-            job.completion_time,
-            job.clean_pod_policy,
-            pods,
-            now,
-        )
-        .into();
+        return job.run.finished(pods, now).into();
     }
     let owned: Vec<&PodFacts> = pods.iter().filter(|p| !p.foreign).collect();
 
     // 2. Suspended: no pods.
-    if job.suspend {
+    if job.run.suspend {
         return Decision::Suspend {
             delete: names(owned.iter().copied()),
         };
@@ -286,19 +269,18 @@ pub fn decide(job: &EvalFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
             return Decision::Fail {
                 reason,
                 message: message.clone(),
-                delete: cleanup(job.clean_pod_policy, pods),
+                delete: job.run.cleanup(pods),
             };
         }
     }
 
     // 5. Deadline, from the first pod (waiting for the model does not count) or the resume.
-    let start = if resuming { Some(now) } else { job.start_time };
-    let deadline = lifecycle::deadline(job.active_deadline_seconds, start, now);
+    let deadline = job.run.deadline(resuming, now);
     if let Deadline::Passed { deadline } = deadline {
         return Decision::Fail {
             reason: reason::DEADLINE_EXCEEDED,
             message: format!("the evaluation ran longer than activeDeadlineSeconds ({deadline}s)"),
-            delete: cleanup(job.clean_pod_policy, pods),
+            delete: job.run.cleanup(pods),
         };
     }
 
@@ -334,7 +316,7 @@ fn failure(
     let fail = |reason, message| Decision::Fail {
         reason,
         message,
-        delete: cleanup(job.clean_pod_policy, pods),
+        delete: job.run.cleanup(pods),
     };
     for p in current {
         if p.phase == PodPhase::Failed && p.exit_code == Some(exit_code::BAD_INPUT) {
@@ -345,10 +327,10 @@ fn failure(
     let restart = restarts(job, current, now);
     let counted = restart.iter().filter(|r| r.counted).count() as i32;
     if let Some(first) = restart.iter().find(|r| r.counted) {
-        if job.restarts + counted > job.backoff_limit {
+        if job.restarts + counted > job.run.backoff_limit {
             let message = format!(
                 "{}; {} pod restarts already (backoffLimit {})",
-                first.message, job.restarts, job.backoff_limit
+                first.message, job.restarts, job.run.backoff_limit
             );
             return Err(fail(reason::BACKOFF_LIMIT_EXCEEDED, message));
         }
@@ -358,7 +340,7 @@ fn failure(
         .filter(|p| p.phase == PodPhase::Pending && !p.terminating)
         .filter(|p| !restart.iter().any(|r| r.pod == p.name));
     for p in pending {
-        let timeout = job.scheduling_timeout_seconds;
+        let timeout = job.run.scheduling_timeout_seconds;
         if let Timeout::Passed { timeout, why } =
             stuck::scheduling(timeout, &[p], false, "pod", now)
         {
@@ -397,7 +379,7 @@ fn progress(
     let generated = (0..job.shards).all(shard_is_done);
     if generated && succeeded(Slot::Judge) {
         return Decision::Succeed {
-            delete: cleanup(job.clean_pod_policy, pods),
+            delete: job.run.cleanup(pods),
         };
     }
     let due: Vec<Slot> = if generated {
@@ -414,7 +396,7 @@ fn progress(
     }
     // A pending pod's scheduling timeout.
     for p in current.iter().filter(|p| p.phase == PodPhase::Pending) {
-        let timeout = job.scheduling_timeout_seconds;
+        let timeout = job.run.scheduling_timeout_seconds;
         if let Timeout::Left(left) = stuck::scheduling(timeout, &[p], false, "pod", now) {
             requeue_after = earliest(requeue_after, left);
         }

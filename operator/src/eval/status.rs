@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use super::children::{self, STAGE_GENERATE, STAGE_JUDGE};
 use super::gates::{output_url, Gates};
 use super::stage::{Decision, EvalFacts, Gate, PodFacts, Progress, Restart, Slot};
-use crate::controller::conditions::{Cond, EventSpec, Transitions, When};
+use crate::controller::conditions::{self, Cond, EventSpec, Transitions, When};
 use crate::controller::nodes::NodeState;
 use crate::controller::pods::{self, owned_by, Containers};
 use crate::controller::stuck;
@@ -31,17 +31,9 @@ pub fn eval_facts(job: &JanusEvalJob, gates: &Gates) -> EvalFacts {
     EvalFacts {
         name: job.name_any(),
         shards: job.spec.worker.replicas,
-        backoff_limit: rp.backoff_limit,
-        active_deadline_seconds: rp.active_deadline_seconds,
-        ttl_seconds_after_finished: rp.ttl_seconds_after_finished,
-        suspend: rp.suspend,
-        clean_pod_policy: rp.clean_pod_policy,
-        scheduling_timeout_seconds: rp.scheduling_timeout_seconds,
-        unreachable_node_toleration_seconds: rp.unreachable_node_toleration_seconds,
+        run: crate::run_facts!(rp, s),
         phase: s.phase.unwrap_or_default(),
         restarts: s.restarts,
-        start_time: s.start_time.as_ref().map(|t| t.0),
-        completion_time: s.completion_time.as_ref().map(|t| t.0),
         shard_attempts: (0..n).map(|i| shard(i).map_or(0, |x| x.attempt)).collect(),
         shard_done: (0..n)
             .map(|i| shard(i).is_some_and(|x| x.phase == PodPhase::Succeeded))
@@ -236,10 +228,7 @@ pub fn next_status(
     reports: &[(Slot, EvalReport)],
     now: Timestamp,
 ) -> (JanusEvalJobStatus, Vec<EventSpec>) {
-    let old = job.status.clone().unwrap_or_default();
-    let mut s = old.clone();
-    let mut t = Transitions::new(&old.conditions, now);
-    s.observed_generation = job.metadata.generation;
+    let (old, mut s, mut t) = conditions::begin(job, now);
     if old.phase.is_none() {
         created(job, &mut s, &mut t);
     }

@@ -21,10 +21,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use crate::controller::children::{
-    self as layer, child_meta, config_mount, config_volume, field, namespace, plain, storage_env,
-    with_gpus,
-};
+use crate::controller::children::{self as layer, *};
 pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
 use crate::error::{Error, Result};
 use crate::security;
@@ -412,16 +409,11 @@ pub fn progress_annotation(pod: &Pod) -> Option<&String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
     use crate::training::config_render::tests::representative_job;
 
     fn env_of(pod: &Pod) -> BTreeMap<String, String> {
-        pod.spec.as_ref().unwrap().containers[0]
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-            .collect()
+        testing::env_of(&pod.spec.as_ref().unwrap().containers[0])
     }
 
     #[test]
@@ -537,23 +529,13 @@ mod tests {
             c.termination_message_policy.as_deref(),
             Some("FallbackToLogsOnError")
         );
+        assert_eq!(testing::gpus(c), "8");
+        assert_eq!(testing::storage_secret(c), "s3-credentials");
         assert_eq!(
-            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
-            "8"
-        );
-        assert_eq!(
-            c.env_from.as_ref().unwrap()[0]
-                .secret_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "s3-credentials"
-        );
-        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (o.kind.as_str(), o.controller),
+            testing::owner(&pod.metadata),
             ("JanusTrainingJob", Some(true))
         );
+        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(o.uid, "4f1c2d7e-0000-4000-8000-000000000001");
     }
 

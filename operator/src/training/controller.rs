@@ -12,12 +12,10 @@ use janus_crds::{annotations, labels, JanusTrainingJob, JanusTrainingJobStatus, 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::ResourceExt;
-use prometheus::IntCounter;
 
 use super::gang::{self, Decision, Gang};
 use super::kueue::{self, KueueFacts};
@@ -25,16 +23,11 @@ use super::{children, pod_group, status};
 use crate::controller::apply::apply;
 use crate::controller::pods::owned_by;
 use crate::controller::run::{AddWatches, Watch, WatchNames};
-use crate::controller::{Context, JobStatus, Kind, Plan, Policy};
+use crate::controller::{Context, Kind, Plan, Policy};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::watch::resource_api;
 
-impl JobStatus for JanusTrainingJobStatus {
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-}
+crate::job_status!(JanusTrainingJobStatus);
 
 /// Reconciles in flight at once: bounds the requests a burst of new jobs sends to the
 /// API server together (the rest wait in the controller's queue). With 16, a burst of
@@ -44,7 +37,6 @@ impl JobStatus for JanusTrainingJobStatus {
 const CONCURRENCY: u16 = 4;
 
 impl Kind for JanusTrainingJob {
-    type Status = JanusTrainingJobStatus;
     type Step = Gang;
     type Role = i32;
     /// The job's Workload's admission (None: the job has no queue name).
@@ -62,19 +54,12 @@ impl Kind for JanusTrainingJob {
         },
         concurrency: CONCURRENCY,
         trust_cached_job: true,
+        restarts_total: |m| &m.job_restarts_total,
         children_before_status: false,
     };
 
-    fn status(&self) -> Option<&JanusTrainingJobStatus> {
-        self.status.as_ref()
-    }
-
     fn role(pod: &Pod) -> Option<i32> {
         status::rank(pod)
-    }
-
-    fn restarts_total(metrics: &Metrics) -> &IntCounter {
-        &metrics.job_restarts_total
     }
 
     /// Workload changes (admission, eviction) trigger the owning job, when Kueue is there.

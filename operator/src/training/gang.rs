@@ -23,13 +23,12 @@ use std::time::Duration;
 
 use janus_crds::exit_code;
 use janus_crds::training::{
-    reason, CleanPodPolicy, ExitCodeOperator, FailurePolicyAction, FailurePolicyRule, JobPhase,
-    PodConditionType,
+    reason, ExitCodeOperator, FailurePolicyAction, FailurePolicyRule, JobPhase, PodConditionType,
 };
 use jiff::Timestamp;
 
 use crate::controller::decision::Step;
-use crate::controller::lifecycle::{self, cleanup, earliest, names, Deadline, FOREIGN_POD_WAIT};
+use crate::controller::lifecycle::{self, earliest, names, Deadline, Run, FOREIGN_POD_WAIT};
 use crate::controller::pods;
 pub use crate::controller::pods::{NodeDown, PodPhase};
 use crate::controller::stuck::{self, past_toleration, Timeout};
@@ -38,27 +37,19 @@ use crate::controller::stuck::{self, past_toleration, Timeout};
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobFacts {
     pub replicas: i32,
-    pub backoff_limit: i32,
-    pub active_deadline_seconds: Option<i64>,
-    pub scheduling_timeout_seconds: Option<i64>,
-    /// `runPolicy.unreachableNodeTolerationSeconds`.
-    pub unreachable_node_toleration_seconds: i64,
+    /// Its run policy and the times of its status.
+    pub run: Run,
     /// `runPolicy.failurePolicy.rules`.
     pub failure_rules: Vec<FailurePolicyRule>,
-    pub ttl_seconds_after_finished: Option<i32>,
-    pub suspend: bool,
     /// Kueue admitted the job's Workload (always true for a job without a queue name):
     /// a job Kueue has not admitted, or evicted, is held suspended.
     pub admitted: bool,
-    pub clean_pod_policy: CleanPodPolicy,
     /// Phase in the current status.
     pub phase: JobPhase,
     /// Gang restarts so far = the current attempt.
     pub restarts: i32,
     /// Of those, the ones `backoffLimit` counts (disruptions do not).
     pub counted_restarts: i32,
-    pub start_time: Option<Timestamp>,
-    pub completion_time: Option<Timestamp>,
 }
 
 /// What the decision needs from one worker pod; its role is its rank.
@@ -71,12 +62,17 @@ pub fn force_delete(
     delete: &[String],
     now: Timestamp,
 ) -> Vec<String> {
-    stuck::force_delete(job.unreachable_node_toleration_seconds, pods, delete, now)
+    stuck::force_delete(
+        job.run.unreachable_node_toleration_seconds,
+        pods,
+        delete,
+        now,
+    )
 }
 
 /// When a toleration of a down node ends next (reconcile then).
 pub fn next_toleration_end(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Option<Duration> {
-    stuck::next_toleration_end(job.unreachable_node_toleration_seconds, pods, now)
+    stuck::next_toleration_end(job.run.unreachable_node_toleration_seconds, pods, now)
 }
 
 /// The next step for a job (the lifecycle's ends are the layer's).
@@ -152,7 +148,7 @@ struct Failure {
 /// failure that came first, and of those at the same time (the kubelet stamps seconds)
 /// one that is not a lost-peer exit, so the condition names the cause.
 fn failures(job: &JobFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Failure> {
-    let toleration = job.unreachable_node_toleration_seconds;
+    let toleration = job.run.unreachable_node_toleration_seconds;
     let mut by_cause: Vec<&PodFacts> = current.to_vec();
     by_cause.sort_by_key(|p| {
         (
@@ -278,18 +274,11 @@ pub fn decide(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
 fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
     // 1. Finished jobs only clean up and expire.
     if job.phase.is_finished() {
-        return lifecycle::finished(
-            job.ttl_seconds_after_finished,
-            job.completion_time,
-            job.clean_pod_policy,
-            pods,
-            now,
-        )
-        .into();
+        return job.run.finished(pods, now).into();
     }
 
     // 2. Suspended (by the user, or held by Kueue): no pods.
-    if job.suspend || !job.admitted {
+    if job.run.suspend || !job.admitted {
         return Decision::Suspend {
             delete: names(pods),
         };
@@ -312,13 +301,12 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
 
     // 4. Deadline, counted from the start of this run (a resumed run starts now: the
     //    status's startTime is reset in the same reconcile).
-    let start = if resuming { Some(now) } else { job.start_time };
-    let deadline = lifecycle::deadline(job.active_deadline_seconds, start, now);
+    let deadline = job.run.deadline(resuming, now);
     if let Deadline::Passed { deadline } = deadline {
         return Decision::Fail {
             reason: reason::DEADLINE_EXCEEDED,
             message: format!("the job ran longer than activeDeadlineSeconds ({deadline}s)"),
-            delete: cleanup(job.clean_pod_policy, pods),
+            delete: job.run.cleanup(pods),
         };
     }
 
@@ -339,7 +327,7 @@ fn decide_owned(job: &JobFacts, pods: &[PodFacts], now: Timestamp) -> Decision {
         && current.iter().all(|p| p.phase == PodPhase::Succeeded)
     {
         return Decision::Succeed {
-            delete: cleanup(job.clean_pod_policy, pods),
+            delete: job.run.cleanup(pods),
         };
     }
     progress(
@@ -408,7 +396,7 @@ fn gang_failure(
         return Some(Decision::Fail {
             reason,
             message,
-            delete: cleanup(job.clean_pod_policy, pods),
+            delete: job.run.cleanup(pods),
         });
     }
     let (f, j) = judged.first()?;
@@ -421,14 +409,14 @@ fn gang_failure(
         ),
         None => f.message.clone(),
     };
-    if counted && job.counted_restarts + 1 > job.backoff_limit {
+    if counted && job.counted_restarts + 1 > job.run.backoff_limit {
         return Some(Decision::Fail {
             reason: reason::BACKOFF_LIMIT_EXCEEDED,
             message: format!(
                 "{message}; {} counted gang restarts already (backoffLimit {})",
-                job.counted_restarts, job.backoff_limit
+                job.counted_restarts, job.run.backoff_limit
             ),
-            delete: cleanup(job.clean_pod_policy, pods),
+            delete: job.run.cleanup(pods),
         });
     }
     Some(Decision::Step(Gang::Restart {
@@ -457,7 +445,7 @@ fn progress(
             .iter()
             .all(|p| matches!(p.phase, PodPhase::Running | PodPhase::Succeeded));
     match stuck::scheduling(
-        job.scheduling_timeout_seconds,
+        job.run.scheduling_timeout_seconds,
         current,
         all_running,
         "worker",
@@ -469,7 +457,7 @@ fn progress(
                 message: format!(
                     "the gang was not running {timeout}s (runPolicy.schedulingTimeoutSeconds) after its first pod was created{why}"
                 ),
-                delete: cleanup(job.clean_pod_policy, pods),
+                delete: job.run.cleanup(pods),
             };
         }
         Timeout::Left(left) => requeue_after = earliest(requeue_after, left),

@@ -626,6 +626,7 @@ pub fn requeue_instead(admission: &KueueFacts) -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
     use crate::training::config_render::tests::representative_job;
 
     fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
@@ -795,11 +796,7 @@ mod tests {
             "{}",
             c.message
         );
-        let susp = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Suspended")
-            .unwrap();
+        let susp = testing::cond(&s.conditions, "Suspended");
         assert_eq!(susp.reason, "WaitingForAdmission");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].reason, "WaitingForAdmission");

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::gang::{Decision, Gang, JobFacts, PodFacts, PodPhase};
-use crate::controller::conditions::{Cond, EventSpec, Transitions, When};
+use crate::controller::conditions::{self, Cond, EventSpec, Transitions, When};
 use crate::controller::nodes::NodeState;
 use crate::controller::pods::{self, Containers};
 use crate::controller::stuck;
@@ -22,25 +22,17 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
     let rp = &job.spec.run_policy;
     JobFacts {
         replicas: job.spec.workers.replicas,
-        backoff_limit: rp.backoff_limit,
-        active_deadline_seconds: rp.active_deadline_seconds,
-        scheduling_timeout_seconds: rp.scheduling_timeout_seconds,
-        unreachable_node_toleration_seconds: rp.unreachable_node_toleration_seconds,
+        run: crate::run_facts!(rp, s),
         failure_rules: rp
             .failure_policy
             .as_ref()
             .map(|f| f.rules.clone())
             .unwrap_or_default(),
-        ttl_seconds_after_finished: rp.ttl_seconds_after_finished,
-        suspend: rp.suspend,
         // The controller sets it from the job's Workload (`kueue::KueueFacts`).
         admitted: true,
-        clean_pod_policy: rp.clean_pod_policy,
         phase: s.phase.unwrap_or_default(),
         restarts: s.restarts,
         counted_restarts: s.restarts_counted_towards_backoff,
-        start_time: s.start_time.map(|t| t.0),
-        completion_time: s.completion_time.map(|t| t.0),
     }
 }
 
@@ -64,10 +56,7 @@ pub fn next_status(
     rank0_progress: Option<Progress>,
     now: Timestamp,
 ) -> (JanusTrainingJobStatus, Vec<EventSpec>) {
-    let old = job.status.clone().unwrap_or_default();
-    let mut s = old.clone();
-    let mut t = Transitions::new(&old.conditions, now);
-    s.observed_generation = job.metadata.generation;
+    let (old, mut s, mut t) = conditions::begin(job, now);
     if old.phase.is_none() {
         created(job, &mut s, &mut t);
     }

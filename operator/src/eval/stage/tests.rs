@@ -1,10 +1,8 @@
 //! Unit tests of `eval::stage`.
 
 use super::*;
-
-fn now() -> Timestamp {
-    "2026-01-01T12:00:00Z".parse().unwrap()
-}
+use crate::controller::testing::{self, now};
+use janus_crds::training::CleanPodPolicy;
 
 fn ready() -> Gate {
     Gate::ready("Ready", "")
@@ -14,17 +12,9 @@ fn job(shards: i32) -> EvalFacts {
     EvalFacts {
         name: "e".into(),
         shards,
-        backoff_limit: 3,
-        active_deadline_seconds: None,
-        ttl_seconds_after_finished: None,
-        suspend: false,
-        clean_pod_policy: CleanPodPolicy::Running,
-        scheduling_timeout_seconds: None,
-        unreachable_node_toleration_seconds: 300,
+        run: testing::run(),
         phase: EvalPhase::Pending,
         restarts: 0,
-        start_time: Some("2026-01-01T11:00:00Z".parse().unwrap()),
-        completion_time: None,
         shard_attempts: vec![0; shards as usize],
         shard_done: vec![false; shards as usize],
         judge_attempt: 0,
@@ -36,25 +26,28 @@ fn job(shards: i32) -> EvalFacts {
 }
 
 fn pod(slot: Slot, attempt: i32, phase: PodPhase) -> PodFacts {
-    let failed = phase == PodPhase::Failed;
-    PodFacts {
-        name: slot.pod_name("e"),
-        role: Some(slot),
-        attempt: Some(attempt),
-        phase,
-        terminating: false,
-        container: failed.then(|| "generate".into()),
-        exit_code: failed.then_some(75),
-        message: failed.then(|| "connection reset".into()),
-        finished_at: None,
-        created_at: None,
-        reason: None,
-        waiting: None,
-        disrupted: None,
-        node_lost: false,
-        node_down: None,
-        foreign: false,
+    let mut p = testing::pod(slot.pod_name("e"), slot, attempt, phase);
+    if phase == PodPhase::Failed {
+        p.container = Some("generate".into());
+        p.exit_code = Some(75);
+        p.message = Some("connection reset".into());
     }
+    p
+}
+
+// The lifecycle every kind shares, on this kind's decision.
+crate::lifecycle_tests!(EvalFacts, Progress, Slot, EvalPhase);
+
+fn case_pod(shard: i32, phase: PodPhase) -> PodFacts {
+    pod(Slot::Generate(shard), 0, phase)
+}
+
+fn case_created(step: &Progress) -> Vec<String> {
+    step.create.iter().map(|s| s.pod_name("e")).collect()
+}
+
+fn case_phase(step: &Progress) -> &'static str {
+    step.phase.as_str()
 }
 
 fn generation(n: i32, phase: PodPhase) -> Vec<PodFacts> {
@@ -127,7 +120,7 @@ fn done_shards_stay_done_after_their_pods_are_gone() {
 fn the_judge_pod_exiting_zero_succeeds_the_job() {
     let mut j = job(1);
     j.shard_done = vec![true];
-    j.clean_pod_policy = CleanPodPolicy::All;
+    j.run.clean_pod_policy = CleanPodPolicy::All;
     let pods = vec![
         pod(Slot::Generate(0), 0, PodPhase::Succeeded),
         pod(Slot::Judge, 0, PodPhase::Succeeded),
@@ -204,39 +197,25 @@ fn a_failed_judge_is_recreated_and_resumes() {
 #[test]
 fn restarts_beyond_the_backoff_limit_fail_the_job() {
     let mut j = job(2);
-    j.backoff_limit = 1;
+    j.run.backoff_limit = 1;
     j.restarts = 1;
     let mut pods = generation(2, PodPhase::Running);
     pods[0] = pod(Slot::Generate(0), 0, PodPhase::Failed);
-    match decide(&j, &pods, now()) {
-        Decision::Fail {
-            reason,
-            message,
-            delete,
-        } => {
-            assert_eq!(reason, "BackoffLimitExceeded");
-            assert!(
-                message.contains("e-generate-0") && message.contains("backoffLimit 1"),
-                "{message}"
-            );
-            assert_eq!(
-                delete,
-                vec!["e-generate-1".to_string()],
-                "cleanPodPolicy Running"
-            );
-        }
-        d => panic!("{d:?}"),
-    }
+    let (reason, message, delete) = testing::failure(decide(&j, &pods, now()));
+    assert_eq!(reason, "BackoffLimitExceeded");
+    assert!(
+        message.contains("e-generate-0") && message.contains("backoffLimit 1"),
+        "{message}"
+    );
+    assert_eq!(
+        delete,
+        vec!["e-generate-1".to_string()],
+        "cleanPodPolicy Running"
+    );
     // Two failures at once with room for one: also over the limit.
     j.restarts = 0;
     pods[1] = pod(Slot::Generate(1), 0, PodPhase::Failed);
-    assert!(matches!(
-        decide(&j, &pods, now()),
-        Decision::Fail {
-            reason: "BackoffLimitExceeded",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &pods, now()), "BackoffLimitExceeded");
 }
 
 #[test]
@@ -247,21 +226,12 @@ fn exit_code_64_fails_at_once_naming_pod_container_and_message() {
     judge.container = Some("judge".into());
     judge.exit_code = Some(64);
     judge.message = Some("judge.url: no such host".into());
-    match decide(&j, &[judge], now()) {
-        Decision::Fail {
-            reason, message, ..
-        } => {
-            assert_eq!(reason, "NonRetryableExit");
-            assert!(
-                message.contains("e-judge")
-                    && message.contains("container judge")
-                    && message.contains("64")
-                    && message.contains("no such host"),
-                "{message}"
-            );
-        }
-        d => panic!("{d:?}"),
-    }
+    let (reason, message, _) = testing::failure(decide(&j, &[judge], now()));
+    assert_eq!(reason, "NonRetryableExit");
+    testing::says(
+        &message,
+        &["e-judge", "container judge", "64", "no such host"],
+    );
 }
 
 #[test]
@@ -287,8 +257,8 @@ fn a_pod_deleted_by_someone_else_is_recreated_without_counting() {
 #[test]
 fn waiting_for_the_model_creates_nothing() {
     let mut j = job(2);
-    j.start_time = None;
-    j.active_deadline_seconds = Some(1);
+    j.run.start_time = None;
+    j.run.active_deadline_seconds = Some(1);
     j.model = Gate::Waiting {
         reason: "WaitingForTrainingJob",
         message: "m".into(),
@@ -305,25 +275,13 @@ fn a_failed_training_job_or_baseline_fails_the_job() {
         reason: "TrainingJobFailed",
         message: "JanusTrainingJob sft failed: x".into(),
     };
-    assert!(matches!(
-        decide(&j, &[], now()),
-        Decision::Fail {
-            reason: "TrainingJobFailed",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &[], now()), "TrainingJobFailed");
     let mut j = job(1);
     j.baseline = Gate::Failed {
         reason: "BaselineFailed",
         message: "m".into(),
     };
-    assert!(matches!(
-        decide(&j, &[], now()),
-        Decision::Fail {
-            reason: "BaselineFailed",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &[], now()), "BaselineFailed");
 }
 
 #[test]
@@ -385,106 +343,6 @@ fn a_missing_storage_secret_holds_every_pod() {
         }) => {
             assert!(create.is_empty());
             assert_eq!(requeue_after, Some(SECRET_RECHECK));
-        }
-        d => panic!("{d:?}"),
-    }
-}
-
-#[test]
-fn the_deadline_fails_the_job_and_is_requeued_before() {
-    let mut j = job(1);
-    j.active_deadline_seconds = Some(3600);
-    assert!(matches!(
-        decide(&j, &generation(1, PodPhase::Running), now()),
-        Decision::Fail {
-            reason: "DeadlineExceeded",
-            ..
-        }
-    ));
-    j.active_deadline_seconds = Some(3700);
-    match decide(&j, &generation(1, PodPhase::Running), now()) {
-        Decision::Step(Progress { requeue_after, .. }) => {
-            assert_eq!(requeue_after, Some(Duration::from_secs(100)))
-        }
-        d => panic!("{d:?}"),
-    }
-}
-
-#[test]
-fn suspend_deletes_every_pod_and_resume_waits_for_them_to_go() {
-    let mut j = job(2);
-    j.suspend = true;
-    let mut pods = generation(2, PodPhase::Running);
-    pods[1].terminating = true;
-    assert_eq!(
-        decide(&j, &pods, now()),
-        Decision::Suspend {
-            delete: vec!["e-generate-0".into()]
-        }
-    );
-    j.suspend = false;
-    j.phase = EvalPhase::Suspended;
-    let (phase, _, restart, delete, create) = progress(decide(&j, &pods, now()));
-    assert_eq!(phase, EvalPhase::Suspended);
-    assert!(restart.is_empty() && create.is_empty());
-    assert_eq!(delete, &["e-generate-0".to_string()]);
-    let (phase, _, _, _, create) = progress(decide(&j, &[], now()));
-    assert_eq!(phase, EvalPhase::Pending);
-    assert_eq!(create.len(), 2);
-}
-
-#[test]
-fn finished_jobs_clean_up_and_expire_after_the_ttl() {
-    let mut j = job(1);
-    j.phase = EvalPhase::Succeeded;
-    j.completion_time = Some("2026-01-01T11:59:00Z".parse().unwrap());
-    let pods = vec![
-        pod(Slot::Generate(0), 0, PodPhase::Succeeded),
-        pod(Slot::Judge, 0, PodPhase::Running),
-    ];
-    assert_eq!(
-        decide(&j, &pods, now()),
-        Decision::Finished {
-            delete: vec!["e-judge".into()],
-            delete_job: false,
-            requeue_after: None
-        }
-    );
-    j.ttl_seconds_after_finished = Some(100);
-    assert_eq!(
-        decide(&j, &[], now()),
-        Decision::Finished {
-            delete: vec![],
-            delete_job: false,
-            requeue_after: Some(Duration::from_secs(40))
-        }
-    );
-    j.ttl_seconds_after_finished = Some(60);
-    assert!(matches!(
-        decide(&j, &[], now()),
-        Decision::Finished {
-            delete_job: true,
-            ..
-        }
-    ));
-}
-
-#[test]
-fn pods_of_another_owner_are_not_counted_and_block_their_names() {
-    let mut pods = generation(2, PodPhase::Failed);
-    for p in &mut pods {
-        p.foreign = true;
-    }
-    match decide(&job(2), &pods, now()) {
-        Decision::Step(Progress {
-            restart,
-            create,
-            delete,
-            requeue_after,
-            ..
-        }) => {
-            assert!(restart.is_empty() && create.is_empty() && delete.is_empty());
-            assert_eq!(requeue_after, Some(FOREIGN_POD_WAIT));
         }
         d => panic!("{d:?}"),
     }

@@ -1,9 +1,16 @@
 //! Unit tests of `eval::status`.
 
 use super::*;
+use crate::controller::testing;
+use crate::controller::testing::cond;
 use crate::eval::config_render::tests::representative_job;
 use crate::eval::stage::Restart;
 use janus_crds::progress::ScoreSummary;
+
+/// The representative job, its status in `phase`.
+fn in_phase(phase: EvalPhase) -> JanusEvalJob {
+    testing::with_status(representative_job(), |s| s.phase = Some(phase))
+}
 
 fn now() -> Timestamp {
     "2026-01-01T12:00:00Z".parse().unwrap()
@@ -66,11 +73,7 @@ fn first_status_is_created_pending_with_the_model_and_output() {
         Some(Time(now())),
         "the first pod starts the clock"
     );
-    let m = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ModelReady")
-        .unwrap();
+    let m = cond(&s.conditions, "ModelReady");
     assert_eq!((m.status.as_str(), m.reason.as_str()), ("True", "ModelUrl"));
     assert!(ev.iter().any(|e| e.reason == "JobCreated"));
     // The same look again changes nothing and emits nothing.
@@ -91,11 +94,7 @@ fn a_missing_secret_is_a_false_condition_and_one_warning_event() {
             .into(),
     };
     let (s, ev) = next_status(&job, &g, &progress(vec![]), &[], &[], now());
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "SecretsReady")
-        .unwrap();
+    let c = cond(&s.conditions, "SecretsReady");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "SecretNotFound")
@@ -111,11 +110,7 @@ fn a_missing_secret_is_a_false_condition_and_one_warning_event() {
     assert!(!ev.iter().any(|e| e.reason == "SecretNotFound"), "{ev:?}");
     job2.status = Some(s);
     let (s, ev) = next_status(&job2, &gates(&job2), &progress(vec![]), &[], &[], now());
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "SecretsReady")
-        .unwrap();
+    let c = cond(&s.conditions, "SecretsReady");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("True", "SecretsFound")
@@ -125,11 +120,7 @@ fn a_missing_secret_is_a_false_condition_and_one_warning_event() {
 
 #[test]
 fn a_restart_bumps_the_slot_attempt_and_the_count_with_a_warning() {
-    let mut job = representative_job();
-    job.status = Some(JanusEvalJobStatus {
-        phase: Some(EvalPhase::Generating),
-        ..Default::default()
-    });
+    let job = in_phase(EvalPhase::Generating);
     let d = Decision::Step(Progress {
         phase: EvalPhase::Generating,
         done: vec![],
@@ -206,11 +197,7 @@ fn reports_fill_shards_progress_and_the_final_scores() {
     assert_eq!(sc.mean, 3.8);
     let h = sc.versus_baseline.unwrap();
     assert!((h.win_plus_tie - 0.7).abs() < 1e-12);
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Succeeded")
-        .unwrap();
+    let c = cond(&s.conditions, "Succeeded");
     assert_eq!(c.reason, "ScoresReported");
     assert!(
         c.message.contains("3.800") && c.message.contains("win+tie 0.700"),
@@ -281,11 +268,7 @@ fn all_shards_done_sets_generated_and_the_judge_start_is_an_event() {
         requeue_after: None,
     });
     let (s, ev) = next_status(&job, &gates(&job), &d, &[], &[], now());
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Generated")
-        .unwrap();
+    let c = cond(&s.conditions, "Generated");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("True", "AllShardsGenerated")

@@ -1,60 +1,56 @@
 //! Unit tests of `training::gang`.
 
 use super::*;
-
-fn now() -> Timestamp {
-    "2026-01-01T12:00:00Z".parse().unwrap()
-}
+use crate::controller::testing::{self, now};
+use janus_crds::training::CleanPodPolicy;
 
 fn job(replicas: i32) -> JobFacts {
     JobFacts {
         replicas,
-        backoff_limit: 3,
-        active_deadline_seconds: None,
-        scheduling_timeout_seconds: None,
-        unreachable_node_toleration_seconds: 300,
+        run: testing::run(),
         failure_rules: vec![],
-        ttl_seconds_after_finished: None,
-        suspend: false,
         admitted: true,
-        clean_pod_policy: CleanPodPolicy::Running,
         phase: JobPhase::Pending,
         restarts: 0,
         counted_restarts: 0,
-        start_time: Some("2026-01-01T11:00:00Z".parse().unwrap()),
-        completion_time: None,
     }
 }
 
 fn pod(rank: i32, attempt: i32, phase: PodPhase) -> PodFacts {
-    PodFacts {
-        name: format!("j-worker-{rank}"),
-        role: Some(rank),
-        container: None,
-        attempt: Some(attempt),
-        phase,
-        terminating: false,
-        exit_code: match phase {
-            PodPhase::Succeeded => Some(0),
-            PodPhase::Failed => Some(75),
-            _ => None,
-        },
-        reason: None,
-        message: None,
-        finished_at: None,
-        created_at: None,
-        waiting: None,
-        disrupted: None,
-        node_lost: false,
-        node_down: None,
-        foreign: false,
+    let mut p = testing::pod(format!("j-worker-{rank}"), rank, attempt, phase);
+    p.exit_code = match phase {
+        PodPhase::Succeeded => Some(0),
+        PodPhase::Failed => Some(75),
+        _ => None,
+    };
+    p
+}
+
+// The lifecycle every kind shares, on this kind's decision.
+crate::lifecycle_tests!(JobFacts, Gang, i32, JobPhase);
+
+fn case_pod(rank: i32, phase: PodPhase) -> PodFacts {
+    pod(rank, 0, phase)
+}
+
+fn case_created(step: &Gang) -> Vec<String> {
+    match step {
+        Gang::Progress { create, .. } => create.iter().map(|r| format!("j-worker-{r}")).collect(),
+        Gang::Restart { .. } => vec![],
+    }
+}
+
+fn case_phase(step: &Gang) -> &'static str {
+    match step {
+        Gang::Progress { phase, .. } => phase.as_str(),
+        Gang::Restart { .. } => "Restarting",
     }
 }
 
 #[test]
 fn a_gang_not_running_within_the_scheduling_timeout_fails_quoting_the_wait() {
     let mut j = job(2);
-    j.scheduling_timeout_seconds = Some(300);
+    j.run.scheduling_timeout_seconds = Some(300);
     let created = |secs_ago: i64| Some(now() - jiff::SignedDuration::from_secs(secs_ago));
     let mut pods = vec![pod(0, 0, PodPhase::Running), pod(1, 0, PodPhase::Pending)];
     pods[0].created_at = created(200);
@@ -76,20 +72,12 @@ fn a_gang_not_running_within_the_scheduling_timeout_fails_quoting_the_wait() {
         d => panic!("{d:?}"),
     }
     pods[0].created_at = created(301);
-    match decide(&j, &pods, now()) {
-        Decision::Fail {
-            reason, message, ..
-        } => {
-            assert_eq!(reason, "SchedulingTimeout");
-            assert!(
-                message.contains("300s")
-                    && message.contains("j-worker-1")
-                    && message.contains("0/4 nodes"),
-                "{message}"
-            );
-        }
-        d => panic!("{d:?}"),
-    }
+    let (reason, message, _) = testing::failure(decide(&j, &pods, now()));
+    assert_eq!(reason, "SchedulingTimeout");
+    assert!(
+        message.contains("300s") && message.contains("j-worker-1") && message.contains("0/4 nodes"),
+        "{message}"
+    );
     // A running gang is past it.
     pods[1] = pod(1, 0, PodPhase::Running);
     pods[1].created_at = created(400);
@@ -136,13 +124,7 @@ fn a_disruption_restarts_without_counting_even_at_the_backoff_limit() {
     // The same failure without the disruption counts, and the limit is reached.
     let mut failed = pod(0, 5, PodPhase::Failed);
     failed.exit_code = Some(1);
-    assert!(matches!(
-        decide(&j, &[failed, peer], now()),
-        Decision::Fail {
-            reason: "BackoffLimitExceeded",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &[failed, peer], now()), "BackoffLimitExceeded");
     // The kubelet's eviction and a lost node do not count either.
     let mut evicted = pod(0, 5, PodPhase::Failed);
     evicted.reason = Some("Evicted".into());
@@ -292,7 +274,7 @@ fn a_node_down_past_the_toleration_restarts_uncounted_and_force_deletes_its_pods
     let mut pods = gang(2, 0, PodPhase::Running);
     pods[1].node_down = down_since(301);
     let mut j = job(2);
-    j.backoff_limit = 0;
+    j.run.backoff_limit = 0;
     match decide(&j, &pods, now()) {
         Decision::Step(Gang::Restart {
             reason,
@@ -302,12 +284,14 @@ fn a_node_down_past_the_toleration_restarts_uncounted_and_force_deletes_its_pods
         }) => {
             assert_eq!(reason, "NodeUnreachable");
             assert!(!counted, "a lost node is a disruption");
-            assert!(
-                message.contains("node node-7 of worker j-worker-1")
-                    && message.contains("301s")
-                    && message.contains("(300s)")
-                    && message.contains("Kubelet stopped posting node status."),
-                "{message}"
+            testing::says(
+                &message,
+                &[
+                    "node node-7 of worker j-worker-1",
+                    "301s",
+                    "(300s)",
+                    "Kubelet stopped posting node status.",
+                ],
             );
             assert_eq!(
                 force_delete(&j, &pods, &delete, now()),
@@ -366,36 +350,24 @@ fn a_fail_job_rule_on_an_exit_code_fails_the_job_naming_the_rule() {
         "FailJob",
         serde_json::json!({"onExitCodes": {"operator": "In", "values": [3, 4]}}),
     )];
-    match decide(&j, &failed_with(3), now()) {
-        Decision::Fail {
-            reason, message, ..
-        } => {
-            assert_eq!(reason, "PodFailurePolicy");
-            assert_eq!(
-                message,
-                "worker j-worker-1 exited with code 3, matching runPolicy.failurePolicy.rules[0] (FailJob)"
-            );
-        }
-        d => panic!("{d:?}"),
-    }
+    let (reason, message, _) = testing::failure(decide(&j, &failed_with(3), now()));
+    assert_eq!(reason, "PodFailurePolicy");
+    assert_eq!(
+        message,
+        "worker j-worker-1 exited with code 3, matching runPolicy.failurePolicy.rules[0] (FailJob)"
+    );
     // Other codes keep the defaults.
     assert!(matches!(
         decide(&j, &failed_with(1), now()),
         Decision::Step(Gang::Restart { counted: true, .. })
     ));
-    assert!(matches!(
-        decide(&j, &failed_with(64), now()),
-        Decision::Fail {
-            reason: "NonRetryableExit",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &failed_with(64), now()), "NonRetryableExit");
 }
 
 #[test]
 fn the_first_matching_rule_wins_and_rules_override_the_defaults() {
     let mut j = job(2);
-    j.backoff_limit = 0;
+    j.run.backoff_limit = 0;
     j.failure_rules = vec![
         rule(
             "RestartJobAndIgnoreBackoff",
@@ -423,27 +395,15 @@ fn the_first_matching_rule_wins_and_rules_override_the_defaults() {
         d => panic!("{d:?}"),
     }
     // 64 restarts (and counts: backoffLimit 0 fails) instead of failing at once.
-    assert!(matches!(
-        decide(&j, &failed_with(64), now()),
-        Decision::Fail {
-            reason: "BackoffLimitExceeded",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &failed_with(64), now()), "BackoffLimitExceeded");
     // No rule for 75: the default counts it.
-    assert!(matches!(
-        decide(&j, &failed_with(75), now()),
-        Decision::Fail {
-            reason: "BackoffLimitExceeded",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &failed_with(75), now()), "BackoffLimitExceeded");
 }
 
 #[test]
 fn a_rule_on_the_disruption_target_condition_can_count_disruptions() {
     let mut j = job(2);
-    j.backoff_limit = 0;
+    j.run.backoff_limit = 0;
     let mut pods = gang(2, 0, PodPhase::Running);
     pods[0].disrupted = Some(("PreemptionByScheduler".into(), "preempted".into()));
     assert!(matches!(
@@ -454,24 +414,12 @@ fn a_rule_on_the_disruption_target_condition_can_count_disruptions() {
         "RestartJob",
         serde_json::json!({"onPodConditions": [{"type": "DisruptionTarget"}]}),
     )];
-    assert!(matches!(
-        decide(&j, &pods, now()),
-        Decision::Fail {
-            reason: "BackoffLimitExceeded",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &pods, now()), "BackoffLimitExceeded");
     // A lost node is a disruption too; so is a node down past the toleration.
     let mut lost = gang(2, 0, PodPhase::Running);
     lost[1].node_lost = true;
     j.failure_rules[0].action = FailurePolicyAction::FailJob;
-    assert!(matches!(
-        decide(&j, &lost, now()),
-        Decision::Fail {
-            reason: "PodFailurePolicy",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &lost, now()), "PodFailurePolicy");
 }
 
 #[test]
@@ -489,15 +437,9 @@ fn fail_job_of_any_failed_worker_wins_over_a_restart() {
     pods[2].phase = PodPhase::Failed;
     pods[2].exit_code = Some(3);
     pods[2].finished_at = at("2026-01-01T11:59:30Z");
-    match decide(&j, &pods, now()) {
-        Decision::Fail {
-            reason, message, ..
-        } => {
-            assert_eq!(reason, "PodFailurePolicy");
-            assert!(message.contains("j-worker-2"), "{message}");
-        }
-        d => panic!("{d:?}"),
-    }
+    let (reason, message, _) = testing::failure(decide(&j, &pods, now()));
+    assert_eq!(reason, "PodFailurePolicy");
+    assert!(message.contains("j-worker-2"), "{message}");
 }
 
 #[test]
@@ -532,39 +474,25 @@ fn a_worker_that_vanished_after_the_start_restarts_the_gang() {
 #[test]
 fn restarts_beyond_the_backoff_limit_fail_the_job() {
     let mut j = job(2);
-    j.backoff_limit = 1;
+    j.run.backoff_limit = 1;
     j.restarts = 1;
     j.counted_restarts = 1;
     j.phase = JobPhase::Running;
     let mut pods = gang(2, 1, PodPhase::Running);
     pods[0] = pod(0, 1, PodPhase::Failed);
-    match decide(&j, &pods, now()) {
-        Decision::Fail {
-            reason,
-            message,
-            delete,
-        } => {
-            assert_eq!(reason, "BackoffLimitExceeded");
-            assert!(message.contains("backoffLimit 1"), "{message}");
-            assert_eq!(
-                delete,
-                vec!["j-worker-1".to_string()],
-                "cleanPodPolicy Running"
-            );
-        }
-        d => panic!("{d:?}"),
-    }
-    j.backoff_limit = 0;
+    let (reason, message, delete) = testing::failure(decide(&j, &pods, now()));
+    assert_eq!(reason, "BackoffLimitExceeded");
+    assert!(message.contains("backoffLimit 1"), "{message}");
+    assert_eq!(
+        delete,
+        vec!["j-worker-1".to_string()],
+        "cleanPodPolicy Running"
+    );
+    j.run.backoff_limit = 0;
     j.restarts = 0;
     let mut pods = gang(2, 0, PodPhase::Running);
     pods[1] = pod(1, 0, PodPhase::Failed);
-    assert!(matches!(
-        decide(&j, &pods, now()),
-        Decision::Fail {
-            reason: "BackoffLimitExceeded",
-            ..
-        }
-    ));
+    testing::fails(decide(&j, &pods, now()), "BackoffLimitExceeded");
 }
 
 #[test]
@@ -619,51 +547,11 @@ fn exit_code_64_fails_at_once_naming_pod_and_code() {
     let mut pods = gang(2, 0, PodPhase::Running);
     pods[1] = pod(1, 0, PodPhase::Failed);
     pods[1].exit_code = Some(64);
-    match decide(&job(2), &pods, now()) {
-        Decision::Fail {
-            reason, message, ..
-        } => {
-            assert_eq!(reason, "NonRetryableExit");
-            assert!(
-                message.contains("j-worker-1") && message.contains("64"),
-                "{message}"
-            );
-        }
-        d => panic!("{d:?}"),
-    }
-}
-
-#[test]
-fn the_deadline_fails_the_job_and_is_requeued_before() {
-    let mut j = job(1);
-    j.active_deadline_seconds = Some(3600);
-    assert!(matches!(
-        decide(&j, &gang(1, 0, PodPhase::Running), now()),
-        Decision::Fail {
-            reason: "DeadlineExceeded",
-            ..
-        }
-    ));
-    j.active_deadline_seconds = Some(3700);
-    match decide(&j, &gang(1, 0, PodPhase::Running), now()) {
-        Decision::Step(Gang::Progress { requeue_after, .. }) => {
-            assert_eq!(requeue_after, Some(Duration::from_secs(100)))
-        }
-        d => panic!("{d:?}"),
-    }
-}
-
-#[test]
-fn suspend_deletes_every_pod() {
-    let mut j = job(2);
-    j.suspend = true;
-    let mut pods = gang(2, 0, PodPhase::Running);
-    pods[1].terminating = true;
-    assert_eq!(
-        decide(&j, &pods, now()),
-        Decision::Suspend {
-            delete: vec!["j-worker-0".into()]
-        }
+    let (reason, message, _) = testing::failure(decide(&job(2), &pods, now()));
+    assert_eq!(reason, "NonRetryableExit");
+    assert!(
+        message.contains("j-worker-1") && message.contains("64"),
+        "{message}"
     );
 }
 
@@ -736,7 +624,7 @@ fn a_resumed_job_counts_the_deadline_from_the_resume() {
     let mut j = job(2);
     j.phase = JobPhase::Suspended;
     // Started an hour before the resume: the whole deadline is left.
-    j.active_deadline_seconds = Some(3600);
+    j.run.active_deadline_seconds = Some(3600);
     match decide(&j, &[], now()) {
         Decision::Step(Gang::Progress {
             create,
@@ -753,7 +641,7 @@ fn a_resumed_job_counts_the_deadline_from_the_resume() {
 #[test]
 fn all_ranks_exiting_zero_succeed() {
     let mut j = job(2);
-    j.clean_pod_policy = CleanPodPolicy::All;
+    j.run.clean_pod_policy = CleanPodPolicy::All;
     assert_eq!(
         decide(&j, &gang(2, 0, PodPhase::Succeeded), now()),
         Decision::Succeed {
@@ -800,80 +688,6 @@ fn pods_of_an_older_attempt_are_deleted_before_new_ones_are_created() {
     }
     match decide(&j, &gang(2, 1, PodPhase::Running), now()) {
         Decision::Step(Gang::Progress { phase, .. }) => assert_eq!(phase, JobPhase::Running),
-        d => panic!("{d:?}"),
-    }
-}
-
-#[test]
-fn finished_jobs_clean_up_and_expire_after_the_ttl() {
-    let mut j = job(2);
-    j.phase = JobPhase::Succeeded;
-    j.completion_time = Some("2026-01-01T11:59:00Z".parse().unwrap());
-    let pods = vec![pod(0, 0, PodPhase::Succeeded), pod(1, 0, PodPhase::Running)];
-    assert_eq!(
-        decide(&j, &pods, now()),
-        Decision::Finished {
-            delete: vec!["j-worker-1".into()],
-            delete_job: false,
-            requeue_after: None
-        }
-    );
-    j.ttl_seconds_after_finished = Some(100);
-    assert_eq!(
-        decide(&j, &[], now()),
-        Decision::Finished {
-            delete: vec![],
-            delete_job: false,
-            requeue_after: Some(Duration::from_secs(40))
-        }
-    );
-    j.ttl_seconds_after_finished = Some(60);
-    assert!(matches!(
-        decide(&j, &[], now()),
-        Decision::Finished {
-            delete_job: true,
-            ..
-        }
-    ));
-    j.clean_pod_policy = CleanPodPolicy::None;
-    assert!(
-        matches!(decide(&j, &pods, now()), Decision::Finished { ref delete, .. } if delete.is_empty())
-    );
-    // A failed job is never restarted, whatever its pods do.
-    j.phase = JobPhase::Failed;
-    let failed = vec![pod(0, 0, PodPhase::Failed)];
-    assert!(matches!(
-        decide(&j, &failed, now()),
-        Decision::Finished { .. }
-    ));
-}
-
-#[test]
-fn pods_of_another_owner_are_not_counted_and_block_creation_until_gone() {
-    // A job re-created under the name of a deleted one whose pods still exist.
-    let mut pods = gang(2, 0, PodPhase::Running);
-    for p in &mut pods {
-        p.foreign = true;
-    }
-    assert_eq!(
-        decide(&job(2), &pods, now()),
-        Decision::Step(Gang::Progress {
-            phase: JobPhase::Pending,
-            delete: vec![],
-            create: vec![],
-            requeue_after: Some(FOREIGN_POD_WAIT)
-        }),
-        "not adopted as running, not deleted, nothing created over them"
-    );
-    // A foreign failed pod is no gang failure of this job.
-    pods[1].phase = PodPhase::Failed;
-    assert!(matches!(
-        decide(&job(2), &pods, now()),
-        Decision::Step(Gang::Progress { ref create, .. }) if create.is_empty()
-    ));
-    // Gone: the gang is created.
-    match decide(&job(2), &[], now()) {
-        Decision::Step(Gang::Progress { create, .. }) => assert_eq!(create, vec![0, 1]),
         d => panic!("{d:?}"),
     }
 }

@@ -2,7 +2,14 @@
 
 use super::*;
 use crate::controller::conditions::set_condition;
+use crate::controller::testing;
+use crate::controller::testing::cond;
 use crate::training::config_render::tests::representative_job;
+
+/// The representative job, its status in `phase`.
+fn in_phase(phase: JobPhase) -> JanusTrainingJob {
+    testing::with_status(representative_job(), |s| s.phase = Some(phase))
+}
 
 fn now() -> Timestamp {
     "2026-01-01T12:00:00Z".parse().unwrap()
@@ -43,7 +50,7 @@ fn a_stuck_pending_gang_is_running_false_with_the_reason_and_one_warning() {
     );
     let pf = vec![pod_facts(&p, None, |_| NodeState::Ready)];
     let (s, ev) = next_status(&job, &d, &pf, None, now());
-    let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    let c = cond(&s.conditions, "Running");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "ImagePullBackOff")
@@ -81,7 +88,7 @@ fn a_refused_create_holds_until_a_pod_of_the_attempt_exists() {
     job.status = Some(s);
     // Retried: the refusal's words stay (no new Event from a reset and repeat).
     let (s, _) = next_status(&job, &d, &[], None, now());
-    let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    let c = cond(&s.conditions, "Running");
     assert_eq!(
         (c.reason.as_str(), c.message.as_str()),
         ("FailedCreate", refused)
@@ -90,7 +97,7 @@ fn a_refused_create_holds_until_a_pod_of_the_attempt_exists() {
     let p = pending_pod(serde_json::json!({"phase": "Pending"}));
     let pf = vec![pod_facts(&p, None, |_| NodeState::Ready)];
     let (s, _) = next_status(&job, &d, &pf, None, now());
-    let c = s.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    let c = cond(&s.conditions, "Running");
     assert_eq!(c.reason, "WorkersPending");
 }
 
@@ -113,11 +120,7 @@ fn first_status_is_created_and_pending() {
 
 #[test]
 fn restart_counts_and_sets_the_restarting_condition_with_an_event() {
-    let mut job = representative_job();
-    job.status = Some(JanusTrainingJobStatus {
-        phase: Some(JobPhase::Running),
-        ..Default::default()
-    });
+    let job = in_phase(JobPhase::Running);
     let d = Decision::Step(Gang::Restart {
         reason: "WorkerFailed",
         message: "worker x exited with code 75".into(),
@@ -138,11 +141,7 @@ fn restart_counts_and_sets_the_restarting_condition_with_an_event() {
     });
     let (s2, _) = next_status(&again, &d, &[], None, now());
     assert_eq!((s2.restarts, s2.restarts_counted_towards_backoff), (2, 1));
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Restarting")
-        .unwrap();
+    let c = cond(&s.conditions, "Restarting");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("True", "WorkerFailed")
@@ -169,11 +168,7 @@ fn running_again_clears_restarting_and_emits_once() {
         requeue_after: None,
     });
     let (s, ev) = next_status(&job, &d, &[], None, now());
-    let r = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Restarting")
-        .unwrap();
+    let r = cond(&s.conditions, "Restarting");
     assert_eq!(r.status, "False");
     assert_eq!(ev.len(), 1);
     job.status = Some(s.clone());
@@ -184,11 +179,7 @@ fn running_again_clears_restarting_and_emits_once() {
 
 #[test]
 fn failure_sets_phase_condition_and_completion_time() {
-    let mut job = representative_job();
-    job.status = Some(JanusTrainingJobStatus {
-        phase: Some(JobPhase::Running),
-        ..Default::default()
-    });
+    let job = in_phase(JobPhase::Running);
     let d = Decision::Fail {
         reason: "NonRetryableExit",
         message: "worker w exited with code 64".into(),
@@ -197,7 +188,7 @@ fn failure_sets_phase_condition_and_completion_time() {
     let (s, ev) = next_status(&job, &d, &[], None, now());
     assert_eq!(s.phase, Some(JobPhase::Failed));
     assert_eq!(s.completion_time, Some(Time(now())));
-    let f = s.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    let f = cond(&s.conditions, "Failed");
     assert_eq!(f.reason, "NonRetryableExit");
     assert!(ev[0].warning);
 }
@@ -227,11 +218,7 @@ fn suspend_and_resume_toggle_the_condition_and_reset_the_start_time() {
         requeue_after: None,
     });
     let (s, ev) = next_status(&job, &d, &[], None, now());
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Suspended")
-        .unwrap();
+    let c = cond(&s.conditions, "Suspended");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "JobResumed")
@@ -263,11 +250,7 @@ fn resume_is_recorded_once_while_the_old_pods_drain() {
         requeue_after: None,
     });
     let (s, ev) = next_status(&job, &drain, &[], None, now());
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Suspended")
-        .unwrap();
+    let c = cond(&s.conditions, "Suspended");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "JobResumed")
@@ -306,11 +289,7 @@ fn resume_is_recorded_whatever_the_decision() {
         delete: vec![],
     };
     let (s, ev) = next_status(&job, &d, &[], None, now());
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Suspended")
-        .unwrap();
+    let c = cond(&s.conditions, "Suspended");
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "JobResumed")
@@ -338,22 +317,14 @@ fn suspending_again_while_draining_emits_the_event() {
         None,
         now(),
     );
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Suspended")
-        .unwrap();
+    let c = cond(&s.conditions, "Suspended");
     assert_eq!(c.status, "True");
     assert!(ev.iter().any(|e| e.reason == "JobSuspended"), "{ev:?}");
 }
 
 #[test]
 fn progress_is_mirrored_with_an_eta() {
-    let mut job = representative_job();
-    job.status = Some(JanusTrainingJobStatus {
-        phase: Some(JobPhase::Running),
-        ..Default::default()
-    });
+    let mut job = in_phase(JobPhase::Running);
     let d = Decision::Step(Gang::Progress {
         phase: JobPhase::Running,
         delete: vec![],
