@@ -201,63 +201,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         }
     }
 
-    let nproc = w.gpus_per_worker.max(1);
-    let env_vars = vec![
-        plain(env::JOB, name.clone()),
-        plain(env::NODE_RANK, rank.to_string()),
-        plain(env::NNODES, w.replicas.to_string()),
-        plain(env::NPROC_PER_NODE, nproc.to_string()),
-        plain(env::MASTER_ADDR, master_addr(&name, &ns)),
-        plain(env::MASTER_PORT, w.master_port.to_string()),
-        plain(env::ATTEMPT, attempt.to_string()),
-        plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
-        plain(env::METRICS_PORT, defaults::METRICS_PORT.to_string()),
-        field(env::POD_NAME, "metadata.name"),
-        field(env::POD_NAMESPACE, "metadata.namespace"),
-    ];
-
-    let resources = with_gpus(w.resources.clone(), w.gpus_per_worker);
-    let container = Container {
-        name: defaults::CONTAINER_NAME.into(),
-        image: Some(w.image.clone()),
-        image_pull_policy: w.image_pull_policy.clone(),
-        command: Some(vec![
-            "janus".into(),
-            "train".into(),
-            "--config".into(),
-            defaults::CONFIG_PATH.into(),
-        ]),
-        env: Some(env_vars),
-        env_from: storage_env(job.spec.storage_secret_ref.as_ref()),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("rendezvous".into()),
-                container_port: w.master_port,
-                ..Default::default()
-            },
-            // Scraped by Prometheus (the chart's PodMonitor selects this port name).
-            ContainerPort {
-                name: Some(METRICS_PORT_NAME.into()),
-                container_port: defaults::METRICS_PORT,
-                ..Default::default()
-            },
-        ]),
-        // The trainer writes its fatal error to the termination log; a process killed
-        // before it could still leaves the tail of its log there.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        resources,
-        volume_mounts: Some(vec![
-            config_mount(),
-            VolumeMount {
-                name: "dshm".into(),
-                mount_path: "/dev/shm".into(),
-                ..Default::default()
-            },
-            security::scratch_mount(),
-        ]),
-        security_context: Some(security::container_security_context()),
-        ..Default::default()
-    };
+    let container = trainer_container(job, rank, attempt, &ns);
 
     let pod = Pod {
         metadata: ObjectMeta {
@@ -311,6 +255,70 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         security::report_identity(spec, Some(defaults::CONTAINER_NAME));
     }
     Ok(pod)
+}
+
+/// The trainer container of worker `rank` at `attempt`: the contract environment, the
+/// rendezvous and metrics ports, the mounted config.
+fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) -> Container {
+    let name = job.name_any();
+    let w = &job.spec.workers;
+    let nproc = w.gpus_per_worker.max(1);
+    let env_vars = vec![
+        plain(env::JOB, name.clone()),
+        plain(env::NODE_RANK, rank.to_string()),
+        plain(env::NNODES, w.replicas.to_string()),
+        plain(env::NPROC_PER_NODE, nproc.to_string()),
+        plain(env::MASTER_ADDR, master_addr(&name, ns)),
+        plain(env::MASTER_PORT, w.master_port.to_string()),
+        plain(env::ATTEMPT, attempt.to_string()),
+        plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
+        plain(env::METRICS_PORT, defaults::METRICS_PORT.to_string()),
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+    ];
+
+    let resources = with_gpus(w.resources.clone(), w.gpus_per_worker);
+    Container {
+        name: defaults::CONTAINER_NAME.into(),
+        image: Some(w.image.clone()),
+        image_pull_policy: w.image_pull_policy.clone(),
+        command: Some(vec![
+            "janus".into(),
+            "train".into(),
+            "--config".into(),
+            defaults::CONFIG_PATH.into(),
+        ]),
+        env: Some(env_vars),
+        env_from: storage_env(job.spec.storage_secret_ref.as_ref()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("rendezvous".into()),
+                container_port: w.master_port,
+                ..Default::default()
+            },
+            // Scraped by Prometheus (the chart's PodMonitor selects this port name).
+            ContainerPort {
+                name: Some(METRICS_PORT_NAME.into()),
+                container_port: defaults::METRICS_PORT,
+                ..Default::default()
+            },
+        ]),
+        // The trainer writes its fatal error to the termination log; a process killed
+        // before it could still leaves the tail of its log there.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        resources,
+        volume_mounts: Some(vec![
+            config_mount(),
+            VolumeMount {
+                name: "dshm".into(),
+                mount_path: "/dev/shm".into(),
+                ..Default::default()
+            },
+            security::scratch_mount(),
+        ]),
+        security_context: Some(security::container_security_context()),
+        ..Default::default()
+    }
 }
 
 /// The trainer's budget for a checkpoint on SIGTERM is the grace period the pod ends up
