@@ -85,3 +85,50 @@ fn a_node_not_ready_or_tainted_unreachable_is_down_since_the_earliest_sign() {
     assert_eq!(f.node_down.map(|d| d.node), Some("n".to_string()));
     assert!(!f.node_lost);
 }
+
+#[test]
+fn with_every_container_read_an_init_container_that_cannot_start_says_why() {
+    let p = pending_pod(serde_json::json!({"phase": "Pending",
+        "initContainerStatuses": [{"name": "judge", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}],
+        "containerStatuses": [{"name": "score", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "PodInitializing"}}}]}));
+    assert_eq!(
+        waiting_reason(&p, Containers::All),
+        Some(("ErrImagePull", "not found".into()))
+    );
+    assert_eq!(
+        waiting_reason(&p, TRAINER),
+        None,
+        "a trainer pod reads its trainer only"
+    );
+}
+
+#[test]
+fn a_termination_message_is_quoted_trimmed_and_at_most_a_kibibyte() {
+    let mut f = pod_facts(
+        &pending_pod(serde_json::json!({})),
+        None,
+        None::<i32>,
+        TRAINER,
+        |_| NodeState::Ready,
+    );
+    assert_eq!(f.quoted_message(), "");
+    f.message = Some("  bad input\n".into());
+    assert_eq!(f.quoted_message(), ": bad input");
+    f.message = Some("é".repeat(700));
+    assert!(f.quoted_message().len() <= 1026);
+}
+
+#[test]
+fn a_refused_create_quotes_the_api_server_in_the_kinds_words() {
+    use crate::controller::stuck::refused;
+    assert_eq!(
+        refused("worker", "j-worker-0", "forbidden: exceeded quota"),
+        "creating worker pod j-worker-0 was refused: forbidden: exceeded quota"
+    );
+    assert_eq!(
+        refused("pod", "e-generate-0", "forbidden"),
+        "creating pod e-generate-0 was refused: forbidden"
+    );
+}

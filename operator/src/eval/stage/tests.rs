@@ -355,3 +355,88 @@ fn pods_of_unknown_shards_are_stale() {
     assert_eq!(delete, &["e-generate-5".to_string()]);
     assert_eq!(create.len(), 2);
 }
+
+fn down_since(secs_ago: i64) -> Option<crate::controller::pods::NodeDown> {
+    Some(crate::controller::pods::NodeDown {
+        node: "node-7".into(),
+        since: now() - jiff::SignedDuration::from_secs(secs_ago),
+        why: "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into(),
+    })
+}
+
+#[test]
+fn a_pod_on_a_node_down_past_the_toleration_is_recreated_uncounted_and_force_deleted() {
+    let mut j = job(2);
+    j.run.backoff_limit = 0;
+    let mut pods = generation(2, PodPhase::Running);
+    pods[1].node_down = down_since(200);
+    // Within the toleration: waited for, looked at again when it ends.
+    let (_, _, restart, delete, _) = progress(decide(&j, &pods, now()));
+    assert!(restart.is_empty() && delete.is_empty());
+    let toleration = j.run.unreachable_node_toleration_seconds;
+    assert_eq!(
+        crate::controller::stuck::next_toleration_end(toleration, &pods, now()),
+        Some(Duration::from_secs(100))
+    );
+    // Past it: that pod alone goes (force-deleted), uncounted even at backoffLimit 0.
+    pods[1].node_down = down_since(301);
+    let (_, _, restart, delete, create) = progress(decide(&j, &pods, now()));
+    assert_eq!(restart.len(), 1);
+    assert_eq!(restart[0].reason, "NodeUnreachable");
+    assert!(!restart[0].counted);
+    testing::says(
+        &restart[0].message,
+        &[
+            "node node-7 of pod e-generate-1",
+            "(300s)",
+            "Kubelet stopped posting",
+        ],
+    );
+    assert_eq!(delete, ["e-generate-1".to_string()]);
+    assert!(
+        create.is_empty(),
+        "the new pod reuses the name once the old one is gone"
+    );
+    assert_eq!(
+        crate::controller::stuck::force_delete(toleration, &pods, &delete, now()),
+        ["e-generate-1".to_string()]
+    );
+}
+
+#[test]
+fn a_pod_on_a_lost_node_is_recreated_uncounted() {
+    let mut j = job(1);
+    j.run.backoff_limit = 0;
+    let mut pods = generation(1, PodPhase::Running);
+    pods[0].node_lost = true;
+    let (_, _, restart, delete, _) = progress(decide(&j, &pods, now()));
+    assert_eq!((restart[0].reason, restart[0].counted), ("NodeLost", false));
+    assert_eq!(delete, ["e-generate-0".to_string()]);
+}
+
+#[test]
+fn a_pod_not_running_within_the_scheduling_timeout_fails_quoting_the_wait() {
+    let mut j = job(2);
+    j.run.scheduling_timeout_seconds = Some(300);
+    let created = |secs_ago: i64| Some(now() - jiff::SignedDuration::from_secs(secs_ago));
+    let mut pods = vec![
+        pod(Slot::Generate(0), 0, PodPhase::Running),
+        pod(Slot::Generate(1), 0, PodPhase::Pending),
+    ];
+    pods[0].created_at = created(1000);
+    pods[1].created_at = created(200);
+    pods[1].waiting = Some((
+        "WorkersPending",
+        "cannot be scheduled: 0/4 nodes are available".into(),
+    ));
+    // 100 s left for the pending pod (the running one is past any timeout).
+    let d = decide(&j, &pods, now());
+    let Decision::Step(Progress { requeue_after, .. }) = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(*requeue_after, Some(Duration::from_secs(100)));
+    pods[1].created_at = created(301);
+    let (reason, message, _) = testing::failure(decide(&j, &pods, now()));
+    assert_eq!(reason, "SchedulingTimeout");
+    testing::says(&message, &["e-generate-1", "300s", "0/4 nodes"]);
+}

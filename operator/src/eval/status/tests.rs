@@ -301,3 +301,113 @@ fn pod_facts_read_slot_attempt_and_the_failing_init_container() {
     assert_eq!(f.message.as_deref(), Some("judge endpoint 503"));
     assert!(f.foreign, "no owner reference: not the job's");
 }
+
+fn running_pods(n: i32) -> Vec<PodFacts> {
+    (0..n)
+        .map(|i| {
+            let slot = Slot::Generate(i);
+            testing::pod(slot.pod_name("e"), slot, 0, PodPhase::Running)
+        })
+        .collect()
+}
+
+#[test]
+fn a_pod_that_cannot_start_is_running_false_with_the_kubelets_reason_and_one_warning() {
+    let job = in_phase(EvalPhase::Generating);
+    let d = Decision::Step(Progress {
+        phase: EvalPhase::Generating,
+        done: vec![],
+        restart: vec![],
+        delete: vec![],
+        create: vec![],
+        requeue_after: None,
+    });
+    let mut pods = running_pods(2);
+    pods[1].phase = PodPhase::Pending;
+    pods[1].waiting = Some(("ImagePullBackOff", "Back-off pulling image".into()));
+    let (s, ev) = next_status(&job, &gates(&job), &d, &pods, &[], now());
+    let c = cond(&s.conditions, "Running");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ImagePullBackOff")
+    );
+    testing::says(
+        &c.message,
+        &["pod e-generate-1 cannot start (ImagePullBackOff): Back-off pulling image"],
+    );
+    let w: Vec<_> = ev.iter().filter(|e| e.warning).collect();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].reason, "ImagePullBackOff");
+    // The same state again: no second Event.
+    let mut again = job.clone();
+    again.status = Some(s);
+    let (s, ev) = next_status(&again, &gates(&job), &d, &pods, &[], now());
+    assert!(ev.iter().all(|e| !e.warning), "{ev:?}");
+    // Started after all: Running=True, with an Event.
+    again.status = Some(s);
+    let (s, ev) = next_status(&again, &gates(&job), &d, &running_pods(2), &[], now());
+    let c = cond(&s.conditions, "Running");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "PodsRunning")
+    );
+    assert!(ev.iter().any(|e| e.reason == "PodsRunning" && !e.warning));
+    // A job whose pods never got stuck has no Running condition at all.
+    let (s, _) = next_status(&job, &gates(&job), &d, &running_pods(2), &[], now());
+    assert!(!s.conditions.iter().any(|c| c.type_ == "Running"));
+}
+
+#[test]
+fn an_uncounted_restart_bumps_the_attempt_not_the_count() {
+    let job = in_phase(EvalPhase::Generating);
+    let d = Decision::Step(Progress {
+        phase: EvalPhase::Generating,
+        done: vec![],
+        restart: vec![Restart {
+            slot: Slot::Generate(1),
+            pod: "e-generate-1".into(),
+            reason: "NodeUnreachable",
+            message: "node node-7 of pod e-generate-1 has been unavailable".into(),
+            counted: false,
+        }],
+        delete: vec!["e-generate-1".into()],
+        create: vec![],
+        requeue_after: None,
+    });
+    let (s, ev) = next_status(&job, &gates(&job), &d, &[], &[], now());
+    assert_eq!((s.restarts, s.shards[1].attempt), (0, 1));
+    let w = ev.iter().find(|e| e.reason == "NodeUnreachable").unwrap();
+    assert!(w.warning);
+    testing::says(
+        &w.note,
+        &["node-7", "attempt 1", "not counted towards backoffLimit"],
+    );
+}
+
+#[test]
+fn a_failed_job_with_a_stuck_pod_is_failed_and_not_running() {
+    let mut job = in_phase(EvalPhase::Generating);
+    let mut conds = vec![];
+    crate::controller::conditions::set_condition(
+        &mut conds,
+        "Running",
+        false,
+        "FailedCreate",
+        "creating pod e-generate-0 was refused: quota",
+        now(),
+    );
+    job.status.as_mut().unwrap().conditions = conds;
+    let d = Decision::Fail {
+        reason: "SchedulingTimeout",
+        message: "late".into(),
+        delete: vec![],
+    };
+    let (s, _) = next_status(&job, &gates(&job), &d, &[], &[], now());
+    // Running stays False (its words are the last cause seen), as a training job's.
+    assert_eq!(cond(&s.conditions, "Running").status, "False");
+    let f = cond(&s.conditions, "Failed");
+    assert_eq!(
+        (f.status.as_str(), f.reason.as_str()),
+        ("True", "SchedulingTimeout")
+    );
+}
