@@ -374,5 +374,56 @@ async fn a_finished_job_past_its_ttl_is_deleted() {
         "no Secret read for a finished job"
     );
     assert_eq!(reqs[1].body["propagationPolicy"], "Background");
+    // This evaluation, not one created since under its name.
+    assert_eq!(
+        reqs[1].body["preconditions"]["uid"],
+        "7e1c2d7e-0000-4000-8000-000000000002"
+    );
     assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warning() {
+    let sc = Scenario::new(job_with(None));
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let quota = "pods \"janus-7b-orpo-bench-generate-0\" is forbidden: exceeded quota: no-pods";
+    sc.server()
+        .refuse("POST", &format!("{ns}/pods"), 403, quota);
+    let err = sc
+        .try_reconcile()
+        .await
+        .expect_err("the create fails the reconcile (retried with the backoff)");
+    assert!(err.to_string().contains("exceeded quota"), "{err}");
+    let mut expected = vec![
+        format!("GET {JOB_PATH}"),
+        format!("GET {ns}/secrets/s3-credentials"),
+        format!("GET {ns}/secrets/openai"),
+        format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
+        format!("PATCH {ns}/configmaps/{JOB}-eval-settings{APPLY}"),
+        format!("PATCH {JOB_PATH}/status{APPLY}"),
+    ];
+    expected.extend(vec![format!("POST {ns}/pods?"); 4]);
+    expected.push(format!("PATCH {JOB_PATH}/status{APPLY}"));
+    assert_eq!(sc.server().lines(), expected);
+    let reqs = sc.server().requests();
+    let st = &reqs.last().unwrap().body["status"];
+    let running = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Running")
+        .unwrap();
+    assert_eq!(
+        (running["status"].as_str(), running["reason"].as_str()),
+        (Some("False"), Some("FailedCreate"))
+    );
+    let msg = running["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(&format!("creating pod {JOB}-generate-")) && msg.contains("exceeded quota"),
+        "{msg}"
+    );
+    assert!(sc
+        .server()
+        .events()
+        .contains(&("FailedCreate".to_string(), "Warning".to_string())));
 }

@@ -10,3 +10,6 @@ pub mod gang;
 pub mod kueue;
 pub mod pod_group;
 pub mod status;
+
+#[cfg(test)]
+mod fixtures;
