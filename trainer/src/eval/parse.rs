@@ -1,6 +1,6 @@
 //! The judge's score: the integer after the *last* `[RESULT]`, 1 to 5.
 //!
-//! Better than the original parser (shared/JANUS.md): feedback that mentions scores
+//! Better than the original parser (docs/method.md): feedback that mentions scores
 //! ("closer to Score 3 than 5") cannot win over the final verdict, `[RESULT] 10` is
 //! out of range rather than a 10, and what cannot be read is an error for the caller
 //! to re-ask and finally count, never a crash and never a silent 0.
