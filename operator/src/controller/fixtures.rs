@@ -137,6 +137,24 @@ impl ApiServer {
             .collect()
     }
 
+    /// Condition `type_` of the last status written: `(status, reason, message)`.
+    pub fn last_condition(&self, type_: &str) -> (String, String, String) {
+        let reqs = self.requests();
+        let written = reqs
+            .iter()
+            .rev()
+            .find(|r| r.path.contains("/status"))
+            .expect("a status was written");
+        let c = written.body["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {}", written.body));
+        let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        (text("status"), text("reason"), text("message"))
+    }
+
     /// `"METHOD path"` of each request but Events.
     pub fn lines(&self) -> Vec<String> {
         self.requests()
