@@ -164,6 +164,34 @@ impl ApiServer {
     }
 }
 
+/// The pods `reqs` create, each checked to report through the operator (its report URL
+/// in the first container's environment, no API token); their names, sorted.
+pub fn created_pods(reqs: &[Req]) -> Vec<String> {
+    let mut names: Vec<String> = reqs
+        .iter()
+        .map(|r| {
+            let spec = &r.body["spec"];
+            assert_eq!(spec["automountServiceAccountToken"], false, "{spec}");
+            let env = &spec["containers"][0]["env"];
+            assert!(
+                env.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
+                "{env}"
+            );
+            r.body["metadata"]["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `<prefix>0` to `<prefix><n - 1>`.
+pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
 fn client(server: Arc<ApiServer>) -> Client {
     let svc = tower::service_fn(move |req: Request<Body>| {
         let server = server.clone();

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::controller::EvalCaches;
-use crate::controller::fixtures::{self, ready_store, APPLY, REPORT_URL};
+use crate::controller::fixtures::{self, ready_store, APPLY};
 use crate::eval::config_render::tests::representative_job;
 
 const NS: &str = "research";
@@ -155,28 +155,9 @@ async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_t
     assert_eq!(st["modelUrl"], "s3://models/janus-7b-orpo");
     assert_eq!(st["shards"].as_array().unwrap().len(), 4);
     // Pods report through the operator with their projected token, no API token.
-    for r in &reqs[6..] {
-        let spec = &r.body["spec"];
-        assert_eq!(spec["automountServiceAccountToken"], false);
-        let env = &spec["containers"][0]["env"];
-        assert!(
-            env.as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
-            "{env}"
-        );
-    }
-    let mut created: Vec<String> = reqs[6..]
-        .iter()
-        .map(|r| r.body["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    created.sort();
     assert_eq!(
-        created,
-        (0..4)
-            .map(|i| format!("{JOB}-generate-{i}"))
-            .collect::<Vec<_>>()
+        fixtures::created_pods(&reqs[6..]),
+        fixtures::numbered(&format!("{JOB}-generate-"), 4)
     );
     assert_eq!(
         sc.server().events(),

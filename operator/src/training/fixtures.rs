@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::gang::Gang;
-use crate::controller::fixtures::{self, APPLY, REPORT_URL};
+use crate::controller::fixtures::{self, APPLY};
 use crate::controller::testing::now;
 use crate::controller::Decision;
 use crate::training::config_render::tests::representative_job;
@@ -114,29 +114,12 @@ async fn a_new_job_applies_its_children_and_status_together_then_creates_every_w
         "the uid is a precondition"
     );
     assert_eq!(status.body["status"]["phase"], "Pending");
-    let mut created: Vec<String> = reqs[4..]
-        .iter()
-        .map(|r| {
-            let spec = &r.body["spec"];
-            assert_eq!(spec["automountServiceAccountToken"], false);
-            assert!(
-                spec["containers"][0]["env"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
-                "{spec}"
-            );
-            assert_eq!(r.body["metadata"]["labels"]["janus.dev/attempt"], "0");
-            r.body["metadata"]["name"].as_str().unwrap().to_string()
-        })
-        .collect();
-    created.sort();
+    for r in &reqs[4..] {
+        assert_eq!(r.body["metadata"]["labels"]["janus.dev/attempt"], "0");
+    }
     assert_eq!(
-        created,
-        (0..4)
-            .map(|i| format!("{JOB}-worker-{i}"))
-            .collect::<Vec<_>>()
+        fixtures::created_pods(&reqs[4..]),
+        fixtures::numbered(&format!("{JOB}-worker-"), 4)
     );
     assert_eq!(
         sc.server.events(),
