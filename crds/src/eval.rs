@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::EvalConfig;
+pub use crate::pods::PodPhase;
 use crate::training::{CleanPodPolicy, Dtype, OutputSpec, PromptFormat, SecretRef};
 use crate::url::StorageUrl;
 
@@ -391,6 +392,20 @@ pub struct EvalRunPolicy {
     /// Which pods are deleted when the job finishes.
     #[serde(default)]
     pub clean_pod_policy: CleanPodPolicy,
+    /// Seconds a pod may take from its creation until it runs; past it the evaluation
+    /// Fails with reason `SchedulingTimeout`, quoting why the pod waits (the scheduler's
+    /// or the kubelet's words). Unset: wait as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    pub scheduling_timeout_seconds: Option<i64>,
+    /// Seconds a pod's node may be NotReady or unreachable (its `Ready` condition not
+    /// `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before the
+    /// pod is force-deleted and created again without counting towards `backoffLimit`
+    /// (reason `NodeUnreachable`, naming the node): no kubelet confirms its deletion,
+    /// and the new pod reuses its name.
+    #[serde(default = "crate::pods::default_unreachable_node_toleration")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub unreachable_node_toleration_seconds: i64,
 }
 
 fn default_backoff_limit() -> i32 {
@@ -405,6 +420,8 @@ impl Default for EvalRunPolicy {
             ttl_seconds_after_finished: None,
             suspend: false,
             clean_pod_policy: CleanPodPolicy::default(),
+            scheduling_timeout_seconds: None,
+            unreachable_node_toleration_seconds: crate::pods::default_unreachable_node_toleration(),
         }
     }
 }
@@ -456,6 +473,10 @@ impl EvalPhase {
 /// Condition types of an evaluation.
 pub mod condition {
     pub const CREATED: &str = "Created";
+    /// False while a pod the current stage needs cannot start or was refused (the
+    /// reasons of [`crate::pods::reason`], as for a training job's workers); True once
+    /// those pods run again. Absent while no pod was ever stuck.
+    pub use crate::pods::condition::RUNNING;
     /// The model is known (True) or still awaited (False, with the reason).
     pub const MODEL_READY: &str = "ModelReady";
     /// The baseline evaluation (`spec.baseline.evalJob`) has its results.
@@ -471,6 +492,7 @@ pub mod condition {
 
 /// Condition and Event reasons (CamelCase constants tests match on).
 pub mod reason {
+    pub use crate::pods::reason::*;
     pub const JOB_CREATED: &str = "JobCreated";
     /// `spec.model.url` names the model.
     pub const MODEL_URL: &str = "ModelUrl";
@@ -487,6 +509,8 @@ pub mod reason {
     pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
     /// Every generation pod of the job is running.
     pub const GENERATION_RUNNING: &str = "GenerationRunning";
+    /// The pods of the current stage run again after one could not start (Running=True).
+    pub const PODS_RUNNING: &str = "PodsRunning";
     pub const ALL_SHARDS_GENERATED: &str = "AllShardsGenerated";
     pub const JUDGE_STARTED: &str = "JudgeStarted";
     /// A pod failed with a retryable exit code; it is recreated and resumes.
@@ -555,19 +579,6 @@ pub struct JanusEvalJobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-}
-
-/// Phase of one pod of the evaluation.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-pub enum PodPhase {
-    /// Not created yet, or not running yet.
-    #[default]
-    Pending,
-    Running,
-    /// Exited 0: the stage of this pod is done (kept even after the pod is deleted).
-    Succeeded,
-    /// Failed; recreated (attempt + 1) unless the job failed.
-    Failed,
 }
 
 /// One generation shard.

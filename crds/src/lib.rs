@@ -20,6 +20,8 @@ pub mod crd_yaml;
 #[cfg(feature = "k8s")]
 pub mod eval;
 #[cfg(feature = "k8s")]
+pub mod pods;
+#[cfg(feature = "k8s")]
 pub mod training;
 pub mod url;
 

@@ -584,7 +584,7 @@ pub struct RunPolicy {
     /// `NodeUnreachable`, naming the node) and the worker pods on that node are
     /// force-deleted: no kubelet confirms their deletion, and the new gang reuses their
     /// names. Like the default `tolerationSeconds` of Kubernetes' taint-based eviction.
-    #[serde(default = "default_unreachable_node_toleration")]
+    #[serde(default = "crate::pods::default_unreachable_node_toleration")]
     #[schemars(range(min = 1, max = 86400))]
     pub unreachable_node_toleration_seconds: i64,
     /// What a failed worker does to the job (JobSet's `failurePolicy`, Kubernetes'
@@ -692,10 +692,6 @@ fn default_backoff_limit() -> i32 {
     3
 }
 
-fn default_unreachable_node_toleration() -> i64 {
-    300
-}
-
 impl Default for RunPolicy {
     fn default() -> Self {
         RunPolicy {
@@ -705,7 +701,7 @@ impl Default for RunPolicy {
             suspend: false,
             clean_pod_policy: CleanPodPolicy::default(),
             scheduling_timeout_seconds: None,
-            unreachable_node_toleration_seconds: default_unreachable_node_toleration(),
+            unreachable_node_toleration_seconds: crate::pods::default_unreachable_node_toleration(),
             failure_policy: None,
         }
     }
@@ -800,7 +796,7 @@ impl JobPhase {
 /// Condition types of a training job.
 pub mod condition {
     pub const CREATED: &str = "Created";
-    pub const RUNNING: &str = "Running";
+    pub use crate::pods::condition::RUNNING;
     pub const RESTARTING: &str = "Restarting";
     pub const SUSPENDED: &str = "Suspended";
     pub const SUCCEEDED: &str = "Succeeded";
@@ -809,25 +805,8 @@ pub mod condition {
 
 /// Condition reasons (CamelCase constants tests match on).
 pub mod reason {
+    pub use crate::pods::reason::*;
     pub const JOB_CREATED: &str = "JobCreated";
-    /// A worker cannot be scheduled; the message quotes the scheduler's (for example
-    /// `0/4 nodes are available: 4 Insufficient nvidia.com/gpu`).
-    pub const WORKERS_PENDING: &str = "WorkersPending";
-    /// Reasons of the kubelet for a trainer container that cannot start, used verbatim
-    /// as the reason of the Running=False condition (the message quotes the kubelet's).
-    pub const CONTAINER_WAITING: [&str; 5] = [
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-    ];
-    /// The API server refused a worker pod (Pod Security or a quota: 403, a missing
-    /// namespace or ServiceAccount: 404, a template it rejects: 422); the message
-    /// quotes it and the create is retried.
-    pub const FAILED_CREATE: &str = "FailedCreate";
-    /// `spec.scheduling.podGroup` names a scheduler whose PodGroup CRD is not installed.
-    pub const POD_GROUP_NOT_INSTALLED: &str = "PodGroupNotInstalled";
     pub const ALL_WORKERS_RUNNING: &str = "AllWorkersRunning";
     pub const WORKER_FAILED: &str = "WorkerFailed";
     pub const WORKER_EVICTED: &str = "WorkerEvicted";
@@ -837,12 +816,6 @@ pub mod reason {
     pub const WORKER_DISRUPTED: &str = "WorkerDisrupted";
     /// A rank of a gang that had started is missing (its pod disappeared).
     pub const WORKER_LOST: &str = "WorkerLost";
-    /// A worker's node no longer exists.
-    pub const NODE_LOST: &str = "NodeLost";
-    /// A worker's node was NotReady or unreachable for longer than
-    /// `runPolicy.unreachableNodeTolerationSeconds`: the gang restarts without counting
-    /// and the pods on that node are force-deleted; the message names the node.
-    pub const NODE_UNREACHABLE: &str = "NodeUnreachable";
     /// A worker was deleted by someone other than the operator.
     pub const WORKER_DELETED: &str = "WorkerDeleted";
     pub const GANG_RECREATED: &str = "GangRecreated";
@@ -852,8 +825,6 @@ pub mod reason {
     /// message names the rule.
     pub const POD_FAILURE_POLICY: &str = "PodFailurePolicy";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
-    /// The gang was not running within `runPolicy.schedulingTimeoutSeconds`.
-    pub const SCHEDULING_TIMEOUT: &str = "SchedulingTimeout";
     pub const JOB_SUSPENDED: &str = "JobSuspended";
     pub const JOB_RESUMED: &str = "JobResumed";
     pub const ALL_WORKERS_SUCCEEDED: &str = "AllWorkersSucceeded";

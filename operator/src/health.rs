@@ -21,12 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The watches the controller runs.
-pub const WATCHES: [&str; 7] = [
+pub const WATCHES: [&str; 8] = [
     "jobs",
     "pods",
     "nodes",
     "eval-jobs",
     "eval-pods",
+    "eval-nodes",
     "eval-training-jobs",
     "eval-baselines",
 ];

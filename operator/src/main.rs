@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use futures::FutureExt;
 use janus_crds::{JanusEvalJob, JanusTrainingJob};
+use janus_operator::controller::{self, apply::MANAGER};
 use janus_operator::health::Health;
 use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
@@ -16,7 +17,7 @@ use janus_operator::metrics::Metrics;
 use janus_operator::report::Reports;
 use janus_operator::telemetry;
 use janus_operator::watch::DecodeReporter;
-use janus_operator::{eval, training, Settings};
+use janus_operator::Settings;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -113,13 +114,13 @@ async fn run_controllers(
         Recorder::new(
             client.clone(),
             Reporter {
-                controller: training::controller::MANAGER.into(),
+                controller: MANAGER.into(),
                 instance: Some(settings.identity.clone()),
             },
         ),
     );
     tokio::join!(
-        training::controller::run(
+        controller::run::run::<JanusTrainingJob>(
             client.clone(),
             metrics.clone(),
             health.clone(),
@@ -130,7 +131,7 @@ async fn run_controllers(
             },
             shutdown.clone(),
         ),
-        eval::controller::run(
+        controller::run::run::<JanusEvalJob>(
             client,
             metrics,
             health,

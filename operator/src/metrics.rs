@@ -11,6 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Every `result` of `janus_operator_reports_total`: the counter starts with each at 0.
+/// The report endpoint (`crate::report`) counts under these names.
+pub const REPORT_RESULTS: [&str; 6] = [
+    "accepted",
+    "unauthenticated",
+    "forbidden",
+    "malformed",
+    "pod_gone",
+    "api_error",
+];
+
 /// Buckets of the reconcile and API request histograms (seconds).
 const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -41,7 +52,7 @@ pub struct Metrics {
     pub watch_errors_total: IntCounterVec,
     /// Objects skipped because they do not decode, by kind.
     pub undecodable_objects_total: IntCounterVec,
-    /// Progress reports from pods, by result ([`crate::report::ReportError::LABELS`]).
+    /// Progress reports from pods, by result ([`REPORT_RESULTS`]).
     pub reports_total: IntCounterVec,
 }
 
@@ -51,160 +62,135 @@ impl Default for Metrics {
     }
 }
 
+/// Makes metrics registered in one registry.
+struct Registering(Registry);
+
+impl Registering {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).unwrap();
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).unwrap())
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), &[label]).unwrap())
+    }
+
+    fn latency(&self, name: &str, help: &str) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.add(Histogram::with_opts(opts).unwrap())
+    }
+
+    fn phases(
+        &self,
+        name: &str,
+        help: &str,
+        phases: impl IntoIterator<Item = &'static str>,
+    ) -> IntGaugeVec {
+        let g = self.add(IntGaugeVec::new(Opts::new(name, help), &["phase"]).unwrap());
+        for p in phases {
+            g.with_label_values(&[p]).set(0);
+        }
+        g
+    }
+}
+
+/// `c` with a series (at 0) for each of `labels`, so `rate()` over it has one from the
+/// first scrape.
+fn with_labels<'a>(c: IntCounterVec, labels: impl IntoIterator<Item = &'a str>) -> IntCounterVec {
+    for l in labels {
+        c.with_label_values(&[l]);
+    }
+    c
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let reconcile_total =
-            IntCounter::new("janus_operator_reconcile_total", "Reconciles started").unwrap();
-        let reconcile_errors_total = IntCounterVec::new(
-            Opts::new(
-                "janus_operator_reconcile_errors_total",
-                "Reconciles that failed, by error kind",
-            ),
-            &["error"],
-        )
-        .unwrap();
-        let reconcile_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+        let r = Registering(Registry::new());
+        let errors = r.counter_vec(
+            "janus_operator_reconcile_errors_total",
+            "Reconciles that failed, by error kind",
+            "error",
+        );
+        let watch_errors = r.counter_vec(
+            "janus_operator_watch_errors_total",
+            "Errors of the operator's watches (retried with backoff), by watch",
+            "watch",
+        );
+        let undecodable = r.counter_vec(
+            "janus_operator_undecodable_objects_total",
+            "Object versions skipped because they do not decode, by kind",
+            "kind",
+        );
+        let reports = r.counter_vec(
+            "janus_operator_reports_total",
+            "Progress reports pods sent to the operator, by result",
+            "result",
+        );
+        let api_request_duration_seconds = r.add(
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "janus_operator_api_request_duration_seconds",
+                    "Time from sending a request to the API server to its response, by HTTP method and resource (watches excluded)",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["method", "resource"],
+            )
+            .unwrap(),
+        );
+        Metrics {
+            reconcile_total: r.counter("janus_operator_reconcile_total", "Reconciles started"),
+            reconcile_errors_total: with_labels(errors, crate::error::Error::METRIC_LABELS),
+            reconcile_duration_seconds: r.latency(
                 "janus_operator_reconcile_duration_seconds",
                 "Time of one reconcile",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .unwrap();
-        let reconcile_api_wait_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+            ),
+            reconcile_api_wait_seconds: r.latency(
                 "janus_operator_reconcile_api_wait_seconds",
                 "Time of one reconcile with at least one API request outstanding",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .unwrap();
-        let reconcile_own_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+            ),
+            reconcile_own_seconds: r.latency(
                 "janus_operator_reconcile_own_seconds",
                 "Time of one reconcile not waiting on the API server",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .unwrap();
-        let jobs = IntGaugeVec::new(
-            Opts::new("janus_jobs", "JanusTrainingJobs by phase"),
-            &["phase"],
-        )
-        .unwrap();
-        let job_restarts_total =
-            IntCounter::new("janus_job_restarts_total", "Gang restarts started").unwrap();
-        let eval_jobs = IntGaugeVec::new(
-            Opts::new("janus_eval_jobs", "JanusEvalJobs by phase"),
-            &["phase"],
-        )
-        .unwrap();
-        let eval_restarts_total = IntCounter::new(
-            "janus_eval_restarts_total",
-            "Evaluation pods recreated after a retryable failure",
-        )
-        .unwrap();
-        let leader = IntGauge::new(
-            "janus_operator_leader",
-            "1 while this replica holds the leader Lease",
-        )
-        .unwrap();
-        let api_requests_total = IntCounterVec::new(
-            Opts::new(
+            ),
+            jobs: r.phases(
+                "janus_jobs",
+                "JanusTrainingJobs by phase",
+                JobPhase::ALL.map(JobPhase::as_str),
+            ),
+            job_restarts_total: r.counter("janus_job_restarts_total", "Gang restarts started"),
+            eval_jobs: r.phases(
+                "janus_eval_jobs",
+                "JanusEvalJobs by phase",
+                EvalPhase::ALL.map(EvalPhase::as_str),
+            ),
+            eval_restarts_total: r.counter(
+                "janus_eval_restarts_total",
+                "Evaluation pods recreated after a retryable failure",
+            ),
+            leader: r.add(
+                IntGauge::new(
+                    "janus_operator_leader",
+                    "1 while this replica holds the leader Lease",
+                )
+                .unwrap(),
+            ),
+            api_requests_total: r.counter_vec(
                 "janus_operator_api_requests_total",
                 "Requests this process sent to the API server, by HTTP method",
+                "method",
             ),
-            &["method"],
-        )
-        .unwrap();
-        let api_request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "janus_operator_api_request_duration_seconds",
-                "Time from sending a request to the API server to its response, by HTTP method and resource (watches excluded)",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method", "resource"],
-        )
-        .unwrap();
-        let watch_errors_total = IntCounterVec::new(
-            Opts::new(
-                "janus_operator_watch_errors_total",
-                "Errors of the operator's watches (retried with backoff), by watch",
-            ),
-            &["watch"],
-        )
-        .unwrap();
-        let undecodable_objects_total = IntCounterVec::new(
-            Opts::new(
-                "janus_operator_undecodable_objects_total",
-                "Object versions skipped because they do not decode, by kind",
-            ),
-            &["kind"],
-        )
-        .unwrap();
-        let reports_total = IntCounterVec::new(
-            Opts::new(
-                "janus_operator_reports_total",
-                "Progress reports pods sent to the operator, by result",
-            ),
-            &["result"],
-        )
-        .unwrap();
-        for c in [
-            Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reconcile_errors_total.clone()),
-            Box::new(reconcile_duration_seconds.clone()),
-            Box::new(reconcile_api_wait_seconds.clone()),
-            Box::new(reconcile_own_seconds.clone()),
-            Box::new(jobs.clone()),
-            Box::new(job_restarts_total.clone()),
-            Box::new(eval_jobs.clone()),
-            Box::new(eval_restarts_total.clone()),
-            Box::new(leader.clone()),
-            Box::new(api_requests_total.clone()),
-            Box::new(api_request_duration_seconds.clone()),
-            Box::new(watch_errors_total.clone()),
-            Box::new(undecodable_objects_total.clone()),
-            Box::new(reports_total.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
-        for p in JobPhase::ALL {
-            jobs.with_label_values(&[p.as_str()]).set(0);
-        }
-        for e in crate::error::Error::METRIC_LABELS {
-            reconcile_errors_total.with_label_values(&[e]);
-        }
-        for w in crate::health::WATCHES {
-            watch_errors_total.with_label_values(&[w]);
-        }
-        for k in ["JanusTrainingJob", "JanusEvalJob"] {
-            undecodable_objects_total.with_label_values(&[k]);
-        }
-        for p in EvalPhase::ALL {
-            eval_jobs.with_label_values(&[p.as_str()]).set(0);
-        }
-        for r in crate::report::ReportError::LABELS {
-            reports_total.with_label_values(&[r]);
-        }
-        Metrics {
-            registry,
-            reconcile_total,
-            reconcile_errors_total,
-            reconcile_duration_seconds,
-            reconcile_api_wait_seconds,
-            reconcile_own_seconds,
-            jobs,
-            job_restarts_total,
-            eval_jobs,
-            eval_restarts_total,
-            leader,
-            api_requests_total,
             api_request_duration_seconds,
-            watch_errors_total,
-            undecodable_objects_total,
-            reports_total,
+            watch_errors_total: with_labels(watch_errors, crate::health::WATCHES),
+            undecodable_objects_total: with_labels(
+                undecodable,
+                ["JanusTrainingJob", "JanusEvalJob"],
+            ),
+            reports_total: with_labels(reports, REPORT_RESULTS),
+            registry: r.0,
         }
     }
 

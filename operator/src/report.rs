@@ -82,14 +82,7 @@ impl ReportError {
         }
     }
 
-    pub const LABELS: [&'static str; 6] = [
-        "accepted",
-        "unauthenticated",
-        "forbidden",
-        "malformed",
-        "pod_gone",
-        "api_error",
-    ];
+    pub const LABELS: [&'static str; 6] = crate::metrics::REPORT_RESULTS;
 }
 
 /// Which pods may report, and what: the training job's rank 0 its progress, an

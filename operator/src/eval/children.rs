@@ -10,23 +10,18 @@ use std::collections::BTreeMap;
 
 use janus_crds::{annotations, defaults, env, labels, JanusEvalJob};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EnvFromSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, Pod, PodSpec, ResourceRequirements, SecretEnvSource, SecretKeySelector,
-    ServiceAccount, Volume, VolumeMount,
+    ConfigMap, Container, EnvVar, EnvVarSource, Pod, PodSpec, ResourceRequirements,
+    SecretKeySelector, ServiceAccount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::{Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 
 use super::gates::Resolved;
 use super::stage::Slot;
-use crate::error::{Error, Result};
+use crate::controller::children::{self as layer, *};
+pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
+use crate::error::Result;
 use crate::security;
-
-/// Key of the eval config in the ConfigMap.
-pub const CONFIG_KEY: &str = "config.yaml";
-/// GPU resource name.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Container of a generation pod (`janus eval generate`).
 pub const GENERATE_CONTAINER: &str = "generate";
 /// Init container of the judge pod (`janus eval judge`).
@@ -61,68 +56,19 @@ pub fn is_pod_name(job: &str, pod: &str) -> bool {
         })
 }
 
-fn owner(job: &JanusEvalJob) -> Result<OwnerReference> {
-    job.controller_owner_ref(&())
-        .ok_or(Error::MissingField("metadata.uid"))
-}
-
-fn namespace(job: &JanusEvalJob) -> Result<String> {
-    job.namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))
-}
-
 /// Labels of every child: the job name (selector of the pod watch).
 pub fn job_labels(job: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(labels::EVAL_JOB.to_string(), job.to_string())])
-}
-
-fn meta(job: &JanusEvalJob, name: String) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace(job)?),
-        labels: Some(job_labels(&job.name_any())),
-        owner_references: Some(vec![owner(job)?]),
-        ..Default::default()
-    })
+    layer::job_labels::<JanusEvalJob>(job)
 }
 
 /// ConfigMap `J-eval-settings` with the rendered eval config.
 pub fn config_map(job: &JanusEvalJob, resolved: &Resolved) -> Result<ConfigMap> {
     let rendered = super::config_render::render(job, resolved)?;
-    Ok(ConfigMap {
-        metadata: meta(job, config_map_name(&job.name_any()))?,
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), rendered)])),
-        ..Default::default()
-    })
+    layer::config_map(job, config_map_name(&job.name_any()), rendered)
 }
 
 pub fn service_account(job: &JanusEvalJob) -> Result<ServiceAccount> {
-    Ok(ServiceAccount {
-        metadata: meta(job, rbac_name(&job.name_any()))?,
-        ..Default::default()
-    })
-}
-
-fn plain(k: &str, v: String) -> EnvVar {
-    EnvVar {
-        name: k.into(),
-        value: Some(v),
-        ..Default::default()
-    }
-}
-
-fn field(k: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: k.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    layer::service_account(job, rbac_name(&job.name_any()))
 }
 
 /// Environment of every container: the job, the attempt, the config, the pod itself.
@@ -144,38 +90,17 @@ fn container(
     env_vars: Vec<EnvVar>,
     resources: Option<ResourceRequirements>,
 ) -> Container {
-    let config_dir = std::path::Path::new(defaults::CONFIG_PATH)
-        .parent()
-        .expect("config path has a directory")
-        .to_string_lossy()
-        .into_owned();
     Container {
         name: name.into(),
         image: Some(job.spec.worker.image.clone()),
         image_pull_policy: job.spec.worker.image_pull_policy.clone(),
         command: Some(vec!["janus".into(), "eval".into(), stage.into()]),
         env: Some(env_vars),
-        env_from: job.spec.storage_secret_ref.as_ref().map(|s| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: s.name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
+        env_from: storage_env(job.spec.storage_secret_ref.as_ref()),
         resources,
         // The operator quotes the error `janus` printed last when the pod fails.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: config_dir,
-                read_only: Some(true),
-                ..Default::default()
-            },
-            security::scratch_mount(),
-        ]),
+        volume_mounts: Some(vec![config_mount(), security::scratch_mount()]),
         security_context: Some(security::container_security_context()),
         ..Default::default()
     }
@@ -211,14 +136,7 @@ fn pod(
         containers: vec![main],
         security_context: Some(security::pod_security_context()),
         volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(&name),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            config_volume(config_map_name(&name)),
             security::scratch_volume(None),
         ]),
         ..Default::default()
@@ -246,19 +164,7 @@ pub fn generation_pod(job: &JanusEvalJob, shard: i32, attempt: i32) -> Result<Po
         plain(env::NNODES, w.replicas.to_string()),
         plain(env::NPROC_PER_NODE, w.gpus_per_worker.max(1).to_string()),
     ]);
-    let mut resources = w.resources.clone().unwrap_or_default();
-    if w.gpus_per_worker > 0 {
-        let gpus = Quantity(w.gpus_per_worker.to_string());
-        resources
-            .limits
-            .get_or_insert_with(Default::default)
-            .insert(GPU_RESOURCE.into(), gpus.clone());
-        resources
-            .requests
-            .get_or_insert_with(Default::default)
-            .insert(GPU_RESOURCE.into(), gpus);
-    }
-    let resources = (resources != ResourceRequirements::default()).then_some(resources);
+    let resources = with_gpus(w.resources.clone(), w.gpus_per_worker);
     let main = container(job, GENERATE_CONTAINER, "generate", env_vars, resources);
     pod(job, Slot::Generate(shard), attempt, vec![], main)
 }
@@ -309,16 +215,10 @@ pub fn progress_annotation(pod: &Pod) -> Option<&String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
     use crate::eval::config_render::tests::{representative_job, resolved};
 
-    fn env_of(c: &Container) -> BTreeMap<String, String> {
-        c.env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-            .collect()
-    }
+    use crate::controller::testing::env_of;
 
     #[test]
     fn generation_pods_carry_their_shard_and_the_contract_env() {
@@ -370,23 +270,9 @@ mod tests {
             !names.contains(&"JANUS_JUDGE_API_KEY"),
             "no key in generation pods"
         );
-        assert_eq!(
-            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
-            "1"
-        );
-        assert_eq!(
-            c.env_from.as_ref().unwrap()[0]
-                .secret_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "s3-credentials"
-        );
-        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (o.kind.as_str(), o.controller),
-            ("JanusEvalJob", Some(true))
-        );
+        assert_eq!(testing::gpus(c), "1");
+        assert_eq!(testing::storage_secret(c), "s3-credentials");
+        assert_eq!(testing::owner(&pod.metadata), ("JanusEvalJob", Some(true)));
     }
 
     #[test]
@@ -428,23 +314,6 @@ mod tests {
         assert_eq!(spec.containers[0].command.as_ref().unwrap()[2], "score");
         assert!(spec.containers[0].resources.is_none(), "no GPUs");
         assert!(!env_of(&spec.containers[0]).contains_key("JANUS_JUDGE_API_KEY"));
-    }
-
-    #[test]
-    fn no_child_name_of_an_evaluation_is_a_training_jobs() {
-        // A training job `e-eval` and an evaluation `e` once shared ConfigMap
-        // `e-eval-config`, each overwriting the other's config.
-        use crate::training::children as training;
-        for e in ["e", "e-eval", "sft", "a-b"] {
-            for t in [
-                format!("{e}-eval"),
-                format!("{e}-eval-settings"),
-                e.to_string(),
-            ] {
-                assert_ne!(config_map_name(e), training::config_map_name(&t), "{e} {t}");
-                assert_ne!(rbac_name(e), training::rbac_name(&t), "{e} {t}");
-            }
-        }
     }
 
     #[test]

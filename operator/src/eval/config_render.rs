@@ -136,10 +136,8 @@ worker:
 "#,
         )
         .unwrap();
-        let mut job = JanusEvalJob::new("janus-7b-orpo-bench", spec);
-        job.metadata.namespace = Some("research".into());
-        job.metadata.uid = Some("7e1c2d7e-0000-4000-8000-000000000002".into());
-        job
+        let job = JanusEvalJob::new("janus-7b-orpo-bench", spec);
+        crate::controller::testing::stored(job, "7e1c2d7e-0000-4000-8000-000000000002")
     }
 
     pub fn resolved(job: &JanusEvalJob) -> Resolved {
@@ -154,19 +152,7 @@ worker:
     fn rendered_config_matches_the_golden_file() {
         let job = representative_job();
         let rendered = render(&job, &resolved(&job)).unwrap();
-        let path = std::path::Path::new(
-            &std::env::var("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-        )
-        .join(GOLDEN);
-        if std::env::var_os("JANUS_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, &rendered).unwrap();
-        }
-        let golden = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            rendered == golden,
-            "renderer output differs from {GOLDEN}; if the change is intended, rerun with JANUS_UPDATE_GOLDEN=1\n--- rendered ---\n{rendered}"
-        );
+        crate::controller::testing::assert_golden(GOLDEN, &rendered);
     }
 
     /// What the operator renders, `janus eval` accepts as it is (same type, validated).

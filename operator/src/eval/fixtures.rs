@@ -1,219 +1,66 @@
-//! Scenario tests of the exact requests one reconcile makes (controller-rs's
-//! `fixtures.rs`): the kube `Client` runs over a scripted API server (a tower service
-//! answering from a map of objects) that records every request; each test asserts the
-//! method, path and body of each, in order. Events are asserted apart (they are
-//! best effort and follow the status write).
+//! Scenario tests of the exact requests one reconcile of an evaluation makes, on the
+//! layer's scripted API server ([`crate::controller::fixtures`]): each test asserts the
+//! method, path and body of each request, in order; Events apart.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 
-use http::{Request, Response};
 use janus_crds::eval::{EvalPhase, JudgeStatus, PodPhase, ShardStatus};
 use janus_crds::{JanusEvalJob, JanusEvalJobStatus};
 use k8s_openapi::api::core::v1::Pod;
-use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::controller::{reconcile, Context};
+use super::controller::EvalCaches;
+use crate::controller::fixtures::{self, ready_store, APPLY};
 use crate::eval::config_render::tests::representative_job;
-use crate::metrics::Metrics;
 
 const NS: &str = "research";
 const JOB: &str = "janus-7b-orpo-bench";
 const JOB_PATH: &str =
     "/apis/janus.dev/v1alpha1/namespaces/research/janusevaljobs/janus-7b-orpo-bench";
-const APPLY: &str = "?&force=true&fieldManager=janus-operator";
-const REPORT_URL: &str = "http://janus-operator.janus-system.svc:8080/v1/report";
 
-#[derive(Debug, Clone)]
-struct Req {
-    method: String,
-    path: String,
-    body: Value,
-}
-
-#[derive(Default)]
-struct ApiServer {
-    /// Objects by API path; GET answers from here, 404 otherwise.
-    objects: Mutex<BTreeMap<String, Value>>,
-    log: Mutex<Vec<Req>>,
-}
-
-fn status_404(path: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": format!("{path} not found"), "reason": "NotFound", "code": 404})
-}
-
-impl ApiServer {
-    fn answer(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let objects = self.objects.lock().unwrap();
-        let bare = path.split('?').next().unwrap_or(path);
-        match method {
-            "GET" if bare.ends_with("/pods") => {
-                let items: Vec<Value> = objects
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(&format!("{bare}/")))
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                (
-                    200,
-                    json!({"kind": "PodList", "apiVersion": "v1",
-                             "metadata": {"resourceVersion": "1"}, "items": items}),
-                )
-            }
-            "GET" | "DELETE" => match objects.get(bare) {
-                Some(v) => (200, v.clone()),
-                None => (404, status_404(bare)),
-            },
-            "PATCH" if bare.ends_with("/status") => {
-                let mut job = objects[bare.trim_end_matches("/status")].clone();
-                job["status"] = body["status"].clone();
-                (200, job)
-            }
-            // Server-side apply and creates answer with what they were sent.
-            _ => (if method == "POST" { 201 } else { 200 }, body.clone()),
-        }
-    }
-
-    fn requests(&self) -> Vec<Req> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| !r.path.contains("/events"))
-            .cloned()
-            .collect()
-    }
-
-    /// `(reason, type)` of the Events posted.
-    fn events(&self) -> Vec<(String, String)> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.path.contains("/events"))
-            .map(|r| {
-                (
-                    r.body["reason"].as_str().unwrap_or_default().to_string(),
-                    r.body["type"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-}
-
-fn client(server: Arc<ApiServer>) -> Client {
-    let svc = tower::service_fn(move |req: Request<Body>| {
-        let server = server.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let path = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            let method = parts.method.to_string();
-            let (code, answer) = server.answer(&method, &path, &body);
-            server.log.lock().unwrap().push(Req { method, path, body });
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            )
-        }
-    });
-    Client::new(svc, "default")
-}
-
-fn ready_store<K>(objects: Vec<K>) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (store, mut writer) = reflector::store::<K>();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objects {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    store
-}
-
-/// A scenario: the job, its cached pods, the objects the API server holds.
-struct Scenario {
-    job: JanusEvalJob,
-    pods: Vec<Pod>,
-    server: Arc<ApiServer>,
-}
+/// A scenario: the job, its cached pods, the objects the API server holds (its
+/// Secrets among them).
+struct Scenario(fixtures::Scenario<JanusEvalJob>);
 
 impl Scenario {
     fn new(job: JanusEvalJob) -> Self {
-        let server = Arc::new(ApiServer::default());
-        {
-            let mut o = server.objects.lock().unwrap();
-            o.insert(JOB_PATH.into(), serde_json::to_value(&job).unwrap());
-            for (name, key) in [
-                ("s3-credentials", "AWS_ACCESS_KEY_ID"),
-                ("openai", "api-key"),
-            ] {
-                o.insert(
-                    format!("/api/v1/namespaces/{NS}/secrets/{name}"),
-                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
-                           "data": {key: "eA=="}}),
-                );
-            }
+        let sc = fixtures::Scenario::new(job, JOB_PATH);
+        for (name, key) in [
+            ("s3-credentials", "AWS_ACCESS_KEY_ID"),
+            ("openai", "api-key"),
+        ] {
+            sc.server.insert(
+                format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                       "data": {key: "eA=="}}),
+            );
         }
-        Scenario {
-            job,
-            pods: vec![],
-            server,
-        }
+        Scenario(sc)
     }
 
-    fn with_pod(mut self, pod: Pod) -> Self {
-        self.server.objects.lock().unwrap().insert(
-            format!("/api/v1/namespaces/{NS}/pods/{}", pod.name_any()),
-            serde_json::to_value(&pod).unwrap(),
-        );
-        self.pods.push(pod);
-        self
+    fn with_pod(self, pod: Pod) -> Self {
+        Scenario(self.0.with_pod(pod))
     }
 
     fn without(self, path: &str) -> Self {
-        self.server.objects.lock().unwrap().remove(path);
-        self
+        Scenario(self.0.without(path))
+    }
+
+    fn server(&self) -> &fixtures::ApiServer {
+        &self.0.server
+    }
+
+    async fn try_reconcile(&self) -> crate::error::Result<Action> {
+        let own = EvalCaches {
+            training_jobs: ready_store(vec![]),
+            eval_jobs: ready_store(vec![self.0.job.clone()]),
+        };
+        self.0.reconcile_with(own).await
     }
 
     async fn reconcile(&self) -> Action {
-        let client = client(self.server.clone());
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "janus-operator".into(),
-                    instance: Some("test".into()),
-                },
-            ),
-            metrics: Metrics::new(),
-            pods: ready_store(self.pods.clone()),
-            training_jobs: ready_store(vec![]),
-            eval_jobs: ready_store(vec![self.job.clone()]),
-            failures: Default::default(),
-            report_url: Some(REPORT_URL.into()),
-        });
-        reconcile(Arc::new(self.job.clone()), ctx)
-            .await
-            .expect("reconcile succeeds")
+        self.try_reconcile().await.expect("reconcile succeeds")
     }
 }
 
@@ -256,14 +103,14 @@ fn generating(shard_phase: PodPhase) -> JanusEvalJobStatus {
         judge_secret: super::stage::Gate::ready("SecretsFound", ""),
         resolved: g.1,
     };
-    let d = super::stage::Decision::Progress {
+    let d = super::stage::Decision::Step(super::stage::Progress {
         phase: EvalPhase::Pending,
         done: vec![],
         restart: vec![],
         delete: vec![],
         create: (0..4).map(super::stage::Slot::Generate).collect(),
         requeue_after: None,
-    };
+    });
     let (mut s, _) = super::status::next_status(&job, &gates, &d, &[], &[], now);
     s.phase = Some(EvalPhase::Generating);
     s.shards = (0..4)
@@ -276,21 +123,15 @@ fn generating(shard_phase: PodPhase) -> JanusEvalJobStatus {
     s
 }
 
-fn lines(reqs: &[Req]) -> Vec<String> {
-    reqs.iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_then_creates_the_shards(
 ) {
     let sc = Scenario::new(job_with(None));
     sc.reconcile().await;
-    let reqs = sc.server.requests();
+    let reqs = sc.server().requests();
     let ns = format!("/api/v1/namespaces/{NS}");
     assert_eq!(
-        lines(&reqs),
+        sc.server().lines(),
         vec![
             format!("GET {JOB_PATH}"),
             format!("GET {ns}/secrets/s3-credentials"),
@@ -314,31 +155,12 @@ async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_t
     assert_eq!(st["modelUrl"], "s3://models/janus-7b-orpo");
     assert_eq!(st["shards"].as_array().unwrap().len(), 4);
     // Pods report through the operator with their projected token, no API token.
-    for r in &reqs[6..] {
-        let spec = &r.body["spec"];
-        assert_eq!(spec["automountServiceAccountToken"], false);
-        let env = &spec["containers"][0]["env"];
-        assert!(
-            env.as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
-            "{env}"
-        );
-    }
-    let mut created: Vec<String> = reqs[6..]
-        .iter()
-        .map(|r| r.body["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    created.sort();
     assert_eq!(
-        created,
-        (0..4)
-            .map(|i| format!("{JOB}-generate-{i}"))
-            .collect::<Vec<_>>()
+        fixtures::created_pods(&reqs[6..]),
+        fixtures::numbered(&format!("{JOB}-generate-"), 4)
     );
     assert_eq!(
-        sc.server.events(),
+        sc.server().events(),
         vec![
             ("JobCreated".to_string(), "Normal".to_string()),
             ("ModelUrl".into(), "Normal".into()),
@@ -355,11 +177,11 @@ async fn a_second_look_at_an_unchanged_job_makes_no_request() {
     }
     let action = sc.reconcile().await;
     assert!(
-        sc.server.requests().is_empty(),
+        sc.server().requests().is_empty(),
         "{:?}",
-        lines(&sc.server.requests())
+        sc.server().lines()
     );
-    assert!(sc.server.events().is_empty());
+    assert!(sc.server().events().is_empty());
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
 }
 
@@ -375,10 +197,10 @@ async fn a_failed_shard_is_counted_on_a_fresh_list_then_deleted_alone() {
         sc = sc.with_pod(pod(super::stage::Slot::Generate(i), 0, phase, exit));
     }
     sc.reconcile().await;
-    let reqs = sc.server.requests();
+    let reqs = sc.server().requests();
     let ns = format!("/api/v1/namespaces/{NS}");
     assert_eq!(
-        lines(&reqs),
+        sc.server().lines(),
         vec![
             format!("GET {JOB_PATH}"),
             format!("GET {ns}/secrets/s3-credentials"),
@@ -395,7 +217,7 @@ async fn a_failed_shard_is_counted_on_a_fresh_list_then_deleted_alone() {
     assert_eq!(st["shards"][1]["phase"], "Failed");
     assert_eq!(st["shards"][0]["attempt"], 0);
     assert_eq!(
-        sc.server.events(),
+        sc.server().events(),
         vec![("PodFailed".to_string(), "Warning".to_string())]
     );
 }
@@ -413,11 +235,11 @@ async fn a_missing_judge_secret_is_a_condition_and_a_warning_and_looks_again_soo
         ));
     }
     let action = sc.reconcile().await;
-    let reqs = sc.server.requests();
+    let reqs = sc.server().requests();
     assert!(
         !reqs.iter().any(|r| r.method == "POST"),
         "no judge pod without its key: {:?}",
-        lines(&reqs)
+        sc.server().lines()
     );
     let st = &reqs.last().unwrap().body["status"];
     assert_eq!(st["phase"], "Judging");
@@ -427,7 +249,7 @@ async fn a_missing_judge_secret_is_a_condition_and_a_warning_and_looks_again_soo
     assert_eq!(c["reason"], "SecretNotFound");
     assert!(c["message"].as_str().unwrap().contains("openai"));
     assert!(sc
-        .server
+        .server()
         .events()
         .contains(&("SecretNotFound".to_string(), "Warning".to_string())));
     assert_eq!(
@@ -452,9 +274,9 @@ async fn the_judge_pod_exiting_zero_mirrors_its_scores_and_succeeds() {
     )]));
     let sc = Scenario::new(job_with(Some(status))).with_pod(judge);
     sc.reconcile().await;
-    let reqs = sc.server.requests();
+    let reqs = sc.server().requests();
     assert_eq!(
-        lines(&reqs),
+        sc.server().lines(),
         vec![
             format!("GET {JOB_PATH}"),
             format!("GET /api/v1/namespaces/{NS}/secrets/s3-credentials"),
@@ -470,7 +292,7 @@ async fn the_judge_pod_exiting_zero_mirrors_its_scores_and_succeeds() {
     assert_eq!(st["progress"]["callsJudged"], 2763);
     assert_eq!(st["progress"]["judgeFailures"], 4);
     assert!(sc
-        .server
+        .server()
         .events()
         .contains(&("ScoresReported".to_string(), "Normal".to_string())));
 }
@@ -482,9 +304,9 @@ async fn a_job_whose_training_job_does_not_exist_writes_the_condition_and_create
     job.spec.model.training_job = Some("janus-7b-orpo".into());
     let sc = Scenario::new(job);
     let action = sc.reconcile().await;
-    let reqs = sc.server.requests();
+    let reqs = sc.server().requests();
     assert_eq!(
-        lines(&reqs),
+        sc.server().lines(),
         vec![
             format!("GET {JOB_PATH}"),
             format!("GET /api/v1/namespaces/{NS}/secrets/s3-credentials"),
@@ -508,7 +330,7 @@ async fn a_job_whose_training_job_does_not_exist_writes_the_condition_and_create
         (Some("False"), Some("TrainingJobNotFound"))
     );
     assert!(sc
-        .server
+        .server()
         .events()
         .contains(&("TrainingJobNotFound".to_string(), "Warning".to_string())));
     // The training job's watch brings the next reconcile: no polling.
@@ -526,12 +348,61 @@ async fn a_finished_job_past_its_ttl_is_deleted() {
     job.spec.run_policy.ttl_seconds_after_finished = Some(60);
     let sc = Scenario::new(job);
     let action = sc.reconcile().await;
-    let reqs = sc.server.requests();
+    let reqs = sc.server().requests();
     assert_eq!(
-        lines(&reqs),
+        sc.server().lines(),
         vec![format!("GET {JOB_PATH}"), format!("DELETE {JOB_PATH}?")],
         "no Secret read for a finished job"
     );
     assert_eq!(reqs[1].body["propagationPolicy"], "Background");
+    // This evaluation, not one created since under its name.
+    assert_eq!(
+        reqs[1].body["preconditions"]["uid"],
+        "7e1c2d7e-0000-4000-8000-000000000002"
+    );
     assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warning() {
+    let sc = Scenario::new(job_with(None));
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let quota = "pods \"janus-7b-orpo-bench-generate-0\" is forbidden: exceeded quota: no-pods";
+    sc.server()
+        .refuse("POST", &format!("{ns}/pods"), 403, quota);
+    let err = sc
+        .try_reconcile()
+        .await
+        .expect_err("the create fails the reconcile (retried with the backoff)");
+    assert!(err.to_string().contains("exceeded quota"), "{err}");
+    let mut expected = vec![
+        format!("GET {JOB_PATH}"),
+        format!("GET {ns}/secrets/s3-credentials"),
+        format!("GET {ns}/secrets/openai"),
+        format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
+        format!("PATCH {ns}/configmaps/{JOB}-eval-settings{APPLY}"),
+        format!("PATCH {JOB_PATH}/status{APPLY}"),
+    ];
+    expected.extend(vec![format!("POST {ns}/pods?"); 4]);
+    expected.push(format!("PATCH {JOB_PATH}/status{APPLY}"));
+    assert_eq!(sc.server().lines(), expected);
+    assert!(
+        sc.server()
+            .requests()
+            .last()
+            .unwrap()
+            .path
+            .contains("/status"),
+        "the status comes last"
+    );
+    let (status, why, msg) = sc.server().last_condition("Running");
+    assert_eq!((status.as_str(), why.as_str()), ("False", "FailedCreate"));
+    assert!(
+        msg.starts_with(&format!("creating pod {JOB}-generate-")) && msg.contains("exceeded quota"),
+        "{msg}"
+    );
+    assert!(sc
+        .server()
+        .events()
+        .contains(&("FailedCreate".to_string(), "Warning".to_string())));
 }

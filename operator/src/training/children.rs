@@ -8,28 +8,23 @@ use std::collections::BTreeMap;
 use janus_crds::training::PodGroupProvider;
 use janus_crds::{annotations, defaults, env, labels, JanusTrainingJob};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec, ResourceRequirements,
-    SecretEnvSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, Pod, PodSpec, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use crate::controller::children::{self as layer, *};
+pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
 use crate::error::{Error, Result};
 use crate::security;
-
-/// Key of the trainer config in the ConfigMap.
-pub const CONFIG_KEY: &str = "config.yaml";
-/// GPU resource name.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Name of the trainer's `/metrics` container port.
 pub const METRICS_PORT_NAME: &str = "metrics";
 /// Volcano's pod annotation naming the PodGroup.
@@ -56,29 +51,13 @@ pub fn master_addr(job: &str, namespace: &str) -> String {
     format!("{}.{job}.{namespace}.svc", worker_name(job, 0))
 }
 
-fn owner(job: &JanusTrainingJob) -> Result<OwnerReference> {
-    job.controller_owner_ref(&())
-        .ok_or(Error::MissingField("metadata.uid"))
-}
-
-fn namespace(job: &JanusTrainingJob) -> Result<String> {
-    job.namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))
-}
-
 /// Labels of every child: the job name (selector of the Service and of the pod watch).
 pub fn job_labels(job: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(labels::JOB.to_string(), job.to_string())])
+    layer::job_labels::<JanusTrainingJob>(job)
 }
 
 fn meta(job: &JanusTrainingJob, name: String) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace(job)?),
-        labels: Some(job_labels(&job.name_any())),
-        owner_references: Some(vec![owner(job)?]),
-        ..Default::default()
-    })
+    child_meta(job, name)
 }
 
 /// Headless Service `J`: gives pod `J-worker-i` the DNS name `J-worker-i.J.N.svc`.
@@ -107,18 +86,11 @@ pub fn config_map(job: &JanusTrainingJob) -> Result<ConfigMap> {
         job: job.name_any(),
         message: e.to_string(),
     })?;
-    Ok(ConfigMap {
-        metadata: meta(job, config_map_name(&job.name_any()))?,
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), rendered)])),
-        ..Default::default()
-    })
+    layer::config_map(job, config_map_name(&job.name_any()), rendered)
 }
 
 pub fn service_account(job: &JanusTrainingJob) -> Result<ServiceAccount> {
-    Ok(ServiceAccount {
-        metadata: meta(job, rbac_name(&job.name_any()))?,
-        ..Default::default()
-    })
+    layer::service_account(job, rbac_name(&job.name_any()))
 }
 
 /// NetworkPolicy `J-workers` (with `spec.networkPolicy`): the job's pods admit only
@@ -229,110 +201,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         }
     }
 
-    let plain = |k: &str, v: String| EnvVar {
-        name: k.into(),
-        value: Some(v),
-        ..Default::default()
-    };
-    let field = |k: &str, path: &str| EnvVar {
-        name: k.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let nproc = w.gpus_per_worker.max(1);
-    let env_vars = vec![
-        plain(env::JOB, name.clone()),
-        plain(env::NODE_RANK, rank.to_string()),
-        plain(env::NNODES, w.replicas.to_string()),
-        plain(env::NPROC_PER_NODE, nproc.to_string()),
-        plain(env::MASTER_ADDR, master_addr(&name, &ns)),
-        plain(env::MASTER_PORT, w.master_port.to_string()),
-        plain(env::ATTEMPT, attempt.to_string()),
-        plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
-        plain(env::METRICS_PORT, defaults::METRICS_PORT.to_string()),
-        field(env::POD_NAME, "metadata.name"),
-        field(env::POD_NAMESPACE, "metadata.namespace"),
-    ];
-
-    let mut resources = w.resources.clone().unwrap_or_default();
-    if w.gpus_per_worker > 0 {
-        let gpus = Quantity(w.gpus_per_worker.to_string());
-        resources
-            .limits
-            .get_or_insert_with(Default::default)
-            .insert(GPU_RESOURCE.into(), gpus.clone());
-        resources
-            .requests
-            .get_or_insert_with(Default::default)
-            .insert(GPU_RESOURCE.into(), gpus);
-    }
-    let resources = (resources != ResourceRequirements::default()).then_some(resources);
-
-    let config_dir = std::path::Path::new(defaults::CONFIG_PATH)
-        .parent()
-        .expect("config path has a directory")
-        .to_string_lossy()
-        .into_owned();
-    let container = Container {
-        name: defaults::CONTAINER_NAME.into(),
-        image: Some(w.image.clone()),
-        image_pull_policy: w.image_pull_policy.clone(),
-        command: Some(vec![
-            "janus".into(),
-            "train".into(),
-            "--config".into(),
-            defaults::CONFIG_PATH.into(),
-        ]),
-        env: Some(env_vars),
-        env_from: job.spec.storage_secret_ref.as_ref().map(|s| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: s.name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("rendezvous".into()),
-                container_port: w.master_port,
-                ..Default::default()
-            },
-            // Scraped by Prometheus (the chart's PodMonitor selects this port name).
-            ContainerPort {
-                name: Some(METRICS_PORT_NAME.into()),
-                container_port: defaults::METRICS_PORT,
-                ..Default::default()
-            },
-        ]),
-        // The trainer writes its fatal error to the termination log; a process killed
-        // before it could still leaves the tail of its log there.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        resources,
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "config".into(),
-                mount_path: config_dir,
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "dshm".into(),
-                mount_path: "/dev/shm".into(),
-                ..Default::default()
-            },
-            security::scratch_mount(),
-        ]),
-        security_context: Some(security::container_security_context()),
-        ..Default::default()
-    };
+    let container = trainer_container(job, rank, attempt, &ns);
 
     let pod = Pod {
         metadata: ObjectMeta {
@@ -340,7 +209,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             namespace: Some(ns),
             labels: Some(pod_labels),
             annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
-            owner_references: Some(vec![owner(job)?]),
+            owner_references: Some(vec![crate::controller::children::owner(job)?]),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -359,14 +228,7 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             affinity: w.affinity.clone(),
             containers: vec![container],
             volumes: Some(vec![
-                Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: config_map_name(&name),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                config_volume(config_map_name(&name)),
                 Volume {
                     name: "dshm".into(),
                     empty_dir: Some(EmptyDirVolumeSource {
@@ -393,6 +255,70 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         security::report_identity(spec, Some(defaults::CONTAINER_NAME));
     }
     Ok(pod)
+}
+
+/// The trainer container of worker `rank` at `attempt`: the contract environment, the
+/// rendezvous and metrics ports, the mounted config.
+fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) -> Container {
+    let name = job.name_any();
+    let w = &job.spec.workers;
+    let nproc = w.gpus_per_worker.max(1);
+    let env_vars = vec![
+        plain(env::JOB, name.clone()),
+        plain(env::NODE_RANK, rank.to_string()),
+        plain(env::NNODES, w.replicas.to_string()),
+        plain(env::NPROC_PER_NODE, nproc.to_string()),
+        plain(env::MASTER_ADDR, master_addr(&name, ns)),
+        plain(env::MASTER_PORT, w.master_port.to_string()),
+        plain(env::ATTEMPT, attempt.to_string()),
+        plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
+        plain(env::METRICS_PORT, defaults::METRICS_PORT.to_string()),
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+    ];
+
+    let resources = with_gpus(w.resources.clone(), w.gpus_per_worker);
+    Container {
+        name: defaults::CONTAINER_NAME.into(),
+        image: Some(w.image.clone()),
+        image_pull_policy: w.image_pull_policy.clone(),
+        command: Some(vec![
+            "janus".into(),
+            "train".into(),
+            "--config".into(),
+            defaults::CONFIG_PATH.into(),
+        ]),
+        env: Some(env_vars),
+        env_from: storage_env(job.spec.storage_secret_ref.as_ref()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("rendezvous".into()),
+                container_port: w.master_port,
+                ..Default::default()
+            },
+            // Scraped by Prometheus (the chart's PodMonitor selects this port name).
+            ContainerPort {
+                name: Some(METRICS_PORT_NAME.into()),
+                container_port: defaults::METRICS_PORT,
+                ..Default::default()
+            },
+        ]),
+        // The trainer writes its fatal error to the termination log; a process killed
+        // before it could still leaves the tail of its log there.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        resources,
+        volume_mounts: Some(vec![
+            config_mount(),
+            VolumeMount {
+                name: "dshm".into(),
+                mount_path: "/dev/shm".into(),
+                ..Default::default()
+            },
+            security::scratch_mount(),
+        ]),
+        security_context: Some(security::container_security_context()),
+        ..Default::default()
+    }
 }
 
 /// The trainer's budget for a checkpoint on SIGTERM is the grace period the pod ends up
@@ -491,16 +417,11 @@ pub fn progress_annotation(pod: &Pod) -> Option<&String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
     use crate::training::config_render::tests::representative_job;
 
     fn env_of(pod: &Pod) -> BTreeMap<String, String> {
-        pod.spec.as_ref().unwrap().containers[0]
-            .env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-            .collect()
+        testing::env_of(&pod.spec.as_ref().unwrap().containers[0])
     }
 
     #[test]
@@ -616,23 +537,13 @@ mod tests {
             c.termination_message_policy.as_deref(),
             Some("FallbackToLogsOnError")
         );
+        assert_eq!(testing::gpus(c), "8");
+        assert_eq!(testing::storage_secret(c), "s3-credentials");
         assert_eq!(
-            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
-            "8"
-        );
-        assert_eq!(
-            c.env_from.as_ref().unwrap()[0]
-                .secret_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "s3-credentials"
-        );
-        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (o.kind.as_str(), o.controller),
+            testing::owner(&pod.metadata),
             ("JanusTrainingJob", Some(true))
         );
+        let o = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(o.uid, "4f1c2d7e-0000-4000-8000-000000000001");
     }
 

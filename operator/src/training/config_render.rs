@@ -117,10 +117,8 @@ storageSecretRef:
 "#,
         )
         .unwrap();
-        let mut job = JanusTrainingJob::new("janus-7b-sft", spec);
-        job.metadata.namespace = Some("research".into());
-        job.metadata.uid = Some("4f1c2d7e-0000-4000-8000-000000000001".into());
-        job
+        let job = JanusTrainingJob::new("janus-7b-sft", spec);
+        crate::controller::testing::stored(job, "4f1c2d7e-0000-4000-8000-000000000001")
     }
 
     const GOLDEN: &str = "tests/fixtures/trainer-config.yaml";
@@ -130,19 +128,7 @@ storageSecretRef:
     #[test]
     fn rendered_config_matches_the_golden_file() {
         let rendered = render(&representative_job()).unwrap();
-        let path = std::path::Path::new(
-            &std::env::var("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-        )
-        .join(GOLDEN);
-        if std::env::var_os("JANUS_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, &rendered).unwrap();
-        }
-        let golden = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            rendered == golden,
-            "renderer output differs from {GOLDEN}; if the change is intended, rerun with JANUS_UPDATE_GOLDEN=1\n--- rendered ---\n{rendered}"
-        );
+        crate::controller::testing::assert_golden(GOLDEN, &rendered);
     }
 
     #[test]

@@ -31,8 +31,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::children;
-use super::controller::MANAGER;
-use super::status::{set_condition, EventSpec};
+use super::gang::Decision;
+use crate::controller::apply::MANAGER;
+use crate::controller::conditions::{set_condition, Cond, EventSpec, Transitions, When};
+use crate::controller::pods::owned_by;
 use crate::error::{is_status, Error, Result};
 
 pub const GROUP: &str = "kueue.x-k8s.io";
@@ -294,16 +296,10 @@ pub fn admission_status(
         ),
         AdmissionState::Finished => return,
     };
-    let old = s.conditions.iter().find(|c| c.type_ == ADMITTED).cloned();
-    set_condition(&mut s.conditions, ADMITTED, status, why, &message, now);
-    let changed = old.is_none_or(|c| c.reason != why || (c.status == "True") != status);
-    if changed {
-        events.push(EventSpec {
-            warning,
-            reason: why,
-            note: message.clone(),
-        });
-    }
+    let mut t = Transitions::new(&s.conditions, now);
+    let admitted = Cond::new(ADMITTED, status, why, &message);
+    t.announce(&mut s.conditions, admitted, When::OnReason, warning);
+    events.extend(t.events);
     if !status && !job.spec.run_policy.suspend {
         // Held by Kueue: say so on Suspended too, instead of "suspended by the user".
         if let Some(c) = s
@@ -585,9 +581,52 @@ pub async fn installed(client: &Client) -> bool {
     }
 }
 
+/// What Kueue learns from the job: a finished job's Workload is marked Finished (the
+/// quota returns), an evicted one releases its reservation once no worker is left.
+pub async fn after_decision(
+    client: &Client,
+    job: &JanusTrainingJob,
+    admission: &KueueFacts,
+    decision: &Decision,
+    pods: &[std::sync::Arc<Pod>],
+    now: Timestamp,
+) -> Result<()> {
+    let finished = match decision {
+        Decision::Succeed { .. } => Some((true, "the job succeeded".to_string())),
+        Decision::Fail { message, .. } => Some((false, message.clone())),
+        Decision::Finished { .. } => Some((
+            job.phase() == JobPhase::Succeeded,
+            format!("the job {}", job.phase().as_str().to_lowercase()),
+        )),
+        _ => None,
+    };
+    if let Some((succeeded, message)) = finished {
+        return finish(client, job, admission, succeeded, &message, now).await;
+    }
+    let uid = job.metadata.uid.as_deref();
+    let gang_gone = !pods.iter().any(|p| owned_by(p, uid));
+    if matches!(decision, Decision::Suspend { .. }) && gang_gone {
+        release_after_eviction(client, job, admission, now).await?;
+    }
+    Ok(())
+}
+
+/// Without a Workload watch (Kueue not installed when the operator started), look again
+/// soon while a job waits on Kueue.
+pub fn requeue_instead(admission: &KueueFacts) -> Option<std::time::Duration> {
+    match &admission.state {
+        AdmissionState::Waiting {
+            reason: reason::KUEUE_NOT_INSTALLED,
+            ..
+        } => Some(std::time::Duration::from_secs(30)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing;
     use crate::training::config_render::tests::representative_job;
 
     fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
@@ -757,11 +796,7 @@ mod tests {
             "{}",
             c.message
         );
-        let susp = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Suspended")
-            .unwrap();
+        let susp = testing::cond(&s.conditions, "Suspended");
         assert_eq!(susp.reason, "WaitingForAdmission");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].reason, "WaitingForAdmission");

@@ -1,0 +1,678 @@
+//! The one run loop of every kind: its watches (the jobs, their pods, the nodes those
+//! run on, and whatever the kind adds), `reconcile` / `error_policy` with a per-job
+//! exponential backoff, and the order of a reconcile's reads and writes.
+//!
+//! Reconciles start from the caches. When the cached view asks for no change, nothing
+//! is written. Otherwise the job is read fresh from the API server (or, where the kind
+//! trusts it, taken from the cache once it shows this operator's last status write)
+//! and, before anything is deleted, its pods are listed fresh too, and the decision is
+//! made again on that, so a stale cache can never double-count a restart or delete the
+//! pods of a new attempt. Pods created but not yet in the cache are waited for
+//! (expectations). The status is written before any pod is deleted or created, so the
+//! attempt a pod belongs to is always recorded first.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use janus_crds::pods::reason;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::core::object::HasStatus;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use prometheus::IntCounter;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::apply::{delete_job, write_status};
+use super::conditions::{publish_all, EventSpec};
+use super::context::{expect_key, key, recorder, Context, Settings};
+use super::decision::{Decision, Step};
+use super::expectations::Expectations;
+use super::nodes::{self, jobs_on_node, slim_node};
+use super::pods::{slim_pod, Containers};
+use super::stuck::{refused, REFUSALS};
+use crate::error::{is_status, Error, Result};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::watch::{dynamic_api, lenient_watcher, DecodeReporter};
+
+/// Periodic resync of a quiet job.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Quiet period before a triggered reconcile runs: coalesces the burst of pod events
+/// of a starting job (and of pods reporting progress) into fewer reconciles.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Requeue delay after `n` consecutive failures: 1 s, 2 s, 4 s ... capped at 5 minutes.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(RESYNC)
+}
+
+/// Health names of a kind's watches (see [`crate::health::WATCHES`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WatchNames {
+    pub jobs: &'static str,
+    pub pods: &'static str,
+    pub nodes: &'static str,
+}
+
+/// What the run loop needs to know of a kind besides its hooks.
+#[derive(Clone, Copy)]
+pub struct Policy {
+    /// Label naming the job on each of its children (the pod watch selects it).
+    pub job_label: &'static str,
+    /// The pods' progress annotation (kept in the slimmed pod cache).
+    pub progress_annotation: &'static str,
+    /// The containers whose states the decisions read.
+    pub containers: Containers,
+    /// What its pods are called in messages ("worker", "pod").
+    pub noun: &'static str,
+    pub watches: WatchNames,
+    /// Reconciles in flight at once, unless `--concurrency` says otherwise.
+    pub concurrency: u16,
+    /// Whether a cached job that shows this operator's last status write stands in for
+    /// a fresh read (else the job is always read fresh before acting).
+    pub trust_cached_job: bool,
+    /// Whether the children are applied before the status is written (else at the same
+    /// time: they do not depend on it).
+    pub children_before_status: bool,
+    /// The counter of the restarts its decisions make.
+    pub restarts_total: fn(&Metrics) -> &IntCounter,
+}
+
+/// A kind's status, written whole.
+pub trait JobStatus: Serialize + Clone + PartialEq + Default + Debug + Send + Sync {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// `status.observedGeneration`.
+    fn observed_generation_mut(&mut self) -> &mut Option<i64>;
+}
+
+/// [`JobStatus`] for a kind's status type with the usual `conditions` and
+/// `observed_generation` fields.
+#[macro_export]
+macro_rules! job_status {
+    ($status:ty) => {
+        impl $crate::controller::JobStatus for $status {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &self.conditions
+            }
+
+            fn conditions_mut(
+                &mut self,
+            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut self.conditions
+            }
+
+            fn observed_generation_mut(&mut self) -> &mut Option<i64> {
+                &mut self.observed_generation
+            }
+        }
+    };
+}
+
+/// What one look at a job concluded.
+#[derive(Debug)]
+pub struct Plan<K: Kind> {
+    pub decision: Decision<K::Step>,
+    /// The status it leads to, and the Events of its transitions.
+    pub status: K::Status,
+    pub events: Vec<EventSpec>,
+    /// Pods to delete with grace period 0 (on a node down past the toleration).
+    pub force: Vec<String>,
+    /// When a toleration of a down node ends next.
+    pub toleration_end: Option<Duration>,
+}
+
+impl<K: Kind> Plan<K> {
+    fn is_quiet(&self) -> bool {
+        self.decision.is_quiet() && self.force.is_empty()
+    }
+
+    fn is_destructive(&self) -> bool {
+        self.decision.is_destructive() || !self.force.is_empty()
+    }
+
+    /// When to reconcile again: the decision's deadline or the end of a down node's
+    /// toleration, whichever comes first, else the resync.
+    fn requeue(&self) -> Action {
+        let after = [self.decision.requeue_after(), self.toleration_end]
+            .into_iter()
+            .flatten()
+            .min();
+        Action::requeue(after.map_or(RESYNC, |t| t.min(RESYNC) + Duration::from_millis(100)))
+    }
+}
+
+/// What a kind's watches are started with.
+pub struct Watch<'a> {
+    pub client: &'a Client,
+    pub namespace: &'a Option<String>,
+    pub health: &'a Health,
+    pub metrics: &'a Metrics,
+    pub decode: &'a DecodeReporter,
+}
+
+/// Adds a kind's own watches to its controller.
+pub type AddWatches<K> = Box<dyn FnOnce(Controller<K>) -> Controller<K> + Send>;
+
+/// A kind of job: its types, and the hooks the run loop calls. Each kind decides alone
+/// (a pure function of its job, its pods and its facts); everything else is here.
+pub trait Kind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasStatus<Status: JobStatus>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Its own step of a job under way (the rest of a decision is the layer's).
+    type Step: Step;
+    /// A pod's place in the job (a rank, a slot), from its labels.
+    type Role: Clone + Debug + PartialEq + Send + Sync + 'static;
+    /// What a decision reads besides the job and its pods (Kueue's admission, gates).
+    type Facts: Send + Sync;
+    /// The kind's own caches.
+    type Own: Send + Sync + 'static;
+    const POLICY: Policy;
+
+    fn role(pod: &Pod) -> Option<Self::Role>;
+
+    /// Start the kind's own watches, given the job cache.
+    fn watches(
+        w: Watch<'_>,
+        jobs: Store<Self>,
+    ) -> impl Future<Output = (Self::Own, AddWatches<Self>)> + Send;
+
+    /// Wait until the kind's own caches are complete ("not found" is only true then).
+    fn caches_ready(ctx: &Context<Self>) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// The facts of the cached job.
+    fn observe(ctx: &Context<Self>, job: &Self)
+        -> impl Future<Output = Result<Self::Facts>> + Send;
+
+    /// The facts of `job` read fresh, before acting (`facts`: those of the cached job).
+    fn refresh(
+        ctx: &Context<Self>,
+        job: &Self,
+        facts: Self::Facts,
+    ) -> impl Future<Output = Result<Self::Facts>> + Send {
+        let _ = (ctx, job);
+        async move { Ok(facts) }
+    }
+
+    /// Whether the cached view may miss a change the kind reads outside its caches
+    /// (then a quiet job is looked at fresh anyway).
+    fn look_again(job: &Self) -> bool {
+        let _ = job;
+        false
+    }
+
+    /// The decision, the status it leads to and its Events, for `pods`.
+    fn plan(
+        ctx: &Context<Self>,
+        job: &Self,
+        facts: &Self::Facts,
+        pods: &[Arc<Pod>],
+        now: Timestamp,
+    ) -> Plan<Self>;
+
+    /// Apply the children other than pods (server-side apply: again is a no-op).
+    fn apply_children(
+        ctx: &Context<Self>,
+        job: &Self,
+        facts: &Self::Facts,
+        plan: &Plan<Self>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// What has to exist before the pods (a PodGroup); may block the job.
+    fn before_pods(
+        ctx: &Context<Self>,
+        jobs: &Api<Self>,
+        job: &Self,
+        plan: &Plan<Self>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (ctx, jobs, job, plan, now);
+        async { Ok(()) }
+    }
+
+    /// The pods the decision creates.
+    fn pods(
+        ctx: &Context<Self>,
+        job: &Self,
+        facts: &Self::Facts,
+        plan: &Plan<Self>,
+    ) -> impl Future<Output = Result<Vec<Pod>>> + Send;
+
+    /// What others learn of the decision (Kueue's Workload), after acting on it.
+    fn after(
+        ctx: &Context<Self>,
+        job: &Self,
+        facts: &Self::Facts,
+        decision: &Decision<Self::Step>,
+        pods: &[Arc<Pod>],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (ctx, job, facts, decision, pods, now);
+        async { Ok(()) }
+    }
+
+    /// A requeue that replaces the decision's (looking again for something unwatched).
+    fn requeue_instead(facts: &Self::Facts) -> Option<Duration> {
+        let _ = facts;
+        None
+    }
+}
+
+/// Top-level reconcile: metrics, health and the backoff's bookkeeping around
+/// [`reconcile_job`].
+pub async fn reconcile<K: Kind>(job: Arc<K>, ctx: Arc<Context<K>>) -> Result<Action> {
+    ctx.metrics.reconcile_total.inc();
+    let _in_flight = ctx.health.reconcile_started(key(&*job), Instant::now());
+    let result = ctx
+        .metrics
+        .timed_reconcile(reconcile_job(&*job, &*ctx))
+        .await;
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key(&*job));
+    }
+    result
+}
+
+pub fn error_policy<K: Kind>(job: Arc<K>, err: &Error, ctx: Arc<Context<K>>) -> Action {
+    ctx.metrics
+        .reconcile_errors_total
+        .with_label_values(&[err.metric_label()])
+        .inc();
+    let n = {
+        let mut f = ctx.failures.lock().unwrap();
+        let n = f.entry(key(&*job)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(kind = K::kind(&()).as_ref(), job = %job.name_any(), namespace = ?job.namespace(), error = %err, failures = n, retry_in = ?delay, "reconcile failed; requeueing");
+    Action::requeue(delay)
+}
+
+async fn reconcile_job<K: Kind>(cached: &K, ctx: &Context<K>) -> Result<Action> {
+    let ns = cached
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = cached.name_any();
+    if cached.meta().deletion_timestamp.is_some() {
+        // Children go with the job (owner references, garbage collector).
+        ctx.expectations.forget(&expect_key(cached));
+        return Ok(Action::await_change());
+    }
+    // "Node gone", "rank missing" and "not found" can only be trusted on complete
+    // caches (the controller's streams fill them; reconciles run in their own tasks).
+    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.nodes.wait_until_ready().await;
+    K::caches_ready(ctx).await;
+    let now = Timestamp::now();
+    let pods = ctx.cached_pods(&ns, &name);
+    // Pods this operator created are not all in the cache yet: deciding now would create
+    // them again. Their watch events trigger the next reconcile.
+    if let Some(left) = ctx
+        .expectations
+        .pods_pending(&expect_key(cached), &pods, Instant::now())
+    {
+        return Ok(Action::requeue(left));
+    }
+    let facts = K::observe(ctx, cached).await?;
+    let first = K::plan(ctx, cached, &facts, &pods, now);
+    if first.is_quiet() && cached.status() == Some(&first.status) && !K::look_again(cached) {
+        K::after(ctx, cached, &facts, &first.decision, &pods, now).await?;
+        return Ok(requeue(&first, &facts));
+    }
+
+    // Something changes: decide again on a job at least as new as this operator's last
+    // status write (a stale cached job could double-count a restart or misjudge the
+    // attempt).
+    let jobs: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let rv = cached.meta().resource_version.as_deref();
+    let trusted =
+        K::POLICY.trust_cached_job && ctx.expectations.shows_last_write(&expect_key(cached), rv);
+    let (job, facts, mut plan) = if trusted {
+        // The same job and pods: the plan made above stands.
+        (cached.clone(), facts, first)
+    } else {
+        let Some(job) = jobs.get_opt(&name).await? else {
+            return Ok(Action::await_change());
+        };
+        let facts = K::refresh(ctx, &job, facts).await?;
+        let plan = K::plan(ctx, &job, &facts, &pods, now);
+        (job, facts, plan)
+    };
+    if plan.is_destructive() {
+        // Before deleting anything, confirm on a fresh list of the pods too.
+        let lp = ListParams::default().labels(&format!("{}={}", K::POLICY.job_label, name));
+        let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let fresh: Vec<Arc<Pod>> = pod_api
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        plan = K::plan(ctx, &job, &facts, &fresh, now);
+    }
+    tracing::debug!(kind = K::kind(&()).as_ref(), job = %name, namespace = %ns, decision = ?plan.decision, "reconcile");
+    act(ctx, &jobs, &job, &facts, plan, &pods, now).await
+}
+
+fn requeue<K: Kind>(plan: &Plan<K>, facts: &K::Facts) -> Action {
+    K::requeue_instead(facts).map_or_else(|| plan.requeue(), Action::requeue)
+}
+
+/// Acting on a plan: children and status, then (with Events published on the side) the
+/// pods deleted and created, then what others learn, then the job's own TTL.
+async fn act<K: Kind>(
+    ctx: &Context<K>,
+    jobs: &Api<K>,
+    job: &K,
+    facts: &K::Facts,
+    plan: Plan<K>,
+    pods: &[Arc<Pod>],
+    now: Timestamp,
+) -> Result<Action> {
+    children_and_status(ctx, jobs, job, facts, &plan).await?;
+    K::before_pods(ctx, jobs, job, &plan, now).await?;
+    (K::POLICY.restarts_total)(&ctx.metrics).inc_by(plan.decision.restarts());
+    publish_all(&ctx.recorder, job.object_ref(&()), plan.events.clone());
+    delete_pods(ctx, job, &plan).await?;
+    create_pods(ctx, jobs, job, facts, &plan, now).await?;
+    K::after(ctx, job, facts, &plan.decision, pods, now).await?;
+    if plan.decision.deletes_job() {
+        tracing::info!(kind = K::kind(&()).as_ref(), job = %job.name_any(), namespace = ?job.namespace(), "ttlSecondsAfterFinished passed: deleting the job");
+        delete_job(jobs, job).await?;
+        return Ok(Action::await_change());
+    }
+    Ok(requeue(&plan, facts))
+}
+
+/// The children (the kind says which, and when) and the status, in the kind's order.
+async fn children_and_status<K: Kind>(
+    ctx: &Context<K>,
+    jobs: &Api<K>,
+    job: &K,
+    facts: &K::Facts,
+    plan: &Plan<K>,
+) -> Result<()> {
+    let children = K::apply_children(ctx, job, facts, plan);
+    let status = async {
+        if job.status() != Some(&plan.status) {
+            let written = write_status(jobs, job, &plan.status).await?;
+            ctx.expectations
+                .wrote_status(&expect_key(job), written.meta().resource_version.clone());
+        }
+        Ok::<_, Error>(())
+    };
+    if K::POLICY.children_before_status {
+        children.await?;
+        status.await
+    } else {
+        futures::try_join!(children, status).map(|_| ())
+    }
+}
+
+async fn delete_pods<K: Kind>(ctx: &Context<K>, job: &K, plan: &Plan<K>) -> Result<()> {
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for pod in &plan.force {
+        tracing::warn!(job = %job.name_any(), namespace = %ns, pod = %pod, "force-deleting a pod on a node down past unreachableNodeTolerationSeconds");
+    }
+    let normal = plan
+        .decision
+        .deletes()
+        .iter()
+        .filter(|p| !plan.force.contains(p));
+    let all = normal
+        .map(|p| (p, DeleteParams::default()))
+        // As `kubectl delete --grace-period=0 --force`: no kubelet confirms it.
+        .chain(
+            plan.force
+                .iter()
+                .map(|p| (p, DeleteParams::default().grace_period(0))),
+        );
+    futures::future::try_join_all(all.map(|(pod, dp)| {
+        let pod_api = pod_api.clone();
+        async move {
+            match pod_api.delete(pod, &dp).await {
+                Err(e) if !is_status(&e, 404) => Err(Error::from(e)),
+                _ => Ok(()),
+            }
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
+/// Create the decision's pods; those created are expected in the cache. A refusal only
+/// a change elsewhere can lift makes the job say so (`FailedCreate`, quoting the API
+/// server); the create is retried with the backoff, as the Job controller does.
+async fn create_pods<K: Kind>(
+    ctx: &Context<K>,
+    jobs: &Api<K>,
+    job: &K,
+    facts: &K::Facts,
+    plan: &Plan<K>,
+    now: Timestamp,
+) -> Result<()> {
+    if !plan.decision.creates() {
+        return Ok(());
+    }
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut new_pods = K::pods(ctx, job, facts, plan).await?;
+    for pod in &mut new_pods {
+        if let Some(spec) = pod.spec.as_mut() {
+            crate::security::tell_report_url(spec, ctx.report_url.as_deref());
+        }
+    }
+    let created = futures::future::join_all(new_pods.iter().map(|pod| {
+        let pod_api = pod_api.clone();
+        async move {
+            match pod_api.create(&PostParams::default(), pod).await {
+                Ok(_) => Ok(true),
+                // Deterministic names: an existing pod is the one we meant to create
+                // (or a foreign one the decisions see; not expected in the cache).
+                Err(e) if is_status(&e, 409) => Ok(false),
+                Err(e) => Err((pod.name_any(), e)),
+            }
+        }
+    }))
+    .await;
+    let made = new_pods
+        .iter()
+        .zip(&created)
+        .filter(|(_, r)| matches!(r, Ok(true)));
+    ctx.expectations.created(
+        &expect_key(job),
+        made.map(|(p, _)| p.name_any()),
+        Instant::now(),
+    );
+    if let Some((pod, e)) = created.into_iter().find_map(|r| r.err()) {
+        if let kube::Error::Api(refusal) = &e {
+            if REFUSALS.contains(&refusal.code) {
+                let msg = refused(K::POLICY.noun, &pod, &refusal.message);
+                ctx.blocked(
+                    jobs,
+                    job,
+                    plan.status.clone(),
+                    reason::FAILED_CREATE,
+                    msg,
+                    now,
+                )
+                .await?;
+            }
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Reports each event or error of a watch to `health` (a watch that keeps failing
+/// wedges the controller: the runtime would retry it silently forever) and counts and
+/// logs its errors at warn (`janus_operator_watch_errors_total{watch}`).
+pub fn watch_health<K>(
+    health: &Health,
+    metrics: &Metrics,
+    watch: &'static str,
+) -> impl Fn(&std::result::Result<watcher::Event<K>, watcher::Error>) {
+    let (health, errors) = (health.clone(), metrics.watch_errors_total.clone());
+    health.watch_started(watch);
+    move |ev| match ev {
+        Ok(watcher::Event::InitDone) => health.watch_synced(watch),
+        Ok(_) => health.watch_ok(watch),
+        Err(e) => {
+            errors.with_label_values(&[watch]).inc();
+            tracing::warn!(watch, error = %e, "watch failed; retrying with backoff");
+            health.watch_failed(watch, &e.to_string(), std::time::Instant::now())
+        }
+    }
+}
+
+/// The API of `K` in all namespaces, or only `namespace`.
+pub fn scoped_api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs kind `K`'s controller (over all namespaces, or only `namespace`) until
+/// `shutdown` resolves. `on_store` receives the job cache (for the phase gauges).
+pub async fn run<K: Kind>(
+    client: Client,
+    metrics: Metrics,
+    health: Health,
+    decode: DecodeReporter,
+    settings: Settings,
+    on_store: impl FnOnce(Store<K>),
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let Settings {
+        identity,
+        namespace,
+        report_url,
+        concurrency,
+    } = settings;
+    let p = K::POLICY;
+    let expectations: Arc<Expectations> = Default::default();
+    let (job_store, job_writer) = reflector::store();
+    let job_stream = reflector::reflector(
+        job_writer,
+        lenient_watcher(
+            dynamic_api::<K>(&client, &namespace),
+            watcher::Config::default(),
+            decode.clone(),
+        ),
+    )
+    .default_backoff()
+    .inspect(watch_health(&health, &metrics, p.watches.jobs))
+    .inspect({
+        // A deleted job is not reconciled again (no finalizer): forget it here.
+        let e = expectations.clone();
+        move |ev| {
+            if let Ok(watcher::Event::Delete(job)) = ev {
+                e.forget(&expect_key(job));
+            }
+        }
+    })
+    .touched_objects();
+    let (pods, pod_writer) = reflector::store();
+    let pod_watch = watcher(
+        scoped_api::<Pod>(&client, &namespace),
+        watcher::Config::default().labels(p.job_label),
+    )
+    .modify(move |pod| slim_pod(pod, p.progress_annotation, p.containers));
+    let pod_stream = reflector::reflector(pod_writer, pod_watch)
+        .default_backoff()
+        .inspect(watch_health(&health, &metrics, p.watches.pods))
+        .touched_objects();
+    let (nodes, node_writer) = reflector::store();
+    let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let node_stream = reflector::reflector(node_writer, node_watch.modify(slim_node))
+        .default_backoff()
+        .inspect(watch_health(&health, &metrics, p.watches.nodes))
+        .filter_map(nodes::transitions());
+
+    let controller = Controller::for_stream(job_stream, job_store).with_config(
+        kube::runtime::controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(concurrency.unwrap_or(p.concurrency)),
+    );
+    let jobs = controller.store();
+    let w = Watch {
+        client: &client,
+        namespace: &namespace,
+        health: &health,
+        metrics: &metrics,
+        decode: &decode,
+    };
+    let (own, add_watches) = K::watches(w, jobs.clone()).await;
+    let mut ctx = Context::new(
+        client.clone(),
+        recorder(&client, &identity),
+        metrics,
+        health,
+        report_url,
+        pods.clone(),
+        nodes,
+        own,
+    );
+    ctx.expectations = expectations;
+    let controller = controller
+        .owns_stream(pod_stream)
+        .watches_stream(node_stream, move |node: Node| {
+            jobs_on_node(&pods, p.job_label, &node)
+        })
+        .graceful_shutdown_on(shutdown);
+    let controller = add_watches(controller);
+    on_store(jobs);
+    controller
+        .run(reconcile::<K>, error_policy::<K>, Arc::new(ctx))
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                // Watch errors are logged (warn) and counted where they happen.
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_back_off_exponentially_up_to_the_resync() {
+        let d: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

@@ -1,0 +1,253 @@
+//! Scenario tests of the exact requests one reconcile of a training job makes, on the
+//! layer's scripted API server ([`crate::controller::fixtures`], as the evaluation's
+//! `eval/fixtures.rs`): a new job, an unchanged one (no request), a failed worker, a
+//! refused create, a finished job past its TTL. Requests the run loop sends at the same
+//! time (the children and the status) are compared as a set, the rest in order.
+
+use janus_crds::training::JobPhase;
+use janus_crds::{JanusTrainingJob, JanusTrainingJobStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::gang::Gang;
+use crate::controller::fixtures::{self, APPLY};
+use crate::controller::testing::now;
+use crate::controller::Decision;
+use crate::training::config_render::tests::representative_job;
+
+const NS: &str = "research";
+const JOB: &str = "janus-7b-sft";
+const JOB_PATH: &str =
+    "/apis/janus.dev/v1alpha1/namespaces/research/janustrainingjobs/janus-7b-sft";
+const UID: &str = "4f1c2d7e-0000-4000-8000-000000000001";
+
+fn scenario(job: JanusTrainingJob) -> fixtures::Scenario<JanusTrainingJob> {
+    fixtures::Scenario::new(job, JOB_PATH)
+}
+
+async fn reconcile(sc: &fixtures::Scenario<JanusTrainingJob>) -> crate::error::Result<Action> {
+    sc.reconcile_with(()).await
+}
+
+fn job_with(status: Option<JanusTrainingJobStatus>) -> JanusTrainingJob {
+    let mut job = representative_job();
+    job.status = status;
+    job
+}
+
+/// The status the first reconcile wrote, then the gang in `phase` (a running gang's).
+fn started(phase: JobPhase) -> JanusTrainingJobStatus {
+    let job = representative_job();
+    let d = Decision::Step(Gang::Progress {
+        phase: JobPhase::Pending,
+        delete: vec![],
+        create: (0..4).collect(),
+        requeue_after: None,
+    });
+    let (mut s, _) = super::status::next_status(&job, &d, &[], None, now());
+    if phase == JobPhase::Running {
+        let mut job = job.clone();
+        job.status = Some(s);
+        let d = Decision::Step(Gang::Progress {
+            phase,
+            delete: vec![],
+            create: vec![],
+            requeue_after: None,
+        });
+        let pods: Vec<_> = (0..4)
+            .map(|r| {
+                super::status::pod_facts(&worker(r, "Running", None), Some(UID), |_| {
+                    crate::controller::nodes::NodeState::Ready
+                })
+            })
+            .collect();
+        s = super::status::next_status(&job, &d, &pods, None, now()).0;
+    }
+    s
+}
+
+/// Worker `rank` of attempt 0 as the operator made it, in `phase`.
+fn worker(rank: i32, phase: &str, exit: Option<i32>) -> Pod {
+    let mut p = super::children::worker_pod(&representative_job(), rank, 0).unwrap();
+    p.status = Some(
+        serde_json::from_value(json!({
+            "phase": phase,
+            "containerStatuses": [{"name": "trainer", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": match exit {
+                    Some(code) => json!({"terminated": {"exitCode": code, "message": "NCCL timeout"}}),
+                    None => json!({"running": {}}),
+                }}]
+        }))
+        .unwrap(),
+    );
+    p
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_new_job_applies_its_children_and_status_together_then_creates_every_worker() {
+    let sc = scenario(job_with(None));
+    reconcile(&sc).await.expect("reconcile succeeds");
+    let lines = sc.server.lines();
+    let ns = format!("/api/v1/namespaces/{NS}");
+    assert_eq!(
+        sorted(lines[..4].to_vec()),
+        sorted(vec![
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+            format!("PATCH {ns}/configmaps/{JOB}-config{APPLY}"),
+            format!("PATCH {ns}/serviceaccounts/{JOB}-worker{APPLY}"),
+            format!("PATCH {ns}/services/{JOB}{APPLY}"),
+        ]),
+        "no read first: the cache is as fresh as this process's last write; {lines:?}"
+    );
+    assert_eq!(lines[4..], vec![format!("POST {ns}/pods?"); 4]);
+    let reqs = sc.server.requests();
+    let status = reqs.iter().find(|r| r.path.contains("/status")).unwrap();
+    assert_eq!(
+        status.body["metadata"]["uid"], UID,
+        "the uid is a precondition"
+    );
+    assert_eq!(status.body["status"]["phase"], "Pending");
+    for r in &reqs[4..] {
+        assert_eq!(r.body["metadata"]["labels"]["janus.dev/attempt"], "0");
+    }
+    assert_eq!(
+        fixtures::created_pods(&reqs[4..]),
+        fixtures::numbered(&format!("{JOB}-worker-"), 4)
+    );
+    assert_eq!(
+        sc.server.events(),
+        [("JobCreated".to_string(), "Normal".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_second_look_at_an_unchanged_job_makes_no_request() {
+    let mut sc = scenario(job_with(Some(started(JobPhase::Running))));
+    for r in 0..4 {
+        sc = sc.with_pod(worker(r, "Running", None));
+    }
+    let action = reconcile(&sc).await.expect("reconcile succeeds");
+    assert!(sc.server.requests().is_empty(), "{:?}", sc.server.lines());
+    assert!(sc.server.events().is_empty());
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_failed_worker_is_confirmed_on_a_fresh_list_then_the_gang_is_deleted() {
+    let mut sc = scenario(job_with(Some(started(JobPhase::Running))));
+    for r in 0..4 {
+        let (phase, exit) = if r == 2 {
+            ("Failed", Some(75))
+        } else {
+            ("Running", None)
+        };
+        sc = sc.with_pod(worker(r, phase, exit));
+    }
+    reconcile(&sc).await.expect("reconcile succeeds");
+    let lines = sc.server.lines();
+    let ns = format!("/api/v1/namespaces/{NS}");
+    assert_eq!(
+        lines[..2],
+        [
+            format!("GET {ns}/pods?&labelSelector=janus.dev%2Fjob%3D{JOB}"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+        ],
+        "no create: the new gang reuses the names once the old pods are gone"
+    );
+    assert_eq!(
+        sorted(lines[2..].to_vec()),
+        (0..4)
+            .map(|r| format!("DELETE {ns}/pods/{JOB}-worker-{r}?"))
+            .collect::<Vec<_>>()
+    );
+    let st = &sc.server.requests()[1].body["status"];
+    assert_eq!(st["phase"], "Restarting");
+    assert_eq!(
+        (
+            st["restarts"].as_i64(),
+            st["restartsCountedTowardsBackoff"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    let restarting = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Restarting")
+        .unwrap();
+    assert_eq!(restarting["reason"], "WorkerFailed");
+    assert!(restarting["message"]
+        .as_str()
+        .unwrap()
+        .contains("exited with code 75: NCCL timeout"));
+    assert_eq!(
+        sc.server.events(),
+        [("WorkerFailed".to_string(), "Warning".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warning() {
+    let sc = scenario(job_with(Some(started(JobPhase::Pending))));
+    let quota = "pods \"janus-7b-sft-worker-0\" is forbidden: exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0";
+    sc.server
+        .refuse("POST", &format!("/api/v1/namespaces/{NS}/pods"), 403, quota);
+    let err = reconcile(&sc)
+        .await
+        .expect_err("the create fails the reconcile (retried with the backoff)");
+    assert!(err.to_string().contains("exceeded quota"), "{err}");
+    let lines = sc.server.lines();
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let mut expected: Vec<String> = vec![
+        format!("PATCH {ns}/configmaps/{JOB}-config{APPLY}"),
+        format!("PATCH {ns}/serviceaccounts/{JOB}-worker{APPLY}"),
+        format!("PATCH {ns}/services/{JOB}{APPLY}"),
+    ];
+    expected.extend(vec![format!("POST {ns}/pods?"); 4]);
+    expected.push(format!("PATCH {JOB_PATH}/status{APPLY}"));
+    assert_eq!(sorted(lines[..8].to_vec()), sorted(expected), "{lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert!(
+        sc.server
+            .requests()
+            .last()
+            .unwrap()
+            .path
+            .contains("/status"),
+        "the status comes last: {lines:?}"
+    );
+    let (status, why, msg) = sc.server.last_condition("Running");
+    assert_eq!((status.as_str(), why.as_str()), ("False", "FailedCreate"));
+    assert!(
+        msg.starts_with("creating worker pod janus-7b-sft-worker-")
+            && msg.contains("exceeded quota"),
+        "{msg}"
+    );
+    assert_eq!(
+        sc.server.events(),
+        [("FailedCreate".to_string(), "Warning".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_finished_job_past_its_ttl_is_deleted_with_its_uid_as_precondition() {
+    let mut status = started(JobPhase::Running);
+    status.phase = Some(JobPhase::Succeeded);
+    status.completion_time = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+    let mut job = job_with(Some(status));
+    job.spec.run_policy.ttl_seconds_after_finished = Some(60);
+    let sc = scenario(job);
+    let action = reconcile(&sc).await.expect("reconcile succeeds");
+    let reqs = sc.server.requests();
+    assert_eq!(sc.server.lines(), [format!("DELETE {JOB_PATH}?")]);
+    assert_eq!(reqs[0].body["propagationPolicy"], "Background");
+    assert_eq!(reqs[0].body["preconditions"]["uid"], UID);
+    assert_eq!(action, Action::await_change());
+}
