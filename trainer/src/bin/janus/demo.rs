@@ -132,7 +132,7 @@ const DEMO_TEMPLATE: &str = "Criterion: {criteria}\nAnswer: {response}\nGrade th
 /// protocol's shape (reference answers graded 5, another item's answer graded 2), so
 /// that `janus serve` answers with a `[RESULT] n` the parser reads.
 fn train_judge(dir: &Path, opts: &RunOptions) -> Result<Summary> {
-    use janus::eval::template::{Template, JUDGE_SYSTEM};
+    use janus::eval::template::Template;
     let bench = janus::eval::bench::load(&dir.join("data/bench.jsonl").to_string_lossy(), None)?;
     let t = Template::parse(DEMO_TEMPLATE, "the demo judge template", false)?;
     let n = bench.items.len();
@@ -141,9 +141,10 @@ fn train_judge(dir: &Path, opts: &RunOptions) -> Result<Summary> {
         let other = &bench.items[(i + 1) % n];
         for rubric in &item.rubrics {
             for (answer, k) in [(&item.reference_answer, 5), (&other.reference_answer, 2)] {
+                let p = t.render(item, rubric, answer);
                 let rec = serde_json::json!({
-                    "system": JUDGE_SYSTEM,
-                    "prompt": t.render(item, rubric, answer),
+                    "system": p.system,
+                    "prompt": p.user,
                     "output": format!("[RESULT] {k}"),
                 });
                 lines.push_str(&rec.to_string());
