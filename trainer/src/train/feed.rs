@@ -150,7 +150,7 @@ impl<'a> Feed<'a> {
             max_len: d.max_seq_len,
             policy: d.truncation,
             min_response: d.min_response_tokens,
-            append_eos: cfg.method != Method::Reward,
+            ending: data::Ending::of(cfg.method),
         };
         let retry = Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
         let names: Vec<String> = d

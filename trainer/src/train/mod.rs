@@ -106,7 +106,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let tok = Tokenizer::from_file(&tokenizer_path)?;
     // A reward model starts from a causal LM (the SFT model): same body, a value head.
     let model_config = if cfg.method == Method::Reward && !base_config.is_sequence_classifier() {
-        base_config.as_reward_model(tok.pad_id)
+        base_config.as_reward_model(tok.reward_pad_id())
     } else {
         base_config.clone()
     };
