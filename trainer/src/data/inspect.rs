@@ -125,7 +125,7 @@ fn view(
 
 fn first_records(cfg: &TrainConfig, n: usize) -> Result<Vec<(String, Value)>> {
     let mut out = Vec::new();
-    for f in &cfg.data.train {
+    for f in cfg.data.train.iter().map(|s| s.path()) {
         if out.len() >= n {
             break;
         }

@@ -16,7 +16,7 @@ pub mod reference;
 mod step;
 mod stop;
 pub use backprop::BodyPass;
-pub use feed::{epoch_order, Counts, Feed, Share, StepData};
+pub use feed::{epoch_order, Counts, Feed, Mixture, Share, SourceCounts, StepData};
 pub use head::{rewards, sequence_logps, LOSS_CHUNK_TOKENS};
 pub use optimizer::{Layout, Optimizer};
 pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
@@ -74,6 +74,9 @@ pub struct Summary {
     pub records: usize,
     pub skipped_records: usize,
     pub tokenize: TokenizeStats,
+    /// Per source of a weighted mixture: records, units and units drawn by this rank.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceCounts>,
     pub last_checkpoint: Option<String>,
     /// The final HF model directory (None when the run stopped early).
     pub output_dir: Option<String>,
@@ -333,7 +336,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         let lr = cosine_lr(
             state.step,
             total_steps,
-            h.warmup_steps,
+            h.warmup_steps_of(total_steps),
             h.learning_rate,
             h.min_lr_ratio,
         );
@@ -894,6 +897,7 @@ fn summary(
         records: c.records,
         skipped_records: c.skipped,
         tokenize: c.stats.clone(),
+        sources: c.sources.clone(),
         last_checkpoint: run.last_checkpoint.clone(),
         finished,
         output_dir,
