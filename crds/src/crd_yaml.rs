@@ -189,6 +189,45 @@ mod tests {
         }
     }
 
+    /// What `kubectl explain` shows: every property of both kinds has a description
+    /// (the embedded Kubernetes types bring their own).
+    #[test]
+    fn every_property_of_both_crds_is_described() {
+        fn walk(s: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            if let Some(props) = s.get("properties").and_then(|p| p.as_object()) {
+                for (k, v) in props {
+                    let p = format!("{path}.{k}");
+                    let described = v
+                        .get("description")
+                        .and_then(|d| d.as_str())
+                        .is_some_and(|d| !d.trim().is_empty());
+                    if !described {
+                        missing.push(p.clone());
+                    }
+                    walk(v, &p, missing);
+                }
+            }
+            if let Some(items) = s.get("items") {
+                walk(items, &format!("{path}[]"), missing);
+            }
+            if let Some(extra) = s.get("additionalProperties").filter(|a| a.is_object()) {
+                walk(extra, &format!("{path}{{}}"), missing);
+            }
+        }
+        for crd in [training_crd(), eval_crd()] {
+            let v = serde_json::to_value(&crd).unwrap();
+            let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let mut missing = Vec::new();
+            walk(&schema["properties"]["spec"], "spec", &mut missing);
+            walk(&schema["properties"]["status"], "status", &mut missing);
+            assert!(
+                missing.is_empty(),
+                "{}: properties without a description: {missing:?}",
+                crd.spec.names.kind
+            );
+        }
+    }
+
     #[test]
     fn meaningful_bounds_of_our_own_fields_are_kept() {
         let v = serde_json::to_value(training_crd()).unwrap();

@@ -1,5 +1,5 @@
 //! `JanusEvalJob`: generate answers for a benchmark (Multifaceted Bench) with system
-//! messages and grade them with a judge model (shared/DESIGN.md, "Evaluation flow").
+//! messages and grade them with a judge model (docs/design.md, "Evaluation flow").
 //!
 //! The operator runs `worker.replicas` generation pods (`janus eval generate`, shard i of
 //! N), then one judge pod (`janus eval judge`, then `janus eval score`), all reading the
@@ -605,9 +605,10 @@ pub struct ShardStatus {
     pub attempt: i32,
     #[serde(default)]
     pub phase: PodPhase,
-    /// Items answered and to answer, as the pod last reported.
+    /// Items answered, as the pod last reported.
     #[serde(default)]
     pub items_done: u64,
+    /// Items of this shard to answer, as the pod last reported.
     #[serde(default)]
     pub items_total: u64,
 }
@@ -669,8 +670,11 @@ pub struct EvalScores {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeadToHead {
+    /// Fraction of items scored above the baseline.
     pub win: f64,
+    /// Fraction of items scored equal to the baseline.
     pub tie: f64,
+    /// Fraction of items scored below the baseline.
     pub lose: f64,
     /// `win + tie`, the rate the Janus paper reports.
     pub win_plus_tie: f64,

@@ -1,7 +1,7 @@
 //! API types shared by the operator and the trainer.
 //!
 //! Always available (no Kubernetes dependencies, so the trainer can use them): the
-//! operator <-> trainer contract from `shared/DESIGN.md` (environment variable names,
+//! operator <-> trainer contract from `docs/design.md` (environment variable names,
 //! exit codes, labels, the progress annotation and its JSON document), the trainer
 //! config document with its presets (`config`), which the trainer parses and the
 //! operator renders, and the storage URL schemes both accept (`url`).
@@ -12,6 +12,8 @@
 pub mod config;
 pub mod progress;
 
+#[cfg(feature = "k8s")]
+pub mod config_reference;
 #[cfg(feature = "k8s")]
 pub mod crd_yaml;
 #[cfg(feature = "k8s")]

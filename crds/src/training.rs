@@ -463,14 +463,19 @@ fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schem
         "x-kubernetes-preserve-unknown-fields": true,
         "description": "A partial PodTemplateSpec merged over the generated pod.",
         "properties": {
-            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "metadata": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "description": "Labels and annotations merged into each worker pod's metadata."
+            },
             "spec": {
                 "type": "object",
                 "x-kubernetes-preserve-unknown-fields": true,
+                "description": "A partial PodSpec merged over the generated one (containers, env, volumes and volumeMounts merge by name).",
                 "properties": {
-                    "serviceAccountName": {"type": "string"},
-                    "serviceAccount": {"type": "string"},
-                    "automountServiceAccountToken": {"type": "boolean"}
+                    "serviceAccountName": {"type": "string", "description": "Refused: workers run as the job's own ServiceAccount."},
+                    "serviceAccount": {"type": "string", "description": "Refused (the deprecated name of serviceAccountName)."},
+                    "automountServiceAccountToken": {"type": "boolean", "description": "Refused: workers get no API token."}
                 }
             }
         }
@@ -897,10 +902,15 @@ pub struct JanusTrainingJobStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerCounts {
+    /// Worker pods the gang has (`spec.workers.replicas`).
     pub desired: i32,
+    /// Created and not yet running (scheduling, pulling the image, starting).
     pub pending: i32,
+    /// Running.
     pub running: i32,
+    /// Exited 0.
     pub succeeded: i32,
+    /// Exited non-zero, or lost.
     pub failed: i32,
 }
 

@@ -1,4 +1,4 @@
-//! Prometheus metrics (names in shared/DESIGN.md).
+//! Prometheus metrics (names in docs/metrics.md).
 
 use janus_crds::eval::EvalPhase;
 use janus_crds::training::JobPhase;

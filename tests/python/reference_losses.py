@@ -2,7 +2,7 @@
 
 Reads a safetensors file written by the Rust test (logits, targets, masks) and prints
 the losses and TRL-style metrics as JSON, computed in float64 straight from the
-formulas in shared/JANUS.md (log_softmax + gather, no code shared with the trainer).
+formulas in docs/method.md (log_softmax + gather, no code shared with the trainer).
 """
 
 import json

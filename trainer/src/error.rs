@@ -1,5 +1,5 @@
 //! The trainer's error type. Every variant says whether retrying can help, which
-//! decides the process exit code the operator acts on (shared/DESIGN.md).
+//! decides the process exit code the operator acts on (docs/design.md).
 
 use janus_crds::exit_code;
 

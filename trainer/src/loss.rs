@@ -1,4 +1,4 @@
-//! SFT and ORPO losses (shared/JANUS.md).
+//! SFT and ORPO losses (docs/method.md).
 //!
 //! Both are written as one micro-batch's share of the optimizer step's loss, so that
 //! summing the shares over micro-batches (and, later, ranks) gives the loss of the

@@ -1,4 +1,4 @@
-//! Training metrics for Prometheus (the names in shared/DESIGN.md), served on
+//! Training metrics for Prometheus (the names in docs/metrics.md), served on
 //! `/metrics` by the first process of every pod when `JANUS_METRICS_PORT` is set (the
 //! operator sets it and declares the container port; outside a pod nothing listens).
 //!

@@ -73,6 +73,20 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+#[cfg(feature = "k8s")]
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A byte count: a number, or a number with a unit (`80GiB`, `512MiB`, `16GB`).",
+            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The evaluation config: one typed document for `janus eval generate|judge|score`
 //! (YAML or JSON), rendered by the operator from a `JanusEvalJob` and mounted at
 //! `JANUS_CONFIG` in its pods. Defaults are the Janus evaluation protocol
-//! (shared/JANUS.md, "Evaluation on Multifaceted Bench").
+//! (docs/method.md, "Evaluation on Multifaceted Bench").
 //!
 //! Output layout under `output_dir` (a path or an object-store URL), per DESIGN.md:
 //! `answers/shard-<i>.jsonl` (generation, one file per generation worker),
@@ -39,7 +39,9 @@ use super::{merge, parse_override, ConfigError, DeviceChoice, Dtype, PromptForma
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
+/// The eval config: one document for the three stages of `janus eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
     /// Name of the evaluation (the JanusEvalJob's name in a cluster).
@@ -55,7 +57,9 @@ pub struct EvalConfig {
     pub output_dir: String,
 }
 
+/// The model evaluated, and how it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EvalModel {
     /// Hugging Face model directory: a path or a URL.
@@ -68,7 +72,9 @@ pub struct EvalModel {
     pub prompt_format: PromptFormat,
 }
 
+/// The benchmark (Multifaceted Bench or a file of its shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BenchSection {
     /// Multifaceted Bench records (JSONL or Parquet; a path or a URL). Item ids are
@@ -78,17 +84,23 @@ pub struct BenchSection {
     pub limit: Option<usize>,
 }
 
+/// How answers are sampled (the paper's protocol by default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GenerationSection {
     /// 0: greedy.
     pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
     pub top_p: f64,
     /// `null`: no top-k filter.
     pub top_k: Option<usize>,
     /// As Hugging Face applies it (1.0: none).
     pub repetition_penalty: f64,
+    /// Tokens generated per answer at most (EOS ends it sooner).
     pub max_new_tokens: usize,
+    /// Seed of the sampling; each item draws from its own stream of it, so an answer
+    /// does not depend on the batch, the shard count or a restart.
     pub seed: u64,
     /// Sequences decoded together.
     pub batch_size: usize,
@@ -99,7 +111,9 @@ pub struct GenerationSection {
     pub reward_model: Option<String>,
 }
 
+/// The judge: an OpenAI-compatible endpoint, its limits and its prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JudgeSection {
     /// Base URL of an OpenAI-compatible API (`.../v1`).
@@ -132,7 +146,7 @@ pub struct JudgeSection {
     pub temperature: f64,
     /// Nucleus sampling of the judge (the original's 0.9).
     pub top_p: f64,
-    /// Most tokens of one judge answer (the original's 1024).
+    /// Tokens the judge may write per call at most (the original's 1024).
     pub max_tokens: usize,
     /// How a score is read from the judge's answer: `strict` (the last `[RESULT]`,
     /// 1 to 5) or `original` (the published parser, defects included, for comparisons
@@ -147,6 +161,7 @@ pub struct JudgeSection {
 
 /// Replacement judge messages (paths of text files).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum JudgeTemplate {
     /// The user message template only.
@@ -157,6 +172,7 @@ pub enum JudgeTemplate {
 
 /// `judge.template` as a mapping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JudgeMessages {
     /// The system message (the file's text as it is).

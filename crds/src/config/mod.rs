@@ -3,7 +3,7 @@
 //!
 //! This is the one definition of the document: the trainer parses it, the operator
 //! renders it from a `JanusTrainingJob` (starting from the same presets), and the
-//! recipe numbers of shared/JANUS.md live only in [`presets`].
+//! recipe numbers of docs/method.md live only in [`presets`].
 
 use std::path::{Path, PathBuf};
 
@@ -96,6 +96,7 @@ impl Dtype {
 
 /// Where to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when available, else CPU.
@@ -106,6 +107,7 @@ pub enum DeviceChoice {
 
 /// What to do with an example longer than `max_seq_len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Truncation {
     /// Keep the whole prompt and cut the end of the response. Examples whose prompt
@@ -115,7 +117,9 @@ pub enum Truncation {
     Drop,
 }
 
+/// The trainer config: one document, resolved from a preset, a file and overrides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Job name; checkpoints go to `<checkpoint.dir>/<job>/step-<N>`.
@@ -138,7 +142,9 @@ pub struct TrainConfig {
     pub log_every_steps: u64,
 }
 
+/// The model training starts from, and how it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
@@ -153,7 +159,9 @@ pub struct ModelSection {
     pub gradient_checkpointing: bool,
 }
 
+/// The training data and how records become token sequences.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// Training files (JSONL or Parquet, chosen by extension; paths or URLs), or one
@@ -182,16 +190,21 @@ pub struct DataSection {
 
 /// A training source: a path (or URL), or one with its weight in a mixture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum DataSource {
+    /// A file, URL or sharded dataset read as it is.
     Path(PathBuf),
+    /// A source of a weighted mixture.
     Weighted(WeightedSource),
 }
 
 /// `{path, weight}` in `data.train`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WeightedSource {
+    /// A data file (JSONL or Parquet; a path or URL).
     pub path: PathBuf,
     /// Relative sampling weight (> 0); weights need not sum to 1.
     pub weight: f64,
@@ -225,7 +238,9 @@ impl From<&str> for DataSource {
     }
 }
 
+/// How a sharded dataset (`janus data shard` output) is streamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamingSection {
     /// Blocks (about 1 MiB of records each) read together and shuffled together.
@@ -234,18 +249,24 @@ pub struct StreamingSection {
     pub prefetch_windows: usize,
 }
 
+/// Optimisation settings: the schedule, the batch, AdamW and the method's own terms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Hyperparameters {
+    /// Peak learning rate, reached after the warm-up; must be > 0.
     pub learning_rate: f64,
+    /// Passes over the training data (the schedule's length when `max_steps` is unset).
     pub epochs: u64,
     /// Stop after this many optimizer steps (the schedule is sized for it) when set.
     pub max_steps: Option<u64>,
+    /// Sequences (or pairs) per micro-batch per rank; a packed row counts as one.
     pub micro_batch_size: usize,
     /// Micro-batches per rank per optimizer step. The global batch is
     /// `micro_batch_size x gradient_accumulation_steps x ranks`; a run resumed on
     /// another number of ranks keeps the checkpoint's global batch and changes this.
     pub gradient_accumulation_steps: usize,
+    /// Linear warm-up steps from 0 to `learning_rate`, before the cosine decay.
     pub warmup_steps: u64,
     /// Warm-up as a fraction of the run's optimizer steps (`ceil(ratio x steps)`, as
     /// OpenRLHF's `train_rm.py` sets it); replaces `warmup_steps` when set.
@@ -253,9 +274,13 @@ pub struct Hyperparameters {
     pub warmup_ratio: Option<f64>,
     /// The cosine schedule decays to `learning_rate * min_lr_ratio`.
     pub min_lr_ratio: f64,
+    /// AdamW's decoupled weight decay (0 in the Janus recipes).
     pub weight_decay: f64,
+    /// AdamW's first-moment decay, in [0, 1).
     pub adam_beta1: f64,
+    /// AdamW's second-moment decay, in [0, 1).
     pub adam_beta2: f64,
+    /// AdamW's epsilon, added to the second moment's square root; > 0.
     pub adam_epsilon: f64,
     /// Global gradient-norm clipping; 0 disables it.
     pub max_grad_norm: f64,
@@ -264,10 +289,13 @@ pub struct Hyperparameters {
     /// ORPO's NLL term over prompt + response tokens (as TRL's ORPOTrainer and the
     /// axolotl code the Janus ORPO run used do) instead of the response only.
     pub orpo_nll_on_prompt: bool,
+    /// Seed of the data order (each epoch's shuffle) and of a new reward head.
     pub seed: u64,
 }
 
+/// DPO's settings (read with `method: dpo`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DpoSection {
     /// beta: how strongly the policy is held to the reference (recipe: 0.1).
@@ -308,7 +336,9 @@ pub enum DpoReference {
     Model,
 }
 
+/// The reward model's settings (read with `method: reward`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RewardSection {
     /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
@@ -316,7 +346,9 @@ pub struct RewardSection {
     pub center_rewards_coefficient: Option<f64>,
 }
 
+/// How the optimizer keeps its state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSection {
     /// With `model.dtype: bfloat16`, keep fp32 master weights and fp32 Adam moments,
@@ -326,7 +358,9 @@ pub struct OptimizerSection {
     pub master_weights: bool,
 }
 
+/// Where checkpoints go, how often, how many are kept, and how a run resumes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSection {
     /// Where checkpoints go: a path or a URL (`s3://`, `gs://`, `az://`, `file://`).
@@ -350,7 +384,9 @@ pub struct CheckpointSection {
     pub resume_from: Option<String>,
 }
 
+/// Data parallelism: the collective backend, bucketing, ZeRO-1 and timeouts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DistributedSection {
     /// `nccl` (CUDA), `ring` (TCP, CPU tensors) or `auto`: NCCL on GPUs, the ring on CPUs.
@@ -370,6 +406,7 @@ pub struct DistributedSection {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Auto,
@@ -378,13 +415,16 @@ pub enum Backend {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ReduceDtype {
     Float32,
     Bfloat16,
 }
 
+/// The memory plan's check before the first step (`janus plan`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MemorySection {
     /// Bytes one rank may use (`80GiB`, or a number); `null`: the device's own (a

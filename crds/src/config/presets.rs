@@ -1,5 +1,5 @@
 //! Named starting points of a trainer config. The `janus-7b-*` presets are the recipe
-//! table of shared/JANUS.md (per GPU: the global batch also multiplies by the ranks);
+//! table of docs/method.md (per GPU: the global batch also multiplies by the ranks);
 //! `tiny` is the local CPU default. The operator renders a `JanusTrainingJob` on top
 //! of the recipe preset of its method, so the recipe numbers are written only here.
 

@@ -1,4 +1,4 @@
-//! Prompt formats (shared/JANUS.md). A rendered example is the prompt text, which is
+//! Prompt formats (docs/method.md). A rendered example is the prompt text, which is
 //! masked from the loss, and the response text; the tokenizer adds BOS before the
 //! prompt and EOS after the response.
 

@@ -1,5 +1,5 @@
 //! Who this process is in the job, from the operator's `JANUS_*` variables
-//! (shared/DESIGN.md) or torchrun's names, so the trainer runs anywhere.
+//! (docs/design.md) or torchrun's names, so the trainer runs anywhere.
 
 use janus_crds::env as janus_env;
 

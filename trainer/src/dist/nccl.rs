@@ -6,7 +6,7 @@
 //! before the optimizer kernels that read them, with no host synchronisation.
 //!
 //! cudarc's loader panics when a library is missing, so nothing here touches cudarc
-//! before `available()` said yes (shared/DESIGN.md).
+//! before `available()` said yes (docs/design.md, "libtorch and CUDA").
 
 use cudarc::nccl::{result, sys};
 use tch::{Device, Kind, Tensor};

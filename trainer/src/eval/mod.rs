@@ -1,4 +1,4 @@
-//! The Multifaceted Bench protocol (shared/JANUS.md), as three resumable stages over
+//! The Multifaceted Bench protocol (docs/method.md), as three resumable stages over
 //! one output directory (a path or an object-store URL; layout in
 //! `janus_crds::config::eval`):
 //! - [`generation`]: bench items -> `answers/shard-<i>.jsonl` (one line per item);

@@ -1,7 +1,7 @@
 //! The judge's score.
 //!
 //! [`parse_score`] (`judge.parser: strict`, the default): the integer after the
-//! *last* `[RESULT]`, 1 to 5. Better than the original parser: feedback that mentions
+//! *last* `[RESULT]`, 1 to 5. Better than the original parser (docs/method.md): feedback that mentions
 //! scores ("closer to Score 3 than 5") cannot win over the final verdict,
 //! `[RESULT] 10` is out of range rather than a 10, and what cannot be read is an error
 //! for the caller to re-ask and finally count, never a crash and never a silent 0.

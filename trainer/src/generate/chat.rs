@@ -1,4 +1,4 @@
-//! Conversations in the model's prompt format (shared/JANUS.md): Mistral `[INST]` or
+//! Conversations in the model's prompt format (docs/method.md): Mistral `[INST]` or
 //! ChatML. A single system + user turn renders exactly as training formats the
 //! prompt ([`PromptFormat::prompt`]), earlier assistant turns as training formats a
 //! response ([`PromptFormat::response`], then EOS for Mistral), so the model sees at

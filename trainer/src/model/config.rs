@@ -286,7 +286,7 @@ impl ModelConfig {
         }
     }
 
-    /// Mistral-7B-v0.2's architecture (shared/JANUS.md).
+    /// Mistral-7B-v0.2's architecture (docs/method.md).
     pub fn mistral_7b_v02() -> Self {
         let mut c = Self::small("mistral", 32000, 4096, 14336, 32, 32, 8);
         c.extra

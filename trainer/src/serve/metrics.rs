@@ -1,4 +1,4 @@
-//! Prometheus metrics of `janus serve` (names in shared/DESIGN.md; the Grafana
+//! Prometheus metrics of `janus serve` (names in docs/metrics.md; the Grafana
 //! dashboard reads them).
 
 use prometheus::{
