@@ -137,7 +137,8 @@ fn tricky_records() -> Vec<String> {
         descriptions("a"),
         descriptions("b")
     );
-    let legacy_rubric = json!({"criteria": "Old style: \"quoted\"", "score_descriptions": descriptions("c")});
+    let legacy_rubric =
+        json!({"criteria": "Old style: \"quoted\"", "score_descriptions": descriptions("c")});
     let second = json!({
         "source": "t", "instruction": "Ｗide ｃhars and 🚀 rockets?", "reference_answer": "{{braces}} stay",
         "rubric": format!("  {}\n", serde_json::to_string_pretty(&legacy_rubric).unwrap()),
@@ -230,18 +231,34 @@ fn judge_messages_equal_the_originals_byte_for_byte() {
     std::fs::write(&bench, tricky_records().join("\n") + "\n").unwrap();
     for show_system in [false, true] {
         let (ours, theirs) = judged_and_python(dir.path(), &bench, show_system);
-        assert_eq!(ours.len(), 3, "2 rubrics of item 0, the legacy rubric of item 1");
+        assert_eq!(
+            ours.len(),
+            3,
+            "2 rubrics of item 0, the legacy rubric of item 1"
+        );
         assert_same_messages(&ours, &theirs);
         // The non-ASCII really is escaped, as json.dumps does.
         let user = ours[0]["messages"][1]["content"].as_str().unwrap();
         assert!(user.contains("tr\\u00e8s bien") && user.contains("\\ud83d\\ude00"));
-        assert!(user.contains("\"score_descriptions\": {\n        \"1\": \"a: \\\"none\\\" at all\""));
+        assert!(
+            user.contains("\"score_descriptions\": {\n        \"1\": \"a: \\\"none\\\" at all\"")
+        );
         assert_eq!(user.contains("Be terse.\tAlways.\nSay"), show_system);
         // The original's request parameters and model.
         for b in &ours {
             assert_eq!(
-                (&b["model"], &b["max_tokens"], &b["temperature"], &b["top_p"]),
-                (&json!("gpt-4-0125-preview"), &json!(1024), &json!(1.0), &json!(0.9))
+                (
+                    &b["model"],
+                    &b["max_tokens"],
+                    &b["temperature"],
+                    &b["top_p"]
+                ),
+                (
+                    &json!("gpt-4-0125-preview"),
+                    &json!(1024),
+                    &json!(1.0),
+                    &json!(0.9)
+                )
             );
         }
     }

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::client::{field_str, CallError, JudgeClient};
-use super::judge::{call_error, grade_of, seed, CallKey, Judging};
+use super::grades::CallKey;
+use super::judging::{call_error, grade_of, seed, Judging};
 use super::log::JsonlLog;
 use super::progress::StageProgress;
 use crate::config::EvalConfig;

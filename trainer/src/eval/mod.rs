@@ -17,6 +17,7 @@ pub mod client;
 pub mod generation;
 pub mod grades;
 pub mod judge;
+pub mod judging;
 pub mod log;
 pub mod parse;
 pub mod progress;
