@@ -159,7 +159,7 @@ pub struct GenerationSpec {
     pub max_new_tokens: u32,
     /// Random seed (default 42).
     #[serde(default = "default_seed")]
-    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))]
     pub seed: u64,
     /// Sequences decoded together per generation pod (default 16).
     #[serde(default = "default_batch_size")]
@@ -402,11 +402,11 @@ pub struct EvalRunPolicy {
     /// resumed) before it is Failed with DeadlineExceeded. Waiting for the model does not
     /// count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the pods and keep the output; false resumes from it (Kueue admits jobs by
     /// flipping this field).

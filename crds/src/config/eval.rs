@@ -35,7 +35,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{merge, parse_override, ConfigError, DeviceChoice, Dtype, PromptFormat};
+use super::error::ConfigError;
+use super::overrides::{merge, parse_override};
+use super::prompt::PromptFormat;
+use super::train::{DeviceChoice, Dtype};
 
 type Result<T> = std::result::Result<T, ConfigError>;
 

@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use super::*;
+use super::error::{ConfigError, Result};
+use super::prompt::PromptFormat;
+use super::train::*;
 
 /// Every preset name, for `--preset` and error messages.
 pub const PRESETS: &[&str] = &[

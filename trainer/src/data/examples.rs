@@ -2,8 +2,7 @@
 //! counting what it did.
 
 use super::records::{PreferenceRecord, SftRecord};
-use super::PromptFormat;
-use crate::config::{Method, Truncation};
+use crate::config::{Method, PromptFormat, Truncation};
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
 

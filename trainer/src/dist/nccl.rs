@@ -11,7 +11,7 @@
 use cudarc::nccl::{result, sys};
 use tch::{Device, Kind, Tensor};
 
-use super::Collective;
+use super::collective::Collective;
 use crate::error::{Error, Result};
 
 /// Length of an NCCL unique id (`ncclUniqueId`).

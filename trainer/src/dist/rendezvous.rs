@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ring, WorldInfo};
+use super::env::WorldInfo;
+use super::ring::Ring;
 use crate::error::{Error, Result};
 
 #[derive(Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use tch::{Device, Kind, Tensor};
 
-use super::Collective;
+use super::collective::Collective;
 use crate::error::{Error, Result};
 
 /// Bytes received before they are added in: large enough for few syscalls, small

@@ -8,7 +8,7 @@ use std::sync::Once;
 
 use tch::Tensor;
 
-use super::transformer::Segments;
+use super::segments::Segments;
 
 extern "C" {
     fn janus_flash_varlen_forward(

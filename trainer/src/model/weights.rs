@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{nn::VarStore, Kind, Tensor};
 
-use super::ModelConfig;
+use super::config::ModelConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::storage::{ObjectWriter, Store, Written};
 

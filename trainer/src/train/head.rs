@@ -10,14 +10,9 @@ use tch::{Device, Kind, Tensor};
 use crate::data::{PreferenceBatch, RewardBatch, IGNORE};
 use crate::loss::{
     dpo_objective, orpo_objective, reward_objective, DpoParams, DpoSums, OrpoSums, RewardSums,
+    LOSS_CHUNK_TOKENS,
 };
 use crate::model::Transformer;
-
-/// Positions per LM-head + cross-entropy chunk. Measured, not habit: a chunk streams the
-/// head's weight three times and its logits about ten, and at vocab 32k on CPU (fp32,
-/// 2 threads) the head took 1.91 / 1.69 / 1.65 / 1.68 s per step at 256 / 512 / 1024
-/// / 2048 positions.
-pub const LOSS_CHUNK_TOKENS: usize = 1024;
 
 /// A chunk's logits, `[LOSS_CHUNK_TOKENS, vocab]` in the model's dtype, and their fp32
 /// copy when that dtype is not fp32, reused from chunk to chunk and step to step.

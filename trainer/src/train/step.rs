@@ -11,7 +11,6 @@ use tch::{Device, Kind, Tensor};
 
 use super::backprop::BodyPass;
 use super::head;
-use super::optimizer::Optimizer;
 use super::reference::Reference;
 use crate::data::{Batch, PreferenceBatch, RewardBatch};
 use crate::dist::{all_reduce_f64, broadcast_params, Collective, Single};
@@ -19,6 +18,7 @@ use crate::error::Result;
 use crate::loss::{DpoParams, DpoSums, OrpoSums, RewardSums};
 use crate::model::{ModelConfig, Transformer};
 use crate::optim::AdamWConfig;
+use crate::optim::Optimizer;
 
 /// Default gradient bucket for the reduction.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;

@@ -18,10 +18,10 @@
 
 use tch::{Kind, Tensor};
 
+use super::adamw::{adamw_update, adamw_update_scaled, AdamWConfig};
 use crate::dist::{all_reduce_f64, all_reduce_grads, Collective};
 use crate::error::{Error, Result};
 use crate::model::{SafetensorsFile, TensorSpec};
-use crate::optim::{adamw_update, adamw_update_scaled, AdamWConfig};
 
 pub struct Optimizer {
     pub config: AdamWConfig,
