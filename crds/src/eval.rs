@@ -15,6 +15,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::eval::{JudgeMode, JudgeParser};
 use crate::config::EvalConfig;
 pub use crate::pods::PodPhase;
 use crate::training::{CleanPodPolicy, Dtype, OutputSpec, PromptFormat, SecretRef};
@@ -254,6 +255,20 @@ pub struct JudgeSpec {
     #[serde(default = "default_judge_max_tokens")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_tokens: u32,
+    /// Nucleus sampling of the judge (default 0.9, the original's).
+    #[serde(default = "default_judge_top_p")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub top_p: f64,
+    /// How scores are read: `strict` (default: the last `[RESULT]`, 1 to 5) or
+    /// `original` (the published parser, for comparisons with published numbers).
+    #[serde(default = "default_judge_parser")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.judge.parser is immutable"))]
+    pub parser: JudgeParser,
+    /// `online` (default: one chat completion per call) or `batch` (the OpenAI Batch
+    /// API: half the price, results within 24 hours; the judge pod polls the batch,
+    /// and a restarted judge pod polls the same one).
+    #[serde(default = "default_judge_mode")]
+    pub mode: JudgeMode,
     /// CPU / memory of the judge pod (it needs no GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -283,6 +298,15 @@ fn default_judge_temperature() -> f64 {
 }
 fn default_judge_max_tokens() -> u32 {
     protocol().judge.max_tokens as u32
+}
+fn default_judge_top_p() -> f64 {
+    protocol().judge.top_p
+}
+fn default_judge_parser() -> JudgeParser {
+    protocol().judge.parser
+}
+fn default_judge_mode() -> JudgeMode {
+    protocol().judge.mode
 }
 
 /// A key of a Secret in the job's namespace.

@@ -2,7 +2,7 @@
 //! the checks of values that parse but cannot train; a stable hash of what changes the
 //! trajectory of training.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -140,8 +140,16 @@ pub struct ModelSection {
 #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Training files (JSONL or Parquet, chosen by extension).
-    pub train: Vec<PathBuf>,
+    /// Training files (JSONL or Parquet, chosen by extension; paths or URLs), or one
+    /// sharded dataset. A source written `{path, weight}` makes a weighted mixture:
+    /// each epoch draws `mixture_samples` units, each from a source chosen with
+    /// probability proportional to its weight (every source then needs a weight).
+    pub train: Vec<DataSource>,
+    /// Units one epoch of a weighted mixture draws (a source that runs out starts over
+    /// in a new order, as OpenRLHF's `all_exhausted` blending); `null`: all the
+    /// sources' units together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture_samples: Option<usize>,
     pub prompt_format: PromptFormat,
     /// Tokens per sequence (per packed row when packing).
     pub max_seq_len: usize,
@@ -154,6 +162,56 @@ pub struct DataSection {
     pub skip_bad_records: bool,
     /// How a sharded dataset (`janus data shard` output) is streamed.
     pub streaming: StreamingSection,
+}
+
+/// A training source: a path (or URL), or one with its weight in a mixture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum DataSource {
+    /// A file, URL or sharded dataset read as it is.
+    Path(PathBuf),
+    /// A source of a weighted mixture.
+    Weighted(WeightedSource),
+}
+
+/// `{path, weight}` in `data.train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WeightedSource {
+    /// A data file (JSONL or Parquet; a path or URL).
+    pub path: PathBuf,
+    /// Relative sampling weight (> 0); weights need not sum to 1.
+    pub weight: f64,
+}
+
+impl DataSource {
+    pub fn path(&self) -> &Path {
+        match self {
+            DataSource::Path(p) => p,
+            DataSource::Weighted(w) => &w.path,
+        }
+    }
+
+    pub fn weight(&self) -> Option<f64> {
+        match self {
+            DataSource::Path(_) => None,
+            DataSource::Weighted(w) => Some(w.weight),
+        }
+    }
+}
+
+impl From<PathBuf> for DataSource {
+    fn from(p: PathBuf) -> Self {
+        DataSource::Path(p)
+    }
+}
+
+impl From<&str> for DataSource {
+    fn from(p: &str) -> Self {
+        DataSource::Path(PathBuf::from(p))
+    }
 }
 
 /// How a sharded dataset (`janus data shard` output) is streamed.
@@ -186,6 +244,10 @@ pub struct Hyperparameters {
     pub gradient_accumulation_steps: usize,
     /// Linear warm-up steps from 0 to `learning_rate`, before the cosine decay.
     pub warmup_steps: u64,
+    /// Warm-up as a fraction of the run's optimizer steps (`ceil(ratio x steps)`, as
+    /// OpenRLHF's `train_rm.py` sets it); replaces `warmup_steps` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
     /// The cosine schedule decays to `learning_rate * min_lr_ratio`.
     pub min_lr_ratio: f64,
     /// AdamW's decoupled weight decay (0 in the Janus recipes).
@@ -200,8 +262,8 @@ pub struct Hyperparameters {
     pub max_grad_norm: f64,
     /// ORPO's lambda: weight of the odds-ratio term.
     pub orpo_lambda: f64,
-    /// ORPO's NLL term over prompt + response tokens (as TRL does) instead of the
-    /// response only (as the Janus recipe's loss masking does).
+    /// ORPO's NLL term over prompt + response tokens (as TRL's ORPOTrainer and the
+    /// axolotl code the Janus ORPO run used do) instead of the response only.
     pub orpo_nll_on_prompt: bool,
     /// Seed of the data order (each epoch's shuffle) and of a new reward head.
     pub seed: u64,
@@ -355,6 +417,16 @@ pub struct MemorySection {
     pub check: bool,
 }
 
+impl Hyperparameters {
+    /// Warm-up steps of a run of `total_steps` optimizer steps.
+    pub fn warmup_steps_of(&self, total_steps: u64) -> u64 {
+        match self.warmup_ratio {
+            Some(r) => (r * total_steps as f64).ceil() as u64,
+            None => self.warmup_steps,
+        }
+    }
+}
+
 impl TrainConfig {
     /// Check values that parse but cannot train. Messages name the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -446,6 +518,14 @@ impl TrainConfig {
                 return Err(format!("`{key}` {msg}"));
             }
         }
+        self.validate_sources()?;
+        if let Some(r) = h.warmup_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!(
+                    "`hyperparameters.warmup_ratio` must be in [0, 1], found {r}"
+                ));
+            }
+        }
         if self.method.uses_pairs() && self.data.packing {
             return Err(format!(
                 "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
@@ -468,6 +548,40 @@ impl TrainConfig {
                     "`reward.center_rewards_coefficient` must be >= 0, found {c}"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `data.train`'s weights: all or none, each > 0; no packing with a mixture.
+    fn validate_sources(&self) -> std::result::Result<(), String> {
+        let d = &self.data;
+        let weights: Vec<Option<f64>> = d.train.iter().map(DataSource::weight).collect();
+        let weighted = weights.iter().filter(|w| w.is_some()).count();
+        if weighted == 0 {
+            return match d.mixture_samples {
+                Some(_) => Err("`data.mixture_samples` needs weighted sources in `data.train` ({path, weight})".into()),
+                None => Ok(()),
+            };
+        }
+        if weighted != weights.len() {
+            return Err(format!(
+                "`data.train`: {weighted} of {} sources have a `weight`; give every source a weight (a mixture) or none",
+                weights.len()
+            ));
+        }
+        if let Some((i, w)) = weights
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, w)| !(**w > 0.0 && w.is_finite()))
+        {
+            return Err(format!("`data.train[{i}].weight` must be > 0, found {w}"));
+        }
+        if d.packing {
+            return Err("`data.packing` is not supported with a weighted mixture in `data.train`; set it to false".into());
+        }
+        if d.mixture_samples == Some(0) {
+            return Err("`data.mixture_samples` must be >= 1 when set".into());
         }
         Ok(())
     }

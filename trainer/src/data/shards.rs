@@ -426,7 +426,7 @@ impl TokenSink<'_> {
             max_len: usize::MAX,
             policy: Truncation::TruncateResponse,
             min_response: 0,
-            append_eos: true,
+            ending: super::Ending::Eos,
         };
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())

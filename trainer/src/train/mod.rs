@@ -23,7 +23,7 @@ mod stop;
 mod world;
 pub use crate::loss::LOSS_CHUNK_TOKENS;
 pub use backprop::{BodyPass, Stage};
-pub use feed::{epoch_order, Counts, Feed, Share, StepData};
+pub use feed::{epoch_order, Counts, Feed, Mixture, Share, SourceCounts, StepData};
 pub use head::{rewards, sequence_logps};
 pub use objective::{Batching, Objective};
 pub use record::{RunOptions, Summary};
@@ -62,7 +62,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         retry,
     )?;
     let (base_config, tok) = files.open()?;
-    let model_config = Objective::model_config(cfg.method, &base_config, tok.pad_id);
+    let model_config = Objective::model_config(cfg.method, &base_config, tok.reward_pad_id());
     // The checkpoint to resume from comes first: its global batch decides how many
     // micro-batches each of this run's ranks accumulates.
     let resume = resume::find(cfg, &ckpt, retry)?;

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::feed::Counts;
+use super::feed::{Counts, SourceCounts};
 use super::stop::StopRequest;
 use crate::checkpoint::TrainerState;
 use crate::config::{Method, TrainConfig};
@@ -39,6 +39,9 @@ pub struct Summary {
     pub records: usize,
     pub skipped_records: usize,
     pub tokenize: TokenizeStats,
+    /// Per source of a weighted mixture: records, units and units drawn by this rank.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceCounts>,
     pub last_checkpoint: Option<String>,
     /// The final HF model directory (None when the run stopped early).
     pub output_dir: Option<String>,
@@ -83,6 +86,7 @@ impl Summary {
             records: c.records,
             skipped_records: c.skipped,
             tokenize: c.stats.clone(),
+            sources: c.sources.clone(),
             last_checkpoint: run.last_checkpoint.clone(),
             finished,
             output_dir,

@@ -126,7 +126,7 @@ impl RunLoop<'_> {
         let lr = cosine_lr(
             state.step,
             state.total_steps,
-            h.warmup_steps,
+            h.warmup_steps_of(state.total_steps),
             h.learning_rate,
             h.min_lr_ratio,
         );
