@@ -92,6 +92,16 @@ KUBEFLOW_DIR := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/kubeflow-$(KUBEFLOW_VE
 kubeflow:
 	@tests/controlplane/build-kubeflow.sh >/dev/null
 
+# Kubeflow Trainer v2 and JobSet (github.com/kubeflow/trainer/v2 and sigs.k8s.io/jobset at
+# the releases pinned in tests/controlplane/kubeflow-trainer/go.mod): both controller
+# managers, their CRDs and the torch runtime, built once (build-kubeflow-trainer.sh, a
+# stamp like build.sh): the other peer of bench-operator, no test's.
+KUBEFLOW_TRAINER_VERSION := $(shell awk '$$1 == "github.com/kubeflow/trainer/v2" {print $$2}' tests/controlplane/kubeflow-trainer/go.mod)
+KUBEFLOW_TRAINER_DIR := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/kubeflow-trainer-$(KUBEFLOW_TRAINER_VERSION)
+.PHONY: kubeflow-trainer
+kubeflow-trainer:
+	@tests/controlplane/build-kubeflow-trainer.sh >/dev/null
+
 .PHONY: node node-deps
 # Debian packages of the node (needs root; a no-op when installed).
 node-deps:
@@ -148,9 +158,12 @@ bench-stream: build $(VERSITYGW)
 
 # 200 JanusTrainingJobs x 8 workers on the kwok test cluster, the real operator binary,
 # side by side with 200 PyTorchJobs x 8 under the Kubeflow Training Operator (as it
-# ships, and with its client rate limit lifted), a fresh control plane each, 3 reps.
-bench-operator: build controlplane kubeflow
-	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator --kubeflow $(KUBEFLOW_DIR) --reps 3
+# ships, and with its client rate limit lifted) and 200 TrainJobs x 8 nodes under
+# Kubeflow Trainer v2 + JobSet, a fresh control plane each; then recovery (50 jobs, one
+# worker of each failed) on another; 3 reps.
+bench-operator: build controlplane kubeflow kubeflow-trainer
+	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator --kubeflow $(KUBEFLOW_DIR) \
+		--trainer $(KUBEFLOW_TRAINER_DIR) --reps 3
 
 # Regenerate the CRD YAML in the chart from the Rust types (a test fails when it drifts).
 crdgen:
