@@ -20,6 +20,9 @@ One run measures each side REPS times, each time on a fresh control plane
                   the configuration they ship (Trainer: 50 QPS / burst 100, 5 TrainJob
                   reconciles at a time; JobSet: 500 / 500, one at a time), leader election
                   and internal certificate management off; their figures are summed
+  trainer-gang    the same, the runtime set up to restart the whole gang on a failure as
+                  janus-operator does (JobSet failurePolicy maxRestarts 3, the node Job's
+                  backoffLimit 0: a failed pod fails its Job, and JobSet recreates every Job)
 
 Each side: time from the first `kubectl create` to all pods created, to all pods Running
 (pod phase, what kwok does once the scheduler binds), and to every job Running by its own
@@ -43,13 +46,14 @@ status, and the requests (the operator's, and the API server's from every compon
 per recovered job. Each side recovers its own way: janus-operator restarts the gang (every
 pod deleted and created again, from the last checkpoint); Kubeflow v1 deletes the failed
 pod and creates it again; JobSet's Job controller creates a replacement pod for the failed
-index (the Job's backoffLimit; the runtime sets no JobSet failurePolicy).
+index (the Job's backoffLimit; the runtime sets no JobSet failurePolicy); trainer-gang's
+JobSet recreates all its Jobs, and so every pod (failurePolicy).
 
 It prints the medians, one column per side, and the ratio peer / Janus of each (every
 figure is lower-is-better: > 1 means Janus is ahead).
 
 Usage: bench/operator_bench.py [--jobs 200] [--workers 8] [--reps 3] [--recovery-jobs 50]
-         [--sides janus,kubeflow,kubeflow-tuned,trainer] [--operator PATH] [--kubeflow DIR]
+         [--sides janus,kubeflow,kubeflow-tuned,trainer,trainer-gang] [--operator PATH] [--kubeflow DIR]
          [--trainer DIR] [--json FILE] [--keep]
        bench/operator_bench.py --create-only ...   (kubectl create alone, no operator)
        bench/operator_bench.py --table FILE.json ...  (the table of earlier runs)
@@ -76,7 +80,7 @@ CP = os.environ.get("JANUS_CONTROLPLANE", os.path.join(ROOT, "tests", "controlpl
 # Kubeflow's webhook server reads its certificate from this fixed directory (a Secret
 # volume in its Deployment); no webhook is registered here, but the manager waits for it.
 KUBEFLOW_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
-SIDES = ("janus", "kubeflow", "kubeflow-tuned", "trainer")
+SIDES = ("janus", "kubeflow", "kubeflow-tuned", "trainer", "trainer-gang")
 TOLERATIONS = [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
 IMAGE = "ghcr.io/janus/trainer:bench"
 
@@ -383,7 +387,8 @@ class Trainer(Side):
     controllers = ("trainjob_controller", "jobset")
     runtime = "torch-distributed"
 
-    def __init__(self, cache_dir):
+    def __init__(self, cache_dir, gang=False):
+        self.gang = gang
         self.trainer_bin = os.path.join(cache_dir, "bin", "trainer-controller-manager")
         self.jobset_bin = os.path.join(cache_dir, "bin", "jobset-controller-manager")
         self.crds = os.path.join(cache_dir, "crds")
@@ -405,9 +410,16 @@ class Trainer(Side):
         js.setdefault("successPolicy", {"operator": "All"})
         js.setdefault("startupPolicy", {"startupPolicyOrder": "AnyOrder"})
         js.setdefault("network", {}).update({"enableDNSHostnames": True, "publishNotReadyAddresses": True})
+        if self.gang:
+            # A torch gang cannot go on without a rank (its collectives fail): what a user
+            # adds to get janus-operator's restart, one pod's failure restarting every pod
+            # (JobSet's default Recreate strategy; janus-operator's default backoffLimit 3).
+            js["failurePolicy"] = {"maxRestarts": 3}
         for rj in js["replicatedJobs"]:
             jspec = rj["template"].setdefault("spec", {})
             jspec.setdefault("completionMode", "Indexed")
+            if self.gang:
+                jspec["backoffLimit"] = 0
             pspec = jspec["template"]["spec"]
             pspec.setdefault("restartPolicy", "OnFailure")
             pspec["tolerations"] = TOLERATIONS
@@ -932,15 +944,18 @@ def main():
         kdir = a.kubeflow or sh(os.path.join(CP, "build-kubeflow.sh")).strip().splitlines()[-1]
         ops["kubeflow"] = Kubeflow(kdir, tuned=False)
         ops["kubeflow-tuned"] = Kubeflow(kdir, tuned=True)
-    if "trainer" in sides:
+    if any(s.startswith("trainer") for s in sides):
         tdir = a.trainer or sh(os.path.join(CP, "build-kubeflow-trainer.sh")).strip().splitlines()[-1]
         ops["trainer"] = Trainer(tdir)
+        ops["trainer-gang"] = Trainer(tdir, gang=True)
 
     pods_total = a.jobs * a.workers
     nodes = max(4, math.ceil(pods_total / 240))
     if a.create_only:
         for rep in range(a.reps):
-            for s in [s for s in sides if s != "kubeflow-tuned" or "kubeflow" not in sides]:
+            # The tuned and gang sides create the same objects as the plain ones.
+            for s in [s for s in sides if not (s == "kubeflow-tuned" and "kubeflow" in sides)
+                      and not (s == "trainer-gang" and "trainer" in sides)]:
                 t = create_only(s, ops[s], a, nodes)
                 print(f"{ops[s].kind}: kubectl create of {a.jobs} jobs, no operator running: {t:.1f} s (rep {rep + 1})")
         return
