@@ -420,7 +420,7 @@ pub struct EvalRunPolicy {
     /// Fails with reason `SchedulingTimeout`, quoting why the pod waits (the scheduler's
     /// or the kubelet's words). Unset: wait as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub scheduling_timeout_seconds: Option<i64>,
     /// Seconds a pod's node may be NotReady or unreachable (its `Ready` condition not
     /// `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before the
