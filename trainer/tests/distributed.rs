@@ -281,7 +281,7 @@ fn two_ranks_equal_one_rank_dpo_and_reward() {
             "data.packing=false",
             "distributed.shard_optimizer=true",
             "hyperparameters.adam_epsilon=1e-3",
-            "hyperparameters.learning_rate=1e-2",
+            "hyperparameters.learning_rate=5e-3",
         ],
         "preference.parquet",
     );
