@@ -869,11 +869,11 @@ mod tests {
         spec.insert("maxSeqLen".into(), serde_json::json!(want.data.max_seq_len));
         spec.insert("packing".into(), serde_json::json!(want.data.packing));
         let job: Hyperparameters = serde_json::from_value(spec.clone().into()).unwrap();
+        let set = serde_json::to_value(&job.optimisation).unwrap();
         assert_eq!(
-            job.optimisation.keys().len(),
+            set.as_object().unwrap().len(),
             fields.len(),
-            "a config field the job cannot set: {:?}",
-            job.optimisation.keys()
+            "a config field the job cannot set: {set}"
         );
         let mut c = trainer::preset("tiny").unwrap();
         assert_ne!(c.hyperparameters, want.hyperparameters);

@@ -64,18 +64,6 @@ macro_rules! section_with_overlay {
                     }
                 )*
             }
-
-            /// The dotted config keys (`section.field`) this overlay sets, in
-            /// declaration order: what a rendered config took from the job.
-            pub fn keys(&self) -> Vec<&'static str> {
-                let mut k = Vec::new();
-                $(
-                    if self.$field.is_some() {
-                        k.push(stringify!($field));
-                    }
-                )*
-                k
-            }
         }
     };
 }
