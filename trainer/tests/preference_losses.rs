@@ -255,7 +255,9 @@ fn a_saved_reward_model_loads_in_transformers_with_equal_rewards() {
     );
     load_model_dir(dir.path(), &vs2, &rm_cfg).unwrap();
     let mut ps = pairs();
-    // Sequences as the reward method builds them: no EOS, right-padded with EOS (pad).
+    // Rows without EOS, right-padded with the config's pad_token_id (EOS here), so that
+    // transformers reads each row's last token, as we do. The reward method's own input
+    // (EOS appended, a pad_token_id that is not EOS) is checked in preference_training.
     for p in &mut ps {
         p.chosen.tokens.retain(|&t| t != 2);
         p.rejected.tokens.retain(|&t| t != 2);
