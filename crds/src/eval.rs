@@ -660,36 +660,9 @@ pub struct EvalProgress {
     pub updated_at: Option<String>,
 }
 
-/// Scores (1-5 scale), from the judge pod's report (`summary.json`'s headline).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EvalScores {
-    /// Mean over items of the per-item mean over rubrics, averaged over judge runs.
-    pub mean: f64,
-    /// Standard deviation of that mean over the judge runs.
-    #[serde(default)]
-    pub std: f64,
-    /// Mean per preference dimension (style, background_knowledge, ...).
-    #[serde(default)]
-    pub per_dimension: BTreeMap<String, f64>,
-    /// Against the baseline: fraction of items won, tied, lost.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versus_baseline: Option<HeadToHead>,
-}
-
-/// Head-to-head result against the baseline (fractions of items).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HeadToHead {
-    /// Fraction of items scored above the baseline.
-    pub win: f64,
-    /// Fraction of items scored equal to the baseline.
-    pub tie: f64,
-    /// Fraction of items scored below the baseline.
-    pub lose: f64,
-    /// `win + tie`, the rate the Janus paper reports.
-    pub win_plus_tie: f64,
-}
+/// The status' scores are the judge pod's report as it is (one type, defined with the
+/// report the trainer writes).
+pub use crate::progress::{EvalScores, HeadToHead};
 
 impl JanusEvalJob {
     /// Current phase (Pending before the first status write).

@@ -145,28 +145,57 @@ pub struct EvalReport {
     pub parse_failures: u64,
     /// Set by the judge pod once scores are computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scores: Option<ScoreSummary>,
+    pub scores: Option<EvalScores>,
     pub updated_at: String,
 }
 
-/// The headline numbers of `summary.json`.
+/// An evaluation's scores (1-5 scale): what `janus eval score` writes as
+/// `summary.json`, the judge pod reports, and the operator mirrors into
+/// `status.scores` unchanged (one type from the scorer to the job's status).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
-pub struct ScoreSummary {
-    /// Mean over items of the per-item mean over rubrics (1-5), averaged over runs.
+pub struct EvalScores {
+    /// Mean over items of the per-item mean over rubrics, averaged over judge runs.
     pub mean: f64,
-    /// Standard deviation of the mean over judge runs.
+    /// Standard deviation of that mean over the judge runs.
     #[serde(default)]
     pub std: f64,
+    /// Mean per preference dimension (style, background_knowledge, ...).
     #[serde(default)]
     pub per_dimension: std::collections::BTreeMap<String, f64>,
-    /// Against the baseline: fractions of items won, tied and lost.
+    /// Against the baseline: fraction of items won, tied, lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub win: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tie: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lose: Option<f64>,
+    pub versus_baseline: Option<HeadToHead>,
+}
+
+/// Head-to-head result against the baseline (fractions of the items both scored).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct HeadToHead {
+    /// Fraction of items scored above the baseline.
+    pub win: f64,
+    /// Fraction of items scored equal to the baseline.
+    pub tie: f64,
+    /// Fraction of items scored below the baseline.
+    pub lose: f64,
+    /// `win + tie`, the rate the Janus paper reports.
+    pub win_plus_tie: f64,
+}
+
+impl HeadToHead {
+    /// The fractions of `wins`, `ties` and `losses` among their sum (all 0 for none).
+    pub fn from_counts(wins: usize, ties: usize, losses: usize) -> Self {
+        let n = wins + ties + losses;
+        let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+        HeadToHead {
+            win: frac(wins),
+            tie: frac(ties),
+            lose: frac(losses),
+            win_plus_tie: frac(wins + ties),
+        }
+    }
 }
 
 impl EvalReport {

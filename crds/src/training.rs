@@ -196,30 +196,13 @@ fn default_min_response_tokens() -> u32 {
     16
 }
 
-/// Optimisation settings. Unset fields take the Janus recipe's value for the method.
+/// Optimisation settings (the trainer config's `hyperparameters`, declared there once)
+/// and the sequence shape. Unset fields take the Janus recipe's value for the method.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Hyperparameters {
-    /// Peak learning rate (recipe: 5e-6). Must be > 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0.0").message("spec.hyperparameters.learningRate must be > 0"))]
-    pub learning_rate: Option<f64>,
-    /// Passes over the data (recipe: 4 for sft, 2 for orpo).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
-    pub epochs: Option<u32>,
-    /// Stop after this many optimizer steps (the schedule is sized for it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000_000_000u64))]
-    pub max_steps: Option<u64>,
-    /// Sequences per micro-batch per rank (recipe: 2 for sft, 1 for orpo).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65536))]
-    pub micro_batch_size: Option<u32>,
-    /// Micro-batches per optimizer step (recipe: 4).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65536))]
-    pub gradient_accumulation_steps: Option<u32>,
+    #[serde(flatten)]
+    pub optimisation: trainer::HyperparametersOverlay,
     /// Tokens per sequence (recipe: 8192 for sft, 4096 for orpo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 1048576))]
@@ -227,46 +210,6 @@ pub struct Hyperparameters {
     /// Pack several SFT examples per sequence (recipe: true for sft; orpo cannot pack).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packing: Option<bool>,
-    /// Linear warm-up steps before the cosine decay (recipe: 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000_000_000u64))]
-    pub warmup_steps: Option<u64>,
-    /// The cosine schedule decays to learningRate * minLrRatio (recipe: 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub min_lr_ratio: Option<f64>,
-    /// AdamW weight decay (recipe: 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub weight_decay: Option<f64>,
-    /// AdamW beta1 (default 0.9), in [0, 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("spec.hyperparameters.adamBeta1 must be in [0, 1)"))]
-    pub adam_beta1: Option<f64>,
-    /// AdamW beta2 (default 0.999), in [0, 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("spec.hyperparameters.adamBeta2 must be in [0, 1)"))]
-    pub adam_beta2: Option<f64>,
-    /// AdamW epsilon (default 1e-8), > 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0.0").message("spec.hyperparameters.adamEpsilon must be > 0"))]
-    pub adam_epsilon: Option<f64>,
-    /// Global gradient-norm clipping; 0 disables it (default 1.0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub max_grad_norm: Option<f64>,
-    /// ORPO's lambda, the weight of the odds-ratio term (recipe: 0.1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub orpo_lambda: Option<f64>,
-    /// ORPO's NLL term over prompt + response tokens (as TRL does) instead of the
-    /// response only (default false).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orpo_nll_on_prompt: Option<bool>,
-    /// Random seed (default 42).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))]
-    pub seed: Option<u64>,
 }
 
 /// DPO's settings.
@@ -330,40 +273,13 @@ impl Hyperparameters {
     /// Overlay the fields this job sets on the trainer config `c` (the recipe preset of
     /// its method), leaving the recipe's values for the others.
     pub fn apply_to(&self, c: &mut TrainConfig) {
-        let h = &mut c.hyperparameters;
-        fn set<T: Copy>(dst: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *dst = v;
-            }
+        self.optimisation.apply_to(&mut c.hyperparameters);
+        if let Some(v) = self.max_seq_len {
+            c.data.max_seq_len = v as usize;
         }
-        set(&mut h.learning_rate, self.learning_rate);
-        set(&mut h.epochs, self.epochs.map(u64::from));
-        if self.max_steps.is_some() {
-            h.max_steps = self.max_steps;
+        if let Some(v) = self.packing {
+            c.data.packing = v;
         }
-        set(
-            &mut h.micro_batch_size,
-            self.micro_batch_size.map(|v| v as usize),
-        );
-        set(
-            &mut h.gradient_accumulation_steps,
-            self.gradient_accumulation_steps.map(|v| v as usize),
-        );
-        set(&mut h.warmup_steps, self.warmup_steps);
-        set(&mut h.min_lr_ratio, self.min_lr_ratio);
-        set(&mut h.weight_decay, self.weight_decay);
-        set(&mut h.adam_beta1, self.adam_beta1);
-        set(&mut h.adam_beta2, self.adam_beta2);
-        set(&mut h.adam_epsilon, self.adam_epsilon);
-        set(&mut h.max_grad_norm, self.max_grad_norm);
-        set(&mut h.orpo_lambda, self.orpo_lambda);
-        set(&mut h.orpo_nll_on_prompt, self.orpo_nll_on_prompt);
-        set(&mut h.seed, self.seed);
-        set(
-            &mut c.data.max_seq_len,
-            self.max_seq_len.map(|v| v as usize),
-        );
-        set(&mut c.data.packing, self.packing);
     }
 }
 
@@ -914,5 +830,58 @@ impl JanusTrainingJob {
             .as_ref()
             .and_then(|s| s.phase)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The job's `hyperparameters` and the trainer config's are one declaration: a job
+    /// naming every config field (in the config's own JSON, camelCased) renders exactly
+    /// that config section onto another preset, the sequence shape included.
+    #[test]
+    fn a_job_can_set_every_config_hyperparameter_and_the_render_carries_each() {
+        let mut want = trainer::preset("janus-rm-7b").unwrap();
+        // Every field set (a job cannot unset an optional field: null keeps the preset's).
+        want.hyperparameters.max_steps = Some(1000);
+        let camel = |k: &str| {
+            let mut out = String::new();
+            let mut up = false;
+            for ch in k.chars() {
+                match (ch, up) {
+                    ('_', _) => up = true,
+                    (c, true) => {
+                        out.extend(c.to_uppercase());
+                        up = false
+                    }
+                    (c, false) => out.push(c),
+                }
+            }
+            out
+        };
+        let h = serde_json::to_value(&want.hyperparameters).unwrap();
+        let fields = h.as_object().unwrap();
+        let mut spec: serde_json::Map<String, serde_json::Value> =
+            fields.iter().map(|(k, v)| (camel(k), v.clone())).collect();
+        // warmup_ratio is the field a hand-written CRD once missed.
+        assert!(spec.contains_key("warmupRatio"), "{spec:?}");
+        spec.insert("maxSeqLen".into(), serde_json::json!(want.data.max_seq_len));
+        spec.insert("packing".into(), serde_json::json!(want.data.packing));
+        let job: Hyperparameters = serde_json::from_value(spec.clone().into()).unwrap();
+        assert_eq!(
+            job.optimisation.keys().len(),
+            fields.len(),
+            "a config field the job cannot set: {:?}",
+            job.optimisation.keys()
+        );
+        let mut c = trainer::preset("tiny").unwrap();
+        assert_ne!(c.hyperparameters, want.hyperparameters);
+        job.apply_to(&mut c);
+        assert_eq!(c.hyperparameters, want.hyperparameters);
+        assert_eq!(
+            (c.data.max_seq_len, c.data.packing),
+            (want.data.max_seq_len, want.data.packing)
+        );
     }
 }

@@ -29,38 +29,14 @@ JOBSET_VERSION="$(version "$JOBSET")"
 CACHE="${JANUS_CACHE:-$HOME/.cache/janus}"
 DIR="$CACHE/kubeflow-trainer-$VERSION"
 
-stamp() {
-	cat "$MOD/go.mod" "$MOD/go.sum" "$MOD/request_latency.go.overlay" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1
-}
-
-up_to_date() {
+STAMP_INPUTS=("$MOD/go.mod" "$MOD/go.sum" "$MOD/request_latency.go.overlay")
+present() {
 	[[ -x "$DIR/bin/trainer-controller-manager" && -x "$DIR/bin/jobset-controller-manager" ]] || return 1
-	[[ -f "$DIR/crds/jobset.x-k8s.io_jobsets.yaml" && -f "$DIR/runtimes/torch_distributed.yaml" ]] || return 1
-	[[ -f "$DIR/.stamp" && "$(<"$DIR/.stamp")" == "$(stamp)" ]]
+	[[ -f "$DIR/crds/jobset.x-k8s.io_jobsets.yaml" && -f "$DIR/runtimes/torch_distributed.yaml" ]]
 }
-
-if up_to_date; then
-	echo "$DIR"
-	exit 0
-fi
-
-command -v go >/dev/null || { echo "build-kubeflow-trainer.sh: go is required to build Kubeflow Trainer and JobSet" >&2; exit 1; }
-mkdir -p "$DIR"
-# One build at a time (parallel `make` runs).
-exec 9>"$DIR/.lock"
-flock 9
-if up_to_date; then
-	echo "$DIR"
-	exit 0
-fi
-
-TMP="$(mktemp -d "$DIR/.build.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
-export CGO_ENABLED=0
-# -mod=readonly: go.mod/go.sum in the checkout are the pin; never rewritten here.
-export GOFLAGS="-mod=readonly ${GOFLAGS:-}"
-start=$SECONDS
-echo "build-kubeflow-trainer.sh: building Kubeflow Trainer $VERSION and JobSet $JOBSET_VERSION into $DIR" >&2
+# shellcheck source=go-cache.sh
+source "$HERE/go-cache.sh"
+cache_enter "Kubeflow Trainer $VERSION and JobSet $JOBSET_VERSION"
 (cd "$MOD" && go mod download "$TRAINER" "$JOBSET")
 trainer_src="$(cd "$MOD" && go list -m -f '{{.Dir}}' "$TRAINER")"
 jobset_src="$(cd "$MOD" && go list -m -f '{{.Dir}}' "$JOBSET")"
@@ -91,6 +67,4 @@ mv "$TMP/out/trainer-controller-manager" "$DIR/bin/trainer-controller-manager"
 mv "$TMP/out/jobset" "$DIR/bin/jobset-controller-manager"
 mv "$TMP/crds" "$DIR/crds"
 mv "$TMP/runtimes" "$DIR/runtimes"
-stamp >"$DIR/.stamp"
-echo "build-kubeflow-trainer.sh: built in $((SECONDS - start))s" >&2
-echo "$DIR"
+cache_done

@@ -19,38 +19,11 @@ VERSION="$(awk -v m="$MODULE" '$1 == "require" && $2 == m {print $3}' "$HERE/kub
 CACHE="${JANUS_CACHE:-$HOME/.cache/janus}"
 DIR="$CACHE/kubeflow-$VERSION"
 
-stamp() {
-	cat "$HERE/kubeflow/go.mod" "$HERE/kubeflow/go.sum" "$HERE/kubeflow/request_latency.go.overlay" "${BASH_SOURCE[0]}" |
-		sha256sum | cut -d' ' -f1
-}
-
-up_to_date() {
-	[[ -x "$DIR/bin/training-operator" && -f "$DIR/crds/kubeflow.org_pytorchjobs.yaml" ]] || return 1
-	[[ -f "$DIR/.stamp" && "$(<"$DIR/.stamp")" == "$(stamp)" ]]
-}
-
-if up_to_date; then
-	echo "$DIR"
-	exit 0
-fi
-
-command -v go >/dev/null || { echo "build-kubeflow.sh: go is required to build the Kubeflow Training Operator" >&2; exit 1; }
-mkdir -p "$DIR"
-# One build at a time (parallel `make` runs).
-exec 9>"$DIR/.lock"
-flock 9
-if up_to_date; then
-	echo "$DIR"
-	exit 0
-fi
-
-TMP="$(mktemp -d "$DIR/.build.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
-export CGO_ENABLED=0
-# -mod=readonly: go.mod/go.sum in the checkout are the pin; never rewritten here.
-export GOFLAGS="-mod=readonly ${GOFLAGS:-}"
-start=$SECONDS
-echo "build-kubeflow.sh: building the Kubeflow Training Operator $VERSION into $DIR" >&2
+STAMP_INPUTS=("$HERE/kubeflow/go.mod" "$HERE/kubeflow/go.sum" "$HERE/kubeflow/request_latency.go.overlay")
+present() { [[ -x "$DIR/bin/training-operator" && -f "$DIR/crds/kubeflow.org_pytorchjobs.yaml" ]]; }
+# shellcheck source=go-cache.sh
+source "$HERE/go-cache.sh"
+cache_enter "the Kubeflow Training Operator $VERSION"
 src="$(cd "$HERE/kubeflow" && go mod download "$MODULE" && go list -m -f '{{.Dir}}' "$MODULE")"
 # The release as it is, plus one file in its main package that registers client-go's
 # request-latency histograms (kubeflow/request_latency.go.overlay says why). Go refuses
@@ -72,6 +45,4 @@ rm -rf "$DIR/bin" "$DIR/crds"
 mkdir -p "$DIR/bin"
 mv "$TMP/training-operator.bin" "$DIR/bin/training-operator"
 mv "$TMP/crds" "$DIR/crds"
-stamp >"$DIR/.stamp"
-echo "build-kubeflow.sh: built in $((SECONDS - start))s" >&2
-echo "$DIR"
+cache_done

@@ -13,37 +13,11 @@ KUEUE_VERSION="$(awk '$1 == "require" && $2 == "sigs.k8s.io/kueue" {print $3}' "
 CACHE="${JANUS_CACHE:-$HOME/.cache/janus}"
 DIR="$CACHE/kueue-$KUEUE_VERSION"
 
-stamp() {
-	cat "$HERE/kueue/go.mod" "$HERE/kueue/go.sum" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1
-}
-
-up_to_date() {
-	[[ -x "$DIR/bin/kueue" && -f "$DIR/crds/kueue.x-k8s.io_workloads.yaml" ]] || return 1
-	[[ -f "$DIR/.stamp" && "$(<"$DIR/.stamp")" == "$(stamp)" ]]
-}
-
-if up_to_date; then
-	echo "$DIR"
-	exit 0
-fi
-
-command -v go >/dev/null || { echo "build-kueue.sh: go is required to build Kueue" >&2; exit 1; }
-mkdir -p "$DIR"
-# One build at a time (parallel `make` runs, several test binaries).
-exec 9>"$DIR/.lock"
-flock 9
-if up_to_date; then
-	echo "$DIR"
-	exit 0
-fi
-
-TMP="$(mktemp -d "$DIR/.build.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
-export CGO_ENABLED=0
-# -mod=readonly: go.mod/go.sum in the checkout are the pin; never rewritten here.
-export GOFLAGS="-mod=readonly ${GOFLAGS:-}"
-start=$SECONDS
-echo "build-kueue.sh: building Kueue $KUEUE_VERSION into $DIR" >&2
+STAMP_INPUTS=("$HERE/kueue/go.mod" "$HERE/kueue/go.sum")
+present() { [[ -x "$DIR/bin/kueue" && -f "$DIR/crds/kueue.x-k8s.io_workloads.yaml" ]]; }
+# shellcheck source=go-cache.sh
+source "$HERE/go-cache.sh"
+cache_enter "Kueue $KUEUE_VERSION"
 # The version stamping of Kueue's own Makefile (it reports it in logs and metrics).
 ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
 (cd "$HERE/kueue" && nice -n 5 go build -trimpath -ldflags="$ldflags" -o "$TMP/kueue" sigs.k8s.io/kueue/cmd/kueue)
@@ -57,6 +31,4 @@ rm -rf "$DIR/bin" "$DIR/crds"
 mkdir -p "$DIR/bin"
 mv "$TMP/kueue" "$DIR/bin/kueue"
 mv "$TMP/crds" "$DIR/crds"
-stamp >"$DIR/.stamp"
-echo "build-kueue.sh: built in $((SECONDS - start))s" >&2
-echo "$DIR"
+cache_done

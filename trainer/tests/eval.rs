@@ -435,11 +435,11 @@ fn scores_and_win_tie_lose_on_a_hand_computed_fixture() {
     assert_eq!((r.calls, r.parse_failures, r.unscored_items), (24, 5, 0));
     let h = r.versus_baseline.as_ref().unwrap();
     assert_eq!((h.items, h.wins, h.ties, h.losses), (3, 1, 1, 1));
-    assert!(close(h.win_plus_tie, 2.0 / 3.0));
-    let s = r.summary().unwrap();
+    assert!(close(h.rates.win_plus_tie, 2.0 / 3.0));
+    let s = r.summary().unwrap().versus_baseline.unwrap();
     assert_eq!(
-        (s.win, s.tie, s.lose),
-        (Some(1.0 / 3.0), Some(1.0 / 3.0), Some(1.0 / 3.0))
+        (s.win, s.tie, s.lose, s.win_plus_tie),
+        (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0)
     );
 
     // A baseline scored on another bench is refused, naming both.
@@ -507,7 +507,7 @@ fn score_writes_results_summary_and_the_report_with_its_charts() {
     let results: Value =
         serde_json::from_slice(&std::fs::read(ours.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["items"].as_array().unwrap().len(), 3);
-    let summary: janus_crds::progress::ScoreSummary =
+    let summary: janus_crds::progress::EvalScores =
         serde_json::from_slice(&std::fs::read(ours.join("summary.json")).unwrap()).unwrap();
     assert!(close(summary.mean, (4.0 + 3.0 + 1.5) / 3.0));
     let md = std::fs::read_to_string(ours.join("report.md")).unwrap();

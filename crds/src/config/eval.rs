@@ -371,6 +371,21 @@ impl EvalConfig {
     }
 }
 
+/// The output layout under `output_dir`, one spelling for the trainer's stages and the
+/// operator (which reads a baseline's results and points users at the summary).
+pub mod layout {
+    /// The judge's answers, appended.
+    pub const GRADES: &str = "grades.jsonl";
+    /// Generation shards' directory.
+    pub const ANSWERS_DIR: &str = "answers";
+    /// Everything `score` computed.
+    pub const RESULTS: &str = "results.json";
+    /// The scores (what the operator mirrors into the job's status).
+    pub const SUMMARY: &str = "summary.json";
+    /// The human-readable report and its charts.
+    pub const REPORT: &str = "report.md";
+}
+
 /// Where a file of the output layout lives under `output_dir`.
 pub fn output_path(output_dir: &str, name: &str) -> String {
     format!("{}/{name}", output_dir.trim_end_matches('/'))
@@ -378,7 +393,7 @@ pub fn output_path(output_dir: &str, name: &str) -> String {
 
 /// `answers/shard-<i>.jsonl`: generation worker `i`'s answers.
 pub fn answers_file(shard: usize) -> PathBuf {
-    PathBuf::from(format!("answers/shard-{shard:05}.jsonl"))
+    PathBuf::from(format!("{}/shard-{shard:05}.jsonl", layout::ANSWERS_DIR))
 }
 
 #[cfg(test)]

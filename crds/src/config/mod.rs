@@ -11,6 +11,8 @@ use std::path::Path;
 use serde_json::Value;
 
 mod bytes;
+#[macro_use]
+mod overlay;
 mod error;
 pub mod eval;
 mod overrides;

@@ -225,48 +225,65 @@ pub struct StreamingSection {
     pub prefetch_windows: usize,
 }
 
-/// Optimisation settings: the schedule, the batch, AdamW and the method's own terms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct Hyperparameters {
-    /// Peak learning rate, reached after the warm-up; must be > 0.
-    pub learning_rate: f64,
-    /// Passes over the training data (the schedule's length when `max_steps` is unset).
-    pub epochs: u64,
-    /// Stop after this many optimizer steps (the schedule is sized for it) when set.
-    pub max_steps: Option<u64>,
-    /// Sequences (or pairs) per micro-batch per rank; a packed row counts as one.
-    pub micro_batch_size: usize,
-    /// Micro-batches per rank per optimizer step. The global batch is
-    /// `micro_batch_size x gradient_accumulation_steps x ranks`; a run resumed on
-    /// another number of ranks keeps the checkpoint's global batch and changes this.
-    pub gradient_accumulation_steps: usize,
-    /// Linear warm-up steps from 0 to `learning_rate`, before the cosine decay.
-    pub warmup_steps: u64,
-    /// Warm-up as a fraction of the run's optimizer steps (`ceil(ratio x steps)`, as
-    /// OpenRLHF's `train_rm.py` sets it); replaces `warmup_steps` when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_ratio: Option<f64>,
-    /// The cosine schedule decays to `learning_rate * min_lr_ratio`.
-    pub min_lr_ratio: f64,
-    /// AdamW's decoupled weight decay (0 in the Janus recipes).
-    pub weight_decay: f64,
-    /// AdamW's first-moment decay, in [0, 1).
-    pub adam_beta1: f64,
-    /// AdamW's second-moment decay, in [0, 1).
-    pub adam_beta2: f64,
-    /// AdamW's epsilon, added to the second moment's square root; > 0.
-    pub adam_epsilon: f64,
-    /// Global gradient-norm clipping; 0 disables it.
-    pub max_grad_norm: f64,
-    /// ORPO's lambda: weight of the odds-ratio term.
-    pub orpo_lambda: f64,
-    /// ORPO's NLL term over prompt + response tokens (as TRL's ORPOTrainer and the
-    /// axolotl code the Janus ORPO run used do) instead of the response only.
-    pub orpo_nll_on_prompt: bool,
-    /// Seed of the data order (each epoch's shuffle) and of a new reward head.
-    pub seed: u64,
+section_with_overlay! {
+    /// Optimisation settings: the schedule, the batch, AdamW and the method's own terms.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct Hyperparameters;
+    /// A job's optimisation settings: each set field replaces the preset's value for the
+    /// job's method (the Janus recipe), each unset one keeps it.
+    pub struct HyperparametersOverlay;
+    {
+        /// Peak learning rate, reached after the warm-up; must be > 0 (Janus recipe:
+        /// 5e-6).
+        learning_rate: f64
+            [x_kube(validation = Rule::new("self > 0.0").message("spec.hyperparameters.learningRate must be > 0"))],
+        /// Passes over the training data (the schedule's length when no step limit is
+        /// set; recipe: 4 for sft, 2 for orpo).
+        epochs: u64 [schemars(range(min = 1, max = 10000))],
+        /// Stop after this many optimizer steps (the schedule is sized for it) when set.
+        max_steps: Option<u64> [schemars(range(min = 1, max = 1_000_000_000_000u64))],
+        /// Sequences (or pairs) per micro-batch per rank; a packed row counts as one
+        /// (recipe: 2 for sft, 1 for orpo).
+        micro_batch_size: usize [schemars(range(min = 1, max = 65536))],
+        /// Micro-batches per rank per optimizer step (recipe: 4). The global batch is
+        /// micro-batch size x these steps x ranks; a run resumed on another number of
+        /// ranks keeps the checkpoint's global batch and changes this.
+        gradient_accumulation_steps: usize [schemars(range(min = 1, max = 65536))],
+        /// Linear warm-up steps from 0 to the peak learning rate, before the cosine
+        /// decay (recipe: 10).
+        warmup_steps: u64 [schemars(range(min = 0, max = 1_000_000_000_000u64))],
+        /// Warm-up as a fraction of the run's optimizer steps (`ceil(ratio x steps)`, as
+        /// OpenRLHF's `train_rm.py` sets it); replaces the warm-up steps when set.
+        warmup_ratio: Option<f64>
+            {serde(default, skip_serializing_if = "Option::is_none")}
+            [schemars(range(min = 0.0, max = 1.0))],
+        /// The cosine schedule decays to the peak learning rate times this (recipe: 0).
+        min_lr_ratio: f64 [schemars(range(min = 0.0, max = 1.0))],
+        /// AdamW's decoupled weight decay (0 in the Janus recipes).
+        weight_decay: f64 [schemars(range(min = 0.0))],
+        /// AdamW's first-moment decay, in [0, 1) (default 0.9).
+        adam_beta1: f64
+            [x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("spec.hyperparameters.adamBeta1 must be in [0, 1)"))],
+        /// AdamW's second-moment decay, in [0, 1) (default 0.999; Janus-RM: 0.95).
+        adam_beta2: f64
+            [x_kube(validation = Rule::new("self >= 0.0 && self < 1.0").message("spec.hyperparameters.adamBeta2 must be in [0, 1)"))],
+        /// AdamW's epsilon, added to the second moment's square root; > 0 (default
+        /// 1e-8).
+        adam_epsilon: f64
+            [x_kube(validation = Rule::new("self > 0.0").message("spec.hyperparameters.adamEpsilon must be > 0"))],
+        /// Global gradient-norm clipping; 0 disables it (default 1.0).
+        max_grad_norm: f64 [schemars(range(min = 0.0))],
+        /// ORPO's lambda: weight of the odds-ratio term (recipe: 0.1).
+        orpo_lambda: f64 [schemars(range(min = 0.0))],
+        /// ORPO's NLL term over prompt + response tokens (as TRL's ORPOTrainer and the
+        /// axolotl code the Janus ORPO run used do) instead of the response only.
+        orpo_nll_on_prompt: bool,
+        /// Seed of the data order (each epoch's shuffle) and of a new reward head
+        /// (default 42).
+        seed: u64 [schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))],
+    }
 }
 
 /// DPO's settings (read with `method: dpo`).

@@ -269,7 +269,7 @@ async fn the_judge_pod_exiting_zero_mirrors_its_scores_and_succeeds() {
         json!({"stage": "score", "itemsDone": 921, "itemsTotal": 921, "callsDone": 2763, "callsTotal": 2763,
                "parseFailures": 4, "updatedAt": "2026-01-01T12:00:00Z",
                "scores": {"mean": 3.91, "std": 0.02, "perDimension": {"style": 4.1},
-                          "win": 0.55, "tie": 0.2, "lose": 0.25}})
+                          "versusBaseline": {"win": 0.55, "tie": 0.2, "lose": 0.25, "winPlusTie": 0.75}}})
         .to_string(),
     )]));
     let sc = Scenario::new(job_with(Some(status))).with_pod(judge);

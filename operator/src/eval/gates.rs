@@ -182,7 +182,7 @@ pub fn baseline(job: &JanusEvalJob, other: Option<&JanusEvalJob>) -> (Gate, Opti
     match other.phase() {
         EvalPhase::Succeeded => {
             let dir = os.output_url.clone().unwrap_or_else(|| output_url(other));
-            let url = janus_crds::config::eval::output_path(&dir, "results.json");
+            let url = janus_crds::config::eval::output_path(&dir, janus_crds::config::eval::layout::RESULTS);
             (
                 Gate::ready(
                     reason::BASELINE_SUCCEEDED,

@@ -2,7 +2,7 @@
 //! plus the extraction of the decision's inputs from Kubernetes objects.
 
 use janus_crds::eval::{
-    condition, reason, EvalPhase, EvalScores, HeadToHead, JudgeStatus, PodPhase, ShardStatus,
+    condition, reason, EvalPhase, EvalScores, JudgeStatus, PodPhase, ShardStatus,
 };
 use janus_crds::progress::EvalReport;
 use janus_crds::{labels, JanusEvalJob, JanusEvalJobStatus};
@@ -153,24 +153,6 @@ fn shards(old: &[ShardStatus], n: i32) -> Vec<ShardStatus> {
         .collect()
 }
 
-fn scores(s: &janus_crds::progress::ScoreSummary) -> EvalScores {
-    let versus_baseline = match (s.win, s.tie, s.lose) {
-        (Some(win), Some(tie), Some(lose)) => Some(HeadToHead {
-            win,
-            tie,
-            lose,
-            win_plus_tie: win + tie,
-        }),
-        _ => None,
-    };
-    EvalScores {
-        mean: s.mean,
-        std: s.std,
-        per_dimension: s.per_dimension.clone(),
-        versus_baseline,
-    }
-}
-
 fn scores_note(s: &EvalScores, items: u64) -> String {
     let mut m = format!(
         "mean score {:.3} (std {:.3}) over {items} items",
@@ -204,7 +186,7 @@ fn mirror_reports(s: &mut JanusEvalJobStatus, reports: &[(Slot, EvalReport)]) {
                 progress.calls_total = r.calls_total;
                 progress.judge_failures = r.parse_failures;
                 if let Some(sc) = &r.scores {
-                    s.scores = Some(scores(sc));
+                    s.scores = Some(sc.clone());
                 }
             }
         }
@@ -480,9 +462,12 @@ fn succeed(job: &JanusEvalJob, s: &mut JanusEvalJobStatus, t: &mut Transitions) 
         None => (
             reason::SCORES_MISSING,
             format!(
-                "the judge pod of {} exited 0 but reported no scores on its janus.dev/eval-progress annotation; see {}/summary.json",
+                "the judge pod of {} exited 0 but reported no scores on its janus.dev/eval-progress annotation; see {}",
                 job.name_any(),
-                s.output_url.clone().unwrap_or_default()
+                janus_crds::config::eval::output_path(
+                    s.output_url.as_deref().unwrap_or_default(),
+                    janus_crds::config::eval::layout::SUMMARY
+                )
             ),
             true,
         ),

@@ -340,7 +340,7 @@ async fn eval_job_generates_then_judges_and_mirrors_the_scores() {
         json!({"stage": "score", "itemsDone": 8, "itemsTotal": 8,
         "callsDone": 72, "callsTotal": 72, "parseFailures": 1, "updatedAt": "2026-01-01T00:01:00Z",
         "scores": {"mean": 3.875, "std": 0.05, "perDimension": {"style": 4.0},
-                   "win": 0.5, "tie": 0.25, "lose": 0.25}}),
+                   "versusBaseline": {"win": 0.5, "tie": 0.25, "lose": 0.25, "winPlusTie": 0.75}}}),
     )
     .await;
     exit(&c, &ns, "ev-judge", "score", false, 0).await;

@@ -27,13 +27,5 @@ pub mod results;
 pub mod score;
 pub mod template;
 
-/// The judge's answers, under the output directory.
-pub const GRADES: &str = "grades.jsonl";
-/// Generation shards' directory.
-pub const ANSWERS_DIR: &str = "answers";
-/// Everything `score` computed.
-pub const RESULTS: &str = "results.json";
-/// The headline numbers (what the operator mirrors into the job's status).
-pub const SUMMARY: &str = "summary.json";
-/// The human-readable report and its charts.
-pub const REPORT: &str = "report.md";
+/// The output layout (defined with the config the operator renders).
+pub use janus_crds::config::eval::layout::{ANSWERS_DIR, GRADES, REPORT, RESULTS, SUMMARY};

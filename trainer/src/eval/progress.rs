@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use janus_crds::progress::{EvalReport, ScoreSummary};
+use janus_crds::progress::{EvalReport, EvalScores};
 
 use super::bench::Bench;
 use super::grades::Grade;
@@ -107,7 +107,7 @@ impl StageProgress {
     }
 
     /// Scoring is done: the headline numbers.
-    pub fn scored(&mut self, items: usize, calls: usize, failures: usize, s: Option<ScoreSummary>) {
+    pub fn scored(&mut self, items: usize, calls: usize, failures: usize, s: Option<EvalScores>) {
         self.report.items_done = items as u64;
         self.report.items_total = items as u64;
         self.report.calls_done = calls as u64;

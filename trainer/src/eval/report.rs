@@ -129,14 +129,14 @@ pub fn distribution_svg(r: &Results) -> String {
 pub fn head_to_head_svg(r: &Results) -> Option<String> {
     let h = r.versus_baseline.as_ref()?;
     let bars = vec![
-        ("win".to_string(), h.win, "#6acc65"),
-        ("tie".to_string(), h.tie, "#c4ad66"),
-        ("lose".to_string(), h.lose, "#d65f5f"),
+        ("win".to_string(), h.rates.win, "#6acc65"),
+        ("tie".to_string(), h.rates.tie, "#c4ad66"),
+        ("lose".to_string(), h.rates.lose, "#d65f5f"),
     ];
     Some(bar_chart(
         &format!(
             "Against the baseline: win+tie {} over {} items",
-            pct(h.win_plus_tie),
+            pct(h.rates.win_plus_tie),
             h.items
         ),
         "items",
@@ -189,10 +189,10 @@ pub fn table(r: &Results) -> String {
             s,
             "vs baseline ({} items): win {} tie {} lose {}  win+tie {}",
             h.items,
-            pct(h.win),
-            pct(h.tie),
-            pct(h.lose),
-            pct(h.win_plus_tie)
+            pct(h.rates.win),
+            pct(h.rates.tie),
+            pct(h.rates.lose),
+            pct(h.rates.win_plus_tie)
         );
     }
     s
@@ -239,7 +239,7 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(
             s,
             "## Against the baseline\n\n`{}`, {} items both scored.\n\n| win | tie | lose | win+tie |\n|---:|---:|---:|---:|\n| {} ({}) | {} ({}) | {} ({}) | **{}** |\n",
-            h.baseline, h.items, pct(h.win), h.wins, pct(h.tie), h.ties, pct(h.lose), h.losses, pct(h.win_plus_tie)
+            h.baseline, h.items, pct(h.rates.win), h.wins, pct(h.rates.tie), h.ties, pct(h.rates.lose), h.losses, pct(h.rates.win_plus_tie)
         );
         let _ = writeln!(s, "![Win, tie and lose]({HEAD_TO_HEAD_SVG})\n");
     }

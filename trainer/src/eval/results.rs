@@ -24,6 +24,8 @@ pub struct GroupScore {
     pub mean: f64,
 }
 
+/// The counts behind the head-to-head rates; `results.json` spells the rates beside
+/// them (flattened), as the status does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadToHead {
     /// The baseline's `results.json`.
@@ -33,11 +35,8 @@ pub struct HeadToHead {
     pub wins: usize,
     pub ties: usize,
     pub losses: usize,
-    pub win: f64,
-    pub tie: f64,
-    pub lose: f64,
-    /// `win + tie`, the paper's headline number.
-    pub win_plus_tie: f64,
+    #[serde(flatten)]
+    pub rates: janus_crds::progress::HeadToHead,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,10 +77,10 @@ pub struct JudgeInfo {
 }
 
 impl Results {
-    /// The headline numbers the operator mirrors (None when nothing was scored).
-    pub fn summary(&self) -> Option<janus_crds::progress::ScoreSummary> {
-        let h = self.versus_baseline.as_ref();
-        Some(janus_crds::progress::ScoreSummary {
+    /// The scores `summary.json`, the judge pod's report and the job's status carry
+    /// (None when nothing was scored).
+    pub fn summary(&self) -> Option<janus_crds::progress::EvalScores> {
+        Some(janus_crds::progress::EvalScores {
             mean: self.mean?,
             std: self.std.unwrap_or(0.0),
             per_dimension: self
@@ -89,9 +88,7 @@ impl Results {
                 .iter()
                 .map(|(k, g)| (k.clone(), g.mean))
                 .collect(),
-            win: h.map(|h| h.win),
-            tie: h.map(|h| h.tie),
-            lose: h.map(|h| h.lose),
+            versus_baseline: self.versus_baseline.as_ref().map(|h| h.rates.clone()),
         })
     }
 }

@@ -150,18 +150,13 @@ pub fn head_to_head(items: &[ItemResult], baseline: &Baseline) -> HeadToHead {
             l += 1;
         }
     }
-    let n = w + t + l;
-    let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
     HeadToHead {
         baseline: baseline.origin.clone(),
-        items: n,
+        items: w + t + l,
         wins: w,
         ties: t,
         losses: l,
-        win: frac(w),
-        tie: frac(t),
-        lose: frac(l),
-        win_plus_tie: frac(w + t),
+        rates: janus_crds::progress::HeadToHead::from_counts(w, t, l),
     }
 }
 

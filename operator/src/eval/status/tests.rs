@@ -5,7 +5,7 @@ use crate::controller::testing;
 use crate::controller::testing::cond;
 use crate::eval::config_render::tests::representative_job;
 use crate::eval::stage::Restart;
-use janus_crds::progress::ScoreSummary;
+use janus_crds::progress::{EvalScores, HeadToHead};
 
 /// The representative job, its status in `phase`.
 fn in_phase(phase: EvalPhase) -> JanusEvalJob {
@@ -170,12 +170,10 @@ fn reports_fill_shards_progress_and_the_final_scores() {
     judge.calls_done = 90;
     judge.calls_total = 90;
     judge.parse_failures = 2;
-    judge.scores = Some(ScoreSummary {
+    judge.scores = Some(EvalScores {
         mean: 3.8,
         std: 0.1,
-        win: Some(0.5),
-        tie: Some(0.2),
-        lose: Some(0.3),
+        versus_baseline: Some(HeadToHead::from_counts(5, 2, 3)),
         ..Default::default()
     });
     let (s, ev) = next_status(
