@@ -4,7 +4,10 @@
 //! (sigmoid, ipo, hinge, robust; within 1e-5), our reward loss and metrics equal
 //! `RewardTrainer.compute_loss`'s, our chunked per-sequence summed log-probabilities
 //! equal a full forward of transformers' model within 1e-4, and a reward model we
-//! save loads in transformers as `MistralForSequenceClassification` with our rewards.
+//! save loads in transformers as `MistralForSequenceClassification` with our rewards;
+//! our ORPO step's loss, metrics and gradient norm equal what TRL 1.16's
+//! `ORPOTrainer.get_batch_loss_metrics` (`trl.experimental.orpo`) computes on
+//! transformers' model with the same weights, and so does the loss after one AdamW step.
 
 mod common;
 
@@ -252,7 +255,9 @@ fn a_saved_reward_model_loads_in_transformers_with_equal_rewards() {
     );
     load_model_dir(dir.path(), &vs2, &rm_cfg).unwrap();
     let mut ps = pairs();
-    // Sequences as the reward method builds them: no EOS, right-padded with EOS (pad).
+    // Rows without EOS, right-padded with the config's pad_token_id (EOS here), so that
+    // transformers reads each row's last token, as we do. The reward method's own input
+    // (EOS appended, a pad_token_id that is not EOS) is checked in preference_training.
     for p in &mut ps {
         p.chosen.tokens.retain(|&t| t != 2);
         p.rejected.tokens.retain(|&t| t != 2);
@@ -287,6 +292,105 @@ fn a_saved_reward_model_loads_in_transformers_with_equal_rewards() {
         assert!(
             (*a as f64 - b).abs() <= 1e-4,
             "row {i}: ours {a} vs transformers {b}"
+        );
+    }
+}
+
+#[test]
+fn orpo_step_equals_trls_orpo_trainer_before_and_after_one_adamw_step() {
+    use janus::optim::AdamWConfig;
+    use janus::train::Trainer;
+
+    let cfg = ModelConfig::small("mistral", 60, 32, 64, 2, 4, 2);
+    let adam = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let (lambda, lr, max_norm) = (0.1, 1e-3, 1.0);
+    tch::manual_seed(3);
+    let first = Trainer::new(&cfg, Kind::Float, Device::Cpu, adam, max_norm);
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("model");
+    save_model_dir(&weights, &first.vs, &cfg, 1 << 30).unwrap();
+    // Sequences as training builds them: BOS, the shared prompt, the answer, EOS.
+    let ps: Vec<Pair> = pairs()
+        .into_iter()
+        .map(|mut p| {
+            for e in [&mut p.chosen, &mut p.rejected] {
+                e.tokens.insert(0, 1);
+                e.tokens.push(2);
+                e.prompt_len += 1;
+            }
+            p
+        })
+        .collect();
+    let spec = serde_json::json!({
+        "pad": 2,
+        "pairs": ps.iter().map(|p| serde_json::json!({
+            "chosen": p.chosen.tokens,
+            "rejected": p.rejected.tokens,
+            "prompt_len": p.chosen.prompt_len,
+        })).collect::<Vec<_>>(),
+    });
+    let file = dir.path().join("pairs.json");
+    std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    // TRL's NLL covers prompt and response (`orpo_nll_on_prompt: true`); with false,
+    // the reference is TRL's code with the NLL over the responses only (the original
+    // ORPO code's `disable_prompt_loss`, our documented formula).
+    let settings = [true, false];
+    let cases: Vec<serde_json::Value> = settings
+        .iter()
+        .map(|&on| serde_json::json!({"beta": lambda, "nll_on_prompt": on, "lr": lr, "max_grad_norm": max_norm}))
+        .collect();
+    let out = common::run_python(
+        "trl_reference.py",
+        &[
+            "orpo",
+            weights.to_str().unwrap(),
+            file.to_str().unwrap(),
+            &serde_json::to_string(&cases).unwrap(),
+        ],
+    );
+    let trl: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(trl.len(), settings.len());
+    for (&on, trl) in settings.iter().zip(&trl) {
+        let mut t = Trainer::new(&cfg, Kind::Float, Device::Cpu, adam, max_norm);
+        load_model_dir(&weights, &t.vs, &cfg).unwrap();
+        let b = PreferenceBatch::new(&ps.iter().collect::<Vec<_>>(), 2, on, Device::Cpu);
+        let before = t.orpo_step(std::slice::from_ref(&b), lambda, lr).unwrap();
+        let after = t.orpo_step(std::slice::from_ref(&b), lambda, lr).unwrap();
+        let mut worst: f64 = 0.0;
+        let mut check = |what: &str, ours: f64, theirs: &serde_json::Value| {
+            close(&format!("nll_on_prompt={on} {what}"), ours, theirs, 1e-5);
+            worst = worst.max((ours - theirs.as_f64().unwrap()).abs());
+        };
+        check("loss", before.loss, &trl["loss"]);
+        let metrics: std::collections::HashMap<_, _> = before.metrics.iter().copied().collect();
+        for name in [
+            "nll_loss",
+            "log_odds_ratio",
+            "log_odds_chosen",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+        ] {
+            check(name, metrics[name], &trl[name]);
+        }
+        check("grad_norm", before.grad_norm, &trl["grad_norm"]);
+        check("loss after one step", after.loss, &trl["loss_after_step"]);
+        eprintln!(
+            "orpo_nll_on_prompt={on}: loss {} (TRL {}), after a step {} (TRL {}); max |ours - TRL| = {worst:e}",
+            before.loss, trl["loss"], after.loss, trl["loss_after_step"]
+        );
+        assert!(
+            before.grad_norm > max_norm,
+            "the step should clip: {}",
+            before.grad_norm
         );
     }
 }

@@ -1,7 +1,10 @@
 //! Exact resume: 20 steps straight and 10 steps + stop + resume + 10 steps give
 //! bitwise-identical weights on CPU, for SFT (packed), ORPO, DPO and the reward model;
 //! incomplete or corrupt checkpoints are skipped; a history another owner wrote is
-//! refused unless `checkpoint.resume_from` names it, which continues it exactly.
+//! refused unless `checkpoint.resume_from` names it, which continues it exactly; a
+//! weighted mixture of three sources draws each source at its weight, counts the draws
+//! per source in the log and the summary, and a run killed after a checkpoint and
+//! resumed draws the uninterrupted run's examples in the same order.
 
 mod common;
 
@@ -291,4 +294,209 @@ fn a_history_of_another_owner_is_refused_unless_resume_from_names_it() {
         e.contains("ckpt/none") && e.contains("no complete checkpoint"),
         "{e}"
     );
+}
+
+/// A tiny reward-model run on a weighted mixture of `sources` (path, weight), logging
+/// each step's draws (`mixture draw`, debug); 30 steps of 8 pairs an epoch, 2 epochs.
+fn mixture_run(
+    dir: &Path,
+    model: &Path,
+    sources: &[(std::path::PathBuf, f64)],
+    job: &str,
+) -> std::process::Command {
+    let train: Vec<String> = sources
+        .iter()
+        .map(|(p, w)| format!("{{path: {}, weight: {w}}}", p.display()))
+        .collect();
+    let mut cmd = common::janus();
+    cmd.args(["train", "--preset", "tiny"])
+        .env("RUST_LOG", "info,janus::train::feed=debug");
+    for s in [
+        format!("model.path={}", model.display()),
+        format!("data.train=[{}]", train.join(", ")),
+        format!("checkpoint.dir={}", dir.join("ckpt").display()),
+        format!("output_dir={}", dir.join(format!("out-{job}")).display()),
+        format!("job={job}"),
+        "method=reward".into(),
+        "data.packing=false".into(),
+        "data.max_seq_len=128".into(),
+        "data.mixture_samples=240".into(),
+        "hyperparameters.micro_batch_size=8".into(),
+        "hyperparameters.gradient_accumulation_steps=1".into(),
+        "hyperparameters.max_steps=60".into(),
+        "checkpoint.every_steps=15".into(),
+        "checkpoint.keep=0".into(),
+    ] {
+        cmd.args(["--set", &s]);
+    }
+    cmd
+}
+
+/// Each step's draws in a log: (epoch, position in the epoch, units).
+fn mixture_draws(log: &[String]) -> Vec<(u64, u64, Vec<usize>)> {
+    log.iter()
+        .filter(|l| l.contains("\"mixture draw\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON log line");
+            let units = v["units"]
+                .as_str()
+                .expect("units, Debug-formatted")
+                .trim_matches(['[', ']'])
+                .split(',')
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| u.trim().parse().expect("a unit index"))
+                .collect();
+            (
+                v["epoch"].as_u64().unwrap(),
+                v["position"].as_u64().unwrap(),
+                units,
+            )
+        })
+        .collect()
+}
+
+/// Units per source from the `mixture source ready` lines (in `data.train` order).
+fn mixture_sources(log: &[String]) -> Vec<(String, usize)> {
+    log.iter()
+        .filter(|l| l.contains("\"mixture source ready\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON log line");
+            (
+                v["source"].as_str().unwrap().to_string(),
+                v["units"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect()
+}
+
+/// Draws per source, units numbered source after source.
+fn per_source(draws: &[(u64, u64, Vec<usize>)], sizes: &[usize]) -> Vec<u64> {
+    let mut counts = vec![0u64; sizes.len()];
+    for u in draws.iter().flat_map(|d| &d.2) {
+        let mut start = 0;
+        let k = sizes
+            .iter()
+            .position(|&n| {
+                start += n;
+                *u < start
+            })
+            .unwrap_or_else(|| panic!("unit {u} is past every source ({sizes:?})"));
+        counts[k] += 1;
+    }
+    counts
+}
+
+fn summary_sources(stdout: &[u8]) -> Vec<serde_json::Value> {
+    let out = String::from_utf8_lossy(stdout);
+    let json = &out[out.find('{').expect("the summary")..];
+    let s: serde_json::Value = serde_json::from_str(json).expect("the summary is JSON");
+    s["sources"].as_array().expect("summary.sources").clone()
+}
+
+#[test]
+fn a_weighted_mixture_draws_by_weight_counts_per_source_and_resumes_its_draws_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_, model) = common::tiny_setup(dir, 4);
+    // The helpfulness stage's weights (janus-rm-7b-helpful); sources of unequal sizes,
+    // each smaller than its draws, so every source also starts over.
+    let mut sources = vec![];
+    for (k, (n, w)) in [(6usize, 0.72), (3, 0.14), (4, 0.14)]
+        .into_iter()
+        .enumerate()
+    {
+        let d = dir.join(format!("source-{k}"));
+        janus::sample::write_sample_data(&d, n, k as u64 + 1).unwrap();
+        sources.push((d.join("preference.jsonl"), w));
+    }
+    let lines = |b: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+
+    let straight = mixture_run(dir, &model, &sources, "straight")
+        .output()
+        .unwrap();
+    let log = lines(&straight.stderr);
+    assert!(straight.status.success(), "{}", log.join("\n"));
+    let ready = mixture_sources(&log);
+    assert_eq!(ready.len(), 3, "one `mixture source ready` line per source");
+    let sizes: Vec<usize> = ready.iter().map(|r| r.1).collect();
+    let all = mixture_draws(&log);
+    assert_eq!(all.len(), 60, "one draw line per step");
+    assert!(all.iter().all(|d| d.2.len() == 8));
+    // Two epochs of 240 draws, stepping through each in order.
+    for (i, (epoch, position, _)) in all.iter().enumerate() {
+        assert_eq!((*epoch, *position), ((i / 30) as u64, (i % 30 * 8) as u64));
+    }
+    let counts = per_source(&all, &sizes);
+    let draws: u64 = counts.iter().sum();
+    assert_eq!(draws, 480);
+    let weights: f64 = sources.iter().map(|s| s.1).sum();
+    for (k, (&c, (_, w))) in counts.iter().zip(&sources).enumerate() {
+        // A multinomial count: mean n p, sd sqrt(n p (1 - p)); 3.5 sd is 1 in 2,000
+        // per source for a sampler that is right, and 2-4% of the draws here.
+        let p = w / weights;
+        let mean = draws as f64 * p;
+        let sd = (draws as f64 * p * (1.0 - p)).sqrt();
+        eprintln!("source {k}: {c} of {draws} drawn, expected {mean:.1} (sd {sd:.1})");
+        assert!(
+            (c as f64 - mean).abs() <= 3.5 * sd,
+            "source {k}: {c} of {draws} drawn at weight {w}, expected {mean:.1} +- {:.1}",
+            3.5 * sd
+        );
+        let total = sizes[k] as u64;
+        assert!(
+            c > total,
+            "source {k} ({total} pairs) was not drawn past its end: {c}"
+        );
+    }
+    // The summary's per-source counts are the draws.
+    let summary = summary_sources(&straight.stdout);
+    assert_eq!(summary.len(), 3);
+    for (k, s) in summary.iter().enumerate() {
+        assert_eq!(s["source"].as_str().unwrap(), ready[k].0);
+        assert_eq!(s["units"].as_u64().unwrap() as usize, sizes[k]);
+        assert_eq!(s["drawn"].as_u64().unwrap(), counts[k], "source {k}: {s}");
+        assert_eq!(s["weight"].as_f64().unwrap(), sources[k].1);
+    }
+
+    // Killed (SIGKILL) once the checkpoint of step 30 is saved, then resumed.
+    let (mut child, mut log_lines) =
+        common::spawn_logged(mixture_run(dir, &model, &sources, "resumed"));
+    let mut killed = vec![];
+    loop {
+        let seen = common::read_until(&mut log_lines, "\"checkpoint saved\"");
+        let last: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+        killed.extend(seen);
+        if last["step"].as_u64() == Some(30) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = mixture_run(dir, &model, &sources, "resumed")
+        .output()
+        .unwrap();
+    let log = lines(&resumed.stderr);
+    assert!(resumed.status.success(), "{}", log.join("\n"));
+    let out = String::from_utf8_lossy(&resumed.stdout);
+    let summary: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    // Step 30's checkpoint, or a later one the run saved before the kill landed.
+    let from = summary["resumed_from_step"]
+        .as_u64()
+        .expect("a resumed run") as usize;
+    assert!(from == 30 || from == 45, "{summary}");
+    let before = mixture_draws(&killed);
+    assert!(before.len() >= from);
+    let after = mixture_draws(&log);
+    assert_eq!(before[..from], all[..from], "the killed run's draws differ");
+    assert_eq!(after, all[from..], "the resumed run's draws differ");
+    // Its summary counts what it drew itself.
+    let counted = per_source(&after, &sizes);
+    for (k, s) in summary["sources"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(s["drawn"].as_u64().unwrap(), counted[k], "source {k}: {s}");
+    }
 }

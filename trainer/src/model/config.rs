@@ -190,17 +190,15 @@ impl ModelConfig {
     }
 
     /// OpenRLHF's reward normalisation, `(reward - mean) / std`, when config.json has
-    /// `mean` and `std` (its `--normalize_reward` writes them; the original best-of-N
-    /// applies them).
+    /// `mean` and `std`: its reward trainer's evaluation writes them, and the original
+    /// best-of-N (kaistAI/Janus `run_inference.py`) loads the model with
+    /// `normalize_reward=True`. config.json's own `normalize_reward` is not read: it is
+    /// the training run's flag (false by default, so usually false in a released
+    /// checkpoint), which OpenRLHF's loader replaces with its caller's argument.
     pub fn reward_normalization(&self) -> Option<(f64, f64)> {
         let get = |k: &str| self.extra.get(k).and_then(Value::as_f64);
-        let on = self
-            .extra
-            .get("normalize_reward")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        match (on, get("mean"), get("std")) {
-            (true, Some(m), Some(s)) if s > 0.0 => Some((m, s)),
+        match (get("mean"), get("std")) {
+            (Some(m), Some(s)) if s > 0.0 => Some((m, s)),
             _ => None,
         }
     }

@@ -525,8 +525,9 @@ impl<'a> Feed<'a> {
                     };
                     *order_epoch = cursor.epoch;
                 }
-                let end = (cursor.position + share.per_step()).min(order.len());
-                let step_ids = &order[cursor.position..end];
+                let start = cursor.position;
+                let end = (start + share.per_step()).min(order.len());
+                let step_ids = &order[start..end];
                 let ids = step_ids
                     .chunks(share.per_rank)
                     .nth(share.rank)
@@ -536,6 +537,9 @@ impl<'a> Feed<'a> {
                     for &u in ids {
                         counts.sources[m.source_of(u)].drawn += 1;
                     }
+                    // What each step drew (units numbered source after source, as the
+                    // `mixture source ready` lines count them): RUST_LOG=...feed=debug.
+                    tracing::debug!(epoch = cursor.epoch, position = start, units = ?ids, "mixture draw");
                 }
                 Ok(units.take(ids))
             }
@@ -836,4 +840,46 @@ fn fetch_data_files(train: &[PathBuf], cache: &Path, retry: Duration) -> Result<
         out.push(local);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large epoch, so the bound on each source's count is tight (4 sd is 0.3-0.6% of
+    /// its draws); sources of different sizes, each drawn many times over.
+    #[test]
+    fn a_mixture_epoch_draws_sources_by_weight_in_full_passes_over_each() {
+        let m = Mixture {
+            ranges: vec![0..50, 50..57, 57..90],
+            weights: vec![0.72, 0.14, 0.14],
+            per_epoch: 200_000,
+        };
+        let order = m.order(7, 3);
+        assert_eq!(order.len(), m.per_epoch);
+        assert_eq!(order, m.order(7, 3), "a function of (seed, epoch)");
+        assert_ne!(order, m.order(7, 4));
+        assert_ne!(order, m.order(8, 3));
+        let n = order.len() as f64;
+        let total: f64 = m.weights.iter().sum();
+        for (k, r) in m.ranges.iter().enumerate() {
+            let drawn: Vec<usize> = order.iter().copied().filter(|u| r.contains(u)).collect();
+            let p = m.weights[k] / total;
+            let (mean, sd) = (n * p, (n * p * (1.0 - p)).sqrt());
+            assert!(
+                (drawn.len() as f64 - mean).abs() <= 4.0 * sd,
+                "source {k}: {} of {n} drawn, expected {mean} +- {}",
+                drawn.len(),
+                4.0 * sd
+            );
+            // Every pass over a source takes each of its units once, in a new order.
+            let passes: Vec<&[usize]> = drawn.chunks_exact(r.len()).collect();
+            for pass in &passes {
+                let mut units = pass.to_vec();
+                units.sort_unstable();
+                assert_eq!(units, r.clone().collect::<Vec<_>>(), "source {k}");
+            }
+            assert_ne!(passes[0], passes[1], "source {k} repeats its order");
+        }
+    }
 }

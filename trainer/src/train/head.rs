@@ -301,19 +301,21 @@ pub fn reward(
     center: Option<f64>,
     step_pairs: i64,
 ) -> (f64, RewardSums) {
-    let h = *hidden.size().last().expect("rank 3");
-    let last = hidden.view([-1, h]).index_select(0, &batch.last);
-    let rewards = model.score(&last).to_kind(Kind::Float).view([-1]);
+    let rewards = values(model, hidden, batch);
     let (loss, sums) = reward_objective(&rewards, &batch.margins, center, step_pairs);
     loss.backward();
     (loss.double_value(&[]), sums)
 }
 
-/// Rewards of a batch's rows (chosen first), without a graph.
+/// Rewards of a batch's rows (chosen first), without a graph: the values the
+/// objective of [`reward`] compares.
 pub fn rewards(model: &Transformer, hidden: &Tensor, batch: &RewardBatch) -> Tensor {
+    tch::no_grad(|| values(model, hidden, batch))
+}
+
+/// The value head at each row's read position (`RewardBatch::last`), `[rows]` fp32.
+fn values(model: &Transformer, hidden: &Tensor, batch: &RewardBatch) -> Tensor {
     let h = *hidden.size().last().expect("rank 3");
-    tch::no_grad(|| {
-        let last = hidden.view([-1, h]).index_select(0, &batch.last);
-        model.score(&last).to_kind(Kind::Float).view([-1])
-    })
+    let last = hidden.view([-1, h]).index_select(0, &batch.last);
+    model.score(&last).to_kind(Kind::Float).view([-1])
 }
