@@ -159,7 +159,8 @@ mod tests {
         });
         let s = p.to_annotation();
         assert!(
-            s.contains(r#""busBandwidthGBps":1.5"#) && s.contains(r#""algorithmBandwidthGBps":1.0"#),
+            s.contains(r#""busBandwidthGBps":1.5"#)
+                && s.contains(r#""algorithmBandwidthGBps":1.0"#),
             "{s}"
         );
         assert!(s.contains(r#""sizeBytes":67108864"#) && s.contains(r#""measuredAt":"t""#));

@@ -192,7 +192,9 @@ pub struct RdmaSpec {
     /// `rdma/hca`, `rdma/rdma_shared_device_a` or `nvidia.com/hostdev`), requested and
     /// limited at `count` per worker.
     #[schemars(length(min = 1, max = 253))]
-    #[schemars(regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+    ))]
     pub resource_name: String,
     /// Devices per worker (default 1).
     #[serde(default = "default_rdma_count")]
@@ -233,8 +235,7 @@ pub fn check_fabric_env(env: &[FabricEnvVar]) -> Result<(), String> {
             .find_map(|p| v.name.strip_prefix(p));
         let ok = rest.is_some_and(|r| {
             !r.is_empty()
-                && r
-                    .chars()
+                && r.chars()
                     .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         });
         if !ok {

@@ -1179,7 +1179,10 @@ fn the_fabric_check_measures_the_ring_bus_bandwidth_on_2_and_4_ranks_as_nccl_tes
         // 1.5 on 4).
         let algbw = size as f64 / f.seconds / 1e9;
         let factor = if world == 2 { 1.0 } else { 1.5 };
-        assert!((f.algorithm_bandwidth_gbps - algbw).abs() <= 1e-9 * algbw, "{f:?}");
+        assert!(
+            (f.algorithm_bandwidth_gbps - algbw).abs() <= 1e-9 * algbw,
+            "{f:?}"
+        );
         assert!(
             (f.bus_bandwidth_gbps - algbw * factor).abs() <= 1e-9 * algbw,
             "{f:?}"
@@ -1236,7 +1239,12 @@ fn a_fabric_below_its_threshold_fails_before_step_1_with_exit_65_or_warns_and_tr
         &data,
         "warned",
         2,
-        &[&steps[..], &impossible[..], &["distributed.fabric_check.action=warn"]].concat(),
+        &[
+            &steps[..],
+            &impossible[..],
+            &["distributed.fabric_check.action=warn"],
+        ]
+        .concat(),
         None,
     ));
     assert!(

@@ -491,7 +491,10 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(caps(&plain).add, None, "nothing added without rdma");
-        job.spec.workers.rdma = Some(serde_json::from_value(serde_json::json!({"resourceName": "rdma/hca", "count": 2})).unwrap());
+        job.spec.workers.rdma = Some(
+            serde_json::from_value(serde_json::json!({"resourceName": "rdma/hca", "count": 2}))
+                .unwrap(),
+        );
         job.spec.workers.env = serde_json::from_value(serde_json::json!([
             {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
             {"name": "NCCL_IB_HCA", "value": "mlx5_0,mlx5_1"},
@@ -508,7 +511,11 @@ mod tests {
         }
         let caps = caps(&pod);
         assert_eq!(caps.add, Some(vec!["IPC_LOCK".to_string()]));
-        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "all others dropped");
+        assert_eq!(
+            caps.drop,
+            Some(vec!["ALL".to_string()]),
+            "all others dropped"
+        );
         let env = env_of(&pod);
         assert_eq!(env["NCCL_SOCKET_IFNAME"], "eth0");
         assert_eq!(env["NCCL_IB_HCA"], "mlx5_0,mlx5_1");

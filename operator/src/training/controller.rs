@@ -238,7 +238,9 @@ fn count_fabric_check(
         .fabric_checks_total
         .with_label_values(&[result])
         .inc();
-    metrics.fabric_bus_bandwidth_gbps.observe(f.bus_bandwidth_gbps);
+    metrics
+        .fabric_bus_bandwidth_gbps
+        .observe(f.bus_bandwidth_gbps);
 }
 
 /// The decision on `pods`, the status it leads to and its Events, the pods to

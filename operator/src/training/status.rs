@@ -129,7 +129,11 @@ pub fn fabric_outcome(
         f.bus_bandwidth_gbps, f.ranks, f.backend, f.size_bytes
     );
     match check.min_bus_bandwidth_gbps {
-        None => (true, reason::FABRIC_MEASURED, format!("{measured}; no threshold set")),
+        None => (
+            true,
+            reason::FABRIC_MEASURED,
+            format!("{measured}; no threshold set"),
+        ),
         Some(min) if check.is_below(f.bus_bandwidth_gbps) => {
             let then = match check.action {
                 FabricCheckAction::Fail => "the job fails",
@@ -142,7 +146,9 @@ pub fn fabric_outcome(
             (
                 false,
                 why,
-                format!("{measured} is below spec.fabricCheck.minBusBandwidthGBps {min} GB/s; {then}"),
+                format!(
+                    "{measured} is below spec.fabricCheck.minBusBandwidthGBps {min} GB/s; {then}"
+                ),
             )
         }
         Some(min) => (

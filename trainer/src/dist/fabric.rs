@@ -197,7 +197,10 @@ mod tests {
         let Verdict::Fail(m) = verdict(&c, &fabric(1.25)) else {
             panic!("below the threshold fails by default");
         };
-        assert!(m.contains("1.250 GB/s") && m.contains("required 2 GB/s"), "{m}");
+        assert!(
+            m.contains("1.250 GB/s") && m.contains("required 2 GB/s"),
+            "{m}"
+        );
         assert!(m.contains("spec.fabricCheck.minBusBandwidthGBps"), "{m}");
         assert_eq!(
             failed(m).exit_code(),

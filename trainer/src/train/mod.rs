@@ -31,15 +31,15 @@ pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 pub use stop::{Decision, StopRequest, Stopper};
 
 use crate::checkpoint::CheckpointDir;
-use crate::dist::fabric;
-use crate::report::Reporter;
-use janus_crds::progress::Fabric;
 use crate::config::{Method, ReduceDtype, TrainConfig};
+use crate::dist::fabric;
 use crate::error::Result;
 use crate::metrics::{Labels, TrainMetrics};
 use crate::model::ModelConfig;
 use crate::model_dir::ModelDir;
 use crate::optim::AdamWConfig;
+use crate::report::Reporter;
+use janus_crds::progress::Fabric;
 use run_loop::RunLoop;
 
 /// Run a training job to completion (or to `stop_after_steps`).

@@ -418,7 +418,10 @@ fn running() -> Decision {
 fn after_fabric(
     check: Option<&str>,
     gbps: f64,
-) -> (JanusTrainingJobStatus, Vec<crate::controller::conditions::EventSpec>) {
+) -> (
+    JanusTrainingJobStatus,
+    Vec<crate::controller::conditions::EventSpec>,
+) {
     let mut job = in_phase(JobPhase::Running);
     job.spec.fabric_check = check.map(|c| serde_yaml::from_str(c).unwrap());
     let mut p = progress(0, "2026-01-01T11:00:00Z");
@@ -437,8 +440,15 @@ fn the_reported_fabric_figure_lands_in_status_fabric_with_or_without_a_check() {
     assert!(ev.is_empty(), "{ev:?}");
     let (s, ev) = after_fabric(Some("{}"), 180.5);
     let c = cond(&s.conditions, condition::FABRIC_CHECK);
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FabricMeasured"));
-    assert!(c.message.contains("180.500 GB/s over 4 ranks (nccl"), "{}", c.message);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "FabricMeasured")
+    );
+    assert!(
+        c.message.contains("180.500 GB/s over 4 ranks (nccl"),
+        "{}",
+        c.message
+    );
     assert_eq!(ev.len(), 1);
     assert!(!ev[0].warning);
 }
@@ -448,7 +458,10 @@ fn a_fabric_below_a_warn_threshold_is_a_false_condition_and_one_warning_naming_b
     let check = "{minBusBandwidthGBps: 200, action: Warn}";
     let (s, ev) = after_fabric(Some(check), 180.5);
     let c = cond(&s.conditions, condition::FABRIC_CHECK);
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "FabricBelowThreshold"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "FabricBelowThreshold")
+    );
     assert!(
         c.message.contains("180.500 GB/s")
             && c.message.contains("minBusBandwidthGBps 200 GB/s")
@@ -457,7 +470,9 @@ fn a_fabric_below_a_warn_threshold_is_a_false_condition_and_one_warning_naming_b
         c.message
     );
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert!(ev[0].warning && ev[0].reason == "FabricBelowThreshold" && ev[0].note.contains("180.500"));
+    assert!(
+        ev[0].warning && ev[0].reason == "FabricBelowThreshold" && ev[0].note.contains("180.500")
+    );
     assert_eq!(s.phase, Some(JobPhase::Running), "training goes on");
     // The same report again (every report carries it) is no news.
     let mut job = in_phase(JobPhase::Running);
@@ -470,7 +485,10 @@ fn a_fabric_below_a_warn_threshold_is_a_false_condition_and_one_warning_naming_b
     // At or above: passed.
     let (s, ev) = after_fabric(Some(check), 200.0);
     let c = cond(&s.conditions, condition::FABRIC_CHECK);
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FabricCheckPassed"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "FabricCheckPassed")
+    );
     assert!(!ev[0].warning);
 }
 
@@ -478,7 +496,10 @@ fn a_fabric_below_a_warn_threshold_is_a_false_condition_and_one_warning_naming_b
 fn a_fabric_below_a_fail_threshold_leaves_the_event_to_the_failed_condition() {
     let (s, ev) = after_fabric(Some("{minBusBandwidthGBps: 200}"), 1.0);
     let c = cond(&s.conditions, condition::FABRIC_CHECK);
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "FabricCheckFailed"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "FabricCheckFailed")
+    );
     assert!(c.message.contains("the job fails"), "{}", c.message);
     assert!(ev.is_empty(), "{ev:?}");
     assert_eq!(s.fabric.unwrap().bus_bandwidth_gbps, 1.0);
