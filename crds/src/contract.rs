@@ -56,6 +56,10 @@ pub mod exit_code {
     /// Bad input (invalid config, malformed data, missing model files): retrying cannot
     /// help, so the operator fails the job at once instead of counting a retry.
     pub const BAD_INPUT: i32 = 64;
+    /// The fabric check before the first step measured a bus bandwidth below the
+    /// job's threshold (`fabricCheck` with action `Fail`): not retried either (the gang
+    /// would land on the same fabric), the job Fails with reason `FabricCheckFailed`.
+    pub const FABRIC_CHECK_FAILED: i32 = 65;
     /// Anything else (I/O, a lost peer, an out-of-memory kill) is retryable; the trainer
     /// uses this code for errors it recognises as transient.
     pub const RETRYABLE: i32 = 75;

@@ -23,6 +23,36 @@ pub struct Progress {
     pub last_checkpoint: Option<String>,
     /// When the trainer wrote this report (RFC 3339, UTC).
     pub updated_at: String,
+    /// The fabric check of this run (every report after it carries it, so a report the
+    /// operator missed costs nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<Fabric>,
+}
+
+/// The all-reduce bus bandwidth the whole gang measured before its first step, over
+/// the collective training uses (nccl-tests' `busbw`: algorithm bandwidth, bytes over
+/// the median time, times 2(n-1)/n).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Fabric {
+    /// Bus bandwidth in GB/s (10^9 bytes per second): what each rank's links carried,
+    /// comparable across rank counts and with nccl-tests' `busbw`.
+    #[serde(rename = "busBandwidthGBps")]
+    pub bus_bandwidth_gbps: f64,
+    /// Algorithm bandwidth in GB/s: bytes all-reduced over the median time.
+    #[serde(rename = "algorithmBandwidthGBps")]
+    pub algorithm_bandwidth_gbps: f64,
+    /// Bytes each rank all-reduced per iteration.
+    pub size_bytes: u64,
+    /// Ranks in the all-reduce.
+    pub ranks: u32,
+    /// The collective: `nccl` or `ring`.
+    pub backend: String,
+    /// Median seconds of one all-reduce over the timed iterations (the mean over ranks).
+    pub seconds: f64,
+    /// When the measurement ended (RFC 3339, UTC).
+    pub measured_at: String,
 }
 
 impl Progress {
@@ -86,6 +116,7 @@ mod tests {
             tokens_per_second: Some(10500.0),
             last_checkpoint: Some("s3://ckpt/j/step-100".into()),
             updated_at: "2026-01-01T00:00:00Z".into(),
+            fabric: None,
         };
         let s = p.to_annotation();
         assert!(s.contains("\"totalSteps\":3004") && s.contains("\"lastCheckpoint\""));
@@ -110,6 +141,30 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"annotation":"janus.dev/progress","value":"{}"}"#);
         assert_eq!(serde_json::from_str::<publish::Report>(&s).unwrap(), r);
+    }
+
+    #[test]
+    fn the_fabric_figure_rides_with_progress_in_gbps() {
+        let mut p =
+            Progress::from_annotation(r#"{"step":0,"totalSteps":2,"updatedAt":"t"}"#).unwrap();
+        assert_eq!(p.fabric, None);
+        p.fabric = Some(Fabric {
+            bus_bandwidth_gbps: 1.5,
+            algorithm_bandwidth_gbps: 1.0,
+            size_bytes: 64 << 20,
+            ranks: 4,
+            backend: "ring".into(),
+            seconds: 0.067,
+            measured_at: "t".into(),
+        });
+        let s = p.to_annotation();
+        assert!(
+            s.contains(r#""busBandwidthGBps":1.5"#)
+                && s.contains(r#""algorithmBandwidthGBps":1.0"#),
+            "{s}"
+        );
+        assert!(s.contains(r#""sizeBytes":67108864"#) && s.contains(r#""measuredAt":"t""#));
+        assert_eq!(Progress::from_annotation(&s), Some(p));
     }
 
     #[test]

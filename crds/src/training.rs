@@ -105,6 +105,153 @@ pub struct JanusTrainingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.networkPolicy is immutable"))]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// Measure the all-reduce bus bandwidth of the whole gang before the first step
+    /// (each start, a restart's included) over the collective training uses: NCCL on
+    /// GPUs, the TCP ring on CPUs. The figure goes to `status.fabric`, the trainers'
+    /// `janus_fabric_bus_bandwidth_gbps` and the operator's metrics. Below
+    /// `minBusBandwidthGBps` the job Fails (reason `FabricCheckFailed`) or warns, as
+    /// `action` says. Left out: no check. A job of one rank has no fabric to measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_check: Option<FabricCheckSpec>,
+}
+
+/// The fabric check before training.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FabricCheckSpec {
+    /// The least bus bandwidth in GB/s (10^9 bytes per second, nccl-tests' `busbw`) the
+    /// job accepts. Left out: measure and report only.
+    #[serde(
+        default,
+        rename = "minBusBandwidthGBps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[x_kube(validation = Rule::new("self >= 0.0").message("spec.fabricCheck.minBusBandwidthGBps must be >= 0"))]
+    pub min_bus_bandwidth_gbps: Option<f64>,
+    /// Below the threshold: `Fail` the job before its first step (exit code 65, not
+    /// retried, reason `FabricCheckFailed`) or `Warn` (condition `FabricCheck` False
+    /// and a Warning Event; training goes on).
+    #[serde(default)]
+    pub action: FabricCheckAction,
+    /// Bytes each rank all-reduces per iteration (default 64 MiB; a multiple of 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4, max = 17179869184u64))]
+    #[x_kube(validation = Rule::new("self % 4 == 0").message("spec.fabricCheck.sizeBytes must be a multiple of 4 (fp32 elements)"))]
+    pub size_bytes: Option<u64>,
+    /// Timed iterations, the median of which is the figure (default 10); 3 untimed ones
+    /// come first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub iterations: Option<u32>,
+}
+
+/// What a fabric below `minBusBandwidthGBps` does to the job.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum FabricCheckAction {
+    /// The trainers exit 65 before the first step; the job Fails with reason
+    /// `FabricCheckFailed`, naming the measured and required figures.
+    #[default]
+    Fail,
+    /// Condition `FabricCheck` False (reason `FabricBelowThreshold`) and a Warning
+    /// Event naming both figures; training goes on.
+    Warn,
+}
+
+impl FabricCheckSpec {
+    /// The trainer config's section for this spec.
+    pub fn to_trainer(&self) -> trainer::FabricCheckSection {
+        let mut s = trainer::FabricCheckSection {
+            min_bus_bandwidth_gbps: self.min_bus_bandwidth_gbps,
+            action: match self.action {
+                FabricCheckAction::Fail => trainer::FabricAction::Fail,
+                FabricCheckAction::Warn => trainer::FabricAction::Warn,
+            },
+            ..Default::default()
+        };
+        if let Some(b) = self.size_bytes {
+            s.size_bytes = b;
+        }
+        if let Some(i) = self.iterations {
+            s.iterations = i;
+        }
+        s
+    }
+
+    /// Whether `measured` GB/s is below this check's threshold.
+    pub fn is_below(&self, measured: f64) -> bool {
+        self.min_bus_bandwidth_gbps.is_some_and(|m| measured < m)
+    }
+}
+
+/// RDMA devices for the trainer container, and the `IPC_LOCK` capability NCCL's
+/// InfiniBand / RoCE transport needs to pin its buffers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RdmaSpec {
+    /// The extended resource the cluster's RDMA device plugin advertises (for example
+    /// `rdma/hca`, `rdma/rdma_shared_device_a` or `nvidia.com/hostdev`), requested and
+    /// limited at `count` per worker.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+    ))]
+    pub resource_name: String,
+    /// Devices per worker (default 1).
+    #[serde(default = "default_rdma_count")]
+    #[schemars(range(min = 1, max = 64))]
+    pub count: i32,
+}
+
+fn default_rdma_count() -> i32 {
+    1
+}
+
+/// One environment variable of the trainer container for the collective: NCCL's
+/// (`NCCL_*`) or UCX's (`UCX_*`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.name.matches('^(NCCL|UCX)_[A-Z0-9_]+$')")
+        .message("spec.workers.env[].name must be an NCCL_* or UCX_* variable (upper case, digits, _); other variables go in spec.workers.template")
+)]
+pub struct FabricEnvVar {
+    /// `NCCL_*` or `UCX_*` (for example `NCCL_SOCKET_IFNAME`, `NCCL_IB_HCA`,
+    /// `NCCL_IB_GID_INDEX`, `UCX_NET_DEVICES`).
+    #[schemars(length(min = 6, max = 128))]
+    pub name: String,
+    /// The value, as given.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Prefixes `spec.workers.env` accepts.
+pub const FABRIC_ENV_PREFIXES: [&str; 2] = ["NCCL_", "UCX_"];
+
+/// The first entry of `env` that is not an NCCL/UCX setting, or a repeated one, as
+/// the error the field's users read (the API server's CEL rule says the same).
+pub fn check_fabric_env(env: &[FabricEnvVar]) -> Result<(), String> {
+    for (i, v) in env.iter().enumerate() {
+        let rest = FABRIC_ENV_PREFIXES
+            .iter()
+            .find_map(|p| v.name.strip_prefix(p));
+        let ok = rest.is_some_and(|r| {
+            !r.is_empty()
+                && r.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        });
+        if !ok {
+            return Err(format!(
+                "spec.workers.env[{i}].name: `{}` is not an NCCL_* or UCX_* variable (upper case, digits, _); other variables go in spec.workers.template",
+                v.name
+            ));
+        }
+        if let Some(j) = env[..i].iter().position(|w| w.name == v.name) {
+            return Err(format!(
+                "spec.workers.env[{i}].name: `{}` is already set by spec.workers.env[{j}]",
+                v.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The workers' NetworkPolicy.
@@ -345,6 +492,19 @@ pub struct WorkersSpec {
     /// a 7B model is about 15 GB). None: no limit beyond the node's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch_size_limit: Option<Quantity>,
+    /// RDMA devices per worker (an extended resource of the cluster's device plugin)
+    /// and the `IPC_LOCK` capability, for NCCL over InfiniBand or RoCE. `IPC_LOCK` is
+    /// in neither the `restricted` nor the `baseline` Pod Security Standard: the job's
+    /// namespace must allow `privileged`. Left out: no devices, every capability dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<RdmaSpec>,
+    /// NCCL and UCX settings of the trainer container (`NCCL_SOCKET_IFNAME`,
+    /// `NCCL_IB_HCA`, `UCX_NET_DEVICES`, ...), as Kubeflow Trainer's `env`; only
+    /// `NCCL_*` and `UCX_*` names, each once. Set after the operator's own variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<FabricEnvVar>,
     /// Rendezvous port of rank 0 (`JANUS_MASTER_PORT`).
     #[serde(default = "default_master_port")]
     #[schemars(range(min = 1024, max = 65535))]
@@ -717,6 +877,9 @@ pub mod condition {
     pub const SUSPENDED: &str = "Suspended";
     pub const SUCCEEDED: &str = "Succeeded";
     pub const FAILED: &str = "Failed";
+    /// The fabric check's outcome (`spec.fabricCheck`): True at or above the threshold
+    /// (or without one), False below it with action `Warn`.
+    pub const FABRIC_CHECK: &str = "FabricCheck";
 }
 
 /// Condition reasons (CamelCase constants tests match on).
@@ -746,6 +909,15 @@ pub mod reason {
     pub const ALL_WORKERS_SUCCEEDED: &str = "AllWorkersSucceeded";
     /// `spec.workers.template` cannot be merged into a valid pod.
     pub const INVALID_POD_TEMPLATE: &str = "InvalidPodTemplate";
+    /// The fabric check measured a bus bandwidth below `spec.fabricCheck`'s threshold
+    /// with action `Fail` (the trainers exited 65); the message names both figures.
+    pub const FABRIC_CHECK_FAILED: &str = "FabricCheckFailed";
+    /// Condition `FabricCheck` False: below the threshold, action `Warn`.
+    pub const FABRIC_BELOW_THRESHOLD: &str = "FabricBelowThreshold";
+    /// Condition `FabricCheck` True: at or above the threshold.
+    pub const FABRIC_CHECK_PASSED: &str = "FabricCheckPassed";
+    /// Condition `FabricCheck` True: measured, no threshold set.
+    pub const FABRIC_MEASURED: &str = "FabricMeasured";
 }
 
 /// Observed state of a `JanusTrainingJob`.
@@ -780,6 +952,10 @@ pub struct JanusTrainingJobStatus {
     /// URL of the newest complete checkpoint reported by rank 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<String>,
+    /// The latest fabric check (`spec.fabricCheck`; each attempt measures again), as rank
+    /// 0 reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<crate::progress::Fabric>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -22,6 +22,20 @@ pub const REPORT_RESULTS: [&str; 6] = [
     "api_error",
 ];
 
+/// Every `result` of `janus_operator_fabric_checks_total`, from the `FabricCheck`
+/// condition's reason: measured without a threshold, passed, below a `Warn` threshold,
+/// below a `Fail` one.
+pub const FABRIC_RESULTS: [&str; 4] = ["measured", "passed", "below_threshold", "failed"];
+/// Fabric checks reported by rank 0 of a training job, by result ([`FABRIC_RESULTS`]).
+pub const FABRIC_CHECKS_TOTAL: &str = "janus_operator_fabric_checks_total";
+/// The bus bandwidth of those checks.
+pub const FABRIC_BUS_BANDWIDTH: &str = "janus_operator_fabric_bus_bandwidth_gbps";
+/// Buckets of [`FABRIC_BUS_BANDWIDTH`] in GB/s: a CPU ring or TCP (under 1) to NVLink
+/// (hundreds).
+const FABRIC_BUCKETS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0,
+];
+
 /// Buckets of the reconcile and API request histograms (seconds).
 const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -54,6 +68,10 @@ pub struct Metrics {
     pub undecodable_objects_total: IntCounterVec,
     /// Progress reports from pods, by result ([`REPORT_RESULTS`]).
     pub reports_total: IntCounterVec,
+    /// New fabric checks in jobs' status, by result ([`FABRIC_RESULTS`]).
+    pub fabric_checks_total: IntCounterVec,
+    /// Their bus bandwidth in GB/s.
+    pub fabric_bus_bandwidth_gbps: Histogram,
 }
 
 impl Default for Metrics {
@@ -130,6 +148,21 @@ impl Metrics {
             "Progress reports pods sent to the operator, by result",
             "result",
         );
+        let fabric_checks = r.counter_vec(
+            FABRIC_CHECKS_TOTAL,
+            "Fabric checks before training that rank 0 of a training job reported, by result",
+            "result",
+        );
+        let fabric_bus_bandwidth_gbps = r.add(
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    FABRIC_BUS_BANDWIDTH,
+                    "All-reduce bus bandwidth in GB/s of the fabric checks before training",
+                )
+                .buckets(FABRIC_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+        );
         let api_request_duration_seconds = r.add(
             HistogramVec::new(
                 HistogramOpts::new(
@@ -190,6 +223,8 @@ impl Metrics {
                 ["JanusTrainingJob", "JanusEvalJob"],
             ),
             reports_total: with_labels(reports, REPORT_RESULTS),
+            fabric_checks_total: with_labels(fabric_checks, FABRIC_RESULTS),
+            fabric_bus_bandwidth_gbps,
             registry: r.0,
         }
     }
@@ -454,6 +489,8 @@ mod tests {
         m.set_job_phases([JobPhase::Running, JobPhase::Running, JobPhase::Failed]);
         m.set_eval_job_phases([EvalPhase::Judging]);
         m.eval_restarts_total.inc();
+        m.fabric_checks_total.with_label_values(&["passed"]).inc();
+        m.fabric_bus_bandwidth_gbps.observe(180.0);
         // A GET and a watch through the client layer: both counted, the GET timed.
         let mut svc = tower::Layer::layer(
             &ApiRequestMetricsLayer::new(&m),
@@ -479,6 +516,9 @@ mod tests {
             "janus_eval_jobs{phase=\"Judging\"} 1",
             "janus_eval_jobs{phase=\"Generating\"} 0",
             "janus_eval_restarts_total 1",
+            "janus_operator_fabric_checks_total{result=\"passed\"} 1",
+            "janus_operator_fabric_checks_total{result=\"failed\"} 0",
+            "janus_operator_fabric_bus_bandwidth_gbps_count 1",
             "janus_operator_watch_errors_total{watch=\"pods\"} 0",
             "janus_operator_undecodable_objects_total{kind=\"JanusTrainingJob\"} 0",
             "janus_operator_api_requests_total{method=\"GET\"} 2",

@@ -2,7 +2,9 @@
 //! namespace labelled `pod-security.kubernetes.io/enforce: restricted` admits it: no root,
 //! the runtime's default seccomp profile, no capabilities, no privilege escalation. The
 //! images run as uid 1000 (images/trainer.Dockerfile); a template override may still
-//! loosen this where a namespace allows it.
+//! loosen this where a namespace allows it. One exception is asked for in the spec: a
+//! training job with `spec.workers.rdma` adds `IPC_LOCK` ([`IPC_LOCK`]), which only the
+//! `privileged` level admits.
 
 use janus_crds::progress::publish;
 use k8s_openapi::api::core::v1::{
@@ -43,6 +45,21 @@ pub fn container_security_context() -> SecurityContext {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The capability RDMA needs to pin (mlock) NCCL's registered buffers beyond the
+/// container's memlock limit. Adding it leaves the `restricted` and the `baseline` Pod
+/// Security Standards (baseline allows only the runtime's default capabilities): a job
+/// asking for RDMA (`spec.workers.rdma`) needs a namespace that allows `privileged`.
+pub const IPC_LOCK: &str = "IPC_LOCK";
+
+/// `ctx` with capability `cap` added (every other one stays dropped).
+pub fn add_capability(ctx: &mut SecurityContext, cap: &str) {
+    let caps = ctx.capabilities.get_or_insert_with(Default::default);
+    let add = caps.add.get_or_insert_with(Vec::new);
+    if !add.iter().any(|c| c == cap) {
+        add.push(cap.into());
     }
 }
 

@@ -29,6 +29,10 @@ pub enum Error {
     /// the message says).
     #[error("terminated: {0}")]
     Terminated(String),
+    /// The fabric check before the first step found the collective below the job's
+    /// threshold (`distributed.fabric_check`, action `fail`).
+    #[error("fabric check failed: {0}")]
+    Fabric(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,6 +56,7 @@ impl Error {
             Error::Config(_) | Error::Data(_) | Error::Model(_) => exit_code::BAD_INPUT,
             Error::Checkpoint(_) | Error::Io { .. } | Error::Torch(_) => exit_code::RETRYABLE,
             Error::Terminated(_) => exit_code::TERMINATED,
+            Error::Fabric(_) => exit_code::FABRIC_CHECK_FAILED,
         }
     }
 }

@@ -32,6 +32,9 @@ use crate::dist::Collective;
 use crate::error::Result;
 use crate::model::ModelConfig;
 
+/// The fabric check's figure (`dist::fabric`), exported once measured.
+pub const FABRIC_BUS_BANDWIDTH: &str = "janus_fabric_bus_bandwidth_gbps";
+
 /// Port of `/metrics` in a worker pod (the operator sets it; unset: no server).
 pub const PORT_ENV: &str = janus_crds::env::METRICS_PORT;
 /// Peak FLOP/s of one rank's device in TFLOP/s, overriding [`peak_flops`]'s table.
@@ -83,6 +86,8 @@ pub struct TrainMetrics {
     data_wait: Histogram,
     checkpoint: Histogram,
     attention_fallback: IntCounter,
+    /// Registered by [`TrainMetrics::fabric`]: no series before the check ran.
+    fabric: Gauge,
     /// Nanoseconds spent in collectives since the last step was recorded.
     collective_nanos: Arc<AtomicU64>,
     /// Model FLOPs of one token (forward and backward), and this rank's peak FLOP/s.
@@ -175,6 +180,10 @@ impl TrainMetrics {
                 labels,
             ))
             .expect("valid counter"),
+            fabric: gauge(
+                FABRIC_BUS_BANDWIDTH,
+                "All-reduce bus bandwidth in GB/s the gang measured before its first step (nccl-tests' busbw)",
+            ),
             collective_nanos: Arc::new(AtomicU64::new(0)),
             flops_per_token: flops_per_token(model, params, seq_len),
             flops: ModelFlops::new(model, params),
@@ -208,6 +217,13 @@ impl TrainMetrics {
             inner: comm,
             nanos: (!device_timed).then(|| self.collective_nanos.clone()),
         })
+    }
+
+    /// The fabric check measured `gbps` (the series appears now, not as a 0 before).
+    pub fn fabric(&self, gbps: f64) {
+        self.fabric.set(gbps);
+        // Registered once; a second measurement only sets the value.
+        let _ = self.registry.register(Box::new(self.fabric.clone()));
     }
 
     /// Forget collective time not spent in a step (start-up broadcast, barriers).
@@ -582,6 +598,17 @@ mod tests {
         ] {
             assert!(text.contains(&s), "missing {s} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_fabric_figure_is_exported_once_measured_and_not_before() {
+        let m = TrainMetrics::new(&labels(), 2, &tiny(), &[], 128, Device::Cpu, Kind::Float);
+        assert!(!m.encode().contains(FABRIC_BUS_BANDWIDTH));
+        m.fabric(1.5);
+        m.fabric(2.5);
+        let l = r#"janus_job="sft-e2e",namespace="research",rank="1""#;
+        let want = format!("{FABRIC_BUS_BANDWIDTH}{{{l}}} 2.5");
+        assert!(m.encode().contains(&want), "{}", m.encode());
     }
 
     #[test]

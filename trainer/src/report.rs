@@ -287,6 +287,7 @@ mod tests {
             tokens_per_second: None,
             last_checkpoint: None,
             updated_at: "2026-12-02T00:00:00Z".into(),
+            fabric: None,
         };
         reporter.report(p.clone());
         drop(reporter);

@@ -1146,3 +1146,119 @@ fn sigterm_without_time_for_a_checkpoint_stops_without_one_and_says_why() {
     );
     assert!(checkpoint_steps(dir, "short").is_empty());
 }
+
+fn fabric_section(size_bytes: u64) -> janus_crds::config::FabricCheckSection {
+    janus_crds::config::FabricCheckSection {
+        size_bytes,
+        warmup_iterations: 2,
+        iterations: 7,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_fabric_check_measures_the_ring_bus_bandwidth_on_2_and_4_ranks_as_nccl_tests_does() {
+    use janus::dist::fabric;
+    let size = 16u64 << 20;
+    for world in [2usize, 4] {
+        let figures = with_ring(world, |_, ring| {
+            fabric::measure(ring, &fabric_section(size), Device::Cpu, "ring").unwrap()
+        });
+        let f = &figures[0];
+        // Every rank holds rank 0's figure, so all of them decide alike.
+        for g in &figures {
+            assert_eq!(
+                (g.bus_bandwidth_gbps, g.seconds),
+                (f.bus_bandwidth_gbps, f.seconds)
+            );
+        }
+        assert!(f.seconds > 0.0 && f.bus_bandwidth_gbps > 0.0, "{f:?}");
+        assert_eq!((f.ranks as usize, f.size_bytes), (world, size));
+        assert_eq!(f.backend, "ring");
+        // The formula by hand: bytes / seconds / 1e9, then x 2(n-1)/n (1 on 2 ranks,
+        // 1.5 on 4).
+        let algbw = size as f64 / f.seconds / 1e9;
+        let factor = if world == 2 { 1.0 } else { 1.5 };
+        assert!(
+            (f.algorithm_bandwidth_gbps - algbw).abs() <= 1e-9 * algbw,
+            "{f:?}"
+        );
+        assert!(
+            (f.bus_bandwidth_gbps - algbw * factor).abs() <= 1e-9 * algbw,
+            "{f:?}"
+        );
+        eprintln!(
+            "fabric check, CPU ring, {world} ranks, {size} bytes: busbw {:.3} GB/s, algbw {:.3} GB/s, median {:.4} s",
+            f.bus_bandwidth_gbps, f.algorithm_bandwidth_gbps, f.seconds
+        );
+    }
+}
+
+#[test]
+fn a_fabric_below_its_threshold_fails_before_step_1_with_exit_65_or_warns_and_trains_the_same_weights(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    let steps = [
+        "hyperparameters.max_steps=3",
+        "hyperparameters.gradient_accumulation_steps=1",
+        "hyperparameters.micro_batch_size=2",
+    ];
+    let impossible = [
+        "distributed.fabric_check.size_bytes=1048576",
+        "distributed.fabric_check.min_bus_bandwidth_gbps=1000000",
+    ];
+    let out = run_ranks(
+        dir,
+        &model,
+        &data,
+        "fail",
+        2,
+        &[&steps[..], &impossible[..]].concat(),
+        None,
+    );
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(janus_crds::exit_code::FABRIC_CHECK_FAILED),
+        "{log}"
+    );
+    assert!(
+        log.contains("fabric check failed") && log.contains("below the required 1000000 GB/s"),
+        "{log}"
+    );
+    assert!(!dir.join("ckpt/fail/step-1").exists(), "no step ran");
+
+    let plain = ok(run_ranks(dir, &model, &data, "plain", 2, &steps, None));
+    assert!(!plain.contains("fabric check"), "{plain}");
+    let warned = ok(run_ranks(
+        dir,
+        &model,
+        &data,
+        "warned",
+        2,
+        &[
+            &steps[..],
+            &impossible[..],
+            &["distributed.fabric_check.action=warn"],
+        ]
+        .concat(),
+        None,
+    ));
+    assert!(
+        warned.contains("fabric check") && warned.contains("below the required"),
+        "{warned}"
+    );
+    // The check leaves training alone: the same weights, bit for bit.
+    let (a, b) = (
+        read_weights(&dir.join("out-plain")),
+        read_weights(&dir.join("out-warned")),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((n, x), (m, y)) in a.iter().zip(&b) {
+        assert_eq!(n, m);
+        assert!(x.equal(y), "{n}: the fabric check changed the weights");
+    }
+}

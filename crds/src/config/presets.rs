@@ -120,6 +120,7 @@ pub fn janus_7b_sft() -> TrainConfig {
             shard_optimizer: None,
             reduce_dtype: ReduceDtype::Float32,
             overlap: false,
+            fabric_check: None,
         },
         memory: MemorySection {
             limit: None,

@@ -402,6 +402,75 @@ pub struct DistributedSection {
     /// The same sums and updates as without. Off by default (unset) until measured on GPUs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overlap: bool,
+    /// Measure the collective's all-reduce bus bandwidth across every rank before the
+    /// first step, and fail or warn below a threshold (`null`: no check). Measured on
+    /// each start, a resume's included: a restarted gang may run on other nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_check: Option<FabricCheckSection>,
+}
+
+/// The fabric check before training: an all-reduce of `size_bytes` (fp32) over the
+/// job's collective (NCCL on GPUs, the ring on CPUs), `warmup_iterations` untimed and
+/// `iterations` timed; its figure is the median time's bus bandwidth as nccl-tests
+/// computes it (algorithm bandwidth times 2(n-1)/n).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FabricCheckSection {
+    /// Bytes each rank all-reduces per iteration (a multiple of 4).
+    #[serde(default = "default_fabric_size")]
+    pub size_bytes: u64,
+    /// Untimed iterations first (connections, NCCL's channel set-up).
+    #[serde(default = "default_fabric_warmup")]
+    pub warmup_iterations: u32,
+    /// Timed iterations; the median is the figure.
+    #[serde(default = "default_fabric_iterations")]
+    pub iterations: u32,
+    /// The least bus bandwidth in GB/s (10^9 bytes per second) the job accepts;
+    /// `null`: measure and report only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_bus_bandwidth_gbps: Option<f64>,
+    /// Below the threshold: `fail` (exit 65, not retried) or `warn` (log and train).
+    #[serde(default)]
+    pub action: FabricAction,
+}
+
+impl Default for FabricCheckSection {
+    fn default() -> Self {
+        Self {
+            size_bytes: default_fabric_size(),
+            warmup_iterations: default_fabric_warmup(),
+            iterations: default_fabric_iterations(),
+            min_bus_bandwidth_gbps: None,
+            action: FabricAction::default(),
+        }
+    }
+}
+
+/// Default size of the fabric check's all-reduce: 64 MiB, large enough that NCCL
+/// reaches its bus bandwidth on NVLink and InfiniBand, small enough for a CPU ring.
+pub const DEFAULT_FABRIC_SIZE_BYTES: u64 = 64 << 20;
+
+fn default_fabric_size() -> u64 {
+    DEFAULT_FABRIC_SIZE_BYTES
+}
+fn default_fabric_warmup() -> u32 {
+    3
+}
+fn default_fabric_iterations() -> u32 {
+    10
+}
+
+/// What a fabric below its threshold does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FabricAction {
+    /// Stop before the first step with exit code 65 (`exit_code::FABRIC_CHECK_FAILED`).
+    #[default]
+    Fail,
+    /// Log a warning and train.
+    Warn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,6 +599,9 @@ impl TrainConfig {
                 "must both be >= 1".into(),
             ),
         ];
+        if let Some(f) = &self.distributed.fabric_check {
+            f.validate()?;
+        }
         for (ok, key, msg) in checks {
             if !ok {
                 return Err(format!("`{key}` {msg}"));
@@ -652,6 +724,33 @@ impl TrainConfig {
             }
         }
         hex::encode(Sha256::digest(v.to_string().as_bytes()))[..16].to_string()
+    }
+}
+
+impl FabricCheckSection {
+    /// Values that parse but cannot measure; messages name the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let key = "distributed.fabric_check";
+        if self.size_bytes < 4 || !self.size_bytes.is_multiple_of(4) || self.size_bytes > 1 << 34 {
+            return Err(format!(
+                "`{key}.size_bytes` must be a multiple of 4 in [4, 16GiB], found {}",
+                self.size_bytes
+            ));
+        }
+        if self.iterations < 1 || self.iterations > 1000 || self.warmup_iterations > 1000 {
+            return Err(format!(
+                "`{key}.iterations` must be in [1, 1000] and `warmup_iterations` in [0, 1000], found {} and {}",
+                self.iterations, self.warmup_iterations
+            ));
+        }
+        if let Some(m) = self.min_bus_bandwidth_gbps {
+            if !(m >= 0.0 && m.is_finite()) {
+                return Err(format!(
+                    "`{key}.min_bus_bandwidth_gbps` must be >= 0, found {m}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -201,6 +201,10 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
         }
     }
 
+    janus_crds::training::check_fabric_env(&w.env).map_err(|message| Error::TemplateOverride {
+        job: name.clone(),
+        message,
+    })?;
     let container = trainer_container(job, rank, attempt, &ns);
 
     let pod = Pod {
@@ -263,7 +267,7 @@ fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) 
     let name = job.name_any();
     let w = &job.spec.workers;
     let nproc = w.gpus_per_worker.max(1);
-    let env_vars = vec![
+    let mut env_vars = vec![
         plain(env::JOB, name.clone()),
         plain(env::NODE_RANK, rank.to_string()),
         plain(env::NNODES, w.replicas.to_string()),
@@ -276,8 +280,17 @@ fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) 
         field(env::POD_NAME, "metadata.name"),
         field(env::POD_NAMESPACE, "metadata.namespace"),
     ];
+    // NCCL/UCX settings cannot shadow the contract's variables (their prefixes differ).
+    env_vars.extend(w.env.iter().map(|v| plain(&v.name, v.value.clone())));
 
-    let resources = with_gpus(w.resources.clone(), w.gpus_per_worker);
+    let resources = with_rdma(
+        with_gpus(w.resources.clone(), w.gpus_per_worker),
+        w.rdma.as_ref(),
+    );
+    let mut security_context = security::container_security_context();
+    if w.rdma.is_some() {
+        security::add_capability(&mut security_context, security::IPC_LOCK);
+    }
     Container {
         name: defaults::CONTAINER_NAME.into(),
         image: Some(w.image.clone()),
@@ -316,9 +329,27 @@ fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) 
             },
             security::scratch_mount(),
         ]),
-        security_context: Some(security::container_security_context()),
+        security_context: Some(security_context),
         ..Default::default()
     }
+}
+
+/// `resources` with `rdma.count` of the RDMA resource requested and limited (extended
+/// resources must be both, and equal).
+fn with_rdma(
+    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    rdma: Option<&janus_crds::training::RdmaSpec>,
+) -> Option<k8s_openapi::api::core::v1::ResourceRequirements> {
+    let Some(rdma) = rdma else {
+        return resources;
+    };
+    let mut r = resources.unwrap_or_default();
+    let n = k8s_openapi::apimachinery::pkg::api::resource::Quantity(rdma.count.to_string());
+    for side in [&mut r.limits, &mut r.requests] {
+        side.get_or_insert_with(Default::default)
+            .insert(rdma.resource_name.clone(), n.clone());
+    }
+    Some(r)
 }
 
 /// The trainer's budget for a checkpoint on SIGTERM is the grace period the pod ends up
@@ -444,6 +475,79 @@ mod tests {
             Some(45)
         );
         assert_eq!(env_of(&pod)["JANUS_TERMINATION_GRACE_SECONDS"], "45");
+    }
+
+    #[test]
+    fn rdma_asks_for_the_devices_and_ipc_lock_and_the_nccl_settings_reach_the_trainer() {
+        let mut job = representative_job();
+        let plain = worker_pod(&job, 0, 0).unwrap();
+        let caps = |p: &Pod| {
+            p.spec.as_ref().unwrap().containers[0]
+                .security_context
+                .as_ref()
+                .unwrap()
+                .capabilities
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(caps(&plain).add, None, "nothing added without rdma");
+        job.spec.workers.rdma = Some(
+            serde_json::from_value(serde_json::json!({"resourceName": "rdma/hca", "count": 2}))
+                .unwrap(),
+        );
+        job.spec.workers.env = serde_json::from_value(serde_json::json!([
+            {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
+            {"name": "NCCL_IB_HCA", "value": "mlx5_0,mlx5_1"},
+            {"name": "UCX_NET_DEVICES", "value": "mlx5_0:1"}
+        ]))
+        .unwrap();
+        let pod = worker_pod(&job, 1, 0).unwrap();
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let r = c.resources.as_ref().unwrap();
+        for side in [&r.limits, &r.requests] {
+            let side = side.as_ref().unwrap();
+            assert_eq!(side["rdma/hca"].0, "2");
+            assert_eq!(side[GPU_RESOURCE].0, "8", "the GPUs stay");
+        }
+        let caps = caps(&pod);
+        assert_eq!(caps.add, Some(vec!["IPC_LOCK".to_string()]));
+        assert_eq!(
+            caps.drop,
+            Some(vec!["ALL".to_string()]),
+            "all others dropped"
+        );
+        let env = env_of(&pod);
+        assert_eq!(env["NCCL_SOCKET_IFNAME"], "eth0");
+        assert_eq!(env["NCCL_IB_HCA"], "mlx5_0,mlx5_1");
+        assert_eq!(env["UCX_NET_DEVICES"], "mlx5_0:1");
+        assert_eq!(env["JANUS_NODE_RANK"], "1", "the contract's variables stay");
+    }
+
+    #[test]
+    fn a_worker_env_outside_nccl_and_ucx_is_refused_naming_the_field() {
+        let mut job = representative_job();
+        for (env, want) in [
+            (
+                serde_json::json!([{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "JANUS_MASTER_ADDR", "value": "x"}]),
+                "spec.workers.env[1].name: `JANUS_MASTER_ADDR` is not an NCCL_* or UCX_* variable",
+            ),
+            (
+                serde_json::json!([{"name": "nccl_debug", "value": "INFO"}]),
+                "spec.workers.env[0].name: `nccl_debug`",
+            ),
+            (
+                serde_json::json!([{"name": "NCCL_", "value": ""}]),
+                "spec.workers.env[0].name: `NCCL_`",
+            ),
+            (
+                serde_json::json!([{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "NCCL_DEBUG", "value": "WARN"}]),
+                "spec.workers.env[1].name: `NCCL_DEBUG` is already set by spec.workers.env[0]",
+            ),
+        ] {
+            job.spec.workers.env = serde_json::from_value(env).unwrap();
+            let e = worker_pod(&job, 0, 0).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

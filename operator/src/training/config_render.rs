@@ -70,6 +70,7 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     c.checkpoint.resume = true;
     c.checkpoint.retry_timeout_seconds = spec.checkpoint.retry_timeout_seconds;
     c.output_dir = PathBuf::from(spec.output.url.as_str());
+    c.distributed.fabric_check = spec.fabric_check.as_ref().map(|f| f.to_trainer());
     c
 }
 

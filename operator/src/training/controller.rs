@@ -209,6 +209,40 @@ fn invalid_template(job: &JanusTrainingJob, d: &Decision) -> Option<Decision> {
     }
 }
 
+/// A measurement new in `next` (another `measuredAt` than the job's status had) into
+/// the operator's fabric metrics, by the `FabricCheck` condition's reason.
+fn count_fabric_check(
+    metrics: &crate::metrics::Metrics,
+    job: &JanusTrainingJob,
+    next: &janus_crds::JanusTrainingJobStatus,
+) {
+    let Some(f) = &next.fabric else {
+        return;
+    };
+    let old = job.status.as_ref().and_then(|s| s.fabric.as_ref());
+    if old.is_some_and(|o| o.measured_at == f.measured_at) {
+        return;
+    }
+    let reason = next
+        .conditions
+        .iter()
+        .find(|c| c.type_ == janus_crds::training::condition::FABRIC_CHECK)
+        .map(|c| c.reason.as_str());
+    let result = match reason {
+        Some(reason::FABRIC_CHECK_PASSED) => "passed",
+        Some(reason::FABRIC_BELOW_THRESHOLD) => "below_threshold",
+        Some(reason::FABRIC_CHECK_FAILED) => "failed",
+        _ => "measured",
+    };
+    metrics
+        .fabric_checks_total
+        .with_label_values(&[result])
+        .inc();
+    metrics
+        .fabric_bus_bandwidth_gbps
+        .observe(f.bus_bandwidth_gbps);
+}
+
 /// The decision on `pods`, the status it leads to and its Events, the pods to
 /// force-delete (on nodes down past the toleration), and when a toleration ends.
 fn plan(
@@ -244,6 +278,7 @@ fn plan(
     if let Some(a) = admission {
         kueue::admission_status(job, a, &mut st, &mut events, now);
     }
+    count_fabric_check(&ctx.metrics, job, &st);
     Plan {
         decision,
         status: st,

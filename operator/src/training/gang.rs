@@ -214,7 +214,8 @@ struct Judgement {
     rule: Option<usize>,
 }
 
-/// The first rule matching `f`, else the defaults: exit code 64 fails the job, a
+/// The first rule matching `f`, else the defaults: exit code 64 (bad input) or 65 (the
+/// fabric check failed) fails the job, a
 /// disruption restarts without counting, anything else restarts and counts.
 fn judge(rules: &[FailurePolicyRule], f: &Failure) -> Judgement {
     let matches = |r: &FailurePolicyRule| {
@@ -240,7 +241,10 @@ fn judge(rules: &[FailurePolicyRule], f: &Failure) -> Judgement {
             rule: Some(i),
         };
     }
-    let action = if f.exit_code == Some(exit_code::BAD_INPUT) {
+    let action = if matches!(
+        f.exit_code,
+        Some(exit_code::BAD_INPUT | exit_code::FABRIC_CHECK_FAILED)
+    ) {
         FailurePolicyAction::FailJob
     } else if f.disruption {
         FailurePolicyAction::RestartJobAndIgnoreBackoff
@@ -379,6 +383,17 @@ fn gang_failure(
                 format!(
                     "{}, matching runPolicy.failurePolicy.rules[{i}] (FailJob)",
                     f.message
+                ),
+            ),
+            None if f.exit_code == Some(exit_code::FABRIC_CHECK_FAILED) => (
+                reason::FABRIC_CHECK_FAILED,
+                f.message.replacen(
+                    &format!("with code {}", exit_code::FABRIC_CHECK_FAILED),
+                    &format!(
+                        "with code {} (the fabric check failed, not retried)",
+                        exit_code::FABRIC_CHECK_FAILED
+                    ),
+                    1,
                 ),
             ),
             None => (

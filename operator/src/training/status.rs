@@ -1,7 +1,9 @@
 //! From a decision to the job's next status (and the Events of its transitions), plus
 //! the extraction of the decision's inputs from Kubernetes objects.
 
-use janus_crds::training::{condition, reason, JobPhase, JobProgress, WorkerCounts};
+use janus_crds::training::{
+    condition, reason, FabricCheckAction, FabricCheckSpec, JobPhase, JobProgress, WorkerCounts,
+};
 use janus_crds::{defaults, labels, JanusTrainingJob, JanusTrainingJobStatus, Progress};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -84,10 +86,77 @@ pub fn next_status(
     if !matches!(decision, Decision::Finished { .. }) {
         s.workers = Some(worker_counts(&s, job.spec.workers.replicas, pods));
     }
-    if let Some(p) = rank0_progress {
+    if let Some(mut p) = rank0_progress {
+        if let Some(f) = p.fabric.take() {
+            mirror_fabric(job, &mut s, &mut t, f);
+        }
         mirror_progress(&mut s, old.progress.as_ref(), p);
     }
     (s, t.events)
+}
+
+/// Rank 0's fabric check into `status.fabric`, and with `spec.fabricCheck` the
+/// `FabricCheck` condition: True at or above the threshold (or without one), False
+/// below it. A Warning Event with action `Warn`; with `Fail` the trainers exit 65 and
+/// the Failed condition (`FabricCheckFailed`) carries the Event. Each new measurement
+/// (a restarted gang measures again) is news once.
+fn mirror_fabric(
+    job: &JanusTrainingJob,
+    s: &mut JanusTrainingJobStatus,
+    t: &mut Transitions,
+    f: janus_crds::progress::Fabric,
+) {
+    if let Some(check) = &job.spec.fabric_check {
+        let (ok, why, msg) = fabric_outcome(check, &f);
+        let c = Cond::new(condition::FABRIC_CHECK, ok, why, &msg);
+        if !ok && check.action == FabricCheckAction::Fail {
+            t.set(&mut s.conditions, c);
+        } else {
+            t.announce(&mut s.conditions, c, When::OnCause, !ok);
+        }
+    }
+    s.fabric = Some(f);
+}
+
+/// The `FabricCheck` condition for measurement `f`: (status, reason, message naming the
+/// measured and required figures).
+pub fn fabric_outcome(
+    check: &FabricCheckSpec,
+    f: &janus_crds::progress::Fabric,
+) -> (bool, &'static str, String) {
+    let measured = format!(
+        "all-reduce bus bandwidth {:.3} GB/s over {} ranks ({}, {} bytes)",
+        f.bus_bandwidth_gbps, f.ranks, f.backend, f.size_bytes
+    );
+    match check.min_bus_bandwidth_gbps {
+        None => (
+            true,
+            reason::FABRIC_MEASURED,
+            format!("{measured}; no threshold set"),
+        ),
+        Some(min) if check.is_below(f.bus_bandwidth_gbps) => {
+            let then = match check.action {
+                FabricCheckAction::Fail => "the job fails",
+                FabricCheckAction::Warn => "training goes on (action Warn)",
+            };
+            let why = match check.action {
+                FabricCheckAction::Fail => reason::FABRIC_CHECK_FAILED,
+                FabricCheckAction::Warn => reason::FABRIC_BELOW_THRESHOLD,
+            };
+            (
+                false,
+                why,
+                format!(
+                    "{measured} is below spec.fabricCheck.minBusBandwidthGBps {min} GB/s; {then}"
+                ),
+            )
+        }
+        Some(min) => (
+            true,
+            reason::FABRIC_CHECK_PASSED,
+            format!("{measured}, at least spec.fabricCheck.minBusBandwidthGBps {min} GB/s"),
+        ),
+    }
 }
 
 /// A new job: Created, Pending, and its clock started unless it is created suspended.

@@ -602,3 +602,91 @@ fn read_weights(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     assert!(!files.is_empty(), "no safetensors in {}", dir.display());
     files
 }
+
+/// The 2-worker job of [`job_yaml`] with `spec.fabricCheck` set to `check`.
+fn fabric_job_yaml(w: &World, ns: &str, name: &str, check: &str) -> String {
+    let yaml = job_yaml(w, ns, name, &w.s3_url("data/sft.jsonl"));
+    let policy = "  runPolicy: {backoffLimit: 2}\n";
+    assert!(yaml.contains(policy));
+    yaml.replace(policy, &format!("{policy}  fabricCheck: {check}\n"))
+}
+
+#[test]
+fn the_fabric_check_puts_the_gangs_bus_bandwidth_in_status_and_an_impossible_threshold_fails_the_job(
+) {
+    let w = World::get();
+    let (ok_ns, fail_ns, name) = ("e2e-fabric", "e2e-fabric-fail", "sft");
+    // Both at once: the node has the room, and the test takes the time of one.
+    w.kubectl_apply(&fabric_job_yaml(
+        w,
+        ok_ns,
+        name,
+        "{minBusBandwidthGBps: 0.0001, sizeBytes: 4194304}",
+    ));
+    w.kubectl_apply(&fabric_job_yaml(
+        w,
+        fail_ns,
+        name,
+        "{minBusBandwidthGBps: 1000000, sizeBytes: 4194304}",
+    ));
+
+    // The passing gang: its figure in status.fabric, FabricCheck True, and training on.
+    let j = wait_until("status.fabric", Duration::from_secs(300), || {
+        let j = job(w, ok_ns, name);
+        assert_ne!(phase(&j), "Failed", "{}", j["status"]);
+        j["status"]["fabric"]["busBandwidthGBps"]
+            .as_f64()
+            .is_some()
+            .then_some(j)
+    });
+    let f = &j["status"]["fabric"];
+    let gbps = f["busBandwidthGBps"].as_f64().unwrap();
+    assert!(gbps > 0.0, "{f}");
+    assert_eq!(f["ranks"], 2, "{f}");
+    assert_eq!(f["backend"], "ring", "{f}");
+    assert_eq!(f["sizeBytes"], 4194304, "{f}");
+    // 2 ranks: bus bandwidth = algorithm bandwidth x 2(2-1)/2.
+    let algbw = f["algorithmBandwidthGBps"].as_f64().unwrap();
+    assert!((gbps - algbw).abs() <= 1e-9 * gbps, "{f}");
+    let c = condition(&j, "FabricCheck").unwrap_or_else(|| panic!("{}", j["status"]));
+    assert_eq!(c["reason"], "FabricCheckPassed", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("GB/s over 2 ranks"),
+        "{c}"
+    );
+    let log0 = pod_logs(w, ok_ns, &format!("{name}-worker-0"));
+    assert!(log0.contains("fabric check"), "{log0}");
+    eprintln!("fabric check on the real node, 2 CPU ranks in pods, 4 MiB: busbw {gbps:.3} GB/s");
+    wait_until("a step after the check", Duration::from_secs(120), || {
+        get_jtj_columns(w, ok_ns, name).filter(|(s, _)| *s > 0)
+    });
+    w.kubectl(&["delete", "namespace", ok_ns, "--wait=false"]);
+
+    // The impossible threshold: Failed at once, FabricCheckFailed naming both figures.
+    let j = wait_phase(w, fail_ns, name, "Failed", Duration::from_secs(300));
+    let failed = condition(&j, "Failed").expect("a Failed condition");
+    assert_eq!(failed["reason"], "FabricCheckFailed", "{failed}");
+    let msg = failed["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exited with code 65 (the fabric check failed, not retried)")
+            && msg.contains("GB/s over 2 ranks")
+            && msg.contains("below the required 1000000 GB/s"),
+        "{msg}"
+    );
+    assert_eq!(j["status"]["restarts"], 0, "not retried");
+    // Rank 0 reported its figure before it exited.
+    let j = wait_until(
+        "status.fabric of the failed job",
+        Duration::from_secs(60),
+        || {
+            let j = job(w, fail_ns, name);
+            j["status"]["fabric"]["busBandwidthGBps"]
+                .as_f64()
+                .is_some()
+                .then_some(j)
+        },
+    );
+    let measured = j["status"]["fabric"]["busBandwidthGBps"].as_f64().unwrap();
+    assert!(measured > 0.0 && measured < 1e6, "{}", j["status"]);
+    w.kubectl(&["delete", "namespace", fail_ns, "--wait=false"]);
+}

@@ -5,6 +5,7 @@
 mod background;
 mod collective;
 pub mod env;
+pub mod fabric;
 pub mod launch;
 pub mod nccl;
 mod rendezvous;

@@ -32,11 +32,14 @@ pub use stop::{Decision, StopRequest, Stopper};
 
 use crate::checkpoint::CheckpointDir;
 use crate::config::{Method, ReduceDtype, TrainConfig};
+use crate::dist::fabric;
 use crate::error::Result;
 use crate::metrics::{Labels, TrainMetrics};
 use crate::model::ModelConfig;
 use crate::model_dir::ModelDir;
 use crate::optim::AdamWConfig;
+use crate::report::Reporter;
+use janus_crds::progress::Fabric;
 use run_loop::RunLoop;
 
 /// Run a training job to completion (or to `stop_after_steps`).
@@ -126,6 +129,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         _ => None,
     };
     let objective = Objective::new(cfg, reference)?;
+    let reporter = Reporter::for_pod(rank, Duration::from_secs(10));
+    let fabric = fabric_check(
+        cfg,
+        &mut trainer,
+        &metrics,
+        reporter.as_ref(),
+        &state,
+        &record,
+        device,
+    )?;
     RunLoop {
         cfg,
         opts,
@@ -144,8 +157,45 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         metrics: &metrics,
         state,
         run: record,
+        reporter,
+        fabric,
     }
     .run()
+}
+
+/// The fabric check before the first step (`distributed.fabric_check`, with more than
+/// one rank): the figure for the metrics and rank 0's reports; below a `fail`
+/// threshold, rank 0 reports the figure and every rank stops with exit code 65.
+fn fabric_check(
+    cfg: &TrainConfig,
+    trainer: &mut Trainer,
+    metrics: &TrainMetrics,
+    reporter: Option<&Reporter>,
+    state: &crate::checkpoint::TrainerState,
+    record: &record::RunRecord,
+    device: tch::Device,
+) -> Result<Option<Fabric>> {
+    let Some(check) = &cfg.distributed.fabric_check else {
+        return Ok(None);
+    };
+    if trainer.comm.world_size() < 2 {
+        tracing::info!("fabric check skipped: a job of one rank has no fabric to measure");
+        return Ok(None);
+    }
+    let backend = if world::uses_nccl(cfg, device) {
+        "nccl"
+    } else {
+        "ring"
+    };
+    let (f, verdict) = fabric::check(trainer.comm.as_mut(), check, device, backend)?;
+    metrics.fabric(f.bus_bandwidth_gbps);
+    if let fabric::Verdict::Fail(message) = verdict {
+        if let Some(r) = reporter {
+            r.report(run_loop::progress_of(state, record, Some(f)));
+        }
+        return Err(fabric::failed(message));
+    }
+    Ok(Some(f))
 }
 
 /// The model of `model_config` (random weights until loaded) with its optimizer, as

@@ -4,7 +4,7 @@
 //! request on SIGTERM, `--stop-after-steps`); then the final model.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::feed::{Feed, Share};
 use super::objective::{Batching, Objective};
@@ -37,6 +37,10 @@ pub struct RunLoop<'a> {
     pub metrics: &'a TrainMetrics,
     pub state: TrainerState,
     pub run: RunRecord,
+    /// Rank 0's reports to the operator (in a pod).
+    pub reporter: Option<Reporter>,
+    /// The fabric check of this run, carried by every report.
+    pub fabric: Option<janus_crds::progress::Fabric>,
 }
 
 impl RunLoop<'_> {
@@ -50,7 +54,7 @@ impl RunLoop<'_> {
             total_steps,
             self.state.step,
         );
-        let reporter = Reporter::for_pod(rank, Duration::from_secs(10));
+        let reporter = self.reporter.take();
         self.report(reporter.as_ref());
         let mut stopper = self.stopper();
         let _armed = self.opts.stop.as_ref().map(stop::Armed::new);
@@ -179,14 +183,7 @@ impl RunLoop<'_> {
     /// Publish where the run stands for the operator (rank 0 in a pod).
     fn report(&self, reporter: Option<&Reporter>) {
         if let Some(r) = reporter {
-            r.report(janus_crds::Progress {
-                step: self.state.step,
-                total_steps: self.state.total_steps,
-                loss: self.state.losses.last().copied(),
-                tokens_per_second: (self.run.tokens > 0).then(|| self.run.tokens_per_second()),
-                last_checkpoint: self.run.last_checkpoint.clone(),
-                updated_at: crate::report::now_rfc3339(),
-            });
+            r.report(progress_of(&self.state, &self.run, self.fabric.clone()));
         }
     }
 
@@ -218,6 +215,23 @@ impl RunLoop<'_> {
             output_dir,
             finished,
         )
+    }
+}
+
+/// The report of a run at `state`.
+pub fn progress_of(
+    state: &TrainerState,
+    run: &RunRecord,
+    fabric: Option<janus_crds::progress::Fabric>,
+) -> janus_crds::Progress {
+    janus_crds::Progress {
+        step: state.step,
+        total_steps: state.total_steps,
+        loss: state.losses.last().copied(),
+        tokens_per_second: (run.tokens > 0).then(|| run.tokens_per_second()),
+        last_checkpoint: run.last_checkpoint.clone(),
+        updated_at: crate::report::now_rfc3339(),
+        fabric,
     }
 }
 

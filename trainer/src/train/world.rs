@@ -13,6 +13,15 @@ use crate::dist::{rendezvous, Background, WorldInfo};
 use crate::error::{Error, Result};
 use crate::metrics::TrainMetrics;
 
+/// Whether the ranks talk through NCCL (else the TCP ring).
+pub fn uses_nccl(cfg: &TrainConfig, device: Device) -> bool {
+    match cfg.distributed.backend {
+        Backend::Nccl => true,
+        Backend::Ring => false,
+        Backend::Auto => device.is_cuda(),
+    }
+}
+
 /// Join the job `info` describes (nothing to join alone) with `trainer`, and shard its
 /// optimizer state when the config asks for it. `config_hash`: what every rank must
 /// agree on.
@@ -28,11 +37,7 @@ pub fn join(
     if let Some(info) = info.filter(|w| w.world_size > 1) {
         let rank = info.rank;
         let timeout = Duration::from_secs(cfg.distributed.timeout_seconds);
-        let use_nccl = match cfg.distributed.backend {
-            Backend::Nccl => true,
-            Backend::Ring => false,
-            Backend::Auto => device.is_cuda(),
-        };
+        let use_nccl = uses_nccl(cfg, device);
         let id = if use_nccl && rank == 0 {
             Some(nccl::unique_id()?)
         } else {

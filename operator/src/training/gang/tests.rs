@@ -704,3 +704,29 @@ fn pods_with_unexpected_rank_are_stale() {
         d => panic!("{d:?}"),
     }
 }
+
+#[test]
+fn exit_code_65_fails_at_once_as_fabric_check_failed_quoting_the_figures() {
+    let mut pods = failed_with(65);
+    pods[1].message = Some(
+        "fabric check failed: all-reduce bus bandwidth 0.412 GB/s over 2 ranks (ring, 67108864 bytes, median of 10) is below the required 1000 GB/s".into(),
+    );
+    let (reason, message, _) = testing::failure(decide(&job(2), &pods, now()));
+    assert_eq!(reason, "FabricCheckFailed");
+    assert!(
+        message.contains("exited with code 65 (the fabric check failed, not retried)")
+            && message.contains("0.412 GB/s")
+            && message.contains("required 1000 GB/s"),
+        "{message}"
+    );
+    // A user's rule still comes first.
+    let mut j = job(2);
+    j.failure_rules = vec![rule(
+        "RestartJob",
+        serde_json::json!({"onExitCodes": {"operator": "In", "values": [65]}}),
+    )];
+    assert!(matches!(
+        decide(&j, &failed_with(65), now()),
+        Decision::Step(Gang::Restart { .. })
+    ));
+}

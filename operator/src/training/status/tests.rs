@@ -23,6 +23,7 @@ fn progress(step: u64, at: &str) -> Progress {
         tokens_per_second: Some(1e4),
         last_checkpoint: Some(format!("s3://c/j/step-{step}")),
         updated_at: at.into(),
+        fabric: None,
     }
 }
 
@@ -390,4 +391,116 @@ fn only_pods_controlled_by_the_job_uid_are_the_jobs() {
     };
     assert!(!pod_facts(&pod("new"), Some("new"), |_| NodeState::Ready).foreign);
     assert!(pod_facts(&pod("old"), Some("new"), |_| NodeState::Ready).foreign);
+}
+
+fn fabric(gbps: f64) -> janus_crds::progress::Fabric {
+    janus_crds::progress::Fabric {
+        bus_bandwidth_gbps: gbps,
+        algorithm_bandwidth_gbps: gbps / 1.5,
+        size_bytes: 64 << 20,
+        ranks: 4,
+        backend: "nccl".into(),
+        seconds: 0.01,
+        measured_at: "2026-01-01T11:00:00Z".into(),
+    }
+}
+
+fn running() -> Decision {
+    Decision::Step(Gang::Progress {
+        phase: JobPhase::Running,
+        delete: vec![],
+        create: vec![],
+        requeue_after: None,
+    })
+}
+
+/// The status after rank 0 reports `gbps` under `check`, and its Events.
+fn after_fabric(
+    check: Option<&str>,
+    gbps: f64,
+) -> (
+    JanusTrainingJobStatus,
+    Vec<crate::controller::conditions::EventSpec>,
+) {
+    let mut job = in_phase(JobPhase::Running);
+    job.spec.fabric_check = check.map(|c| serde_yaml::from_str(c).unwrap());
+    let mut p = progress(0, "2026-01-01T11:00:00Z");
+    p.fabric = Some(fabric(gbps));
+    next_status(&job, &running(), &[], Some(p), now())
+}
+
+#[test]
+fn the_reported_fabric_figure_lands_in_status_fabric_with_or_without_a_check() {
+    let (s, ev) = after_fabric(None, 180.5);
+    assert_eq!(s.fabric, Some(fabric(180.5)));
+    assert!(s
+        .conditions
+        .iter()
+        .all(|c| c.type_ != condition::FABRIC_CHECK));
+    assert!(ev.is_empty(), "{ev:?}");
+    let (s, ev) = after_fabric(Some("{}"), 180.5);
+    let c = cond(&s.conditions, condition::FABRIC_CHECK);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "FabricMeasured")
+    );
+    assert!(
+        c.message.contains("180.500 GB/s over 4 ranks (nccl"),
+        "{}",
+        c.message
+    );
+    assert_eq!(ev.len(), 1);
+    assert!(!ev[0].warning);
+}
+
+#[test]
+fn a_fabric_below_a_warn_threshold_is_a_false_condition_and_one_warning_naming_both_figures() {
+    let check = "{minBusBandwidthGBps: 200, action: Warn}";
+    let (s, ev) = after_fabric(Some(check), 180.5);
+    let c = cond(&s.conditions, condition::FABRIC_CHECK);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "FabricBelowThreshold")
+    );
+    assert!(
+        c.message.contains("180.500 GB/s")
+            && c.message.contains("minBusBandwidthGBps 200 GB/s")
+            && c.message.contains("training goes on"),
+        "{}",
+        c.message
+    );
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(
+        ev[0].warning && ev[0].reason == "FabricBelowThreshold" && ev[0].note.contains("180.500")
+    );
+    assert_eq!(s.phase, Some(JobPhase::Running), "training goes on");
+    // The same report again (every report carries it) is no news.
+    let mut job = in_phase(JobPhase::Running);
+    job.spec.fabric_check = Some(serde_yaml::from_str(check).unwrap());
+    job.status.as_mut().unwrap().conditions = s.conditions.clone();
+    let mut p = progress(5, "2026-01-01T11:00:10Z");
+    p.fabric = Some(fabric(180.5));
+    let (_, again) = next_status(&job, &running(), &[], Some(p), now());
+    assert!(again.is_empty(), "{again:?}");
+    // At or above: passed.
+    let (s, ev) = after_fabric(Some(check), 200.0);
+    let c = cond(&s.conditions, condition::FABRIC_CHECK);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "FabricCheckPassed")
+    );
+    assert!(!ev[0].warning);
+}
+
+#[test]
+fn a_fabric_below_a_fail_threshold_leaves_the_event_to_the_failed_condition() {
+    let (s, ev) = after_fabric(Some("{minBusBandwidthGBps: 200}"), 1.0);
+    let c = cond(&s.conditions, condition::FABRIC_CHECK);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "FabricCheckFailed")
+    );
+    assert!(c.message.contains("the job fails"), "{}", c.message);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(s.fabric.unwrap().bus_bandwidth_gbps, 1.0);
 }
