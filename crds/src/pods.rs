@@ -43,6 +43,10 @@ pub mod reason {
     /// or ServiceAccount: 404, a template it rejects: 422); the message quotes it and
     /// the create is retried.
     pub const FAILED_CREATE: &str = "FailedCreate";
+    /// An object with the name of one of the job's children (its ConfigMap, Service,
+    /// ServiceAccount, NetworkPolicy or a pod) exists and the job does not control it:
+    /// it is left alone, the message names it, and no pod is made until it is gone.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
     /// `spec.scheduling.podGroup` names a scheduler whose PodGroup CRD is not installed.
     pub const POD_GROUP_NOT_INSTALLED: &str = "PodGroupNotInstalled";
     /// A pod's node no longer exists.

@@ -31,7 +31,11 @@ pub fn refused(noun: &str, pod: &str, message: &str) -> String {
 }
 
 /// Reasons of a Running=False condition that hold only until a pod exists.
-const UNTIL_CREATED: [&str; 2] = [reason::FAILED_CREATE, reason::POD_GROUP_NOT_INSTALLED];
+const UNTIL_CREATED: [&str; 3] = [
+    reason::FAILED_CREATE,
+    reason::POD_GROUP_NOT_INSTALLED,
+    reason::CHILD_CONFLICT,
+];
 
 /// The first pod of `current` (the pods of the current attempt) that waits makes
 /// Running=False with its reason and the underlying message, with a Warning Event once

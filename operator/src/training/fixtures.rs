@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::gang::Gang;
-use crate::controller::fixtures::{self, APPLY, REPORT_URL};
+use crate::controller::fixtures::{self, APPLY, CREATE, REPORT_URL};
 use crate::controller::testing::now;
 use crate::controller::Decision;
 use crate::training::config_render::tests::representative_job;
@@ -100,11 +100,13 @@ async fn a_new_job_applies_its_children_and_status_together_then_creates_every_w
         sorted(lines[..4].to_vec()),
         sorted(vec![
             format!("PATCH {JOB_PATH}/status{APPLY}"),
-            format!("PATCH {ns}/configmaps/{JOB}-config{APPLY}"),
-            format!("PATCH {ns}/serviceaccounts/{JOB}-worker{APPLY}"),
-            format!("PATCH {ns}/services/{JOB}{APPLY}"),
+            format!("POST {ns}/configmaps{CREATE}"),
+            format!("POST {ns}/serviceaccounts{CREATE}"),
+            format!("POST {ns}/services{CREATE}"),
         ]),
-        "no read first: the cache is as fresh as this process's last write; {lines:?}"
+        "no read first: the cache is as fresh as this process's last write, and a new \
+         job's children are created (an apply would take over an object of their name); \
+         {lines:?}"
     );
     assert_eq!(lines[4..], vec![format!("POST {ns}/pods?"); 4]);
     let reqs = sc.server.requests();
@@ -222,15 +224,20 @@ async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warni
     assert!(err.to_string().contains("exceeded quota"), "{err}");
     let lines = sc.server.lines();
     let ns = format!("/api/v1/namespaces/{NS}");
+    // A job that made its children already reads each before applying it (its own:
+    // applied with its UID as precondition; gone: created again).
     let mut expected: Vec<String> = vec![
-        format!("PATCH {ns}/configmaps/{JOB}-config{APPLY}"),
-        format!("PATCH {ns}/serviceaccounts/{JOB}-worker{APPLY}"),
-        format!("PATCH {ns}/services/{JOB}{APPLY}"),
+        format!("GET {ns}/configmaps/{JOB}-config"),
+        format!("POST {ns}/configmaps{CREATE}"),
+        format!("GET {ns}/serviceaccounts/{JOB}-worker"),
+        format!("POST {ns}/serviceaccounts{CREATE}"),
+        format!("GET {ns}/services/{JOB}"),
+        format!("POST {ns}/services{CREATE}"),
     ];
     expected.extend(vec![format!("POST {ns}/pods?"); 4]);
     expected.push(format!("PATCH {JOB_PATH}/status{APPLY}"));
-    assert_eq!(sorted(lines[..8].to_vec()), sorted(expected), "{lines:?}");
-    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(sorted(lines[..11].to_vec()), sorted(expected), "{lines:?}");
+    assert_eq!(lines.len(), 11, "{lines:?}");
     let reqs = sc.server.requests();
     let st = &reqs.last().unwrap().body["status"];
     let running = st["conditions"]
@@ -269,4 +276,180 @@ async fn a_finished_job_past_its_ttl_is_deleted_with_its_uid_as_precondition() {
     assert_eq!(reqs[0].body["propagationPolicy"], "Background");
     assert_eq!(reqs[0].body["preconditions"]["uid"], UID);
     assert_eq!(action, Action::await_change());
+}
+
+/// The Running condition of a written status.
+fn running(status: &serde_json::Value) -> (String, String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Running")
+        .expect("a Running condition");
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+#[tokio::test]
+async fn a_config_map_of_another_owner_with_the_childs_name_is_left_alone_and_no_pod_made() {
+    let sc = scenario(job_with(None));
+    let ns = format!("/api/v1/namespaces/{NS}");
+    sc.server.insert(
+        format!("{ns}/configmaps/{JOB}-config"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": format!("{JOB}-config"), "namespace": NS, "uid": "user-cm"},
+               "data": {"mine": "yes"}}),
+    );
+    let err = reconcile(&sc)
+        .await
+        .expect_err("a conflict fails the reconcile (retried with the backoff)");
+    assert!(
+        err.to_string().contains(&format!(
+            "ConfigMap {NS}/{JOB}-config exists and has no controller"
+        )),
+        "{err}"
+    );
+    let lines = sc.server.lines();
+    assert!(
+        lines.contains(&format!("GET {ns}/configmaps/{JOB}-config")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with(&format!("PATCH {ns}/configmaps"))),
+        "the object is never applied over: {lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with(&format!("POST {ns}/pods"))),
+        "no pod: {lines:?}"
+    );
+    let last = sc.server.requests().last().unwrap().clone();
+    assert_eq!(last.path, format!("{JOB_PATH}/status{APPLY}"));
+    let (status, reason, message) = running(&last.body["status"]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ChildConflict")
+    );
+    assert!(
+        message.contains(&format!("ConfigMap {NS}/{JOB}-config")),
+        "{message}"
+    );
+    assert_eq!(
+        sc.server.events(),
+        [("ChildConflict".to_string(), "Warning".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_already_reported_writes_nothing_new_and_sends_no_second_warning() {
+    let mut status = started(JobPhase::Pending);
+    crate::controller::conditions::set_condition(
+        &mut status.conditions,
+        "Running",
+        false,
+        "ChildConflict",
+        &format!(
+            "Service {NS}/{JOB} exists and is controlled by Deployment web, not this job: it is \
+             left alone (delete or rename it for the job to start)"
+        ),
+        now(),
+    );
+    let sc = scenario(job_with(Some(status)));
+    let ns = format!("/api/v1/namespaces/{NS}");
+    sc.server.insert(
+        format!("{ns}/services/{JOB}"),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": JOB, "namespace": NS, "uid": "web-svc",
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                "name": "web", "uid": "web", "controller": true}]}}),
+    );
+    reconcile(&sc).await.expect_err("still in conflict");
+    let lines = sc.server.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("/status")
+            || l.starts_with(&format!("PATCH {ns}/services"))
+            || l.starts_with(&format!("POST {ns}/pods"))),
+        "{lines:?}"
+    );
+    assert!(sc.server.events().is_empty(), "{:?}", sc.server.events());
+}
+
+#[tokio::test]
+async fn a_pod_of_another_owner_with_a_workers_name_takes_back_the_gang_and_says_so() {
+    let sc = scenario(job_with(Some(started(JobPhase::Pending))));
+    let ns = format!("/api/v1/namespaces/{NS}");
+    // Not labelled as the job's: not in the cache, only the create finds it.
+    sc.server.insert(
+        format!("{ns}/pods/{JOB}-worker-2"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": format!("{JOB}-worker-2"), "namespace": NS, "uid": "user-pod"},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    let err = reconcile(&sc).await.expect_err("a conflict");
+    assert!(
+        err.to_string().contains(&format!(
+            "Pod {NS}/{JOB}-worker-2 exists and has no controller"
+        )),
+        "{err}"
+    );
+    let lines = sc.server.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with(&format!("DELETE {ns}/pods/{JOB}-worker-2"))),
+        "the other owner's pod is left alone: {lines:?}"
+    );
+    let deleted: Vec<String> = sorted(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("DELETE"))
+            .cloned()
+            .collect(),
+    );
+    assert_eq!(
+        deleted,
+        [0, 1, 3]
+            .iter()
+            .map(|r| format!("DELETE {ns}/pods/{JOB}-worker-{r}?"))
+            .collect::<Vec<_>>(),
+        "the pods just made go: a gang with a member missing cannot run"
+    );
+    let last = sc.server.requests().last().unwrap().clone();
+    let (status, reason, message) = running(&last.body["status"]);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ChildConflict")
+    );
+    assert!(
+        message.contains(&format!("Pod {NS}/{JOB}-worker-2")),
+        "{message}"
+    );
+    assert_eq!(
+        sc.server.events(),
+        [("ChildConflict".to_string(), "Warning".to_string())]
+    );
+
+    // While the condition stands, the next look reads before it creates: no churn.
+    let mut job = job_with(Some(
+        serde_json::from_value(last.body["status"].clone()).unwrap(),
+    ));
+    job.metadata.resource_version = Some("2".into());
+    let again = scenario(job);
+    again.server.insert(
+        format!("{ns}/pods/{JOB}-worker-2"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": format!("{JOB}-worker-2"), "namespace": NS, "uid": "user-pod"}}),
+    );
+    reconcile(&again).await.expect_err("still in conflict");
+    let lines = again.server.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with(&format!("POST {ns}/pods"))),
+        "{lines:?}"
+    );
+    assert!(again.server.events().is_empty());
 }
