@@ -111,7 +111,9 @@ impl Kind for JanusTrainingJob {
             children::config_map(job)?,
             children::service_account(job)?,
         );
-        futures::try_join!(
+        // Each to the end, the first error in this order: with two objects in the way,
+        // the condition names the same one each time (one Warning, not one per retry).
+        let (on_svc, on_cm, on_sa, on_np) = futures::join!(
             apply_child::<Service>(c, &ns, &svc, first_time),
             apply_child::<ConfigMap>(c, &ns, &cm, first_time),
             apply_child::<ServiceAccount>(c, &ns, &sa, first_time),
@@ -121,8 +123,8 @@ impl Kind for JanusTrainingJob {
                     None => Ok(()),
                 }
             },
-        )?;
-        Ok(())
+        );
+        on_svc.and(on_cm).and(on_sa).and(on_np)
     }
 
     /// The job's PodGroup, before its pods.
