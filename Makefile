@@ -92,6 +92,16 @@ KUBEFLOW_DIR := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/kubeflow-$(KUBEFLOW_VE
 kubeflow:
 	@tests/controlplane/build-kubeflow.sh >/dev/null
 
+# Kubeflow Trainer v2 and JobSet (github.com/kubeflow/trainer/v2 and sigs.k8s.io/jobset at
+# the releases pinned in tests/controlplane/kubeflow-trainer/go.mod): both controller
+# managers, their CRDs and the torch runtime, built once (build-kubeflow-trainer.sh, a
+# stamp like build.sh): the other peer of bench-operator, no test's.
+KUBEFLOW_TRAINER_VERSION := $(shell awk '$$1 == "github.com/kubeflow/trainer/v2" {print $$2}' tests/controlplane/kubeflow-trainer/go.mod)
+KUBEFLOW_TRAINER_DIR := $(or $(JANUS_CACHE),$(HOME)/.cache/janus)/kubeflow-trainer-$(KUBEFLOW_TRAINER_VERSION)
+.PHONY: kubeflow-trainer
+kubeflow-trainer:
+	@tests/controlplane/build-kubeflow-trainer.sh >/dev/null
+
 .PHONY: node node-deps
 # Debian packages of the node (needs root; a no-op when installed).
 node-deps:
@@ -125,11 +135,20 @@ bench-serve: build
 bench-checkpoint: build $(VERSITYGW)
 	$(PY) bench/checkpoint_bench.py --janus $(TARGET_DIR)/release/janus --reps 3
 
-# A stripped `janus` for a GPU machine without Rust (bench/gpu_check.sh; the device tool
-# carries at most 64 MiB of working tree).
+# The device check's bundle for a GPU machine without Rust (bench/gpu_check.sh runs it):
+# `janus` and the `#[ignore]` CUDA test binary of trainer/tests/gpu.rs, stripped and
+# gzipped (about 12 MB each; 34 MB stripped, 290 MB as built), so that the working tree
+# a device machine receives stays well under its 64 MiB.
 gpu-bundle: build
 	mkdir -p target/gpu
 	strip -o target/gpu/janus $(TARGET_DIR)/release/janus
+	$(CARGO) test --release -p janus-trainer --test gpu --no-run --message-format=json \
+	  | $(PY) -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable")][-1])' \
+	  > target/gpu/gpu-tests.path
+	strip -o target/gpu/gpu-tests "$$(cat target/gpu/gpu-tests.path)"
+	rm -f target/gpu/gpu-tests.path target/gpu/janus.gz target/gpu/gpu-tests.gz
+	gzip -6 target/gpu/janus target/gpu/gpu-tests
+	@du -ch target/gpu/janus.gz target/gpu/gpu-tests.gz
 
 clean-demo:
 	rm -rf target/janus-demo
@@ -139,9 +158,12 @@ bench-stream: build $(VERSITYGW)
 
 # 200 JanusTrainingJobs x 8 workers on the kwok test cluster, the real operator binary,
 # side by side with 200 PyTorchJobs x 8 under the Kubeflow Training Operator (as it
-# ships, and with its client rate limit lifted), a fresh control plane each, 3 reps.
-bench-operator: build controlplane kubeflow
-	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator --kubeflow $(KUBEFLOW_DIR) --reps 3
+# ships, and with its client rate limit lifted) and 200 TrainJobs x 8 nodes under
+# Kubeflow Trainer v2 + JobSet, a fresh control plane each; then recovery (50 jobs, one
+# worker of each failed) on another; 3 reps.
+bench-operator: build controlplane kubeflow kubeflow-trainer
+	$(PY) bench/operator_bench.py --operator $(TARGET_DIR)/release/janus-operator --kubeflow $(KUBEFLOW_DIR) \
+		--trainer $(KUBEFLOW_TRAINER_DIR) --reps 3
 
 # Regenerate the CRD YAML in the chart from the Rust types (a test fails when it drifts).
 crdgen:

@@ -93,10 +93,13 @@ def torch_worker(a):
     mean = sum(times) / len(times)
     params = sum(p.numel() for p in model.parameters())
     tps = a.seq * a.batch / mean
+    # janus's one formula (trainer/src/metrics.rs, ModelFlops): 6 x the parameters but
+    # the input embedding (a lookup), plus 12 x layers x attention width x the sequence
+    # length (here every row is one sequence of a.seq tokens).
+    flops_per_token = 6 * (params - a.vocab * a.hidden) + 12 * a.layers * a.hidden * a.seq
     print(json.dumps({
-        "device": a.device, "dtype": str(dtype),
-        # 6N plus causal attention (forward + backward), as janus bench-train counts.
-        "mfu": (6 * params + 6 * a.layers * a.hidden * a.seq) * tps / (a.peak_tflops * 1e12) if a.device == "cuda" else None,
+        "device": a.device, "dtype": str(dtype), "flops_per_token": flops_per_token,
+        "mfu": flops_per_token * tps / (a.peak_tflops * 1e12) if a.device == "cuda" else None,
         "impl": "torch-compile" if a.compile else "pytorch-eager", "params": params,
         "threads": torch.get_num_threads(), "step_seconds": times,
         "phase_seconds": {k: sum(p[k] for p in phases) / len(phases) for k in phases[0]},

@@ -32,6 +32,9 @@ from pathlib import Path
 EPOCH = 0
 NONROOT = 65532
 
+# The RDMA packages of the trainer image (images/trainer.Dockerfile installs the same).
+RDMA_DEBS = ["libibverbs1", "ibverbs-providers", "librdmacm1", "ibverbs-utils"]
+
 # What each image is. `debs`: Debian packages of the base layer; `binary`: where our
 # binary goes; everything else mirrors the Dockerfile's USER / ENTRYPOINT / ENV.
 IMAGES = {
@@ -48,7 +51,9 @@ IMAGES = {
     # comes from the project venv, mounted by the test at LIBTORCH_MOUNT (a hostPath
     # volume; see tests/e2e), and found through LD_LIBRARY_PATH.
     "trainer-cpu": {
-        "debs": ["libc6", "libgcc-s1", "libstdc++6"],
+        # libstdc++ for libtorch; rdma-core's libibverbs, providers, librdmacm and
+        # ibv_devinfo (with the netlink libraries they link) as the GPU image installs.
+        "debs": ["libc6", "libgcc-s1", "libstdc++6"] + RDMA_DEBS + ["libnl-3-200", "libnl-route-3-200"],
         "binary": "/usr/local/bin/janus",
         "entrypoint": [],
         "cmd": ["/usr/local/bin/janus", "--help"],

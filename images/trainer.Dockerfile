@@ -13,9 +13,7 @@ ARG TORCH_VERSION=2.11.0
 FROM ${PYTHON_IMAGE} AS torch
 ARG TORCH_VERSION
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" \
-    # cudarc (our NCCL binding) opens libnccl.so; the wheel ships only libnccl.so.2.
-    && ln -s libnccl.so.2 /opt/venv/lib/python3.11/site-packages/nvidia/nccl/lib/libnccl.so
+    && /opt/venv/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}"
 
 FROM torch AS build
 RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential \
@@ -29,8 +27,17 @@ RUN --mount=type=cache,target=/root/.cargo/registry \
     && install -m 0755 target/release/janus /janus
 
 FROM torch
+# RDMA for NCCL's InfiniBand / RoCE transport: libibverbs and its hardware providers
+# (mlx5, efa, ...) and librdmacm from Debian's rdma-core, and ibv_devinfo to look at the
+# devices a pod was given. Without them NCCL falls back to TCP sockets across nodes.
+# The same packages as images/build.py's trainer-cpu base (a test compares the lists).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libibverbs1 ibverbs-providers librdmacm1 ibverbs-utils \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /janus /usr/local/bin/janus
-ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/torch/lib:/opt/venv/lib/python3.11/site-packages/nvidia/nccl/lib \
+# libtorch from the wheel; libtorch_cuda finds NCCL's libnccl.so.2 in the nvidia-nccl
+# wheel through its own RPATH, and the trainer opens it by that soname (no symlink).
+ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/torch/lib \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HOME=/tmp

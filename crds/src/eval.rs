@@ -15,6 +15,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::eval::{JudgeMode, JudgeParser};
 use crate::config::EvalConfig;
 pub use crate::pods::PodPhase;
 use crate::training::{CleanPodPolicy, Dtype, OutputSpec, PromptFormat, SecretRef};
@@ -159,7 +160,7 @@ pub struct GenerationSpec {
     pub max_new_tokens: u32,
     /// Random seed (default 42).
     #[serde(default = "default_seed")]
-    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))]
     pub seed: u64,
     /// Sequences decoded together per generation pod (default 16).
     #[serde(default = "default_batch_size")]
@@ -254,6 +255,20 @@ pub struct JudgeSpec {
     #[serde(default = "default_judge_max_tokens")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_tokens: u32,
+    /// Nucleus sampling of the judge (default 0.9, the original's).
+    #[serde(default = "default_judge_top_p")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub top_p: f64,
+    /// How scores are read: `strict` (default: the last `[RESULT]`, 1 to 5) or
+    /// `original` (the published parser, for comparisons with published numbers).
+    #[serde(default = "default_judge_parser")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.judge.parser is immutable"))]
+    pub parser: JudgeParser,
+    /// `online` (default: one chat completion per call) or `batch` (the OpenAI Batch
+    /// API: half the price, results within 24 hours; the judge pod polls the batch,
+    /// and a restarted judge pod polls the same one).
+    #[serde(default = "default_judge_mode")]
+    pub mode: JudgeMode,
     /// CPU / memory of the judge pod (it needs no GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -283,6 +298,15 @@ fn default_judge_temperature() -> f64 {
 }
 fn default_judge_max_tokens() -> u32 {
     protocol().judge.max_tokens as u32
+}
+fn default_judge_top_p() -> f64 {
+    protocol().judge.top_p
+}
+fn default_judge_parser() -> JudgeParser {
+    protocol().judge.parser
+}
+fn default_judge_mode() -> JudgeMode {
+    protocol().judge.mode
 }
 
 /// A key of a Secret in the job's namespace.
@@ -379,11 +403,11 @@ pub struct EvalRunPolicy {
     /// resumed) before it is Failed with DeadlineExceeded. Waiting for the model does not
     /// count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the pods and keep the output; false resumes from it (Kueue admits jobs by
     /// flipping this field).
@@ -396,7 +420,7 @@ pub struct EvalRunPolicy {
     /// Fails with reason `SchedulingTimeout`, quoting why the pod waits (the scheduler's
     /// or the kubelet's words). Unset: wait as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub scheduling_timeout_seconds: Option<i64>,
     /// Seconds a pod's node may be NotReady or unreachable (its `Ready` condition not
     /// `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before the

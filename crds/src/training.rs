@@ -265,7 +265,7 @@ pub struct Hyperparameters {
     pub orpo_nll_on_prompt: Option<bool>,
     /// Random seed (default 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = crate::MAX_JSON_INTEGER))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))]
     pub seed: Option<u64>,
 }
 
@@ -452,7 +452,7 @@ fn default_gpus() -> i32 {
     1
 }
 fn default_master_port() -> i32 {
-    crate::defaults::MASTER_PORT
+    crate::contract::defaults::MASTER_PORT
 }
 
 fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -559,11 +559,11 @@ pub struct RunPolicy {
     /// Seconds the job may run (since it last started or resumed) before it is Failed
     /// with DeadlineExceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub active_deadline_seconds: Option<i64>,
     /// Delete the job this many seconds after it Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 0, max = crate::contract::MAX_SECONDS))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Delete the worker pods and keep the checkpoint; false resumes from it. Kueue
     /// admits jobs by flipping this field.
@@ -576,7 +576,7 @@ pub struct RunPolicy {
     /// past it the job Fails with reason `SchedulingTimeout`, quoting why a worker waits
     /// (as Kueue's `waitForPodsReady` does). Unset: wait as long as it takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = crate::MAX_SECONDS))]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
     pub scheduling_timeout_seconds: Option<i64>,
     /// Seconds a worker's node may be NotReady or unreachable (its `Ready` condition
     /// not `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before

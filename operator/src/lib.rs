@@ -26,3 +26,33 @@ pub fn install_crypto_provider() {
     // An error means a provider is installed already, which is all we need.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// What holds across kinds is tested here, above them: neither kind imports the other.
+#[cfg(test)]
+mod across_kinds {
+    use crate::{eval, training};
+
+    #[test]
+    fn no_child_name_of_an_evaluation_is_a_training_jobs() {
+        // A training job `e-eval` and an evaluation `e` once shared ConfigMap
+        // `e-eval-config`, each overwriting the other's config.
+        for e in ["e", "e-eval", "sft", "a-b"] {
+            for t in [
+                format!("{e}-eval"),
+                format!("{e}-eval-settings"),
+                e.to_string(),
+            ] {
+                assert_ne!(
+                    eval::children::config_map_name(e),
+                    training::children::config_map_name(&t),
+                    "{e} {t}"
+                );
+                assert_ne!(
+                    eval::children::rbac_name(e),
+                    training::children::rbac_name(&t),
+                    "{e} {t}"
+                );
+            }
+        }
+    }
+}

@@ -189,6 +189,11 @@ start kube-apiserver "$BIN/kube-apiserver" \
 	--allow-privileged=true --profiling=false \
 	--cert-dir="$PKI"
 
+# The others start once the API server answers: kube-controller-manager exits at once
+# when its first read of the extension-apiserver-authentication ConfigMap is refused
+# (seen on a loaded 2-core machine, where the API server took longer to listen).
+wait_for "kube-apiserver /readyz" kube-apiserver "${KUBECTL[@]}" get --raw=/readyz
+
 start kube-controller-manager "$BIN/kube-controller-manager" \
 	--kubeconfig="$DIR/kubeconfig" \
 	--authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
@@ -211,7 +216,6 @@ start kwok env KWOK_WORKDIR="$DIR/kwok" "$BIN/kwok" \
 	--manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
 	--cidr=10.244.0.0/16 --node-ip=10.240.0.1
 
-wait_for "kube-apiserver /readyz" kube-apiserver "${KUBECTL[@]}" get --raw=/readyz
 
 # --- fake GPU nodes ---------------------------------------------------------------------
 : >"$DIR/nodes.yaml"

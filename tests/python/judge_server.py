@@ -5,7 +5,7 @@ is logged (arrival time, a key of its messages and seed, the status sent) so tes
 can count calls, measure the rate and find repeated calls.
 
     judge_server.py --log calls.jsonl [--replies replies.json] [--fail 429,500]
-                    [--retry-after 1] [--delay 0.1] [--slow-first 5]
+                    [--retry-after 1] [--delay 0.1] [--slow-first 5] [--log-bodies]
 
 Prints `PORT <n>` on its first line once it listens.
 """
@@ -26,6 +26,7 @@ p.add_argument("--fail", default="", help="statuses of the first tries of every 
 p.add_argument("--retry-after", default="1", help="Retry-After header sent with 429")
 p.add_argument("--delay", type=float, default=0.0, help="seconds before every successful answer")
 p.add_argument("--slow-first", type=float, default=0.0, help="seconds before the first try of each call answers")
+p.add_argument("--log-bodies", action="store_true", help="log each request's whole body too")
 args = p.parse_args()
 
 replies = json.load(open(args.replies)) if args.replies else []
@@ -81,7 +82,10 @@ class Handler(BaseHTTPRequestHandler):
             attempt = tries.get(key, 0)
             tries[key] = attempt + 1
         status = fails[attempt] if attempt < len(fails) else 200
-        log.write(json.dumps({"t": t, "key": key, "seed": req.get("seed"), "attempt": attempt, "status": status}) + "\n")
+        entry = {"t": t, "key": key, "seed": req.get("seed"), "attempt": attempt, "status": status}
+        if args.log_bodies:
+            entry["body"] = req
+        log.write(json.dumps(entry) + "\n")
         if status == 429:
             return self.send(429, {"error": {"message": "rate limited", "type": "rate_limit_error"}},
                              [("Retry-After", args.retry_after)])

@@ -2,15 +2,18 @@
 
   openai_check.py CHECK --base-url http://127.0.0.1:PORT/v1 --model NAME --api-key KEY
 
-Checks: chat, stream, n, stop, max-tokens, completions, models, errors, auth. Each
+Checks: chat, stream, n, stop, max-tokens, completions, models, errors, auth, batches
+(files.create / batches.create / batches.retrieve / files.content). Each
 asserts what the OpenAI API promises, prints one JSON line of what it saw, and exits
 non-zero (with the assertion) when the server does not keep a promise.
 """
 
 import argparse
+import io
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -230,6 +233,68 @@ def auth(a):
     return {"ok": True}
 
 
+def wait_batch(c, b):
+    deadline = time.time() + 120
+    while b.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.time() < deadline, b
+        time.sleep(0.2)
+        b = c.batches.retrieve(b.id)
+    return b
+
+
+def batches(a):
+    c = client(a)
+    lines = [
+        {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": a.model, "messages": [MESSAGES[0], {"role": "user", "content": f"Explain item {i}."}],
+                  "max_tokens": 6, "temperature": 0, "seed": i}}
+        for i in range(3)
+    ]
+    lines.append({"custom_id": "bad-model", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "nope", "messages": MESSAGES, "max_tokens": 4}})
+    data = "".join(json.dumps(l) + "\n" for l in lines).encode()
+    f = c.files.create(file=("judge.jsonl", io.BytesIO(data)), purpose="batch")
+    assert f.object == "file" and f.bytes == len(data) and f.purpose == "batch", f
+    assert c.files.retrieve(f.id).filename == "judge.jsonl"
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                         metadata={"description": "janus test"})
+    assert b.object == "batch" and b.status in ("validating", "in_progress"), b
+    assert b.metadata == {"description": "janus test"}, b
+    b = wait_batch(c, b)
+    assert b.status == "completed", b
+    counts = b.request_counts
+    lines_of = lambda f: [json.loads(l) for l in c.files.content(f).text.splitlines()] if f else []
+    out, err = lines_of(b.output_file_id), lines_of(b.error_file_id)
+    assert (counts.total, counts.completed, counts.failed) == (4, 3, 1), (counts, err)
+    assert sorted(o["custom_id"] for o in out) == ["req-0", "req-1", "req-2"], out
+    assert [e["custom_id"] for e in err] == ["bad-model"], err
+    assert err[0]["response"]["status_code"] == 404, err
+    assert "error" in err[0]["response"]["body"], err
+    # Greedy decoding: a batch line answers what the same request answers online.
+    for o in out:
+        assert o["response"]["status_code"] == 200, o
+        body = o["response"]["body"]
+        assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] > 0, body
+        online = c.chat.completions.create(**lines[int(o["custom_id"].split("-")[1])]["body"])
+        assert body["choices"][0]["message"]["content"] == online.choices[0].message.content, (body, online)
+    # A bad input file fails the batch, naming its lines.
+    bad = c.files.create(file=("bad.jsonl", io.BytesIO(b'{"custom_id": "x"}\nnot json\n')), purpose="batch")
+    b2 = wait_batch(c, c.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions",
+                                        completion_window="24h"))
+    assert b2.status == "failed" and [e.line for e in b2.errors.data] == [1, 2], b2
+    try:
+        c.batches.retrieve("batch-nope")
+        raise AssertionError("an unknown batch was found")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404
+    try:
+        c.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+        raise AssertionError("a batch of an unknown file was created")
+    except openai.NotFoundError as e:
+        assert e.status_code == 404
+    return {"output": len(out), "errors": len(err), "content": out[0]["response"]["body"]["choices"][0]["message"]["content"]}
+
+
 CHECKS = {
     "chat": chat,
     "stream": stream,
@@ -240,6 +305,7 @@ CHECKS = {
     "models": models,
     "errors": errors,
     "auth": auth,
+    "batches": batches,
 }
 
 

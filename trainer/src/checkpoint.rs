@@ -14,8 +14,8 @@ use tch::nn::VarStore;
 use crate::dist::Collective;
 use crate::error::{Error, IoContext, Result};
 use crate::model::{load_model_dir, save_model, ModelConfig, SafetensorsFile, SafetensorsWriter};
+use crate::optim::Optimizer;
 use crate::storage::{Store, Written};
-use crate::train::Optimizer;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";

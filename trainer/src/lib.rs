@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod error;
 pub mod eval;
@@ -10,6 +11,7 @@ pub mod generate;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod model_dir;
 pub mod optim;
 pub mod plan;
 pub mod progress;

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntGauge, Opts, Registry};
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 use tch::{Device, Kind, Tensor};
 
 use crate::dist::Collective;
@@ -82,10 +82,16 @@ pub struct TrainMetrics {
     allreduce: Histogram,
     data_wait: Histogram,
     checkpoint: Histogram,
+    attention_fallback: IntCounter,
     /// Nanoseconds spent in collectives since the last step was recorded.
     collective_nanos: Arc<AtomicU64>,
     /// Model FLOPs of one token (forward and backward), and this rank's peak FLOP/s.
+    /// Until the first `sequences`: an upper bound, every token in a sequence of the
+    /// full length.
     flops_per_token: f64,
+    flops: ModelFlops,
+    /// Tokens and the sum of their sequences' squared lengths this run (`sequences`).
+    attention: std::sync::Mutex<(f64, f64)>,
     peak_flops: Option<f64>,
     world_size: usize,
 }
@@ -163,8 +169,16 @@ impl TrainMetrics {
                 labels,
                 &CHECKPOINT_BUCKETS,
             ),
+            attention_fallback: IntCounter::with_opts(opts(
+                "janus_attention_fallback_total",
+                "Packed attention calls on CUDA that flash attention's varlen kernel refused, run segment by segment instead",
+                labels,
+            ))
+            .expect("valid counter"),
             collective_nanos: Arc::new(AtomicU64::new(0)),
             flops_per_token: flops_per_token(model, params, seq_len),
+            flops: ModelFlops::new(model, params),
+            attention: Default::default(),
             peak_flops: peak_flops(device, kind),
             world_size: world_size.max(1),
         };
@@ -178,17 +192,21 @@ impl TrainMetrics {
             Box::new(m.allreduce.clone()),
             Box::new(m.data_wait.clone()),
             Box::new(m.checkpoint.clone()),
+            Box::new(m.attention_fallback.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
         m
     }
 
-    /// `comm`, with the time spent in its calls added to this step's all-reduce time.
-    pub fn timed(&self, comm: Box<dyn Collective>) -> Box<dyn Collective> {
+    /// `comm`, with the time spent in its collectives added to this step's all-reduce
+    /// time: each collective's own time where the calls return before it is done (the
+    /// device time between CUDA events for NCCL), the wall time of the calls otherwise.
+    pub fn timed(&self, mut comm: Box<dyn Collective>) -> Box<dyn Collective> {
+        let device_timed = comm.time_collectives_into(self.collective_nanos.clone());
         Box::new(TimedCollective {
             inner: comm,
-            nanos: self.collective_nanos.clone(),
+            nanos: (!device_timed).then(|| self.collective_nanos.clone()),
         })
     }
 
@@ -216,9 +234,33 @@ impl TrainMetrics {
         self.grad_norm.set(grad_norm);
         self.learning_rate.set(lr);
         self.tokens_per_second.set(tokens_per_second);
+        let fallbacks = crate::model::fallback_calls();
+        let counted = self.attention_fallback.get();
+        if fallbacks > counted {
+            self.attention_fallback.inc_by(fallbacks - counted);
+        }
         if let Some(peak) = self.peak_flops {
             let per_rank = tokens_per_second / self.world_size as f64;
-            self.mfu.set(self.flops_per_token * per_rank / peak);
+            self.mfu.set(self.mean_flops_per_token() * per_rank / peak);
+        }
+    }
+
+    /// A step trained `tokens` real tokens whose sequences' (packed segments')
+    /// squared lengths sum to `squares` (`data::Batch::attention_squares`): MFU's
+    /// attention term from then on follows the run's real sequences.
+    pub fn sequences(&self, tokens: i64, squares: i64) {
+        let mut a = self.attention.lock().expect("metrics lock");
+        a.0 += tokens as f64;
+        a.1 += squares as f64;
+    }
+
+    /// Model FLOPs per token of the sequences trained so far (see [`ModelFlops`]).
+    fn mean_flops_per_token(&self) -> f64 {
+        let (tokens, squares) = *self.attention.lock().expect("metrics lock");
+        if tokens > 0.0 {
+            self.flops.of_tokens(tokens, squares) / tokens
+        } else {
+            self.flops_per_token
         }
     }
 
@@ -300,18 +342,20 @@ impl TrainMetrics {
     }
 }
 
-/// A collective that adds the wall time of every call to a shared counter.
+/// A collective that adds the wall time of every call to a shared counter (`None`:
+/// the communicator adds its device time there itself).
 struct TimedCollective {
     inner: Box<dyn Collective>,
-    nanos: Arc<AtomicU64>,
+    nanos: Option<Arc<AtomicU64>>,
 }
 
 impl TimedCollective {
     fn time<T>(&mut self, f: impl FnOnce(&mut dyn Collective) -> T) -> T {
         let t = Instant::now();
         let out = f(self.inner.as_mut());
-        self.nanos
-            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some(n) = &self.nanos {
+            n.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
         out
     }
 }
@@ -341,28 +385,79 @@ impl Collective for TimedCollective {
     fn barrier(&mut self) -> Result<()> {
         self.time(|c| c.barrier())
     }
+    fn start(&mut self, op: crate::dist::Op, t: &Tensor) -> Result<()> {
+        self.time(|c| c.start(op, t))
+    }
+    fn wait(&mut self) -> Result<()> {
+        self.time(|c| c.wait())
+    }
+    fn time_collectives_into(&mut self, nanos: Arc<AtomicU64>) -> bool {
+        self.inner.time_collectives_into(nanos)
+    }
 }
 
-/// Model FLOPs of one trained token, forward and backward (PaLM's appendix B, as
-/// nanoGPT and torchtitan count them): `6 N` for the matrix multiplications, where N
-/// is every parameter but the input embedding (a lookup, unless tied to the LM head),
-/// plus `12 L d S` for attention scores and values (`d` = heads x head_dim, `S` the
-/// sequence length: exact for packed rows, an upper bound for shorter examples).
+/// Model FLOPs of training, forward and backward: the one formula of the metrics and
+/// the benchmarks (`janus bench-train`, `bench/train_bench.py` mirrors it). PaLM's
+/// appendix B, as nanoGPT and torchtitan count them: `6 N` per token for the matrix
+/// multiplications, where N is every parameter but the input embedding (a lookup,
+/// unless tied to the LM head), plus `12 L d s` per token of a sequence of `s` tokens
+/// for the attention scores and values (`d` = heads x head_dim; causal masking is not
+/// discounted, by that convention). `s` is the length of the sequence a token attends
+/// within: of each packed segment, never of the whole packed row, and never padding
+/// (neither is model work). Activation checkpointing's recomputation is not counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelFlops {
+    /// `6 N`.
+    pub dense_per_token: f64,
+    /// `12 L d`: times `s` per token, `s^2` per sequence.
+    pub attention_per_token_and_length: f64,
+}
+
+impl ModelFlops {
+    /// From the model's trainable `params` (what the trainer really multiplies).
+    pub fn new(model: &ModelConfig, params: &[Tensor]) -> Self {
+        let total: i64 = params.iter().map(|p| p.numel() as i64).sum();
+        let embedding = if model.tie_word_embeddings {
+            0
+        } else {
+            (model.vocab_size * model.hidden_size) as i64
+        };
+        let head_dim = model
+            .head_dim
+            .unwrap_or(model.hidden_size / model.num_attention_heads.max(1));
+        Self {
+            dense_per_token: 6.0 * (total - embedding).max(0) as f64,
+            attention_per_token_and_length: 12.0
+                * model.num_hidden_layers as f64
+                * (model.num_attention_heads * head_dim) as f64,
+        }
+    }
+
+    /// FLOPs of training on sequences of the lengths `lens` (each packed segment one).
+    pub fn of_sequences(&self, lens: impl IntoIterator<Item = usize>) -> f64 {
+        let (tokens, squares) = lens
+            .into_iter()
+            .fold((0.0, 0.0), |(t, q), s| (t + s as f64, q + (s * s) as f64));
+        self.of_tokens(tokens, squares)
+    }
+
+    /// FLOPs of `tokens` tokens whose sequences' lengths squared sum to `squares`.
+    pub fn of_tokens(&self, tokens: f64, squares: f64) -> f64 {
+        self.dense_per_token * tokens + self.attention_per_token_and_length * squares
+    }
+
+    /// Mean FLOPs per token over sequences of the lengths `lens`.
+    pub fn per_token(&self, lens: impl IntoIterator<Item = usize>) -> f64 {
+        let lens: Vec<usize> = lens.into_iter().collect();
+        let tokens: usize = lens.iter().sum();
+        self.of_sequences(lens) / tokens.max(1) as f64
+    }
+}
+
+/// Model FLOPs of one trained token of a sequence of `seq_len` tokens
+/// (see [`ModelFlops`]).
 pub fn flops_per_token(model: &ModelConfig, params: &[Tensor], seq_len: usize) -> f64 {
-    let total: i64 = params.iter().map(|p| p.numel() as i64).sum();
-    let embedding = if model.tie_word_embeddings {
-        0
-    } else {
-        (model.vocab_size * model.hidden_size) as i64
-    };
-    let head_dim = model
-        .head_dim
-        .unwrap_or(model.hidden_size / model.num_attention_heads.max(1));
-    let attn = 12.0
-        * model.num_hidden_layers as f64
-        * (model.num_attention_heads * head_dim) as f64
-        * seq_len as f64;
-    6.0 * (total - embedding).max(0) as f64 + attn
+    ModelFlops::new(model, params).per_token([seq_len])
 }
 
 /// Dense peak FLOP/s of one rank's device for `kind`: `JANUS_PEAK_TFLOPS` if set; a
@@ -483,6 +578,7 @@ mod tests {
             format!("janus_allreduce_seconds_count{{{l}}} 1"),
             format!("janus_data_wait_seconds_sum{{{l}}} 0.003"),
             format!("janus_checkpoint_seconds_count{{{l}}} 1"),
+            format!("janus_attention_fallback_total{{{l}}} 0"),
         ] {
             assert!(text.contains(&s), "missing {s} in\n{text}");
         }
@@ -552,6 +648,27 @@ mod tests {
     }
 
     #[test]
+    fn flops_count_attention_per_packed_segment_by_hand() {
+        // Hidden 16, 4 heads of 4 (d = 16), 2 KV heads (width 8), MLP 40, 2 layers,
+        // vocab 100, untied. Per layer: q 16x16 + k 16x8 + v 16x8 + o 16x16 = 768,
+        // MLP 3 x 16 x 40 = 1920, two norms 32: 2720. Both layers 5440, final norm 16,
+        // LM head 1600 (the input embedding's 1600 is a lookup, not counted): N = 7056.
+        let cfg = ModelConfig::small("mistral", 100, 16, 40, 2, 4, 2);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let _model = crate::model::Transformer::new(&vs.root(), &cfg);
+        let params = vs.trainable_variables();
+        let f = ModelFlops::new(&cfg, &params);
+        assert_eq!(f.dense_per_token, 6.0 * 7056.0);
+        assert_eq!(f.attention_per_token_and_length, 12.0 * 2.0 * 16.0);
+        // One packed row of 8 tokens: segments of 3 and 5. Dense 6 x 7056 x 8 = 338688;
+        // attention 12 x 2 x 16 x (3^2 + 5^2) = 13056; not 12 x 2 x 16 x 8^2 = 24576,
+        // the whole row's count.
+        assert_eq!(f.of_sequences([3, 5]), 338688.0 + 13056.0);
+        assert_eq!(f.per_token([3, 5]), (338688.0 + 13056.0) / 8.0);
+        assert_eq!(f.of_tokens(8.0, 34.0), f.of_sequences([3, 5]));
+    }
+
+    #[test]
     fn mfu_is_achieved_over_peak_flops() {
         std::env::set_var(PEAK_TFLOPS_ENV, "1");
         let m = TrainMetrics::new(&labels(), 2, &tiny(), &[], 128, Device::Cpu, Kind::Float);
@@ -560,6 +677,24 @@ mod tests {
         // 2e12 / fpt tokens/s over 2 ranks: each rank does 1e12 FLOP/s = its peak.
         m.step(1, 1.0, 1.0, 1e-4, 2e12 / fpt);
         assert!((m.mfu.get() - 1.0).abs() < 1e-9, "{}", m.mfu.get());
+    }
+
+    #[test]
+    fn mfu_counts_the_attention_of_the_sequences_trained() {
+        std::env::set_var(PEAK_TFLOPS_ENV, "1");
+        let cfg = tiny();
+        let params = [Tensor::zeros([100_000], (Kind::Int8, Device::Cpu))];
+        let m = TrainMetrics::new(&labels(), 1, &cfg, &params, 128, Device::Cpu, Kind::Float);
+        std::env::remove_var(PEAK_TFLOPS_ENV);
+        m.step(1, 1.0, 1.0, 1e-4, 1000.0);
+        let bound = m.mfu.get();
+        // Packed rows of 16-token segments: a sixteenth of the full-length bound's
+        // attention, as the hand count says.
+        m.sequences(64, 4 * 16 * 16);
+        m.step(2, 1.0, 1.0, 1e-4, 1000.0);
+        let f = ModelFlops::new(&cfg, &params);
+        assert_eq!(m.mfu.get(), f.per_token([16; 4]) * 1000.0 / 1e12);
+        assert!(m.mfu.get() < bound);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 
 use crate::config::{ByteSize, Dtype, Method, TrainConfig};
 use crate::error::{Error, Result};
+use crate::loss::LOSS_CHUNK_TOKENS;
 use crate::model::ModelConfig;
-use crate::train::LOSS_CHUNK_TOKENS;
 
 /// One line of the plan.
 #[derive(Debug, Clone, PartialEq)]

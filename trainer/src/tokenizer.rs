@@ -62,6 +62,19 @@ impl Tokenizer {
         })
     }
 
+    /// The `pad_token_id` a reward model's config.json names: transformers'
+    /// `*ForSequenceClassification` reads each row at its last token that is not this
+    /// id, and our reward inputs end with EOS (`data::reward_input`), so it cannot be
+    /// EOS (our padding): `<unk>` when the vocabulary has one, else BOS (never last).
+    /// Batches given to transformers are padded with it (or padded on the left).
+    pub fn reward_pad_id(&self) -> i64 {
+        self.inner
+            .token_to_id("<unk>")
+            .map(i64::from)
+            .filter(|&u| u != self.eos_id)
+            .unwrap_or(self.bos_id)
+    }
+
     /// Token ids of `text`, without special tokens (the prompt format adds BOS/EOS).
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let enc = self

@@ -175,6 +175,48 @@ fn a_model_download_beyond_the_scratch_limit_fails_up_front_naming_the_field() {
     assert_eq!(downloaded, 0, "nothing was downloaded");
 }
 
+/// Inference downloads its model through the same fetch as training, so `janus serve`
+/// (and evaluation) is refused up front as well when the model does not fit.
+#[test]
+fn an_inference_model_download_beyond_the_scratch_limit_fails_up_front_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model) = common::tiny_setup(dir.path(), 4);
+    let scratch = dir.path().join("scratch");
+    let url = format!("file://{}", model.display());
+    let mut child = common::janus()
+        .args(["serve", "--model", &url, "--device", "cpu", "--port", "0"])
+        .env("JANUS_STAGING_DIR", &scratch)
+        .env(janus_crds::env::SCRATCH_LIMIT_BYTES, "100000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that got its model would serve until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("janus serve started instead of refusing the download");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(janus_crds::exit_code::BAD_INPUT),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "not enough scratch space for the model download ({url})"
+        )) && err.contains("spec.workers.scratchSizeLimit"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+    let downloaded: u64 = left.iter().flat_map(|e| walk(&e.path())).sum();
+    assert_eq!(downloaded, 0, "nothing was downloaded");
+}
+
 fn walk(p: &std::path::Path) -> Vec<u64> {
     if p.is_dir() {
         std::fs::read_dir(p)

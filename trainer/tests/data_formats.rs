@@ -190,7 +190,7 @@ fn truncation_keeps_the_response_start_and_counts() {
         max_len: 64,
         policy: Truncation::TruncateResponse,
         min_response: 8,
-        append_eos: true,
+        ending: janus::data::Ending::Eos,
     };
     let (ex, stats) = t.sft(&recs).unwrap();
     assert_eq!((stats.kept, stats.truncated, stats.dropped), (1, 1, 1));

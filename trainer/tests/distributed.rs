@@ -281,7 +281,7 @@ fn two_ranks_equal_one_rank_dpo_and_reward() {
             "data.packing=false",
             "distributed.shard_optimizer=true",
             "hyperparameters.adam_epsilon=1e-3",
-            "hyperparameters.learning_rate=1e-2",
+            "hyperparameters.learning_rate=5e-3",
         ],
         "preference.parquet",
     );
@@ -305,6 +305,189 @@ fn zero1_on_2_and_4_ranks_equals_unsharded_training_orpo() {
             world,
             &[ORPO, &["distributed.shard_optimizer=true"]].concat(),
             "preference.parquet",
+        );
+    }
+}
+
+#[test]
+fn overlapped_collectives_give_the_weights_of_the_plain_step_for_every_method() {
+    // A model of about 13 MB (fp32), so that 1 MiB buckets make a dozen of them and the
+    // backward pass starts them one by one; 2 micro-batches per rank, so the first
+    // one's backward starts none (one on 4 ranks). SFT packed (replicated and ZeRO-1,
+    // with and without checkpointing, on 2, 3 (odd: buckets padded to a multiple of 3) and 4
+    // ranks), ORPO, DPO (ZeRO-1) and the reward model. Weights and losses bit for bit.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = janus::model::ModelConfig::small("mistral", 512, 256, 688, 4, 8, 4);
+    let (data, model) = common::setup_with(dir, 16, cfg);
+    let cases: &[(&str, usize, &[&str], &str)] = &[
+        (
+            "sft",
+            2,
+            &["distributed.shard_optimizer=false"],
+            "sft.jsonl",
+        ),
+        (
+            "sft-zero",
+            2,
+            &["distributed.shard_optimizer=true"],
+            "sft.jsonl",
+        ),
+        (
+            "sft-zero-3",
+            3,
+            &["distributed.shard_optimizer=true"],
+            "sft.jsonl",
+        ),
+        (
+            "sft-zero-ckpt",
+            4,
+            &[
+                "distributed.shard_optimizer=true",
+                "model.gradient_checkpointing=true",
+            ],
+            "sft.jsonl",
+        ),
+        (
+            "orpo-zero",
+            2,
+            &[ORPO, &["distributed.shard_optimizer=true"]].concat(),
+            "preference.parquet",
+        ),
+        (
+            "dpo-zero",
+            2,
+            &[
+                "method=dpo",
+                "data.packing=false",
+                "data.prompt_format=chatml",
+                "distributed.shard_optimizer=true",
+            ],
+            "preference.parquet",
+        ),
+        (
+            "reward",
+            2,
+            &[
+                "method=reward",
+                "data.packing=false",
+                "distributed.shard_optimizer=false",
+            ],
+            "preference.parquet",
+        ),
+    ];
+    for (name, world, extra, file) in cases {
+        let micro = "hyperparameters.micro_batch_size=1".to_string();
+        let accum = if *world == 4 { "1" } else { "2" };
+        let accum = format!("hyperparameters.gradient_accumulation_steps={accum}");
+        let run = |overlap: bool| {
+            let job = format!("{name}-{overlap}");
+            let o = format!("distributed.overlap={overlap}");
+            let args: Vec<&str> = [
+                &[
+                    "hyperparameters.max_steps=3",
+                    "distributed.bucket_mib=1",
+                    &micro,
+                    &accum,
+                    &o,
+                ],
+                *extra,
+            ]
+            .concat();
+            ok(run_ranks(
+                dir,
+                &model,
+                &data.join(file),
+                &job,
+                *world,
+                &args,
+                None,
+            ));
+            read_weights(&dir.join(format!("out-{job}")))
+        };
+        let (plain, overlapped) = (run(false), run(true));
+        let (a, b) = (
+            losses(dir, &format!("{name}-false"), 3),
+            losses(dir, &format!("{name}-true"), 3),
+        );
+        assert_eq!(a.len(), 3);
+        assert_eq!(a, b, "{name} on {world} ranks: overlap changed the losses");
+        let mut worst = 0.0f64;
+        for ((n, a), (m, b)) in plain.iter().zip(&overlapped) {
+            assert_eq!(n, m);
+            worst = worst.max((a - b).abs().max().double_value(&[]));
+        }
+        eprintln!("{name} on {world} ranks: max |overlapped - plain| = {worst:e}");
+        assert!(
+            worst <= 1e-6,
+            "{name} on {world} ranks: overlap changed the weights by {worst}"
+        );
+    }
+}
+
+/// The loss history of `job`'s checkpoint at `step`.
+fn losses(dir: &Path, job: &str, step: u64) -> Vec<f64> {
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("ckpt/{job}/step-{step}/trainer_state.json"))).unwrap(),
+    )
+    .unwrap();
+    state["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_bfloat16_reduce_keeps_the_loss_within_a_percent_of_a_float32_reduce() {
+    // A bf16 model with fp32 master weights on 2 and 4 ranks, its bf16 gradients summed
+    // in fp32 (the default) or in bf16 (half the bytes on the wire; on 4 ranks the
+    // ring rounds each partial sum): 30 steps each, the same global batch.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    for world in [2usize, 4] {
+        let run = |reduce: &str| {
+            let job = format!("reduce-{world}-{reduce}");
+            let dtype = format!("distributed.reduce_dtype={reduce}");
+            let micro = format!("hyperparameters.micro_batch_size={}", 4 / world);
+            let extra = [
+                "model.dtype=bfloat16",
+                "hyperparameters.max_steps=30",
+                &micro,
+                "hyperparameters.gradient_accumulation_steps=1",
+                "checkpoint.every_steps=30",
+                &dtype,
+            ];
+            ok(run_ranks(dir, &model, &data, &job, world, &extra, None));
+            losses(dir, &job, 30)
+        };
+        let (fp32, bf16) = (run("float32"), run("bfloat16"));
+        assert_eq!((fp32.len(), bf16.len()), (30, 30));
+        let worst = fp32
+            .iter()
+            .zip(&bf16)
+            .map(|(a, b)| (a - b).abs() / a.abs())
+            .fold(0.0, f64::max);
+        let (d32, d16) = (fp32[0] - fp32[29], bf16[0] - bf16[29]);
+        eprintln!(
+            "{world} ranks, bf16 vs fp32 reduce over 30 steps: largest relative loss \
+             difference {worst:.2e}; loss decrease {d16:.4} vs {d32:.4}; final loss {:.5} vs {:.5}",
+            bf16[29], fp32[29]
+        );
+        assert!(
+            fp32 != bf16,
+            "the reduce dtype changed nothing: the check would be vacuous"
+        );
+        assert!(
+            worst < 1e-2,
+            "{world} ranks: a bf16 reduce moved the loss by {worst:.2e}"
+        );
+        assert!(
+            (d16 - d32).abs() < 0.1 * d32.abs(),
+            "{world} ranks: loss decrease {d16} with a bf16 reduce vs {d32} with fp32"
         );
     }
 }
@@ -360,6 +543,172 @@ fn a_killed_rank_stops_the_launcher_and_a_restart_resumes() {
     assert_eq!(summary["finished"], true);
     assert_eq!(summary["steps_completed"], 400);
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 3);
+}
+
+/// Reduce-scatter, all-reduce, a synchronous all-reduce between them and an all-gather,
+/// started and waited for (`background`) or called one by one; rank `rank`'s results.
+fn collective_sequence(
+    c: &mut dyn Collective,
+    rank: usize,
+    world: usize,
+    background: bool,
+) -> Vec<Tensor> {
+    use janus::dist::Op;
+    let mk = |len: usize, k: f64| {
+        Tensor::arange(len as i64, (Kind::Float, Device::Cpu)) * (rank as f64 + k) + k
+    };
+    let (mut a, mut b, mut mid, mut g) = (
+        mk(1000 * world, 1.0),
+        mk(777, 2.0),
+        mk(5, 4.0),
+        mk(12 * world, 3.0),
+    );
+    if background {
+        c.start(Op::ReduceScatter, &a).unwrap();
+        c.start(Op::AllReduce, &b).unwrap();
+        c.all_reduce_sum(&mut mid).unwrap();
+        c.start(Op::AllGather, &g).unwrap();
+        c.wait().unwrap();
+    } else {
+        c.reduce_scatter_sum(&mut a).unwrap();
+        c.all_reduce_sum(&mut b).unwrap();
+        c.all_reduce_sum(&mut mid).unwrap();
+        c.all_gather(&mut g).unwrap();
+    }
+    // Only this rank's segment of a reduce-scatter is defined.
+    vec![a.narrow(0, (rank * 1000) as i64, 1000), b, mid, g]
+}
+
+#[test]
+fn collectives_started_on_a_background_ring_equal_synchronous_ones() {
+    for world in [2, 3] {
+        let sync = with_ring(world, |rank, ring| {
+            collective_sequence(ring, rank, world, false)
+        });
+        let port = free_port().unwrap();
+        let started: Vec<Vec<Tensor>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..world)
+                .map(|r| {
+                    s.spawn(move || {
+                        let ring =
+                            rendezvous(&info(r, world, port), "h", Duration::from_secs(30), None)
+                                .unwrap()
+                                .ring;
+                        let mut c = janus::dist::Background::new(Box::new(ring));
+                        collective_sequence(&mut c, r, world, true)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, (want, got)) in sync.iter().zip(&started).enumerate() {
+            for (i, (w, g)) in want.iter().zip(got).enumerate() {
+                assert!(
+                    w.equal(g),
+                    "world {world}, rank {rank}, collective {i} differs"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_ring_peer_that_stops_answering_mid_all_reduce_fails_the_others_within_the_timeout() {
+    let port = free_port().unwrap();
+    let timeout = Duration::from_secs(2);
+    let start = Instant::now();
+    let results: Vec<Option<(String, Duration)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|r| {
+                s.spawn(move || {
+                    let mut ring = rendezvous(&info(r, 3, port), "h", timeout, None)
+                        .unwrap()
+                        .ring;
+                    if r == 2 {
+                        // Joined, then stops answering with its connections open.
+                        std::thread::sleep(Duration::from_secs(8));
+                        return None;
+                    }
+                    let began = Instant::now();
+                    let mut t = Tensor::ones([1 << 20], (Kind::Float, Device::Cpu));
+                    let e = ring.all_reduce_sum(&mut t).unwrap_err();
+                    Some((e.to_string(), began.elapsed()))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (e0, t0) = results[0].clone().expect("rank 0 failed");
+    assert!(
+        e0.contains("ring rank 0: rank 2 stopped answering mid all-reduce")
+            && e0.contains("for 2s (distributed.timeout_seconds)"),
+        "{e0}"
+    );
+    assert!(
+        t0 >= timeout && t0 < timeout + Duration::from_secs(2),
+        "rank 0 failed after {t0:?}"
+    );
+    let (e1, t1) = results[1].clone().expect("rank 1 failed");
+    assert!(e1.starts_with("ring rank 1: rank "), "{e1}");
+    assert!(
+        t1 < 2 * timeout + Duration::from_secs(2),
+        "rank 1 failed after {t1:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn a_rank_that_stops_answering_ends_the_run_within_the_timeout_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let extra = [
+        "hyperparameters.max_steps=400",
+        "checkpoint.every_steps=3",
+        "hyperparameters.micro_batch_size=2",
+        "hyperparameters.gradient_accumulation_steps=1",
+        "distributed.timeout_seconds=3",
+    ];
+    let args = train_args(dir, &model, &data.join("sft.jsonl"), "stall", &extra);
+    let mut launcher = common::janus();
+    launcher
+        .args(["launch", "--nproc", "2", "--"])
+        .args(&args)
+        // The stopped rank cannot act on SIGTERM: SIGKILL follows after a second.
+        .env("JANUS_TERMINATION_GRACE_SECONDS", "1");
+    let (mut child, mut lines) = common::spawn_logged(launcher);
+    let seen = common::read_until(&mut lines, "checkpoint saved");
+    let pid = common::rank_pids(&seen)
+        .iter()
+        .find(|(r, _)| *r == 1)
+        .expect("the launcher logs each rank's pid")
+        .1;
+    let stopped_at = Instant::now();
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let took = stopped_at.elapsed();
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let text = rest.join("\n");
+    assert_eq!(
+        status.code(),
+        Some(janus_crds::exit_code::RETRYABLE),
+        "{text}"
+    );
+    assert!(
+        text.contains("ring rank 0: rank 1 stopped answering mid"),
+        "{text}"
+    );
+    assert!(text.contains("janus launch: rank 0 exited"), "{text}");
+    // 3 s of no progress, then a second of grace for the stopped rank.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(12),
+        "the run ended {took:?} after rank 1 stopped"
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! OpenAI-compatible server (tests/python/judge_server.py: chosen texts, 429 with
 //! Retry-After, 500s, slow answers) for the judge's limits, retries, parser and
 //! resumption, and `janus serve` on a tiny model for the whole pipeline
-//! (generate -> judge -> score). Scores are checked on a hand-computed fixture.
+//! (generate -> judge -> score), online and through its Batch API. Scores are checked
+//! on a hand-computed fixture.
 
 mod common;
 
@@ -724,4 +725,119 @@ fn every_stage_resumes_on_object_storage() {
     assert_eq!(results["mean"].as_f64(), Some(4.0));
     assert_eq!(results["calls"].as_u64(), Some(24));
     assert!(s3.object_path("eval/run-1/report.md").exists());
+}
+
+/// `janus serve` on the tiny model of `dir` as a judge named `tiny-judge`.
+fn serve_judge(model: &Path) -> (u16, std::process::Child) {
+    let port = janus::dist::launch::free_port().unwrap();
+    let mut serve = common::janus();
+    serve
+        .args(["serve", "--model", model.to_str().unwrap()])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--dtype",
+            "float32",
+            "--device",
+            "cpu",
+        ])
+        .args(["--served-model-name", "tiny-judge"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = common::spawn_tied(serve);
+    common::wait_for_status(port, "/health", 200, 120);
+    (port, child)
+}
+
+/// Judging through the Batch API of `janus serve` (files, batches, polling, custom_id
+/// back to the call, re-asks in later rounds) grades exactly as online judging does
+/// with a greedy judge, and a restarted stage polls the batch it recorded instead of
+/// creating another.
+#[test]
+fn batch_judging_against_janus_serve_grades_as_online_and_resumes_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model) = common::tiny_setup(dir.path(), 6);
+    let (bench, _) = bench_and_answers(dir.path(), 3);
+    let (port, mut server) = serve_judge(&model);
+    let judge = |out: &Path, mode: &str| {
+        let answers_from = dir.path().join("out/answers");
+        let dest = out.join("answers");
+        std::fs::create_dir_all(&dest).unwrap();
+        for f in std::fs::read_dir(&answers_from).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dest.join(f.file_name())).unwrap();
+        }
+        let cfg = config(&overrides(
+            &bench,
+            out,
+            &format!("http://127.0.0.1:{port}/v1"),
+            &[
+                "judge.model=tiny-judge",
+                "judge.runs=1",
+                "judge.temperature=0",
+                "judge.max_tokens=6",
+                "judge.max_parse_retries=1",
+                "judge.parser=original",
+                &format!("judge.mode={mode}"),
+                "judge.batch_poll_seconds=0.2",
+            ],
+        ));
+        judge::run(&cfg, &mut StageProgress::quiet("judge")).unwrap()
+    };
+    let online = dir.path().join("online");
+    let batch = dir.path().join("batch");
+    let so = judge(&online, "online");
+    let sb = judge(&batch, "batch");
+    assert_eq!((so.calls_total, sb.calls_total), (12, 12));
+    assert_eq!(so.calls_made, sb.calls_made);
+    let sorted = |out: &Path| {
+        let mut g = grades(out);
+        g.sort_by_key(|g| g.key());
+        g
+    };
+    let (go, gb) = (sorted(&online), sorted(&batch));
+    assert_eq!(go.len(), 12);
+    assert_eq!(go, gb, "batch grades differ from online grades");
+    let log = batch.join(janus::eval::batch::BATCHES);
+    let records: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let created: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("input_file").is_some())
+        .collect();
+    let rounds = 1 + usize::from(go.iter().any(|g| g.attempts > 1));
+    eprintln!(
+        "{rounds} round(s); {} of 12 calls re-asked",
+        go.iter().filter(|g| g.attempts > 1).count()
+    );
+    assert_eq!(created.len(), rounds, "one batch per round: {records:?}");
+    assert_eq!(created[0]["calls"].as_array().unwrap().len(), 12);
+
+    // A stage killed after creating its first batch, before recording its answers:
+    // the restart polls that batch, creating none.
+    std::fs::remove_file(batch.join(janus::eval::GRADES)).unwrap();
+    std::fs::write(&log, format!("{}\n", records[0])).unwrap();
+    let again = judge(&batch, "batch");
+    assert_eq!(again.calls_total, 12);
+    let after: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&Value> = after
+        .iter()
+        .filter(|r| r.get("input_file").is_some())
+        .map(|r| &r["batch"])
+        .collect();
+    assert_eq!(
+        ids[0], &records[0]["batch"],
+        "the recorded batch is polled again"
+    );
+    assert_eq!(ids.len(), rounds);
+    assert_eq!(sorted(&batch), go);
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -1,7 +1,7 @@
 //! `janus serve` through the official `openai` Python client (chat, streaming with
 //! usage, n > 1, stop, max_tokens, completions, models) and plain HTTP (OpenAI-shaped
 //! 400s naming the field, an over-long prompt, the API key, /health 503 until the
-//! model is loaded, /metrics).
+//! model is loaded, /metrics), and the Files and Batch API subset batch judging uses.
 
 mod common;
 
@@ -96,6 +96,15 @@ fn openai_client_stop_strings() {
 #[test]
 fn openai_client_max_tokens_and_max_completion_tokens() {
     check("max-tokens");
+}
+
+#[test]
+fn openai_client_files_and_batches() {
+    let v = check("batches");
+    assert_eq!(
+        (v["saw"]["output"].as_u64(), v["saw"]["errors"].as_u64()),
+        (Some(3), Some(1))
+    );
 }
 
 #[test]

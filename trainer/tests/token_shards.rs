@@ -115,7 +115,7 @@ fn tokenization(tok: &Tokenizer, format: PromptFormat, max_len: usize) -> Tokeni
         max_len,
         policy: Truncation::TruncateResponse,
         min_response: 1,
-        append_eos: true,
+        ending: janus::data::Ending::Eos,
     }
 }
 

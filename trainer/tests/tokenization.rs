@@ -99,7 +99,7 @@ fn ids_equal_the_hf_tokenizer_on_the_joint_text_with_the_loss_at_the_response() 
                 max_len: 4096,
                 policy: Truncation::TruncateResponse,
                 min_response: 1,
-                append_eos: true,
+                ending: janus::data::Ending::Eos,
             };
             let recs = records();
             let (examples, stats) = t.sft(&recs).unwrap();

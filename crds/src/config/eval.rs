@@ -35,7 +35,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{merge, parse_override, ConfigError, DeviceChoice, Dtype, PromptFormat};
+use super::error::ConfigError;
+use super::overrides::{merge, parse_override};
+use super::prompt::PromptFormat;
+use super::train::{DeviceChoice, Dtype};
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -138,12 +141,73 @@ pub struct JudgeSection {
     /// Show the judge the system message (off in the paper: the preference reaches it
     /// through the rubric and the reference answer).
     pub show_system: bool,
-    /// A replacement for the built-in judge prompt template (a path); `null`: ours.
-    pub template: Option<String>,
-    /// Sampling temperature of the judge.
+    /// Replacements for the judge's messages; `null`: the original's
+    /// (`ABS_SYSTEM_PROMPT` and `ABS_USER_PROMPT_TEMPLATE` of kaistAI/Janus). A path
+    /// replaces the user message template; `{system: path, user: path}` either or both.
+    pub template: Option<JudgeTemplate>,
+    /// Sampling temperature of the judge (the original's 1.0).
     pub temperature: f64,
-    /// Tokens the judge may write per call at most.
+    /// Nucleus sampling of the judge (the original's 0.9).
+    pub top_p: f64,
+    /// Tokens the judge may write per call at most (the original's 1024).
     pub max_tokens: usize,
+    /// How a score is read from the judge's answer: `strict` (the last `[RESULT]`,
+    /// 1 to 5) or `original` (the published parser, defects included, for comparisons
+    /// with published numbers).
+    pub parser: JudgeParser,
+    /// `online`: one chat completion per call; `batch`: the calls as one OpenAI Batch
+    /// API job (`/v1/files`, `/v1/batches`; half the price, results within 24 h).
+    pub mode: JudgeMode,
+    /// Batch mode: seconds between two looks at the batch's status.
+    pub batch_poll_seconds: f64,
+}
+
+/// Replacement judge messages (paths of text files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum JudgeTemplate {
+    /// The user message template only.
+    User(String),
+    /// Either message or both; a missing one stays the original's.
+    Messages(JudgeMessages),
+}
+
+/// `judge.template` as a mapping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct JudgeMessages {
+    /// The system message (the file's text as it is).
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The user message template.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// How the judge's score is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeParser {
+    /// The integer after the last `[RESULT]`, 1 to 5; anything else is re-asked and
+    /// finally counted as a failure.
+    Strict,
+    /// kaistAI/Janus `parse_judgment_abs`: the first match of its pattern anywhere, no
+    /// range check.
+    Original,
+}
+
+/// How the judge is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeMode {
+    /// A chat completion per call, `judge.concurrency` in flight.
+    Online,
+    /// One OpenAI Batch API job per round of calls (re-asks go in the next round).
+    Batch,
 }
 
 impl EvalConfig {
@@ -175,7 +239,8 @@ impl EvalConfig {
             },
             judge: JudgeSection {
                 url: "https://api.openai.com/v1".into(),
-                model: "gpt-4-turbo".into(),
+                // The paper's judge (kaistAI/Janus `Makefile`, `run_eval_janus`).
+                model: "gpt-4-0125-preview".into(),
                 api_key_env: Some("OPENAI_API_KEY".into()),
                 runs: 3,
                 concurrency: 8,
@@ -185,8 +250,13 @@ impl EvalConfig {
                 max_parse_retries: 2,
                 show_system: false,
                 template: None,
+                // `SAMPLING_PARAMS_OPENAI` of kaistAI/Janus `utils/prompts.py`.
                 temperature: 1.0,
+                top_p: 0.9,
                 max_tokens: 1024,
+                parser: JudgeParser::Strict,
+                mode: JudgeMode::Online,
+                batch_poll_seconds: 30.0,
             },
             baseline: None,
             output_dir: "eval-output".into(),
@@ -230,7 +300,7 @@ impl EvalConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let g = &self.generation;
         let j = &self.judge;
-        let checks: [(bool, &str, String); 9] = [
+        let checks: [(bool, &str, String); 11] = [
             (
                 g.temperature >= 0.0 && g.temperature.is_finite(),
                 "generation.temperature",
@@ -271,6 +341,19 @@ impl EvalConfig {
                 j.timeout_seconds >= 1,
                 "judge.timeout_seconds",
                 "must be >= 1".into(),
+            ),
+            (
+                j.top_p > 0.0 && j.top_p <= 1.0 && j.temperature >= 0.0,
+                "judge.top_p/temperature",
+                format!(
+                    "top_p must be in (0, 1] and temperature >= 0, found {} and {}",
+                    j.top_p, j.temperature
+                ),
+            ),
+            (
+                j.batch_poll_seconds > 0.0 && j.batch_poll_seconds.is_finite(),
+                "judge.batch_poll_seconds",
+                format!("must be > 0, found {}", j.batch_poll_seconds),
             ),
         ];
         for (ok, key, msg) in checks {
@@ -317,10 +400,29 @@ mod tests {
         );
         assert_eq!(c.judge.runs, 3);
         assert!(!c.judge.show_system);
+        // The original judge: model and `SAMPLING_PARAMS_OPENAI`.
+        let j = &c.judge;
+        assert_eq!(
+            (j.model.as_str(), j.max_tokens, j.temperature, j.top_p),
+            ("gpt-4-0125-preview", 1024, 1.0, 0.9)
+        );
+        assert_eq!((j.parser, j.mode), (JudgeParser::Strict, JudgeMode::Online));
+        // A template path replaces the user message; a mapping either message.
+        let c = EvalConfig::resolve(None, &["judge.template=u.txt".into()]).unwrap();
+        assert_eq!(c.judge.template, Some(JudgeTemplate::User("u.txt".into())));
+        let c = EvalConfig::resolve(None, &["judge.template={system: s.txt}".into()]).unwrap();
+        assert_eq!(
+            c.judge.template,
+            Some(JudgeTemplate::Messages(JudgeMessages {
+                system: Some("s.txt".into()),
+                user: None
+            }))
+        );
         let e = EvalConfig::resolve(None, &["judge.rpm=3".into()])
             .unwrap_err()
             .to_string();
         assert!(e.contains("rpm"), "{e}");
+        assert!(EvalConfig::resolve(None, &["judge.template={sytem: s.txt}".into()]).is_err());
         let e = EvalConfig::resolve(None, &["generation.best_of=4".into()])
             .unwrap_err()
             .to_string();

@@ -155,6 +155,24 @@ impl ApiServer {
             .collect()
     }
 
+    /// Condition `type_` of the last status written: `(status, reason, message)`.
+    pub fn last_condition(&self, type_: &str) -> (String, String, String) {
+        let reqs = self.requests();
+        let written = reqs
+            .iter()
+            .rev()
+            .find(|r| r.path.contains("/status"))
+            .expect("a status was written");
+        let c = written.body["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {}", written.body));
+        let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        (text("status"), text("reason"), text("message"))
+    }
+
     /// `"METHOD path"` of each request but Events.
     pub fn lines(&self) -> Vec<String> {
         self.requests()
@@ -162,6 +180,34 @@ impl ApiServer {
             .map(|r| format!("{} {}", r.method, r.path))
             .collect()
     }
+}
+
+/// The pods `reqs` create, each checked to report through the operator (its report URL
+/// in the first container's environment, no API token); their names, sorted.
+pub fn created_pods(reqs: &[Req]) -> Vec<String> {
+    let mut names: Vec<String> = reqs
+        .iter()
+        .map(|r| {
+            let spec = &r.body["spec"];
+            assert_eq!(spec["automountServiceAccountToken"], false, "{spec}");
+            let env = &spec["containers"][0]["env"];
+            assert!(
+                env.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
+                "{env}"
+            );
+            r.body["metadata"]["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `<prefix>0` to `<prefix><n - 1>`.
+pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
 fn client(server: Arc<ApiServer>) -> Client {

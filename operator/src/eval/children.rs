@@ -317,23 +317,6 @@ mod tests {
     }
 
     #[test]
-    fn no_child_name_of_an_evaluation_is_a_training_jobs() {
-        // A training job `e-eval` and an evaluation `e` once shared ConfigMap
-        // `e-eval-config`, each overwriting the other's config.
-        use crate::training::children as training;
-        for e in ["e", "e-eval", "sft", "a-b"] {
-            for t in [
-                format!("{e}-eval"),
-                format!("{e}-eval-settings"),
-                e.to_string(),
-            ] {
-                assert_ne!(config_map_name(e), training::config_map_name(&t), "{e} {t}");
-                assert_ne!(rbac_name(e), training::rbac_name(&t), "{e} {t}");
-            }
-        }
-    }
-
-    #[test]
     fn pod_names_and_the_service_account_name_their_evaluation() {
         let job = representative_job();
         let name = job.name_any();

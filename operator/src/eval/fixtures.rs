@@ -155,28 +155,9 @@ async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_t
     assert_eq!(st["modelUrl"], "s3://models/janus-7b-orpo");
     assert_eq!(st["shards"].as_array().unwrap().len(), 4);
     // Pods report through the operator with their projected token, no API token.
-    for r in &reqs[6..] {
-        let spec = &r.body["spec"];
-        assert_eq!(spec["automountServiceAccountToken"], false);
-        let env = &spec["containers"][0]["env"];
-        assert!(
-            env.as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
-            "{env}"
-        );
-    }
-    let mut created: Vec<String> = reqs[6..]
-        .iter()
-        .map(|r| r.body["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
-    created.sort();
     assert_eq!(
-        created,
-        (0..4)
-            .map(|i| format!("{JOB}-generate-{i}"))
-            .collect::<Vec<_>>()
+        fixtures::created_pods(&reqs[6..]),
+        fixtures::numbered(&format!("{JOB}-generate-"), 4)
     );
     assert_eq!(
         sc.server().events(),
@@ -405,19 +386,17 @@ async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warni
     expected.extend(vec![format!("POST {ns}/pods?"); 4]);
     expected.push(format!("PATCH {JOB_PATH}/status{APPLY}"));
     assert_eq!(sc.server().lines(), expected);
-    let reqs = sc.server().requests();
-    let st = &reqs.last().unwrap().body["status"];
-    let running = st["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Running")
-        .unwrap();
-    assert_eq!(
-        (running["status"].as_str(), running["reason"].as_str()),
-        (Some("False"), Some("FailedCreate"))
+    assert!(
+        sc.server()
+            .requests()
+            .last()
+            .unwrap()
+            .path
+            .contains("/status"),
+        "the status comes last"
     );
-    let msg = running["message"].as_str().unwrap();
+    let (status, why, msg) = sc.server().last_condition("Running");
+    assert_eq!((status.as_str(), why.as_str()), ("False", "FailedCreate"));
     assert!(
         msg.starts_with(&format!("creating pod {JOB}-generate-")) && msg.contains("exceeded quota"),
         "{msg}"

@@ -43,7 +43,7 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
         .dataset
         .urls
         .iter()
-        .map(|u| PathBuf::from(u.as_str()))
+        .map(|u| PathBuf::from(u.as_str()).into())
         .collect();
     if let Some(f) = spec.dataset.prompt_format {
         c.data.prompt_format = f;

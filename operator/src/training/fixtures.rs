@@ -116,29 +116,12 @@ async fn a_new_job_applies_its_children_and_status_together_then_creates_every_w
         "the uid is a precondition"
     );
     assert_eq!(status.body["status"]["phase"], "Pending");
-    let mut created: Vec<String> = reqs[4..]
-        .iter()
-        .map(|r| {
-            let spec = &r.body["spec"];
-            assert_eq!(spec["automountServiceAccountToken"], false);
-            assert!(
-                spec["containers"][0]["env"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e["name"] == "JANUS_REPORT_URL" && e["value"] == REPORT_URL),
-                "{spec}"
-            );
-            assert_eq!(r.body["metadata"]["labels"]["janus.dev/attempt"], "0");
-            r.body["metadata"]["name"].as_str().unwrap().to_string()
-        })
-        .collect();
-    created.sort();
+    for r in &reqs[4..] {
+        assert_eq!(r.body["metadata"]["labels"]["janus.dev/attempt"], "0");
+    }
     assert_eq!(
-        created,
-        (0..4)
-            .map(|i| format!("{JOB}-worker-{i}"))
-            .collect::<Vec<_>>()
+        fixtures::created_pods(&reqs[4..]),
+        fixtures::numbered(&format!("{JOB}-worker-"), 4)
     );
     assert_eq!(
         sc.server.events(),
@@ -238,19 +221,17 @@ async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warni
     expected.push(format!("PATCH {JOB_PATH}/status{APPLY}"));
     assert_eq!(sorted(lines[..11].to_vec()), sorted(expected), "{lines:?}");
     assert_eq!(lines.len(), 11, "{lines:?}");
-    let reqs = sc.server.requests();
-    let st = &reqs.last().unwrap().body["status"];
-    let running = st["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Running")
-        .unwrap();
-    assert_eq!(
-        (running["status"].as_str(), running["reason"].as_str()),
-        (Some("False"), Some("FailedCreate"))
+    assert!(
+        sc.server
+            .requests()
+            .last()
+            .unwrap()
+            .path
+            .contains("/status"),
+        "the status comes last: {lines:?}"
     );
-    let msg = running["message"].as_str().unwrap();
+    let (status, why, msg) = sc.server.last_condition("Running");
+    assert_eq!((status.as_str(), why.as_str()), ("False", "FailedCreate"));
     assert!(
         msg.starts_with("creating worker pod janus-7b-sft-worker-")
             && msg.contains("exceeded quota"),

@@ -1,5 +1,6 @@
 //! Issue 12 (operator hardening) against the real control plane, with the real operator
-//! binary: nothing the API server accepts may wedge the controller.
+//! binary: nothing the API server accepts may wedge the controller. The stuck states
+//! run for both kinds (`stuck`, over `kinds::Kind`).
 
 use std::time::Duration;
 
@@ -10,10 +11,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use serde_json::{json, Value};
 
 use super::support::*;
+
+mod kinds;
+mod stuck;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -336,76 +340,6 @@ async fn an_undecodable_job_is_skipped_and_reported_and_others_still_reconcile()
     wait_phase(&c, &ns, "bad", "Running", T).await;
 }
 
-/// A worker the scheduler cannot place: Running=False, reason WorkersPending, quoting
-/// the scheduler, and a Warning Event with the same words.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unschedulable_worker_is_a_condition_and_a_warning_quoting_the_scheduler() {
-    let c = client().await;
-    let ns = namespace(&c, "unschedulable").await;
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
-    let mut spec = job_spec(2);
-    // The fake nodes have 8 GPUs each.
-    spec.workers.gpus_per_worker = 64;
-    create_job(&c, &ns, "big", spec).await;
-    let cond = wait_running_reason(&c, &ns, "big", "WorkersPending").await;
-    assert_eq!(cond.status, "False");
-    assert!(
-        cond.message.contains("big-worker-")
-            && cond.message.contains("cannot be scheduled")
-            && cond.message.contains("Insufficient nvidia.com/gpu"),
-        "{}",
-        cond.message
-    );
-    let first = wait_warnings(&c, &ns, "WorkersPending").await;
-    let note = first[0].note.as_deref().unwrap_or("");
-    assert!(note.contains("Insufficient nvidia.com/gpu"), "{note}");
-}
-
-/// A worker pod the API server refuses (here a ResourceQuota of 0 pods: 403): Running
-/// False with reason FailedCreate quoting the API server, one Warning Event, and the
-/// gang is created once the quota is lifted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_pod_create_is_a_condition_and_a_warning_and_is_retried() {
-    use k8s_openapi::api::core::v1::ResourceQuota;
-    let c = client().await;
-    let ns = namespace(&c, "quota").await;
-    let quotas: Api<ResourceQuota> = Api::namespaced(c.clone(), &ns);
-    let quota: ResourceQuota = serde_json::from_value(json!({
-        "metadata": {"name": "no-pods"},
-        "spec": {"hard": {"pods": "0"}}
-    }))
-    .unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
-    create_job(&c, &ns, "refused", job_spec(2)).await;
-    let cond = wait_running_reason(&c, &ns, "refused", "FailedCreate").await;
-    assert_eq!(cond.status, "False");
-    assert!(
-        cond.message.contains("refused-worker-")
-            && cond.message.contains("forbidden")
-            && cond.message.contains("quota"),
-        "{}",
-        cond.message
-    );
-    assert!(pods(&c, &ns, "refused").await.is_empty());
-    let first = wait_warnings(&c, &ns, "FailedCreate").await;
-    assert!(
-        first[0].note.as_deref().unwrap_or("").contains("quota"),
-        "{:?}",
-        first[0].note
-    );
-    quotas.delete("no-pods", &Default::default()).await.unwrap();
-    wait_phase(&c, &ns, "refused", "Running", Duration::from_secs(120)).await;
-    // Retries of the same refusal did not repeat the Event (the quota's first words
-    // may be "status unknown" before its controller counted the namespace).
-    let n: i32 = warnings(&c, &ns, "FailedCreate")
-        .await
-        .iter()
-        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-        .sum();
-    assert!(n <= 2, "{n} FailedCreate events for one refusal");
-}
-
 /// Same-name jobs in two namespaces get separate checkpoint histories, each recorded
 /// with its job's UID (the trainer refuses another UID's history: `trainer/tests/resume.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,27 +434,6 @@ async fn a_disruption_restarts_the_gang_without_counting_towards_the_backoff_lim
     );
 }
 
-/// `runPolicy.schedulingTimeoutSeconds`: a gang the scheduler cannot place fails with
-/// reason SchedulingTimeout quoting the scheduler once the timeout passed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gang_not_running_within_the_scheduling_timeout_fails_quoting_the_scheduler() {
-    let c = client().await;
-    let ns = namespace(&c, "sched-timeout").await;
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
-    let mut spec = job_spec(2);
-    spec.workers.gpus_per_worker = 64;
-    spec.run_policy.scheduling_timeout_seconds = Some(3);
-    create_job(&c, &ns, "late", spec).await;
-    let j = wait_phase(&c, &ns, "late", "Failed", T).await;
-    let cond = condition(&j, "Failed").unwrap();
-    assert_eq!(cond.reason, "SchedulingTimeout");
-    assert!(
-        cond.message.contains("3s") && cond.message.contains("Insufficient nvidia.com/gpu"),
-        "{}",
-        cond.message
-    );
-}
-
 /// A job asking for a Volcano PodGroup on a cluster without Volcano's CRD: no pods,
 /// Running=False with reason PodGroupNotInstalled naming the API, one Warning Event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,278 +462,6 @@ async fn a_pod_group_without_its_crd_is_a_condition_and_a_warning() {
         "{:?}",
         first[0].note
     );
-}
-
-/// Worker pods pass the `restricted` Pod Security Standard: a namespace that enforces
-/// it admits them and the gang runs. A template override cannot swap the workers'
-/// ServiceAccount (the API server refuses it, naming the rule).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restricted_namespace_admits_the_workers_and_the_service_account_stays_the_jobs() {
-    use k8s_openapi::api::core::v1::Namespace;
-    let c = client().await;
-    let ns = namespace(&c, "restricted").await;
-    let label = json!({"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/enforce-version": "latest"
-    }}});
-    Api::<Namespace>::all(c.clone())
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .unwrap();
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
-    create_job(&c, &ns, "safe", job_spec(2)).await;
-    wait_phase(&c, &ns, "safe", "Running", Duration::from_secs(120)).await;
-    assert!(warnings(&c, &ns, "FailedCreate").await.is_empty());
-
-    for field in [
-        json!({"serviceAccountName": "default"}),
-        json!({"automountServiceAccountToken": true}),
-    ] {
-        let mut spec = serde_json::to_value(job_spec(1)).unwrap();
-        spec["workers"]["template"] = json!({"spec": field});
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(c.clone(), &ns, &ApiResource::erase::<JanusTrainingJob>(&()));
-        let obj = json!({
-            "apiVersion": "janus.dev/v1alpha1",
-            "kind": "JanusTrainingJob",
-            "metadata": {"name": "swap"},
-            "spec": spec
-        });
-        let err = api
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(obj).unwrap(),
-            )
-            .await
-            .expect_err("a template that sets the ServiceAccount is refused");
-        assert!(
-            err.to_string().contains("may not set serviceAccountName"),
-            "{err}"
-        );
-    }
-}
-
-/// What a kubelet reports of a started pod (the test's node has no kubelet, nor kwok).
-async fn report_running(c: &Client, ns: &str, pod: &str) {
-    use k8s_openapi::api::core::v1::Pod;
-    let patch = json!({"status": {
-        "phase": "Running",
-        "conditions": [{"type": "Ready", "status": "True"}],
-        "containerStatuses": [{"name": "trainer", "image": "ghcr.io/janus/trainer:test",
-            "imageID": "", "ready": true, "restartCount": 0, "started": true,
-            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}});
-    Api::<Pod>::namespaced(c.clone(), ns)
-        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
-}
-
-/// A node whose kubelet stops reporting (Ready=Unknown and the unreachable taints, as
-/// the node lifecycle controller leaves it; nothing completes a deletion of its pods
-/// then, so they would stay Terminating forever and block the names of the new gang):
-/// after `runPolicy.unreachableNodeTolerationSeconds` the gang restarts without
-/// counting towards `backoffLimit: 0`, the condition and a Warning Event name the node,
-/// the pods there are force-deleted and the new gang is created under the same names.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_on_an_unreachable_node_are_force_deleted_after_the_toleration() {
-    use k8s_openapi::api::core::v1::{Node, Pod};
-    let c = client().await;
-    let ns = namespace(&c, "unreachable").await;
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
-    // A node of this test's own (no kwok annotation: the test plays its kubelet), that
-    // only this job's pods tolerate and select.
-    let node_name = format!("{ns}-node");
-    let nodes: Api<Node> = Api::all(c.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": node_name, "labels": {"janus.dev/test-pool": ns}},
-        "spec": {"taints": [{"key": "janus.dev/test-pool", "value": ns, "effect": "NoSchedule"}]}
-    }))
-    .unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    let now = || jiff::Timestamp::now().to_string();
-    let ready = json!({"status": {
-        "capacity": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": "8"},
-        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": "8"},
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "kubelet is posting ready status", "lastHeartbeatTime": now(),
-            "lastTransitionTime": now()}]}});
-    nodes
-        .patch_status(
-            &node_name,
-            &PatchParams::default(),
-            &Patch::Strategic(ready),
-        )
-        .await
-        .unwrap();
-
-    let mut spec = job_spec(2);
-    spec.run_policy.backoff_limit = 0;
-    spec.run_policy.unreachable_node_toleration_seconds = 3;
-    spec.workers.node_selector = Some([("janus.dev/test-pool".to_string(), ns.clone())].into());
-    let pool = serde_json::from_value(
-        json!({"key": "janus.dev/test-pool", "operator": "Exists", "effect": "NoSchedule"}),
-    )
-    .unwrap();
-    spec.workers
-        .tolerations
-        .get_or_insert_with(Vec::new)
-        .push(pool);
-    create_job(&c, &ns, "far", spec).await;
-    let old = wait_for("both workers bound to the test's node", T, || async {
-        let ps = pods(&c, &ns, "far").await;
-        let bound = ps.len() == 2
-            && ps.iter().all(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
-            });
-        bound.then_some(ps)
-    })
-    .await;
-    for p in &old {
-        report_running(&c, &ns, &p.metadata.name.clone().unwrap()).await;
-    }
-    wait_gang_running(&c, &ns, "far", 2, 0).await;
-
-    // The kubelet goes silent.
-    let unknown = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown",
-        "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
-        "lastHeartbeatTime": now(), "lastTransitionTime": now()}]}});
-    nodes
-        .patch_status(
-            &node_name,
-            &PatchParams::default(),
-            &Patch::Strategic(unknown),
-        )
-        .await
-        .unwrap();
-    let taints = json!({"spec": {"taints": [
-        {"key": "janus.dev/test-pool", "value": ns, "effect": "NoSchedule"},
-        {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": now()},
-        {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now()}]}});
-    nodes
-        .patch(&node_name, &PatchParams::default(), &Patch::Merge(taints))
-        .await
-        .unwrap();
-    let down = std::time::Instant::now();
-
-    let j = wait_for("the restart after the toleration", T, || async {
-        let j = get_job(&c, &ns, "far").await?;
-        (j.status.as_ref()?.restarts == 1).then_some(j)
-    })
-    .await;
-    assert!(
-        down.elapsed() >= Duration::from_secs(2),
-        "restarted {:?} after the node went down, within the 3 s toleration",
-        down.elapsed()
-    );
-    assert_eq!(
-        j.status.as_ref().unwrap().restarts_counted_towards_backoff,
-        0
-    );
-    let cond = condition(&j, "Restarting").unwrap();
-    assert_eq!(cond.reason, "NodeUnreachable");
-    assert!(
-        cond.message
-            .contains(&format!("node {node_name} of worker far-worker-"))
-            && cond
-                .message
-                .contains("Kubelet stopped posting node status.")
-            && cond
-                .message
-                .contains("unreachableNodeTolerationSeconds (3s)"),
-        "{}",
-        cond.message
-    );
-    let ev = wait_warnings(&c, &ns, "NodeUnreachable").await;
-    assert!(
-        ev[0].note.as_deref().unwrap_or("").contains(&node_name),
-        "{:?}",
-        ev[0].note
-    );
-    // The old pods are gone (no kubelet could have confirmed a graceful deletion), and
-    // the new gang holds the same names.
-    let old_uids: Vec<_> = old.iter().map(|p| p.metadata.uid.clone()).collect();
-    let new = wait_for("the gang of attempt 1", T, || async {
-        let ps = pods(&c, &ns, "far").await;
-        let fresh = ps.len() == 2
-            && ps.iter().all(|p| {
-                p.labels().get("janus.dev/attempt").map(String::as_str) == Some("1")
-                    && !old_uids.contains(&p.metadata.uid)
-            });
-        fresh.then_some(ps)
-    })
-    .await;
-    let names: Vec<_> = new
-        .iter()
-        .map(|p| p.metadata.name.clone().unwrap())
-        .collect();
-    assert_eq!(names, ["far-worker-0", "far-worker-1"]);
-    for p in &old {
-        let name = p.metadata.name.as_deref().unwrap();
-        let now_there = Api::<Pod>::namespaced(c.clone(), &ns)
-            .get(name)
-            .await
-            .unwrap();
-        assert_ne!(now_there.metadata.uid, p.metadata.uid);
-    }
-    nodes.delete(&node_name, &Default::default()).await.unwrap();
-}
-
-/// A worker whose image cannot be pulled, or whose container cannot be configured (a
-/// missing Secret): kwok's `pod-container-waiting` stage reports it as a kubelet does
-/// (tests/controlplane/kwok-stages.yaml). The job says Running=False with the kubelet's
-/// reason and words, and publishes a Warning Event with them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_the_kubelet_cannot_start_is_a_condition_and_a_warning_in_its_words() {
-    let c = client().await;
-    let ns = namespace(&c, "container-waiting").await;
-    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
-    let cases = [
-        (
-            "pull",
-            "ImagePullBackOff",
-            "Back-off pulling image \"ghcr.io/janus/trainer:no-such-tag\": ErrImagePull: failed to pull and unpack image \"ghcr.io/janus/trainer:no-such-tag\": not found",
-        ),
-        (
-            "pull-err",
-            "ErrImagePull",
-            "failed to pull image \"ghcr.io/janus/trainer:no-such-tag\": rpc error: code = NotFound",
-        ),
-        (
-            "config",
-            "CreateContainerConfigError",
-            "secret \"missing-credentials\" not found",
-        ),
-    ];
-    for (job, why, words) in cases {
-        let mut spec = job_spec(2);
-        spec.workers.template = Some(json!({"metadata": {"annotations": {
-            "test.janus.dev/container-waiting": why,
-            "test.janus.dev/container-waiting-message": words}}}));
-        create_job(&c, &ns, job, spec).await;
-    }
-    for (job, why, words) in cases {
-        let cond = wait_running_reason(&c, &ns, job, why).await;
-        assert_eq!(cond.status, "False");
-        assert!(
-            cond.message.starts_with(&format!("worker {job}-worker-"))
-                && cond
-                    .message
-                    .contains(&format!("cannot start ({why}): {words}")),
-            "{}",
-            cond.message
-        );
-        let ev = wait_warnings(&c, &ns, why).await;
-        assert!(
-            ev.iter()
-                .any(|e| e.note.as_deref().unwrap_or("").contains(words)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job)),
-            "{ev:?}"
-        );
-        assert_eq!(
-            get_job(&c, &ns, job).await.map(|j| phase(&j)).as_deref(),
-            Some("Pending")
-        );
-    }
 }
 
 /// Every storage URL field of both kinds accepts exactly the URLs the trainer opens

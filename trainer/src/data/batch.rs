@@ -19,6 +19,9 @@ pub struct Batch {
     pub loss_tokens: i64,
     /// Real (non-pad) input tokens.
     pub tokens: i64,
+    /// Sum over the real sequences (each packed example one) of their length squared:
+    /// the attention term of the model FLOPs (`metrics::ModelFlops`).
+    pub attention_squares: i64,
 }
 
 /// Rows of host data before they become tensors.
@@ -31,6 +34,8 @@ struct Rows {
     response: Vec<bool>,
     width: usize,
     tokens: i64,
+    /// Sum of the examples' input lengths squared.
+    squares: i64,
 }
 
 impl Rows {
@@ -52,6 +57,7 @@ impl Rows {
             response: Vec::with_capacity(n),
             width,
             tokens: 0,
+            squares: 0,
         };
         for row in rows {
             let mut used = 0;
@@ -62,6 +68,7 @@ impl Rows {
                 out.targets.extend_from_slice(&e.tokens[1..]);
                 out.positions.extend(0..len as i64);
                 lens.push(len as i64);
+                out.squares += (len * len) as i64;
                 // Target j is token j + 1: it is a response token when j + 1 >= prompt_len.
                 out.response.extend((0..len).map(|j| j + 1 >= e.prompt_len));
                 used += len;
@@ -121,6 +128,7 @@ impl Batch {
             layout,
             loss_tokens,
             tokens: r.tokens,
+            attention_squares: r.squares,
         }
     }
 }
@@ -155,6 +163,8 @@ pub struct PreferenceBatch {
     pub pairs: i64,
     pub nll_tokens: i64,
     pub tokens: i64,
+    /// As `Batch::attention_squares` (each row one sequence).
+    pub attention_squares: i64,
     /// The pairs' ids (`Pair::id`), in row order.
     pub ids: Vec<usize>,
 }
@@ -190,6 +200,7 @@ impl PreferenceBatch {
             pairs: pairs.len() as i64,
             nll_tokens,
             tokens: r.tokens,
+            attention_squares: r.squares,
             ids: pairs.iter().map(|p| p.id).collect(),
         }
     }
@@ -206,6 +217,8 @@ pub struct RewardBatch {
     pub margins: Tensor,
     pub pairs: i64,
     pub tokens: i64,
+    /// As `Batch::attention_squares` (each row one sequence).
+    pub attention_squares: i64,
 }
 
 impl RewardBatch {
@@ -239,6 +252,7 @@ impl RewardBatch {
             margins: Tensor::from_slice(&margins).to_device(device),
             pairs: pairs.len() as i64,
             tokens: seqs.iter().map(|s| s.len() as i64).sum(),
+            attention_squares: seqs.iter().map(|s| (s.len() * s.len()) as i64).sum(),
         }
     }
 }

@@ -2,8 +2,7 @@
 //! counting what it did.
 
 use super::records::{PreferenceRecord, SftRecord};
-use super::PromptFormat;
-use crate::config::Truncation;
+use crate::config::{Method, PromptFormat, Truncation};
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
 
@@ -51,9 +50,52 @@ pub struct Tokenization<'a> {
     pub policy: Truncation,
     /// With `TruncateResponse`, the fewest response tokens an example must keep.
     pub min_response: usize,
-    /// End each response with EOS (a reward model scores the last response token, as
-    /// TRL does with Mistral's tokenizer, which adds BOS only).
-    pub append_eos: bool,
+    /// How each sequence ends.
+    pub ending: Ending,
+}
+
+/// How a tokenised example ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// EOS after the response, cut with the response's end when it does not fit (a
+    /// truncated answer has not ended): the language-model objectives.
+    Eos,
+    /// The reward model's input, [`reward_input`]: EOS after the response, kept last
+    /// when the response is cut, where the value head reads.
+    RewardEos,
+}
+
+impl Ending {
+    pub fn of(method: Method) -> Self {
+        match method {
+            Method::Reward => Ending::RewardEos,
+            Method::Sft | Method::Orpo | Method::Dpo => Ending::Eos,
+        }
+    }
+}
+
+/// A reward model's input for `prompt` (BOS included) and `response` ids, as every
+/// path builds it (training, best-of-N reranking, and transformers on the exported
+/// model): the ids, and the position whose hidden state the value head reads.
+///
+/// The convention is Janus-RM's (OpenRLHF `RewardDataset` and `RewardModel`, kaistAI/Janus
+/// `run_inference.py`): `prompt + response + EOS`, the value read at that EOS, and when
+/// the pair is longer than `max_len` the end cut (the start kept, as the tokenizer's
+/// `truncation=True`) and EOS put last again. Reading at an EOS every input ends with
+/// gives the head one summary position to learn whatever the response's last word is;
+/// OpenRLHF's text form `response + " " + eos_token` differs only by the separate
+/// `▁` some SentencePiece tokenizers make of that space, which we do not add.
+pub fn reward_input(
+    prompt: &[i64],
+    response: &[i64],
+    eos: i64,
+    max_len: usize,
+) -> (Vec<i64>, usize) {
+    let keep = max_len.max(1) - 1;
+    let mut ids: Vec<i64> = prompt.iter().chain(response).copied().take(keep).collect();
+    ids.push(eos);
+    let read = ids.len() - 1;
+    (ids, read)
 }
 
 enum Fit {
@@ -100,7 +142,15 @@ impl Tokenization<'_> {
     /// (before EOS) has after the length policy, or `None` when it is dropped: what
     /// `fit` gives, from the lengths alone (packing plans its rows with it).
     pub fn fitted_len(&self, prompt: usize, response: usize) -> Option<usize> {
-        let resp = response + self.append_eos as usize;
+        if self.ending == Ending::RewardEos {
+            let whole = prompt + response < self.max_len;
+            let room = self.max_len.saturating_sub(prompt + 1);
+            if !whole && (self.policy == Truncation::Drop || room < self.min_response.max(1)) {
+                return None;
+            }
+            return Some((prompt + response + 1).min(self.max_len));
+        }
+        let resp = response + 1;
         let whole = prompt + resp <= self.max_len;
         let room = self.max_len.saturating_sub(prompt);
         if !whole && (self.policy == Truncation::Drop || room < self.min_response.max(1)) {
@@ -110,9 +160,25 @@ impl Tokenization<'_> {
     }
 
     fn fit(&self, prompt: &[i64], mut resp: Vec<i64>) -> Fit {
-        if self.append_eos {
-            resp.push(self.tok.eos_id);
+        if self.ending == Ending::RewardEos {
+            return match self.fitted_len(prompt.len(), resp.len()) {
+                None => Fit::Dropped,
+                Some(_) => {
+                    let whole = prompt.len() + resp.len() < self.max_len;
+                    let (tokens, _) = reward_input(prompt, &resp, self.tok.eos_id, self.max_len);
+                    let ex = Example {
+                        tokens,
+                        prompt_len: prompt.len(),
+                    };
+                    if whole {
+                        Fit::Whole(ex)
+                    } else {
+                        Fit::Truncated(ex)
+                    }
+                }
+            };
         }
+        resp.push(self.tok.eos_id);
         let whole = prompt.len() + resp.len() <= self.max_len;
         let room = self.max_len.saturating_sub(prompt.len());
         if !whole && (self.policy == Truncation::Drop || room < self.min_response.max(1)) {

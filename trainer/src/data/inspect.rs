@@ -46,7 +46,7 @@ pub fn inspect(cfg: &TrainConfig, tok: &Tokenizer, n: usize) -> Result<Vec<Inspe
         max_len: d.max_seq_len,
         policy: d.truncation,
         min_response: d.min_response_tokens,
-        append_eos: cfg.method != Method::Reward,
+        ending: crate::data::Ending::of(cfg.method),
     };
     let mut out = Vec::new();
     for (location, value) in first_records(cfg, n)? {
@@ -125,7 +125,7 @@ fn view(
 
 fn first_records(cfg: &TrainConfig, n: usize) -> Result<Vec<(String, Value)>> {
     let mut out = Vec::new();
-    for f in &cfg.data.train {
+    for f in cfg.data.train.iter().map(|s| s.path()) {
         if out.len() >= n {
             break;
         }

@@ -12,7 +12,9 @@ pub mod stream;
 pub mod tokens;
 
 pub use batch::{pack, Batch, PreferenceBatch, RewardBatch, IGNORE};
-pub use examples::{encode_joint, Example, Pair, Tokenization, TokenizeStats};
+pub use examples::{
+    encode_joint, reward_input, Ending, Example, Pair, Tokenization, TokenizeStats,
+};
 pub use janus_crds::config::PromptFormat;
-pub use reader::{read_rows, write_jsonl, write_parquet, Row};
+pub use reader::{read_rows, read_rows_with_text, write_jsonl, write_parquet, Row};
 pub use records::{load_records, LoadStats, PreferenceRecord, Record, SftRecord};

@@ -19,10 +19,24 @@ use crate::error::{Error, IoContext, Result};
 pub struct Row {
     pub location: String,
     pub value: std::result::Result<Value, String>,
+    /// The row's JSON text (a JSONL line, or a Parquet row as arrow-json writes it,
+    /// columns in schema order), kept by [`read_rows_with_text`] for readers that need
+    /// the record's key order (`serde_json::Value` sorts keys); None otherwise.
+    pub text: Option<String>,
 }
 
 /// Read every row of a `.jsonl`, `.json` (an array) or `.parquet` file.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    read(path, false)
+}
+
+/// [`read_rows`], keeping each row's text (not for training data: it doubles the
+/// memory; `.json` arrays keep none).
+pub fn read_rows_with_text(path: &Path) -> Result<Vec<Row>> {
+    read(path, true)
+}
+
+fn read(path: &Path, keep_text: bool) -> Result<Vec<Row>> {
     let name = path.display().to_string();
     match path.extension().and_then(|e| e.to_str()) {
         Some("jsonl") | Some("ndjson") => {
@@ -36,6 +50,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
                 rows.push(Row {
                     location: format!("{name}:{}", i + 1),
                     value: serde_json::from_str(&line).map_err(|e| format!("invalid JSON: {e}")),
+                    text: keep_text.then_some(line),
                 });
             }
             Ok(rows)
@@ -55,17 +70,18 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
                 .map(|(i, v)| Row {
                     location: format!("{name}[{i}]"),
                     value: Ok(v),
+                    text: None,
                 })
                 .collect())
         }
-        Some("parquet") => read_parquet(path),
+        Some("parquet") => read_parquet(path, keep_text),
         _ => Err(Error::Data(format!(
             "{name}: unknown data file type (expected .jsonl, .json or .parquet)"
         ))),
     }
 }
 
-fn read_parquet(path: &Path) -> Result<Vec<Row>> {
+fn read_parquet(path: &Path, keep_text: bool) -> Result<Vec<Row>> {
     let name = path.display().to_string();
     let bad = |e: &dyn std::fmt::Display| Error::Data(format!("{name}: {e}"));
     let f = File::open(path).ctx(|| name.clone())?;
@@ -87,6 +103,7 @@ fn read_parquet(path: &Path) -> Result<Vec<Row>> {
                 location,
                 value: serde_json::from_slice(line)
                     .map_err(|e| format!("row is not a record: {e}")),
+                text: keep_text.then(|| String::from_utf8_lossy(line).into_owned()),
             });
         }
     }

@@ -5,11 +5,20 @@
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::reader::read_rows;
 use crate::error::{Error, Result};
+
+/// The records a dataset holds (`records` of a shard index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Sft,
+    Preference,
+    Mixed,
+}
 
 /// A supervised example.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -19,6 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::reader::read_rows;
+pub use super::records::RecordKind;
 use super::records::{PreferenceRecord, Record, SftRecord};
 use super::tokens::{self, TokenPair, TokenSeq};
 use super::{PromptFormat, Tokenization};
@@ -80,14 +81,6 @@ pub struct ObjectEntry {
     pub name: String,
     pub bytes: u64,
     pub sha256: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordKind {
-    Sft,
-    Preference,
-    Mixed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -433,7 +426,7 @@ impl TokenSink<'_> {
             max_len: usize::MAX,
             policy: Truncation::TruncateResponse,
             min_response: 0,
-            append_eos: true,
+            ending: super::Ending::Eos,
         };
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())

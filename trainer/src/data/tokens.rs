@@ -18,7 +18,7 @@
 //! length, hence how packing will fill rows and how many steps a run takes, before it
 //! fetches a block.
 
-use super::shards::RecordKind;
+use super::records::RecordKind;
 
 /// One tokenised prompt + response: `prompt` starts with BOS, `response` has no EOS.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,8 @@
 //! (`rendezvous`), collectives behind one interface (`Collective`: a TCP ring on CPUs,
 //! NCCL on GPUs), gradient bucketing, and the local launcher.
 
+mod background;
+mod collective;
 pub mod env;
 pub mod launch;
 pub mod nccl;
@@ -10,135 +12,13 @@ mod ring;
 
 use std::time::Duration;
 
-use tch::{Kind, Tensor};
-
+pub use background::Background;
+pub use collective::{
+    all_reduce_f64, all_reduce_grads, broadcast_params, grad_buckets, Collective, Op, Single,
+};
 pub use env::WorldInfo;
 pub use rendezvous::{rendezvous, Peers};
 pub use ring::Ring;
-
-use crate::error::Result;
-
-/// Collective operations across the ranks of a job. Every rank must call the same
-/// operations in the same order with tensors of the same shape.
-pub trait Collective: Send {
-    fn rank(&self) -> usize;
-    fn world_size(&self) -> usize;
-    /// Whether collectives can be skipped (a job of one without a real communicator).
-    fn is_noop(&self) -> bool {
-        self.world_size() == 1
-    }
-    /// Sum `t` (contiguous) over all ranks, in place.
-    fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()>;
-    /// Replace `t` with rank `root`'s copy.
-    fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()>;
-    /// `t` (contiguous, length a multiple of the world size) is cut into `world` equal
-    /// segments; afterwards segment `rank` holds the sum over all ranks of that segment
-    /// (the other segments hold partial sums and are not to be read).
-    fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()>;
-    /// `t` is cut like `reduce_scatter_sum`; each rank's segment `rank` is its
-    /// contribution, and afterwards every segment holds the contribution of its rank.
-    fn all_gather(&mut self, t: &mut Tensor) -> Result<()>;
-
-    fn barrier(&mut self) -> Result<()> {
-        let mut t = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
-        self.all_reduce_sum(&mut t)
-    }
-}
-
-/// A job of one process: every collective is the identity.
-pub struct Single;
-
-impl Collective for Single {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world_size(&self) -> usize {
-        1
-    }
-    fn all_reduce_sum(&mut self, _: &mut Tensor) -> Result<()> {
-        Ok(())
-    }
-    fn broadcast(&mut self, _: &mut Tensor, _: usize) -> Result<()> {
-        Ok(())
-    }
-    fn reduce_scatter_sum(&mut self, _: &mut Tensor) -> Result<()> {
-        Ok(())
-    }
-    fn all_gather(&mut self, _: &mut Tensor) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Sum host-side scalars over all ranks (step token counts, metric sums).
-pub fn all_reduce_f64(comm: &mut dyn Collective, values: &[f64]) -> Result<Vec<f64>> {
-    if comm.is_noop() {
-        return Ok(values.to_vec());
-    }
-    let mut t = Tensor::from_slice(values);
-    comm.all_reduce_sum(&mut t)?;
-    Ok(Vec::<f64>::try_from(&t).expect("f64 tensor"))
-}
-
-/// All-reduce the gradients of `params` in buckets of about `bucket_bytes`, so a step
-/// makes a few large calls instead of one per parameter; the sums are taken in `kind`
-/// (the gradients' own when `None`).
-pub fn all_reduce_grads(
-    comm: &mut dyn Collective,
-    params: &[Tensor],
-    bucket_bytes: usize,
-    kind: Option<Kind>,
-) -> Result<()> {
-    // A real communicator runs even alone, so a one-GPU check exercises NCCL.
-    if comm.is_noop() {
-        return Ok(());
-    }
-    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
-    let mut start = 0;
-    while start < grads.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < grads.len() && (end == start || bytes + grad_bytes(&grads[end]) <= bucket_bytes)
-        {
-            bytes += grad_bytes(&grads[end]);
-            end += 1;
-        }
-        let bucket = &grads[start..end];
-        let mut flat = Tensor::cat(&bucket.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0);
-        if let Some(k) = kind.filter(|&k| k != flat.kind()) {
-            flat = flat.to_kind(k);
-        }
-        comm.all_reduce_sum(&mut flat)?;
-        let mut offset = 0;
-        tch::no_grad(|| {
-            for g in bucket {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                g.copy_(&flat.narrow(0, offset, n).view_as(&g));
-                offset += n;
-            }
-        });
-        start = end;
-    }
-    Ok(())
-}
-
-fn grad_bytes(g: &Tensor) -> usize {
-    g.numel() * g.kind().elt_size_in_bytes()
-}
-
-/// Copy rank `root`'s values of `params` to every rank.
-pub fn broadcast_params(comm: &mut dyn Collective, params: &[Tensor], root: usize) -> Result<()> {
-    if comm.is_noop() {
-        return Ok(());
-    }
-    for p in params {
-        let mut t = p.detach().contiguous();
-        comm.broadcast(&mut t, root)?;
-        let mut p = p.shallow_clone();
-        tch::no_grad(|| p.copy_(&t));
-    }
-    Ok(())
-}
 
 /// How long a rank waits for the others before giving up, unless configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ring, WorldInfo};
+use super::env::WorldInfo;
+use super::ring::Ring;
 use crate::error::{Error, Result};
 
 #[derive(Serialize, Deserialize)]
@@ -308,5 +309,5 @@ fn connect_ring(
         s.set_nodelay(true)
             .map_err(|e| Error::io("ring socket", e))?;
     }
-    Ok(Ring::new(rank, world, next, prev))
+    Ring::new(rank, world, next, prev, timeout).map_err(|e| Error::io("ring socket", e))
 }

@@ -6,14 +6,20 @@
 //! while it receives another from the previous one, adding (or copying) it chunk by
 //! chunk as it arrives. Each rank sends and receives `2 (world - 1) / world` of the
 //! buffer, the optimum for a ring.
+//!
+//! Every read and write has the job's deadline (`distributed.timeout_seconds`) of no
+//! progress: a peer that stops answering mid-collective (a stopped process, a dead
+//! node whose connection stays open) fails the collective naming that rank, with the
+//! retryable exit code, instead of blocking the ring forever.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::ops::Range;
+use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-use super::Collective;
+use super::collective::Collective;
 use crate::error::{Error, Result};
 
 /// Bytes received before they are added in: large enough for few syscalls, small
@@ -27,6 +33,10 @@ pub struct Ring {
     next: TcpStream,
     /// From rank `rank - 1`.
     prev: TcpStream,
+    /// The longest a read or write may go without progress.
+    timeout: Duration,
+    /// The collective in progress, for errors.
+    op: &'static str,
 }
 
 trait Elem: bytemuck::Pod + std::ops::AddAssign + Send + Sync {}
@@ -51,29 +61,53 @@ fn split_pair<T>(data: &mut [T], send: Range<usize>, recv: Range<usize>) -> (&[T
 }
 
 impl Ring {
-    /// `next` is connected to rank `rank + 1`, `prev` to rank `rank - 1` (mod world).
-    pub fn new(rank: usize, world: usize, next: TcpStream, prev: TcpStream) -> Self {
-        Self {
+    /// `next` is connected to rank `rank + 1`, `prev` to rank `rank - 1` (mod world);
+    /// a read or write that makes no progress for `timeout` fails.
+    pub fn new(
+        rank: usize,
+        world: usize,
+        next: TcpStream,
+        prev: TcpStream,
+        timeout: Duration,
+    ) -> std::io::Result<Self> {
+        prev.set_read_timeout(Some(timeout))?;
+        next.set_write_timeout(Some(timeout))?;
+        Ok(Self {
             rank,
             world,
             next,
             prev,
-        }
+            timeout,
+            op: "collective",
+        })
     }
 
     fn prev_rank(&self) -> usize {
         (self.rank + self.world - 1) % self.world
     }
 
+    /// An I/O error of `what` ("send" or "receive") during the current collective,
+    /// naming the peer, and for a timeout or a closed connection what it means.
     fn io_error(&self, what: &str, e: std::io::Error) -> Error {
+        use std::io::ErrorKind::*;
         let peer = match what {
             "send" => (self.rank + 1) % self.world,
             _ => self.prev_rank(),
         };
-        Error::io(
-            format!("ring rank {}: {what} with rank {peer}", self.rank),
-            e,
-        )
+        let (r, op) = (self.rank, self.op);
+        let context = match e.kind() {
+            // A socket timeout reads as WouldBlock on Linux.
+            TimedOut | WouldBlock => format!(
+                "ring rank {r}: rank {peer} stopped answering mid {op}: no progress to {what} for {}s \
+                 (distributed.timeout_seconds)",
+                self.timeout.as_secs_f64()
+            ),
+            UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted => format!(
+                "ring rank {r}: rank {peer} closed the connection mid {op} (it exited or failed)"
+            ),
+            _ => format!("ring rank {r}: {what} with rank {peer} mid {op}"),
+        };
+        Error::io(context, e)
     }
 
     fn all_reduce_slice<T: Elem>(&mut self, data: &mut [T]) -> Result<()> {
@@ -236,6 +270,7 @@ impl Collective for Ring {
     }
 
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        self.op = "all-reduce";
         self.with_slice(t, |ring, data| match data {
             Slice::F32(d) => ring.all_reduce_slice(d),
             Slice::F64(d) => ring.all_reduce_slice(d),
@@ -246,6 +281,7 @@ impl Collective for Ring {
         if self.world == 1 {
             return Ok(());
         }
+        self.op = "reduce-scatter";
         self.with_slice(t, |ring, data| match data {
             Slice::F32(d) => ring.reduce_scatter_slice(d),
             Slice::F64(d) => ring.reduce_scatter_slice(d),
@@ -256,6 +292,7 @@ impl Collective for Ring {
         if self.world == 1 {
             return Ok(());
         }
+        self.op = "all-gather";
         self.with_slice(t, |ring, data| match data {
             Slice::F32(d) => ring.all_gather_slice(d),
             Slice::F64(d) => ring.all_gather_slice(d),
@@ -263,6 +300,7 @@ impl Collective for Ring {
     }
 
     fn broadcast(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        self.op = "broadcast";
         with_host_data(t, |h| {
             let bytes = h.numel() * h.kind().elt_size_in_bytes();
             // SAFETY: as above; any bit pattern is a valid byte.

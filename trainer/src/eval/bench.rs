@@ -3,12 +3,17 @@
 //! `instruction`, score descriptions as `{"1": ..., "5": ...}` or as
 //! `score1_description` .. `score5_description`. No file has an id column: an item's
 //! id is its row index (blank JSONL lines do not count).
+//!
+//! Each rubric also keeps the text the original judge is shown (`Rubric::shown`):
+//! `json.dumps(rubric, indent=4)` of the record's rubric object, keys in the file's
+//! order, or a legacy string `rubric` as it is.
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::pyjson::{dumps_indent4, Json};
 use crate::error::{Error, IoContext, Result};
 use crate::storage::{self, Store};
 
@@ -17,6 +22,8 @@ pub struct Rubric {
     pub criteria: String,
     /// Descriptions of scores 1 to 5.
     pub scores: [String; 5],
+    /// The rubric as the original judge prompt shows it (`{score_rubric}`).
+    pub shown: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +95,21 @@ fn rubric(v: &Value, at: &str) -> std::result::Result<Rubric, String> {
             _ => return Err(format!("`{at}`: no description of score {n} (expected `score_descriptions` with keys \"1\"..\"5\", or `score{n}_description`)")),
         };
     }
-    Ok(Rubric { criteria, scores })
+    Ok(Rubric {
+        criteria,
+        scores,
+        shown: String::new(),
+    })
+}
+
+/// `rubric` shown as `json.dumps(.., indent=4)` of its record text (`ordered`, keys in
+/// file order) or, without one, of the parsed value.
+fn shown_as_json(mut r: Rubric, value: &Value, ordered: Option<&Json>) -> Rubric {
+    r.shown = match ordered {
+        Some(o) => dumps_indent4(o),
+        None => dumps_indent4(&Json::from(value)),
+    };
+    r
 }
 
 fn preference(v: &Value, at: &str) -> std::result::Result<Preference, String> {
@@ -103,6 +124,52 @@ fn preference(v: &Value, at: &str) -> std::result::Result<Preference, String> {
 
 /// One bench record (row `id`).
 pub fn parse_item(id: usize, v: &Value) -> std::result::Result<BenchItem, String> {
+    parse_record(id, v, None)
+}
+
+/// The rubrics of a record: its `rubrics` (or `rubric`) value, with the same value
+/// parsed from the record's text with its key order when there is one.
+fn rubrics_of(
+    key: &str,
+    raw: &Value,
+    ordered: Option<&Json>,
+) -> std::result::Result<Vec<Rubric>, String> {
+    match raw {
+        Value::Array(list) => list
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let o = match ordered {
+                    Some(Json::Array(a)) => a.get(k),
+                    _ => None,
+                };
+                Ok(shown_as_json(rubric(r, &format!("{key}[{k}]"))?, r, o))
+            })
+            .collect(),
+        Value::Object(_) => Ok(vec![shown_as_json(rubric(raw, key)?, raw, ordered)]),
+        // Older benches and some exports store the rubric as JSON text: the original
+        // formats that text into the prompt as it is.
+        Value::String(s) => {
+            let parsed: Value = serde_json::from_str(s)
+                .map_err(|e| format!("`{key}` is text that is not JSON: {e}"))?;
+            let ordered = Json::parse(s).ok();
+            let mut rubrics = rubrics_of(key, &parsed, ordered.as_ref())?;
+            if parsed.is_object() {
+                rubrics[0].shown = s.clone();
+            }
+            Ok(rubrics)
+        }
+        other => Err(format!("`{key}` must be a list of rubrics, found {other}")),
+    }
+}
+
+/// One bench record (row `id`); `ordered` is the same record parsed from its text
+/// with its key order, when the reader kept the text.
+pub fn parse_record(
+    id: usize,
+    v: &Value,
+    ordered: Option<&Json>,
+) -> std::result::Result<BenchItem, String> {
     if !v.is_object() {
         return Err("expected a JSON object".into());
     }
@@ -111,25 +178,7 @@ pub fn parse_item(id: usize, v: &Value) -> std::result::Result<BenchItem, String
         (_, Some(r)) if !r.is_null() => ("rubric", r),
         _ => return Err("missing field `rubrics` (or `rubric`)".into()),
     };
-    let rubrics = match raw {
-        Value::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(k, r)| rubric(r, &format!("{key}[{k}]")))
-            .collect::<std::result::Result<Vec<_>, _>>()?,
-        Value::Object(_) => vec![rubric(raw, key)?],
-        // Some exports store nested columns as JSON text.
-        Value::String(s) => {
-            let parsed: Value = serde_json::from_str(s)
-                .map_err(|e| format!("`{key}` is text that is not JSON: {e}"))?;
-            return parse_item(id, &{
-                let mut o = v.clone();
-                o[key] = parsed;
-                o
-            });
-        }
-        other => return Err(format!("`{key}` must be a list of rubrics, found {other}")),
-    };
+    let rubrics = rubrics_of(key, raw, ordered.and_then(|o| o.get(key)))?;
     if rubrics.is_empty() {
         return Err(format!("`{key}` is empty"));
     }
@@ -163,7 +212,7 @@ pub fn load(path: &str, limit: Option<usize>) -> Result<Bench> {
     let (local, _staging) = local_file(path)?;
     let bytes = std::fs::read(&local).ctx(|| local.display().to_string())?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let rows = crate::data::read_rows(&local).map_err(|e| rename(e, &local, path))?;
+    let rows = crate::data::read_rows_with_text(&local).map_err(|e| rename(e, &local, path))?;
     let mut items = Vec::new();
     for (id, row) in rows.into_iter().enumerate() {
         if limit.is_some_and(|l| items.len() >= l) {
@@ -173,7 +222,11 @@ pub fn load(path: &str, limit: Option<usize>) -> Result<Bench> {
         let v = row
             .value
             .map_err(|e| Error::Data(format!("{location}: {e}")))?;
-        items.push(parse_item(id, &v).map_err(|e| Error::Data(format!("{location}: {e}")))?);
+        let ordered = row.text.as_deref().and_then(|t| Json::parse(t).ok());
+        items.push(
+            parse_record(id, &v, ordered.as_ref())
+                .map_err(|e| Error::Data(format!("{location}: {e}")))?,
+        );
     }
     if items.is_empty() {
         return Err(Error::Data(format!("{path}: no bench items")));

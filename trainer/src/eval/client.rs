@@ -4,6 +4,11 @@
 //! connection is retried with exponential backoff (or after the server's
 //! `Retry-After`), and a refusal that retrying cannot change (400, 401, 403, 404) is
 //! reported as such.
+//!
+//! Besides chat completions, the subset of OpenAI's Batch API the judge's batch mode
+//! uses: upload a JSONL file (`POST /files`, `purpose=batch`), create a batch
+//! (`POST /batches`), look at it (`GET /batches/{id}`) and download a file
+//! (`GET /files/{id}/content`), with the same retries.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -68,12 +73,14 @@ impl RateLimiter {
 
 pub struct JudgeClient {
     http: reqwest::Client,
+    base: String,
     endpoint: String,
     model: String,
     api_key: Option<String>,
     limiter: RateLimiter,
     max_retries: usize,
     temperature: f64,
+    top_p: f64,
     max_tokens: usize,
 }
 
@@ -86,6 +93,7 @@ pub struct ClientOptions {
     pub timeout: Duration,
     pub max_retries: usize,
     pub temperature: f64,
+    pub top_p: f64,
     pub max_tokens: usize,
 }
 
@@ -101,7 +109,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// The text of a chat completion's first choice.
-fn answer_text(body: &Value) -> Option<String> {
+pub fn answer_text(body: &Value) -> Option<String> {
     body.get("choices")?
         .get(0)?
         .get("message")?
@@ -115,6 +123,29 @@ fn short(body: &str) -> String {
     one_line.chars().take(300).collect()
 }
 
+/// Statuses worth another try: rate limits, timeouts, conflicts, server errors.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error()
+}
+
+/// A `multipart/form-data` body of a `purpose` field and one file, as OpenAI's file
+/// upload takes it.
+fn multipart(purpose: &str, filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = format!("janus-{:032x}", rand::random::<u128>());
+    let mut body = Vec::with_capacity(bytes.len() + 512);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+             Content-Type: application/jsonl\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
 impl JudgeClient {
     pub fn new(o: ClientOptions) -> Result<Self, String> {
         crate::storage::install_crypto_provider();
@@ -122,14 +153,17 @@ impl JudgeClient {
             .timeout(o.timeout)
             .build()
             .map_err(|e| e.to_string())?;
+        let base = o.url.trim_end_matches('/').to_string();
         Ok(Self {
             http,
-            endpoint: format!("{}/chat/completions", o.url.trim_end_matches('/')),
+            endpoint: format!("{base}/chat/completions"),
+            base,
             model: o.model,
             api_key: o.api_key,
             limiter: RateLimiter::new(o.requests_per_minute),
             max_retries: o.max_retries,
             temperature: o.temperature,
+            top_p: o.top_p,
             max_tokens: o.max_tokens,
         })
     }
@@ -138,21 +172,31 @@ impl JudgeClient {
         &self.endpoint
     }
 
-    /// One chat completion of `messages`, retried as needed; its text.
-    pub async fn ask(&self, messages: &[Value], seed: u64) -> Result<String, CallError> {
-        let body = json!({
+    /// The chat completion request of one judge call (what a batch line's `body` holds
+    /// too): the original's `SAMPLING_PARAMS_OPENAI` from the config, and the seed.
+    pub fn request_body(&self, messages: &[Value], seed: u64) -> Value {
+        json!({
             "model": self.model, "messages": messages, "temperature": self.temperature,
-            "max_tokens": self.max_tokens, "seed": seed, "n": 1,
+            "top_p": self.top_p, "max_tokens": self.max_tokens, "seed": seed, "n": 1,
         })
-        .to_string();
+    }
+
+    /// One exchange with `url`, retried as needed (`limited`: each try waits for its
+    /// slot of the rate limit): what `parse` makes of the first 2xx answer's body. A
+    /// 2xx body `parse` refuses is retried too.
+    async fn exchange<T>(
+        &self,
+        url: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        limited: bool,
+        parse: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, CallError> {
         let mut last = String::new();
         for attempt in 0..=self.max_retries {
-            self.limiter.acquire().await;
-            let mut req = self
-                .http
-                .post(&self.endpoint)
-                .header("Content-Type", "application/json")
-                .body(body.clone());
+            if limited {
+                self.limiter.acquire().await;
+            }
+            let mut req = build();
             if let Some(k) = &self.api_key {
                 req = req.bearer_auth(k);
             }
@@ -160,40 +204,29 @@ impl JudgeClient {
                 Ok(resp) => {
                     let status = resp.status();
                     let hinted = retry_after(resp.headers());
-                    let text = resp.text().await.unwrap_or_default();
+                    let body = resp.bytes().await.unwrap_or_default();
+                    let text = || short(&String::from_utf8_lossy(&body));
                     if status.is_success() {
-                        let parsed = serde_json::from_str::<Value>(&text).ok();
-                        match parsed.as_ref().and_then(answer_text) {
-                            Some(t) => return Ok(t),
-                            None => {
-                                last = format!(
-                                    "{}: HTTP 200 without a chat completion: {}",
-                                    self.endpoint,
-                                    short(&text)
-                                );
-                                None
-                            }
+                        match parse(&body) {
+                            Ok(t) => return Ok(t),
+                            Err(why) => last = format!("{url}: HTTP {status} {why}: {}", text()),
                         }
-                    } else if status.as_u16() == 429
-                        || status.as_u16() == 408
-                        || status.as_u16() == 409
-                        || status.is_server_error()
-                    {
-                        last = format!("{}: HTTP {status}: {}", self.endpoint, short(&text));
+                        None
+                    } else if retryable(status) {
+                        last = format!("{url}: HTTP {status}: {}", text());
                         hinted
                     } else {
                         return Err(CallError::Refused(format!(
-                            "{}: HTTP {status}: {}",
-                            self.endpoint,
-                            short(&text)
+                            "{url}: HTTP {status}: {}",
+                            text()
                         )));
                     }
                 }
                 Err(e) => {
                     last = if e.is_timeout() {
-                        format!("{}: no answer within the timeout", self.endpoint)
+                        format!("{url}: no answer within the timeout")
                     } else {
-                        format!("{}: {e}", self.endpoint)
+                        format!("{url}: {e}")
                     };
                     None
                 }
@@ -216,4 +249,101 @@ impl JudgeClient {
             self.max_retries + 1
         )))
     }
+
+    async fn json_exchange(
+        &self,
+        url: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        limited: bool,
+    ) -> Result<Value, CallError> {
+        self.exchange(url, build, limited, |b| {
+            serde_json::from_slice::<Value>(b).map_err(|_| "without a JSON body".to_string())
+        })
+        .await
+    }
+
+    /// One chat completion of `messages`, retried as needed; its text.
+    pub async fn ask(&self, messages: &[Value], seed: u64) -> Result<String, CallError> {
+        let body = self.request_body(messages, seed).to_string();
+        let build = || {
+            self.http
+                .post(&self.endpoint)
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+        };
+        self.exchange(&self.endpoint, build, true, |b| {
+            serde_json::from_slice::<Value>(b)
+                .ok()
+                .as_ref()
+                .and_then(answer_text)
+                .ok_or_else(|| "without a chat completion".to_string())
+        })
+        .await
+    }
+
+    /// Upload a batch input file (`purpose=batch`); its file id.
+    pub async fn upload_batch_file(
+        &self,
+        filename: &str,
+        jsonl: &[u8],
+    ) -> Result<String, CallError> {
+        let url = format!("{}/files", self.base);
+        let (content_type, body) = multipart("batch", filename, jsonl);
+        let build = || {
+            self.http
+                .post(&url)
+                .header("Content-Type", content_type.clone())
+                .body(body.clone())
+        };
+        let v = self.json_exchange(&url, build, false).await?;
+        field_str(&v, "id", &url)
+    }
+
+    /// Create a batch of chat completions from an uploaded file; the batch object.
+    pub async fn create_batch(
+        &self,
+        input_file_id: &str,
+        metadata: Value,
+    ) -> Result<Value, CallError> {
+        let url = format!("{}/batches", self.base);
+        let body = json!({
+            "input_file_id": input_file_id, "endpoint": "/v1/chat/completions",
+            "completion_window": "24h", "metadata": metadata,
+        })
+        .to_string();
+        let build = || {
+            self.http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+        };
+        self.json_exchange(&url, build, false).await
+    }
+
+    /// The batch object of `id` (its status, request counts and files).
+    pub async fn batch(&self, id: &str) -> Result<Value, CallError> {
+        let url = format!("{}/batches/{id}", self.base);
+        self.json_exchange(&url, || self.http.get(&url), false)
+            .await
+    }
+
+    /// The bytes of file `id`.
+    pub async fn file_content(&self, id: &str) -> Result<Vec<u8>, CallError> {
+        let url = format!("{}/files/{id}/content", self.base);
+        self.exchange(&url, || self.http.get(&url), false, |b| Ok(b.to_vec()))
+            .await
+    }
+}
+
+/// A string field of an API object, or a refusal naming it.
+pub fn field_str(v: &Value, key: &str, url: &str) -> Result<String, CallError> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            CallError::Refused(format!(
+                "{url}: the answer has no `{key}`: {}",
+                short(&v.to_string())
+            ))
+        })
 }

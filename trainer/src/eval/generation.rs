@@ -22,7 +22,7 @@ use super::bench::{self, BenchItem};
 use super::log::JsonlLog;
 use super::progress::StageProgress;
 use crate::config::EvalConfig;
-use crate::data::PromptFormat;
+use crate::data::{reward_input, PromptFormat};
 use crate::error::{Error, Result};
 use crate::generate::chat::{self, Message, Role};
 use crate::generate::{Completion, Engine, EngineOptions, LoadedModel, Request, SamplingParams};
@@ -40,28 +40,35 @@ pub trait Reranker {
 }
 
 /// The reward model at `path` as a [`Reranker`]: a `*ForSequenceClassification`
-/// directory (or URL) written by `janus train` with `method: reward`, loaded in the
-/// evaluated model's dtype and device.
+/// directory (or URL) written by `janus train` with `method: reward`, or an OpenRLHF
+/// reward checkpoint (`LLMForSequenceRegression`, its head `value_head`, as Janus-RM
+/// is released), loaded in the evaluated model's dtype and device.
 pub fn reward_model(path: &str, cfg: &EvalConfig) -> Result<Box<dyn Reranker>> {
     let m = LoadedModel::load(path, None, cfg.model.dtype, cfg.model.device)?;
     if !m.model.config.is_sequence_classifier() {
         return Err(Error::Config(format!(
             "generation.reward_model `{path}`: config.json names {:?}, not a \
-             *ForSequenceClassification reward model (train one with `method: reward`)",
+             *ForSequenceClassification (or OpenRLHF *ForSequenceRegression) reward model \
+             (train one with `method: reward`)",
             m.model.config.architectures
         )));
     }
+    let normalize = m.model.config.reward_normalization();
     Ok(Box::new(RewardReranker {
         m,
         format: cfg.model.prompt_format,
+        normalize,
     }))
 }
 
 /// Scores each candidate as the reward model was trained: the joint text of prompt
-/// and response (`encode_joint`), EOS appended, the value head on the last token.
+/// and response (`encode_joint`) as [`reward_input`] ends it, the value head at the
+/// position it names.
 struct RewardReranker {
     m: LoadedModel,
     format: PromptFormat,
+    /// OpenRLHF's `(reward - mean) / std` from config.json, when it has them.
+    normalize: Option<(f64, f64)>,
 }
 
 impl Reranker for RewardReranker {
@@ -75,24 +82,17 @@ impl Reranker for RewardReranker {
         let prompt = self.format.prompt(&item.system, &item.prompt);
         let mut rows = Vec::with_capacity(candidates.len());
         for c in candidates {
-            let (mut ids, resp) =
-                crate::data::encode_joint(tok, &prompt, &self.format.response(c))?;
-            ids.extend(resp);
-            ids.push(tok.eos_id);
-            // Too long for the model: keep the end, which the value head reads.
-            if ids.len() > self.m.max_len {
-                ids.drain(..ids.len() - self.m.max_len);
-            }
-            rows.push(ids);
+            let (p, resp) = crate::data::encode_joint(tok, &prompt, &self.format.response(c))?;
+            rows.push(reward_input(&p, &resp, tok.eos_id, self.m.max_len));
         }
-        let width = rows.iter().map(Vec::len).max().unwrap_or(1);
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(1);
         let (mut ids, mut pos, mut last) = (vec![], vec![], vec![]);
-        for (r, row) in rows.iter().enumerate() {
+        for (r, (row, read)) in rows.iter().enumerate() {
             ids.extend_from_slice(row);
             ids.extend(std::iter::repeat_n(tok.pad_id, width - row.len()));
             pos.extend(0..row.len() as i64);
             pos.extend(std::iter::repeat_n(0, width - row.len()));
-            last.push((r * width + row.len() - 1) as i64);
+            last.push((r * width + read) as i64);
         }
         let dev = self.m.device;
         let grid = |v: &[i64]| {
@@ -116,7 +116,11 @@ impl Reranker for RewardReranker {
                 .to_kind(tch::Kind::Double)
                 .view([-1])
         });
-        Ok(Vec::<f64>::try_from(&rewards).expect("a 1-d double tensor"))
+        let rewards = Vec::<f64>::try_from(&rewards).expect("a 1-d double tensor");
+        Ok(match self.normalize {
+            Some((mean, std)) => rewards.iter().map(|r| (r - mean) / std).collect(),
+            None => rewards,
+        })
     }
 }
 

@@ -1,103 +1,27 @@
 //! `janus eval judge`: one judge call per (response, rubric) and run, appended to
 //! `grades.jsonl` as it is answered, so a restart asks only what has no grade yet.
-//! An answer without a readable `[RESULT] 1-5` is asked again (with another seed)
-//! up to `judge.max_parse_retries` times, then recorded as a failure with its text.
+//! An answer without a readable score is asked again (with another seed) up to
+//! `judge.max_parse_retries` times, then recorded as a failure with its text.
+//!
+//! `judge.mode: online` makes one chat completion per call, `judge.concurrency` at a
+//! time; `judge.mode: batch` sends them through the OpenAI Batch API ([`super::batch`]).
+//! Both ask the same requests with the same seeds, so a greedy judge grades alike.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::answers::Answers;
-use super::bench::{self, Bench, BenchItem};
 use super::client::{CallError, ClientOptions, JudgeClient};
-use super::log::JsonlLog;
-use super::parse::parse_score;
+pub use super::grades::{grades_of, CallKey, Grade};
+use super::judging::call_error;
+pub use super::judging::{grade_of, read_score, seed, template, JudgeSummary, Judging};
 use super::progress::StageProgress;
-use super::template::{Template, JUDGE_SYSTEM};
-use super::GRADES;
 use crate::config::EvalConfig;
 use crate::error::{Error, Result};
-
-/// One judge call: item, rubric index, run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallKey {
-    pub item: usize,
-    pub rubric: usize,
-    pub run: usize,
-}
-
-/// A line of `grades.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Grade {
-    pub item: usize,
-    pub rubric: usize,
-    pub run: usize,
-    /// None: no readable score after the retries (a failure).
-    pub score: Option<u8>,
-    /// The judge's last answer.
-    pub feedback: String,
-    /// Calls made for it (1 + re-asks).
-    pub attempts: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Grade {
-    pub fn key(&self) -> CallKey {
-        CallKey {
-            item: self.item,
-            rubric: self.rubric,
-            run: self.run,
-        }
-    }
-}
-
-/// Grades from `grades.jsonl` records (the first per key wins).
-pub fn grades_of(records: &[Value], origin: &str) -> Result<Vec<Grade>> {
-    let mut seen = HashSet::new();
-    let mut out = vec![];
-    for (i, r) in records.iter().enumerate() {
-        let g: Grade = serde_json::from_value(r.clone())
-            .map_err(|e| Error::Data(format!("{origin}: record {}: {e}", i + 1)))?;
-        if seen.insert(g.key()) {
-            out.push(g);
-        }
-    }
-    Ok(out)
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JudgeSummary {
-    pub calls_total: usize,
-    /// Graded before this run started (resumed).
-    pub already_graded: usize,
-    /// Calls made by this run (re-asks included).
-    pub calls_made: usize,
-    pub parse_failures: usize,
-}
-
-/// The judge's seed for a call: its run and how many times it was asked before, so
-/// runs differ and a re-ask is not the same sample again.
-fn seed(key: CallKey, attempt: usize) -> u64 {
-    ((key.run as u64) << 32) | attempt as u64
-}
-
-fn template(cfg: &EvalConfig) -> Result<Template> {
-    let j = &cfg.judge;
-    match &j.template {
-        None => Ok(Template::built_in(j.show_system)),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("judge.template `{path}`: {e}")))?;
-            Template::parse(&text, path, j.show_system)
-        }
-    }
-}
+use janus_crds::config::eval::{JudgeMode, JudgeParser};
 
 fn client(cfg: &EvalConfig) -> Result<JudgeClient> {
     let j = &cfg.judge;
@@ -119,6 +43,7 @@ fn client(cfg: &EvalConfig) -> Result<JudgeClient> {
         timeout: Duration::from_secs(j.timeout_seconds),
         max_retries: j.max_retries,
         temperature: j.temperature,
+        top_p: j.top_p,
         max_tokens: j.max_tokens,
     })
     .map_err(|e| Error::Config(format!("judge.url `{}`: {e}", j.url)))
@@ -134,112 +59,61 @@ async fn grade(
     client: &JudgeClient,
     key: CallKey,
     messages: Vec<Value>,
+    parser: JudgeParser,
     max_parse_retries: usize,
 ) -> Outcome {
-    let mut last = String::new();
-    let mut why = String::new();
-    for attempt in 0..=max_parse_retries {
+    let mut attempt = 0;
+    loop {
         match client.ask(&messages, seed(key, attempt)).await {
             Err(e) => return Outcome::Failed(e),
-            Ok(text) => match parse_score(&text) {
-                Ok(score) => {
-                    return Outcome::Graded(Grade {
-                        item: key.item,
-                        rubric: key.rubric,
-                        run: key.run,
-                        score: Some(score),
-                        feedback: text,
-                        attempts: attempt + 1,
-                        error: None,
-                    })
-                }
-                Err(e) => {
-                    why = e.to_string();
-                    last = text;
-                }
-            },
-        }
-    }
-    Outcome::Graded(Grade {
-        item: key.item,
-        rubric: key.rubric,
-        run: key.run,
-        score: None,
-        feedback: last,
-        attempts: max_parse_retries + 1,
-        error: Some(why),
-    })
-}
-
-/// The calls still to make, in run, item, rubric order.
-fn pending(cfg: &EvalConfig, bench: &Bench, done: &HashSet<CallKey>) -> Vec<CallKey> {
-    let mut out = vec![];
-    for run in 0..cfg.judge.runs {
-        for item in &bench.items {
-            for rubric in 0..item.rubrics.len() {
-                let k = CallKey {
-                    item: item.id,
-                    rubric,
-                    run,
-                };
-                if !done.contains(&k) {
-                    out.push(k);
+            Ok(text) => {
+                if let Some(g) = grade_of(parser, key, attempt, max_parse_retries, text) {
+                    return Outcome::Graded(g);
                 }
             }
         }
+        attempt += 1;
     }
-    out
-}
-
-fn messages(t: &Template, item: &BenchItem, rubric: usize, response: &str) -> Vec<Value> {
-    vec![
-        json!({"role": "system", "content": JUDGE_SYSTEM}),
-        json!({"role": "user", "content": t.render(item, &item.rubrics[rubric], response)}),
-    ]
 }
 
 /// Grade every answer; returns what was done. Fails (retryable) when a call gave up,
 /// or (bad input) when the endpoint refused the requests, after recording every
 /// grade that came back.
 pub fn run(cfg: &EvalConfig, progress: &mut StageProgress) -> Result<JudgeSummary> {
-    let bench = bench::load(&cfg.bench.path, cfg.bench.limit)?;
-    let answers = Answers::read(&cfg.output_dir)?;
-    answers.check_complete(&bench)?;
-    let template = template(cfg)?;
-    let (mut log, existing) = JsonlLog::open(&cfg.output_dir, GRADES)?;
-    let mut grades = grades_of(&existing, &log.url())?;
-    let done: HashSet<CallKey> = grades.iter().map(Grade::key).collect();
-    let todo = pending(cfg, &bench, &done);
-    let calls_total = todo.len() + done.len();
-    let items: BTreeMap<usize, &BenchItem> = bench.items.iter().map(|i| (i.id, i)).collect();
-    let already = done.len();
-    let mut summary = JudgeSummary {
-        calls_total,
-        already_graded: already,
-        calls_made: 0,
-        parse_failures: grades.iter().filter(|g| g.score.is_none()).count(),
-    };
-    progress.judge(&bench, &grades, calls_total);
-    tracing::info!(calls = calls_total, graded = already, to_ask = todo.len(), judge = %cfg.judge.url, "judging");
-    if todo.is_empty() {
-        log.compact(&existing)?;
-        return Ok(summary);
+    let mut j = Judging::open(cfg)?;
+    progress.judge(&j.bench, &j.grades, j.summary.calls_total);
+    tracing::info!(
+        calls = j.summary.calls_total,
+        graded = j.summary.already_graded,
+        to_ask = j.todo.len(),
+        judge = %cfg.judge.url,
+        mode = ?cfg.judge.mode,
+        "judging"
+    );
+    if j.todo.is_empty() {
+        return j.finish();
     }
-    let client = Arc::new(client(cfg)?);
-    let jobs: Vec<(CallKey, Vec<Value>)> = todo
-        .iter()
-        .map(|&k| {
-            let item = items[&k.item];
-            (
-                k,
-                messages(&template, item, k.rubric, answers.response(k.item)),
-            )
-        })
-        .collect();
+    let client = client(cfg)?;
+    match cfg.judge.mode {
+        JudgeMode::Online => online(cfg, &mut j, client, progress)?,
+        JudgeMode::Batch => super::batch::run(cfg, &mut j, &client, progress)?,
+    }
+    j.finish()
+}
+
+/// Online mode: `judge.concurrency` calls in flight, each grade recorded as it comes.
+fn online(
+    cfg: &EvalConfig,
+    j: &mut Judging,
+    client: JudgeClient,
+    progress: &mut StageProgress,
+) -> Result<()> {
+    let client = Arc::new(client);
+    let jobs: Vec<(CallKey, Vec<Value>)> = j.todo.iter().map(|&k| (k, j.messages(k))).collect();
     let (tx, rx) = std::sync::mpsc::channel::<(CallKey, Outcome)>();
     let stop = Arc::new(AtomicBool::new(false));
     let rt = crate::storage::runtime()?;
-    let concurrency = cfg.judge.concurrency;
+    let (concurrency, parser) = (cfg.judge.concurrency, cfg.judge.parser);
     let max_parse = cfg.judge.max_parse_retries;
     let worker = {
         let (client, stop) = (client.clone(), stop.clone());
@@ -252,7 +126,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut StageProgress) -> Result<JudgeSummar
                         if stop.load(Ordering::SeqCst) {
                             return;
                         }
-                        let out = grade(&client, key, msgs, max_parse).await;
+                        let out = grade(&client, key, msgs, parser, max_parse).await;
                         if matches!(out, Outcome::Failed(_)) {
                             stop.store(true, Ordering::SeqCst);
                         }
@@ -267,20 +141,8 @@ pub fn run(cfg: &EvalConfig, progress: &mut StageProgress) -> Result<JudgeSummar
     for (key, out) in rx {
         match out {
             Outcome::Graded(g) => {
-                summary.calls_made += g.attempts;
-                if g.score.is_none() {
-                    summary.parse_failures += 1;
-                    tracing::warn!(
-                        item = key.item,
-                        rubric = key.rubric,
-                        run = key.run,
-                        error = g.error.as_deref().unwrap_or_default(),
-                        "no readable score; counted as a failure"
-                    );
-                }
-                log.append(&[serde_json::to_value(&g).expect("grade serializes")])?;
-                grades.push(g);
-                progress.judge(&bench, &grades, calls_total);
+                j.summary.calls_made += g.attempts;
+                j.record(g, progress)?;
             }
             Outcome::Failed(e) => {
                 tracing::error!(item = key.item, rubric = key.rubric, run = key.run, error = %e, "judge call failed");
@@ -291,20 +153,7 @@ pub fn run(cfg: &EvalConfig, progress: &mut StageProgress) -> Result<JudgeSummar
     rt.block_on(worker)
         .map_err(|e| Error::io("the judge", std::io::Error::other(e.to_string())))?;
     match first_error {
-        Some(CallError::Refused(m)) => Err(Error::Config(format!(
-            "the judge refused the requests (check judge.url, judge.model and the API key): {m}"
-        ))),
-        Some(CallError::GaveUp(m)) => Err(Error::io(
-            format!("judging: {} of {calls_total} calls graded", grades.len()),
-            std::io::Error::other(m),
-        )),
-        None => {
-            let all: Vec<Value> = grades
-                .iter()
-                .map(|g| serde_json::to_value(g).expect("grade"))
-                .collect();
-            log.compact(&all)?;
-            Ok(summary)
-        }
+        Some(e) => Err(call_error(e, j.grades.len(), j.summary.calls_total)),
+        None => Ok(()),
     }
 }

@@ -2,7 +2,8 @@
 //! one output directory (a path or an object-store URL; layout in
 //! `janus_crds::config::eval`):
 //! - [`generation`]: bench items -> `answers/shard-<i>.jsonl` (one line per item);
-//! - [`judge`]: one judge call per (answer, rubric, run) -> `grades.jsonl`;
+//! - [`judge`]: one judge call per (answer, rubric, run) -> `grades.jsonl`, online or
+//!   through the OpenAI Batch API ([`batch`]);
 //! - [`score`]: grades -> `results.json`, `summary.json` and [`report`] (`report.md`
 //!   with SVG charts).
 //!
@@ -10,14 +11,19 @@
 //! or restarted stage redoes nothing it recorded.
 
 pub mod answers;
+pub mod batch;
 pub mod bench;
 pub mod client;
 pub mod generation;
+pub mod grades;
 pub mod judge;
+pub mod judging;
 pub mod log;
 pub mod parse;
 pub mod progress;
+pub mod pyjson;
 pub mod report;
+pub mod results;
 pub mod score;
 pub mod template;
 

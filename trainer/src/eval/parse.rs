@@ -1,9 +1,14 @@
-//! The judge's score: the integer after the *last* `[RESULT]`, 1 to 5.
+//! The judge's score.
 //!
-//! Better than the original parser (docs/method.md): feedback that mentions scores
-//! ("closer to Score 3 than 5") cannot win over the final verdict, `[RESULT] 10` is
-//! out of range rather than a 10, and what cannot be read is an error for the caller
-//! to re-ask and finally count, never a crash and never a silent 0.
+//! [`parse_score`] (`judge.parser: strict`, the default): the integer after the
+//! *last* `[RESULT]`, 1 to 5. Better than the original parser (docs/method.md): feedback that mentions
+//! scores ("closer to Score 3 than 5") cannot win over the final verdict,
+//! `[RESULT] 10` is out of range rather than a 10, and what cannot be read is an error
+//! for the caller to re-ask and finally count, never a crash and never a silent 0.
+//!
+//! [`parse_original`] (`judge.parser: original`): what kaistAI/Janus
+//! `utils/output_parser.py` `parse_judgment_abs` reads, for comparisons with published
+//! numbers, defects included.
 
 /// Why a judge answer has no score.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,9 +79,96 @@ pub fn parse_score(answer: &str) -> Result<u8, ParseError> {
     }
 }
 
+/// `abs_pattern` of `utils/output_parser.py` as Python compiles it with
+/// `re.IGNORECASE | re.VERBOSE`: verbose mode drops the pattern's blanks, so its
+/// `score of` alternative is `scoreof`. Python's `\s` (str patterns) also takes the
+/// separators U+001C..U+001F, which Rust's does not.
+const ORIGINAL_PATTERN: &str = r"(?i)(?:\[RESULT\]|Score|\[SCORE\]|\[RESULT\]:|Score:|score:|Result:|\[Result\]|scoreof)[\s\x1c-\x1f]*(?:\([\s\x1c-\x1f]*|\[[\s\x1c-\x1f]*|)[\s\x1c-\x1f]*(\d+)";
+
+fn original_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(ORIGINAL_PATTERN).expect("valid pattern"))
+}
+
+/// The value of a run of Unicode decimal digits, as Python's `int()` reads it (`\d`
+/// matches every `Nd` digit: `٤` is 4). Digits come in contiguous runs of ten from 0.
+fn unicode_int(digits: &str) -> Option<u64> {
+    let is_digit = |c: char| original_regex_digit().is_match(c.encode_utf8(&mut [0; 4]));
+    let mut n: u64 = 0;
+    for c in digits.chars() {
+        if let Some(d) = c.to_digit(10) {
+            n = n.checked_mul(10)?.checked_add(d as u64)?;
+            continue;
+        }
+        let mut zero = c as u32;
+        while zero > 0 && char::from_u32(zero - 1).is_some_and(is_digit) {
+            zero -= 1;
+        }
+        let d = (c as u32 - zero) % 10;
+        n = n.checked_mul(10)?.checked_add(d as u64)?;
+    }
+    Some(n)
+}
+
+fn original_regex_digit() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"^\d$").expect("valid pattern"))
+}
+
+/// What the original parser reads: the number of the *first* match of its pattern
+/// anywhere in the answer (a score mentioned in the feedback wins over the verdict),
+/// any size (`[RESULT] 10` is 10, `[RESULT] 0` is 0), or None where it reads nothing
+/// (the original then re-asks, and a final None crashes its average). A number past
+/// `u8` has no place in a grade and is None here.
+pub fn parse_original(answer: &str) -> Option<u8> {
+    let caps = original_regex().captures(answer)?;
+    let n = unicode_int(caps.get(1)?.as_str())?;
+    u8::try_from(n).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Expected values are what Python 3.11's `re` gives with the original pattern and
+    /// flags (tests/eval.rs runs the same table through Python).
+    #[test]
+    fn original_parser_table() {
+        let cases: &[(&str, Option<u8>)] = &[
+            ("Feedback: good. [RESULT] 4", Some(4)),
+            ("[RESULT]: 4", Some(4)),
+            ("[RESULT] 4/5", Some(4)),
+            ("[RESULT] 10", Some(10)),
+            ("[RESULT] 0", Some(0)),
+            ("It is closer to Score 3 than 5. [RESULT] 4", Some(3)),
+            ("[RESULT] 2 at first, but on reflection [RESULT] 5", Some(2)),
+            ("Poor performance. [RESULT] score of 1", None),
+            ("Good job. [3]", None),
+            ("Good job. (Score 5)", Some(5)),
+            ("Good job. [Score 4]", Some(4)),
+            ("Well done. [RESULT] Result: 4", Some(4)),
+            ("[RESULT] four", None),
+            ("Score: 4", Some(4)),
+            ("", None),
+            ("[result] 3", Some(3)),
+            ("[RESULT] **5**", None),
+            ("[RESULT] (2)", Some(2)),
+            ("The score of 2 is fair", None),
+            ("Scores 3", None),
+            ("[RESULT] \u{664}", Some(4)),
+            ("[RESULT]\u{1c}4", Some(4)),
+            ("scoreof 3", Some(3)),
+            ("[RESULT] 4.5", Some(4)),
+            ("[Result]:\n 2", Some(2)),
+            ("[SCORE] [ 3", Some(3)),
+            ("Feedback [result] 2 [RESULT] 3", Some(2)),
+            ("SCORE:5", Some(5)),
+            ("[RESULT] 300", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_original(text), *want, "{text:?}");
+        }
+    }
 
     #[test]
     fn parser_table() {

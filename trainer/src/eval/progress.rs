@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use janus_crds::progress::{EvalReport, ScoreSummary};
 
 use super::bench::Bench;
-use super::judge::Grade;
+use super::grades::Grade;
 use crate::report::{now_rfc3339, Reporter};
 
 /// How often a log line (not a bar) is written.

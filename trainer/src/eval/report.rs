@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use super::score::Results;
+use super::results::Results;
 
 /// Chart files beside `report.md`.
 pub const DISTRIBUTION_SVG: &str = "score-distribution.svg";

@@ -1,8 +1,20 @@
-//! The judge prompt: one (response, rubric) pair per call, in our own wording, or a
-//! replacement template from a file. Placeholders are `{name}` (`{{` and `}}` for
-//! literal braces): `instruction`, `response`, `reference_answer`, `criteria`,
-//! `score1_description` .. `score5_description`, and `system`, which a template may
-//! use only when the judge is shown the system message.
+//! The judge prompt: a system message and a user message per (response, rubric) pair.
+//!
+//! By default both are the original's: `ABS_SYSTEM_PROMPT` and
+//! `ABS_USER_PROMPT_TEMPLATE` of kaistAI/Janus `utils/prompts.py` (Apache-2.0,
+//! copyright the Janus authors; quoted unchanged below), filled as its
+//! `run_eval_openai.py` `prepare_inputs` fills it: the rubric as
+//! `json.dumps(rubric, indent=4)` (a legacy string `rubric` as it is), the formatted
+//! text `.strip()`ped. `judge.template` replaces the user message, the system message
+//! or both.
+//!
+//! A user template's placeholders are `{name}` (`{{` and `}}` for literal braces):
+//! `instruction`, `response`, `reference_answer`, `score_rubric` (the rubric as the
+//! original shows it), `criteria`, `score1_description` .. `score5_description`, and
+//! `system`, which a template may use only when the judge is shown the system message.
+//! With `judge.show_system` and no `{system}` in the template, `{instruction}` is
+//! `system + "\n" + prompt`, as the original builds it when given a system key.
+//! A system template is plain text, used as it is.
 
 use std::collections::BTreeMap;
 
@@ -10,52 +22,39 @@ use crate::error::{Error, Result};
 
 use super::bench::{BenchItem, Rubric};
 
-/// The judge's own system message.
-pub const JUDGE_SYSTEM: &str =
-    "You are a careful and impartial grader. You read a request, an answer to it, \
-a model answer and one grading criterion, and you grade the answer by that criterion alone.";
+/// The original judge's system message (`utils/prompts.py`, `ABS_SYSTEM_PROMPT`).
+pub const ABS_SYSTEM_PROMPT: &str = "You are a fair judge assistant tasked with providing clear, objective feedback based on specific criteria, ensuring each assessment reflects the absolute standards set for performance.";
 
-/// The built-in template (the system message of the item is added through
-/// `{system_section}` only when `judge.show_system` is set).
-const BUILT_IN: &str = "You are grading one answer to a user's request.
+/// The original judge's user message (`utils/prompts.py`, `ABS_USER_PROMPT_TEMPLATE`),
+/// without the newline it starts with and the space it ends with: the original
+/// `.strip()`s the formatted text, and those are the only whitespace at its ends
+/// whatever the values (they sit inside the text).
+pub const ABS_USER_PROMPT_TEMPLATE: &str = "###Task Description:
+An instruction (might include an Input inside it), a response to evaluate, and a score rubric representing a evaluation criteria are given.
+1. Write a detailed feedback that assess the quality of the response strictly based on the given score rubric, not evaluating in general.
+2. After writing a feedback, write a score that is an integer between 1 and 5. You should refer to the score rubric.
+3. The output format should look as follows: \"Feedback: (write a feedback for criteria) [RESULT] (an integer number between 1 and 5)\"
+4. Please do not generate any other opening, closing, and explanations.
 
-You are given the request, the answer to grade, a model answer that would be graded 5, \
-and one grading criterion with a description of every grade from 1 (worst) to 5 (best).
-
-How to grade: compare the answer with the criterion's descriptions and with the model \
-answer. Write a short justification that refers to this criterion only; other qualities \
-of the answer do not count. Then give the grade on a line of its own, written exactly as \
-`[RESULT] N`, where N is a whole number from 1 to 5, and write nothing after it.
-{system_section}
-## Request
+###The instruction to evaluate:
 {instruction}
 
-## Answer to grade
+###Response to evaluate:
 {response}
 
-## Model answer (grade 5)
+###Reference Answer (Score 5):
 {reference_answer}
 
-## Criterion
-{criteria}
-Grade 1: {score1_description}
-Grade 2: {score2_description}
-Grade 3: {score3_description}
-Grade 4: {score4_description}
-Grade 5: {score5_description}
+###Score Rubrics:
+{score_rubric}
 
-## Justification and grade
-";
-
-const SYSTEM_SECTION: &str = "
-## What the user asked for in the system message
-{system}
-";
+###Feedback:";
 
 const PLACEHOLDERS: &[&str] = &[
     "instruction",
     "response",
     "reference_answer",
+    "score_rubric",
     "criteria",
     "score1_description",
     "score2_description",
@@ -65,9 +64,28 @@ const PLACEHOLDERS: &[&str] = &[
     "system",
 ];
 
-/// A template split into literal text and placeholders, checked once.
+/// The two messages of one judge call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgePrompt {
+    pub system: String,
+    pub user: String,
+}
+
+impl JudgePrompt {
+    /// As chat `messages`.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        vec![
+            serde_json::json!({"role": "system", "content": self.system}),
+            serde_json::json!({"role": "user", "content": self.user}),
+        ]
+    }
+}
+
+/// A judge prompt, its user template split into literal text and placeholders and
+/// checked once.
 #[derive(Debug, Clone)]
 pub struct Template {
+    system: String,
     parts: Vec<Part>,
     show_system: bool,
 }
@@ -133,44 +151,63 @@ fn split(text: &str, origin: &str) -> Result<Vec<Part>> {
 }
 
 impl Template {
-    /// The built-in template.
-    pub fn built_in(show_system: bool) -> Self {
-        let text = BUILT_IN.replace(
-            "{system_section}",
-            if show_system { SYSTEM_SECTION } else { "" },
-        );
+    /// The original's prompt (system and user message).
+    pub fn paper(show_system: bool) -> Self {
         Self {
-            parts: split(&text, "the built-in judge template").expect("valid template"),
+            system: ABS_SYSTEM_PROMPT.into(),
+            parts: split(ABS_USER_PROMPT_TEMPLATE, "the built-in judge template")
+                .expect("valid template"),
             show_system,
         }
     }
 
-    /// A template from `text` (read from `origin`), checked: known placeholders,
-    /// `{response}` and `{criteria}` present, `{system}` only with `show_system`.
+    /// A user template from `text` (read from `origin`), checked: known placeholders,
+    /// `{response}` and a rubric (`{score_rubric}` or `{criteria}`) present, `{system}`
+    /// only with `show_system`. The system message stays the original's.
     pub fn parse(text: &str, origin: &str, show_system: bool) -> Result<Self> {
         let parts = split(text, origin)?;
         let has = |n: &str| parts.iter().any(|p| *p == Part::Field(n.into()));
-        for required in ["response", "criteria"] {
-            if !has(required) {
-                return Err(Error::Config(format!(
-                    "{origin}: the judge template has no `{{{required}}}`"
-                )));
-            }
+        if !has("response") {
+            return Err(Error::Config(format!(
+                "{origin}: the judge template has no `{{response}}`"
+            )));
+        }
+        if !has("criteria") && !has("score_rubric") {
+            return Err(Error::Config(format!(
+                "{origin}: the judge template shows no rubric (`{{score_rubric}}` or `{{criteria}}`)"
+            )));
         }
         if has("system") && !show_system {
             return Err(Error::Config(format!(
                 "{origin}: the template shows `{{system}}` but `judge.show_system` is false"
             )));
         }
-        Ok(Self { parts, show_system })
+        Ok(Self {
+            system: ABS_SYSTEM_PROMPT.into(),
+            parts,
+            show_system,
+        })
     }
 
-    /// The judge prompt for `response` to `item`, graded by `rubric`.
-    pub fn render(&self, item: &BenchItem, rubric: &Rubric, response: &str) -> String {
+    /// The same user message with `system` as the system message.
+    pub fn with_system(mut self, system: String) -> Self {
+        self.system = system;
+        self
+    }
+
+    /// The judge's messages for `response` to `item`, graded by `rubric`.
+    pub fn render(&self, item: &BenchItem, rubric: &Rubric, response: &str) -> JudgePrompt {
+        let shows_system = self.parts.contains(&Part::Field("system".into()));
+        let instruction = if self.show_system && !shows_system && !item.system.is_empty() {
+            format!("{}\n{}", item.system, item.prompt)
+        } else {
+            item.prompt.clone()
+        };
         let mut values: BTreeMap<&str, &str> = BTreeMap::new();
-        values.insert("instruction", &item.prompt);
+        values.insert("instruction", &instruction);
         values.insert("response", response);
         values.insert("reference_answer", &item.reference_answer);
+        values.insert("score_rubric", &rubric.shown);
         values.insert("criteria", &rubric.criteria);
         let keys = [
             "score1_description",
@@ -185,14 +222,17 @@ impl Template {
         if self.show_system {
             values.insert("system", &item.system);
         }
-        let mut out = String::new();
+        let mut user = String::new();
         for p in &self.parts {
             match p {
-                Part::Text(t) => out.push_str(t),
-                Part::Field(f) => out.push_str(values.get(f.as_str()).copied().unwrap_or("")),
+                Part::Text(t) => user.push_str(t),
+                Part::Field(f) => user.push_str(values.get(f.as_str()).copied().unwrap_or("")),
             }
         }
-        out
+        JudgePrompt {
+            system: self.system.clone(),
+            user,
+        }
     }
 }
 
@@ -212,29 +252,31 @@ mod tests {
     #[test]
     fn built_in_shows_everything_but_the_system_message_unless_asked() {
         let it = item();
-        let p = Template::built_in(false).render(&it, &it.rubrics[0], "THE-ANSWER");
+        let p = Template::paper(false).render(&it, &it.rubrics[0], "THE-ANSWER");
+        assert_eq!(p.system, ABS_SYSTEM_PROMPT);
         for s in [
             "THE-PROMPT",
             "THE-ANSWER",
             "REF",
-            "CRIT",
-            "Grade 1: one",
-            "Grade 5: five",
-            "[RESULT] N",
-            "(grade 5)",
+            "\"criteria\": \"CRIT\"",
+            "\"1\": \"one\"",
+            "\"5\": \"five\"",
+            "[RESULT] (an integer number between 1 and 5)",
+            "(Score 5)",
         ] {
-            assert!(p.contains(s), "{s} missing from\n{p}");
+            assert!(p.user.contains(s), "{s} missing from\n{}", p.user);
         }
-        assert!(!p.contains("SYSTEM-MSG"));
-        let p = Template::built_in(true).render(&it, &it.rubrics[0], "THE-ANSWER");
-        assert!(p.contains("SYSTEM-MSG"));
+        assert!(!p.user.contains("SYSTEM-MSG"));
+        // Shown as the original shows it with a system key: before the instruction.
+        let p = Template::paper(true).render(&it, &it.rubrics[0], "THE-ANSWER");
+        assert!(p.user.contains("SYSTEM-MSG\nTHE-PROMPT"), "{}", p.user);
     }
 
     #[test]
     fn replacement_templates_are_checked() {
         let it = item();
         let t = Template::parse("{{json}} {criteria}: {response}", "t.txt", false).unwrap();
-        assert_eq!(t.render(&it, &it.rubrics[0], "A"), "{json} CRIT: A");
+        assert_eq!(t.render(&it, &it.rubrics[0], "A").user, "{json} CRIT: A");
         let e = Template::parse("{criteria} {respnse}", "t.txt", false)
             .unwrap_err()
             .to_string();
@@ -243,10 +285,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("{response}"), "{e}");
+        let e = Template::parse("{response}", "t.txt", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rubric"), "{e}");
         let e = Template::parse("{criteria} {response} {system}", "t.txt", false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("show_system"), "{e}");
-        assert!(Template::parse("{criteria} {response} {system}", "t.txt", true).is_ok());
+        let t = Template::parse("{criteria} {response} {system}", "t.txt", true).unwrap();
+        let p = t.with_system("S".into()).render(&it, &it.rubrics[0], "A");
+        assert_eq!(
+            (p.system.as_str(), p.user.as_str()),
+            ("S", "CRIT A SYSTEM-MSG")
+        );
     }
 }

@@ -169,16 +169,47 @@ impl ModelConfig {
         v * h + self.num_hidden_layers * layer + h + head
     }
 
-    /// Whether this is a `*ForSequenceClassification` model (a reward model): a
-    /// `score` head on the last token instead of the LM head.
+    /// Whether this is a reward model: a `*ForSequenceClassification` (a `score` head
+    /// instead of the LM head), or an OpenRLHF reward checkpoint.
     pub fn is_sequence_classifier(&self) -> bool {
+        self.is_openrlhf_reward()
+            || self
+                .architectures
+                .iter()
+                .any(|a| a.ends_with("ForSequenceClassification"))
+    }
+
+    /// An OpenRLHF reward model (`LLMForSequenceRegression`, what its `save_model`
+    /// writes for the class `get_llm_for_sequence_regression` builds, as Janus-RM is
+    /// released): the body's tensors named as HF's, the linear head `value_head.weight`
+    /// (`[1, hidden]`, no bias), loaded as our `score.weight`.
+    pub fn is_openrlhf_reward(&self) -> bool {
         self.architectures
             .iter()
-            .any(|a| a.ends_with("ForSequenceClassification"))
+            .any(|a| a.ends_with("ForSequenceRegression"))
+    }
+
+    /// OpenRLHF's reward normalisation, `(reward - mean) / std`, when config.json has
+    /// `mean` and `std` (its `--normalize_reward` writes them; the original best-of-N
+    /// applies them).
+    pub fn reward_normalization(&self) -> Option<(f64, f64)> {
+        let get = |k: &str| self.extra.get(k).and_then(Value::as_f64);
+        let on = self
+            .extra
+            .get("normalize_reward")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        match (on, get("mean"), get("std")) {
+            (true, Some(m), Some(s)) if s > 0.0 => Some((m, s)),
+            _ => None,
+        }
     }
 
     /// Outputs of a sequence classifier, counted as transformers does (`id2label`).
     pub fn num_labels(&self) -> usize {
+        if self.is_openrlhf_reward() {
+            return 1;
+        }
         self.extra
             .get("id2label")
             .and_then(Value::as_object)

@@ -6,14 +6,16 @@
 
 mod config;
 mod kv_cache;
+mod segments;
 mod transformer;
 mod varlen;
 mod weights;
 
 pub use config::ModelConfig;
 pub use kv_cache::KvCache;
-pub use transformer::{masks_built, AttentionLayout, LayerContext, Segments, Transformer};
-pub use varlen::flash_varlen;
+pub use segments::Segments;
+pub use transformer::{masks_built, AttentionLayout, LayerContext, Transformer};
+pub use varlen::{attention_kernel, fallback_calls, flash_varlen, AttentionKernel};
 pub use weights::{
     load_model_dir, load_reward_init, save_model, save_model_dir, tensors_to_safetensors,
     SafetensorsFile, SafetensorsWriter, TensorSpec, SHARD_INDEX,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{nn::VarStore, Kind, Tensor};
 
-use super::ModelConfig;
+use super::config::ModelConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::storage::{ObjectWriter, Store, Written};
 
@@ -94,7 +94,13 @@ fn load_weights(
         // Mapped, and copied once, straight from the page cache into each variable.
         let st = SafetensorsFile::open(&file).map_err(|e| Error::Model(e.to_string()))?;
         for name in st.names() {
-            match vars.remove(&name) {
+            // OpenRLHF names the value head `value_head`; ours (HF's) is `score`.
+            let var_name = if config.is_openrlhf_reward() && name == "value_head.weight" {
+                "score.weight".to_string()
+            } else {
+                name.clone()
+            };
+            match vars.remove(&var_name) {
                 Some(mut var) => {
                     let shape = st.spec(&name).map(|(_, s)| s.to_vec()).unwrap_or_default();
                     if var.size() != shape {

@@ -1,8 +1,10 @@
 //! `janus serve`: an OpenAI-compatible HTTP server (axum) over the generation engine.
 //! The engine runs on its own thread ([`worker`]); the HTTP layer ([`routes`]) only
 //! translates requests and answers. The port is open while the model loads: `/health`
-//! answers 503 until it is ready.
+//! answers 503 until it is ready. [`batches`] adds the subset of OpenAI's Files and
+//! Batch API that batch judging uses.
 
+mod batches;
 mod metrics;
 pub mod openai;
 mod routes;
@@ -59,6 +61,7 @@ async fn serve(opts: ServeOptions) -> Result<()> {
         .map_err(|e| Error::io("the listening address", e))?;
     let state = Arc::new(routes::AppState {
         name: opts.served_name.clone(),
+        batches: batches::Store::default(),
         metrics: metrics::Metrics::new(),
         api_key: opts.api_key.clone(),
         ready: OnceLock::new(),

@@ -34,6 +34,8 @@ pub struct Ready {
 pub struct AppState {
     /// The model name clients send (`model`).
     pub name: String,
+    /// Uploaded files and batches (`/v1/files`, `/v1/batches`).
+    pub batches: super::batches::Store,
     pub metrics: Metrics,
     /// Required bearer token, when set.
     pub api_key: Option<String>,
@@ -42,13 +44,14 @@ pub struct AppState {
     pub created: u64,
 }
 
-type Shared = Arc<AppState>;
+pub(super) type Shared = Arc<AppState>;
 
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .merge(super::batches::routes())
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -56,14 +59,14 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn json_with(status: StatusCode, v: &Value) -> Response {
+pub(super) fn json_with(status: StatusCode, v: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -72,23 +75,23 @@ fn json_with(status: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(super) fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_with(status, &e.body())
 }
 
-fn json_response(v: Value) -> Response {
+pub(super) fn json_response(v: Value) -> Response {
     json_with(StatusCode::OK, &v)
 }
 
 /// Count the answer in the metrics and return it.
-fn answered(s: &AppState, endpoint: &str, r: Result<Response, ApiError>) -> Response {
+pub(super) fn answered(s: &AppState, endpoint: &str, r: Result<Response, ApiError>) -> Response {
     let r = r.unwrap_or_else(|e| error_response(&e));
     s.metrics.answered(endpoint, r.status().as_u16());
     r
 }
 
-fn check_key(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_key(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &s.api_key else {
         return Ok(());
     };
@@ -273,7 +276,7 @@ fn requests(
         .collect())
 }
 
-fn random_id(prefix: &str) -> String {
+pub(super) fn random_id(prefix: &str) -> String {
     format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 }
 
@@ -345,17 +348,35 @@ fn submit(
     })
 }
 
+/// A chat completion request accepted by the engine, and whether to stream it.
+fn accept_chat(s: &AppState, body: &[u8]) -> Result<(Accepted, bool), ApiError> {
+    let ready = ready(s)?;
+    let req: ChatRequest = openai::parse_body(body)?;
+    check_model(s, &req.model)?;
+    let g = req.sampling()?;
+    let text = chat_prompt(ready.format, &req)?;
+    let prompt = encode(&ready.tokenizer, &text, "messages")?;
+    let acc = submit(s, ready, Api::Chat, &g, vec![prompt], "messages")?;
+    Ok((acc, g.stream))
+}
+
+/// The chat completion object answering `body` (not streamed): what a batch line runs.
+pub async fn chat_completion(s: &AppState, body: &[u8]) -> Result<Value, ApiError> {
+    let (acc, stream) = accept_chat(s, body)?;
+    if stream {
+        return Err(ApiError::invalid(
+            "stream",
+            "a batch request cannot be streamed: set `stream` to false",
+        ));
+    }
+    collect(acc).await
+}
+
 async fn chat_completions(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
         check_key(&s, &headers)?;
-        let ready = ready(&s)?;
-        let req: ChatRequest = openai::parse_body(&body)?;
-        check_model(&s, &req.model)?;
-        let g = req.sampling()?;
-        let text = chat_prompt(ready.format, &req)?;
-        let prompt = encode(&ready.tokenizer, &text, "messages")?;
-        let acc = submit(&s, ready, Api::Chat, &g, vec![prompt], "messages")?;
-        Ok(respond(acc, g.stream).await)
+        let (acc, stream) = accept_chat(&s, &body)?;
+        Ok(respond(acc, stream).await)
     }
     .await;
     answered(&s, "chat_completions", r)
@@ -405,11 +426,14 @@ async fn respond(acc: Accepted, stream: bool) -> Response {
     if stream {
         return Sse::new(sse_stream(acc)).into_response();
     }
-    collect(acc).await.unwrap_or_else(|e| error_response(&e))
+    collect(acc)
+        .await
+        .map(json_response)
+        .unwrap_or_else(|e| error_response(&e))
 }
 
 /// Wait for every choice, then answer in one body.
-async fn collect(mut acc: Accepted) -> Result<Response, ApiError> {
+async fn collect(mut acc: Accepted) -> Result<Value, ApiError> {
     let mut done: Vec<Option<Completion>> = vec![None; acc.choices];
     while done.iter().any(Option::is_none) {
         match acc.rx.recv().await {
@@ -434,11 +458,11 @@ async fn collect(mut acc: Accepted) -> Result<Response, ApiError> {
             }),
         })
         .collect();
-    Ok(json_response(json!({
+    Ok(json!({
         "id": acc.id, "object": acc.api.object(false), "created": acc.created, "model": acc.model,
         "choices": choices, "usage": Usage::new(acc.prompt_tokens, completion_tokens),
         "system_fingerprint": null,
-    })))
+    }))
 }
 
 /// The state of one streamed answer.

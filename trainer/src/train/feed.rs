@@ -1,10 +1,17 @@
 //! Where each step's data comes from: units held in memory (data files, read and
 //! tokenised once), or records streamed from a sharded dataset (read a window at a
 //! time, tokenised per step). Both advance the same `DataCursor`.
+//!
+//! Sources with weights in `data.train` make a mixture (in memory): each epoch's order
+//! is `data.mixture_samples` draws of a source by weight, each taking that source's
+//! next unit in its own seeded order (starting over in a new order when it runs out),
+//! a function of (seed, epoch) alone, so a resumed run draws what the first would have.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -47,6 +54,30 @@ impl Units {
         }
     }
 
+    /// The units of `self` followed by those of `other` (pair ids renumbered: they key
+    /// precomputed reference log-probabilities by position in the run's data).
+    fn append(self, other: Units) -> Result<Units> {
+        Ok(match (self, other) {
+            (Units::Examples(mut a), Units::Examples(b)) => {
+                a.extend(b);
+                Units::Examples(a)
+            }
+            (Units::Pairs(mut a), Units::Pairs(b)) => {
+                let base = a.len();
+                a.extend(b.into_iter().map(|mut p| {
+                    p.id += base;
+                    p
+                }));
+                Units::Pairs(a)
+            }
+            _ => {
+                return Err(Error::Config(
+                    "a weighted mixture of packed rows is not supported".into(),
+                ))
+            }
+        })
+    }
+
     fn take(&self, ids: &[usize]) -> StepData {
         match self {
             Units::Examples(ex) => StepData::Examples(ids.iter().map(|&i| ex[i].clone()).collect()),
@@ -79,6 +110,8 @@ pub enum Feed<'a> {
         order: Vec<usize>,
         order_epoch: u64,
         counts: Counts,
+        /// The sources' share of `units` when `data.train` is a weighted mixture.
+        mixture: Option<Mixture>,
     },
     /// A sharded dataset; each rank streams its own blocks (see `data::stream`).
     Stream(Box<Streamed<'a>>),
@@ -90,6 +123,62 @@ pub struct Counts {
     pub records: usize,
     pub skipped: usize,
     pub stats: TokenizeStats,
+    /// Per source of a weighted mixture (empty otherwise).
+    pub sources: Vec<SourceCounts>,
+}
+
+/// One source of a weighted mixture.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SourceCounts {
+    pub source: String,
+    pub weight: f64,
+    /// Records read and units (examples or pairs) they made.
+    pub records: usize,
+    pub units: usize,
+    /// Units of it this rank trained on in this run.
+    pub drawn: u64,
+}
+
+/// A weighted mixture: each source's units (a range of the run's) and weight.
+pub struct Mixture {
+    ranges: Vec<Range<usize>>,
+    weights: Vec<f64>,
+    /// Units an epoch draws.
+    per_epoch: usize,
+}
+
+impl Mixture {
+    /// The run's units of `epoch`, drawn by weight; a function of `seed` and `epoch`.
+    pub fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch) ^ 0x6d69_7874_7572_6573,
+        );
+        let pick = WeightedIndex::new(&self.weights).expect("weights were validated");
+        // Per source: its order in the current pass, the next position, the pass.
+        let mut passes: Vec<(Vec<usize>, usize, u64)> = vec![(vec![], 0, 0); self.ranges.len()];
+        let mut out = Vec::with_capacity(self.per_epoch);
+        for _ in 0..self.per_epoch {
+            let k = pick.sample(&mut rng);
+            let (order, next, pass) = &mut passes[k];
+            if *next >= order.len() {
+                let stream = epoch.wrapping_mul(1 << 20).wrapping_add(*pass);
+                *order = epoch_order(self.ranges[k].len(), seed ^ (k as u64 + 1) << 40, stream);
+                *next = 0;
+                *pass += 1;
+            }
+            out.push(self.ranges[k].start + order[*next]);
+            *next += 1;
+        }
+        out
+    }
+
+    /// Which source unit `u` belongs to.
+    fn source_of(&self, u: usize) -> usize {
+        self.ranges
+            .iter()
+            .position(|r| r.contains(&u))
+            .expect("a unit of the run")
+    }
 }
 
 /// A rank's stream, parsed (in the decode threads) as the method's record type, or
@@ -150,16 +239,22 @@ impl<'a> Feed<'a> {
             max_len: d.max_seq_len,
             policy: d.truncation,
             min_response: d.min_response_tokens,
-            append_eos: cfg.method != Method::Reward,
+            ending: data::Ending::of(cfg.method),
         };
         let retry = Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
         let names: Vec<String> = d
             .train
             .iter()
-            .map(|p| p.to_string_lossy().to_string())
+            .map(|p| p.path().to_string_lossy().to_string())
             .collect();
+        let mixed = d.train.iter().any(|s| s.weight().is_some());
         match names.iter().filter(|n| is_dataset(n)).count() {
+            0 if mixed => Self::mixture(cfg, tokenization, retry),
             0 => Self::in_memory(cfg, tokenization, retry),
+            _ if mixed => Err(Error::Config(format!(
+                "`data.train` weights a sharded dataset ({}): weighted mixtures read data files into memory",
+                names.join(", ")
+            ))),
             1 if names.len() == 1 => {
                 Self::streamed(cfg, tokenization, ShardedData::open(&names[0], retry)?, share)
             }
@@ -173,27 +268,9 @@ impl<'a> Feed<'a> {
     fn in_memory(cfg: &TrainConfig, t: Tokenization<'a>, retry: Duration) -> Result<Self> {
         let d = &cfg.data;
         let cache_dir = crate::checkpoint::staging_dir("janus-data-")?;
-        let train = fetch_data_files(&d.train, cache_dir.path(), retry)?;
-        let (units, records, skipped, stats) = match cfg.method {
-            Method::Sft => {
-                let (recs, ls) = data::load_records::<SftRecord>(&train, d.skip_bad_records)?;
-                let (examples, stats) = t.sft(&recs)?;
-                let units = if d.packing {
-                    let order = epoch_order(examples.len(), cfg.hyperparameters.seed, u64::MAX);
-                    let rows = pack(&examples, &order, d.max_seq_len);
-                    Units::Packed { examples, rows }
-                } else {
-                    Units::Examples(examples)
-                };
-                (units, ls.rows, ls.skipped, stats)
-            }
-            Method::Orpo | Method::Dpo | Method::Reward => {
-                let (recs, ls) =
-                    data::load_records::<PreferenceRecord>(&train, d.skip_bad_records)?;
-                let (pairs, stats) = t.pairs(&recs)?;
-                (Units::Pairs(pairs), ls.rows, ls.skipped, stats)
-            }
-        };
+        let paths: Vec<PathBuf> = d.train.iter().map(|s| s.path().to_path_buf()).collect();
+        let train = fetch_data_files(&paths, cache_dir.path(), retry)?;
+        let (units, records, skipped, stats) = load_units(cfg, &t, &train)?;
         if units.len() == 0 {
             return Err(Error::Data(format!(
                 "no example fits `data.max_seq_len` = {} ({} dropped by truncation policy {:?})",
@@ -217,10 +294,105 @@ impl<'a> Feed<'a> {
                 records,
                 skipped,
                 stats,
+                sources: vec![],
             },
+            mixture: None,
         })
     }
 
+    /// A weighted mixture: each source read and tokenised on its own, its units kept
+    /// together so that draws know where they came from.
+    fn mixture(cfg: &TrainConfig, t: Tokenization<'a>, retry: Duration) -> Result<Self> {
+        let d = &cfg.data;
+        let cache_dir = crate::checkpoint::staging_dir("janus-data-")?;
+        let mut all: Option<Units> = None;
+        let (mut counts, mut ranges, mut weights) = (Counts::default(), vec![], vec![]);
+        for (k, src) in d.train.iter().enumerate() {
+            let local = fetch_data_files(&[src.path().to_path_buf()], cache_dir.path(), retry)?;
+            let (units, records, skipped, stats) = load_units(cfg, &t, &local)?;
+            let name = src.path().display().to_string();
+            if units.len() == 0 {
+                return Err(Error::Data(format!(
+                    "data.train[{k}] {name}: no example fits `data.max_seq_len` = {} ({} dropped)",
+                    d.max_seq_len, stats.dropped
+                )));
+            }
+            let start = all.as_ref().map_or(0, Units::len);
+            ranges.push(start..start + units.len());
+            weights.push(src.weight().unwrap_or(1.0));
+            tracing::info!(source = %name, weight = src.weight(), records, units = units.len(), dropped = stats.dropped, "mixture source ready");
+            counts.sources.push(SourceCounts {
+                source: name,
+                weight: src.weight().unwrap_or(1.0),
+                records,
+                units: units.len(),
+                drawn: 0,
+            });
+            counts.records += records;
+            counts.skipped += skipped;
+            add_stats(&mut counts.stats, &stats);
+            all = Some(match all {
+                None => units,
+                Some(a) => a.append(units)?,
+            });
+        }
+        let units = all.expect("data.train is not empty");
+        let per_epoch = d.mixture_samples.unwrap_or(units.len());
+        tracing::info!(
+            sources = ranges.len(),
+            units = units.len(),
+            per_epoch,
+            "data ready (weighted mixture)"
+        );
+        Ok(Feed::Memory {
+            units,
+            order: vec![],
+            order_epoch: u64::MAX,
+            counts,
+            mixture: Some(Mixture {
+                ranges,
+                weights,
+                per_epoch,
+            }),
+        })
+    }
+}
+
+/// Read and tokenise `files` as `cfg`'s method needs: units, records, skipped, stats.
+fn load_units(
+    cfg: &TrainConfig,
+    t: &Tokenization,
+    train: &[PathBuf],
+) -> Result<(Units, usize, usize, TokenizeStats)> {
+    let d = &cfg.data;
+    Ok(match cfg.method {
+        Method::Sft => {
+            let (recs, ls) = data::load_records::<SftRecord>(train, d.skip_bad_records)?;
+            let (examples, stats) = t.sft(&recs)?;
+            let units = if d.packing {
+                let order = epoch_order(examples.len(), cfg.hyperparameters.seed, u64::MAX);
+                let rows = pack(&examples, &order, d.max_seq_len);
+                Units::Packed { examples, rows }
+            } else {
+                Units::Examples(examples)
+            };
+            (units, ls.rows, ls.skipped, stats)
+        }
+        Method::Orpo | Method::Dpo | Method::Reward => {
+            let (recs, ls) = data::load_records::<PreferenceRecord>(train, d.skip_bad_records)?;
+            let (pairs, stats) = t.pairs(&recs)?;
+            (Units::Pairs(pairs), ls.rows, ls.skipped, stats)
+        }
+    })
+}
+
+fn add_stats(c: &mut TokenizeStats, st: &TokenizeStats) {
+    c.kept += st.kept;
+    c.truncated += st.truncated;
+    c.dropped += st.dropped;
+}
+
+impl<'a> Feed<'a> {
     fn streamed(
         cfg: &TrainConfig,
         tokenization: Tokenization<'a>,
@@ -303,7 +475,10 @@ impl<'a> Feed<'a> {
             return n;
         }
         match self {
-            Feed::Memory { units, .. } => h.epochs * units.len().div_ceil(share.per_step()) as u64,
+            Feed::Memory { units, mixture, .. } => {
+                let per_epoch = mixture.as_ref().map_or(units.len(), |m| m.per_epoch);
+                h.epochs * per_epoch.div_ceil(share.per_step()) as u64
+            }
             Feed::Stream(s) => (0..h.epochs)
                 .map(|e| s.epoch_units(h.seed, e).div_ceil(share.per_rank as u64))
                 .sum(),
@@ -335,14 +510,19 @@ impl<'a> Feed<'a> {
                 units,
                 order,
                 order_epoch,
-                ..
+                counts,
+                mixture,
             } => {
-                if cursor.position >= units.len() {
+                let per_epoch = mixture.as_ref().map_or(units.len(), |m| m.per_epoch);
+                if cursor.position >= per_epoch {
                     cursor.epoch += 1;
                     cursor.position = 0;
                 }
                 if *order_epoch != cursor.epoch {
-                    *order = epoch_order(units.len(), cursor.seed, cursor.epoch);
+                    *order = match mixture {
+                        Some(m) => m.order(cursor.seed, cursor.epoch),
+                        None => epoch_order(units.len(), cursor.seed, cursor.epoch),
+                    };
                     *order_epoch = cursor.epoch;
                 }
                 let end = (cursor.position + share.per_step()).min(order.len());
@@ -352,6 +532,11 @@ impl<'a> Feed<'a> {
                     .nth(share.rank)
                     .unwrap_or(&[]);
                 cursor.position = end;
+                if let Some(m) = mixture {
+                    for &u in ids {
+                        counts.sources[m.source_of(u)].drawn += 1;
+                    }
+                }
                 Ok(units.take(ids))
             }
             Feed::Stream(s) => s.next_step(cursor, share),
@@ -566,10 +751,7 @@ impl Streamed<'_> {
     }
 
     fn add_stats(&mut self, st: &TokenizeStats) {
-        let c = &mut self.counts.stats;
-        c.kept += st.kept;
-        c.truncated += st.truncated;
-        c.dropped += st.dropped;
+        add_stats(&mut self.counts.stats, st);
     }
 
     /// Checked records; a bad one is skipped (counted) or an error naming its location.

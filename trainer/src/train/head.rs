@@ -10,14 +10,9 @@ use tch::{Device, Kind, Tensor};
 use crate::data::{PreferenceBatch, RewardBatch, IGNORE};
 use crate::loss::{
     dpo_objective, orpo_objective, reward_objective, DpoParams, DpoSums, OrpoSums, RewardSums,
+    LOSS_CHUNK_TOKENS,
 };
 use crate::model::Transformer;
-
-/// Positions per LM-head + cross-entropy chunk. Measured, not habit: a chunk streams the
-/// head's weight three times and its logits about ten, and at vocab 32k on CPU (fp32,
-/// 2 threads) the head took 1.91 / 1.69 / 1.65 / 1.68 s per step at 256 / 512 / 1024
-/// / 2048 positions.
-pub const LOSS_CHUNK_TOKENS: usize = 1024;
 
 /// A chunk's logits, `[LOSS_CHUNK_TOKENS, vocab]` in the model's dtype, and their fp32
 /// copy when that dtype is not fp32, reused from chunk to chunk and step to step.
@@ -93,8 +88,9 @@ fn chunks(positions: &Tensor) -> impl Iterator<Item = Tensor> + '_ {
 }
 
 /// SFT: cross-entropy of the response tokens, divided by the response tokens of the
-/// whole step; returns this micro-batch's share of the loss.
-pub fn sft(model: &Transformer, hidden: &Tensor, targets: &Tensor, step_tokens: i64) -> f64 {
+/// whole step; returns this micro-batch's share of the loss, an f64 scalar on the
+/// model's device (read once per step, not once per chunk).
+pub fn sft(model: &Transformer, hidden: &Tensor, targets: &Tensor, step_tokens: i64) -> Tensor {
     let h = *hidden.size().last().expect("rank 3");
     let flat = hidden.view([-1, h]);
     let targets = targets.view([-1]);
@@ -113,7 +109,9 @@ pub fn sft(model: &Transformer, hidden: &Tensor, targets: &Tensor, step_tokens: 
 /// run `exp` twice. `weight[i]` is the loss's derivative with respect to position
 /// `i`'s cross-entropy (position `i` of `positions`); the gradient with respect to the
 /// flattened hidden states is accumulated into `hidden`'s `.grad`. Returns the
-/// unweighted sum of the cross-entropies.
+/// unweighted sum of the cross-entropies as an f64 scalar on the device: each chunk's
+/// fp32 sum added in f64, as a host sum of them would be, without draining the
+/// device's queue once per chunk to read it.
 fn fused_ce_backward(
     model: &Transformer,
     flat: &Tensor,
@@ -121,10 +119,10 @@ fn fused_ce_backward(
     targets: &Tensor,
     positions: &Tensor,
     weight: &Tensor,
-) -> f64 {
+) -> Tensor {
     let w = model.lm_head_weight();
     let kind = flat.kind();
-    let mut nll = 0.0;
+    let mut nll = Tensor::zeros([], (Kind::Double, flat.device()));
     let (grad_hidden, grad_w) = tch::no_grad(|| {
         let mut grad_hidden = flat.zeros_like();
         // The weight's gradient exists from the trainer's first touch of every
@@ -142,7 +140,7 @@ fn fused_ce_backward(
             let tgt = targets.index_select(0, &pos).unsqueeze(1);
             let (mut z, mut raw) = chunk_logits(&x, w);
             let (ce, sum) = exp_shifted(&mut z, &tgt);
-            nll += ce.sum(Kind::Float).double_value(&[]);
+            let _ = nll.g_add_(&ce.sum(Kind::Float).to_kind(Kind::Double));
             // d ce_i / d z_ij = softmax_ij - [j == target_i], times the row's weight.
             let rw = weight.narrow(0, start, n).unsqueeze(1);
             let _ = z.g_mul_(&(&rw / sum));
@@ -225,7 +223,8 @@ fn backprop_coefficients(
     needed: &Tensor,
     coef: &Tensor,
 ) {
-    fused_ce_backward(model, flat, hidden, targets, needed, &coef.neg());
+    // The cross-entropies were summed by the first pass.
+    let _ = fused_ce_backward(model, flat, hidden, targets, needed, &coef.neg());
 }
 
 /// A loss over a pair batch that is not a sum over tokens (it compares the rows'

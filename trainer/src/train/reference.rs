@@ -4,6 +4,7 @@
 //! them), or from a frozen copy of the reference model kept in memory.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -12,10 +13,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::head;
 use crate::checkpoint::CheckpointDir;
+use crate::config::{DpoReference, TrainConfig};
 use crate::data::{Pair, PreferenceBatch};
 use crate::dist::{all_reduce_f64, Collective};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{load_model_dir, AttentionLayout, ModelConfig, Transformer};
+use crate::model_dir::ModelDir;
 
 /// Where the precomputed values live under the job's checkpoint prefix.
 pub const FILE: &str = "reference-logps.json";
@@ -185,4 +188,76 @@ pub fn store(
         logps: logps.to_vec(),
     };
     ckpt.put_extra(FILE, serde_json::to_vec(&s).expect("serializes"))
+}
+
+/// The reference of a DPO run: a frozen model in memory, or log-probabilities
+/// precomputed once (loaded from beside the checkpoints when they were computed from
+/// the same data and reference model). A fresh run computes them with `policy`, the
+/// model it just loaded (the reference, before any update), unless another reference
+/// model is named; a resumed run that lacks them loads the reference model apart.
+/// `pairs`: the run's pairs when they are in memory.
+#[allow(clippy::too_many_arguments)]
+pub fn for_run(
+    cfg: &TrainConfig,
+    ckpt: &CheckpointDir,
+    pairs: Option<&[Pair]>,
+    policy: &Transformer,
+    comm: &mut dyn Collective,
+    model_path: &Path,
+    pad: i64,
+    resumed: bool,
+    device: Device,
+    retry: Duration,
+) -> Result<Reference> {
+    let kind = crate::config::kind(cfg.model.dtype);
+    let named = cfg
+        .dpo
+        .reference_model
+        .as_ref()
+        .map(|p| ModelDir::fetch(&p.to_string_lossy(), None, retry))
+        .transpose()?;
+    let ref_dir = named
+        .as_ref()
+        .map(|m| m.dir.clone())
+        .unwrap_or_else(|| model_path.to_path_buf());
+    let ref_config = ModelConfig::from_file(&ref_dir.join("config.json"))?;
+    if cfg.dpo.reference == DpoReference::Model {
+        tracing::info!(reference = %ref_dir.display(), "DPO reference model kept in memory");
+        return Ok(Reference::Model(Box::new(Frozen::load(
+            &ref_dir,
+            &ref_config,
+            kind,
+            device,
+        )?)));
+    }
+    let pairs = pairs.ok_or_else(|| {
+        Error::Config(
+            "`dpo.reference: precompute` needs the pairs in memory; a streamed dataset takes `dpo.reference: model`".into(),
+        )
+    })?;
+    let t = Instant::now();
+    let (data_key, model_key) = (data_key(pairs), model_key(&ref_dir)?);
+    if let Some(v) = load(ckpt, &data_key, &model_key)? {
+        if v.len() == pairs.len() {
+            tracing::info!(pairs = v.len(), file = %format!("{}/{}", ckpt.url(), FILE), "reference log-probs loaded");
+            return Ok(Reference::Precomputed(v));
+        }
+    }
+    let micro = cfg.hyperparameters.micro_batch_size;
+    let logps = if named.is_none() && !resumed {
+        precompute(policy, pairs, micro, pad, device, comm)?
+    } else {
+        let frozen = Frozen::load(&ref_dir, &ref_config, kind, device)?;
+        precompute(frozen.model(), pairs, micro, pad, device, comm)?
+    };
+    if comm.rank() == 0 {
+        store(ckpt, &data_key, &model_key, &logps)?;
+    }
+    comm.barrier()?;
+    tracing::info!(
+        pairs = logps.len(),
+        seconds = t.elapsed().as_secs_f64(),
+        "reference log-probs computed"
+    );
+    Ok(Reference::Precomputed(logps))
 }

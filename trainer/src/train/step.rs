@@ -9,16 +9,15 @@ use std::time::Instant;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::backprop::BodyPass;
+use super::backprop::{BodyPass, Stage};
 use super::head;
-use super::optimizer::Optimizer;
 use super::reference::Reference;
 use crate::data::{Batch, PreferenceBatch, RewardBatch};
 use crate::dist::{all_reduce_f64, broadcast_params, Collective, Single};
 use crate::error::Result;
 use crate::loss::{DpoParams, DpoSums, OrpoSums, RewardSums};
-use crate::model::{ModelConfig, Transformer};
-use crate::optim::AdamWConfig;
+use crate::model::{AttentionLayout, ModelConfig, Transformer};
+use crate::optim::{AdamWConfig, Optimizer, Reduction};
 
 /// Default gradient bucket for the reduction.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -35,6 +34,10 @@ pub struct Trainer {
     pub checkpointing: bool,
     /// Kind the gradients are summed in across ranks.
     pub reduce_kind: Kind,
+    /// Reduce gradient buckets as the last micro-batch's backward pass finishes them,
+    /// and all-gather ZeRO-1 buckets beside the next bucket's update
+    /// (`distributed.overlap`; see `optimizer`).
+    pub overlap: bool,
     params: Vec<Tensor>,
     /// Where the time of the steps went.
     pub phases: PhaseTimes,
@@ -53,12 +56,31 @@ pub struct PhaseTimes {
     pub backward: Cell<f64>,
     /// Clipping and AdamW (with the master-weight copies).
     pub optimizer: Cell<f64>,
-    /// Gradient reduction and the step's count/loss all-reduces.
+    /// Gradient reduction and the step's count/loss all-reduces (with ZeRO-1 the
+    /// reduce-scatter and all-gather too).
     pub collectives: Cell<f64>,
+    /// Synchronise this CUDA device at every phase boundary, so that each phase's time
+    /// is the device's and not the time to enqueue its kernels (`janus bench-train
+    /// --sync-phases`; the synchronisations cost the overlap of host and device).
+    pub sync_device: Option<Device>,
 }
 
 impl PhaseTimes {
-    fn add(cell: &Cell<f64>, since: Instant) {
+    fn sync(&self) {
+        if let Some(Device::Cuda(i)) = self.sync_device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// The start of a phase.
+    fn now(&self) -> Instant {
+        self.sync();
+        Instant::now()
+    }
+
+    /// The end of a phase that started `since`.
+    fn add(&self, cell: &Cell<f64>, since: Instant) {
+        self.sync();
         cell.set(cell.get() + since.elapsed().as_secs_f64());
     }
 
@@ -86,6 +108,17 @@ pub struct StepResult {
     pub tokens: i64,
     /// The method's own metrics over the step, under TRL's names.
     pub metrics: Vec<(&'static str, f64)>,
+    /// This rank's real tokens and the sum of their sequences' squared lengths (for
+    /// MFU's attention term, `metrics::ModelFlops`).
+    pub attention: (i64, i64),
+}
+
+impl StepResult {
+    /// With this rank's `(tokens, attention_squares)` of each micro-batch.
+    pub fn with_attention(mut self, batches: impl Iterator<Item = (i64, i64)>) -> Self {
+        self.attention = batches.fold((0, 0), |(t, q), (bt, bq)| (t + bt, q + bq));
+        self
+    }
 }
 
 impl Trainer {
@@ -137,6 +170,7 @@ impl Trainer {
             bucket_bytes: DEFAULT_BUCKET_BYTES,
             checkpointing: false,
             reduce_kind: Kind::Float,
+            overlap: false,
             params,
             phases: PhaseTimes::default(),
         }
@@ -159,16 +193,20 @@ impl Trainer {
         Ok(())
     }
 
-    fn finish_step(&mut self, lr: f64, mut r: StepResult) -> Result<StepResult> {
-        let t = Instant::now();
-        r.grad_norm = self.opt.step(
-            self.comm.as_mut(),
-            lr,
-            self.max_grad_norm,
-            self.reduce_kind,
-            self.bucket_bytes,
-        )?;
+    /// Time the phases (and the optimizer's collectives) on CUDA device `device` by
+    /// synchronising it at their boundaries (`PhaseTimes::sync_device`).
+    pub fn sync_phases(&mut self, device: Device) {
+        self.phases.sync_device = Some(device).filter(|d| d.is_cuda());
+        self.opt.sync_device = self.phases.sync_device;
+    }
+
+    fn finish_step(&mut self, lr: f64, red: Reduction, mut r: StepResult) -> Result<StepResult> {
+        let t = self.phases.now();
+        r.grad_norm = self
+            .opt
+            .step_reduced(self.comm.as_mut(), red, lr, self.max_grad_norm)?;
         self.opt.zero_grad();
+        self.phases.sync();
         let reduce = self.opt.take_reduce_seconds();
         let p = &self.phases;
         p.optimizer
@@ -177,22 +215,104 @@ impl Trainer {
         Ok(r)
     }
 
+    /// What the passes of one micro-batch borrow (the model, not the communicator or
+    /// the optimizer that the overlapped reduction uses meanwhile).
+    fn passes(&self, staged: bool) -> Passes<'_> {
+        Passes {
+            model: &self.model,
+            checkpointing: self.checkpointing,
+            phases: &self.phases,
+            staged,
+        }
+    }
+
+    /// Run `pass` over the micro-batches. With `overlap` (and other ranks), the last
+    /// one's backward pass starts each gradient bucket as it finishes its parameters,
+    /// and whatever it did not start (a rank without micro-batches: all) is started
+    /// after it, before any other collective, so that every rank issues the buckets in
+    /// the same order. Returns each pass's result and the step's reduction.
+    fn backward_passes<B, T>(
+        &mut self,
+        micro: &[B],
+        mut pass: impl FnMut(&Passes, &B, &mut dyn FnMut(Stage)) -> T,
+    ) -> Result<(Vec<T>, Reduction)> {
+        let overlap = self.overlap && !self.comm.is_noop();
+        let layers = self.model.num_layers();
+        let stage_of = |name: &str| Stage::of_parameter(name, layers);
+        let mut red = self
+            .opt
+            .reduction(self.reduce_kind, self.bucket_bytes, &stage_of, overlap);
+        let Trainer {
+            model,
+            opt,
+            comm,
+            phases,
+            checkpointing,
+            ..
+        } = self;
+        let passes = Passes {
+            model,
+            checkpointing: *checkpointing,
+            phases,
+            staged: overlap,
+        };
+        let backward_before = phases.backward.get();
+        let mut failed = None;
+        let mut out = Vec::with_capacity(micro.len());
+        for (i, b) in micro.iter().enumerate() {
+            let last = overlap && i + 1 == micro.len();
+            let mut done = |stage: Stage| {
+                if last && failed.is_none() {
+                    if let Err(e) = opt.advance(&mut red, comm.as_mut(), stage.index(layers)) {
+                        failed = Some(e);
+                    }
+                }
+            };
+            out.push(pass(&passes, b, &mut done));
+        }
+        // The buckets were started inside the backward phase where it is timed (SFT's
+        // passes): that time is the collectives', not the backward pass's
+        // (finish_step takes the rest of the reduction out of the optimizer's).
+        let during = opt.take_reduce_seconds();
+        let grown = phases.backward.get() - backward_before;
+        phases
+            .backward
+            .set(backward_before + grown - during.min(grown));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if overlap {
+            opt.advance(&mut red, comm.as_mut(), usize::MAX)?;
+        }
+        let after = opt.take_reduce_seconds();
+        phases
+            .collectives
+            .set(phases.collectives.get() + during + after);
+        Ok((out, red))
+    }
+
     /// SFT step over this rank's micro-batches (possibly none).
     pub fn sft_step(&mut self, micro: &[Batch], lr: f64) -> Result<StepResult> {
         let local = micro.iter().map(|b| b.loss_tokens).sum::<i64>() as f64;
-        let t = Instant::now();
+        let t = self.phases.now();
         let step_tokens = all_reduce_f64(self.comm.as_mut(), &[local])?[0] as i64;
-        PhaseTimes::add(&self.phases.collectives, t);
-        let (mut loss, mut tokens) = (0.0, 0i64);
-        for b in micro {
-            loss += self.sft_backward(b, step_tokens);
-            tokens += b.tokens;
-        }
-        let t = Instant::now();
+        self.phases.add(&self.phases.collectives, t);
+        let (losses, red) =
+            self.backward_passes(micro, |p, b, done| p.sft(b, step_tokens, done))?;
+        // The micro-batches' shares, read from the device once, summed in order.
+        let shares: Vec<f64> = if losses.is_empty() {
+            vec![]
+        } else {
+            Vec::try_from(Tensor::stack(&losses, 0).to_device(Device::Cpu)).expect("f64 losses")
+        };
+        let loss = shares.iter().fold(0.0, |a, l| a + l);
+        let tokens: i64 = micro.iter().map(|b| b.tokens).sum();
+        let t = self.phases.now();
         let sums = all_reduce_f64(self.comm.as_mut(), &[loss, tokens as f64])?;
-        PhaseTimes::add(&self.phases.collectives, t);
+        self.phases.add(&self.phases.collectives, t);
         self.finish_step(
             lr,
+            red,
             StepResult {
                 loss: sums[0],
                 tokens: sums[1] as i64,
@@ -204,22 +324,9 @@ impl Trainer {
     /// Forward and backward of one SFT micro-batch; returns its share of the loss.
     /// The head runs on loss positions only, in chunks (`head::sft`).
     pub fn sft_backward(&self, b: &Batch, step_tokens: i64) -> f64 {
-        let t = Instant::now();
-        let body = BodyPass::forward(
-            &self.model,
-            &b.input_ids,
-            &b.positions,
-            &b.layout,
-            self.checkpointing,
-        );
-        PhaseTimes::add(&self.phases.forward, t);
-        let t = Instant::now();
-        let loss = head::sft(&self.model, &body.hidden, &b.targets, step_tokens);
-        PhaseTimes::add(&self.phases.head, t);
-        let t = Instant::now();
-        body.backward(&self.model);
-        PhaseTimes::add(&self.phases.backward, t);
-        loss
+        self.passes(false)
+            .sft(b, step_tokens, &mut |_| {})
+            .double_value(&[])
     }
 
     /// Forward and backward of one micro-batch of pairs; its share of the ORPO loss.
@@ -230,24 +337,8 @@ impl Trainer {
         step_nll_tokens: i64,
         step_pairs: i64,
     ) -> (f64, OrpoSums) {
-        let causal = crate::model::AttentionLayout::Causal;
-        let body = BodyPass::forward(
-            &self.model,
-            &b.input_ids,
-            &b.positions,
-            &causal,
-            self.checkpointing,
-        );
-        let out = head::orpo(
-            &self.model,
-            &body.hidden,
-            b,
-            lambda,
-            step_nll_tokens,
-            step_pairs,
-        );
-        body.backward(&self.model);
-        out
+        self.passes(false)
+            .orpo(b, lambda, step_nll_tokens, step_pairs, &mut |_| {})
     }
 
     /// ORPO step over this rank's micro-batches of pairs (possibly none).
@@ -263,13 +354,15 @@ impl Trainer {
         ];
         let counts = all_reduce_f64(self.comm.as_mut(), &local)?;
         let (nll_tokens, pairs) = (counts[0] as i64, counts[1] as i64);
+        let (outs, red) = self.backward_passes(micro, |p, b, done| {
+            p.orpo(b, lambda, nll_tokens, pairs, done)
+        })?;
         let (mut loss, mut tokens) = (0.0, 0i64);
         let mut sums = OrpoSums::default();
-        for b in micro {
-            let (l, s) = self.orpo_backward(b, lambda, nll_tokens, pairs);
+        for (b, (l, s)) in micro.iter().zip(&outs) {
             loss += l;
             tokens += b.tokens;
-            sums.add(&s);
+            sums.add(s);
         }
         let v = all_reduce_f64(
             self.comm.as_mut(),
@@ -298,11 +391,13 @@ impl Trainer {
         };
         self.finish_step(
             lr,
+            red,
             StepResult {
                 loss: v[0],
                 tokens: v[1] as i64,
                 grad_norm: 0.0,
                 metrics: orpo.metrics(lambda),
+                ..Default::default()
             },
         )
     }
@@ -320,17 +415,8 @@ impl Trainer {
         params: &DpoParams,
         step_pairs: i64,
     ) -> (f64, DpoSums) {
-        let causal = crate::model::AttentionLayout::Causal;
-        let body = BodyPass::forward(
-            &self.model,
-            &b.input_ids,
-            &b.positions,
-            &causal,
-            self.checkpointing,
-        );
-        let out = head::dpo(&self.model, &body.hidden, b, ref_logps, params, step_pairs);
-        body.backward(&self.model);
-        out
+        self.passes(false)
+            .dpo(b, ref_logps, params, step_pairs, &mut |_| {})
     }
 
     /// DPO step over this rank's micro-batches of pairs (possibly none).
@@ -342,14 +428,16 @@ impl Trainer {
         lr: f64,
     ) -> Result<StepResult> {
         let pairs = self.step_pairs(micro.iter().map(|b| b.pairs).sum())?;
+        let (outs, red) = self.backward_passes(micro, |p, b, done| {
+            let refs = reference.logps(b);
+            p.dpo(b, &refs, params, pairs, done)
+        })?;
         let (mut loss, mut tokens) = (0.0, 0i64);
         let mut sums = DpoSums::default();
-        for b in micro {
-            let refs = reference.logps(b);
-            let (l, s) = self.dpo_backward(b, &refs, params, pairs);
+        for (b, (l, s)) in micro.iter().zip(&outs) {
             loss += l;
             tokens += b.tokens;
-            sums.add(&s);
+            sums.add(s);
         }
         let mut v = vec![loss, tokens as f64];
         v.extend(sums.to_vec());
@@ -357,11 +445,13 @@ impl Trainer {
         let sums = DpoSums::from_slice(&v[2..]);
         self.finish_step(
             lr,
+            red,
             StepResult {
                 loss: v[0],
                 tokens: v[1] as i64,
                 grad_norm: 0.0,
                 metrics: sums.metrics(),
+                ..Default::default()
             },
         )
     }
@@ -373,17 +463,8 @@ impl Trainer {
         center: Option<f64>,
         step_pairs: i64,
     ) -> (f64, RewardSums) {
-        let causal = crate::model::AttentionLayout::Causal;
-        let body = BodyPass::forward(
-            &self.model,
-            &b.input_ids,
-            &b.positions,
-            &causal,
-            self.checkpointing,
-        );
-        let out = head::reward(&self.model, &body.hidden, b, center, step_pairs);
-        body.backward(&self.model);
-        out
+        self.passes(false)
+            .reward(b, center, step_pairs, &mut |_| {})
     }
 
     /// Reward-model step over this rank's micro-batches of pairs (possibly none).
@@ -394,13 +475,14 @@ impl Trainer {
         lr: f64,
     ) -> Result<StepResult> {
         let pairs = self.step_pairs(micro.iter().map(|b| b.pairs).sum())?;
+        let (outs, red) =
+            self.backward_passes(micro, |p, b, done| p.reward(b, center, pairs, done))?;
         let (mut loss, mut tokens) = (0.0, 0i64);
         let mut s = RewardSums::default();
-        for b in micro {
-            let (l, part) = self.reward_backward(b, center, pairs);
+        for (b, (l, part)) in micro.iter().zip(&outs) {
             loss += l;
             tokens += b.tokens;
-            s.add(&part);
+            s.add(part);
         }
         let v = all_reduce_f64(
             self.comm.as_mut(),
@@ -426,11 +508,13 @@ impl Trainer {
         };
         self.finish_step(
             lr,
+            red,
             StepResult {
                 loss: v[0],
                 tokens: v[1] as i64,
                 grad_norm: 0.0,
                 metrics: sums.metrics(),
+                ..Default::default()
             },
         )
     }
@@ -451,5 +535,244 @@ impl Trainer {
             .copied()
             .fold(f64::NEG_INFINITY, f64::max);
         Ok((mins, maxs))
+    }
+}
+
+/// The forward and backward passes of one micro-batch (see `Trainer::passes`): the
+/// body, the method's head, and the body's backward pass, which tells `done` each stage
+/// it finished (staged: layer by layer, for the overlapped reduction).
+pub(crate) struct Passes<'a> {
+    model: &'a Transformer,
+    checkpointing: bool,
+    phases: &'a PhaseTimes,
+    staged: bool,
+}
+
+impl Passes<'_> {
+    fn body<'l>(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        layout: &'l AttentionLayout,
+    ) -> BodyPass<'l> {
+        BodyPass::forward_staged(
+            self.model,
+            ids,
+            positions,
+            layout,
+            self.checkpointing,
+            self.staged,
+        )
+    }
+
+    /// SFT: the share of the loss, an f64 scalar on the device.
+    fn sft(&self, b: &Batch, step_tokens: i64, done: &mut dyn FnMut(Stage)) -> Tensor {
+        let p = self.phases;
+        let t = p.now();
+        let body = self.body(&b.input_ids, &b.positions, &b.layout);
+        p.add(&p.forward, t);
+        let t = p.now();
+        let loss = head::sft(self.model, &body.hidden, &b.targets, step_tokens);
+        p.add(&p.head, t);
+        let t = p.now();
+        body.backward_staged(self.model, done);
+        p.add(&p.backward, t);
+        loss
+    }
+
+    fn orpo(
+        &self,
+        b: &PreferenceBatch,
+        lambda: f64,
+        step_nll_tokens: i64,
+        step_pairs: i64,
+        done: &mut dyn FnMut(Stage),
+    ) -> (f64, OrpoSums) {
+        let causal = AttentionLayout::Causal;
+        let body = self.body(&b.input_ids, &b.positions, &causal);
+        let out = head::orpo(
+            self.model,
+            &body.hidden,
+            b,
+            lambda,
+            step_nll_tokens,
+            step_pairs,
+        );
+        body.backward_staged(self.model, done);
+        out
+    }
+
+    fn dpo(
+        &self,
+        b: &PreferenceBatch,
+        ref_logps: &Tensor,
+        params: &DpoParams,
+        step_pairs: i64,
+        done: &mut dyn FnMut(Stage),
+    ) -> (f64, DpoSums) {
+        let causal = AttentionLayout::Causal;
+        let body = self.body(&b.input_ids, &b.positions, &causal);
+        let out = head::dpo(self.model, &body.hidden, b, ref_logps, params, step_pairs);
+        body.backward_staged(self.model, done);
+        out
+    }
+
+    fn reward(
+        &self,
+        b: &RewardBatch,
+        center: Option<f64>,
+        step_pairs: i64,
+        done: &mut dyn FnMut(Stage),
+    ) -> (f64, RewardSums) {
+        let causal = AttentionLayout::Causal;
+        let body = self.body(&b.input_ids, &b.positions, &causal);
+        let out = head::reward(self.model, &body.hidden, b, center, step_pairs);
+        body.backward_staged(self.model, done);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::data::Example;
+    use crate::dist::Op;
+
+    /// Rank 0 of two whose peer contributes zeros: every collective is the identity.
+    /// For each gradient bucket (fp32; the step's counts are f64) it notes whether it
+    /// was started (`Collective::start`) and whether the embedding, the last parameter
+    /// the backward pass reaches, had its gradient by then.
+    struct Recorder {
+        embedding: Tensor,
+        log: Log,
+    }
+
+    /// Per gradient bucket: (started, the embedding's gradient there).
+    type Log = Arc<Mutex<Vec<(bool, bool)>>>;
+
+    impl Recorder {
+        fn note(&self, started: bool, t: &Tensor) {
+            if t.kind() == Kind::Float {
+                let g = self.embedding.grad();
+                let ready = g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0;
+                self.log.lock().unwrap().push((started, ready));
+            }
+        }
+    }
+
+    impl Collective for Recorder {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+            self.note(false, t);
+            Ok(())
+        }
+        fn broadcast(&mut self, _: &mut Tensor, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn reduce_scatter_sum(&mut self, t: &mut Tensor) -> Result<()> {
+            self.note(false, t);
+            Ok(())
+        }
+        fn all_gather(&mut self, _: &mut Tensor) -> Result<()> {
+            Ok(())
+        }
+        fn start(&mut self, _: Op, t: &Tensor) -> Result<()> {
+            self.note(true, t);
+            Ok(())
+        }
+    }
+
+    fn trainer(overlap: bool, checkpointing: bool) -> (Trainer, Log) {
+        tch::manual_seed(7);
+        let cfg = ModelConfig::small("mistral", 512, 64, 136, 2, 4, 2);
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut t = Trainer::new(&cfg, Kind::Float, Device::Cpu, adam, 1.0);
+        // About 150 kB a layer: several buckets per layer.
+        t.bucket_bytes = 64 << 10;
+        t.overlap = overlap;
+        t.checkpointing = checkpointing;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let embedding = t.vs.variables()["model.embed_tokens.weight"].shallow_clone();
+        t.set_collective(Box::new(Recorder {
+            embedding,
+            log: log.clone(),
+        }));
+        (t, log)
+    }
+
+    fn batches(n: usize) -> Vec<Batch> {
+        (0..n)
+            .map(|i| {
+                let examples: Vec<Example> = [9usize, 14, 6]
+                    .iter()
+                    .map(|&len| Example {
+                        tokens: (0..len as i64)
+                            .map(|j| (j * 37 + i as i64 * 11) % 500 + 3)
+                            .collect(),
+                        prompt_len: 2,
+                    })
+                    .collect();
+                let refs: Vec<&Example> = examples.iter().collect();
+                Batch::unpacked(&refs, 0, Device::Cpu)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn overlap_starts_gradient_buckets_before_the_backward_pass_ends() {
+        for checkpointing in [false, true] {
+            let micro = batches(1);
+            let (mut plain, plain_log) = trainer(false, checkpointing);
+            plain.sft_step(&micro, 1e-3).unwrap();
+            let log = plain_log.lock().unwrap().clone();
+            assert!(log.len() > 4, "{log:?}");
+            assert!(log.iter().all(|&(started, ready)| !started && ready));
+
+            let (mut overlapped, log) = trainer(true, checkpointing);
+            overlapped.sft_step(&micro, 1e-3).unwrap();
+            let log = log.lock().unwrap().clone();
+            // The same buckets, all started, the first ones (the head's, the last
+            // layer's) before the backward pass reached the embedding.
+            assert_eq!(log.len(), plain_log.lock().unwrap().len());
+            assert!(log.iter().all(|&(started, _)| started), "{log:?}");
+            let early = log.iter().filter(|&&(_, ready)| !ready).count();
+            assert!(early >= log.len() / 2, "ckpt {checkpointing}: {log:?}");
+            assert!(log.last().unwrap().1, "the embedding's bucket comes last");
+        }
+    }
+
+    #[test]
+    fn overlapped_steps_take_the_plain_steps_bit_for_bit() {
+        for checkpointing in [false, true] {
+            let micro = batches(2);
+            let (mut plain, _) = trainer(false, checkpointing);
+            let (mut overlapped, _) = trainer(true, checkpointing);
+            for step in 0..3 {
+                let a = plain.sft_step(&micro, 1e-3).unwrap();
+                let b = overlapped.sft_step(&micro, 1e-3).unwrap();
+                assert_eq!(a.loss, b.loss, "step {step}");
+                assert_eq!(a.grad_norm, b.grad_norm, "step {step}");
+                // The buckets started inside the backward pass count as collectives.
+                for (phase, secs) in overlapped.phases.take() {
+                    assert!(secs >= 0.0, "step {step}: {phase} took {secs} s");
+                }
+            }
+            let (a, b) = (plain.vs.variables(), overlapped.vs.variables());
+            for (name, w) in &a {
+                assert!(w.equal(&b[name]), "ckpt {checkpointing}: {name} differs");
+            }
+        }
     }
 }

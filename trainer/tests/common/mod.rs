@@ -108,6 +108,15 @@ pub fn janus() -> Command {
 
 /// Sample data and a tiny random model with a trained tokenizer under `dir`.
 pub fn tiny_setup(dir: &Path, instructions: usize) -> (PathBuf, PathBuf) {
+    setup_with(
+        dir,
+        instructions,
+        ModelConfig::small("mistral", 512, 64, 136, 2, 4, 2),
+    )
+}
+
+/// As `tiny_setup`, with a model of `cfg` (vocabulary 512).
+pub fn setup_with(dir: &Path, instructions: usize, cfg: ModelConfig) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     sample::write_sample_data(&data, instructions, 0).unwrap();
     let model = dir.join("model");
@@ -117,7 +126,6 @@ pub fn tiny_setup(dir: &Path, instructions: usize) -> (PathBuf, PathBuf) {
         .map(|r| r.value.unwrap())
         .collect();
     let corpus = sample::tokenizer_corpus(&values);
-    let cfg = ModelConfig::small("mistral", 512, 64, 136, 2, 4, 2);
     sample::init_model(
         &model,
         cfg,

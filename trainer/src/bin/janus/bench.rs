@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use janus::config::DeviceChoice;
 use janus::data::{Batch, Example};
-use janus::dist::env::Role;
+use janus::dist::env::{Role, WorldInfo};
 use janus::dist::nccl::{self, Nccl};
 use janus::dist::{rendezvous, Collective};
 use janus::model::ModelConfig;
@@ -14,7 +15,7 @@ use janus::plan::{Plan, Target};
 use janus::train::Trainer;
 use janus::{Error, Result};
 
-use crate::DtypeArg;
+use crate::args::{DeviceArg, DtypeArg};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -61,13 +62,14 @@ pub struct BenchTrainArgs {
     /// Where to run (auto: CUDA when available).
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
+    /// Synchronise the device at every phase boundary, so that phase_seconds are the
+    /// device's time and not the time to enqueue (CUDA; costs host/device overlap).
+    #[arg(long)]
+    sync_phases: bool,
+    /// Overlap the gradient reduction with the backward pass and ZeRO-1's all-gather
+    /// with the update (`distributed.overlap`).
+    #[arg(long)]
+    overlap: bool,
 }
 
 #[derive(Args)]
@@ -108,11 +110,16 @@ pub fn train(a: BenchTrainArgs) -> Result<()> {
         a.heads,
         a.kv_heads,
     );
-    let device = match a.device {
-        DeviceArg::Auto => tch::Device::cuda_if_available(),
-        DeviceArg::Cpu => tch::Device::Cpu,
-        DeviceArg::Cuda => tch::Device::Cuda(0),
+    // Under `janus launch` every rank trains its own batch, data-parallel, on the GPU
+    // of its local rank.
+    let world = match Role::from_env()? {
+        Role::Rank(info) => Some(info),
+        Role::Launcher { .. } => None,
     };
+    let device = janus::device::select(
+        a.device.choice(),
+        world.as_ref().map(|w| w.local_rank).unwrap_or(0),
+    )?;
     if a.packed == 0 || !a.seq.is_multiple_of(a.packed) {
         return Err(Error::Config(format!(
             "--packed {} must divide --seq {}",
@@ -132,6 +139,9 @@ pub fn train(a: BenchTrainArgs) -> Result<()> {
         zero: a.zero,
         packed: a.packed,
         device,
+        world,
+        sync_phases: a.sync_phases,
+        overlap: a.overlap,
     };
     bench_train(&cfg, &opts)
 }
@@ -157,6 +167,10 @@ struct BenchTrainOpts {
     zero: bool,
     packed: usize,
     device: tch::Device,
+    /// This process's place in a `janus launch` job.
+    world: Option<WorldInfo>,
+    sync_phases: bool,
+    overlap: bool,
 }
 
 /// Resident set size of this process now and at its peak, from /proc (bytes).
@@ -201,14 +215,6 @@ fn plan_config(o: &BenchTrainOpts) -> Result<janus::config::TrainConfig> {
 }
 
 fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
-    let BenchTrainOpts {
-        seq,
-        batch,
-        steps,
-        warmup,
-        device,
-        ..
-    } = *o;
     let kind = o.dtype.kind();
     tch::manual_seed(0);
     let adam = AdamWConfig {
@@ -217,48 +223,19 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         eps: 1e-8,
         weight_decay: 0.0,
     };
-    let seg = seq / o.packed;
-    let examples: Vec<Example> = (0..batch * o.packed)
-        .map(|_| {
-            let t = tch::Tensor::randint(
-                cfg.vocab_size as i64,
-                [seg as i64 + 1],
-                (tch::Kind::Int64, tch::Device::Cpu),
-            );
-            Example {
-                tokens: Vec::<i64>::try_from(t).expect("int64 tokens"),
-                prompt_len: 1,
-            }
-        })
-        .collect();
-    let refs: Vec<&Example> = examples.iter().collect();
+    let examples = random_examples(cfg, o);
+    let kernel = janus::model::attention_kernel(cfg, kind, o.device, o.packed > 1);
+    tracing::info!(kernel = kernel.name(), "attention: {kernel}");
+    let fallbacks_before = janus::model::fallback_calls();
     let (rss_before, _) = rss_bytes();
-    let mut trainer = Trainer::with_master_weights(cfg, kind, device, adam, 1.0, o.master_weights);
+    let mut trainer =
+        Trainer::with_master_weights(cfg, kind, o.device, adam, 1.0, o.master_weights);
     trainer.checkpointing = o.checkpointing;
-    // Under `janus launch` every rank trains its own batch, data-parallel.
-    let rank = match Role::from_env()? {
-        Role::Rank(info) if info.world_size > 1 || o.nccl => {
-            let id = if o.nccl && info.rank == 0 {
-                Some(nccl::unique_id()?)
-            } else {
-                None
-            };
-            let peers = rendezvous(&info, "bench", std::time::Duration::from_secs(120), id)?;
-            if o.nccl {
-                let id = peers.blob.unwrap_or_default();
-                trainer.set_collective(Box::new(Nccl::new(
-                    info.rank,
-                    info.world_size,
-                    info.local_rank,
-                    &id,
-                )?));
-            } else {
-                trainer.set_collective(Box::new(peers.ring));
-            }
-            info.rank
-        }
-        _ => 0,
-    };
+    trainer.overlap = o.overlap;
+    if o.sync_phases {
+        trainer.sync_phases(o.device);
+    }
+    let rank = join(&mut trainer, o)?;
     let world = trainer.comm.world_size();
     // A real communicator shards even alone (one segment), so a one-GPU check runs
     // NCCL's reduce-scatter and all-gather.
@@ -270,16 +247,110 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         &plan_config(o)?,
         cfg,
         world,
-        if device.is_cuda() {
+        if o.device.is_cuda() {
             Target::Cuda
         } else {
             Target::Cpu
         },
     );
-    let mut times = Vec::new();
-    let mut phases: Vec<(&str, f64)> = Vec::new();
-    let mut cuda_used = 0u64;
-    for i in 0..warmup + steps {
+    let timed = time_steps(&mut trainer, &examples, o)?;
+    let (_, peak) = rss_bytes();
+    let mean = timed.times.iter().sum::<f64>() / timed.times.len().max(1) as f64;
+    let tokens_per_second = (o.seq * o.batch * world) as f64 / mean;
+    // The metrics' formula, on what a row holds: `packed` sequences of `seg` tokens.
+    let seg = o.seq / o.packed;
+    let flops_per_token = janus::metrics::ModelFlops::new(cfg, &trainer.vs.trainable_variables())
+        .per_token(std::iter::repeat_n(seg, o.packed));
+    let device = o.device;
+    let mfu = device
+        .is_cuda()
+        .then(|| flops_per_token * tokens_per_second / world as f64 / (o.peak_tflops * 1e12));
+    let out = serde_json::json!({
+        "impl": "janus", "params": cfg.num_parameters(), "seq": o.seq, "batch": o.batch, "ranks": world,
+        "packed": o.packed, "checkpointing": o.checkpointing, "master_weights": o.master_weights,
+        "zero": zero, "overlap": o.overlap, "sync_phases": o.sync_phases,
+        "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
+        "threads": tch::get_num_threads(), "step_seconds": timed.times,
+        "phase_seconds": timed.phases.iter().map(|(n, s)| (n.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
+        "tokens_per_second": tokens_per_second, "flops_per_token": flops_per_token, "mfu": mfu,
+        "attention_kernel": kernel.name(),
+        "attention_fallback_calls": janus::model::fallback_calls() - fallbacks_before,
+        "peak_rss_mib": peak as f64 / (1u64 << 20) as f64,
+        "peak_rss_increase_bytes": peak.saturating_sub(rss_before),
+        "cuda_used_bytes": device.is_cuda().then_some(timed.cuda_used),
+        "plan_bytes": plan.total(),
+    });
+    if rank == 0 {
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// `batch x packed` random sequences of `seq / packed` tokens (+1 for the targets).
+fn random_examples(cfg: &ModelConfig, o: &BenchTrainOpts) -> Vec<Example> {
+    let seg = o.seq / o.packed;
+    (0..o.batch * o.packed)
+        .map(|_| {
+            let t = tch::Tensor::randint(
+                cfg.vocab_size as i64,
+                [seg as i64 + 1],
+                (tch::Kind::Int64, tch::Device::Cpu),
+            );
+            Example {
+                tokens: Vec::<i64>::try_from(t).expect("int64 tokens"),
+                prompt_len: 1,
+            }
+        })
+        .collect()
+}
+
+/// Join the ranks of `janus launch` (or NCCL alone with `--nccl`); this rank.
+fn join(trainer: &mut Trainer, o: &BenchTrainOpts) -> Result<usize> {
+    let Some(info) = o.world.as_ref().filter(|w| w.world_size > 1 || o.nccl) else {
+        return Ok(0);
+    };
+    let id = if o.nccl && info.rank == 0 {
+        Some(nccl::unique_id()?)
+    } else {
+        None
+    };
+    let peers = rendezvous(info, "bench", std::time::Duration::from_secs(120), id)?;
+    if o.nccl {
+        let id = peers.blob.unwrap_or_default();
+        trainer.set_collective(Box::new(Nccl::new(
+            info.rank,
+            info.world_size,
+            info.local_rank,
+            &id,
+        )?));
+    } else if o.overlap {
+        // The ring is synchronous: a thread of its own runs the started collectives.
+        trainer.set_collective(Box::new(janus::dist::Background::new(Box::new(peers.ring))));
+    } else {
+        trainer.set_collective(Box::new(peers.ring));
+    }
+    Ok(info.rank)
+}
+
+/// What the timed steps measured.
+struct Timed {
+    /// Seconds of each step after the warmup.
+    times: Vec<f64>,
+    /// Mean seconds per step of each phase.
+    phases: Vec<(&'static str, f64)>,
+    /// The most CUDA memory in use after a step.
+    cuda_used: u64,
+}
+
+fn time_steps(trainer: &mut Trainer, examples: &[Example], o: &BenchTrainOpts) -> Result<Timed> {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let device = o.device;
+    let mut timed = Timed {
+        times: Vec::new(),
+        phases: Vec::new(),
+        cuda_used: 0,
+    };
+    for i in 0..o.warmup + o.steps {
         let b = if o.packed > 1 {
             let rows: Vec<Vec<&Example>> = refs.chunks(o.packed).map(|c| c.to_vec()).collect();
             Batch::packed(&rows, 2, device)
@@ -288,18 +359,18 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
         };
         let t = Instant::now();
         let r = trainer.sft_step(std::slice::from_ref(&b), 1e-4)?;
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
-            cuda_used = cuda_used.max(cuda_used_bytes());
+        if let tch::Device::Cuda(ordinal) = device {
+            tch::Cuda::synchronize(ordinal as i64);
+            timed.cuda_used = timed.cuda_used.max(cuda_used_bytes(ordinal));
         }
         let step_phases = trainer.phases.take();
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
-            if phases.is_empty() {
-                phases = step_phases.iter().map(|(n, _)| (*n, 0.0)).collect();
+        if i >= o.warmup {
+            timed.times.push(t.elapsed().as_secs_f64());
+            if timed.phases.is_empty() {
+                timed.phases = step_phases.iter().map(|(n, _)| (*n, 0.0)).collect();
             }
-            for (acc, (_, s)) in phases.iter_mut().zip(&step_phases) {
-                acc.1 += s / steps as f64;
+            for (acc, (_, s)) in timed.phases.iter_mut().zip(&step_phases) {
+                acc.1 += s / o.steps as f64;
             }
         }
         if !r.loss.is_finite() {
@@ -309,41 +380,12 @@ fn bench_train(cfg: &ModelConfig, o: &BenchTrainOpts) -> Result<()> {
             )));
         }
     }
-    let (_, peak) = rss_bytes();
-    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-    let tokens_per_second = (seq * batch * world) as f64 / mean;
-    // Model FLOPs per token: 6 x parameters plus causal attention within each
-    // sequence (forward + backward: 6 x layers x q-width x sequence length), as
-    // torchtitan and Megatron count them; the recomputation of checkpointing is not
-    // model FLOPs.
-    let q = (cfg.num_attention_heads * cfg.head_dim()) as f64;
-    let flops_per_token =
-        6.0 * cfg.num_parameters() as f64 + 6.0 * cfg.num_hidden_layers as f64 * q * seg as f64;
-    let mfu = device
-        .is_cuda()
-        .then(|| flops_per_token * tokens_per_second / world as f64 / (o.peak_tflops * 1e12));
-    let out = serde_json::json!({
-        "impl": "janus", "params": cfg.num_parameters(), "seq": seq, "batch": batch, "ranks": world,
-        "packed": o.packed, "checkpointing": o.checkpointing, "master_weights": o.master_weights,
-        "zero": zero,
-        "device": format!("{device:?}"), "dtype": format!("{kind:?}"), "nccl": o.nccl,
-        "threads": tch::get_num_threads(), "step_seconds": times,
-        "phase_seconds": phases.iter().map(|(n, s)| (n.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
-        "tokens_per_second": tokens_per_second, "mfu": mfu,
-        "peak_rss_mib": peak as f64 / (1u64 << 20) as f64,
-        "peak_rss_increase_bytes": peak.saturating_sub(rss_before),
-        "cuda_used_bytes": device.is_cuda().then_some(cuda_used),
-        "plan_bytes": plan.total(),
-    });
-    if rank == 0 {
-        println!("{out}");
-    }
-    Ok(())
+    Ok(timed)
 }
 
-/// Device memory in use (total - free) on CUDA device 0.
-fn cuda_used_bytes() -> u64 {
-    janus::plan::cuda_memory(0)
+/// Device memory in use (total - free) on CUDA device `ordinal`.
+fn cuda_used_bytes(ordinal: usize) -> u64 {
+    janus::plan::cuda_memory(ordinal)
         .map(|(free, total)| total - free)
         .unwrap_or(0)
 }
@@ -398,11 +440,8 @@ fn bench_allreduce(sizes_mib: &[usize], iters: usize, warmup: usize, use_nccl: b
     let (mut comm, device, name): (Box<dyn Collective>, _, _) = if use_nccl {
         let id = peers.blob.unwrap_or_default();
         let c = Nccl::new(info.rank, info.world_size, info.local_rank, &id)?;
-        (
-            Box::new(c),
-            tch::Device::Cuda(info.local_rank),
-            "janus-nccl",
-        )
+        let device = janus::device::select(DeviceChoice::Cuda, info.local_rank)?;
+        (Box::new(c), device, "janus-nccl")
     } else {
         (Box::new(peers.ring), tch::Device::Cpu, "janus-ring")
     };

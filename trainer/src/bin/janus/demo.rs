@@ -95,7 +95,10 @@ pub fn run(dir: &Path, terminal: bool) -> Result<()> {
     // DPO from the SFT model (reference log-probs precomputed once), and a reward
     // model from the same SFT model that ranks best-of-N samples in the evaluation.
     let s3 = train::run(&from_sft("demo-dpo", "dpo", 16, "5e-4")?, &opts)?;
-    let s4 = train::run(&from_sft("demo-rm", "reward", 16, "1e-3")?, &opts)?;
+    // Measured: at 1e-3 for 16 steps (under one epoch) the loss stayed at ln 2; at
+    // 3e-4 for 64 steps (about two epochs) it falls.
+    let s4 = train::run(&from_sft("demo-rm", "reward", 64, "3e-4")?, &opts)?;
+    let accuracy = held_out_accuracy(dir)?;
     let judge = train_judge(dir, &opts)?;
     let eval = evaluate(dir, &judge.output_dir.clone().unwrap_or_default(), terminal)?;
     println!(
@@ -105,6 +108,12 @@ pub fn run(dir: &Path, terminal: bool) -> Result<()> {
     for s in [&s1, &s2, &s3, &s4, &judge] {
         print_summary(s);
     }
+    println!(
+        "  reward model: held-out pair accuracy {:.3} ({} of {} pairs of unseen personas ranked right)",
+        accuracy.0 as f64 / accuracy.1.max(1) as f64,
+        accuracy.0,
+        accuracy.1
+    );
     println!(
         "\nMultifaceted Bench protocol on {} sample bench items: the ORPO model (baseline: the SFT model), judged by `janus serve` on the demo judge (its grades show the plumbing, not quality)\n",
         eval.orpo.items.len()
@@ -124,6 +133,46 @@ pub fn run(dir: &Path, terminal: bool) -> Result<()> {
     Ok(())
 }
 
+/// The reward model's accuracy on preference pairs it never saw (sample data of
+/// another seed: other personas): (pairs whose chosen answer gets the higher reward,
+/// pairs), read through the reranker best-of-N uses.
+fn held_out_accuracy(dir: &Path) -> Result<(usize, usize)> {
+    let held_out = sample::generate(24, 1).preference;
+    let d = dir.display();
+    let cfg = janus::config::EvalConfig::resolve(
+        None,
+        &[
+            "job=demo-rm-accuracy".into(),
+            format!("model.path={d}/rm-model"),
+            "model.dtype=float32".into(),
+            "model.device=cpu".into(),
+            "model.prompt_format=mistral".into(),
+            format!("output_dir={d}/eval/held-out"),
+        ],
+    )?;
+    let mut rm = janus::eval::generation::reward_model(&format!("{d}/rm-model"), &cfg)?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut right = 0;
+    for (i, r) in held_out.iter().enumerate() {
+        let item = janus::eval::bench::BenchItem {
+            id: i,
+            source: "held-out".into(),
+            system: text(&r["system"]),
+            prompt: text(&r["prompt"]),
+            reference_answer: String::new(),
+            rubrics: vec![],
+            preference_set: None,
+        };
+        let pair = [
+            text(&r["chosen"][1]["content"]),
+            text(&r["rejected"][1]["content"]),
+        ];
+        let rewards = rm.rewards(&item, "", &pair)?;
+        right += usize::from(rewards[0] > rewards[1]);
+    }
+    Ok((right, held_out.len()))
+}
+
 /// A short judge prompt the tiny demo judge is trained on (the built-in one is
 /// longer than the demo's sequence length).
 const DEMO_TEMPLATE: &str = "Criterion: {criteria}\nAnswer: {response}\nGrade the answer by the criterion, then write [RESULT] and a grade from 1 to 5.";
@@ -132,7 +181,7 @@ const DEMO_TEMPLATE: &str = "Criterion: {criteria}\nAnswer: {response}\nGrade th
 /// protocol's shape (reference answers graded 5, another item's answer graded 2), so
 /// that `janus serve` answers with a `[RESULT] n` the parser reads.
 fn train_judge(dir: &Path, opts: &RunOptions) -> Result<Summary> {
-    use janus::eval::template::{Template, JUDGE_SYSTEM};
+    use janus::eval::template::Template;
     let bench = janus::eval::bench::load(&dir.join("data/bench.jsonl").to_string_lossy(), None)?;
     let t = Template::parse(DEMO_TEMPLATE, "the demo judge template", false)?;
     let n = bench.items.len();
@@ -141,9 +190,10 @@ fn train_judge(dir: &Path, opts: &RunOptions) -> Result<Summary> {
         let other = &bench.items[(i + 1) % n];
         for rubric in &item.rubrics {
             for (answer, k) in [(&item.reference_answer, 5), (&other.reference_answer, 2)] {
+                let p = t.render(item, rubric, answer);
                 let rec = serde_json::json!({
-                    "system": JUDGE_SYSTEM,
-                    "prompt": t.render(item, rubric, answer),
+                    "system": p.system,
+                    "prompt": p.user,
                     "output": format!("[RESULT] {k}"),
                 });
                 lines.push_str(&rec.to_string());
@@ -165,7 +215,7 @@ fn train_judge(dir: &Path, opts: &RunOptions) -> Result<Summary> {
             "data.min_response_tokens=1".into(),
             // Measured: the loss falls from 5 to 0.1 in 30 steps at this rate.
             "hyperparameters.learning_rate=3e-3".into(),
-            "hyperparameters.max_steps=30".into(),
+            "hyperparameters.max_steps=40".into(),
             format!("checkpoint.dir={d}/checkpoints"),
             format!("output_dir={d}/judge-model"),
             "checkpoint.resume=false".into(),
@@ -276,6 +326,11 @@ fn eval_model(
         "judge.runs=3".into(),
         "judge.concurrency=4".into(),
         "judge.max_tokens=24".into(),
+        // The paper's sampling (temperature 1.0, top_p 0.9) is for GPT-4; the tiny
+        // judge sampled that way wrote `[RESULT] [REST] ...` on a third of its calls.
+        // Greedy, it answers what it was trained to.
+        "judge.temperature=0".into(),
+        "judge.top_p=1".into(),
         format!("output_dir={}", out.display()),
     ];
     if let Some(b) = baseline {
@@ -346,7 +401,7 @@ fn evaluate(dir: &Path, judge_model: &str, terminal: bool) -> Result<DemoEval> {
 
 fn print_summary(s: &Summary) {
     println!(
-        "  {:<5} {:>3} steps  loss {:.4} -> {:.4}  {:>8.0} tokens/s  checkpoint {}  model {}",
+        "  {:<6} {:>3} steps  loss {:.4} -> {:.4}  {:>8.0} tokens/s  checkpoint {}  model {}",
         format!("{:?}", s.method).to_uppercase(),
         s.steps_completed,
         s.first_loss.unwrap_or(f64::NAN),

@@ -3,9 +3,9 @@
 
 use std::io::IsTerminal;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use janus::config::Dtype;
+use clap::{Parser, Subcommand};
 
+mod args;
 mod bench;
 mod data;
 mod demo;
@@ -66,26 +66,6 @@ enum Command {
     /// Seconds to save and to find + load a checkpoint (model and AdamW state) of the
     /// model in --model, to --dir (a path or URL); prints one JSON line.
     BenchCheckpoint(bench::BenchCheckpointArgs),
-}
-
-/// Parameter dtype on the command line.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum DtypeArg {
-    Float32,
-    Bfloat16,
-}
-
-impl DtypeArg {
-    pub fn dtype(self) -> Dtype {
-        match self {
-            DtypeArg::Float32 => Dtype::Float32,
-            DtypeArg::Bfloat16 => Dtype::Bfloat16,
-        }
-    }
-
-    pub fn kind(self) -> tch::Kind {
-        janus::config::kind(self.dtype())
-    }
 }
 
 fn main() {

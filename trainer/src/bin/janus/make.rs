@@ -8,7 +8,7 @@ use janus::model::ModelConfig;
 use janus::sample::{self, TokenizerSource};
 use janus::{Error, Result};
 
-use crate::DtypeArg;
+use crate::args::DtypeArg;
 
 #[derive(Args)]
 pub struct InitModelArgs {

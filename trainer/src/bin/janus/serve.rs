@@ -3,13 +3,12 @@
 use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, ValueEnum};
-use janus::config::DeviceChoice;
 use janus::data::PromptFormat;
 use janus::generate::EngineOptions;
 use janus::serve::{self, ServeOptions};
 use janus::Result;
 
-use crate::DtypeArg;
+use crate::args::{DeviceArg, DtypeArg};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum FormatArg {
@@ -17,13 +16,6 @@ pub enum FormatArg {
     Mistral,
     /// `<|im_start|>...<|im_end|>` markers
     Chatml,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 #[derive(Args)]
@@ -77,11 +69,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model: a.model,
         tokenizer: a.tokenizer,
         dtype: a.dtype.dtype(),
-        device: match a.device {
-            DeviceArg::Auto => DeviceChoice::Auto,
-            DeviceArg::Cpu => DeviceChoice::Cpu,
-            DeviceArg::Cuda => DeviceChoice::Cuda,
-        },
+        device: a.device.choice(),
         prompt_format: match a.prompt_format {
             FormatArg::Mistral => PromptFormat::Mistral,
             FormatArg::Chatml => PromptFormat::Chatml,

@@ -15,13 +15,21 @@
 //! checkpointed state is the full per-parameter tensors (`master.<name>`,
 //! `exp_avg.<name>`, `exp_avg_sq.<name>`), whatever the number of ranks, so a run can
 //! resume on another one.
+//!
+//! Overlapped (`distributed.overlap`): the step's gradient reduction is a `Reduction`
+//! whose buckets the trainer starts while the last micro-batch's backward pass is
+//! still running, each as soon as the pass has finished all of its parameters (as DDP
+//! does), in an order every rank shares; with ZeRO-1 each bucket's all-gather is
+//! started as soon as its update is done, beside the next bucket's update. At most
+//! `IN_FLIGHT_BUCKETS` buckets are in flight, so the buffers stay a few buckets in
+//! size. The buckets, the sums and the updates are those of the plain step.
 
 use tch::{Kind, Tensor};
 
-use crate::dist::{all_reduce_f64, all_reduce_grads, Collective};
+use super::adamw::{adamw_update, adamw_update_scaled, AdamWConfig};
+use crate::dist::{all_reduce_f64, grad_buckets, Collective, Op};
 use crate::error::{Error, Result};
 use crate::model::{SafetensorsFile, TensorSpec};
-use crate::optim::{adamw_update, adamw_update_scaled, AdamWConfig};
 
 pub struct Optimizer {
     pub config: AdamWConfig,
@@ -35,6 +43,40 @@ pub struct Optimizer {
     state: State,
     /// Seconds in the gradient reduction since the last `take_reduce_seconds`.
     reduce_seconds: f64,
+    /// Synchronise this CUDA device around the timed collectives, so that their time
+    /// is the device's, not the time to enqueue them (benchmarks: it costs overlap).
+    pub sync_device: Option<tch::Device>,
+}
+
+/// Buckets in flight at once when overlapping (each a bucket of `bucket_bytes`).
+pub const IN_FLIGHT_BUCKETS: usize = 4;
+
+/// One step's gradient reduction, bucket by bucket (see the module doc).
+pub struct Reduction {
+    kind: Kind,
+    overlap: bool,
+    /// Per bucket: the stage of the backward pass after which its gradients are final
+    /// (`train::Stage::index`), its parameters, and its buffer while in flight.
+    buckets: Vec<PlannedBucket>,
+    /// Bucket indices in the order they are started: by stage, then by index.
+    order: Vec<usize>,
+    /// How many of `order` were started.
+    started: usize,
+    /// Started and not yet finished (settled).
+    in_flight: Vec<usize>,
+}
+
+struct PlannedBucket {
+    stage: usize,
+    params: Vec<usize>,
+    buf: Option<Tensor>,
+}
+
+impl Reduction {
+    /// Whether every bucket was started.
+    pub fn all_started(&self) -> bool {
+        self.started == self.order.len()
+    }
 }
 
 enum State {
@@ -163,6 +205,7 @@ impl Optimizer {
             state_kind,
             master,
             reduce_seconds: 0.0,
+            sync_device: None,
         }
     }
 
@@ -295,6 +338,195 @@ impl Optimizer {
         reduce_kind: Kind,
         bucket_bytes: usize,
     ) -> Result<f64> {
+        let r = self.reduction(reduce_kind, bucket_bytes, &|_| 0, false);
+        self.step_reduced(comm, r, lr, max_grad_norm)
+    }
+
+    /// The reduction of this step's gradients in buckets of about `bucket_bytes` (the
+    /// sharded layout's buckets when sharded). `stage_of` names the stage of the
+    /// backward pass after which a parameter's gradient is final (the trainer's
+    /// `Stage::of_parameter`), a bucket's stage being its last parameter's; buckets
+    /// start by stage, then in order. With `overlap` the collectives are started
+    /// (`Collective::start`), else run one after another.
+    pub fn reduction(
+        &mut self,
+        kind: Kind,
+        bucket_bytes: usize,
+        stage_of: &dyn Fn(&str) -> usize,
+        overlap: bool,
+    ) -> Reduction {
+        self.ensure_state();
+        let groups: Vec<Vec<usize>> = match &self.state {
+            State::Sharded(s) => s
+                .layout
+                .buckets
+                .iter()
+                .map(|b| b.members.iter().map(|m| m.0).collect())
+                .collect(),
+            State::Fresh | State::Replicated { .. } => {
+                let sizes: Vec<usize> = self
+                    .params
+                    .iter()
+                    .map(|(_, p)| p.numel() * p.kind().elt_size_in_bytes())
+                    .collect();
+                grad_buckets(&sizes, bucket_bytes)
+                    .into_iter()
+                    .map(|r| r.collect())
+                    .collect()
+            }
+        };
+        let buckets: Vec<PlannedBucket> = groups
+            .into_iter()
+            .map(|params| PlannedBucket {
+                stage: params
+                    .iter()
+                    .map(|&p| stage_of(&self.params[p].0))
+                    .max()
+                    .unwrap_or(0),
+                params,
+                buf: None,
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..buckets.len()).collect();
+        order.sort_by_key(|&i| (buckets[i].stage, i));
+        Reduction {
+            kind,
+            overlap,
+            buckets,
+            order,
+            started: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn sync(&self) {
+        if let Some(tch::Device::Cuda(i)) = self.sync_device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// Start the reduction of every bucket whose gradients are final once the backward
+    /// pass reached stage `stage` (`train::Stage::index`), in `r`'s order.
+    pub fn advance(
+        &mut self,
+        r: &mut Reduction,
+        comm: &mut dyn Collective,
+        stage: usize,
+    ) -> Result<()> {
+        if comm.is_noop() && !self.is_sharded() {
+            r.started = r.order.len();
+            return Ok(());
+        }
+        self.sync();
+        let t = std::time::Instant::now();
+        while r.started < r.order.len() && r.buckets[r.order[r.started]].stage <= stage {
+            let i = r.order[r.started];
+            r.started += 1;
+            let buf = self.bucket_buffer(r, i);
+            if r.overlap {
+                comm.start(
+                    if self.is_sharded() {
+                        Op::ReduceScatter
+                    } else {
+                        Op::AllReduce
+                    },
+                    &buf,
+                )?;
+                r.buckets[i].buf = Some(buf);
+                r.in_flight.push(i);
+                if r.in_flight.len() >= IN_FLIGHT_BUCKETS {
+                    self.settle(r, comm)?;
+                }
+            } else {
+                let mut buf = buf;
+                if self.is_sharded() {
+                    comm.reduce_scatter_sum(&mut buf)?;
+                } else {
+                    comm.all_reduce_sum(&mut buf)?;
+                }
+                self.finish(r, i, &buf);
+            }
+        }
+        self.sync();
+        self.reduce_seconds += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Wait for the buckets in flight and put their sums where the update reads them.
+    fn settle(&mut self, r: &mut Reduction, comm: &mut dyn Collective) -> Result<()> {
+        if r.in_flight.is_empty() {
+            return Ok(());
+        }
+        comm.wait()?;
+        for i in std::mem::take(&mut r.in_flight) {
+            let buf = r.buckets[i].buf.take().expect("in flight");
+            self.finish(r, i, &buf);
+        }
+        Ok(())
+    }
+
+    /// Bucket `i`'s gradients, flat in the reduction's kind (padded to a multiple of
+    /// the ranks when sharded).
+    fn bucket_buffer(&self, r: &Reduction, i: usize) -> Tensor {
+        let members = &r.buckets[i].params;
+        let mut parts: Vec<Tensor> = members
+            .iter()
+            .map(|&p| {
+                let g = flat(&self.params[p].1.grad());
+                if g.kind() == r.kind {
+                    g
+                } else {
+                    g.to_kind(r.kind)
+                }
+            })
+            .collect();
+        if let State::Sharded(s) = &self.state {
+            let b = &s.layout.buckets[i];
+            let pad = b.padded(s.layout.world) - b.len;
+            if pad > 0 {
+                parts.push(Tensor::zeros([pad as i64], (r.kind, s.grad.device())));
+            }
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Bucket `i`'s reduced `buf` into the gradients (replicated) or this rank's
+    /// gradient shard (sharded).
+    fn finish(&mut self, r: &Reduction, i: usize, buf: &Tensor) {
+        tch::no_grad(|| match &mut self.state {
+            State::Sharded(s) => {
+                let b = &s.layout.buckets[i];
+                s.grad
+                    .narrow(0, b.shard_offset as i64, b.seg as i64)
+                    .copy_(&buf.narrow(0, (s.layout.rank * b.seg) as i64, b.seg as i64));
+            }
+            State::Fresh | State::Replicated { .. } => {
+                let mut offset = 0;
+                for &p in &r.buckets[i].params {
+                    let mut g = self.params[p].1.grad();
+                    let n = g.numel() as i64;
+                    g.copy_(&buf.narrow(0, offset, n).view_as(&g));
+                    offset += n;
+                }
+            }
+        });
+    }
+
+    /// The step of `step`, its reduction `r` started so far by `advance` (the rest is
+    /// started here).
+    pub fn step_reduced(
+        &mut self,
+        comm: &mut dyn Collective,
+        mut r: Reduction,
+        lr: f64,
+        max_grad_norm: f64,
+    ) -> Result<f64> {
+        self.advance(&mut r, comm, usize::MAX)?;
+        self.sync();
+        let t = std::time::Instant::now();
+        self.settle(&mut r, comm)?;
+        self.sync();
+        self.reduce_seconds += t.elapsed().as_secs_f64();
         self.ensure_state();
         self.step += 1;
         let (step, c) = (self.step, self.config);
@@ -307,9 +539,6 @@ impl Optimizer {
             } => {
                 let params: Vec<Tensor> =
                     self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
-                let t = std::time::Instant::now();
-                all_reduce_grads(comm, &params, bucket_bytes, Some(reduce_kind))?;
-                self.reduce_seconds += t.elapsed().as_secs_f64();
                 if master.is_empty() {
                     // The update of `torch.optim.AdamW` on the parameters themselves,
                     // the clipping folded into it.
@@ -335,7 +564,18 @@ impl Optimizer {
                 Ok(norm)
             }
             State::Sharded(s) => {
-                s.step(&self.params, comm, lr, step, &c, max_grad_norm, reduce_kind)
+                let (gather, secs) = (r.overlap, &mut self.reduce_seconds);
+                s.update(
+                    &self.params,
+                    comm,
+                    lr,
+                    step,
+                    &c,
+                    max_grad_norm,
+                    gather,
+                    secs,
+                    self.sync_device,
+                )
             }
         }
     }
@@ -588,8 +828,12 @@ fn clip_coef(norm: f64, max_norm: f64) -> f64 {
 }
 
 impl Sharded {
+    /// Clip with the global norm (its square summed over the ranks), update this
+    /// rank's segments bucket by bucket and all-gather the new parameters: each
+    /// bucket's gather started beside the next bucket's update with `overlap`. The time
+    /// in the gathers goes to `reduce_seconds`. Returns the norm.
     #[allow(clippy::too_many_arguments)]
-    fn step(
+    fn update(
         &mut self,
         params: &[(String, Tensor)],
         comm: &mut dyn Collective,
@@ -597,31 +841,15 @@ impl Sharded {
         step: u64,
         c: &AdamWConfig,
         max_grad_norm: f64,
-        reduce_kind: Kind,
+        overlap: bool,
+        reduce_seconds: &mut f64,
+        sync_device: Option<tch::Device>,
     ) -> Result<f64> {
-        let l = &self.layout;
-        for b in &l.buckets {
-            let mut parts: Vec<Tensor> = b
-                .members
-                .iter()
-                .map(|&(p, _, _)| flat(&params[p].1.grad()).to_kind(reduce_kind))
-                .collect();
-            let pad = b.padded(l.world) - b.len;
-            if pad > 0 {
-                parts.push(Tensor::zeros(
-                    [pad as i64],
-                    (reduce_kind, self.grad.device()),
-                ));
+        let sync = || {
+            if let Some(tch::Device::Cuda(i)) = sync_device {
+                tch::Cuda::synchronize(i as i64);
             }
-            let mut buf = Tensor::cat(&parts, 0);
-            drop(parts);
-            comm.reduce_scatter_sum(&mut buf)?;
-            tch::no_grad(|| {
-                self.grad
-                    .narrow(0, b.shard_offset as i64, b.seg as i64)
-                    .copy_(&buf.narrow(0, (l.rank * b.seg) as i64, b.seg as i64))
-            });
-        }
+        };
         let local = self.grad.square().sum(Kind::Double).double_value(&[]);
         let norm = all_reduce_f64(comm, &[local])?[0].sqrt();
         let coef = clip_coef(norm, max_grad_norm);
@@ -630,34 +858,76 @@ impl Sharded {
                 let _ = self.grad.g_mul_scalar_(coef);
             });
         }
-        // Bucket by bucket, so the update's temporaries stay bucket-sized.
-        for b in &l.buckets {
-            let part = |t: &Tensor| t.narrow(0, b.shard_offset as i64, b.seg as i64);
-            let g = part(&self.grad).to_kind(self.master.kind());
-            adamw_update(
-                &mut part(&self.master),
-                &g,
-                &mut part(&self.exp_avg),
-                &mut part(&self.exp_avg_sq),
-                lr,
-                step,
-                c,
-            );
-        }
-        for b in &l.buckets {
-            let kind = params[b.members[0].0].1.kind();
-            let mut buf = Tensor::zeros([b.padded(l.world) as i64], (kind, self.master.device()));
-            tch::no_grad(|| {
-                buf.narrow(0, (l.rank * b.seg) as i64, b.seg as i64)
-                    .copy_(&self.master.narrow(0, b.shard_offset as i64, b.seg as i64))
-            });
-            comm.all_gather(&mut buf)?;
+        let (rank, world) = (self.layout.rank, self.layout.world);
+        let gathered = |buf: &Tensor, b: &Bucket| {
             tch::no_grad(|| {
                 for &(p, off, n) in &b.members {
                     flat(&params[p].1).copy_(&buf.narrow(0, off as i64, n as i64));
                 }
+            })
+        };
+        // Bucket by bucket, so the update's temporaries stay bucket-sized.
+        let update = |me: &mut Self, b: &Bucket| {
+            let part = |t: &Tensor| t.narrow(0, b.shard_offset as i64, b.seg as i64);
+            let g = part(&me.grad).to_kind(me.master.kind());
+            adamw_update(
+                &mut part(&me.master),
+                &g,
+                &mut part(&me.exp_avg),
+                &mut part(&me.exp_avg_sq),
+                lr,
+                step,
+                c,
+            );
+        };
+        let gather_buffer = |me: &Self, b: &Bucket| {
+            let kind = params[b.members[0].0].1.kind();
+            let buf = Tensor::zeros([b.padded(world) as i64], (kind, me.master.device()));
+            tch::no_grad(|| {
+                buf.narrow(0, (rank * b.seg) as i64, b.seg as i64)
+                    .copy_(&me.master.narrow(0, b.shard_offset as i64, b.seg as i64))
             });
+            buf
+        };
+        let buckets = self.layout.buckets.clone();
+        if !overlap {
+            for b in &buckets {
+                update(self, b);
+            }
+            sync();
+            let t = std::time::Instant::now();
+            for b in &buckets {
+                let mut buf = gather_buffer(self, b);
+                comm.all_gather(&mut buf)?;
+                gathered(&buf, b);
+            }
+            sync();
+            *reduce_seconds += t.elapsed().as_secs_f64();
+            return Ok(norm);
         }
+        let mut in_flight: Vec<(Tensor, &Bucket)> = Vec::new();
+        let mut wait_all =
+            |in_flight: &mut Vec<(Tensor, &Bucket)>, comm: &mut dyn Collective| -> Result<()> {
+                sync();
+                let t = std::time::Instant::now();
+                comm.wait()?;
+                for (buf, b) in in_flight.drain(..) {
+                    gathered(&buf, b);
+                }
+                sync();
+                *reduce_seconds += t.elapsed().as_secs_f64();
+                Ok(())
+            };
+        for b in &buckets {
+            update(self, b);
+            let buf = gather_buffer(self, b);
+            comm.start(Op::AllGather, &buf)?;
+            in_flight.push((buf, b));
+            if in_flight.len() >= IN_FLIGHT_BUCKETS {
+                wait_all(&mut in_flight, comm)?;
+            }
+        }
+        wait_all(&mut in_flight, comm)?;
         Ok(norm)
     }
 }

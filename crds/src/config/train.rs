@@ -1,0 +1,642 @@
+//! The trainer config document's types: the method, the sections and their keys, and
+//! the checks of values that parse but cannot train; a stable hash of what changes the
+//! trajectory of training.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::bytes::ByteSize;
+use super::prompt::PromptFormat;
+
+/// Training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Supervised fine-tuning on (system, prompt, output) records.
+    Sft,
+    /// Odds-ratio preference optimisation on (system, prompt, chosen, rejected) records.
+    Orpo,
+    /// Direct preference optimisation against a frozen reference model.
+    Dpo,
+    /// A reward model (a value head on the last token) with the Bradley-Terry loss.
+    Reward,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Sft => "sft",
+            Method::Orpo => "orpo",
+            Method::Dpo => "dpo",
+            Method::Reward => "reward",
+        }
+    }
+
+    /// Whether the method trains on preference pairs (chosen, rejected).
+    pub fn uses_pairs(self) -> bool {
+        !matches!(self, Method::Sft)
+    }
+}
+
+/// Parameter (compute) dtype for training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// bf16 weights and activations (with fp32 master weights unless
+    /// `optimizer.master_weights` is false).
+    #[default]
+    Bfloat16,
+    /// fp32 everything.
+    Float32,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Bfloat16 => "bfloat16",
+            Dtype::Float32 => "float32",
+        }
+    }
+
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::Bfloat16 => 2,
+            Dtype::Float32 => 4,
+        }
+    }
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// What to do with an example longer than `max_seq_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the whole prompt and cut the end of the response. Examples whose prompt
+    /// leaves fewer than `min_response_tokens` for the response are dropped instead.
+    TruncateResponse,
+    /// Drop every example that does not fit.
+    Drop,
+}
+
+/// The trainer config: one document, resolved from a preset, a file and overrides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Job name; checkpoints go to `<checkpoint.dir>/<job>/step-<N>`.
+    pub job: String,
+    pub method: Method,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub hyperparameters: Hyperparameters,
+    /// DPO's settings (read with `method: dpo`).
+    pub dpo: DpoSection,
+    /// The reward model's settings (read with `method: reward`).
+    pub reward: RewardSection,
+    pub optimizer: OptimizerSection,
+    pub checkpoint: CheckpointSection,
+    pub distributed: DistributedSection,
+    pub memory: MemorySection,
+    /// Directory that receives the final model in Hugging Face format.
+    pub output_dir: PathBuf,
+    /// Log a line (or update the progress bar's message) every this many steps.
+    pub log_every_steps: u64,
+}
+
+/// The model training starts from, and how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    pub path: PathBuf,
+    /// `tokenizer.json` to use; defaults to the one in the model directory.
+    pub tokenizer: Option<PathBuf>,
+    pub dtype: Dtype,
+    pub device: DeviceChoice,
+    /// Recompute each decoder layer in the backward pass instead of keeping its
+    /// activations (activation checkpointing): about a third more compute for a
+    /// fraction of the activation memory.
+    pub gradient_checkpointing: bool,
+}
+
+/// The training data and how records become token sequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training files (JSONL or Parquet, chosen by extension; paths or URLs), or one
+    /// sharded dataset. A source written `{path, weight}` makes a weighted mixture:
+    /// each epoch draws `mixture_samples` units, each from a source chosen with
+    /// probability proportional to its weight (every source then needs a weight).
+    pub train: Vec<DataSource>,
+    /// Units one epoch of a weighted mixture draws (a source that runs out starts over
+    /// in a new order, as OpenRLHF's `all_exhausted` blending); `null`: all the
+    /// sources' units together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixture_samples: Option<usize>,
+    pub prompt_format: PromptFormat,
+    /// Tokens per sequence (per packed row when packing).
+    pub max_seq_len: usize,
+    /// Pack several SFT examples into each row (no attention across examples).
+    pub packing: bool,
+    pub truncation: Truncation,
+    /// With `truncate_response`, the fewest response tokens an example must keep.
+    pub min_response_tokens: usize,
+    /// Skip malformed records (counted and logged) instead of failing.
+    pub skip_bad_records: bool,
+    /// How a sharded dataset (`janus data shard` output) is streamed.
+    pub streaming: StreamingSection,
+}
+
+/// A training source: a path (or URL), or one with its weight in a mixture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum DataSource {
+    /// A file, URL or sharded dataset read as it is.
+    Path(PathBuf),
+    /// A source of a weighted mixture.
+    Weighted(WeightedSource),
+}
+
+/// `{path, weight}` in `data.train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct WeightedSource {
+    /// A data file (JSONL or Parquet; a path or URL).
+    pub path: PathBuf,
+    /// Relative sampling weight (> 0); weights need not sum to 1.
+    pub weight: f64,
+}
+
+impl DataSource {
+    pub fn path(&self) -> &Path {
+        match self {
+            DataSource::Path(p) => p,
+            DataSource::Weighted(w) => &w.path,
+        }
+    }
+
+    pub fn weight(&self) -> Option<f64> {
+        match self {
+            DataSource::Path(_) => None,
+            DataSource::Weighted(w) => Some(w.weight),
+        }
+    }
+}
+
+impl From<PathBuf> for DataSource {
+    fn from(p: PathBuf) -> Self {
+        DataSource::Path(p)
+    }
+}
+
+impl From<&str> for DataSource {
+    fn from(p: &str) -> Self {
+        DataSource::Path(PathBuf::from(p))
+    }
+}
+
+/// How a sharded dataset (`janus data shard` output) is streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StreamingSection {
+    /// Blocks (about 1 MiB of records each) read together and shuffled together.
+    pub window_blocks: usize,
+    /// Windows fetched ahead of the one being trained on (memory: window x (1 + this)).
+    pub prefetch_windows: usize,
+}
+
+/// Optimisation settings: the schedule, the batch, AdamW and the method's own terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Hyperparameters {
+    /// Peak learning rate, reached after the warm-up; must be > 0.
+    pub learning_rate: f64,
+    /// Passes over the training data (the schedule's length when `max_steps` is unset).
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (the schedule is sized for it) when set.
+    pub max_steps: Option<u64>,
+    /// Sequences (or pairs) per micro-batch per rank; a packed row counts as one.
+    pub micro_batch_size: usize,
+    /// Micro-batches per rank per optimizer step. The global batch is
+    /// `micro_batch_size x gradient_accumulation_steps x ranks`; a run resumed on
+    /// another number of ranks keeps the checkpoint's global batch and changes this.
+    pub gradient_accumulation_steps: usize,
+    /// Linear warm-up steps from 0 to `learning_rate`, before the cosine decay.
+    pub warmup_steps: u64,
+    /// Warm-up as a fraction of the run's optimizer steps (`ceil(ratio x steps)`, as
+    /// OpenRLHF's `train_rm.py` sets it); replaces `warmup_steps` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
+    /// The cosine schedule decays to `learning_rate * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    /// AdamW's decoupled weight decay (0 in the Janus recipes).
+    pub weight_decay: f64,
+    /// AdamW's first-moment decay, in [0, 1).
+    pub adam_beta1: f64,
+    /// AdamW's second-moment decay, in [0, 1).
+    pub adam_beta2: f64,
+    /// AdamW's epsilon, added to the second moment's square root; > 0.
+    pub adam_epsilon: f64,
+    /// Global gradient-norm clipping; 0 disables it.
+    pub max_grad_norm: f64,
+    /// ORPO's lambda: weight of the odds-ratio term.
+    pub orpo_lambda: f64,
+    /// ORPO's NLL term over prompt + response tokens (as TRL's ORPOTrainer and the
+    /// axolotl code the Janus ORPO run used do) instead of the response only.
+    pub orpo_nll_on_prompt: bool,
+    /// Seed of the data order (each epoch's shuffle) and of a new reward head.
+    pub seed: u64,
+}
+
+/// DPO's settings (read with `method: dpo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DpoSection {
+    /// beta: how strongly the policy is held to the reference (recipe: 0.1).
+    pub beta: f64,
+    /// TRL's loss names: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (rDPO).
+    pub loss_type: DpoLoss,
+    /// The probability that a pair's preference is flipped: conservative DPO with
+    /// `sigmoid`, rDPO's noise rate with `robust`; in [0, 0.5).
+    pub label_smoothing: f64,
+    /// `precompute`: one pass of the reference model over the data before the first
+    /// step, stored with the checkpoints (a resume never recomputes them); `model`: a
+    /// frozen copy kept in memory and run on every micro-batch (streamed data).
+    pub reference: DpoReference,
+    /// The reference model (an HF directory, path or URL); `null`: `model.path`, the
+    /// model training starts from.
+    pub reference_model: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DpoLoss {
+    /// `-log sigmoid(beta * margin)` (with label smoothing: conservative DPO).
+    Sigmoid,
+    /// `(margin / response tokens - 1 / (2 beta))^2`, length-normalised as TRL does.
+    Ipo,
+    /// `relu(1 - beta * margin)` (SLiC).
+    Hinge,
+    /// rDPO: unbiased under label noise of rate `label_smoothing`.
+    Robust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DpoReference {
+    Precompute,
+    Model,
+}
+
+/// The reward model's settings (read with `method: reward`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
+    /// so rewards stay centred on 0; `null`: off.
+    pub center_rewards_coefficient: Option<f64>,
+}
+
+/// How the optimizer keeps its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// With `model.dtype: bfloat16`, keep fp32 master weights and fp32 Adam moments,
+    /// compute the update in fp32 and copy the result to the bf16 weights (standard
+    /// mixed precision). `false` updates the bf16 weights in place with bf16 moments,
+    /// which loses most updates at the recipe's learning rates: only for comparison.
+    pub master_weights: bool,
+}
+
+/// Where checkpoints go, how often, how many are kept, and how a run resumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Where checkpoints go: a path or a URL (`s3://`, `gs://`, `az://`, `file://`).
+    pub dir: String,
+    /// Save every this many optimizer steps (0: only at the end).
+    pub every_steps: u64,
+    /// Keep the newest this many checkpoints (0: keep all).
+    pub keep: usize,
+    /// Resume from the newest complete checkpoint of this job when one exists.
+    pub resume: bool,
+    /// How long one storage request is retried (timeouts, 5xx) before the run fails
+    /// with the retryable exit code.
+    pub retry_timeout_seconds: u64,
+    /// Who owns this job's checkpoint history (the operator sets the job's UID): a
+    /// checkpoint another owner wrote is refused unless `resume_from` names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// A checkpoint history (`<dir>/<job>`, of this job or another) to continue from
+    /// when this job has no checkpoint of its own: the way to take over another run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<String>,
+}
+
+/// Data parallelism: the collective backend, bucketing, ZeRO-1 and timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSection {
+    /// `nccl` (CUDA), `ring` (TCP, CPU tensors) or `auto`: NCCL on GPUs, the ring on CPUs.
+    pub backend: Backend,
+    /// Gradients are reduced in buckets of about this many MiB.
+    pub bucket_mib: usize,
+    /// How long a rank waits for the others (rendezvous, collectives) before failing.
+    pub timeout_seconds: u64,
+    /// ZeRO stage 1: partition the fp32 master weights and Adam moments across the
+    /// ranks (gradients reduce-scattered, parameters all-gathered). `null`: on with more
+    /// than one rank.
+    pub shard_optimizer: Option<bool>,
+    /// dtype gradients are summed in across ranks. `float32` (the default) sums bf16
+    /// gradients without rounding each partial sum to 8 bits of mantissa, for twice the
+    /// bytes on the wire; `bfloat16` halves the traffic.
+    pub reduce_dtype: ReduceDtype,
+    /// Overlap the collectives with compute, as DDP does: reduce each gradient bucket as
+    /// soon as the backward pass of the step's last micro-batch has finished its
+    /// parameters, and (ZeRO-1) all-gather each bucket beside the next bucket's update.
+    /// The same sums and updates as without. Off by default (unset) until measured on GPUs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlap: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Nccl,
+    Ring,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceDtype {
+    Float32,
+    Bfloat16,
+}
+
+/// The memory plan's check before the first step (`janus plan`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    /// Bytes one rank may use (`80GiB`, or a number); `null`: the device's own (a
+    /// GPU's total memory, or the memory available to the process on CPU).
+    pub limit: Option<ByteSize>,
+    /// Check the memory plan (`janus plan`) before the first step and fail with its
+    /// breakdown when the run cannot fit.
+    pub check: bool,
+}
+
+impl Hyperparameters {
+    /// Warm-up steps of a run of `total_steps` optimizer steps.
+    pub fn warmup_steps_of(&self, total_steps: u64) -> u64 {
+        match self.warmup_ratio {
+            Some(r) => (r * total_steps as f64).ceil() as u64,
+            None => self.warmup_steps,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Check values that parse but cannot train. Messages name the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let h = &self.hyperparameters;
+        let checks: [(bool, &str, String); 14] = [
+            (
+                !self.job.is_empty()
+                    && self
+                        .job
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+                "job",
+                format!(
+                    "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
+                    self.job
+                ),
+            ),
+            (
+                h.learning_rate > 0.0 && h.learning_rate.is_finite(),
+                "hyperparameters.learning_rate",
+                format!("must be > 0, found {}", h.learning_rate),
+            ),
+            (
+                h.micro_batch_size >= 1,
+                "hyperparameters.micro_batch_size",
+                "must be >= 1, found 0".into(),
+            ),
+            (
+                h.gradient_accumulation_steps >= 1,
+                "hyperparameters.gradient_accumulation_steps",
+                "must be >= 1, found 0".into(),
+            ),
+            (
+                h.epochs >= 1 || h.max_steps.is_some(),
+                "hyperparameters.epochs",
+                "must be >= 1 (or set max_steps)".into(),
+            ),
+            (
+                h.max_steps != Some(0),
+                "hyperparameters.max_steps",
+                "must be >= 1 when set, found 0".into(),
+            ),
+            (
+                (0.0..=1.0).contains(&h.min_lr_ratio),
+                "hyperparameters.min_lr_ratio",
+                format!("must be in [0, 1], found {}", h.min_lr_ratio),
+            ),
+            (
+                h.weight_decay >= 0.0,
+                "hyperparameters.weight_decay",
+                format!("must be >= 0, found {}", h.weight_decay),
+            ),
+            (
+                (0.0..1.0).contains(&h.adam_beta1) && (0.0..1.0).contains(&h.adam_beta2),
+                "hyperparameters.adam_beta1/adam_beta2",
+                format!(
+                    "must be in [0, 1), found {} and {}",
+                    h.adam_beta1, h.adam_beta2
+                ),
+            ),
+            (
+                h.adam_epsilon > 0.0 && h.max_grad_norm >= 0.0 && h.orpo_lambda >= 0.0,
+                "hyperparameters.adam_epsilon/max_grad_norm/orpo_lambda",
+                "adam_epsilon must be > 0; max_grad_norm and orpo_lambda >= 0".into(),
+            ),
+            (
+                !self.data.train.is_empty(),
+                "data.train",
+                "must list at least one file".into(),
+            ),
+            (
+                self.data.streaming.window_blocks >= 1,
+                "data.streaming.window_blocks",
+                "must be >= 1".into(),
+            ),
+            (
+                self.data.max_seq_len >= MIN_SEQ_LEN,
+                "data.max_seq_len",
+                format!("must be >= {MIN_SEQ_LEN}, found {}", self.data.max_seq_len),
+            ),
+            (
+                self.distributed.bucket_mib >= 1 && self.distributed.timeout_seconds >= 1,
+                "distributed.bucket_mib/timeout_seconds",
+                "must both be >= 1".into(),
+            ),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                return Err(format!("`{key}` {msg}"));
+            }
+        }
+        self.validate_sources()?;
+        if let Some(r) = h.warmup_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!(
+                    "`hyperparameters.warmup_ratio` must be in [0, 1], found {r}"
+                ));
+            }
+        }
+        if self.method.uses_pairs() && self.data.packing {
+            return Err(format!(
+                "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
+                self.method.as_str()
+            ));
+        }
+        let d = &self.dpo;
+        if !(d.beta > 0.0 && d.beta.is_finite()) {
+            return Err(format!("`dpo.beta` must be > 0, found {}", d.beta));
+        }
+        if !(0.0..0.5).contains(&d.label_smoothing) {
+            return Err(format!(
+                "`dpo.label_smoothing` must be in [0, 0.5), found {}",
+                d.label_smoothing
+            ));
+        }
+        if let Some(c) = self.reward.center_rewards_coefficient {
+            if !(c >= 0.0 && c.is_finite()) {
+                return Err(format!(
+                    "`reward.center_rewards_coefficient` must be >= 0, found {c}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `data.train`'s weights: all or none, each > 0; no packing with a mixture.
+    fn validate_sources(&self) -> std::result::Result<(), String> {
+        let d = &self.data;
+        let weights: Vec<Option<f64>> = d.train.iter().map(DataSource::weight).collect();
+        let weighted = weights.iter().filter(|w| w.is_some()).count();
+        if weighted == 0 {
+            return match d.mixture_samples {
+                Some(_) => Err("`data.mixture_samples` needs weighted sources in `data.train` ({path, weight})".into()),
+                None => Ok(()),
+            };
+        }
+        if weighted != weights.len() {
+            return Err(format!(
+                "`data.train`: {weighted} of {} sources have a `weight`; give every source a weight (a mixture) or none",
+                weights.len()
+            ));
+        }
+        if let Some((i, w)) = weights
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, w)| !(**w > 0.0 && w.is_finite()))
+        {
+            return Err(format!("`data.train[{i}].weight` must be > 0, found {w}"));
+        }
+        if d.packing {
+            return Err("`data.packing` is not supported with a weighted mixture in `data.train`; set it to false".into());
+        }
+        if d.mixture_samples == Some(0) {
+            return Err("`data.mixture_samples` must be >= 1 when set".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the optimizer keeps fp32 master weights apart from the model's.
+    pub fn uses_master_weights(&self) -> bool {
+        self.optimizer.master_weights && self.model.dtype != Dtype::Float32
+    }
+
+    /// Whether ZeRO-1 partitions the optimizer state in a job of `world` ranks.
+    pub fn shards_optimizer(&self, world: usize) -> bool {
+        world > 1 && self.distributed.shard_optimizer.unwrap_or(true)
+    }
+
+    /// A stable hash of everything that changes the trajectory of training, so a
+    /// resume with a different config is caught. The gradient accumulation steps are
+    /// left out: the global batch they make with the rank count is checked on resume
+    /// instead, so a job can continue on another number of ranks.
+    pub fn trajectory_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        // The job's name, where things are written, how often we log, how many to
+        // keep, how memory is checked and how ranks talk do not change the weights (a
+        // job may continue another job's checkpoints: `checkpoint.resume_from`).
+        if let Value::Object(m) = &mut v {
+            for k in [
+                "job",
+                "output_dir",
+                "log_every_steps",
+                "distributed",
+                "memory",
+            ] {
+                m.remove(k);
+            }
+            if let Some(Value::Object(md)) = m.get_mut("model") {
+                md.remove("gradient_checkpointing");
+            }
+            if let Some(Value::Object(h)) = m.get_mut("hyperparameters") {
+                h.remove("gradient_accumulation_steps");
+            }
+            if let Some(Value::Object(s)) = m.get_mut("data").and_then(|d| d.get_mut("streaming")) {
+                s.remove("prefetch_windows");
+            }
+            if let Some(Value::Object(c)) = m.get_mut("checkpoint") {
+                c.remove("keep");
+                c.remove("retry_timeout_seconds");
+                c.remove("resume");
+                c.remove("dir");
+                c.remove("owner");
+                c.remove("resume_from");
+            }
+        }
+        hex::encode(Sha256::digest(v.to_string().as_bytes()))[..16].to_string()
+    }
+}
+
+/// No prompt format fits in fewer tokens than this with room for a response.
+pub const MIN_SEQ_LEN: usize = 16;

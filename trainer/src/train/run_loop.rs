@@ -1,0 +1,266 @@
+//! The step loop: each step's data from the feed, the objective's step on the cosine
+//! schedule, metrics, progress and the pod's progress report, checkpoints every
+//! `checkpoint.every_steps` (and at the end), and the ways a run stops early (a stop
+//! request on SIGTERM, `--stop-after-steps`); then the final model.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::feed::{Feed, Share};
+use super::objective::{Batching, Objective};
+use super::publish::publish;
+use super::record::{RunOptions, RunRecord, Summary};
+use super::step::Trainer;
+use super::stop::{self, Decision, Stopper};
+use crate::checkpoint::{CheckpointDir, TrainerState};
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::metrics::TrainMetrics;
+use crate::model::ModelConfig;
+use crate::optim::cosine_lr;
+use crate::progress::Progress;
+use crate::report::Reporter;
+
+/// A run ready for its first step (or the step after its checkpoint).
+pub struct RunLoop<'a> {
+    pub cfg: &'a TrainConfig,
+    pub opts: &'a RunOptions,
+    pub ckpt: &'a CheckpointDir,
+    pub trainer: Trainer,
+    pub feed: Feed<'a>,
+    pub objective: Objective,
+    pub batching: Batching,
+    pub share: Share,
+    pub model_config: &'a ModelConfig,
+    /// The `tokenizer.json` checkpoints and the final model carry.
+    pub tokenizer: &'a Path,
+    pub metrics: &'a TrainMetrics,
+    pub state: TrainerState,
+    pub run: RunRecord,
+}
+
+impl RunLoop<'_> {
+    /// Train to the last step (publishing the model from rank 0), to
+    /// `--stop-after-steps`, or to a stop request (an error: `Error::Terminated`).
+    pub fn run(mut self) -> Result<Summary> {
+        let (rank, total_steps) = (self.share.rank, self.state.total_steps);
+        let progress = Progress::new(
+            self.opts.progress_bar,
+            rank == 0,
+            total_steps,
+            self.state.step,
+        );
+        let reporter = Reporter::for_pod(rank, Duration::from_secs(10));
+        self.report(reporter.as_ref());
+        let mut stopper = self.stopper();
+        let _armed = self.opts.stop.as_ref().map(stop::Armed::new);
+        self.metrics.start_at(self.state.step); // metrics
+        let started = Instant::now();
+        while self.state.step < total_steps {
+            self.step(&progress)?;
+            let every = self.cfg.checkpoint.every_steps;
+            let stop_here = self.opts.stop_after_steps == Some(self.state.step);
+            let due = (every > 0 && self.state.step.is_multiple_of(every))
+                || self.state.step == total_steps
+                || stop_here;
+            if due {
+                let seconds = self.save()?;
+                if let Some(s) = &mut stopper {
+                    s.saved(seconds);
+                }
+            }
+            if let Some(s) = &mut stopper {
+                if let Decision::Stop { save: first, why } =
+                    s.check(self.trainer.comm.as_mut(), rank, due)?
+                {
+                    if first {
+                        self.save()?;
+                    }
+                    self.report(reporter.as_ref());
+                    progress.finish();
+                    tracing::warn!(step = self.state.step, checkpoint = ?self.run.last_checkpoint, "{why}");
+                    return Err(Error::Terminated(format!(
+                        "{why} (step {})",
+                        self.state.step
+                    )));
+                }
+            }
+            self.report(reporter.as_ref());
+            if stop_here && self.state.step < total_steps {
+                progress.finish();
+                tracing::warn!(
+                    step = self.state.step,
+                    "stopping early as asked (--stop-after-steps)"
+                );
+                return Ok(self.summary(None, false));
+            }
+        }
+        drop(_armed);
+        progress.finish();
+        if rank != 0 {
+            return Ok(self.summary(None, true));
+        }
+        let output = self.cfg.output_dir.to_string_lossy().to_string();
+        let s = self.summary(Some(output), true);
+        publish(
+            self.cfg,
+            &self.trainer.vs,
+            self.model_config,
+            self.tokenizer,
+            &s,
+        )?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "training finished"
+        );
+        Ok(s)
+    }
+
+    /// One optimizer step on the next data, with its metrics and progress line.
+    fn step(&mut self, progress: &Progress) -> Result<()> {
+        let h = &self.cfg.hyperparameters;
+        let state = &mut self.state;
+        let waited = Instant::now(); // metrics
+        let data = self.feed.next_step(&mut state.cursor, self.share)?;
+        self.metrics.data_wait(waited.elapsed()); // metrics
+        let lr = cosine_lr(
+            state.step,
+            state.total_steps,
+            h.warmup_steps_of(state.total_steps),
+            h.learning_rate,
+            h.min_lr_ratio,
+        );
+        let t0 = Instant::now();
+        let r = self
+            .objective
+            .step(&mut self.trainer, data, self.batching, lr)?;
+        self.run.compute_secs += t0.elapsed().as_secs_f64();
+        state.step += 1;
+        state.learning_rate = lr;
+        state.tokens_seen += r.tokens as u64;
+        state.losses.push(r.loss);
+        self.run.tokens += r.tokens;
+        let tps = self.run.tokens_per_second();
+        self.metrics.sequences(r.attention.0, r.attention.1); // metrics
+        self.metrics.step(state.step, r.loss, r.grad_norm, lr, tps); // metrics
+        let mut fields: Vec<(&str, f64)> = vec![
+            ("loss", r.loss),
+            ("grad_norm", r.grad_norm),
+            ("learning_rate", lr),
+            ("tokens_per_second", tps),
+        ];
+        fields.extend(r.metrics.iter().copied());
+        progress.step(
+            state.step,
+            &fields,
+            state.step.is_multiple_of(self.cfg.log_every_steps.max(1))
+                || state.step == state.total_steps,
+        );
+        Ok(())
+    }
+
+    /// Save the checkpoint of this step; its seconds.
+    fn save(&mut self) -> Result<f64> {
+        let held = Instant::now(); // metrics
+        save_checkpoint(
+            self.ckpt,
+            &mut self.trainer,
+            self.model_config,
+            self.tokenizer,
+            &self.state,
+            self.cfg,
+            self.share.rank,
+        )?;
+        self.metrics.checkpoint(held.elapsed()); // metrics
+        self.run.last_checkpoint = Some(self.ckpt.step_url(self.state.step));
+        Ok(held.elapsed().as_secs_f64())
+    }
+
+    /// Publish where the run stands for the operator (rank 0 in a pod).
+    fn report(&self, reporter: Option<&Reporter>) {
+        if let Some(r) = reporter {
+            r.report(janus_crds::Progress {
+                step: self.state.step,
+                total_steps: self.state.total_steps,
+                loss: self.state.losses.last().copied(),
+                tokens_per_second: (self.run.tokens > 0).then(|| self.run.tokens_per_second()),
+                last_checkpoint: self.run.last_checkpoint.clone(),
+                updated_at: crate::report::now_rfc3339(),
+            });
+        }
+    }
+
+    /// What decides, on a stop request, whether a checkpoint still fits in the grace
+    /// period.
+    fn stopper(&self) -> Option<Stopper> {
+        self.opts.stop.clone().map(|r| {
+            let bytes = checkpoint_bytes(&self.trainer);
+            let s = Stopper::new(r, bytes);
+            if self.share.rank == 0 && !s.fits_grace() {
+                tracing::warn!(
+                    checkpoint_bytes = bytes,
+                    expected_seconds = s.save_seconds(),
+                    grace_seconds = ?s.grace().map(|g| g.as_secs()),
+                    "a checkpoint on SIGTERM is not expected to fit in the pod's grace period; \
+                     raise spec.workers.terminationGracePeriodSeconds"
+                );
+            }
+            s
+        })
+    }
+
+    fn summary(&self, output_dir: Option<String>, finished: bool) -> Summary {
+        Summary::of(
+            self.cfg,
+            self.feed.counts(),
+            &self.state,
+            &self.run,
+            output_dir,
+            finished,
+        )
+    }
+}
+
+/// Write the checkpoint of `state.step`: rank 0 writes (the weights are the same
+/// everywhere), the others help gather a sharded optimizer state, and all wait, so that
+/// no rank runs ahead of a checkpoint that may fail.
+fn save_checkpoint(
+    ckpt: &CheckpointDir,
+    trainer: &mut Trainer,
+    model_config: &ModelConfig,
+    tokenizer_path: &Path,
+    state: &TrainerState,
+    cfg: &TrainConfig,
+    rank: usize,
+) -> Result<()> {
+    if rank == 0 {
+        let t = Instant::now();
+        let dir = ckpt.save(
+            &trainer.vs,
+            model_config,
+            tokenizer_path,
+            &trainer.opt,
+            trainer.comm.as_mut(),
+            state,
+            cfg.checkpoint.keep,
+        )?;
+        tracing::info!(checkpoint = %dir, step = state.step, seconds = t.elapsed().as_secs_f64(), "checkpoint saved");
+    } else if trainer.opt.is_sharded() {
+        trainer
+            .opt
+            .gather_state(trainer.comm.as_mut(), &mut |_, _| Ok(()))?;
+    }
+    trainer.comm.barrier()
+}
+
+/// Bytes of one checkpoint: the weights and the optimizer state.
+fn checkpoint_bytes(trainer: &Trainer) -> u64 {
+    let weights: usize = trainer
+        .vs
+        .variables()
+        .values()
+        .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+        .sum();
+    let state: usize = trainer.opt.state_specs().iter().map(|s| s.bytes()).sum();
+    (weights + state) as u64
+}
