@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::controller::EvalCaches;
-use crate::controller::fixtures::{self, ready_store, APPLY, CREATE, REPORT_URL};
+use crate::controller::fixtures::{self, ready_store, APPLY, CREATE};
 use crate::eval::config_render::tests::representative_job;
 
 const NS: &str = "research";

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::gang::Gang;
-use crate::controller::fixtures::{self, APPLY, CREATE, REPORT_URL};
+use crate::controller::fixtures::{self, APPLY, CREATE};
 use crate::controller::testing::now;
 use crate::controller::Decision;
 use crate::training::config_render::tests::representative_job;
