@@ -461,7 +461,7 @@ async fn delete_pods<K: Kind>(ctx: &Context<K>, job: &K, plan: &Plan<K>) -> Resu
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod in &plan.force {
-        tracing::warn!(job = %job.name_any(), namespace = %ns, pod = %pod, "force-deleting a pod on a node down past unreachableNodeTolerationSeconds");
+        tracing::warn!(job = %job.name_any(), namespace = %ns, pod = %pod, "force-deleting a pod on a node unreachable past unreachableNodeTolerationSeconds, or out of service");
     }
     let normal = plan
         .decision

@@ -434,3 +434,160 @@ async fn a_pod_of_another_owner_with_a_workers_name_takes_back_the_gang_and_says
     );
     assert!(again.server.events().is_empty());
 }
+
+/// A node `secs` seconds into the state its `Ready` condition (`status`, the node
+/// lifecycle controller's reason) and `taints` say.
+fn node(ready: &str, taints: &[&str], secs: i64) -> k8s_openapi::api::core::v1::Node {
+    let since = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs)).to_string();
+    let taints: Vec<_> = taints
+        .iter()
+        .map(|k| json!({"key": k, "effect": "NoExecute", "timeAdded": since}))
+        .collect();
+    let why = if ready == "False" {
+        ("KubeletNotReady", "container runtime network not ready")
+    } else {
+        ("NodeStatusUnknown", "Kubelet stopped posting node status.")
+    };
+    serde_json::from_value(json!({
+        "metadata": {"name": "gpu-node-7"},
+        "spec": {"taints": taints},
+        "status": {"conditions": [{"type": "Ready", "status": ready, "reason": why.0,
+            "message": why.1, "lastTransitionTime": since}]}
+    }))
+    .unwrap()
+}
+
+/// A running gang, rank 1 on `node`; one reconcile. The requests after the fresh list
+/// and the status: each DELETE's pod and grace period (None: the pod's own).
+async fn gang_with_rank_1_on(
+    node: k8s_openapi::api::core::v1::Node,
+) -> (
+    fixtures::Scenario<JanusTrainingJob>,
+    Vec<(String, Option<i64>)>,
+) {
+    let mut sc = scenario(job_with(Some(started(JobPhase::Running))));
+    for r in 0..4 {
+        let mut p = worker(r, "Running", None);
+        p.spec.as_mut().unwrap().node_name =
+            Some(if r == 1 { "gpu-node-7" } else { "gpu-node-1" }.into());
+        sc = sc.with_pod(p);
+    }
+    sc.nodes.push(node);
+    reconcile(&sc).await.expect("reconcile succeeds");
+    let ns = format!("/api/v1/namespaces/{NS}");
+    let lines = sc.server.lines();
+    assert_eq!(
+        lines[..2],
+        [
+            format!("GET {ns}/pods?&labelSelector=janus.dev%2Fjob%3D{JOB}"),
+            format!("PATCH {JOB_PATH}/status{APPLY}"),
+        ],
+        "{lines:?}"
+    );
+    let mut deletes: Vec<(String, Option<i64>)> = sc.server.requests()[2..]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.method, "DELETE", "{lines:?}");
+            (
+                r.path
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('?')
+                    .to_string(),
+                r.body["gracePeriodSeconds"].as_i64(),
+            )
+        })
+        .collect();
+    deletes.sort();
+    (sc, deletes)
+}
+
+fn restarting(sc: &fixtures::Scenario<JanusTrainingJob>) -> (String, String) {
+    let st = &sc.server.requests()[1].body["status"];
+    assert_eq!(st["phase"], "Restarting");
+    assert_eq!(st["restartsCountedTowardsBackoff"].as_i64(), Some(0));
+    let c = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Restarting")
+        .unwrap();
+    (
+        c["reason"].as_str().unwrap().into(),
+        c["message"].as_str().unwrap().into(),
+    )
+}
+
+#[tokio::test]
+async fn a_not_ready_node_past_the_toleration_deletes_the_gang_with_its_grace_period() {
+    // Ready=False and the not-ready taint: the kubelet reports, its containers may
+    // still run and write; it confirms their deletion once they have stopped.
+    let (sc, deletes) =
+        gang_with_rank_1_on(node("False", &["node.kubernetes.io/not-ready"], 400)).await;
+    assert_eq!(
+        deletes,
+        (0..4)
+            .map(|r| (format!("{JOB}-worker-{r}"), None))
+            .collect::<Vec<_>>(),
+        "no grace period 0"
+    );
+    let (reason, message) = restarting(&sc);
+    assert_eq!(reason, "NodeNotReady");
+    assert!(
+        message.contains("gpu-node-7") && message.contains("never forced"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_node_past_the_toleration_force_deletes_its_worker() {
+    let (sc, deletes) =
+        gang_with_rank_1_on(node("Unknown", &["node.kubernetes.io/unreachable"], 400)).await;
+    assert_eq!(
+        deletes,
+        (0..4)
+            .map(|r| (format!("{JOB}-worker-{r}"), (r == 1).then_some(0)))
+            .collect::<Vec<_>>(),
+        "only the worker on the silent node is forced"
+    );
+    let (reason, message) = restarting(&sc);
+    assert_eq!(reason, "NodeUnreachable");
+    assert!(message.contains("force-deleted"), "{message}");
+}
+
+#[tokio::test]
+async fn an_out_of_service_node_force_deletes_its_worker_at_once() {
+    // Just tainted by an administrator (the non-graceful node shutdown); the kubelet's
+    // last word was NotReady.
+    let (sc, deletes) =
+        gang_with_rank_1_on(node("False", &["node.kubernetes.io/out-of-service"], 1)).await;
+    assert_eq!(
+        deletes,
+        (0..4)
+            .map(|r| (format!("{JOB}-worker-{r}"), (r == 1).then_some(0)))
+            .collect::<Vec<_>>()
+    );
+    let (reason, message) = restarting(&sc);
+    assert_eq!(reason, "NodeUnreachable");
+    assert!(message.contains("out of service"), "{message}");
+}
+
+#[tokio::test]
+async fn a_not_ready_node_within_the_toleration_makes_no_request() {
+    let mut sc = scenario(job_with(Some(started(JobPhase::Running))));
+    for r in 0..4 {
+        let mut p = worker(r, "Running", None);
+        p.spec.as_mut().unwrap().node_name = Some("gpu-node-7".into());
+        sc = sc.with_pod(p);
+    }
+    sc.nodes
+        .push(node("False", &["node.kubernetes.io/not-ready"], 10));
+    let action = reconcile(&sc).await.expect("reconcile succeeds");
+    assert_eq!(sc.server.lines(), Vec::<String>::new());
+    assert_ne!(
+        action,
+        Action::await_change(),
+        "looked at again when it ends"
+    );
+}
