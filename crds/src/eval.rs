@@ -424,9 +424,13 @@ pub struct EvalRunPolicy {
     pub scheduling_timeout_seconds: Option<i64>,
     /// Seconds a pod's node may be NotReady or unreachable (its `Ready` condition not
     /// `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before the
-    /// pod is force-deleted and created again without counting towards `backoffLimit`
-    /// (reason `NodeUnreachable`, naming the node): no kubelet confirms its deletion,
-    /// and the new pod reuses its name.
+    /// pod is created again without counting towards `backoffLimit`, naming the node.
+    /// On an unreachable node (`Ready=Unknown`; reason `NodeUnreachable`) it is
+    /// force-deleted first, as it is at once on a node tainted
+    /// `node.kubernetes.io/out-of-service`: no kubelet confirms its deletion, and the
+    /// new pod reuses its name. On a NotReady node (`Ready=False`: its kubelet reports;
+    /// reason `NodeNotReady`) it is deleted with its grace period, never forced, and the
+    /// new pod waits until it is gone.
     #[serde(default = "crate::pods::default_unreachable_node_toleration")]
     #[schemars(range(min = 1, max = 86400))]
     pub unreachable_node_toleration_seconds: i64,

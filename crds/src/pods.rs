@@ -43,14 +43,24 @@ pub mod reason {
     /// or ServiceAccount: 404, a template it rejects: 422); the message quotes it and
     /// the create is retried.
     pub const FAILED_CREATE: &str = "FailedCreate";
+    /// An object with the name of one of the job's children (its ConfigMap, Service,
+    /// ServiceAccount, NetworkPolicy or a pod) exists and the job does not control it:
+    /// it is left alone, the message names it, and no pod is made until it is gone.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
     /// `spec.scheduling.podGroup` names a scheduler whose PodGroup CRD is not installed.
     pub const POD_GROUP_NOT_INSTALLED: &str = "PodGroupNotInstalled";
     /// A pod's node no longer exists.
     pub const NODE_LOST: &str = "NodeLost";
-    /// A pod's node was NotReady or unreachable for longer than
-    /// `runPolicy.unreachableNodeTolerationSeconds`: the pod is force-deleted and made
-    /// again without counting towards `backoffLimit`; the message names the node.
+    /// A pod's node was unreachable (`Ready=Unknown`: its kubelet silent) for longer
+    /// than `runPolicy.unreachableNodeTolerationSeconds`, or tainted
+    /// `node.kubernetes.io/out-of-service`: the pod is force-deleted and made again
+    /// without counting towards `backoffLimit`; the message names the node.
     pub const NODE_UNREACHABLE: &str = "NodeUnreachable";
+    /// A pod's node was `Ready=False` (its kubelet reports, so the old containers may
+    /// still run) for longer than `runPolicy.unreachableNodeTolerationSeconds`: the pod
+    /// is deleted with its grace period, never forced, and made again (without counting
+    /// towards `backoffLimit`) once its kubelet has confirmed it gone.
+    pub const NODE_NOT_READY: &str = "NodeNotReady";
     /// The pods were not running within `runPolicy.schedulingTimeoutSeconds`.
     pub const SCHEDULING_TIMEOUT: &str = "SchedulingTimeout";
 }

@@ -74,7 +74,8 @@ impl Progress {
 /// with `Authorization: Bearer <token>` and a JSON [`Report`]. The token is the pod's
 /// projected ServiceAccount token at [`TOKEN_FILE`]: audience [`AUDIENCE`], bound to
 /// the pod, so the operator learns the pod's name and UID from its TokenReview. The
-/// operator answers 204, or 4xx/5xx with the reason as text.
+/// operator answers 204, or 4xx/5xx with the reason as text; 429 (with `Retry-After`)
+/// when it is busy or the pod reports more often than [`MIN_REPORT_INTERVAL_SECONDS`].
 pub mod publish {
     use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,14 @@ pub mod publish {
     pub const PATH: &str = "/v1/report";
     /// The largest report body the operator reads.
     pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    /// The largest report value the operator stores, as it re-serialises it (only the
+    /// typed document's fields): a progress report is under 300 bytes, an evaluation's
+    /// scores with a dozen rubrics under 1 KiB.
+    pub const MAX_VALUE_BYTES: usize = 4 * 1024;
+    /// The least time between two reports of one pod the operator writes; one sooner
+    /// is answered 429 with `Retry-After` (the trainer sends the newest report at most
+    /// once per interval, and retries with the next).
+    pub const MIN_REPORT_INTERVAL_SECONDS: u64 = 1;
 
     /// Body of a report: set `annotation` (one of [`crate::annotations`]) to `value` on
     /// the sender's pod.

@@ -656,10 +656,14 @@ pub struct RunPolicy {
     pub scheduling_timeout_seconds: Option<i64>,
     /// Seconds a worker's node may be NotReady or unreachable (its `Ready` condition
     /// not `True`, or the `node.kubernetes.io/unreachable` / `not-ready` taint) before
-    /// the gang restarts without counting towards `backoffLimit` (reason
-    /// `NodeUnreachable`, naming the node) and the worker pods on that node are
-    /// force-deleted: no kubelet confirms their deletion, and the new gang reuses their
-    /// names. Like the default `tolerationSeconds` of Kubernetes' taint-based eviction.
+    /// the gang restarts without counting towards `backoffLimit`, naming the node. On an
+    /// unreachable node (`Ready=Unknown`: no kubelet confirms a deletion; reason
+    /// `NodeUnreachable`) the worker pods are force-deleted, as they are at once on a
+    /// node tainted `node.kubernetes.io/out-of-service`. On a NotReady node
+    /// (`Ready=False`: its kubelet reports, the old containers may still run; reason
+    /// `NodeNotReady`) they are deleted with their grace period, never forced, and the
+    /// new gang, which reuses their names, waits until they are gone. Like the default
+    /// `tolerationSeconds` of Kubernetes' taint-based eviction.
     #[serde(default = "crate::pods::default_unreachable_node_toleration")]
     #[schemars(range(min = 1, max = 86400))]
     pub unreachable_node_toleration_seconds: i64,

@@ -15,6 +15,9 @@ pub enum Error {
     MissingField(&'static str),
     #[error("Kueue {object}: {message}")]
     Kueue { object: String, message: String },
+    /// An object holds a child's name and the job does not control it.
+    #[error("{object} exists and {holder}, not this job: it is left alone (delete or rename it for the job to start)")]
+    ChildConflict { object: String, holder: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -22,13 +25,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Every value of [`Error::metric_label`]: the error counter starts with each at 0,
     /// so `rate()` over it has a series (0 while nothing fails) from the first scrape.
-    pub const METRIC_LABELS: [&'static str; 6] = [
+    pub const METRIC_LABELS: [&'static str; 7] = [
         "Kube",
         "ConfigRender",
         "TemplateOverride",
         "EvalConfig",
         "MissingField",
         "Kueue",
+        "ChildConflict",
     ];
 
     /// Metric label: the variant name.
@@ -40,6 +44,7 @@ impl Error {
             Error::EvalConfig { .. } => "EvalConfig",
             Error::MissingField(_) => "MissingField",
             Error::Kueue { .. } => "Kueue",
+            Error::ChildConflict { .. } => "ChildConflict",
         }
     }
 }
@@ -73,6 +78,10 @@ mod tests {
             Error::Kueue {
                 object: "o".into(),
                 message: "m".into(),
+            },
+            Error::ChildConflict {
+                object: "o".into(),
+                holder: "h".into(),
             },
         ] {
             assert!(Error::METRIC_LABELS.contains(&e.metric_label()), "{e}");

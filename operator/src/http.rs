@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use janus_crds::{JanusEvalJob, JanusTrainingJob};
@@ -70,12 +70,16 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
     }
 }
 
-async fn report(
-    State(s): State<HttpState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, String) {
-    s.reports.handle(&headers, &body).await
+/// The body is handed on unread: [`Reports`] reads it only once the request is let in.
+async fn report(State(s): State<HttpState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let (status, retry_after, text) = s.reports.handle(&parts.headers, body).await;
+    let mut resp = (status, text).into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -83,12 +87,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(
-            janus_crds::progress::publish::PATH,
-            post(report).layer(DefaultBodyLimit::max(
-                janus_crds::progress::publish::MAX_BODY_BYTES,
-            )),
-        )
+        .route(janus_crds::progress::publish::PATH, post(report))
         .with_state(state)
 }
 

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 /// Every `result` of `janus_operator_reports_total`: the counter starts with each at 0.
 /// The report endpoint (`crate::report`) counts under these names.
-pub const REPORT_RESULTS: [&str; 6] = [
+pub const REPORT_RESULTS: [&str; 8] = [
     "accepted",
     "unauthenticated",
     "forbidden",
     "malformed",
     "pod_gone",
     "api_error",
+    "busy",
+    "throttled",
 ];
 
 /// Every `result` of `janus_operator_fabric_checks_total`, from the `FabricCheck`

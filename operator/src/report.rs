@@ -7,11 +7,22 @@
 //! operator then writes the annotation on that pod (UID-checked), where the
 //! controllers' pod caches see it as before. Every replica serves this, the leader or
 //! not: it is a pod patch, not a status write, so no hand-off is needed.
+//!
+//! Any pod in the cluster can reach this port, so what a caller can cost is bounded:
+//! at most [`IN_FLIGHT`] requests are past the door at once (the rest are answered 429
+//! before their body is read), a TokenReview slot is waited for [`REVIEW_WAIT`] at
+//! most (then 429 with `Retry-After`), a refused token is answered 401 from memory for
+//! [`REFUSED_TTL`], one pod's reports are written at most once per
+//! [`publish::MIN_REPORT_INTERVAL_SECONDS`], and only the typed document is stored,
+//! re-serialised (unknown fields dropped) and at most [`publish::MAX_VALUE_BYTES`].
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use janus_crds::progress::publish::{self, Report};
 use janus_crds::progress::EvalReport;
@@ -29,6 +40,20 @@ use crate::metrics::Metrics;
 const REVIEW_TTL: Duration = Duration::from_secs(60);
 /// Reviewed tokens kept at most (one per reporting pod is the usual need).
 const REVIEW_CACHE_MAX: usize = 4096;
+
+/// Requests past the door at once: reading a body, waiting for a review, writing. Each
+/// holds at most [`publish::MAX_BODY_BYTES`]; the rest are answered 429 unread.
+pub const IN_FLIGHT: usize = 64;
+/// The longest a request waits for a TokenReview slot before it is answered 429.
+pub const REVIEW_WAIT: Duration = Duration::from_millis(200);
+/// The longest a body may take to arrive (a slow sender holds a place at the door).
+const BODY_WAIT: Duration = Duration::from_secs(5);
+/// How long a token the API server refused is refused from memory.
+pub const REFUSED_TTL: Duration = Duration::from_secs(30);
+/// Refused tokens remembered at most (by a keyed hash: 8 bytes and an instant each).
+const REFUSED_MAX: usize = 65_536;
+/// The `Retry-After` of a 429, seconds.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
@@ -58,6 +83,10 @@ pub enum ReportError {
     PodGone(String),
     #[error("the API server: {0}")]
     Api(#[source] kube::Error),
+    #[error("busy: {0}; retry after {RETRY_AFTER_SECONDS} s")]
+    Busy(&'static str),
+    #[error("pod {0} reported less than {s} s ago; retry after {s} s", s = publish::MIN_REPORT_INTERVAL_SECONDS)]
+    TooFrequent(String),
 }
 
 impl ReportError {
@@ -68,6 +97,16 @@ impl ReportError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::PodGone(_) => StatusCode::CONFLICT,
             Self::Api(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) | Self::TooFrequent(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The `Retry-After` of the answer, seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Busy(_) => Some(RETRY_AFTER_SECONDS),
+            Self::TooFrequent(_) => Some(publish::MIN_REPORT_INTERVAL_SECONDS),
+            _ => None,
         }
     }
 
@@ -79,10 +118,12 @@ impl ReportError {
             Self::Malformed(_) => "malformed",
             Self::PodGone(_) => "pod_gone",
             Self::Api(_) => "api_error",
+            Self::Busy(_) => "busy",
+            Self::TooFrequent(_) => "throttled",
         }
     }
 
-    pub const LABELS: [&'static str; 6] = crate::metrics::REPORT_RESULTS;
+    pub const LABELS: [&'static str; 8] = crate::metrics::REPORT_RESULTS;
 }
 
 /// Which pods may report, and what: the training job's rank 0 its progress, an
@@ -133,6 +174,43 @@ pub fn authorize(sender: &Sender, report: &Report) -> Result<(), ReportError> {
         )));
     }
     Ok(())
+}
+
+/// The report as it is stored: its value parsed as the annotation's document and
+/// serialised again (fields the document does not have are dropped), at most
+/// [`publish::MAX_VALUE_BYTES`].
+pub fn typed(report: Report) -> Result<Report, ReportError> {
+    let malformed = || {
+        ReportError::Malformed(format!(
+            "the value of {} is not a valid report document",
+            report.annotation
+        ))
+    };
+    let value = match report.annotation.as_str() {
+        annotations::PROGRESS => Progress::from_annotation(&report.value)
+            .ok_or_else(malformed)?
+            .to_annotation(),
+        annotations::EVAL_PROGRESS => EvalReport::from_annotation(&report.value)
+            .ok_or_else(malformed)?
+            .to_annotation(),
+        other => {
+            return Err(ReportError::Forbidden(format!(
+                "{other} is not a report annotation"
+            )))
+        }
+    };
+    if value.len() > publish::MAX_VALUE_BYTES {
+        return Err(ReportError::Malformed(format!(
+            "the value of {} is {} bytes, over the {} a report may store",
+            report.annotation,
+            value.len(),
+            publish::MAX_VALUE_BYTES
+        )));
+    }
+    Ok(Report {
+        annotation: report.annotation,
+        value,
+    })
 }
 
 /// The bearer token of a request (the scheme is case-insensitive).
@@ -196,7 +274,8 @@ pub fn sender_of(review: &TokenReview) -> Result<Sender, ReportError> {
 /// becoming a flood of API requests.
 const REVIEWS_IN_FLIGHT: usize = 4;
 
-/// The report endpoint's state: a client and the reviewed tokens.
+/// The report endpoint's state: a client, the reviewed and refused tokens, and when
+/// each pod's last report was written.
 pub struct Reports {
     client: Client,
     metrics: Metrics,
@@ -204,8 +283,17 @@ pub struct Reports {
     /// not its own.
     namespace: Option<String>,
     reviewed: Mutex<HashMap<String, (Sender, Instant)>>,
+    /// Refused tokens by a hash keyed at start (unguessable: no collision to aim for).
+    refused: Mutex<HashMap<u64, Instant>>,
+    hasher: RandomState,
+    /// When each pod (by UID) last had a report written.
+    written: Mutex<HashMap<String, Instant>>,
+    door: tokio::sync::Semaphore,
     reviews: tokio::sync::Semaphore,
 }
+
+/// What one answer is: its status, `Retry-After` and text.
+pub type Answer = (StatusCode, Option<u64>, String);
 
 impl Reports {
     pub fn new(client: Client, metrics: Metrics, namespace: Option<String>) -> Self {
@@ -214,12 +302,16 @@ impl Reports {
             metrics,
             namespace,
             reviewed: Mutex::default(),
+            refused: Mutex::default(),
+            hasher: RandomState::new(),
+            written: Mutex::default(),
+            door: tokio::sync::Semaphore::new(IN_FLIGHT),
             reviews: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
 
     /// Handle one request: 204, or the status and reason of the refusal.
-    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+    pub async fn handle(&self, headers: &HeaderMap, body: Body) -> Answer {
         let result = self.accept(headers, body).await;
         let label = match &result {
             Ok(()) => "accepted",
@@ -227,30 +319,47 @@ impl Reports {
         };
         self.metrics.reports_total.with_label_values(&[label]).inc();
         match result {
-            Ok(()) => (StatusCode::NO_CONTENT, String::new()),
+            Ok(()) => (StatusCode::NO_CONTENT, None, String::new()),
             Err(e) => {
                 if matches!(e, ReportError::Api(_)) {
                     tracing::warn!(error = %e, "a report could not be written");
                 } else {
                     tracing::debug!(error = %e, "a report was refused");
                 }
-                (e.status(), format!("{e}\n"))
+                (e.status(), e.retry_after(), format!("{e}\n"))
             }
         }
     }
 
-    async fn accept(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), ReportError> {
+    async fn accept(&self, headers: &HeaderMap, body: Body) -> Result<(), ReportError> {
+        // What costs nothing first: no place at the door, no token, or a token refused
+        // a moment ago is answered before the body is read.
+        let _place = self
+            .door
+            .try_acquire()
+            .map_err(|_| ReportError::Busy("too many reports in flight"))?;
         let token = bearer(headers).ok_or(ReportError::NoToken)?;
-        // What costs nothing first: a malformed report never reaches the API server.
-        let report: Report =
-            serde_json::from_slice(body).map_err(|e| ReportError::Malformed(e.to_string()))?;
-        let known = [annotations::PROGRESS, annotations::EVAL_PROGRESS];
-        if !known.contains(&report.annotation.as_str()) {
-            return Err(ReportError::Forbidden(format!(
-                "{} is not a report annotation",
-                report.annotation
-            )));
+        if self.refused_recently(token, Instant::now()) {
+            return Err(ReportError::Unauthenticated(
+                "the API server refused this token a moment ago".into(),
+            ));
         }
+        let body = tokio::time::timeout(
+            BODY_WAIT,
+            axum::body::to_bytes(body, publish::MAX_BODY_BYTES),
+        )
+        .await
+        .map_err(|_| ReportError::Malformed(format!("the body took over {BODY_WAIT:?}")))?
+        .map_err(|e| {
+            ReportError::Malformed(format!(
+                "the body could not be read (at most {} bytes): {e}",
+                publish::MAX_BODY_BYTES
+            ))
+        })?;
+        // A malformed report never reaches the API server.
+        let report: Report =
+            serde_json::from_slice(&body).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        drop(body);
         let sender = self.review(token).await?;
         if let Some(ns) = self.namespace.as_deref() {
             if ns != sender.namespace {
@@ -260,8 +369,56 @@ impl Reports {
                 )));
             }
         }
+        // Who may set what comes before what the value is: a pod asking for another
+        // kind's annotation is told it may not (403), whatever it sent.
         authorize(&sender, &report)?;
+        let report = typed(report)?;
+        self.take_turn(&sender, Instant::now())?;
         self.write(&sender, &report).await
+    }
+
+    fn token_hash(&self, token: &str) -> u64 {
+        self.hasher.hash_one(token)
+    }
+
+    /// Whether the API server refused `token` within [`REFUSED_TTL`].
+    fn refused_recently(&self, token: &str, now: Instant) -> bool {
+        let h = self.token_hash(token);
+        let refused = self.refused.lock().expect("lock");
+        refused
+            .get(&h)
+            .is_some_and(|at| now.duration_since(*at) < REFUSED_TTL)
+    }
+
+    fn remember_refused(&self, token: &str, now: Instant) {
+        let h = self.token_hash(token);
+        let mut refused = self.refused.lock().expect("lock");
+        if refused.len() >= REFUSED_MAX {
+            refused.retain(|_, at| now.duration_since(*at) < REFUSED_TTL);
+            if refused.len() >= REFUSED_MAX {
+                refused.clear();
+            }
+        }
+        refused.insert(h, now);
+    }
+
+    /// The sender's turn to have a report written: none within the interval before.
+    fn take_turn(&self, sender: &Sender, now: Instant) -> Result<(), ReportError> {
+        let interval = Duration::from_secs(publish::MIN_REPORT_INTERVAL_SECONDS);
+        let mut written = self.written.lock().expect("lock");
+        if let Some(at) = written.get(&sender.pod_uid) {
+            if now.duration_since(*at) < interval {
+                return Err(ReportError::TooFrequent(format!(
+                    "{}/{}",
+                    sender.namespace, sender.pod
+                )));
+            }
+        }
+        if written.len() >= REVIEW_CACHE_MAX {
+            written.retain(|_, at| now.duration_since(*at) < interval);
+        }
+        written.insert(sender.pod_uid.clone(), now);
+        Ok(())
     }
 
     /// Who holds `token`, from the cache or a TokenReview.
@@ -272,7 +429,10 @@ impl Reports {
                 return Ok(s.clone());
             }
         }
-        let _turn = self.reviews.acquire().await.expect("never closed");
+        let _turn = tokio::time::timeout(REVIEW_WAIT, self.reviews.acquire())
+            .await
+            .map_err(|_| ReportError::Busy("every token review slot is taken"))?
+            .expect("never closed");
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.into()),
@@ -284,7 +444,13 @@ impl Reports {
             .create(&PostParams::default(), &review)
             .await
             .map_err(ReportError::Api)?;
-        let sender = sender_of(&answer)?;
+        let sender = match sender_of(&answer) {
+            Ok(s) => s,
+            Err(e) => {
+                self.remember_refused(token, Instant::now());
+                return Err(e);
+            }
+        };
         let mut cache = self.reviewed.lock().expect("lock");
         if cache.len() >= REVIEW_CACHE_MAX {
             cache.retain(|_, (_, at)| now.duration_since(*at) < REVIEW_TTL);
@@ -453,6 +619,143 @@ mod tests {
             e.to_string().contains("did not confirm the audience"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn only_the_typed_document_is_stored_and_it_has_a_size_cap() {
+        let extra = r#"{"step":1,"totalSteps":2,"updatedAt":"t","evil":"x","loss":0.5}"#;
+        let r = typed(report(annotations::PROGRESS, extra.into())).unwrap();
+        assert_eq!(
+            r.value, r#"{"step":1,"totalSteps":2,"loss":0.5,"updatedAt":"t"}"#,
+            "unknown fields dropped, the document re-serialised"
+        );
+        let big = format!(
+            r#"{{"step":1,"totalSteps":2,"updatedAt":"t","lastCheckpoint":"{}"}}"#,
+            "x".repeat(publish::MAX_VALUE_BYTES)
+        );
+        let e = typed(report(annotations::PROGRESS, big)).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("over the 4096"), "{e}");
+        let e = typed(report("janus.dev/other", "{}".into())).unwrap_err();
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        let e = typed(report(annotations::EVAL_PROGRESS, "[]".into())).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    /// A client whose API server refuses every token, or never answers (`hang`),
+    /// counting the requests it gets.
+    fn api(hang: bool) -> (Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let n = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = n.clone();
+        let svc = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                let review = serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview", "status": {"authenticated": false,
+                    "error": "invalid bearer token"}});
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(201)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(
+                            serde_json::to_vec(&review).unwrap(),
+                        ))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(svc, "default"), n)
+    }
+
+    fn request(token: &str) -> (HeaderMap, Body) {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        let body = serde_json::to_vec(&report(annotations::PROGRESS, progress())).unwrap();
+        (h, Body::from(body))
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_refused_from_memory_without_a_second_review() {
+        use std::sync::atomic::Ordering;
+        let (client, reviews) = api(false);
+        let r = Reports::new(client, Metrics::new(), None);
+        for _ in 0..3 {
+            let (h, b) = request("bogus");
+            let (code, retry, _) = r.handle(&h, b).await;
+            assert_eq!((code, retry), (StatusCode::UNAUTHORIZED, None));
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 1, "one TokenReview");
+        let (h, b) = request("another");
+        assert_eq!(r.handle(&h, b).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(reviews.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn busy_review_slots_answer_429_with_retry_after_within_the_wait() {
+        let (client, _) = api(true);
+        let r = std::sync::Arc::new(Reports::new(client, Metrics::new(), None));
+        let held: Vec<_> = (0..REVIEWS_IN_FLIGHT)
+            .map(|i| {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let (h, b) = request(&format!("slow-{i}"));
+                    r.handle(&h, b).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let start = Instant::now();
+        let (h, b) = request("waits");
+        let (code, retry, text) = r.handle(&h, b).await;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{text}");
+        assert_eq!(retry, Some(RETRY_AFTER_SECONDS));
+        assert!(start.elapsed() < REVIEW_WAIT + Duration::from_millis(300));
+        for h in held {
+            h.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_door_limit_requests_are_429_before_their_body_is_read() {
+        let (client, _) = api(true);
+        let r = Reports::new(client, Metrics::new(), None);
+        let _all = r.door.try_acquire_many(IN_FLIGHT as u32).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer t".parse().unwrap(),
+        );
+        // A body that never ends: answering at once shows it was not read.
+        let body = Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+        let (code, retry, _) = tokio::time::timeout(Duration::from_secs(1), r.handle(&h, body))
+            .await
+            .expect("answered without reading");
+        assert_eq!((code, retry), (StatusCode::TOO_MANY_REQUESTS, Some(1)));
+    }
+
+    #[tokio::test]
+    async fn one_pod_has_a_report_written_at_most_once_per_interval() {
+        let (client, _) = api(true);
+        let r = Reports::new(client, Metrics::new(), None);
+        let s = sender("j-worker", "j-worker-0");
+        let t = Instant::now();
+        assert!(r.take_turn(&s, t).is_ok());
+        let e = r.take_turn(&s, t + Duration::from_millis(500)).unwrap_err();
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after(), Some(publish::MIN_REPORT_INTERVAL_SECONDS));
+        let other = Sender {
+            pod_uid: "v".into(),
+            ..sender("k-worker", "k-worker-0")
+        };
+        assert!(r.take_turn(&other, t).is_ok(), "each pod has its own turn");
+        assert!(r.take_turn(&s, t + Duration::from_millis(1100)).is_ok());
     }
 
     #[test]

@@ -145,8 +145,21 @@ fn default_render_matches_its_golden_file() {
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     ] {
         assert!(k.iter().any(|x| x == want), "no {want} in {k:?}");
+    }
+    // The operator's port admits only the jobs' pods (any namespace when it watches all).
+    let np = &r[r.find("kind: NetworkPolicy").unwrap()..];
+    let np = &np[..np.find("\n---").unwrap_or(np.len())];
+    for want in [
+        "policyTypes: [Ingress]",
+        "- {port: http, protocol: TCP}",
+        "- {key: janus.dev/job, operator: Exists}",
+        "- {key: janus.dev/eval-job, operator: Exists}",
+        "namespaceSelector:\n        {}",
+    ] {
+        assert!(np.contains(want), "{want:?} not in\n{np}");
     }
     // Monitors only when asked for (their CRDs may not exist in the cluster).
     assert!(
@@ -182,6 +195,29 @@ fn monitors_render_when_enabled_with_their_labels() {
     assert!(r.contains("- name: \"regcred\""), "{r}");
     assert!(r.contains("matchNames: [research]"), "{r}");
     assert!(r.contains("port: metrics"), "{r}");
+    // The target's namespace and pod, never the trainer's own labels of those names.
+    assert!(!r.contains("honorLabels:"), "{r}");
+}
+
+#[test]
+fn the_network_policy_admits_the_watched_namespace_and_the_named_scrapers() {
+    let r = template(&[
+        "--set",
+        "watchNamespace=research",
+        "--set-json",
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+    ]);
+    let np = &r[r.find("kind: NetworkPolicy").expect("a NetworkPolicy")..];
+    assert!(
+        np.contains("matchLabels: {kubernetes.io/metadata.name: research}"),
+        "{np}"
+    );
+    assert!(
+        np.contains("kubernetes.io/metadata.name: monitoring"),
+        "{np}"
+    );
+    let off = template(&["--set", "networkPolicy.enabled=false"]);
+    assert!(!kinds(&off).iter().any(|k| k == "NetworkPolicy"));
 }
 
 #[test]

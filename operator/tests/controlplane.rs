@@ -4,6 +4,7 @@
 
 mod eval;
 mod hardening;
+mod seams;
 mod support;
 
 use std::time::Duration;

@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 
 /// The query of every server-side apply.
 pub const APPLY: &str = "?&force=true&fieldManager=janus-operator";
+/// The query of a child's create (a new job's children are created, never applied over
+/// an object of another owner).
+pub const CREATE: &str = "?&fieldManager=janus-operator";
 /// What the operator tells pods (the chart's in-cluster Service address).
 pub const REPORT_URL: &str = "http://janus-operator.janus-system.svc:8080/v1/report";
 
@@ -104,6 +107,21 @@ impl ApiServer {
                 let mut job = objects[bare.trim_end_matches("/status")].clone();
                 job["status"] = body["status"].clone();
                 (200, job)
+            }
+            "POST"
+                if body["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| objects.contains_key(&format!("{bare}/{n}"))) =>
+            {
+                let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                (
+                    409,
+                    status(
+                        409,
+                        "AlreadyExists",
+                        format!("{bare}/{name} already exists"),
+                    ),
+                )
             }
             // Server-side apply and creates answer with what they were sent.
             _ => (if method == "POST" { 201 } else { 200 }, body.clone()),

@@ -16,27 +16,47 @@ pub enum NodeState {
     /// No such node (any more).
     Missing,
     Ready,
-    /// NotReady or unreachable since then, for this reason.
-    Down(Timestamp, String),
+    /// Not Ready since then, for this reason; whether its kubelet may still run pods.
+    Down(Timestamp, String, Kubelet),
+}
+
+/// Whether the kubelet of a node that is not Ready may still run its pods: what
+/// decides if they may be force-deleted (grace period 0) while the new ones are made
+/// under the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kubelet {
+    /// `Ready=False` or the `not-ready` taint: the kubelet reports, so the old
+    /// containers may still run (and write checkpoints); a deletion is confirmed by it
+    /// once they have stopped. Never force-deleted.
+    Alive,
+    /// `Ready=Unknown` or the `unreachable` taint: nothing has reported since; past the
+    /// toleration its pods are force-deleted, as taint-based eviction would.
+    Silent,
+    /// The `out-of-service` taint: an administrator says the node is shut down (the
+    /// non-graceful node shutdown); its pods are force-deleted at once.
+    OutOfService,
 }
 
 /// Taints the node lifecycle controller puts on a node whose kubelet does not report
-/// Ready (and the taint-based eviction reads).
-const DOWN_TAINTS: [&str; 2] = [
-    "node.kubernetes.io/unreachable",
-    "node.kubernetes.io/not-ready",
+/// Ready (and the taint-based eviction reads), and the administrator's out-of-service.
+const DOWN_TAINTS: [(&str, Kubelet); 3] = [
+    ("node.kubernetes.io/unreachable", Kubelet::Silent),
+    ("node.kubernetes.io/not-ready", Kubelet::Alive),
+    ("node.kubernetes.io/out-of-service", Kubelet::OutOfService),
 ];
 
 /// Whether `node` is Ready, or since when it is not and why: its `Ready` condition not
 /// `True` (kubelet reporting NotReady, or `Unknown`: no kubelet reports at all), or a
-/// not-ready / unreachable taint; the earliest of those times.
+/// not-ready / unreachable / out-of-service taint. The gravest sign counts (an
+/// out-of-service taint over a silent kubelet over one reporting NotReady), from the
+/// earliest time of that sign.
 pub fn node_state(node: &Node) -> NodeState {
     let ready = node
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
-    let mut down: Vec<(Timestamp, String)> = vec![];
+    let mut down: Vec<(Timestamp, String, Kubelet)> = vec![];
     if let Some(c) = ready.filter(|c| c.status != "True") {
         let why = format!(
             "Ready={} ({}: {})",
@@ -49,10 +69,15 @@ pub fn node_state(node: &Node) -> NodeState {
             .as_ref()
             .or(c.last_heartbeat_time.as_ref())
             .map(|t| t.0);
+        let kubelet = if c.status == "False" {
+            Kubelet::Alive
+        } else {
+            Kubelet::Silent
+        };
         // Without a time it cannot say how long (down since 1970 would force-delete at
         // once); the taints, which carry one, still count.
         if let Some(since) = since {
-            down.push((since, why));
+            down.push((since, why, kubelet));
         }
     }
     for t in node
@@ -62,18 +87,28 @@ pub fn node_state(node: &Node) -> NodeState {
         .into_iter()
         .flatten()
     {
-        if DOWN_TAINTS.contains(&t.key.as_str()) {
-            if let Some(at) = t.time_added.as_ref() {
-                down.push((at.0, format!("taint {}:{}", t.key, t.effect)));
-            }
+        let Some((_, kubelet)) = DOWN_TAINTS.iter().find(|(k, _)| *k == t.key) else {
+            continue;
+        };
+        // The API server stamps NoExecute taints; an out-of-service NoSchedule one may
+        // come without a time, and is acted on at once whatever its time.
+        let at = t
+            .time_added
+            .as_ref()
+            .map(|t| t.0)
+            .or((*kubelet == Kubelet::OutOfService).then_some(Timestamp::UNIX_EPOCH));
+        if let Some(at) = at {
+            down.push((at, format!("taint {}:{}", t.key, t.effect), *kubelet));
         }
     }
-    // The Ready condition's words when there is one (they say the most).
-    let why = down.first().map(|(_, w)| w.clone());
-    match (down.iter().map(|(t, _)| *t).min(), why) {
-        (Some(since), Some(why)) => NodeState::Down(since, why),
-        _ => NodeState::Ready,
-    }
+    let Some(gravest) = down.iter().map(|(_, _, k)| *k).max() else {
+        return NodeState::Ready;
+    };
+    down.retain(|(_, _, k)| *k == gravest);
+    // The Ready condition's words when it is of that sign (they say the most).
+    let why = down[0].1.clone();
+    let since = down.iter().map(|(t, _, _)| *t).min().expect("one sign");
+    NodeState::Down(since, why, gravest)
 }
 
 /// The state of node `name` in `nodes`.
@@ -85,7 +120,7 @@ pub fn state_in(nodes: &Store<Node>, name: &str) -> NodeState {
 }
 
 /// Only what [`node_state`] reads: does the node exist, is it Ready, since when not
-/// (its Ready condition and the not-ready / unreachable taints).
+/// (its Ready condition and the not-ready / unreachable / out-of-service taints).
 pub fn slim_node(n: &mut Node) {
     n.metadata.managed_fields = None;
     n.metadata.annotations = None;
@@ -120,7 +155,8 @@ type NodeEvent = std::result::Result<watcher::Event<Node>, watcher::Error>;
 type NodeItem = std::result::Result<Node, watcher::Error>;
 
 /// Nodes whose jobs to reconcile: those deleted, and those whose readiness changed
-/// (became NotReady or unreachable, or Ready again); heartbeats pass unnoticed.
+/// (became NotReady, unreachable or out of service, or Ready again); heartbeats pass
+/// unnoticed.
 pub fn transitions() -> impl FnMut(NodeEvent) -> futures::future::Ready<Option<NodeItem>> {
     let mut seen: HashMap<String, NodeState> = Default::default();
     move |ev| {

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use janus_crds::pods::reason;
 pub use janus_crds::pods::PodPhase;
 
-use super::nodes::NodeState;
+use super::nodes::{Kubelet, NodeState};
 
 /// Which containers of its pods a kind reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub struct NodeDown {
     /// What the node says (`Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting
     /// node status.)`, or the taint).
     pub why: String,
+    /// Whether its kubelet may still run the pod.
+    pub kubelet: Kubelet,
 }
 
 /// What the decisions need from one pod; `R` is its role in the job (a rank, a slot).
@@ -170,10 +172,11 @@ pub fn pod_facts<R>(
         disrupted: disruption(pod),
         node_lost: node_state == Some(NodeState::Missing),
         node_down: match (node_name, node_state) {
-            (Some(n), Some(NodeState::Down(since, why))) => Some(NodeDown {
+            (Some(n), Some(NodeState::Down(since, why, kubelet))) => Some(NodeDown {
                 node: n.to_string(),
                 since,
                 why,
+                kubelet,
             }),
             _ => None,
         },

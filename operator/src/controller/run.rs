@@ -33,7 +33,7 @@ use prometheus::IntCounter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::apply::{delete_job, write_status};
+use super::apply::{delete_job, describe, holder, is_ours, write_status};
 use super::conditions::{publish_all, EventSpec};
 use super::context::{expect_key, key, recorder, Context, Settings};
 use super::decision::{Decision, Step};
@@ -425,11 +425,33 @@ async fn children_and_status<K: Kind>(
         }
         Ok::<_, Error>(())
     };
-    if K::POLICY.children_before_status {
-        children.await?;
-        status.await
+    let children = if K::POLICY.children_before_status {
+        let children = children.await;
+        if children.is_ok() {
+            status.await?;
+        }
+        children
     } else {
-        futures::try_join!(children, status).map(|_| ())
+        // Both to the end: a conflict's condition is written after the status.
+        let (children, status) = futures::join!(children, status);
+        status?;
+        children
+    };
+    match children {
+        Err(e @ Error::ChildConflict { .. }) => {
+            let msg = e.to_string();
+            ctx.blocked(
+                jobs,
+                job,
+                plan.status.clone(),
+                reason::CHILD_CONFLICT,
+                msg,
+                Timestamp::now(),
+            )
+            .await?;
+            Err(e)
+        }
+        other => other,
     }
 }
 
@@ -439,7 +461,7 @@ async fn delete_pods<K: Kind>(ctx: &Context<K>, job: &K, plan: &Plan<K>) -> Resu
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     for pod in &plan.force {
-        tracing::warn!(job = %job.name_any(), namespace = %ns, pod = %pod, "force-deleting a pod on a node down past unreachableNodeTolerationSeconds");
+        tracing::warn!(job = %job.name_any(), namespace = %ns, pod = %pod, "force-deleting a pod on a node unreachable past unreachableNodeTolerationSeconds, or out of service");
     }
     let normal = plan
         .decision
@@ -491,28 +513,56 @@ async fn create_pods<K: Kind>(
             crate::security::tell_report_url(spec, ctx.report_url.as_deref());
         }
     }
+    // While a pod of another owner held one of these names, look before creating any:
+    // retries would otherwise make and delete the rest of the group each time.
+    if conflict_stands(job) {
+        for pod in &new_pods {
+            if let Some(e) = pod_api.get_opt(&pod.name_any()).await? {
+                if !is_ours(&e, pod) {
+                    return pod_conflict(ctx, jobs, job, plan, pod, &e, now).await;
+                }
+            }
+        }
+    }
     let created = futures::future::join_all(new_pods.iter().map(|pod| {
         let pod_api = pod_api.clone();
         async move {
             match pod_api.create(&PostParams::default(), pod).await {
-                Ok(_) => Ok(true),
+                Ok(_) => Ok(Created::Made),
                 // Deterministic names: an existing pod is the one we meant to create
-                // (or a foreign one the decisions see; not expected in the cache).
-                Err(e) if is_status(&e, 409) => Ok(false),
+                // (or a foreign one the decisions see; not expected in the cache), unless
+                // another object controls it.
+                Err(e) if is_status(&e, 409) => match pod_api.get_opt(&pod.name_any()).await {
+                    Ok(Some(e)) if !is_ours(&e, pod) => Ok(Created::Foreign(Box::new(e))),
+                    _ => Ok(Created::There),
+                },
                 Err(e) => Err((pod.name_any(), e)),
             }
         }
     }))
     .await;
-    let made = new_pods
+    let made: Vec<String> = new_pods
         .iter()
         .zip(&created)
-        .filter(|(_, r)| matches!(r, Ok(true)));
-    ctx.expectations.created(
-        &expect_key(job),
-        made.map(|(p, _)| p.name_any()),
-        Instant::now(),
-    );
+        .filter(|(_, r)| matches!(r, Ok(Created::Made)))
+        .map(|(p, _)| p.name_any())
+        .collect();
+    let foreign = new_pods.iter().zip(&created).find_map(|(p, r)| match r {
+        Ok(Created::Foreign(e)) => Some((p, e)),
+        _ => None,
+    });
+    if let Some((pod, existing)) = foreign {
+        // A group with a member missing cannot run: take back the pods just made.
+        for name in &made {
+            match pod_api.delete(name, &DeleteParams::default()).await {
+                Err(e) if !is_status(&e, 404) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        return pod_conflict(ctx, jobs, job, plan, pod, existing, now).await;
+    }
+    ctx.expectations
+        .created(&expect_key(job), made.into_iter(), Instant::now());
     if let Some((pod, e)) = created.into_iter().find_map(|r| r.err()) {
         if let kube::Error::Api(refusal) = &e {
             if REFUSALS.contains(&refusal.code) {
@@ -531,6 +581,52 @@ async fn create_pods<K: Kind>(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// What a pod create found.
+enum Created {
+    Made,
+    /// The pod was there already, the job's.
+    There,
+    /// Another object's pod (or one without a controller) holds the name.
+    Foreign(Box<Pod>),
+}
+
+/// Whether the job's Running condition says a child's name was held by another object.
+fn conflict_stands<K: Kind>(job: &K) -> bool {
+    job.status().is_some_and(|s| {
+        s.conditions().iter().any(|c| {
+            c.type_ == janus_crds::pods::condition::RUNNING && c.reason == reason::CHILD_CONFLICT
+        })
+    })
+}
+
+/// `existing` holds the name of `pod`: Running=False ChildConflict naming it, and the
+/// reconcile fails (retried with the backoff until the name is free).
+async fn pod_conflict<K: Kind>(
+    ctx: &Context<K>,
+    jobs: &Api<K>,
+    job: &K,
+    plan: &Plan<K>,
+    pod: &Pod,
+    existing: &Pod,
+    now: Timestamp,
+) -> Result<()> {
+    let e = Error::ChildConflict {
+        object: describe(pod),
+        holder: holder(existing),
+    };
+    let msg = e.to_string();
+    ctx.blocked(
+        jobs,
+        job,
+        plan.status.clone(),
+        reason::CHILD_CONFLICT,
+        msg,
+        now,
+    )
+    .await?;
+    Err(e)
 }
 
 /// Reports each event or error of a watch to `health` (a watch that keeps failing

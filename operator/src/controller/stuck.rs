@@ -1,8 +1,11 @@
 //! Stuck states, detected once for every kind: a pod the API server refuses to create
 //! (quoting it), a pending pod the scheduler cannot place or the kubelet cannot start
 //! (quoting them), pods not running within `schedulingTimeoutSeconds`, and pods on a
-//! node down past `unreachableNodeTolerationSeconds` (force-deleted: no kubelet would
-//! confirm their deletion). A training worker and an evaluation's pod in the same state
+//! node down past `unreachableNodeTolerationSeconds`: force-deleted where no kubelet
+//! would confirm their deletion (unreachable, or out of service), deleted with their
+//! grace period and waited for where the kubelet still reports (`Ready=False`: the old
+//! containers may still run, and a new pod of the same name beside them would be a
+//! second writer). A training worker and an evaluation's pod in the same state
 //! get the same condition (`Running`), reason and Events.
 
 use std::time::Duration;
@@ -13,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::conditions::{Cond, Transitions, When};
 use super::lifecycle::secs;
+use super::nodes::Kubelet;
 use super::pods::{waiting_text, PodFacts};
 
 /// Refusals of a pod create that only a change elsewhere (the namespace's Pod Security
@@ -31,7 +35,11 @@ pub fn refused(noun: &str, pod: &str, message: &str) -> String {
 }
 
 /// Reasons of a Running=False condition that hold only until a pod exists.
-const UNTIL_CREATED: [&str; 2] = [reason::FAILED_CREATE, reason::POD_GROUP_NOT_INSTALLED];
+const UNTIL_CREATED: [&str; 3] = [
+    reason::FAILED_CREATE,
+    reason::POD_GROUP_NOT_INSTALLED,
+    reason::CHILD_CONFLICT,
+];
 
 /// The first pod of `current` (the pods of the current attempt) that waits makes
 /// Running=False with its reason and the underlying message, with a Warning Event once
@@ -114,9 +122,12 @@ pub fn scheduling<R>(
 /// Seconds left of the toleration (`toleration` seconds) of `p`'s node being down
 /// (<= 0: past it), counted from when the node went down or the pod was created,
 /// whichever is later (a pod placed on a node long down, tolerating its taints, gets
-/// the whole toleration too).
+/// the whole toleration too). None for a node out of service: nothing to wait for.
 pub fn toleration_left<R>(toleration: i64, p: &PodFacts<R>, now: Timestamp) -> Option<i64> {
     let d = p.node_down.as_ref()?;
+    if d.kubelet == Kubelet::OutOfService {
+        return Some(0);
+    }
     let since = p.created_at.map_or(d.since, |c| c.max(d.since));
     Some(toleration - now.duration_since(since).as_secs())
 }
@@ -125,10 +136,12 @@ pub fn past_toleration<R>(toleration: i64, p: &PodFacts<R>, now: Timestamp) -> b
     toleration_left(toleration, p, now).is_some_and(|l| l <= 0)
 }
 
-/// Pods to delete with grace period 0: those on a node down for longer than the
-/// toleration that are being deleted already (by anyone: a Terminating pod there
-/// never goes) or that `delete` deletes now. Pods of another owner are included only
-/// when already terminating: their deletion was asked for, it only never completes.
+/// Pods to delete with grace period 0: those on a node unreachable for longer than
+/// the toleration, or out of service, that are being deleted already (by anyone: a
+/// Terminating pod there never goes) or that `delete` deletes now. Pods of another
+/// owner are included only when already terminating: their deletion was asked for, it
+/// only never completes. Never a pod on a node whose kubelet reports (`Ready=False`):
+/// its containers may still run, and the kubelet confirms the deletion once they stop.
 pub fn force_delete<R>(
     toleration: i64,
     pods: &[PodFacts<R>],
@@ -137,6 +150,11 @@ pub fn force_delete<R>(
 ) -> Vec<String> {
     pods.iter()
         .filter(|p| past_toleration(toleration, p, now))
+        .filter(|p| {
+            p.node_down
+                .as_ref()
+                .is_some_and(|d| d.kubelet != Kubelet::Alive)
+        })
         .filter(|p| p.terminating || (!p.foreign && delete.contains(&p.name)))
         .map(|p| p.name.clone())
         .collect()
@@ -155,23 +173,37 @@ pub fn next_toleration_end<R>(
         .map(secs)
 }
 
-/// A pod's node down past the toleration (and the pod not finished): the words of its
-/// NodeUnreachable reason.
+/// A pod's node down past the toleration, or out of service (and the pod not
+/// finished): its reason (`NodeUnreachable`, or `NodeNotReady` where the kubelet still
+/// reports) and words.
 pub fn unreachable<R>(
     toleration: i64,
     noun: &str,
     p: &PodFacts<R>,
     now: Timestamp,
-) -> Option<String> {
+) -> Option<(&'static str, String)> {
     let d = p
         .node_down
         .as_ref()
         .filter(|_| past_toleration(toleration, p, now) && !p.finished())?;
-    Some(format!(
-        "node {} of {noun} {} has been unavailable for {}s, longer than runPolicy.unreachableNodeTolerationSeconds ({toleration}s): {}; its pods are force-deleted",
-        d.node,
-        p.name,
-        now.duration_since(d.since).as_secs(),
-        d.why
-    ))
+    let (node, pod, why) = (&d.node, &p.name, &d.why);
+    let since = now.duration_since(d.since).as_secs();
+    Some(match d.kubelet {
+        Kubelet::OutOfService => (
+            reason::NODE_UNREACHABLE,
+            format!("node {node} of {noun} {pod} is out of service: {why}; its pods are force-deleted"),
+        ),
+        Kubelet::Silent => (
+            reason::NODE_UNREACHABLE,
+            format!(
+                "node {node} of {noun} {pod} has been unavailable for {since}s, longer than runPolicy.unreachableNodeTolerationSeconds ({toleration}s): {why}; its pods are force-deleted"
+            ),
+        ),
+        Kubelet::Alive => (
+            reason::NODE_NOT_READY,
+            format!(
+                "node {node} of {noun} {pod} has been NotReady for {since}s, longer than runPolicy.unreachableNodeTolerationSeconds ({toleration}s): {why}; its kubelet still reports, so its pods are deleted with their grace period, never forced, and made again once it confirms them gone"
+            ),
+        ),
+    })
 }

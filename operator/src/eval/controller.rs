@@ -26,7 +26,7 @@ use super::children;
 use super::gates::{self, Gates};
 use super::stage::{self, Decision, Progress, Slot};
 use super::status;
-use crate::controller::apply::apply;
+use crate::controller::apply::apply_child;
 use crate::controller::run::{watch_health, AddWatches, Watch, WatchNames};
 use crate::controller::{stuck, Context, Kind, Plan, Policy};
 use crate::error::{Error, Result};
@@ -174,8 +174,11 @@ impl Kind for JanusEvalJob {
             .namespace()
             .ok_or(Error::MissingField("metadata.namespace"))?;
         let c = &ctx.client;
-        apply::<ServiceAccount>(c, &ns, &children::service_account(job)?).await?;
-        apply::<ConfigMap>(c, &ns, &children::config_map(job, &gates.resolved)?).await
+        let fresh = job.status.is_none();
+        let sa = children::service_account(job)?;
+        apply_child::<ServiceAccount>(c, &ns, &sa, fresh).await?;
+        let cm = children::config_map(job, &gates.resolved)?;
+        apply_child::<ConfigMap>(c, &ns, &cm, fresh).await
     }
 
     /// The pods of the slots created, at their slots' attempts.

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use super::controller::EvalCaches;
-use crate::controller::fixtures::{self, ready_store, APPLY};
+use crate::controller::fixtures::{self, ready_store, APPLY, CREATE};
 use crate::eval::config_render::tests::representative_job;
 
 const NS: &str = "research";
@@ -136,8 +136,8 @@ async fn a_new_job_reads_its_secrets_applies_config_and_identity_writes_status_t
             format!("GET {JOB_PATH}"),
             format!("GET {ns}/secrets/s3-credentials"),
             format!("GET {ns}/secrets/openai"),
-            format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
-            format!("PATCH {ns}/configmaps/{JOB}-eval-settings{APPLY}"),
+            format!("POST {ns}/serviceaccounts{CREATE}"),
+            format!("POST {ns}/configmaps{CREATE}"),
             format!("PATCH {JOB_PATH}/status{APPLY}"),
             format!("POST {ns}/pods?"),
             format!("POST {ns}/pods?"),
@@ -379,8 +379,8 @@ async fn a_refused_create_is_running_false_quoting_the_api_server_with_one_warni
         format!("GET {JOB_PATH}"),
         format!("GET {ns}/secrets/s3-credentials"),
         format!("GET {ns}/secrets/openai"),
-        format!("PATCH {ns}/serviceaccounts/{JOB}-eval{APPLY}"),
-        format!("PATCH {ns}/configmaps/{JOB}-eval-settings{APPLY}"),
+        format!("POST {ns}/serviceaccounts{CREATE}"),
+        format!("POST {ns}/configmaps{CREATE}"),
         format!("PATCH {JOB_PATH}/status{APPLY}"),
     ];
     expected.extend(vec![format!("POST {ns}/pods?"); 4]);

@@ -203,8 +203,8 @@ fn restarts(job: &EvalFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Resta
         .iter()
         .filter_map(|p| {
             let (why, message, counted) =
-                if let Some(m) = stuck::unreachable(toleration, "pod", p, now) {
-                    (reason::NODE_UNREACHABLE, m, false)
+                if let Some((why, m)) = stuck::unreachable(toleration, "pod", p, now) {
+                    (why, m, false)
                 } else if p.phase == PodPhase::Failed {
                     match p.exit_code {
                         _ if p.evicted() => (

@@ -20,7 +20,7 @@ use kube::ResourceExt;
 use super::gang::{self, Decision, Gang};
 use super::kueue::{self, KueueFacts};
 use super::{children, pod_group, status};
-use crate::controller::apply::apply;
+use crate::controller::apply::apply_child;
 use crate::controller::pods::owned_by;
 use crate::controller::run::{AddWatches, Watch, WatchNames};
 use crate::controller::{Context, Kind, Plan, Policy};
@@ -111,18 +111,20 @@ impl Kind for JanusTrainingJob {
             children::config_map(job)?,
             children::service_account(job)?,
         );
-        futures::try_join!(
-            apply::<Service>(c, &ns, &svc),
-            apply::<ConfigMap>(c, &ns, &cm),
-            apply::<ServiceAccount>(c, &ns, &sa),
+        // Each to the end, the first error in this order: with two objects in the way,
+        // the condition names the same one each time (one Warning, not one per retry).
+        let (on_svc, on_cm, on_sa, on_np) = futures::join!(
+            apply_child::<Service>(c, &ns, &svc, first_time),
+            apply_child::<ConfigMap>(c, &ns, &cm, first_time),
+            apply_child::<ServiceAccount>(c, &ns, &sa, first_time),
             async {
                 match children::network_policy(job)? {
-                    Some(np) => apply::<NetworkPolicy>(c, &ns, &np).await,
+                    Some(np) => apply_child::<NetworkPolicy>(c, &ns, &np, first_time).await,
                     None => Ok(()),
                 }
             },
-        )?;
-        Ok(())
+        );
+        on_svc.and(on_cm).and(on_sa).and(on_np)
     }
 
     /// The job's PodGroup, before its pods.

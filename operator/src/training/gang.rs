@@ -11,9 +11,11 @@
 //! - `runPolicy.failurePolicy.rules` (exit codes, the `DisruptionTarget` condition)
 //!   override these three defaults per failed worker: FailJob, RestartJob,
 //!   RestartJobAndIgnoreBackoff;
-//! - a worker's node NotReady or unreachable past `unreachableNodeTolerationSeconds`
-//!   -> restart without counting, and force-delete the pods on it (no kubelet will
-//!   confirm their deletion, and the new gang reuses their names);
+//! - a worker's node NotReady or unreachable past `unreachableNodeTolerationSeconds`,
+//!   or out of service -> restart without counting; the pods on an unreachable or
+//!   out-of-service node are force-deleted (no kubelet will confirm their deletion, and
+//!   the new gang reuses their names), those on a NotReady node (its kubelet reports)
+//!   deleted with their grace period and waited for;
 //! - `activeDeadlineSeconds` passed -> Failed (DeadlineExceeded);
 //! - `suspend` -> delete the pods (Suspended); resume recreates them;
 //! - every rank exited 0 -> Succeeded;
@@ -170,8 +172,8 @@ fn failures(job: &JobFacts, current: &[&PodFacts], now: Timestamp) -> Vec<Failur
 fn failure(toleration: i64, p: &PodFacts, now: Timestamp) -> Option<Failure> {
     let exit_code = p.exit_code.filter(|_| p.phase == PodPhase::Failed);
     let (reason, message, disruption) =
-        if let Some(message) = stuck::unreachable(toleration, "worker", p, now) {
-            (reason::NODE_UNREACHABLE, message, true)
+        if let Some((reason, message)) = stuck::unreachable(toleration, "worker", p, now) {
+            (reason, message, true)
         } else if let Some((why, msg)) = &p.disrupted {
             let message = format!("worker {} was disrupted ({why}: {msg})", p.name);
             (reason::WORKER_DISRUPTED, message, true)

@@ -507,3 +507,159 @@ async fn a_finished_job_is_deleted_after_its_ttl_and_a_new_one_of_its_name_is_ke
     assert_eq!(kind.phase(&c, &ns, "u").await, kind.running_phase());
 }
 for_each_kind!(a_finished_job_is_deleted_after_its_ttl_and_a_new_one_of_its_name_is_kept);
+
+/// A node of the test's own (no kwok annotation: the test plays its kubelet), Ready,
+/// that only the job's pods of this namespace tolerate and select.
+async fn own_node(c: &Client, ns: &str) -> (Api<Node>, String) {
+    let node_name = format!("{ns}-node");
+    let nodes: Api<Node> = Api::all(c.clone());
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": node_name, "labels": {"janus.dev/test-pool": ns}},
+        "spec": {"taints": [{"key": "janus.dev/test-pool", "value": ns, "effect": "NoSchedule"}]}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let now = jiff::Timestamp::now().to_string();
+    let ready = json!({"status": {
+        "capacity": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": "8"},
+        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "250", "nvidia.com/gpu": "8"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
+            "lastTransitionTime": now}]}});
+    nodes
+        .patch_status(
+            &node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(ready),
+        )
+        .await
+        .unwrap();
+    (nodes, node_name)
+}
+
+/// Node fencing (issue 30): a node whose kubelet still reports (`Ready=False`, the
+/// not-ready taint) may still run the old containers, so past the toleration the pods
+/// restart uncounted (`NodeNotReady`, naming the node) but are deleted with their grace
+/// period, never forced: they stay Terminating and no pod of the new attempt is made
+/// under their names until the kubelet (played by the test) confirms them gone.
+async fn pods_on_a_not_ready_node_are_never_force_deleted(kind: Kind) {
+    let c = client().await;
+    let ns = namespace(&c, &kind.ns("notready")).await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let (nodes, node_name) = own_node(&c, &ns).await;
+    let ask = Ask {
+        backoff_limit: Some(0),
+        unreachable_node_toleration_seconds: Some(3),
+        pool: Some(("janus.dev/test-pool".into(), ns.clone())),
+        ..Ask::pods(2)
+    };
+    kind.create(&c, &ns, "near", &ask).await;
+    let old = wait_for("both pods bound to the test's node", T, || async {
+        let ps = kind.pods(&c, &ns, "near").await;
+        let bound = ps.len() == 2
+            && ps.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
+            });
+        bound.then_some(ps)
+    })
+    .await;
+    for p in &old {
+        report_running(kind, &c, &ns, &p.name_any()).await;
+    }
+    kind.wait_running(&c, &ns, "near", 2, 0).await;
+
+    // The kubelet reports NotReady (its container runtime broke), and the node
+    // lifecycle controller's taints follow.
+    let now = || jiff::Timestamp::now().to_string();
+    let not_ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False",
+        "reason": "KubeletNotReady", "message": "container runtime network not ready",
+        "lastHeartbeatTime": now(), "lastTransitionTime": now()}]}});
+    nodes
+        .patch_status(
+            &node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(not_ready),
+        )
+        .await
+        .unwrap();
+    let taints = json!({"spec": {"taints": [
+        {"key": "janus.dev/test-pool", "value": ns, "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule", "timeAdded": now()},
+        {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute", "timeAdded": now()}]}});
+    nodes
+        .patch(&node_name, &PatchParams::default(), &Patch::Merge(taints))
+        .await
+        .unwrap();
+
+    let s = wait_for("the restart after the toleration", T, || async {
+        let s = kind.status(&c, &ns, "near").await;
+        (kind.attempt(&s) == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(kind.counted_restarts(&s), 0);
+    let words = restart_words(kind, &c, &ns, "near", "NodeNotReady").await;
+    assert!(
+        words.contains(&format!("node {node_name} of {}", kind.noun()))
+            && words.contains("container runtime network not ready")
+            && words.contains("never forced"),
+        "{words}"
+    );
+    wait_warnings(&c, &ns, "NodeNotReady").await;
+
+    // Deleted with their grace period, and left Terminating: nobody forces them, and
+    // nothing of attempt 1 takes their names.
+    let old_uids: Vec<_> = old.iter().map(|p| p.metadata.uid.clone()).collect();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+    let terminating = |ps: &[Pod]| {
+        ps.len() == 2
+            && ps.iter().all(|p| {
+                old_uids.contains(&p.metadata.uid) && p.metadata.deletion_timestamp.is_some()
+            })
+    };
+    let ps = wait_for("the old pods Terminating", T, || async {
+        let ps = kind.pods(&c, &ns, "near").await;
+        terminating(&ps).then_some(ps)
+    })
+    .await;
+    for p in &ps {
+        let grace = p.metadata.deletion_grace_period_seconds;
+        assert!(grace.is_some_and(|g| g > 0), "{}: {grace:?}", p.name_any());
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ps = kind.pods(&c, &ns, "near").await;
+    assert!(
+        terminating(&ps),
+        "still the old pods, still Terminating, 6 s later: {:?}",
+        ps.iter()
+            .map(|p| (
+                p.name_any(),
+                p.metadata.uid.clone(),
+                p.metadata.deletion_timestamp.clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+
+    // The kubelet confirms: its containers stopped.
+    for p in &old {
+        pods.delete(
+            &p.name_any(),
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await
+        .unwrap();
+    }
+    let new = wait_for("the pods of attempt 1", T, || async {
+        let ps = kind.pods(&c, &ns, "near").await;
+        let fresh = ps.len() == 2
+            && ps.iter().all(|p| {
+                p.labels().get("janus.dev/attempt").map(String::as_str) == Some("1")
+                    && !old_uids.contains(&p.metadata.uid)
+            });
+        fresh.then_some(ps)
+    })
+    .await;
+    let names: Vec<_> = new.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, kind.pod_names("near", 2));
+    nodes.delete(&node_name, &Default::default()).await.unwrap();
+}
+for_each_kind!(pods_on_a_not_ready_node_are_never_force_deleted);

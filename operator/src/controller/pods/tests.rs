@@ -1,7 +1,7 @@
 //! Unit tests of `controller::pods` (and of the node states pods are looked at with).
 
 use super::*;
-use crate::controller::nodes::node_state;
+use crate::controller::nodes::{node_state, Kubelet};
 use janus_crds::pods::reason;
 use k8s_openapi::api::core::v1::Node;
 
@@ -69,14 +69,15 @@ fn a_node_not_ready_or_tainted_unreachable_is_down_since_the_earliest_sign() {
         node_state(&unknown),
         NodeState::Down(
             "2026-01-01T12:00:03Z".parse().unwrap(),
-            "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into()
+            "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into(),
+            Kubelet::Silent
         )
     );
     let tainted = node(serde_json::json!({"metadata": {"name": "n"},
         "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule",
                              "timeAdded": "2026-01-01T12:00:05Z"}]}}));
     assert!(
-        matches!(node_state(&tainted), NodeState::Down(_, w) if w == "taint node.kubernetes.io/not-ready:NoSchedule")
+        matches!(node_state(&tainted), NodeState::Down(_, w, Kubelet::Alive) if w == "taint node.kubernetes.io/not-ready:NoSchedule")
     );
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "j-worker-0"}, "spec": {"nodeName": "n", "containers": []}}))
@@ -84,6 +85,54 @@ fn a_node_not_ready_or_tainted_unreachable_is_down_since_the_earliest_sign() {
     let f = pod_facts(&pod, None, None::<i32>, TRAINER, |_| node_state(&unknown));
     assert_eq!(f.node_down.map(|d| d.node), Some("n".to_string()));
     assert!(!f.node_lost);
+}
+
+#[test]
+fn a_node_is_judged_by_its_gravest_sign_kubelet_reporting_silent_or_out_of_service() {
+    let node = |v: serde_json::Value| -> Node { serde_json::from_value(v).unwrap() };
+    let not_ready = node(serde_json::json!({"metadata": {"name": "n"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
+                             "timeAdded": "2026-01-01T12:00:05Z"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "False",
+            "reason": "KubeletNotReady", "message": "PLEG is not healthy",
+            "lastTransitionTime": "2026-01-01T12:00:03Z"}]}}));
+    assert_eq!(
+        node_state(&not_ready),
+        NodeState::Down(
+            "2026-01-01T12:00:03Z".parse().unwrap(),
+            "Ready=False (KubeletNotReady: PLEG is not healthy)".into(),
+            Kubelet::Alive
+        )
+    );
+    // NotReady first, then silent: the toleration counts from the silence.
+    let silent = node(serde_json::json!({"metadata": {"name": "n"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
+                             "timeAdded": "2026-01-01T12:00:05Z"},
+                            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute",
+                             "timeAdded": "2026-01-01T12:10:00Z"}]}}));
+    assert_eq!(
+        node_state(&silent),
+        NodeState::Down(
+            "2026-01-01T12:10:00Z".parse().unwrap(),
+            "taint node.kubernetes.io/unreachable:NoExecute".into(),
+            Kubelet::Silent
+        )
+    );
+    let out = node(serde_json::json!({"metadata": {"name": "n"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+                             "effect": "NoSchedule"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "False",
+            "reason": "KubeletNotReady", "message": "shutting down",
+            "lastTransitionTime": "2026-01-01T12:00:03Z"}]}}));
+    assert!(
+        matches!(node_state(&out), NodeState::Down(_, w, Kubelet::OutOfService) if w == "taint node.kubernetes.io/out-of-service:NoSchedule"),
+        "{:?}",
+        node_state(&out)
+    );
+    // What the node watch keeps of it still says so.
+    let mut slim = out.clone();
+    crate::controller::nodes::slim_node(&mut slim);
+    assert_eq!(node_state(&slim), node_state(&out));
 }
 
 #[test]

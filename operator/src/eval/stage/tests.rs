@@ -361,6 +361,7 @@ fn down_since(secs_ago: i64) -> Option<crate::controller::pods::NodeDown> {
         node: "node-7".into(),
         since: now() - jiff::SignedDuration::from_secs(secs_ago),
         why: "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into(),
+        kubelet: crate::controller::nodes::Kubelet::Silent,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Unit tests of `training::gang`.
 
 use super::*;
+use crate::controller::nodes::Kubelet;
 use crate::controller::testing::{self, now};
 use janus_crds::training::CleanPodPolicy;
 
@@ -236,6 +237,17 @@ fn down_since(secs_ago: i64) -> Option<NodeDown> {
         node: "node-7".into(),
         since: now() - jiff::SignedDuration::from_secs(secs_ago),
         why: "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)".into(),
+        kubelet: Kubelet::Silent,
+    })
+}
+
+/// A node whose kubelet reports NotReady (its containers may still run).
+fn not_ready_since(secs_ago: i64) -> Option<NodeDown> {
+    Some(NodeDown {
+        node: "node-7".into(),
+        since: now() - jiff::SignedDuration::from_secs(secs_ago),
+        why: "Ready=False (KubeletNotReady: container runtime network not ready)".into(),
+        kubelet: Kubelet::Alive,
     })
 }
 
@@ -328,6 +340,89 @@ fn terminating_pods_on_a_node_down_past_the_toleration_are_force_deleted() {
     );
     pods[1].terminating = false;
     assert!(force_delete(&j, &pods, &["j-worker-1".into()], now()).is_empty());
+}
+
+#[test]
+fn a_not_ready_node_past_the_toleration_restarts_uncounted_and_never_force_deletes() {
+    let mut pods = gang(2, 0, PodPhase::Running);
+    pods[1].node_down = not_ready_since(100);
+    let mut j = job(2);
+    j.run.backoff_limit = 0;
+    assert!(matches!(
+        decide(&j, &pods, now()),
+        Decision::Step(Gang::Progress { .. })
+    ));
+    pods[1].node_down = not_ready_since(301);
+    match decide(&j, &pods, now()) {
+        Decision::Step(Gang::Restart {
+            reason,
+            message,
+            delete,
+            counted,
+        }) => {
+            assert_eq!(reason, "NodeNotReady");
+            assert!(!counted);
+            testing::says(
+                &message,
+                &[
+                    "node node-7 of worker j-worker-1",
+                    "NotReady for 301s",
+                    "(300s)",
+                    "container runtime network not ready",
+                    "grace period, never forced",
+                ],
+            );
+            assert_eq!(delete, names(&pods), "deleted with their grace period");
+            assert!(force_delete(&j, &pods, &delete, now()).is_empty());
+        }
+        d => panic!("{d:?}"),
+    }
+    // Attempt 1 waits for the old pods to go, however long the kubelet takes.
+    j.restarts = 1;
+    j.phase = JobPhase::Restarting;
+    for p in &mut pods {
+        p.terminating = true;
+    }
+    pods[1].node_down = not_ready_since(4000);
+    let d = decide(&j, &pods, now());
+    assert!(
+        matches!(&d, Decision::Step(Gang::Progress { create, .. }) if create.is_empty()),
+        "{d:?}"
+    );
+    assert!(force_delete(&j, &pods, &[], now()).is_empty());
+}
+
+#[test]
+fn an_out_of_service_node_restarts_at_once_and_force_deletes_its_pods() {
+    let mut pods = gang(2, 0, PodPhase::Running);
+    pods[1].node_down = Some(NodeDown {
+        node: "node-7".into(),
+        since: now(),
+        why: "taint node.kubernetes.io/out-of-service:NoExecute".into(),
+        kubelet: Kubelet::OutOfService,
+    });
+    let j = job(2);
+    match decide(&j, &pods, now()) {
+        Decision::Step(Gang::Restart {
+            reason,
+            message,
+            delete,
+            counted,
+        }) => {
+            assert_eq!(reason, "NodeUnreachable");
+            assert!(!counted);
+            testing::says(
+                &message,
+                &["node node-7 of worker j-worker-1 is out of service"],
+            );
+            assert_eq!(
+                force_delete(&j, &pods, &delete, now()),
+                vec!["j-worker-1".to_string()]
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    assert_eq!(next_toleration_end(&j, &pods, now()), None);
 }
 
 fn rule(action: &str, on: serde_json::Value) -> FailurePolicyRule {
