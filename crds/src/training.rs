@@ -113,6 +113,15 @@ pub struct JanusTrainingJobSpec {
     /// `action` says. Left out: no check. A job of one rank has no fabric to measure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fabric_check: Option<FabricCheckSpec>,
+    /// Seconds a rank waits for the others (the rendezvous, and each collective without
+    /// progress) before it gives up and exits 75, which restarts the gang (counted). A
+    /// stalled collective (a hung link, a stopped or wedged peer) so ends in this time
+    /// instead of never. Left out: the trainer's `distributed.timeout_seconds` (1800).
+    /// Keep it above the longest pause a healthy gang takes between two collectives (a
+    /// checkpoint, an evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = crate::contract::MAX_SECONDS))]
+    pub collective_timeout_seconds: Option<u64>,
 }
 
 /// The fabric check before training.
