@@ -286,25 +286,44 @@ section_with_overlay! {
     }
 }
 
-/// DPO's settings (read with `method: dpo`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct DpoSection {
-    /// beta: how strongly the policy is held to the reference (recipe: 0.1).
-    pub beta: f64,
-    /// TRL's loss names: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (rDPO).
-    pub loss_type: DpoLoss,
-    /// The probability that a pair's preference is flipped: conservative DPO with
-    /// `sigmoid`, rDPO's noise rate with `robust`; in [0, 0.5).
-    pub label_smoothing: f64,
-    /// `precompute`: one pass of the reference model over the data before the first
-    /// step, stored with the checkpoints (a resume never recomputes them); `model`: a
-    /// frozen copy kept in memory and run on every micro-batch (streamed data).
-    pub reference: DpoReference,
-    /// The reference model (an HF directory, path or URL); `null`: `model.path`, the
-    /// model training starts from.
-    pub reference_model: Option<PathBuf>,
+section_with_overlay! {
+    /// DPO's settings (read with `method: dpo`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct DpoSection;
+    /// DPO's settings.
+    pub struct DpoSpec;
+    {
+        /// beta: how strongly the policy is held to the reference (recipe: 0.1).
+        beta: f64
+            [
+                schemars(description = "How strongly the policy is held to the reference (recipe: 0.1). Must be > 0."),
+                x_kube(validation = Rule::new("self > 0.0").message("spec.dpo.beta must be > 0")),
+            ],
+        /// TRL's loss names: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (rDPO).
+        loss_type: DpoLoss
+            [schemars(description = "TRL's loss names: sigmoid (DPO), ipo, hinge, robust (rDPO).")],
+        /// The probability that a pair's preference is flipped: conservative DPO with
+        /// `sigmoid`, rDPO's noise rate with `robust`; in [0, 0.5).
+        label_smoothing: f64
+            [
+                schemars(description = "Probability that a pair's preference is flipped (conservative DPO with sigmoid,\nrDPO with robust), in [0, 0.5)."),
+                x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("spec.dpo.labelSmoothing must be in [0, 0.5)")),
+            ],
+        /// `precompute`: one pass of the reference model over the data before the first
+        /// step, stored with the checkpoints (a resume never recomputes them); `model`: a
+        /// frozen copy kept in memory and run on every micro-batch (streamed data).
+        reference: DpoReference
+            [schemars(description = "`precompute` (one pass before training, stored with the checkpoints) or `model`\n(a frozen copy in memory, for streamed data).")],
+        /// The reference model (an HF directory, path or URL); `null`: `model.path`, the
+        /// model training starts from.
+        reference_model: Option<PathBuf> as crate::url::StorageUrl
+            [
+                serde(rename = "referenceModelUrl"),
+                schemars(description = "The reference model; default: `spec.model.url`."),
+            ],
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,14 +348,20 @@ pub enum DpoReference {
     Model,
 }
 
-/// The reward model's settings (read with `method: reward`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct RewardSection {
-    /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
-    /// so rewards stay centred on 0; `null`: off.
-    pub center_rewards_coefficient: Option<f64>,
+section_with_overlay! {
+    /// The reward model's settings (read with `method: reward`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct RewardSection;
+    /// The reward model's settings.
+    pub struct RewardSpec;
+    {
+        /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
+        /// so rewards stay centred on 0; `null`: off.
+        center_rewards_coefficient: Option<f64>
+            [schemars(description = "TRL's center_rewards_coefficient (adds c * mean((r_chosen + r_rejected)^2)).", range(min = 0.0))],
+    }
 }
 
 /// How the optimizer keeps its state.
