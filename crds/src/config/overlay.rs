@@ -176,22 +176,26 @@ macro_rules! section_with_overlay {
 }
 
 /// An overlay field's value as the config field it sets.
+#[cfg(feature = "k8s")]
 pub trait ToSection<T> {
     fn to_section(&self) -> T;
 }
 
 /// A config field's value as the overlay field that would set it (the overlay's
 /// defaults).
+#[cfg(feature = "k8s")]
 pub trait FromSection<T> {
     fn from_section(v: &T) -> Self;
 }
 
+#[cfg(feature = "k8s")]
 impl<T: Clone> ToSection<T> for T {
     fn to_section(&self) -> T {
         self.clone()
     }
 }
 
+#[cfg(feature = "k8s")]
 impl<T: Clone> FromSection<T> for T {
     fn from_section(v: &T) -> Self {
         v.clone()
@@ -200,24 +204,28 @@ impl<T: Clone> FromSection<T> for T {
 
 // The CRDs' counts are 32-bit (`format: uint32`, bounded by their schema ranges); the
 // config's are `usize`.
+#[cfg(feature = "k8s")]
 impl ToSection<usize> for u32 {
     fn to_section(&self) -> usize {
         *self as usize
     }
 }
 
+#[cfg(feature = "k8s")]
 impl ToSection<Option<usize>> for Option<u32> {
     fn to_section(&self) -> Option<usize> {
         self.map(|v| v as usize)
     }
 }
 
+#[cfg(feature = "k8s")]
 impl FromSection<usize> for u32 {
     fn from_section(v: &usize) -> Self {
         u32::try_from(*v).unwrap_or(u32::MAX)
     }
 }
 
+#[cfg(feature = "k8s")]
 impl FromSection<Option<usize>> for Option<u32> {
     fn from_section(v: &Option<usize>) -> Self {
         v.map(|v| u32::try_from(v).unwrap_or(u32::MAX))

@@ -538,23 +538,59 @@ impl Hyperparameters {
     }
 }
 
+/// The first check that does not hold, as "`key` what it must be".
+fn first_failure<const N: usize>(
+    checks: [(bool, &str, String); N],
+) -> std::result::Result<(), String> {
+    match checks.into_iter().find(|(ok, _, _)| !ok) {
+        Some((_, key, msg)) => Err(format!("`{key}` {msg}")),
+        None => Ok(()),
+    }
+}
+
 impl TrainConfig {
     /// Check values that parse but cannot train. Messages name the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let h = &self.hyperparameters;
-        let checks: [(bool, &str, String); 14] = [
-            (
-                !self.job.is_empty()
-                    && self
-                        .job
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
-                "job",
-                format!(
-                    "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
-                    self.job
-                ),
+        if let Some(f) = &self.distributed.fabric_check {
+            f.validate()?;
+        }
+        let job = [(
+            !self.job.is_empty()
+                && self
+                    .job
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+            "job",
+            format!(
+                "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
+                self.job
             ),
+        )];
+        first_failure(job)?;
+        first_failure(self.hyperparameter_checks())?;
+        first_failure(self.data_and_distributed_checks())?;
+        self.validate_sources()?;
+        let h = &self.hyperparameters;
+        if let Some(r) = h.warmup_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!(
+                    "`hyperparameters.warmup_ratio` must be in [0, 1], found {r}"
+                ));
+            }
+        }
+        if self.method.uses_pairs() && self.data.packing {
+            return Err(format!(
+                "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
+                self.method.as_str()
+            ));
+        }
+        self.validate_method_sections()
+    }
+
+    /// `hyperparameters`' values, each (holds, key, what it must be).
+    fn hyperparameter_checks(&self) -> [(bool, &'static str, String); 9] {
+        let h = &self.hyperparameters;
+        [
             (
                 h.learning_rate > 0.0 && h.learning_rate.is_finite(),
                 "hyperparameters.learning_rate",
@@ -603,6 +639,12 @@ impl TrainConfig {
                 "hyperparameters.adam_epsilon/max_grad_norm/orpo_lambda",
                 "adam_epsilon must be > 0; max_grad_norm and orpo_lambda >= 0".into(),
             ),
+        ]
+    }
+
+    /// `data`'s and `distributed`'s values, each (holds, key, what it must be).
+    fn data_and_distributed_checks(&self) -> [(bool, &'static str, String); 4] {
+        [
             (
                 !self.data.train.is_empty(),
                 "data.train",
@@ -623,29 +665,11 @@ impl TrainConfig {
                 "distributed.bucket_mib/timeout_seconds",
                 "must both be >= 1".into(),
             ),
-        ];
-        if let Some(f) = &self.distributed.fabric_check {
-            f.validate()?;
-        }
-        for (ok, key, msg) in checks {
-            if !ok {
-                return Err(format!("`{key}` {msg}"));
-            }
-        }
-        self.validate_sources()?;
-        if let Some(r) = h.warmup_ratio {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(format!(
-                    "`hyperparameters.warmup_ratio` must be in [0, 1], found {r}"
-                ));
-            }
-        }
-        if self.method.uses_pairs() && self.data.packing {
-            return Err(format!(
-                "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
-                self.method.as_str()
-            ));
-        }
+        ]
+    }
+
+    /// The sections of the methods: `dpo` and `reward`.
+    fn validate_method_sections(&self) -> std::result::Result<(), String> {
         let d = &self.dpo;
         if !(d.beta > 0.0 && d.beta.is_finite()) {
             return Err(format!("`dpo.beta` must be > 0, found {}", d.beta));
