@@ -17,10 +17,10 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     c.job = job.name_any();
     spec.hyperparameters.apply_to(&mut c);
     if let Some(d) = &spec.dpo {
-        d.apply_to(&mut c);
+        d.apply_to(&mut c.dpo);
     }
     if let Some(r) = &spec.reward {
-        c.reward.center_rewards_coefficient = r.center_rewards_coefficient;
+        r.apply_to(&mut c.reward);
     }
     c.model.path = PathBuf::from(spec.model.url.as_str());
     c.model.tokenizer = spec
@@ -48,7 +48,7 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     if let Some(f) = spec.dataset.prompt_format {
         c.data.prompt_format = f;
     }
-    c.data.truncation = spec.dataset.truncation.to_trainer();
+    c.data.truncation = spec.dataset.truncation.into();
     c.data.min_response_tokens = spec.dataset.min_response_tokens as usize;
     c.data.skip_bad_records = spec.dataset.skip_bad_records;
     // `<url>/<namespace>/<name>`: same-name jobs of two namespaces keep apart, and the
