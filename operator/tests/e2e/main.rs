@@ -696,3 +696,80 @@ fn the_fabric_check_puts_the_gangs_bus_bandwidth_in_status_and_an_impossible_thr
     assert!(measured > 0.0 && measured < 1e6, "{}", j["status"]);
     w.kubectl(&["delete", "namespace", fail_ns, "--wait=false"]);
 }
+
+/// A stalled peer does not hang the job: with rank 1's trainer stopped (SIGSTOP, a
+/// wedged process whose pod still runs), rank 0's collective gets no progress for
+/// `spec.collectiveTimeoutSeconds`, it exits 75 naming the silent peer, and the
+/// operator restarts the gang, which resumes and finishes.
+#[test]
+fn a_stalled_rank_ends_its_collective_at_the_deadline_and_the_gang_restarts() {
+    let w = World::get();
+    let (ns, name) = ("e2e-stall", "sft");
+    const DEADLINE: u64 = 20;
+    let yaml = job_yaml(w, ns, name, &w.s3_url("data/sft.jsonl"));
+    let policy = "  runPolicy: {backoffLimit: 2}\n";
+    assert!(yaml.contains(policy));
+    w.kubectl_apply(&yaml.replace(
+        policy,
+        &format!("{policy}  collectiveTimeoutSeconds: {DEADLINE}\n"),
+    ));
+    wait_phase(w, ns, name, "Running", Duration::from_secs(180));
+    let cm = w.json(&["-n", ns, "get", "configmap", &format!("{name}-config")]);
+    let rendered = cm["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l.trim() == format!("timeout_seconds: {DEADLINE}")),
+        "{rendered}"
+    );
+    wait_until("a checkpoint in S3", Duration::from_secs(180), || {
+        latest_checkpoint_step(w, ns, name).filter(|s| *s >= CHECKPOINT_EVERY)
+    });
+    let total = job(w, ns, name)["status"]["progress"]["totalSteps"]
+        .as_u64()
+        .unwrap();
+    let rank1 = format!("{name}-worker-1");
+    let pids = w.trainer_pids(ns, &rank1);
+    assert_eq!(pids.len(), 1, "one janus process in {rank1}: {pids:?}");
+    fixture::run(
+        std::process::Command::new("kill").args(["-STOP", &pids[0].to_string()]),
+        "kill -STOP rank 1",
+    );
+    let stopped = Instant::now();
+    let at = latest_checkpoint_step(w, ns, name).unwrap();
+    assert!(at < total, "the job finished before the stall");
+
+    // Rank 0 gives up at the deadline (plus its step in flight), not never.
+    let j = wait_until(
+        "restarts 1 after the stall",
+        Duration::from_secs(DEADLINE + 120),
+        || {
+            let j = job(w, ns, name);
+            (j["status"]["restarts"] == 1).then_some(j)
+        },
+    );
+    let detected = stopped.elapsed().as_secs_f64();
+    let restarting = condition(&j, "Restarting")
+        .unwrap_or_else(|| panic!("no Restarting condition: {}", j["status"]));
+    let msg = restarting["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("{name}-worker-0"))
+            && msg.contains("75")
+            && msg.contains("stopped answering"),
+        "{msg}"
+    );
+    assert!(
+        detected >= DEADLINE as f64,
+        "restarted {detected:.0}s after the stall, before the {DEADLINE}s deadline"
+    );
+
+    // The stopped process dies with its pod (SIGKILL after the grace period); the new
+    // gang resumes and the job succeeds.
+    let j = wait_phase(w, ns, name, "Succeeded", Duration::from_secs(600));
+    assert_eq!(j["status"]["restarts"], 1, "{}", j["status"]);
+    eprintln!(
+        "stalled rank on the real node: the gang restarted {detected:.0}s after SIGSTOP \
+         (deadline {DEADLINE}s), the job succeeded"
+    );
+    w.kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
