@@ -290,8 +290,19 @@ fn invalid_config(job: &JanusEvalJob, gates: &Gates, d: &Decision) -> Option<Dec
         return None;
     }
     match super::config_render::eval_config(job, &gates.resolved) {
-        Err(e @ Error::EvalConfig { .. }) => Some(Decision::Fail {
-            reason: reason::INVALID_CONFIG,
+        Err(e @ Error::EvalConfig { .. }) => {
+            return Some(Decision::Fail {
+                reason: reason::INVALID_CONFIG,
+                message: e.to_string(),
+                delete: vec![],
+            })
+        }
+        _ => {}
+    }
+    // A template that does not merge into a pod fails the job, as a training job's.
+    match children::generation_pod(job, 0, 0).and_then(|_| children::judge_pod(job, 0)) {
+        Err(e @ Error::TemplateOverride { .. }) => Some(Decision::Fail {
+            reason: reason::INVALID_POD_TEMPLATE,
             message: e.to_string(),
             delete: vec![],
         }),
