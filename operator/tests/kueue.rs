@@ -25,6 +25,9 @@ use serde_json::json;
 use support::*;
 
 const T: Duration = Duration::from_secs(90);
+/// Kueue's `waitForPodsReady.timeout` in these tests: longer than a kwok gang takes to
+/// start on a loaded machine, short enough to wait out.
+const PODS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Kueue's build: `$JANUS_KUEUE` (the Makefile's), else build-kueue.sh's (cached).
 fn kueue_dir() -> PathBuf {
@@ -116,6 +119,15 @@ leaderElection:
 internalCertManagement:
   enable: false
 manageJobsWithoutQueueName: false
+# As a platform runs gangs: an admitted Workload whose PodsReady is not True within
+# the timeout is evicted and requeued (backoff 1 s, 2 s, ...: short for the test).
+waitForPodsReady:
+  timeout: {pods_ready_timeout}s
+  blockAdmission: false
+  requeuingStrategy:
+    timestamp: Eviction
+    backoffBaseSeconds: 1
+    backoffMaxSeconds: 4
 integrations:
   frameworks: ["batch/job"]
   externalFrameworks: ["{external}"]
@@ -125,6 +137,7 @@ featureGates:
                 webhook = free_port(),
                 certs = certs.display(),
                 external = janus_operator::training::kueue::EXTERNAL_FRAMEWORK,
+                pods_ready_timeout = PODS_READY_TIMEOUT.as_secs(),
             ),
         )
         .unwrap();
@@ -411,4 +424,309 @@ async fn an_evicted_job_stops_its_gang_and_runs_again_when_readmitted() {
     wait_admitted_reason(&c, &ns, "evicted", "Admitted").await;
     wait_phase(&c, &ns, "evicted", "Running", T).await;
     wait_gang_running(&c, &ns, "evicted", 2, 0).await;
+}
+
+fn wl_condition(wl: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    wl.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (f("status"), f("reason"), f("message"))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_for_pods_ready_a_started_gang_stays_and_one_that_never_starts_is_evicted_and_requeued(
+) {
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-ready").await;
+    queues(&c, &ns, 4).await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+
+    // A gang that starts: PodsReady=True (Started) on its Workload, and it outlives
+    // Kueue's timeout without an eviction.
+    queued_job(&c, &ns, "starts").await;
+    wait_phase(&c, &ns, "starts", "Running", T).await;
+    let gang = wait_gang_running(&c, &ns, "starts", 2, 0).await;
+    wait_for("PodsReady=True on the started Workload", T, || async {
+        let wl = workload(&c, &ns, "starts").await?;
+        (wl_condition(&wl, "PodsReady")? .0 == "True").then_some(())
+    })
+    .await;
+    let wl = workload(&c, &ns, "starts").await.unwrap();
+    assert_eq!(wl_condition(&wl, "PodsReady").unwrap().1, "Started");
+
+    // A gang that never starts (its node selector matches no node): evicted once the
+    // timeout passes, its pods deleted, then requeued and admitted again by Kueue.
+    let mut spec = job_spec(2);
+    spec.workers.tolerations = None;
+    spec.workers.node_selector = Some([("janus.dev/test".to_string(), "nowhere".to_string())].into());
+    let mut job = JanusTrainingJob::new("never", spec);
+    job.metadata.labels =
+        Some([("kueue.x-k8s.io/queue-name".to_string(), "lq".to_string())].into());
+    Api::<JanusTrainingJob>::namespaced(c.clone(), &ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    wait_admitted_reason(&c, &ns, "never", "Admitted").await;
+    let wl = workload(&c, &ns, "never").await.unwrap();
+    assert_eq!(
+        wl_condition(&wl, "PodsReady").map(|c| (c.0, c.1)),
+        Some(("False".into(), "WaitForStart".into()))
+    );
+    let long = PODS_READY_TIMEOUT + T;
+    let j = wait_for("the stuck job evicted for PodsReadyTimeout", long, || async {
+        let j = get_job(&c, &ns, "never").await?;
+        let (_, reason, message) = admitted(&j)?;
+        (reason == "Evicted" && message.contains("PodsReadyTimeout")).then_some(j)
+    })
+    .await;
+    assert_eq!(j.status.unwrap().restarts, 0, "an eviction is not a failure");
+    wait_for("the stuck gang deleted", T, || async {
+        pods(&c, &ns, "never").await.is_empty().then_some(())
+    })
+    .await;
+    // Kueue requeues it after its backoff (requeueState counts the evictions) and
+    // admits it again: its pods come back.
+    wait_for("the stuck job requeued and readmitted", long, || async {
+        let wl = workload(&c, &ns, "never").await?;
+        let count = wl.data["status"]["requeueState"]["count"].as_i64()?;
+        let j = get_job(&c, &ns, "never").await?;
+        (count >= 1 && admitted(&j)?.1 == "Admitted" && !pods(&c, &ns, "never").await.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    // All along, the gang that started was never evicted.
+    let wl = workload(&c, &ns, "starts").await.unwrap();
+    assert_ne!(
+        wl_condition(&wl, "Evicted").map(|c| c.0),
+        Some("True".into()),
+        "the started gang was evicted"
+    );
+    let now: Vec<String> = pods(&c, &ns, "starts").await.iter().map(|p| p.uid().unwrap()).collect();
+    let before: Vec<String> = gang.iter().map(|p| p.uid().unwrap()).collect();
+    assert_eq!(now, before, "the started gang's pods are the same pods");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_checks_pod_set_updates_are_on_the_pods() {
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-check").await;
+    // An admission check whose controller is this test: the check is Active, and the
+    // test marks the Workload's check Ready with podSetUpdates, as a provisioning
+    // controller would.
+    let check = format!("{ns}-check");
+    create(
+        &c,
+        None,
+        "AdmissionCheck",
+        "admissionchecks",
+        json!({
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "AdmissionCheck",
+            "metadata": {"name": check},
+            "spec": {"controllerName": "janus.dev/test-check"}
+        }),
+    )
+    .await;
+    let checks: Api<DynamicObject> = Api::all_with(c.clone(), &ar("AdmissionCheck", "admissionchecks"));
+    checks
+        .patch_status(
+            &check,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{
+                "type": "Active", "status": "True", "reason": "Active", "message": "the test",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }]}})),
+        )
+        .await
+        .unwrap();
+    queues(&c, &ns, 2).await;
+    let cqs: Api<DynamicObject> = Api::all_with(c.clone(), &ar("ClusterQueue", "clusterqueues"));
+    cqs.patch(
+        &format!("{ns}-cq"),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"admissionChecksStrategy": {"admissionChecks": [{"name": check}]}}})),
+    )
+    .await
+    .unwrap();
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    queued_job(&c, &ns, "checked").await;
+
+    // Quota reserved, the check pending: no pods yet.
+    let wls: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns, &ar("Workload", "workloads"));
+    let name = "janustrainingjob-checked";
+    wait_for("the check pending on the Workload", T, || async {
+        let wl = wls.get(name).await.ok()?;
+        let states = wl.data["status"]["admissionChecks"].as_array()?;
+        states.iter().any(|s| s["name"] == check.as_str()).then_some(())
+    })
+    .await;
+    assert!(pods(&c, &ns, "checked").await.is_empty(), "no pods before the check");
+    wls.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"admissionChecks": [{
+            "name": check, "state": "Ready", "message": "capacity reserved",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "podSetUpdates": [{
+                "name": "workers",
+                "labels": {"capacity": "reserved"},
+                "annotations": {"janus.dev/test-request": "r-1"},
+                "nodeSelector": {"kwok-pool": "a"},
+                "tolerations": [{"key": "reserved", "operator": "Exists", "effect": "NoSchedule"}]
+            }]
+        }]}})),
+    )
+    .await
+    .unwrap();
+    wait_admitted_reason(&c, &ns, "checked", "Admitted").await;
+    let ps = wait_for("the checked job's pods", T, || async {
+        let ps = pods(&c, &ns, "checked").await;
+        (ps.len() == 2).then_some(ps)
+    })
+    .await;
+    for p in &ps {
+        assert_eq!(p.labels()["capacity"], "reserved", "{}", p.name_any());
+        assert_eq!(p.annotations()["janus.dev/test-request"], "r-1");
+        let spec = p.spec.as_ref().unwrap();
+        let sel = spec.node_selector.as_ref().unwrap();
+        assert_eq!(sel["kwok-pool"], "a");
+        assert_eq!(sel["type"], "kwok", "the flavor's labels stay");
+        assert!(spec
+            .tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("reserved")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_job_preempts_a_running_low_priority_one_which_resumes_after_it() {
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-prio").await;
+    for (name, value) in [("low", 100), ("high", 1000)] {
+        create(
+            &c,
+            None,
+            "WorkloadPriorityClass",
+            "workloadpriorityclasses",
+            json!({
+                "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+                "metadata": {"name": format!("{ns}-{name}")},
+                "value": value
+            }),
+        )
+        .await;
+    }
+    queues(&c, &ns, 2).await;
+    let cqs: Api<DynamicObject> = Api::all_with(c.clone(), &ar("ClusterQueue", "clusterqueues"));
+    cqs.patch(
+        &format!("{ns}-cq"),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"preemption": {"withinClusterQueue": "LowerPriority"}}})),
+    )
+    .await
+    .unwrap();
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let jobs = Api::<JanusTrainingJob>::namespaced(c.clone(), &ns);
+    let prio_job = |name: &str, class: &str| {
+        let mut spec = job_spec(2);
+        spec.workers.tolerations = None;
+        let mut job = JanusTrainingJob::new(name, spec);
+        job.metadata.labels = Some(
+            [
+                ("kueue.x-k8s.io/queue-name".to_string(), "lq".to_string()),
+                ("kueue.x-k8s.io/priority-class".to_string(), format!("{ns}-{class}")),
+            ]
+            .into(),
+        );
+        job
+    };
+
+    jobs.create(&PostParams::default(), &prio_job("low", "low")).await.unwrap();
+    wait_phase(&c, &ns, "low", "Running", T).await;
+    wait_gang_running(&c, &ns, "low", 2, 0).await;
+    let wl = workload(&c, &ns, "low").await.unwrap();
+    assert_eq!(wl.data["spec"]["priority"], 100);
+    assert_eq!(
+        wl.data["spec"]["priorityClassRef"],
+        json!({"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": format!("{ns}-low")})
+    );
+
+    // The high-priority job takes the quota: the low one is evicted (Preempted), its
+    // gang deleted (each trainer gets SIGTERM and its grace period to save), not counted.
+    jobs.create(&PostParams::default(), &prio_job("high", "high")).await.unwrap();
+    let j = wait_for("the low job preempted", T, || async {
+        let j = get_job(&c, &ns, "low").await?;
+        let (_, reason, message) = admitted(&j)?;
+        (reason == "Evicted" && message.contains("Preempted")).then_some(j)
+    })
+    .await;
+    assert_eq!(j.status.unwrap().restarts, 0, "a preemption is not a failure");
+    wait_for("the low gang deleted", T, || async {
+        pods(&c, &ns, "low").await.is_empty().then_some(())
+    })
+    .await;
+    wait_phase(&c, &ns, "low", "Suspended", T).await;
+    let wl = workload(&c, &ns, "high").await.unwrap();
+    assert_eq!(wl.data["spec"]["priority"], 1000);
+    wait_phase(&c, &ns, "high", "Running", T).await;
+    let high = wait_gang_running(&c, &ns, "high", 2, 0).await;
+    // Requeued at once after a preemption, as Kueue's own reconciler does.
+    wait_for("the low Workload requeued", T, || async {
+        let wl = workload(&c, &ns, "low").await?;
+        (wl_condition(&wl, "Requeued")?.0 == "True").then_some(())
+    })
+    .await;
+
+    // The high job finishes: the low one is admitted again and resumes (same attempt:
+    // the trainer resumes from the checkpoint it saved on SIGTERM).
+    for p in &high {
+        finish_pod(&c, &ns, &p.name_any(), 0).await;
+    }
+    wait_phase(&c, &ns, "high", "Succeeded", T).await;
+    let j = wait_phase(&c, &ns, "low", "Running", T).await;
+    assert_eq!(admitted(&j).unwrap().1, "Admitted");
+    assert_eq!(j.status.unwrap().restarts, 0);
+    wait_gang_running(&c, &ns, "low", 2, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_while_waiting_for_admission_rewrites_the_workload() {
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-refresh").await;
+    queues(&c, &ns, 2).await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    queued_job(&c, &ns, "first").await;
+    wait_phase(&c, &ns, "first", "Running", T).await;
+    queued_job(&c, &ns, "second").await;
+    wait_admitted_reason(&c, &ns, "second", "WaitingForAdmission").await;
+    let cpu = |wl: &DynamicObject| {
+        wl.data["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+            .as_str()
+            .map(String::from)
+    };
+    assert_eq!(cpu(&workload(&c, &ns, "second").await.unwrap()), None);
+    Api::<JanusTrainingJob>::namespaced(c.clone(), &ns)
+        .patch(
+            "second",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"workers": {"resources": {"requests": {"cpu": "3"}}}}})),
+        )
+        .await
+        .unwrap();
+    // Kueue sees what the pods will request once admitted.
+    wait_for("the Workload's pod set with the new request", T, || async {
+        let wl = workload(&c, &ns, "second").await?;
+        (cpu(&wl)? == "3").then_some(())
+    })
+    .await;
 }
