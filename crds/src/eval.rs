@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -226,6 +228,13 @@ pub struct EvalWorkerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
     pub image_pull_policy: Option<String>,
+    /// Secrets in the job's namespace to pull the image with (Kubernetes'
+    /// `imagePullSecrets`), set on every pod of the job and on its ServiceAccount (the
+    /// pods run as that per-job account, so the namespace `default` account's pull
+    /// secrets are not inherited: name them here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// GPUs per generation pod (`nvidia.com/gpu`); 0 generates on CPU.
     #[serde(default = "default_gpus")]
     #[schemars(range(min = 0, max = 64))]
@@ -246,6 +255,17 @@ pub struct EvalWorkerSpec {
     /// PriorityClass of every pod of the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// A partial PodTemplateSpec merged over every pod of the job, as a training job's
+    /// `spec.workers.template`: maps merge, lists of named items (containers, env,
+    /// volumes, volumeMounts) merge by `name` (the generated containers are named
+    /// `generate`, and `judge` and `score` in the judge pod), anything else replaces.
+    /// It may not set `serviceAccountName` or `automountServiceAccountToken`: the pods
+    /// run as the job's own ServiceAccount without an API token; the operator knows
+    /// them by that account when they report progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::pods::pod_template_schema")]
+    #[x_kube(validation = Rule::new("!has(self.spec) || (!has(self.spec.serviceAccountName) && !has(self.spec.serviceAccount) && !has(self.spec.automountServiceAccountToken))").message("spec.worker.template may not set serviceAccountName or automountServiceAccountToken: the pods run as the job's own ServiceAccount"))]
+    pub template: Option<serde_json::Value>,
 }
 
 fn default_replicas() -> i32 {
@@ -424,6 +444,8 @@ pub mod reason {
     /// The spec renders into an eval config that `janus eval` refuses (the message
     /// names the key).
     pub const INVALID_CONFIG: &str = "InvalidConfig";
+    /// `spec.worker.template` cannot be merged into a valid pod.
+    pub const INVALID_POD_TEMPLATE: &str = "InvalidPodTemplate";
 }
 
 /// Observed state of a `JanusEvalJob`.

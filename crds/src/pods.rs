@@ -70,3 +70,32 @@ pub mod reason {
 pub fn default_unreachable_node_toleration() -> i64 {
     300
 }
+
+/// Schema of a pod template override (`spec.workers.template` of a training job,
+/// `spec.worker.template` of an evaluation: one shape, merged by one function of the
+/// operator). The fields the kinds' CEL rules read are declared (CEL cannot select
+/// undeclared fields of an open object); everything else is kept as given.
+pub fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "description": "A partial PodTemplateSpec merged over the generated pod.",
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "description": "Labels and annotations merged into each pod's metadata."
+            },
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "description": "A partial PodSpec merged over the generated one (containers, env, volumes and volumeMounts merge by name).",
+                "properties": {
+                    "serviceAccountName": {"type": "string", "description": "Refused: the pods run as the job's own ServiceAccount."},
+                    "serviceAccount": {"type": "string", "description": "Refused (the deprecated name of serviceAccountName)."},
+                    "automountServiceAccountToken": {"type": "boolean", "description": "Refused: the pods get no API token."}
+                }
+            }
+        }
+    })
+}

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -423,6 +425,13 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
     pub image_pull_policy: Option<String>,
+    /// Secrets in the job's namespace to pull the image with (Kubernetes'
+    /// `imagePullSecrets`), set on every worker pod and on the job's ServiceAccount.
+    /// Workers run as that per-job account, so the namespace `default` account's pull
+    /// secrets are not inherited: name them here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// CPU / memory requests and limits of the trainer container (the GPU count comes
     /// from `gpusPerWorker`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -450,6 +459,12 @@ pub struct WorkersSpec {
     /// a 7B model is about 15 GB). None: no limit beyond the node's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch_size_limit: Option<Quantity>,
+    /// Size limit of `/dev/shm`, a memory-backed `emptyDir` (NCCL's shared-memory
+    /// transport between the ranks of a pod lives there; a container runtime's own
+    /// `/dev/shm` is 64 MiB). What is used counts against the pod's memory. Left out:
+    /// 1Gi per GPU (`gpusPerWorker`, at least 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size_limit: Option<Quantity>,
     /// RDMA devices per worker (an extended resource of the cluster's device plugin)
     /// and the `IPC_LOCK` capability, for NCCL over InfiniBand or RoCE. `IPC_LOCK` is
     /// in neither the `restricted` nor the `baseline` Pod Security Standard: the job's
@@ -474,7 +489,7 @@ pub struct WorkersSpec {
     /// as the job's own ServiceAccount without an API token; the operator knows rank 0
     /// by that account when it reports progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_object")]
+    #[schemars(schema_with = "crate::pods::pod_template_schema")]
     #[x_kube(validation = Rule::new("!has(self.spec) || (!has(self.spec.serviceAccountName) && !has(self.spec.serviceAccount) && !has(self.spec.automountServiceAccountToken))").message("spec.workers.template may not set serviceAccountName or automountServiceAccountToken: worker pods run as the job's own ServiceAccount"))]
     pub template: Option<serde_json::Value>,
 }
@@ -487,33 +502,6 @@ fn default_gpus() -> i32 {
 }
 fn default_master_port() -> i32 {
     crate::contract::defaults::MASTER_PORT
-}
-
-fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    // The fields the CEL rule reads are declared (CEL cannot select undeclared fields
-    // of an open object); everything else is kept as given.
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true,
-        "description": "A partial PodTemplateSpec merged over the generated pod.",
-        "properties": {
-            "metadata": {
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": true,
-                "description": "Labels and annotations merged into each worker pod's metadata."
-            },
-            "spec": {
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": true,
-                "description": "A partial PodSpec merged over the generated one (containers, env, volumes and volumeMounts merge by name).",
-                "properties": {
-                    "serviceAccountName": {"type": "string", "description": "Refused: workers run as the job's own ServiceAccount."},
-                    "serviceAccount": {"type": "string", "description": "Refused (the deprecated name of serviceAccountName)."},
-                    "automountServiceAccountToken": {"type": "boolean", "description": "Refused: workers get no API token."}
-                }
-            }
-        }
-    })
 }
 
 /// Checkpointing.

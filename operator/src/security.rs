@@ -1,8 +1,12 @@
 //! Every pod the operator creates passes the `restricted` Pod Security Standard, so a
 //! namespace labelled `pod-security.kubernetes.io/enforce: restricted` admits it: no root,
-//! the runtime's default seccomp profile, no capabilities, no privilege escalation. The
-//! images run as uid 1000 (images/trainer.Dockerfile); a template override may still
-//! loosen this where a namespace allows it. One exception is asked for in the spec: a
+//! the runtime's default seccomp profile, no capabilities, no privilege escalation.
+//! Beyond that level, as manifest scanners ask of a batch pod: a read-only root
+//! filesystem (the trainer writes only to its scratch volume, `/dev/shm`, the
+//! termination log and object storage; [`scratch_env`] points HOME, TMPDIR and caches
+//! at the scratch volume) and a high uid/gid ([`POD_UID`], whatever user the image
+//! names), the volumes group-owned by it. A template override may still loosen this
+//! where a namespace allows it. One exception is asked for in the spec: a
 //! training job with `spec.workers.rdma` adds `IPC_LOCK` ([`IPC_LOCK`]), which only the
 //! `privileged` level admits.
 
@@ -19,11 +23,23 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 /// container layer and is counted against the pod's ephemeral storage.
 pub const SCRATCH_PATH: &str = "/tmp";
 const SCRATCH_VOLUME: &str = "scratch";
+const SHM_VOLUME: &str = "dshm";
 const REPORT_TOKEN_VOLUME: &str = "janus-report-token";
+
+/// The uid, gid and fsGroup of every pod: above the ranges of the node's own users
+/// (scanners flag uids under 10000, which may collide with a host user's), and the
+/// conventional "nonroot" id of distroless images.
+pub const POD_UID: i64 = 65532;
 
 pub fn pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
+        run_as_user: Some(POD_UID),
+        run_as_group: Some(POD_UID),
+        fs_group: Some(POD_UID),
+        // A volume a template mounts (a dataset PVC) is chowned only when its top
+        // directory is not the group's yet, not file by file at every start.
+        fs_group_change_policy: Some("OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..Default::default()
@@ -40,10 +56,52 @@ pub fn container_security_context() -> SecurityContext {
             ..Default::default()
         }),
         run_as_non_root: Some(true),
+        run_as_user: Some(POD_UID),
+        run_as_group: Some(POD_UID),
+        read_only_root_filesystem: Some(true),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The environment that keeps every write of `janus` (and of the libraries it loads:
+/// libtorch's and CUDA's caches, NCCL's debug files) on the scratch volume under a
+/// read-only root filesystem, whatever the image sets: HOME, TMPDIR and the XDG cache.
+pub fn scratch_env() -> Vec<EnvVar> {
+    [
+        ("HOME", SCRATCH_PATH.to_string()),
+        ("TMPDIR", SCRATCH_PATH.to_string()),
+        ("XDG_CACHE_HOME", format!("{SCRATCH_PATH}/.cache")),
+    ]
+    .into_iter()
+    .map(|(name, value)| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// `/dev/shm` of a pod: a memory-backed `emptyDir` of at most `size` (NCCL's
+/// shared-memory transport), mounted by [`shm_mount`].
+pub fn shm_volume(size: Quantity) -> Volume {
+    Volume {
+        name: SHM_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(size),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn shm_mount() -> VolumeMount {
+    VolumeMount {
+        name: SHM_VOLUME.into(),
+        mount_path: "/dev/shm".into(),
         ..Default::default()
     }
 }

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use janus_crds::defaults;
 use janus_crds::training::SecretRef;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    ResourceRequirements, SecretEnvSource, ServiceAccount, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource, LocalObjectReference,
+    ObjectFieldSelector, ResourceRequirements, SecretEnvSource, ServiceAccount, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -63,12 +64,24 @@ pub fn config_map<K: Kind>(job: &K, name: String, rendered: String) -> Result<Co
 }
 
 /// ServiceAccount `name` of `job`: its pods' identity when they report progress; it
-/// holds no permission.
-pub fn service_account<K: Kind>(job: &K, name: String) -> Result<ServiceAccount> {
+/// holds no permission. It carries the job's image pull secrets too, as a namespace's
+/// `default` account carries the namespace's, for whatever reads them from the account.
+pub fn service_account<K: Kind>(
+    job: &K,
+    name: String,
+    image_pull_secrets: &[LocalObjectReference],
+) -> Result<ServiceAccount> {
     Ok(ServiceAccount {
         metadata: child_meta(job, name)?,
+        image_pull_secrets: pull_secrets(image_pull_secrets),
         ..Default::default()
     })
+}
+
+/// A job's image pull secrets as a pod's or an account's `imagePullSecrets` (None when
+/// there are none, so the field stays unset).
+pub fn pull_secrets(secrets: &[LocalObjectReference]) -> Option<Vec<LocalObjectReference>> {
+    (!secrets.is_empty()).then(|| secrets.to_vec())
 }
 
 /// A plain environment variable.

@@ -13,6 +13,7 @@
 //! | [`children`] | child metadata with owner references, and the pod spec pieces every kind shares |
 //! | [`lifecycle`] | finished / TTL, clean-up, suspend and resume, deadline, foreign pods |
 //! | [`pods`], [`nodes`] | what decisions know of a pod and its node |
+//! | [`template`] | a kind's pod template override merged over its generated pods, the contract kept |
 //! | [`stuck`] | refused creates, pods that cannot be scheduled or started, scheduling timeouts, unreachable nodes |
 
 pub mod apply;
@@ -26,6 +27,7 @@ pub mod nodes;
 pub mod pods;
 pub mod run;
 pub mod stuck;
+pub mod template;
 
 #[cfg(test)]
 pub mod fixtures;

@@ -20,7 +20,8 @@ use super::gates::Resolved;
 use super::stage::Slot;
 use crate::controller::children::{self as layer, *};
 pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
-use crate::error::Result;
+use crate::controller::template::apply_template_override;
+use crate::error::{Error, Result};
 use crate::security;
 /// Container of a generation pod (`janus eval generate`).
 pub const GENERATE_CONTAINER: &str = "generate";
@@ -68,18 +69,24 @@ pub fn config_map(job: &JanusEvalJob, resolved: &Resolved) -> Result<ConfigMap> 
 }
 
 pub fn service_account(job: &JanusEvalJob) -> Result<ServiceAccount> {
-    layer::service_account(job, rbac_name(&job.name_any()))
+    layer::service_account(
+        job,
+        rbac_name(&job.name_any()),
+        &job.spec.worker.image_pull_secrets,
+    )
 }
 
 /// Environment of every container: the job, the attempt, the config, the pod itself.
 fn common_env(job: &JanusEvalJob, attempt: i32) -> Vec<EnvVar> {
-    vec![
+    let mut vars = vec![
         plain(env::JOB, job.name_any()),
         plain(env::ATTEMPT, attempt.to_string()),
         plain(env::CONFIG, defaults::CONFIG_PATH.to_string()),
         field(env::POD_NAME, "metadata.name"),
         field(env::POD_NAMESPACE, "metadata.namespace"),
-    ]
+    ];
+    vars.extend(security::scratch_env());
+    vars
 }
 
 /// A `janus eval <stage>` container reading the mounted config.
@@ -125,9 +132,10 @@ fn pod(
         Slot::Judge => (STAGE_JUDGE, job.spec.judge.node_selector.clone(), None),
     };
     pod_labels.insert(labels::STAGE.into(), stage.into());
-    let mut spec = PodSpec {
+    let spec = PodSpec {
         restart_policy: Some("Never".into()),
         service_account_name: Some(rbac_name(&name)),
+        image_pull_secrets: pull_secrets(&w.image_pull_secrets),
         priority_class_name: w.priority_class_name.clone(),
         node_selector,
         affinity,
@@ -141,8 +149,7 @@ fn pod(
         ]),
         ..Default::default()
     };
-    security::report_identity(&mut spec, None);
-    Ok(Pod {
+    let pod = Pod {
         metadata: ObjectMeta {
             name: Some(slot.pod_name(&name)),
             namespace: Some(namespace(job)?),
@@ -152,7 +159,40 @@ fn pod(
         },
         spec: Some(spec),
         status: None,
-    })
+    };
+    let mut pod = match &w.template {
+        None => pod,
+        Some(over) => apply_template_override(pod, &for_stage(over, stage))
+            .map_err(|message| Error::TemplateOverride { job: name, message })?,
+    };
+    // After the override, which may not undo it.
+    if let Some(spec) = pod.spec.as_mut() {
+        security::report_identity(spec, None);
+    }
+    Ok(pod)
+}
+
+/// The template override as it applies to a pod of `stage`: one template serves every
+/// pod of the job, so its entries for the other stage's containers (`generate` in a
+/// judge pod, `judge` and `score` in a generation pod) are left out rather than added
+/// as containers; any other name is a sidecar of every pod.
+fn for_stage(over: &serde_json::Value, stage: &str) -> serde_json::Value {
+    let others: &[&str] = if stage == STAGE_GENERATE {
+        &[JUDGE_CONTAINER, SCORE_CONTAINER]
+    } else {
+        &[GENERATE_CONTAINER]
+    };
+    let mut over = over.clone();
+    for list in ["containers", "initContainers"] {
+        if let Some(serde_json::Value::Array(items)) = over.pointer_mut(&format!("/spec/{list}")) {
+            items.retain(|c| {
+                !c.get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|n| others.contains(&n))
+            });
+        }
+    }
+    over
 }
 
 /// Generation pod `J-generate-<shard>`: shard `shard` of `replicas`, `janus eval generate`.
@@ -314,6 +354,70 @@ mod tests {
         assert_eq!(spec.containers[0].command.as_ref().unwrap()[2], "score");
         assert!(spec.containers[0].resources.is_none(), "no GPUs");
         assert!(!env_of(&spec.containers[0]).contains_key("JANUS_JUDGE_API_KEY"));
+    }
+
+    #[test]
+    fn a_template_pull_secrets_and_a_read_only_root_reach_every_pod_of_the_evaluation() {
+        let mut job = representative_job();
+        job.spec.worker.image_pull_secrets =
+            serde_json::from_value(serde_json::json!([{"name": "registry"}])).unwrap();
+        job.spec.worker.template = Some(serde_json::json!({
+            "metadata": {"labels": {"team": "eval", "janus.dev/stage": "x"}, "annotations": {"a": "b"}},
+            "spec": {
+                "restartPolicy": "Always",
+                "nodeSelector": {"pool": "eval"},
+                "containers": [{"name": "generate", "env": [{"name": "RUST_LOG", "value": "debug"}]},
+                               {"name": "score", "env": [{"name": "RUST_LOG", "value": "info"}]}]
+            }
+        }));
+        for pod in [
+            generation_pod(&job, 1, 0).unwrap(),
+            judge_pod(&job, 0).unwrap(),
+        ] {
+            let l = pod.labels();
+            assert_eq!(l["team"], "eval");
+            assert_ne!(l["janus.dev/stage"], "x", "the contract's labels stay");
+            assert_eq!(pod.annotations()["a"], "b");
+            let spec = pod.spec.as_ref().unwrap();
+            assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+            assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "eval");
+            assert_eq!(
+                spec.image_pull_secrets.as_ref().unwrap()[0].name,
+                "registry"
+            );
+            assert_eq!(spec.automount_service_account_token, Some(false));
+            let psc = spec.security_context.as_ref().unwrap();
+            assert_eq!((psc.run_as_user, psc.fs_group), (Some(65532), Some(65532)));
+            let ours = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten());
+            for c in ours {
+                let sc = c.security_context.as_ref().unwrap();
+                assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+                assert_eq!(env_of(c)["HOME"], "/tmp", "{}", c.name);
+                // The report token is mounted after the override.
+                assert!(c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == "janus-report-token"));
+            }
+        }
+        let gen = generation_pod(&job, 1, 0).unwrap().spec.unwrap();
+        assert_eq!(env_of(&gen.containers[0])["RUST_LOG"], "debug");
+        assert_eq!(
+            gen.containers.len(),
+            1,
+            "no score container in a generation pod"
+        );
+        let judge = judge_pod(&job, 0).unwrap().spec.unwrap();
+        assert_eq!(env_of(&judge.containers[0])["RUST_LOG"], "info");
+        let sa = service_account(&job).unwrap();
+        assert_eq!(sa.image_pull_secrets.unwrap()[0].name, "registry");
+        job.spec.worker.template = Some(serde_json::json!({"spec": {"containers": "x"}}));
+        let e = generation_pod(&job, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("template override"), "{e}");
     }
 
     #[test]

@@ -289,9 +289,19 @@ fn invalid_config(job: &JanusEvalJob, gates: &Gates, d: &Decision) -> Option<Dec
     if !d.creates() {
         return None;
     }
-    match super::config_render::eval_config(job, &gates.resolved) {
-        Err(e @ Error::EvalConfig { .. }) => Some(Decision::Fail {
+    if let Err(e @ Error::EvalConfig { .. }) =
+        super::config_render::eval_config(job, &gates.resolved)
+    {
+        return Some(Decision::Fail {
             reason: reason::INVALID_CONFIG,
+            message: e.to_string(),
+            delete: vec![],
+        });
+    }
+    // A template that does not merge into a pod fails the job, as a training job's.
+    match children::generation_pod(job, 0, 0).and_then(|_| children::judge_pod(job, 0)) {
+        Err(e @ Error::TemplateOverride { .. }) => Some(Decision::Fail {
+            reason: reason::INVALID_POD_TEMPLATE,
             message: e.to_string(),
             delete: vec![],
         }),

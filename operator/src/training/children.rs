@@ -8,21 +8,23 @@ use std::collections::BTreeMap;
 use janus_crds::training::PodGroupProvider;
 use janus_crds::{annotations, defaults, env, labels, JanusTrainingJob};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, Pod, PodSpec, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, Container, ContainerPort, Pod, PodSpec, Service, ServiceAccount, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::controller::children::{self as layer, *};
 pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
+pub use crate::controller::template::apply_template_override;
 use crate::error::{Error, Result};
 use crate::security;
 /// Name of the trainer's `/metrics` container port.
@@ -90,7 +92,19 @@ pub fn config_map(job: &JanusTrainingJob) -> Result<ConfigMap> {
 }
 
 pub fn service_account(job: &JanusTrainingJob) -> Result<ServiceAccount> {
-    layer::service_account(job, rbac_name(&job.name_any()))
+    layer::service_account(
+        job,
+        rbac_name(&job.name_any()),
+        &job.spec.workers.image_pull_secrets,
+    )
+}
+
+/// `spec.workers.shmSizeLimit`, else 1Gi per GPU (at least 1Gi): NCCL's shared-memory
+/// transport keeps a few buffers per pair of local ranks there.
+pub fn shm_size_limit(w: &janus_crds::training::WorkersSpec) -> Quantity {
+    w.shm_size_limit
+        .clone()
+        .unwrap_or_else(|| Quantity(format!("{}Gi", w.gpus_per_worker.max(1))))
 }
 
 /// NetworkPolicy `J-workers` (with `spec.networkPolicy`): the job's pods admit only
@@ -231,16 +245,10 @@ pub fn worker_pod(job: &JanusTrainingJob, rank: i32, attempt: i32) -> Result<Pod
             tolerations: w.tolerations.clone(),
             affinity: w.affinity.clone(),
             containers: vec![container],
+            image_pull_secrets: pull_secrets(&w.image_pull_secrets),
             volumes: Some(vec![
                 config_volume(config_map_name(&name)),
-                Volume {
-                    name: "dshm".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        medium: Some("Memory".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
+                security::shm_volume(shm_size_limit(w)),
                 security::scratch_volume(w.scratch_size_limit.as_ref()),
             ]),
             security_context: Some(security::pod_security_context()),
@@ -280,6 +288,7 @@ fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) 
         field(env::POD_NAME, "metadata.name"),
         field(env::POD_NAMESPACE, "metadata.namespace"),
     ];
+    env_vars.extend(security::scratch_env());
     // NCCL/UCX settings cannot shadow the contract's variables (their prefixes differ).
     env_vars.extend(w.env.iter().map(|v| plain(&v.name, v.value.clone())));
 
@@ -322,11 +331,7 @@ fn trainer_container(job: &JanusTrainingJob, rank: i32, attempt: i32, ns: &str) 
         resources,
         volume_mounts: Some(vec![
             config_mount(),
-            VolumeMount {
-                name: "dshm".into(),
-                mount_path: "/dev/shm".into(),
-                ..Default::default()
-            },
+            security::shm_mount(),
             security::scratch_mount(),
         ]),
         security_context: Some(security_context),
@@ -367,77 +372,6 @@ fn tell_grace_period(pod: &mut Pod) {
         env::TERMINATION_GRACE_SECONDS,
         Some(grace.to_string()),
     );
-}
-
-/// Merge a partial PodTemplateSpec (`metadata`, `spec`) over the generated pod. The
-/// contract (name, owner, the janus.dev labels, restartPolicy, hostname, subdomain) is
-/// kept whatever the override says.
-pub fn apply_template_override(pod: Pod, over: &Value) -> Result<Pod, String> {
-    let Value::Object(over_map) = over else {
-        return Err("must be an object with `metadata` and/or `spec`".into());
-    };
-    if let Some(k) = over_map.keys().find(|k| *k != "metadata" && *k != "spec") {
-        return Err(format!("unknown key `{k}` (expected `metadata` or `spec`)"));
-    }
-    let contract = pod.clone();
-    let mut v = serde_json::to_value(&pod).map_err(|e| e.to_string())?;
-    if let Some(m) = over_map.get("metadata") {
-        let mut m = m.clone();
-        if let Value::Object(mm) = &mut m {
-            mm.retain(|k, _| k == "labels" || k == "annotations");
-        }
-        merge(&mut v["metadata"], &m);
-    }
-    if let Some(s) = over_map.get("spec") {
-        merge(&mut v["spec"], s);
-    }
-    let mut merged: Pod = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    // Re-assert the contract.
-    merged.metadata.name = contract.metadata.name;
-    merged.metadata.namespace = contract.metadata.namespace;
-    merged.metadata.owner_references = contract.metadata.owner_references;
-    let ml = merged.metadata.labels.get_or_insert_with(Default::default);
-    for (k, val) in contract.metadata.labels.unwrap_or_default() {
-        ml.insert(k, val);
-    }
-    let (spec, cspec) = (
-        merged.spec.as_mut().expect("spec"),
-        contract.spec.expect("spec"),
-    );
-    spec.restart_policy = cspec.restart_policy;
-    spec.hostname = cspec.hostname;
-    spec.subdomain = cspec.subdomain;
-    Ok(merged)
-}
-
-/// Recursive merge: objects merge key by key; arrays whose items all have a `name`
-/// merge by name; anything else replaces.
-pub fn merge(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, ov) in o {
-                match b.get_mut(k) {
-                    Some(bv) => merge(bv, ov),
-                    None => {
-                        b.insert(k.clone(), ov.clone());
-                    }
-                }
-            }
-        }
-        (Value::Array(b), Value::Array(o))
-            if b.iter()
-                .chain(o.iter())
-                .all(|x| x.get("name").is_some_and(Value::is_string)) =>
-        {
-            for ov in o {
-                match b.iter_mut().find(|bv| bv.get("name") == ov.get("name")) {
-                    Some(bv) => merge(bv, ov),
-                    None => b.push(ov.clone()),
-                }
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
 }
 
 /// The progress annotation value of a pod, if any.
@@ -521,6 +455,71 @@ mod tests {
         assert_eq!(env["NCCL_IB_HCA"], "mlx5_0,mlx5_1");
         assert_eq!(env["UCX_NET_DEVICES"], "mlx5_0:1");
         assert_eq!(env["JANUS_NODE_RANK"], "1", "the contract's variables stay");
+    }
+
+    #[test]
+    fn workers_pull_with_the_jobs_secrets_get_a_sized_shm_and_a_read_only_root_as_a_high_uid() {
+        let mut job = representative_job();
+        let pod = worker_pod(&job, 0, 0).unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.image_pull_secrets, None, "none named, none set");
+        let shm = |spec: &PodSpec| {
+            let v = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "dshm")
+                .unwrap();
+            let e = v.empty_dir.clone().unwrap();
+            (e.medium.unwrap(), e.size_limit.unwrap().0)
+        };
+        assert_eq!(shm(spec), ("Memory".into(), "8Gi".into()), "1Gi per GPU");
+        assert!(spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "dshm" && m.mount_path == "/dev/shm"));
+        let psc = spec.security_context.as_ref().unwrap();
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (Some(65532), Some(65532), Some(65532))
+        );
+        let sc = spec.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group),
+            (Some(65532), Some(65532))
+        );
+        // Every write lands on the scratch volume.
+        let e = env_of(&pod);
+        assert_eq!(
+            (
+                e["HOME"].as_str(),
+                e["TMPDIR"].as_str(),
+                e["XDG_CACHE_HOME"].as_str()
+            ),
+            ("/tmp", "/tmp", "/tmp/.cache")
+        );
+
+        job.spec.workers.image_pull_secrets =
+            serde_json::from_value(json!([{"name": "registry"}])).unwrap();
+        job.spec.workers.shm_size_limit = Some(Quantity("2Gi".into()));
+        job.spec.workers.gpus_per_worker = 0;
+        let spec = worker_pod(&job, 0, 0).unwrap().spec.unwrap();
+        let names = |s: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>| {
+            s.unwrap().into_iter().map(|r| r.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(spec.image_pull_secrets.clone()), ["registry"]);
+        assert_eq!(shm(&spec).1, "2Gi", "the spec's size");
+        let sa = service_account(&job).unwrap();
+        assert_eq!(
+            names(sa.image_pull_secrets),
+            ["registry"],
+            "the account carries them"
+        );
+        job.spec.workers.shm_size_limit = None;
+        let spec = worker_pod(&job, 0, 0).unwrap().spec.unwrap();
+        assert_eq!(shm(&spec).1, "1Gi", "at least 1Gi on CPU");
     }
 
     #[test]
