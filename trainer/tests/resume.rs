@@ -48,6 +48,7 @@ fn try_train(
             progress_bar: false,
             world: None,
             stop: None,
+            attempt: None,
         },
     )
 }
