@@ -79,6 +79,21 @@ pub struct Manifest {
     /// The attempt that wrote it (`JANUS_ATTEMPT`; absent outside the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u64>,
+    /// The fence's epoch when it was published (absent: no fence yet). Resume and
+    /// pruning order checkpoints by (epoch, step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}
+
+/// [`FENCE`]: the newest writer to claim the history, and how many claims it has seen.
+/// The epoch, not the attempt, orders histories: a job created again on the same
+/// history (another owner, `resumeFrom`) starts again at attempt 0, after the first
+/// owner's attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Fence {
+    #[serde(flatten)]
+    writer: Writer,
+    epoch: u64,
 }
 
 /// Who writes a history: the job (`checkpoint.owner`) and its attempt. The newest one
@@ -170,8 +185,8 @@ impl CheckpointDir {
         self
     }
 
-    /// The writer recorded in the fence, if any.
-    fn fence(&self) -> Result<Option<Writer>> {
+    /// The fence, if any writer claimed the history.
+    fn fence(&self) -> Result<Option<Fence>> {
         if !self.store.exists(FENCE)? {
             return Ok(None);
         }
@@ -190,27 +205,35 @@ impl CheckpointDir {
         let Some(me) = &self.writer else {
             return Ok(());
         };
-        if let Some(theirs) = self.fence()? {
-            if theirs.owner == me.owner && theirs.attempt > me.attempt {
-                return Err(self.fenced_out(&theirs, "start"));
+        let fence = self.fence()?;
+        let epoch = match &fence {
+            Some(f) if f.writer.owner == me.owner && f.writer.attempt > me.attempt => {
+                return Err(self.fenced_out(&f.writer, "start"));
             }
-        }
+            // The same writer again (its rank 0 restarted in place): the same epoch.
+            Some(f) if f.writer == *me => return Ok(()),
+            Some(f) => f.epoch + 1,
+            None => 1,
+        };
+        let fence = Fence {
+            writer: me.clone(),
+            epoch,
+        };
         self.store
-            .put_bytes(FENCE, serde_json::to_vec(me).expect("fence serializes"))
+            .put_bytes(FENCE, serde_json::to_vec(&fence).expect("fence serializes"))
     }
 
     /// Refuse to `what` when the fence names another writer than this one: a newer
-    /// attempt of the job, or another owner, took the history over.
-    fn check_fence(&self, what: &str) -> Result<()> {
-        let Some(me) = &self.writer else {
-            return Ok(());
-        };
-        match self.fence()? {
-            Some(theirs) if theirs.owner != me.owner || theirs.attempt > me.attempt => {
-                Err(self.fenced_out(&theirs, what))
+    /// attempt of the job, or another owner, took the history over. Else the epoch
+    /// this write belongs to (an unfenced run writes into the current one).
+    fn check_fence(&self, what: &str) -> Result<Option<u64>> {
+        let fence = self.fence()?;
+        if let (Some(me), Some(f)) = (&self.writer, &fence) {
+            if f.writer.owner != me.owner || f.writer.attempt > me.attempt {
+                return Err(self.fenced_out(&f.writer, what));
             }
-            _ => Ok(()),
         }
+        Ok(fence.map(|f| f.epoch))
     }
 
     fn fenced_out(&self, theirs: &Writer, what: &str) -> Error {
@@ -326,15 +349,18 @@ impl CheckpointDir {
             step: state.step,
             files: entries,
             attempt: self.writer.as_ref().map(|w| w.attempt),
+            // A newer attempt may have started while this one wrote the files.
+            epoch: self.check_fence(&format!("publish step {}", state.step))?,
         };
-        // A newer attempt may have started while this one wrote the files.
-        self.check_fence(&format!("publish step {}", state.step))?;
         self.store.put_bytes(
             &format!("{name}/{MANIFEST}"),
             serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
         )?;
         self.store
             .put_bytes(LATEST, format!("{name}\n").into_bytes())?;
+        // A stale attempt that got its manifest in just before the newer one claimed
+        // deletes nothing of the newer one's.
+        self.check_fence(&format!("prune after step {}", state.step))?;
         self.prune(keep, state.step)?;
         Ok(self.step_url(state.step))
     }
@@ -360,20 +386,20 @@ impl CheckpointDir {
         Ok(())
     }
 
-    /// The complete steps of `steps`, oldest first by (attempt, step): the newest
+    /// The complete steps of `steps`, oldest first by (fence epoch, step): the newest
     /// attempt's history comes last even where an older attempt got further (its save
     /// raced the newer attempt's start). A manifest that cannot be read sorts as
-    /// written by no attempt (`latest` then skips it as corrupt).
+    /// written before any fence (`latest` then skips it as corrupt).
     fn newest_last(&self, steps: &[(u64, bool)]) -> Vec<(Option<u64>, u64)> {
         let mut out: Vec<(Option<u64>, u64)> = steps
             .iter()
             .filter(|(_, complete)| *complete)
             .map(|(step, _)| {
-                let attempt = self
+                let epoch = self
                     .manifest(&step_name(*step), *step)
                     .ok()
-                    .and_then(|m| m.attempt);
-                (attempt, *step)
+                    .and_then(|m| m.epoch);
+                (epoch, *step)
             })
             .collect();
         out.sort();
@@ -613,6 +639,7 @@ mod tests {
             serde_json::from_slice(&m).unwrap()
         };
         assert_eq!(manifest(12).attempt, Some(2));
+        assert_eq!((manifest(10).epoch, manifest(12).epoch), (Some(1), Some(2)));
         let before = std::fs::read(ckpt.join("job/step-12/optimizer.safetensors")).unwrap();
 
         // The old attempt neither writes a step of its own nor one of the new
@@ -680,13 +707,17 @@ mod tests {
                 attempt: 0,
             }));
         b.claim().unwrap();
-        save(&b, &mut r, 12).unwrap();
+        save(&b, &mut r, 8).unwrap();
         let e = save(&a, &mut r, 14).unwrap_err().to_string();
         assert!(e.contains("attempt 0 of owner uid-b"), "{e}");
-        // Runs outside the operator are not fenced.
+        // The second owner's history is the newer one although its attempt number is
+        // lower and the first owner's step is higher: resume takes its step 8.
+        assert_eq!(b.latest().unwrap().unwrap().1.step, 8);
+        // Runs outside the operator are not fenced, and write into the current epoch.
         let local =
             CheckpointDir::new(&ckpt.display().to_string(), "job", Duration::from_secs(5)).unwrap();
         local.claim().unwrap();
         save(&local, &mut r, 16).unwrap();
+        assert_eq!(b.latest().unwrap().unwrap().1.step, 16);
     }
 }

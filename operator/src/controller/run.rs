@@ -562,7 +562,7 @@ async fn create_pods<K: Kind>(
         return pod_conflict(ctx, jobs, job, plan, pod, existing, now).await;
     }
     ctx.expectations
-        .created(&expect_key(job), made.into_iter(), Instant::now());
+        .created(&expect_key(job), made, Instant::now());
     if let Some((pod, e)) = created.into_iter().find_map(|r| r.err()) {
         if let kube::Error::Api(refusal) = &e {
             if REFUSALS.contains(&refusal.code) {
