@@ -56,9 +56,16 @@ build: $(STAMP)
 demo: build
 	$(TARGET_DIR)/release/janus demo --dir target/janus-demo
 
-lint: $(STAMP)
+lint: $(STAMP) structure
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# Issue 25's measures of the tree's shape: no file-level import cycle, no function
+# over 120 lines outside tests (tests/structure.py exits 1 on either).
+.PHONY: structure
+structure:
+	python3 tests/structure.py cycles
+	python3 tests/structure.py functions --over 120
 
 unit: $(STAMP) $(VERSITYGW)
 	$(CARGO) test --release --workspace

@@ -4,7 +4,7 @@
 //! The operator runs `worker.replicas` generation pods (`janus eval generate`, shard i of
 //! N), then one judge pod (`janus eval judge`, then `janus eval score`), all reading the
 //! [`crate::config::EvalConfig`] it renders from this resource. Every default here is the
-//! protocol's default of that config ([`EvalConfig::janus_bench`]), so the two cannot
+//! protocol's default of that config ([`crate::config::EvalConfig::janus_bench`]), so the two cannot
 //! drift apart.
 
 use std::collections::BTreeMap;
@@ -15,8 +15,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::eval::{JudgeMode, JudgeParser};
-use crate::config::EvalConfig;
+use crate::config::eval::JudgeSection;
 pub use crate::pods::PodPhase;
 use crate::training::{CleanPodPolicy, Dtype, OutputSpec, PromptFormat, SecretRef};
 use crate::url::StorageUrl;
@@ -130,76 +129,11 @@ pub struct BenchmarkSpec {
     pub limit: Option<u32>,
 }
 
-fn protocol() -> EvalConfig {
-    EvalConfig::janus_bench()
-}
-
-/// Sampling settings (defaults: the Janus evaluation).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerationSpec {
-    /// Sampling temperature (0 = greedy; default 1.0).
-    #[serde(default = "default_temperature")]
-    #[schemars(range(min = 0.0))]
-    pub temperature: f64,
-    /// Nucleus sampling threshold in (0, 1] (default 0.9).
-    #[serde(default = "default_top_p")]
-    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("spec.generation.topP must be in (0, 1]"))]
-    pub top_p: f64,
-    /// Keep only the k most likely tokens (default: no top-k filter).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
-    pub top_k: Option<u32>,
-    /// Repetition penalty as Hugging Face applies it (1 = none; default 1.03).
-    #[serde(default = "default_repetition_penalty")]
-    #[schemars(range(min = 1.0))]
-    pub repetition_penalty: f64,
-    /// Most tokens generated per answer (default 1024).
-    #[serde(default = "default_max_new_tokens")]
-    #[schemars(range(min = 1, max = 1048576))]
-    pub max_new_tokens: u32,
-    /// Random seed (default 42).
-    #[serde(default = "default_seed")]
-    #[schemars(range(min = 0, max = crate::contract::MAX_JSON_INTEGER))]
-    pub seed: u64,
-    /// Sequences decoded together per generation pod (default 16).
-    #[serde(default = "default_batch_size")]
-    #[schemars(range(min = 1, max = 4096))]
-    pub batch_size: u32,
-}
-
-fn default_temperature() -> f64 {
-    protocol().generation.temperature
-}
-fn default_top_p() -> f64 {
-    protocol().generation.top_p
-}
-fn default_repetition_penalty() -> f64 {
-    protocol().generation.repetition_penalty
-}
-fn default_max_new_tokens() -> u32 {
-    protocol().generation.max_new_tokens as u32
-}
-fn default_seed() -> u64 {
-    protocol().generation.seed
-}
-fn default_batch_size() -> u32 {
-    protocol().generation.batch_size as u32
-}
-
-impl Default for GenerationSpec {
-    fn default() -> Self {
-        GenerationSpec {
-            temperature: default_temperature(),
-            top_p: default_top_p(),
-            top_k: None,
-            repetition_penalty: default_repetition_penalty(),
-            max_new_tokens: default_max_new_tokens(),
-            seed: default_seed(),
-            batch_size: default_batch_size(),
-        }
-    }
-}
+/// Sampling settings: the eval config's `generation` section, declared there once
+/// (defaults: the Janus evaluation's).
+pub use crate::config::eval::GenerationSpec;
+/// The judge's settings: the eval config's `judge` section, declared there once.
+pub use crate::config::eval::JudgeSettings;
 
 /// The judge: an OpenAI-compatible chat completions endpoint, and the judge pod.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -216,59 +150,9 @@ pub struct JudgeSpec {
     /// with the `SecretsReady` condition False, while the Secret or the key is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
-    /// Independent grading runs to average (the paper averages 3).
-    #[serde(default = "default_runs")]
-    #[schemars(range(min = 1, max = 10))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.judge.runs is immutable"))]
-    pub runs: u32,
-    /// Show the judge the system message too (off in the paper).
-    #[serde(default)]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.judge.showSystemMessage is immutable"))]
-    pub show_system_message: bool,
-    /// Judge calls in flight at once (default 8).
-    #[serde(default = "default_concurrency")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub concurrency: u32,
-    /// Calls started per minute at most (0: no limit; default 0).
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 1_000_000))]
-    pub requests_per_minute: u32,
-    /// Seconds one call may take (default 120).
-    #[serde(default = "default_timeout_seconds")]
-    #[schemars(range(min = 1, max = 86400))]
-    pub timeout_seconds: u64,
-    /// Retries of a call on 429 / 5xx / timeouts, with exponential backoff and
-    /// `Retry-After` (default 8).
-    #[serde(default = "default_max_retries")]
-    #[schemars(range(min = 0, max = 100))]
-    pub max_retries: u32,
-    /// Times an answer without a parsable `[RESULT] 1-5` is asked again before it is
-    /// counted as a failure (default 2).
-    #[serde(default = "default_max_parse_retries")]
-    #[schemars(range(min = 0, max = 100))]
-    pub max_parse_retries: u32,
-    /// Sampling temperature of the judge (default 1.0).
-    #[serde(default = "default_judge_temperature")]
-    #[schemars(range(min = 0.0))]
-    pub temperature: f64,
-    /// Most tokens of one judge answer (default 1024).
-    #[serde(default = "default_judge_max_tokens")]
-    #[schemars(range(min = 1, max = 1048576))]
-    pub max_tokens: u32,
-    /// Nucleus sampling of the judge (default 0.9, the original's).
-    #[serde(default = "default_judge_top_p")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub top_p: f64,
-    /// How scores are read: `strict` (default: the last `[RESULT]`, 1 to 5) or
-    /// `original` (the published parser, for comparisons with published numbers).
-    #[serde(default = "default_judge_parser")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.judge.parser is immutable"))]
-    pub parser: JudgeParser,
-    /// `online` (default: one chat completion per call) or `batch` (the OpenAI Batch
-    /// API: half the price, results within 24 hours; the judge pod polls the batch,
-    /// and a restarted judge pod polls the same one).
-    #[serde(default = "default_judge_mode")]
-    pub mode: JudgeMode,
+    /// Runs, limits, sampling, parser and mode of the judge (the eval config's).
+    #[serde(flatten)]
+    pub settings: JudgeSettings,
     /// CPU / memory of the judge pod (it needs no GPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -278,35 +162,18 @@ pub struct JudgeSpec {
     pub node_selector: Option<BTreeMap<String, String>>,
 }
 
-fn default_runs() -> u32 {
-    protocol().judge.runs as u32
-}
-fn default_concurrency() -> u32 {
-    protocol().judge.concurrency as u32
-}
-fn default_timeout_seconds() -> u64 {
-    protocol().judge.timeout_seconds
-}
-fn default_max_retries() -> u32 {
-    protocol().judge.max_retries as u32
-}
-fn default_max_parse_retries() -> u32 {
-    protocol().judge.max_parse_retries as u32
-}
-fn default_judge_temperature() -> f64 {
-    protocol().judge.temperature
-}
-fn default_judge_max_tokens() -> u32 {
-    protocol().judge.max_tokens as u32
-}
-fn default_judge_top_p() -> f64 {
-    protocol().judge.top_p
-}
-fn default_judge_parser() -> JudgeParser {
-    protocol().judge.parser
-}
-fn default_judge_mode() -> JudgeMode {
-    protocol().judge.mode
+impl JudgeSpec {
+    /// The eval config's `judge` section of this job: its settings, its endpoint and
+    /// model, and the variable the judge pod gets the API key in (when it has one).
+    pub fn apply_to(&self, judge: &mut JudgeSection) {
+        self.settings.apply_to(judge);
+        judge.url = self.endpoint.clone();
+        judge.model = self.model.clone();
+        judge.api_key_env = self
+            .api_key_secret_ref
+            .as_ref()
+            .map(|_| crate::contract::env::JUDGE_API_KEY.to_string());
+    }
 }
 
 /// A key of a Secret in the job's namespace.
@@ -681,6 +548,7 @@ impl JanusEvalJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::EvalConfig;
 
     /// The CRD's defaults are the eval config's protocol defaults (one definition).
     #[test]
@@ -707,14 +575,14 @@ mod tests {
         assert_eq!(g.seed, p.generation.seed);
         assert_eq!(g.batch_size as usize, p.generation.batch_size);
         assert_eq!(spec.generation, GenerationSpec::default());
-        let j = &spec.judge;
+        let j = &spec.judge.settings;
         assert_eq!(j.runs as usize, p.judge.runs);
         assert_eq!(j.concurrency as usize, p.judge.concurrency);
         assert_eq!(j.requests_per_minute, p.judge.requests_per_minute);
         assert_eq!(j.timeout_seconds, p.judge.timeout_seconds);
         assert_eq!(j.max_retries as usize, p.judge.max_retries);
         assert_eq!(j.max_parse_retries as usize, p.judge.max_parse_retries);
-        assert_eq!(j.show_system_message, p.judge.show_system);
+        assert_eq!(j.show_system, p.judge.show_system);
         assert_eq!(j.max_tokens as usize, p.judge.max_tokens);
         assert_eq!(spec.worker.replicas, 1);
         assert_eq!(spec.run_policy, EvalRunPolicy::default());

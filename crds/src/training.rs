@@ -113,6 +113,15 @@ pub struct JanusTrainingJobSpec {
     /// `action` says. Left out: no check. A job of one rank has no fabric to measure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fabric_check: Option<FabricCheckSpec>,
+    /// Seconds a rank waits for the others (the rendezvous, and each collective without
+    /// progress) before it gives up and exits 75, which restarts the gang (counted). A
+    /// stalled collective (a hung link, a stopped or wedged peer) so ends in this time
+    /// instead of never. Left out: the trainer's `distributed.timeout_seconds` (1800).
+    /// Keep it above the longest pause a healthy gang takes between two collectives (a
+    /// checkpoint, an evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = crate::contract::MAX_SECONDS))]
+    pub collective_timeout_seconds: Option<u64>,
 }
 
 /// The fabric check before training.
@@ -359,62 +368,9 @@ pub struct Hyperparameters {
     pub packing: Option<bool>,
 }
 
-/// DPO's settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DpoSpec {
-    /// How strongly the policy is held to the reference (recipe: 0.1). Must be > 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self > 0.0").message("spec.dpo.beta must be > 0"))]
-    pub beta: Option<f64>,
-    /// TRL's loss names: sigmoid (DPO), ipo, hinge, robust (rDPO).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_type: Option<crate::config::DpoLoss>,
-    /// Probability that a pair's preference is flipped (conservative DPO with sigmoid,
-    /// rDPO with robust), in [0, 0.5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("spec.dpo.labelSmoothing must be in [0, 0.5)"))]
-    pub label_smoothing: Option<f64>,
-    /// `precompute` (one pass before training, stored with the checkpoints) or `model`
-    /// (a frozen copy in memory, for streamed data).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reference: Option<crate::config::DpoReference>,
-    /// The reference model; default: `spec.model.url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reference_model_url: Option<StorageUrl>,
-}
-
-/// The reward model's settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RewardSpec {
-    /// TRL's center_rewards_coefficient (adds c * mean((r_chosen + r_rejected)^2)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
-    pub center_rewards_coefficient: Option<f64>,
-}
-
-impl DpoSpec {
-    /// Overlay the fields this job sets on the trainer config's `dpo` section.
-    pub fn apply_to(&self, c: &mut TrainConfig) {
-        let d = &mut c.dpo;
-        if let Some(v) = self.beta {
-            d.beta = v;
-        }
-        if let Some(v) = self.loss_type {
-            d.loss_type = v;
-        }
-        if let Some(v) = self.label_smoothing {
-            d.label_smoothing = v;
-        }
-        if let Some(v) = self.reference {
-            d.reference = v;
-        }
-        if let Some(u) = &self.reference_model_url {
-            d.reference_model = Some(std::path::PathBuf::from(u.as_str()));
-        }
-    }
-}
+/// DPO's settings and the reward model's: the trainer config's `dpo` and `reward`
+/// sections, declared there once (unset fields keep the recipe's).
+pub use crate::config::{DpoSpec, RewardSpec};
 
 impl Hyperparameters {
     /// Overlay the fields this job sets on the trainer config `c` (the recipe preset of
@@ -430,10 +386,12 @@ impl Hyperparameters {
     }
 }
 
-impl Truncation {
-    /// The trainer config's value.
-    pub fn to_trainer(self) -> trainer::Truncation {
-        match self {
+/// The CRD's values are PascalCase (`TruncateResponse`, as stored in every job) and the
+/// config's snake_case (`truncate_response`, as written in config files): both are
+/// published, so two enums, mapped here and only here.
+impl From<Truncation> for trainer::Truncation {
+    fn from(t: Truncation) -> Self {
+        match t {
             Truncation::TruncateResponse => trainer::Truncation::TruncateResponse,
             Truncation::Drop => trainer::Truncation::Drop,
         }
@@ -1080,6 +1038,25 @@ impl JanusTrainingJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both spellings of truncation are public (PascalCase in the CRD, snake_case in
+    /// the config), so each CRD value maps to the config value of the same meaning.
+    #[test]
+    fn each_crd_truncation_is_the_config_truncation_of_its_name() {
+        for (crd, config) in [
+            (Truncation::TruncateResponse, "truncate_response"),
+            (Truncation::Drop, "drop"),
+        ] {
+            let pascal = serde_json::to_value(crd).unwrap();
+            let want: trainer::Truncation = serde_json::from_value(config.into()).unwrap();
+            assert_eq!(trainer::Truncation::from(crd), want, "{pascal}");
+            assert_eq!(
+                pascal.as_str().unwrap().to_lowercase(),
+                config.replace('_', ""),
+                "the CRD value and the config value name the same behaviour"
+            );
+        }
+    }
 
     /// The job's `hyperparameters` and the trainer config's are one declaration: a job
     /// naming every config field (in the config's own JSON, camelCased) renders exactly

@@ -206,11 +206,31 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    lead(
+        &args, identity, client, metrics, health, settings, stores, shutdown,
+    )
+    .await
+}
+
+/// Reconcile while this replica holds the leader lease: wait for it, run the
+/// controllers, and on shutdown stop them before the lease is released (so no standby
+/// reconciles beside them); a lost lease stops them at once and fails the process.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    args: &Args,
+    identity: String,
+    client: Client,
+    metrics: Metrics,
+    health: Health,
+    settings: Settings,
+    stores: Stores,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut elector = LeaderElector::new(
         Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
         LeaseConfig {
             name: args.lease_name.clone(),
-            identity: identity.clone(),
+            identity,
             lease_duration: Duration::from_secs(args.lease_duration_seconds),
             renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
             retry_period: Duration::from_secs(args.retry_period_seconds),

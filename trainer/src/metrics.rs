@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::dist::Collective;
@@ -34,6 +36,9 @@ use crate::model::ModelConfig;
 
 /// The fabric check's figure (`dist::fabric`), exported once measured.
 pub const FABRIC_BUS_BANDWIDTH: &str = "janus_fabric_bus_bandwidth_gbps";
+
+/// Units drawn per weighted `data.train` source, labelled `source`.
+pub const DATA_SOURCE_DRAWN: &str = "janus_data_source_drawn_total";
 
 /// Port of `/metrics` in a worker pod (the operator sets it; unset: no server).
 pub const PORT_ENV: &str = janus_crds::env::METRICS_PORT;
@@ -88,6 +93,9 @@ pub struct TrainMetrics {
     attention_fallback: IntCounter,
     /// Registered by [`TrainMetrics::fabric`]: no series before the check ran.
     fabric: Gauge,
+    /// Units drawn per source of a weighted mixture; registered by
+    /// [`TrainMetrics::drawn`], so a run without a mixture has no such series.
+    drawn: IntCounterVec,
     /// Nanoseconds spent in collectives since the last step was recorded.
     collective_nanos: Arc<AtomicU64>,
     /// Model FLOPs of one token (forward and backward), and this rank's peak FLOP/s.
@@ -184,6 +192,15 @@ impl TrainMetrics {
                 FABRIC_BUS_BANDWIDTH,
                 "All-reduce bus bandwidth in GB/s the gang measured before its first step (nccl-tests' busbw)",
             ),
+            drawn: IntCounterVec::new(
+                opts(
+                    DATA_SOURCE_DRAWN,
+                    "Units (examples or pairs) of each weighted data.train source this rank trained on in this run",
+                    labels,
+                ),
+                &["source"],
+            )
+            .expect("valid counter"),
             collective_nanos: Arc::new(AtomicU64::new(0)),
             flops_per_token: flops_per_token(model, params, seq_len),
             flops: ModelFlops::new(model, params),
@@ -224,6 +241,23 @@ impl TrainMetrics {
         self.fabric.set(gbps);
         // Registered once; a second measurement only sets the value.
         let _ = self.registry.register(Box::new(self.fabric.clone()));
+    }
+
+    /// A weighted mixture's sources have drawn `drawn` units each so far in this run
+    /// (`(source, total)`, the feed's counts): the counters move to those totals.
+    pub fn drawn<'a>(&self, drawn: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut any = false;
+        for (source, total) in drawn {
+            any = true;
+            let c = self.drawn.with_label_values(&[source]);
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        }
+        if any {
+            // Registered once, with the first draws.
+            let _ = self.registry.register(Box::new(self.drawn.clone()));
+        }
     }
 
     /// Forget collective time not spent in a step (start-up broadcast, barriers).
@@ -609,6 +643,20 @@ mod tests {
         let l = r#"janus_job="sft-e2e",namespace="research",rank="1""#;
         let want = format!("{FABRIC_BUS_BANDWIDTH}{{{l}}} 2.5");
         assert!(m.encode().contains(&want), "{}", m.encode());
+    }
+
+    #[test]
+    fn mixture_draws_are_counted_per_source_and_absent_without_a_mixture() {
+        let m = TrainMetrics::new(&labels(), 2, &tiny(), &[], 128, Device::Cpu, Kind::Float);
+        m.drawn(std::iter::empty());
+        assert!(!m.encode().contains(DATA_SOURCE_DRAWN));
+        m.drawn([("hh-rlhf", 7), ("oasst1", 2)]);
+        m.drawn([("hh-rlhf", 9), ("oasst1", 2)]);
+        let l = r#"janus_job="sft-e2e",namespace="research",rank="1""#;
+        for (source, n) in [("hh-rlhf", 9), ("oasst1", 2)] {
+            let want = format!("{DATA_SOURCE_DRAWN}{{{l},source=\"{source}\"}} {n}");
+            assert!(m.encode().contains(&want), "{want} in\n{}", m.encode());
+        }
     }
 
     #[test]

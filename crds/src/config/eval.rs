@@ -87,79 +87,125 @@ pub struct BenchSection {
     pub limit: Option<usize>,
 }
 
-/// How answers are sampled (the paper's protocol by default).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct GenerationSection {
-    /// 0: greedy.
-    pub temperature: f64,
-    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
-    pub top_p: f64,
-    /// `null`: no top-k filter.
-    pub top_k: Option<usize>,
-    /// As Hugging Face applies it (1.0: none).
-    pub repetition_penalty: f64,
-    /// Tokens generated per answer at most (EOS ends it sooner).
-    pub max_new_tokens: usize,
-    /// Seed of the sampling; each item draws from its own stream of it, so an answer
-    /// does not depend on the batch, the shard count or a restart.
-    pub seed: u64,
-    /// Sequences decoded together.
-    pub batch_size: usize,
-    /// Samples per item; with a reward model, the best by reward is kept (best-of-N).
-    pub best_of: usize,
-    /// A reward model (HF `*ForSequenceClassification` directory, path or URL) that
-    /// ranks the `best_of` samples.
-    pub reward_model: Option<String>,
+section_with_overlay! {
+    /// How answers are sampled (the paper's protocol by default).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct GenerationSection;
+    /// Sampling settings (defaults: the Janus evaluation).
+    pub struct GenerationSpec = EvalConfig::janus_bench().generation;
+    {
+        /// 0: greedy.
+        temperature: f64
+            [schemars(description = "Sampling temperature (0 = greedy; default 1.0).", range(min = 0.0))],
+        /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
+        top_p: f64
+            [
+                schemars(description = "Nucleus sampling threshold in (0, 1] (default 0.9)."),
+                schemars(extend("x-kubernetes-validations" = [{"rule": "self > 0.0 && self <= 1.0", "message": "spec.generation.topP must be in (0, 1]"}])),
+            ],
+        /// `null`: no top-k filter.
+        top_k: Option<usize> as Option<u32>
+            [
+                serde(skip_serializing_if = "Option::is_none"),
+                schemars(description = "Keep only the k most likely tokens (default: no top-k filter).", range(min = 1, max = 1_000_000)),
+            ],
+        /// As Hugging Face applies it (1.0: none).
+        repetition_penalty: f64
+            [schemars(description = "Repetition penalty as Hugging Face applies it (1 = none; default 1.03).", range(min = 1.0))],
+        /// Tokens generated per answer at most (EOS ends it sooner).
+        max_new_tokens: usize as u32
+            [schemars(description = "Most tokens generated per answer (default 1024).", range(min = 1, max = 1048576))],
+        /// Seed of the sampling; each item draws from its own stream of it, so an answer
+        /// does not depend on the batch, the shard count or a restart.
+        seed: u64
+            [schemars(description = "Random seed (default 42).", range(min = 0, max = crate::contract::MAX_JSON_INTEGER))],
+        /// Sequences decoded together.
+        batch_size: usize as u32
+            [schemars(description = "Sequences decoded together per generation pod (default 16).", range(min = 1, max = 4096))],
+        /// Samples per item; with a reward model, the best by reward is kept (best-of-N).
+        config best_of: usize,
+        /// A reward model (HF `*ForSequenceClassification` directory, path or URL) that
+        /// ranks the `best_of` samples.
+        config reward_model: Option<String>,
+    }
 }
 
-/// The judge: an OpenAI-compatible endpoint, its limits and its prompt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct JudgeSection {
-    /// Base URL of an OpenAI-compatible API (`.../v1`).
-    pub url: String,
-    /// Model name sent to it.
-    pub model: String,
-    /// Environment variable holding the API key (sent as a bearer token); `null`: none.
-    pub api_key_env: Option<String>,
-    /// Independent grading runs (the paper averages 3).
-    pub runs: usize,
-    /// Calls in flight at once.
-    pub concurrency: usize,
-    /// Calls started per minute at most (0: no limit).
-    pub requests_per_minute: u32,
-    /// Seconds one call may take.
-    pub timeout_seconds: u64,
-    /// Retries of a call on 429 / 5xx / timeouts (exponential backoff, `Retry-After`).
-    pub max_retries: usize,
-    /// Times an answer without a parsable `[RESULT] 1-5` is asked again before it is
-    /// counted as a failure.
-    pub max_parse_retries: usize,
-    /// Show the judge the system message (off in the paper: the preference reaches it
-    /// through the rubric and the reference answer).
-    pub show_system: bool,
-    /// Replacements for the judge's messages; `null`: the original's
-    /// (`ABS_SYSTEM_PROMPT` and `ABS_USER_PROMPT_TEMPLATE` of kaistAI/Janus). A path
-    /// replaces the user message template; `{system: path, user: path}` either or both.
-    pub template: Option<JudgeTemplate>,
-    /// Sampling temperature of the judge (the original's 1.0).
-    pub temperature: f64,
-    /// Nucleus sampling of the judge (the original's 0.9).
-    pub top_p: f64,
-    /// Tokens the judge may write per call at most (the original's 1024).
-    pub max_tokens: usize,
-    /// How a score is read from the judge's answer: `strict` (the last `[RESULT]`,
-    /// 1 to 5) or `original` (the published parser, defects included, for comparisons
-    /// with published numbers).
-    pub parser: JudgeParser,
-    /// `online`: one chat completion per call; `batch`: the calls as one OpenAI Batch
-    /// API job (`/v1/files`, `/v1/batches`; half the price, results within 24 h).
-    pub mode: JudgeMode,
-    /// Batch mode: seconds between two looks at the batch's status.
-    pub batch_poll_seconds: f64,
+section_with_overlay! {
+    /// The judge: an OpenAI-compatible endpoint, its limits and its prompt.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct JudgeSection;
+    /// The judge's settings a `JanusEvalJob` sets in `spec.judge` (defaults: the Janus
+    /// evaluation's); the endpoint, the model and the key are the job's own fields.
+    pub struct JudgeSettings = EvalConfig::janus_bench().judge;
+    {
+        /// Base URL of an OpenAI-compatible API (`.../v1`).
+        config url: String,
+        /// Model name sent to it.
+        config model: String,
+        /// Environment variable holding the API key (sent as a bearer token); `null`: none.
+        config api_key_env: Option<String>,
+        /// Independent grading runs (the paper averages 3).
+        runs: usize as u32
+            [
+                schemars(description = "Independent grading runs to average (the paper averages 3).", range(min = 1, max = 10)),
+                schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.judge.runs is immutable"}])),
+            ],
+        /// Calls in flight at once.
+        concurrency: usize as u32
+            [schemars(description = "Judge calls in flight at once (default 8).", range(min = 1, max = 1024))],
+        /// Calls started per minute at most (0: no limit).
+        requests_per_minute: u32
+            [schemars(description = "Calls started per minute at most (0: no limit; default 0).", range(min = 0, max = 1_000_000))],
+        /// Seconds one call may take.
+        timeout_seconds: u64
+            [schemars(description = "Seconds one call may take (default 120).", range(min = 1, max = 86400))],
+        /// Retries of a call on 429 / 5xx / timeouts (exponential backoff, `Retry-After`).
+        max_retries: usize as u32
+            [schemars(description = "Retries of a call on 429 / 5xx / timeouts, with exponential backoff and\n`Retry-After` (default 8).", range(min = 0, max = 100))],
+        /// Times an answer without a parsable `[RESULT] 1-5` is asked again before it is
+        /// counted as a failure.
+        max_parse_retries: usize as u32
+            [schemars(description = "Times an answer without a parsable `[RESULT] 1-5` is asked again before it is\ncounted as a failure (default 2).", range(min = 0, max = 100))],
+        /// Show the judge the system message (off in the paper: the preference reaches it
+        /// through the rubric and the reference answer).
+        show_system: bool
+            [
+                serde(rename = "showSystemMessage"),
+                schemars(description = "Show the judge the system message too (off in the paper)."),
+                schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.judge.showSystemMessage is immutable"}])),
+            ],
+        /// Replacements for the judge's messages; `null`: the original's
+        /// (`ABS_SYSTEM_PROMPT` and `ABS_USER_PROMPT_TEMPLATE` of kaistAI/Janus). A path
+        /// replaces the user message template; `{system: path, user: path}` either or both.
+        config template: Option<JudgeTemplate>,
+        /// Sampling temperature of the judge (the original's 1.0).
+        temperature: f64
+            [schemars(description = "Sampling temperature of the judge (default 1.0).", range(min = 0.0))],
+        /// Nucleus sampling of the judge (the original's 0.9).
+        top_p: f64
+            [schemars(description = "Nucleus sampling of the judge (default 0.9, the original's).", range(min = 0.0, max = 1.0))],
+        /// Tokens the judge may write per call at most (the original's 1024).
+        max_tokens: usize as u32
+            [schemars(description = "Most tokens of one judge answer (default 1024).", range(min = 1, max = 1048576))],
+        /// How a score is read from the judge's answer: `strict` (the last `[RESULT]`,
+        /// 1 to 5) or `original` (the published parser, defects included, for comparisons
+        /// with published numbers).
+        parser: JudgeParser
+            [
+                schemars(description = "How scores are read: `strict` (default: the last `[RESULT]`, 1 to 5) or\n`original` (the published parser, for comparisons with published numbers)."),
+                schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "spec.judge.parser is immutable"}])),
+            ],
+        /// `online`: one chat completion per call; `batch`: the calls as one OpenAI Batch
+        /// API job (`/v1/files`, `/v1/batches`; half the price, results within 24 h).
+        mode: JudgeMode
+            [schemars(description = "`online` (default: one chat completion per call) or `batch` (the OpenAI Batch\nAPI: half the price, results within 24 hours; the judge pod polls the batch,\nand a restarted judge pod polls the same one).")],
+        /// Batch mode: seconds between two looks at the batch's status.
+        config batch_poll_seconds: f64,
+    }
 }
 
 /// Replacement judge messages (paths of text files).

@@ -286,25 +286,44 @@ section_with_overlay! {
     }
 }
 
-/// DPO's settings (read with `method: dpo`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct DpoSection {
-    /// beta: how strongly the policy is held to the reference (recipe: 0.1).
-    pub beta: f64,
-    /// TRL's loss names: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (rDPO).
-    pub loss_type: DpoLoss,
-    /// The probability that a pair's preference is flipped: conservative DPO with
-    /// `sigmoid`, rDPO's noise rate with `robust`; in [0, 0.5).
-    pub label_smoothing: f64,
-    /// `precompute`: one pass of the reference model over the data before the first
-    /// step, stored with the checkpoints (a resume never recomputes them); `model`: a
-    /// frozen copy kept in memory and run on every micro-batch (streamed data).
-    pub reference: DpoReference,
-    /// The reference model (an HF directory, path or URL); `null`: `model.path`, the
-    /// model training starts from.
-    pub reference_model: Option<PathBuf>,
+section_with_overlay! {
+    /// DPO's settings (read with `method: dpo`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct DpoSection;
+    /// DPO's settings.
+    pub struct DpoSpec;
+    {
+        /// beta: how strongly the policy is held to the reference (recipe: 0.1).
+        beta: f64
+            [
+                schemars(description = "How strongly the policy is held to the reference (recipe: 0.1). Must be > 0."),
+                x_kube(validation = Rule::new("self > 0.0").message("spec.dpo.beta must be > 0")),
+            ],
+        /// TRL's loss names: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (rDPO).
+        loss_type: DpoLoss
+            [schemars(description = "TRL's loss names: sigmoid (DPO), ipo, hinge, robust (rDPO).")],
+        /// The probability that a pair's preference is flipped: conservative DPO with
+        /// `sigmoid`, rDPO's noise rate with `robust`; in [0, 0.5).
+        label_smoothing: f64
+            [
+                schemars(description = "Probability that a pair's preference is flipped (conservative DPO with sigmoid,\nrDPO with robust), in [0, 0.5)."),
+                x_kube(validation = Rule::new("self >= 0.0 && self < 0.5").message("spec.dpo.labelSmoothing must be in [0, 0.5)")),
+            ],
+        /// `precompute`: one pass of the reference model over the data before the first
+        /// step, stored with the checkpoints (a resume never recomputes them); `model`: a
+        /// frozen copy kept in memory and run on every micro-batch (streamed data).
+        reference: DpoReference
+            [schemars(description = "`precompute` (one pass before training, stored with the checkpoints) or `model`\n(a frozen copy in memory, for streamed data).")],
+        /// The reference model (an HF directory, path or URL); `null`: `model.path`, the
+        /// model training starts from.
+        reference_model: Option<PathBuf> as crate::url::StorageUrl
+            [
+                serde(rename = "referenceModelUrl"),
+                schemars(description = "The reference model; default: `spec.model.url`."),
+            ],
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,14 +348,20 @@ pub enum DpoReference {
     Model,
 }
 
-/// The reward model's settings (read with `method: reward`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
-pub struct RewardSection {
-    /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
-    /// so rewards stay centred on 0; `null`: off.
-    pub center_rewards_coefficient: Option<f64>,
+section_with_overlay! {
+    /// The reward model's settings (read with `method: reward`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "k8s", derive(schemars::JsonSchema))]
+    #[serde(deny_unknown_fields)]
+    pub struct RewardSection;
+    /// The reward model's settings.
+    pub struct RewardSpec;
+    {
+        /// TRL's `center_rewards_coefficient`: adds `c * mean((r_chosen + r_rejected)^2)`
+        /// so rewards stay centred on 0; `null`: off.
+        center_rewards_coefficient: Option<f64>
+            [schemars(description = "TRL's center_rewards_coefficient (adds c * mean((r_chosen + r_rejected)^2)).", range(min = 0.0))],
+    }
 }
 
 /// How the optimizer keeps its state.
@@ -513,23 +538,59 @@ impl Hyperparameters {
     }
 }
 
+/// The first check that does not hold, as "`key` what it must be".
+fn first_failure<const N: usize>(
+    checks: [(bool, &str, String); N],
+) -> std::result::Result<(), String> {
+    match checks.into_iter().find(|(ok, _, _)| !ok) {
+        Some((_, key, msg)) => Err(format!("`{key}` {msg}")),
+        None => Ok(()),
+    }
+}
+
 impl TrainConfig {
     /// Check values that parse but cannot train. Messages name the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let h = &self.hyperparameters;
-        let checks: [(bool, &str, String); 14] = [
-            (
-                !self.job.is_empty()
-                    && self
-                        .job
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
-                "job",
-                format!(
-                    "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
-                    self.job
-                ),
+        if let Some(f) = &self.distributed.fabric_check {
+            f.validate()?;
+        }
+        let job = [(
+            !self.job.is_empty()
+                && self
+                    .job
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+            "job",
+            format!(
+                "must be a non-empty name of [A-Za-z0-9._-], found `{}`",
+                self.job
             ),
+        )];
+        first_failure(job)?;
+        first_failure(self.hyperparameter_checks())?;
+        first_failure(self.data_and_distributed_checks())?;
+        self.validate_sources()?;
+        let h = &self.hyperparameters;
+        if let Some(r) = h.warmup_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!(
+                    "`hyperparameters.warmup_ratio` must be in [0, 1], found {r}"
+                ));
+            }
+        }
+        if self.method.uses_pairs() && self.data.packing {
+            return Err(format!(
+                "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
+                self.method.as_str()
+            ));
+        }
+        self.validate_method_sections()
+    }
+
+    /// `hyperparameters`' values, each (holds, key, what it must be).
+    fn hyperparameter_checks(&self) -> [(bool, &'static str, String); 9] {
+        let h = &self.hyperparameters;
+        [
             (
                 h.learning_rate > 0.0 && h.learning_rate.is_finite(),
                 "hyperparameters.learning_rate",
@@ -578,6 +639,12 @@ impl TrainConfig {
                 "hyperparameters.adam_epsilon/max_grad_norm/orpo_lambda",
                 "adam_epsilon must be > 0; max_grad_norm and orpo_lambda >= 0".into(),
             ),
+        ]
+    }
+
+    /// `data`'s and `distributed`'s values, each (holds, key, what it must be).
+    fn data_and_distributed_checks(&self) -> [(bool, &'static str, String); 4] {
+        [
             (
                 !self.data.train.is_empty(),
                 "data.train",
@@ -598,29 +665,11 @@ impl TrainConfig {
                 "distributed.bucket_mib/timeout_seconds",
                 "must both be >= 1".into(),
             ),
-        ];
-        if let Some(f) = &self.distributed.fabric_check {
-            f.validate()?;
-        }
-        for (ok, key, msg) in checks {
-            if !ok {
-                return Err(format!("`{key}` {msg}"));
-            }
-        }
-        self.validate_sources()?;
-        if let Some(r) = h.warmup_ratio {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(format!(
-                    "`hyperparameters.warmup_ratio` must be in [0, 1], found {r}"
-                ));
-            }
-        }
-        if self.method.uses_pairs() && self.data.packing {
-            return Err(format!(
-                "`data.packing` is not supported with method `{}` (pairs are scored per sequence); set it to false",
-                self.method.as_str()
-            ));
-        }
+        ]
+    }
+
+    /// The sections of the methods: `dpo` and `reward`.
+    fn validate_method_sections(&self) -> std::result::Result<(), String> {
         let d = &self.dpo;
         if !(d.beta > 0.0 && d.beta.is_finite()) {
             return Err(format!("`dpo.beta` must be > 0, found {}", d.beta));

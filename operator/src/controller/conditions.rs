@@ -8,7 +8,42 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::{Event, EventType, Recorder};
 
-use super::run::{JobStatus, Kind};
+use std::fmt::Debug;
+
+use kube::core::object::HasStatus;
+use kube::Resource;
+use serde::Serialize;
+
+/// A kind's status, written whole.
+pub trait JobStatus: Serialize + Clone + PartialEq + Default + Debug + Send + Sync {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    /// `status.observedGeneration`.
+    fn observed_generation_mut(&mut self) -> &mut Option<i64>;
+}
+
+/// [`JobStatus`] for a kind's status type with the usual `conditions` and
+/// `observed_generation` fields.
+#[macro_export]
+macro_rules! job_status {
+    ($status:ty) => {
+        impl $crate::controller::conditions::JobStatus for $status {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &self.conditions
+            }
+
+            fn conditions_mut(
+                &mut self,
+            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut self.conditions
+            }
+
+            fn observed_generation_mut(&mut self) -> &mut Option<i64> {
+                &mut self.observed_generation
+            }
+        }
+    };
+}
 
 /// An Event to publish: (warning?, reason, note).
 #[derive(Debug, Clone, PartialEq)]
@@ -209,7 +244,10 @@ impl Transitions {
 
 /// The start of a kind's next status: the status as read, the one made from it (which
 /// observes the job's generation), and the transitions between them.
-pub fn begin<K: Kind>(job: &K, now: Timestamp) -> (K::Status, K::Status, Transitions) {
+pub fn begin<K>(job: &K, now: Timestamp) -> (K::Status, K::Status, Transitions)
+where
+    K: Resource + HasStatus<Status: JobStatus>,
+{
     let old = job.status().cloned().unwrap_or_default();
     let mut s = old.clone();
     *s.observed_generation_mut() = job.meta().generation;

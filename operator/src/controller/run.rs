@@ -11,7 +11,6 @@
 //! (expectations). The status is written before any pod is deleted or created, so the
 //! attempt a pod belongs to is always recorded first.
 
-use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,31 +19,30 @@ use futures::StreamExt;
 use janus_crds::pods::reason;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::core::object::HasStatus;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
-use prometheus::IntCounter;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::apply::{delete_job, describe, holder, is_ours, write_status};
-use super::conditions::{publish_all, EventSpec};
+use super::conditions::publish_all;
 use super::context::{expect_key, key, recorder, Context, Settings};
-use super::decision::{Decision, Step};
 use super::expectations::Expectations;
 use super::nodes::{self, jobs_on_node, slim_node};
-use super::pods::{slim_pod, Containers};
+use super::pods::slim_pod;
 use super::stuck::{refused, REFUSALS};
 use crate::error::{is_status, Error, Result};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::watch::{dynamic_api, lenient_watcher, DecodeReporter};
+
+// Where the kinds import them from (they are declared with the context every hook is
+// handed).
+pub use super::conditions::JobStatus;
+pub use super::context::{AddWatches, Kind, Plan, Policy, Watch, WatchNames};
 
 /// Periodic resync of a quiet job.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -55,82 +53,6 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Requeue delay after `n` consecutive failures: 1 s, 2 s, 4 s ... capped at 5 minutes.
 pub fn backoff(n: u32) -> Duration {
     Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(RESYNC)
-}
-
-/// Health names of a kind's watches (see [`crate::health::WATCHES`]).
-#[derive(Debug, Clone, Copy)]
-pub struct WatchNames {
-    pub jobs: &'static str,
-    pub pods: &'static str,
-    pub nodes: &'static str,
-}
-
-/// What the run loop needs to know of a kind besides its hooks.
-#[derive(Clone, Copy)]
-pub struct Policy {
-    /// Label naming the job on each of its children (the pod watch selects it).
-    pub job_label: &'static str,
-    /// The pods' progress annotation (kept in the slimmed pod cache).
-    pub progress_annotation: &'static str,
-    /// The containers whose states the decisions read.
-    pub containers: Containers,
-    /// What its pods are called in messages ("worker", "pod").
-    pub noun: &'static str,
-    pub watches: WatchNames,
-    /// Reconciles in flight at once, unless `--concurrency` says otherwise.
-    pub concurrency: u16,
-    /// Whether a cached job that shows this operator's last status write stands in for
-    /// a fresh read (else the job is always read fresh before acting).
-    pub trust_cached_job: bool,
-    /// Whether the children are applied before the status is written (else at the same
-    /// time: they do not depend on it).
-    pub children_before_status: bool,
-    /// The counter of the restarts its decisions make.
-    pub restarts_total: fn(&Metrics) -> &IntCounter,
-}
-
-/// A kind's status, written whole.
-pub trait JobStatus: Serialize + Clone + PartialEq + Default + Debug + Send + Sync {
-    fn conditions(&self) -> &[Condition];
-    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
-    /// `status.observedGeneration`.
-    fn observed_generation_mut(&mut self) -> &mut Option<i64>;
-}
-
-/// [`JobStatus`] for a kind's status type with the usual `conditions` and
-/// `observed_generation` fields.
-#[macro_export]
-macro_rules! job_status {
-    ($status:ty) => {
-        impl $crate::controller::JobStatus for $status {
-            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
-                &self.conditions
-            }
-
-            fn conditions_mut(
-                &mut self,
-            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-                &mut self.conditions
-            }
-
-            fn observed_generation_mut(&mut self) -> &mut Option<i64> {
-                &mut self.observed_generation
-            }
-        }
-    };
-}
-
-/// What one look at a job concluded.
-#[derive(Debug)]
-pub struct Plan<K: Kind> {
-    pub decision: Decision<K::Step>,
-    /// The status it leads to, and the Events of its transitions.
-    pub status: K::Status,
-    pub events: Vec<EventSpec>,
-    /// Pods to delete with grace period 0 (on a node down past the toleration).
-    pub force: Vec<String>,
-    /// When a toleration of a down node ends next.
-    pub toleration_end: Option<Duration>,
 }
 
 impl<K: Kind> Plan<K> {
@@ -150,133 +72,6 @@ impl<K: Kind> Plan<K> {
             .flatten()
             .min();
         Action::requeue(after.map_or(RESYNC, |t| t.min(RESYNC) + Duration::from_millis(100)))
-    }
-}
-
-/// What a kind's watches are started with.
-pub struct Watch<'a> {
-    pub client: &'a Client,
-    pub namespace: &'a Option<String>,
-    pub health: &'a Health,
-    pub metrics: &'a Metrics,
-    pub decode: &'a DecodeReporter,
-}
-
-/// Adds a kind's own watches to its controller.
-pub type AddWatches<K> = Box<dyn FnOnce(Controller<K>) -> Controller<K> + Send>;
-
-/// A kind of job: its types, and the hooks the run loop calls. Each kind decides alone
-/// (a pure function of its job, its pods and its facts); everything else is here.
-pub trait Kind:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + HasStatus<Status: JobStatus>
-    + Clone
-    + Debug
-    + Serialize
-    + DeserializeOwned
-    + Send
-    + Sync
-    + 'static
-{
-    /// Its own step of a job under way (the rest of a decision is the layer's).
-    type Step: Step;
-    /// A pod's place in the job (a rank, a slot), from its labels.
-    type Role: Clone + Debug + PartialEq + Send + Sync + 'static;
-    /// What a decision reads besides the job and its pods (Kueue's admission, gates).
-    type Facts: Send + Sync;
-    /// The kind's own caches.
-    type Own: Send + Sync + 'static;
-    const POLICY: Policy;
-
-    fn role(pod: &Pod) -> Option<Self::Role>;
-
-    /// Start the kind's own watches, given the job cache.
-    fn watches(
-        w: Watch<'_>,
-        jobs: Store<Self>,
-    ) -> impl Future<Output = (Self::Own, AddWatches<Self>)> + Send;
-
-    /// Wait until the kind's own caches are complete ("not found" is only true then).
-    fn caches_ready(ctx: &Context<Self>) -> impl Future<Output = ()> + Send {
-        let _ = ctx;
-        async {}
-    }
-
-    /// The facts of the cached job.
-    fn observe(ctx: &Context<Self>, job: &Self)
-        -> impl Future<Output = Result<Self::Facts>> + Send;
-
-    /// The facts of `job` read fresh, before acting (`facts`: those of the cached job).
-    fn refresh(
-        ctx: &Context<Self>,
-        job: &Self,
-        facts: Self::Facts,
-    ) -> impl Future<Output = Result<Self::Facts>> + Send {
-        let _ = (ctx, job);
-        async move { Ok(facts) }
-    }
-
-    /// Whether the cached view may miss a change the kind reads outside its caches
-    /// (then a quiet job is looked at fresh anyway).
-    fn look_again(job: &Self) -> bool {
-        let _ = job;
-        false
-    }
-
-    /// The decision, the status it leads to and its Events, for `pods`.
-    fn plan(
-        ctx: &Context<Self>,
-        job: &Self,
-        facts: &Self::Facts,
-        pods: &[Arc<Pod>],
-        now: Timestamp,
-    ) -> Plan<Self>;
-
-    /// Apply the children other than pods (server-side apply: again is a no-op).
-    fn apply_children(
-        ctx: &Context<Self>,
-        job: &Self,
-        facts: &Self::Facts,
-        plan: &Plan<Self>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// What has to exist before the pods (a PodGroup); may block the job.
-    fn before_pods(
-        ctx: &Context<Self>,
-        jobs: &Api<Self>,
-        job: &Self,
-        plan: &Plan<Self>,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<()>> + Send {
-        let _ = (ctx, jobs, job, plan, now);
-        async { Ok(()) }
-    }
-
-    /// The pods the decision creates.
-    fn pods(
-        ctx: &Context<Self>,
-        job: &Self,
-        facts: &Self::Facts,
-        plan: &Plan<Self>,
-    ) -> impl Future<Output = Result<Vec<Pod>>> + Send;
-
-    /// What others learn of the decision (Kueue's Workload), after acting on it.
-    fn after(
-        ctx: &Context<Self>,
-        job: &Self,
-        facts: &Self::Facts,
-        decision: &Decision<Self::Step>,
-        pods: &[Arc<Pod>],
-        now: Timestamp,
-    ) -> impl Future<Output = Result<()>> + Send {
-        let _ = (ctx, job, facts, decision, pods, now);
-        async { Ok(()) }
-    }
-
-    /// A requeue that replaces the decision's (looking again for something unwatched).
-    fn requeue_instead(facts: &Self::Facts) -> Option<Duration> {
-        let _ = facts;
-        None
     }
 }
 

@@ -3,9 +3,9 @@
 //! starting from the protocol's defaults. Mounted from the job's ConfigMap at
 //! `JANUS_CONFIG`.
 
-use janus_crds::config::eval::{BenchSection, EvalModel, GenerationSection, JudgeSection};
+use janus_crds::config::eval::{BenchSection, EvalModel};
 use janus_crds::config::{DeviceChoice, EvalConfig};
-use janus_crds::{env, JanusEvalJob};
+use janus_crds::JanusEvalJob;
 use kube::ResourceExt;
 
 use super::gates::{output_url, Resolved};
@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 pub fn eval_config(job: &JanusEvalJob, resolved: &Resolved) -> Result<EvalConfig> {
     let spec = &job.spec;
     let protocol = EvalConfig::janus_bench();
-    let (g, j) = (&spec.generation, &spec.judge);
-    let c = EvalConfig {
+    let mut c = EvalConfig {
         job: job.name_any(),
         model: EvalModel {
             path: resolved
@@ -39,43 +38,15 @@ pub fn eval_config(job: &JanusEvalJob, resolved: &Resolved) -> Result<EvalConfig
             path: spec.benchmark.url.to_string(),
             limit: spec.benchmark.limit.map(|l| l as usize),
         },
-        generation: GenerationSection {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            top_k: g.top_k.map(|k| k as usize),
-            repetition_penalty: g.repetition_penalty,
-            max_new_tokens: g.max_new_tokens as usize,
-            seed: g.seed,
-            batch_size: g.batch_size as usize,
-            // Best-of-N with a reward model is for a later version of the resource.
-            best_of: 1,
-            reward_model: None,
-        },
-        judge: JudgeSection {
-            url: j.endpoint.clone(),
-            model: j.model.clone(),
-            api_key_env: j
-                .api_key_secret_ref
-                .as_ref()
-                .map(|_| env::JUDGE_API_KEY.to_string()),
-            runs: j.runs as usize,
-            concurrency: j.concurrency as usize,
-            requests_per_minute: j.requests_per_minute,
-            timeout_seconds: j.timeout_seconds,
-            max_retries: j.max_retries as usize,
-            max_parse_retries: j.max_parse_retries as usize,
-            show_system: j.show_system_message,
-            template: protocol.judge.template,
-            temperature: j.temperature,
-            top_p: j.top_p,
-            max_tokens: j.max_tokens as usize,
-            parser: j.parser,
-            mode: j.mode,
-            batch_poll_seconds: protocol.judge.batch_poll_seconds,
-        },
         baseline: resolved.baseline_results_url.clone(),
         output_dir: output_url(job),
+        ..protocol
     };
+    // The job's sampling and judge settings, each declared once with the config's
+    // section (crds `config::eval`); what the job has no field for (best-of-N, the
+    // judge's template, the batch poll interval) keeps the protocol's value.
+    spec.generation.apply_to(&mut c.generation);
+    spec.judge.apply_to(&mut c.judge);
     let origin = format!(
         "JanusEvalJob {}/{}",
         job.namespace().unwrap_or_default(),
@@ -179,6 +150,114 @@ worker:
         );
         assert_eq!(parsed.judge.requests_per_minute, 500);
         assert_eq!(parsed.bench.limit, Some(921));
+    }
+
+    /// The config keys a `JanusEvalJob` has no field for: they keep the protocol's value.
+    const ONLY_IN_CONFIG: [&str; 4] = [
+        "generation.best_of",
+        "generation.reward_model",
+        "judge.template",
+        "judge.batch_poll_seconds",
+    ];
+
+    /// The job's `generation` and `judge` and the eval config's sections are one
+    /// declaration: a job naming every config field (in the config's own JSON,
+    /// camelCased; the judge's endpoint, system-message flag and key under the CRD's
+    /// names) renders exactly those sections. A config field added without a CRD
+    /// field fails here unless it is listed in `ONLY_IN_CONFIG`.
+    #[test]
+    fn an_eval_job_can_set_every_config_generation_and_judge_field_and_the_render_carries_each() {
+        let protocol = EvalConfig::janus_bench();
+        let mut want = protocol.clone();
+        let g = &mut want.generation;
+        (g.temperature, g.top_p, g.top_k, g.repetition_penalty) = (0.7, 0.8, Some(40), 1.1);
+        (g.max_new_tokens, g.seed, g.batch_size) = (512, 7, 4);
+        let j = &mut want.judge;
+        j.url = "http://judge.eval.svc/v1".into();
+        j.model = "judge-7b".into();
+        j.api_key_env = Some(janus_crds::env::JUDGE_API_KEY.into());
+        (
+            j.runs,
+            j.concurrency,
+            j.requests_per_minute,
+            j.timeout_seconds,
+        ) = (5, 2, 60, 30);
+        (j.max_retries, j.max_parse_retries, j.show_system) = (3, 1, true);
+        (j.temperature, j.top_p, j.max_tokens) = (0.0, 0.5, 256);
+        j.parser = janus_crds::config::eval::JudgeParser::Original;
+        j.mode = janus_crds::config::eval::JudgeMode::Batch;
+
+        let camel = |k: &str| {
+            let mut parts = k.split('_');
+            let mut out = parts.next().unwrap_or_default().to_string();
+            for p in parts {
+                let mut cs = p.chars();
+                out.extend(cs.next().map(|c| c.to_ascii_uppercase()));
+                out.extend(cs);
+            }
+            out
+        };
+        let mut sections = serde_json::Map::new();
+        for (section, value) in [
+            (
+                "generation",
+                serde_json::to_value(&want.generation).unwrap(),
+            ),
+            ("judge", serde_json::to_value(&want.judge).unwrap()),
+        ] {
+            let mut crd = serde_json::Map::new();
+            for (k, v) in value.as_object().unwrap() {
+                let key = format!("{section}.{k}");
+                if ONLY_IN_CONFIG.contains(&key.as_str()) {
+                    continue;
+                }
+                let was = lookup(&protocol, &key);
+                assert_ne!(
+                    &was, v,
+                    "{key}: set it to a value other than the protocol's"
+                );
+                let (name, value) = match key.as_str() {
+                    "judge.url" => ("endpoint".to_string(), v.clone()),
+                    "judge.show_system" => ("showSystemMessage".to_string(), v.clone()),
+                    // The key is a Secret's; the pod gets it in JANUS_JUDGE_API_KEY.
+                    "judge.api_key_env" => (
+                        "apiKeySecretRef".to_string(),
+                        serde_json::json!({"name": "judge", "key": "api-key"}),
+                    ),
+                    _ => (camel(k), v.clone()),
+                };
+                crd.insert(name, value);
+            }
+            sections.insert(section.to_string(), crd.into());
+        }
+        let mut job = representative_job();
+        job.spec.generation = serde_json::from_value(sections["generation"].clone()).unwrap();
+        job.spec.judge = serde_json::from_value(sections["judge"].clone()).unwrap();
+        // Every key the job names is a field of the CRD (serde ignores unknown ones).
+        for (section, spec) in [
+            (
+                "generation",
+                serde_json::to_value(&job.spec.generation).unwrap(),
+            ),
+            ("judge", serde_json::to_value(&job.spec.judge).unwrap()),
+        ] {
+            for k in sections[section].as_object().unwrap().keys() {
+                assert!(
+                    spec.get(k).is_some(),
+                    "{section}.{k}: not a field of the CRD"
+                );
+            }
+        }
+
+        let c = eval_config(&job, &resolved(&job)).unwrap();
+        assert_eq!(c.generation, want.generation);
+        assert_eq!(c.judge, want.judge);
+    }
+
+    /// The value at a dotted key of a config's JSON.
+    pub fn lookup(c: &EvalConfig, key: &str) -> serde_json::Value {
+        let v = serde_json::to_value(c).unwrap();
+        key.split('.').fold(v, |v, k| v[k].clone())
     }
 
     #[test]

@@ -17,10 +17,10 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     c.job = job.name_any();
     spec.hyperparameters.apply_to(&mut c);
     if let Some(d) = &spec.dpo {
-        d.apply_to(&mut c);
+        d.apply_to(&mut c.dpo);
     }
     if let Some(r) = &spec.reward {
-        c.reward.center_rewards_coefficient = r.center_rewards_coefficient;
+        r.apply_to(&mut c.reward);
     }
     c.model.path = PathBuf::from(spec.model.url.as_str());
     c.model.tokenizer = spec
@@ -48,7 +48,7 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     if let Some(f) = spec.dataset.prompt_format {
         c.data.prompt_format = f;
     }
-    c.data.truncation = spec.dataset.truncation.to_trainer();
+    c.data.truncation = spec.dataset.truncation.into();
     c.data.min_response_tokens = spec.dataset.min_response_tokens as usize;
     c.data.skip_bad_records = spec.dataset.skip_bad_records;
     // `<url>/<namespace>/<name>`: same-name jobs of two namespaces keep apart, and the
@@ -71,6 +71,9 @@ pub fn trainer_config(job: &JanusTrainingJob) -> TrainConfig {
     c.checkpoint.retry_timeout_seconds = spec.checkpoint.retry_timeout_seconds;
     c.output_dir = PathBuf::from(spec.output.url.as_str());
     c.distributed.fabric_check = spec.fabric_check.as_ref().map(|f| f.to_trainer());
+    if let Some(t) = spec.collective_timeout_seconds {
+        c.distributed.timeout_seconds = t;
+    }
     c
 }
 
@@ -166,6 +169,17 @@ storageSecretRef:
         assert!(c.checkpoint.resume);
         job.spec.workers.gpus_per_worker = 0;
         assert_eq!(trainer_config(&job).model.device, DeviceChoice::Cpu);
+    }
+
+    /// The collective deadline comes from the job when it sets one, else the recipe's.
+    #[test]
+    fn the_collective_timeout_is_the_jobs_or_the_recipes() {
+        let mut job = representative_job();
+        assert_eq!(job.spec.collective_timeout_seconds, None);
+        let recipe = trainer_config(&job).distributed.timeout_seconds;
+        assert_eq!(recipe, 1800);
+        job.spec.collective_timeout_seconds = Some(20);
+        assert_eq!(trainer_config(&job).distributed.timeout_seconds, 20);
     }
 
     /// What the operator renders, the trainer accepts as it is (same type, validated).

@@ -178,15 +178,21 @@ fn helm_installed_operator_runs_under_its_own_service_account_with_leader_electi
         "-A"
     ]));
     assert!(can(&["create", "pods", "-n", "default"]));
-    // Trimmed to the verbs it uses: the static children by server-side apply only
-    // (every job of the tests below gets its children so), status by patch only.
+    // A child is read before it is applied over, so that an object of its name the job
+    // does not own is left alone (no adoption): `get` on each kind of child. Pods it may
+    // already list, so `get` on them reveals nothing more.
+    for what in ["pods", "services", "configmaps", "serviceaccounts"] {
+        assert!(can(&["get", what, "-n", "default"]), "get {what}");
+    }
+    // Trimmed to the verbs it uses: children by create or server-side apply only (every
+    // job of the tests below gets its children so), status by patch only.
     for (verb, what) in [
         ("update", "janustrainingjobs.janus.dev/status"),
         ("delete", "configmaps"),
+        ("update", "serviceaccounts"),
         ("list", "roles.rbac.authorization.k8s.io"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
-        ("get", "pods"),
-        ("get", "serviceaccounts"),
+        ("list", "serviceaccounts"),
         ("delete", "podgroups.scheduling.volcano.sh"),
     ] {
         assert!(

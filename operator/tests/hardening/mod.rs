@@ -192,6 +192,8 @@ async fn every_integer_at_its_bounds_is_decoded_and_beyond_them_refused() {
     // Suspended: a job with 4096 replicas must not make 4096 pods.
     let mut spec = serde_json::to_value(job_spec(1)).unwrap();
     spec["runPolicy"] = json!({"suspend": true});
+    // rdma.count is checked inside an rdma block, which needs its resource.
+    spec["workers"]["rdma"] = json!({"resourceName": "rdma/hca"});
     let base = json!({"apiVersion": "janus.dev/v1alpha1", "kind": "JanusTrainingJob",
                       "metadata": {"name": "t", "namespace": ns}, "spec": spec});
     let (min, max) =

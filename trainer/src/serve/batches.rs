@@ -15,8 +15,7 @@
 //! (their status and error body) in the error file. Files and batches live in memory:
 //! a restarted server has none, and a client polling an old batch id gets a 404.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -27,77 +26,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::openai::ApiError;
-use super::routes::{answered, chat_completion, check_key, json_response, now, random_id, Shared};
+use super::openai::{now, random_id, ApiError};
+use super::routes::{answered, chat_completion, check_key, json_response, Shared};
 
 /// Largest upload (the Batch API takes input files up to 200 MB).
 pub const MAX_FILE_BYTES: usize = 200 << 20;
 /// The only endpoint a batch may target.
 const CHAT: &str = "/v1/chat/completions";
-
-struct StoredFile {
-    object: Value,
-    bytes: Bytes,
-}
-
-/// Uploaded files and batch objects, by id.
-#[derive(Default)]
-pub struct Store {
-    files: Mutex<HashMap<String, Arc<StoredFile>>>,
-    batches: Mutex<HashMap<String, Value>>,
-}
-
-impl Store {
-    fn add_file(&self, filename: &str, purpose: &str, bytes: Bytes) -> Value {
-        let id = random_id("file");
-        let object = json!({
-            "id": id, "object": "file", "bytes": bytes.len(), "created_at": now(),
-            "filename": filename, "purpose": purpose, "status": "processed",
-            "status_details": null, "expires_at": null,
-        });
-        let f = Arc::new(StoredFile {
-            object: object.clone(),
-            bytes,
-        });
-        self.files.lock().expect("lock").insert(id, f);
-        object
-    }
-
-    fn file(&self, id: &str) -> Result<Arc<StoredFile>, ApiError> {
-        self.files
-            .lock()
-            .expect("lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| not_found("file", id))
-    }
-
-    fn batch(&self, id: &str) -> Result<Value, ApiError> {
-        self.batches
-            .lock()
-            .expect("lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| not_found("batch", id))
-    }
-
-    /// Apply `f` to batch `id`'s object.
-    fn update(&self, id: &str, f: impl FnOnce(&mut Value)) {
-        if let Some(b) = self.batches.lock().expect("lock").get_mut(id) {
-            f(b);
-        }
-    }
-}
-
-fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError {
-        status: 404,
-        message: format!("no {what} with id `{id}`"),
-        kind: "invalid_request_error",
-        param: Some("id".into()),
-        code: None,
-    }
-}
 
 pub fn routes() -> Router<Shared> {
     Router::new()

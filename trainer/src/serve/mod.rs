@@ -8,6 +8,7 @@ mod batches;
 mod metrics;
 pub mod openai;
 mod routes;
+mod store;
 mod worker;
 
 use std::net::SocketAddr;
@@ -61,7 +62,7 @@ async fn serve(opts: ServeOptions) -> Result<()> {
         .map_err(|e| Error::io("the listening address", e))?;
     let state = Arc::new(routes::AppState {
         name: opts.served_name.clone(),
-        batches: batches::Store::default(),
+        batches: store::Store::default(),
         metrics: metrics::Metrics::new(),
         api_key: opts.api_key.clone(),
         ready: OnceLock::new(),
@@ -97,7 +98,7 @@ async fn serve(opts: ServeOptions) -> Result<()> {
             _ = signal() => tracing::info!("shutting down"),
         }
     };
-    axum::serve(listener, routes::router(state))
+    axum::serve(listener, routes::router(state, batches::routes()))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Error::io("serving", e))?;

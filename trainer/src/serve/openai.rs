@@ -6,6 +6,19 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+/// An object's `created` / `created_at`: seconds since the Unix epoch.
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An object id in OpenAI's style: `<prefix>-<24 hex digits>`.
+pub(super) fn random_id(prefix: &str) -> String {
+    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
+}
+
 /// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,7 +16,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::metrics::Metrics;
-use super::openai::{self, ApiError, ChatRequest, CompletionRequest, Generation, PromptIn, Usage};
+use super::openai::{
+    self, now, random_id, ApiError, ChatRequest, CompletionRequest, Generation, PromptIn, Usage,
+};
+use super::store::Store;
 use super::worker::{EngineHandle, Job, Out};
 use crate::data::PromptFormat;
 use crate::generate::chat::{self, Message, Role};
@@ -35,7 +38,7 @@ pub struct AppState {
     /// The model name clients send (`model`).
     pub name: String,
     /// Uploaded files and batches (`/v1/files`, `/v1/batches`).
-    pub batches: super::batches::Store,
+    pub batches: Store,
     pub metrics: Metrics,
     /// Required bearer token, when set.
     pub api_key: Option<String>,
@@ -46,24 +49,18 @@ pub struct AppState {
 
 pub(super) type Shared = Arc<AppState>;
 
-pub fn router(state: Shared) -> Router {
+/// The server's routes, with `more` (the Files and Batch API's) beside them.
+pub fn router(state: Shared, more: Router<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
-        .merge(super::batches::routes())
+        .merge(more)
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
-}
-
-pub(super) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub(super) fn json_with(status: StatusCode, v: &Value) -> Response {
@@ -274,10 +271,6 @@ fn requests(
             stream: first_stream + i,
         })
         .collect())
-}
-
-pub(super) fn random_id(prefix: &str) -> String {
-    format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -127,6 +127,13 @@ pub struct Counts {
     pub sources: Vec<SourceCounts>,
 }
 
+impl Counts {
+    /// Units drawn so far per source of a weighted mixture, `(source, drawn)`.
+    pub fn drawn(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.sources.iter().map(|c| (c.source.as_str(), c.drawn))
+    }
+}
+
 /// One source of a weighted mixture.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SourceCounts {

@@ -94,17 +94,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     crate::plan::check_before_training(cfg, &model_config, world, accumulation, device)?;
     let mut trainer = new_trainer(cfg, &model_config, device);
     log_attention_kernel(cfg, &model_config, device);
-    // metrics (issue 11): /metrics of this process, see crate::metrics.
-    let metrics = Arc::new(TrainMetrics::new(
-        &Labels::from_env(&cfg.job, rank),
-        world,
+    let metrics = train_metrics(
+        cfg,
+        (rank, world, local_rank),
         &model_config,
-        &trainer.vs.trainable_variables(),
-        cfg.data.max_seq_len,
+        &trainer,
         device,
-        crate::config::kind(cfg.model.dtype),
-    ));
-    metrics.serve_from_env(local_rank);
+    );
     let config_hash = cfg.trajectory_hash();
     world::join(
         cfg,
@@ -124,23 +120,18 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         &model_config,
         &base_config,
     )?;
-    // The objective, chosen once; DPO's reference may be the model just loaded.
-    let reference = match cfg.method {
-        Method::Dpo => Some(reference::for_run(
-            cfg,
-            &ckpt,
-            feed.pairs(),
-            &trainer.model,
-            trainer.comm.as_mut(),
-            &files.dir,
-            tok.pad_id,
-            record.resumed_from.is_some(),
-            device,
-            retry,
-        )?),
-        _ => None,
-    };
-    let objective = Objective::new(cfg, reference)?;
+    let resumed = record.resumed_from.is_some();
+    let objective = objective(
+        cfg,
+        &ckpt,
+        &feed,
+        &mut trainer,
+        &files.dir,
+        tok.pad_id,
+        resumed,
+        device,
+        retry,
+    )?;
     let reporter = Reporter::for_pod(rank, Duration::from_secs(10));
     let fabric = fabric_check(
         cfg,
@@ -212,6 +203,58 @@ fn fabric_check(
 
 /// The model of `model_config` (random weights until loaded) with its optimizer, as
 /// the config sets them up.
+/// The objective, chosen once; DPO's reference may be the model just loaded.
+#[allow(clippy::too_many_arguments)]
+fn objective(
+    cfg: &TrainConfig,
+    ckpt: &CheckpointDir,
+    feed: &Feed,
+    trainer: &mut Trainer,
+    model_path: &std::path::Path,
+    pad: i64,
+    resumed: bool,
+    device: tch::Device,
+    retry: Duration,
+) -> Result<Objective> {
+    let reference = match cfg.method {
+        Method::Dpo => Some(reference::for_run(
+            cfg,
+            ckpt,
+            feed.pairs(),
+            &trainer.model,
+            trainer.comm.as_mut(),
+            model_path,
+            pad,
+            resumed,
+            device,
+            retry,
+        )?),
+        _ => None,
+    };
+    Objective::new(cfg, reference)
+}
+
+/// This process's metrics (issue 11; see crate::metrics), served on /metrics.
+fn train_metrics(
+    cfg: &TrainConfig,
+    (rank, world, local_rank): (usize, usize, usize),
+    model_config: &ModelConfig,
+    trainer: &Trainer,
+    device: tch::Device,
+) -> Arc<TrainMetrics> {
+    let metrics = Arc::new(TrainMetrics::new(
+        &Labels::from_env(&cfg.job, rank),
+        world,
+        model_config,
+        &trainer.vs.trainable_variables(),
+        cfg.data.max_seq_len,
+        device,
+        crate::config::kind(cfg.model.dtype),
+    ));
+    metrics.serve_from_env(local_rank);
+    metrics
+}
+
 fn new_trainer(cfg: &TrainConfig, model_config: &ModelConfig, device: tch::Device) -> Trainer {
     let h = &cfg.hyperparameters;
     let adam = AdamWConfig {

@@ -147,6 +147,7 @@ impl RunLoop<'_> {
         let tps = self.run.tokens_per_second();
         self.metrics.sequences(r.attention.0, r.attention.1); // metrics
         self.metrics.step(state.step, r.loss, r.grad_norm, lr, tps); // metrics
+        self.metrics.drawn(self.feed.counts().drawn()); // metrics
         let mut fields: Vec<(&str, f64)> = vec![
             ("loss", r.loss),
             ("grad_norm", r.grad_norm),
