@@ -619,15 +619,68 @@ pub struct RunPolicy {
     /// anything else restarts it and counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_policy: Option<FailurePolicy>,
+    /// How long a restarted gang waits before its pods are created, so a job that
+    /// fails at once does not restart hot. Left out: the defaults (10 s doubling to
+    /// 300 s, reset after 600 s of running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_backoff: Option<RestartBackoff>,
+}
+
+/// The delays of gang restarts in a row, as the kubelet's `CrashLoopBackOff`: the first
+/// restart after a healthy run starts the new gang at once; the second in a row waits
+/// `initialSeconds`, each further one twice the one before, at most `maxSeconds`. A
+/// restart that does not count (`RestartJobAndIgnoreBackoff`, a disruption) never
+/// doubles, but in a row it still waits `initialSeconds`. The wait is in the
+/// `Restarting` condition and its Event.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartBackoff {
+    /// Seconds the second restart in a row waits (and every uncounted one in a row).
+    #[serde(default = "default_restart_initial")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub initial_seconds: i64,
+    /// The longest wait.
+    #[serde(default = "default_restart_max")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_seconds: i64,
+    /// Seconds every worker must have been running for the run to count as healthy:
+    /// the next restart is the first in a row again.
+    #[serde(default = "default_restart_reset")]
+    #[schemars(range(min = 1, max = crate::contract::MAX_SECONDS))]
+    pub reset_after_seconds: i64,
+}
+
+fn default_restart_initial() -> i64 {
+    10
+}
+
+fn default_restart_max() -> i64 {
+    300
+}
+
+fn default_restart_reset() -> i64 {
+    600
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        Self {
+            initial_seconds: default_restart_initial(),
+            max_seconds: default_restart_max(),
+            reset_after_seconds: default_restart_reset(),
+        }
+    }
 }
 
 /// Rules deciding what a failed worker does to the job.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailurePolicy {
-    /// Evaluated in order for each failed worker; the first rule that matches decides.
-    /// `FailJob` of any failed worker fails the job; otherwise the action of the first
-    /// failure decides whether the restart counts.
+    /// Evaluated in order, the first rule that matches decides (as JobSet's
+    /// `failurePolicy`), for the gang's first failure: a worker on a node down past the
+    /// toleration, else a disrupted one, else the one that failed first by time. The
+    /// peers that then lose it (exit 75, an NCCL error) are not judged: their exits
+    /// cannot turn a restart into `FailJob`.
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub rules: Vec<FailurePolicyRule>,
@@ -714,6 +767,10 @@ pub struct OnPodCondition {
     pub type_: PodConditionType,
 }
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 fn default_backoff_limit() -> i32 {
     3
 }
@@ -729,6 +786,7 @@ impl Default for RunPolicy {
             scheduling_timeout_seconds: None,
             unreachable_node_toleration_seconds: crate::pods::default_unreachable_node_toleration(),
             failure_policy: None,
+            restart_backoff: None,
         }
     }
 }
@@ -890,6 +948,12 @@ pub struct JanusTrainingJobStatus {
     /// (preemption, eviction, node drain or loss) restart the gang without counting.
     #[serde(default)]
     pub restarts_counted_towards_backoff: i32,
+    /// Restarts in a row since the gang last ran healthy (see `runPolicy.restartBackoff`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_restarts: i32,
+    /// The restarted gang's pods are created from then on (restart backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_not_before: Option<Time>,
     /// When the job (last) started or resumed; `activeDeadlineSeconds` counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,

@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod error;
 pub mod eval;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod leader;

@@ -10,6 +10,7 @@ use clap::Parser;
 use futures::FutureExt;
 use janus_crds::{JanusEvalJob, JanusTrainingJob};
 use janus_operator::controller::{self, apply::MANAGER};
+use janus_operator::events::{Recorder, Reporter};
 use janus_operator::health::Health;
 use janus_operator::http::{self, HttpState};
 use janus_operator::leader::{LeaderElector, LeaseConfig};
@@ -19,7 +20,6 @@ use janus_operator::telemetry;
 use janus_operator::watch::DecodeReporter;
 use janus_operator::Settings;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 

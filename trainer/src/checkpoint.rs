@@ -1,7 +1,9 @@
 //! Checkpoints: `<dir>/<job>/step-<N>/` with HF model files, optimizer state, trainer
 //! state (step, schedule, data cursor, seed) and `manifest.json`, written last. A step
 //! directory without a manifest does not exist. `<dir>/<job>/latest` names the newest
-//! complete step.
+//! complete step. `<dir>/<job>/fence.json` names the newest attempt of the job (the
+//! operator's gang restarts): a writer of an older attempt publishes nothing once a
+//! newer one has started.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use crate::storage::{Store, Written};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
+pub const FENCE: &str = "fence.json";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const TRAINER_STATE: &str = "trainer_state.json";
 /// v2 adds fp32 master weights to the optimizer state (`master.<name>`) and the
@@ -73,6 +76,43 @@ pub struct Manifest {
     pub format: String,
     pub step: u64,
     pub files: Vec<ManifestEntry>,
+    /// The attempt that wrote it (`JANUS_ATTEMPT`; absent outside the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
+    /// The fence's epoch when it was published (absent: no fence yet). Resume and
+    /// pruning order checkpoints by (epoch, step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}
+
+/// [`FENCE`]: the newest writer to claim the history, and how many claims it has seen.
+/// The epoch, not the attempt, orders histories: a job created again on the same
+/// history (another owner, `resumeFrom`) starts again at attempt 0, after the first
+/// owner's attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Fence {
+    #[serde(flatten)]
+    writer: Writer,
+    epoch: u64,
+}
+
+/// Who writes a history: the job (`checkpoint.owner`) and its attempt. The newest one
+/// to start is recorded in [`FENCE`]; older ones may no longer publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Writer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub attempt: u64,
+}
+
+impl std::fmt::Display for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "attempt {}", self.attempt)?;
+        if let Some(o) = &self.owner {
+            write!(f, " of owner {o}")?;
+        }
+        Ok(())
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String)> {
@@ -97,6 +137,8 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 /// checkpoint to a local cache in parallel ranges, hashing as it arrives, and checks it.
 pub struct CheckpointDir {
     store: Store,
+    /// Set for a run of the operator: saves are fenced by attempt.
+    writer: Option<Writer>,
     /// Unique per instance (and removed with it): runs in one process never share it.
     staging: tempfile::TempDir,
 }
@@ -129,7 +171,78 @@ impl CheckpointDir {
     pub fn new(dir: &str, job: &str, retry_timeout: Duration) -> Result<Self> {
         let store = Store::open(dir, retry_timeout)?.child(job);
         let staging = staging_dir(&format!("janus-{job}-"))?;
-        Ok(Self { store, staging })
+        Ok(Self {
+            store,
+            writer: None,
+            staging,
+        })
+    }
+
+    /// Saves of this instance are `writer`'s: refused once a newer attempt (or another
+    /// owner) has claimed the history, and their manifests record the attempt.
+    pub fn fenced(mut self, writer: Option<Writer>) -> Self {
+        self.writer = writer;
+        self
+    }
+
+    /// The fence, if any writer claimed the history.
+    fn fence(&self) -> Result<Option<Fence>> {
+        if !self.store.exists(FENCE)? {
+            return Ok(None);
+        }
+        let bytes = self.store.get_bytes(FENCE)?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Checkpoint(format!("{}/{FENCE}: unreadable: {e}", self.store.url()))
+        })
+    }
+
+    /// Claim the history for this run's attempt (rank 0, once it knows where it
+    /// resumes from): from now on an older attempt of the same job publishes nothing
+    /// here. Refused when a newer attempt of the same job has claimed it already: this
+    /// run is the stale one (its pod outlived a gang restart). Without a writer (a run
+    /// outside the operator) nothing is fenced.
+    pub fn claim(&self) -> Result<()> {
+        let Some(me) = &self.writer else {
+            return Ok(());
+        };
+        let fence = self.fence()?;
+        let epoch = match &fence {
+            Some(f) if f.writer.owner == me.owner && f.writer.attempt > me.attempt => {
+                return Err(self.fenced_out(&f.writer, "start"));
+            }
+            // The same writer again (its rank 0 restarted in place): the same epoch.
+            Some(f) if f.writer == *me => return Ok(()),
+            Some(f) => f.epoch + 1,
+            None => 1,
+        };
+        let fence = Fence {
+            writer: me.clone(),
+            epoch,
+        };
+        self.store
+            .put_bytes(FENCE, serde_json::to_vec(&fence).expect("fence serializes"))
+    }
+
+    /// Refuse to `what` when the fence names another writer than this one: a newer
+    /// attempt of the job, or another owner, took the history over. Else the epoch
+    /// this write belongs to (an unfenced run writes into the current one).
+    fn check_fence(&self, what: &str) -> Result<Option<u64>> {
+        let fence = self.fence()?;
+        if let (Some(me), Some(f)) = (&self.writer, &fence) {
+            if f.writer.owner != me.owner || f.writer.attempt > me.attempt {
+                return Err(self.fenced_out(&f.writer, what));
+            }
+        }
+        Ok(fence.map(|f| f.epoch))
+    }
+
+    fn fenced_out(&self, theirs: &Writer, what: &str) -> Error {
+        let me = self.writer.as_ref().expect("a fenced writer");
+        Error::Checkpoint(format!(
+            "{}/{FENCE} names {theirs}, newer than this run ({me}): a stale attempt may not {what} \
+             here; stopping without writing (its pod outlived a gang restart)",
+            self.store.url()
+        ))
     }
 
     /// The checkpoint history at `url` (`<dir>/<job>`, as `url()` names it).
@@ -188,6 +301,8 @@ impl CheckpointDir {
     ) -> Result<String> {
         let _threads = OneTorchThread::new();
         let name = step_name(state.step);
+        // A stale attempt would delete the newer one's step of this number first.
+        self.check_fence(&format!("save step {}", state.step))?;
         // A leftover of this step (a crash mid-save, or an older run) goes first.
         self.store.delete_prefix(&name)?;
         if let Some(dir) = self.store.local_dir().map(|root| root.join(&name)) {
@@ -233,6 +348,9 @@ impl CheckpointDir {
             format: FORMAT.into(),
             step: state.step,
             files: entries,
+            attempt: self.writer.as_ref().map(|w| w.attempt),
+            // A newer attempt may have started while this one wrote the files.
+            epoch: self.check_fence(&format!("publish step {}", state.step))?,
         };
         self.store.put_bytes(
             &format!("{name}/{MANIFEST}"),
@@ -240,6 +358,9 @@ impl CheckpointDir {
         )?;
         self.store
             .put_bytes(LATEST, format!("{name}\n").into_bytes())?;
+        // A stale attempt that got its manifest in just before the newer one claimed
+        // deletes nothing of the newer one's.
+        self.check_fence(&format!("prune after step {}", state.step))?;
         self.prune(keep, state.step)?;
         Ok(self.step_url(state.step))
     }
@@ -248,18 +369,41 @@ impl CheckpointDir {
     /// incomplete ones older than `newest`. Runs only after `newest` is complete.
     fn prune(&self, keep: usize, newest: u64) -> Result<()> {
         let steps = self.list()?;
-        let complete: Vec<u64> = steps.iter().filter(|(_, c)| *c).map(|(s, _)| *s).collect();
-        let cutoff = if keep == 0 || complete.len() <= keep {
+        let complete = self.newest_last(&steps);
+        let old = if keep == 0 {
             0
         } else {
-            complete[complete.len() - keep]
+            complete.len().saturating_sub(keep)
         };
+        for (_, step) in &complete[..old] {
+            self.store.delete_prefix(&step_name(*step))?;
+        }
         for (step, is_complete) in steps {
-            if (is_complete && step < cutoff) || (!is_complete && step < newest) {
+            if !is_complete && step < newest {
                 self.store.delete_prefix(&step_name(step))?;
             }
         }
         Ok(())
+    }
+
+    /// The complete steps of `steps`, oldest first by (fence epoch, step): the newest
+    /// attempt's history comes last even where an older attempt got further (its save
+    /// raced the newer attempt's start). A manifest that cannot be read sorts as
+    /// written before any fence (`latest` then skips it as corrupt).
+    fn newest_last(&self, steps: &[(u64, bool)]) -> Vec<(Option<u64>, u64)> {
+        let mut out: Vec<(Option<u64>, u64)> = steps
+            .iter()
+            .filter(|(_, complete)| *complete)
+            .map(|(step, _)| {
+                let epoch = self
+                    .manifest(&step_name(*step), *step)
+                    .ok()
+                    .and_then(|m| m.epoch);
+                (epoch, *step)
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Step numbers present, ascending, with whether a manifest exists.
@@ -360,13 +504,15 @@ impl CheckpointDir {
 
     /// The newest complete, intact checkpoint (downloaded to a local directory);
     /// incomplete or corrupt ones are skipped with a warning naming them.
+    /// Of several attempts, the newest one's history wins (see `newest_last`).
     pub fn latest(&self) -> Result<Option<(PathBuf, TrainerState)>> {
         let _threads = OneTorchThread::new();
-        for (step, complete) in self.list()?.into_iter().rev() {
-            if !complete {
-                tracing::warn!(checkpoint = %self.step_url(step), "skipping checkpoint without manifest (incomplete save)");
-                continue;
-            }
+        let steps = self.list()?;
+        let newest = steps.iter().filter(|(_, c)| *c).map(|(s, _)| *s).max();
+        for (step, _) in steps.iter().filter(|(s, c)| !c && Some(*s) > newest) {
+            tracing::warn!(checkpoint = %self.step_url(*step), "skipping checkpoint without manifest (incomplete save)");
+        }
+        for (_, step) in self.newest_last(&steps).into_iter().rev() {
             match self.fetch(step)? {
                 Ok(found) => return Ok(Some(found)),
                 Err(e) => {
@@ -401,4 +547,177 @@ pub fn restore(
     load_model_dir(dir, vs, model_config).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let file = SafetensorsFile::open(&dir.join(OPTIMIZER))?;
     optimizer.load_state(&file, state.step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::AdamWConfig;
+    use crate::train::Trainer;
+
+    struct Run {
+        trainer: Trainer,
+        config: ModelConfig,
+        tokenizer: PathBuf,
+    }
+
+    fn run(dir: &Path) -> Run {
+        let config = ModelConfig::small("mistral", 64, 16, 32, 1, 2, 1);
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let trainer = Trainer::new(&config, tch::Kind::Float, tch::Device::Cpu, adam, 1.0);
+        let tokenizer = dir.join("tokenizer.json");
+        std::fs::write(&tokenizer, b"{}").unwrap();
+        Run {
+            trainer,
+            config,
+            tokenizer,
+        }
+    }
+
+    fn state(step: u64) -> TrainerState {
+        TrainerState {
+            step,
+            total_steps: 100,
+            cursor: DataCursor {
+                epoch: 0,
+                position: step as usize,
+                seed: 0,
+            },
+            learning_rate: 0.0,
+            config_hash: "h".into(),
+            tokenizer: "t".into(),
+            world_size: 1,
+            global_batch: None,
+            tokens_seen: 0,
+            losses: vec![],
+            owner: Some("uid-a".into()),
+        }
+    }
+
+    fn attempt(dir: &Path, n: u64) -> CheckpointDir {
+        CheckpointDir::new(&dir.display().to_string(), "job", Duration::from_secs(5))
+            .unwrap()
+            .fenced(Some(Writer {
+                owner: Some("uid-a".into()),
+                attempt: n,
+            }))
+    }
+
+    fn save(c: &CheckpointDir, r: &mut Run, step: u64) -> Result<String> {
+        c.save(
+            &r.trainer.vs,
+            &r.config,
+            &r.tokenizer,
+            &r.trainer.opt,
+            r.trainer.comm.as_mut(),
+            &state(step),
+            0,
+        )
+    }
+
+    #[test]
+    fn an_old_attempt_still_running_beside_a_new_one_cannot_overwrite_its_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = run(tmp.path());
+        let ckpt = tmp.path().join("ckpt");
+        let old = attempt(&ckpt, 1);
+        old.claim().unwrap();
+        save(&old, &mut r, 10).unwrap();
+
+        // Attempt 2 starts (the gang restarted; attempt 1's pods still run on a node
+        // whose kubelet reports NotReady) and saves step 12.
+        let new = attempt(&ckpt, 2);
+        new.claim().unwrap();
+        save(&new, &mut r, 12).unwrap();
+        let manifest = |step: u64| -> Manifest {
+            let m = std::fs::read(ckpt.join(format!("job/step-{step}/{MANIFEST}"))).unwrap();
+            serde_json::from_slice(&m).unwrap()
+        };
+        assert_eq!(manifest(12).attempt, Some(2));
+        assert_eq!((manifest(10).epoch, manifest(12).epoch), (Some(1), Some(2)));
+        let before = std::fs::read(ckpt.join("job/step-12/optimizer.safetensors")).unwrap();
+
+        // The old attempt neither writes a step of its own nor one of the new
+        // attempt's numbers (a save deletes a leftover of its step first), nor moves
+        // `latest`.
+        for step in [20, 12] {
+            let e = save(&old, &mut r, step).unwrap_err().to_string();
+            assert!(
+                e.contains("attempt 2 of owner uid-a")
+                    && e.contains("attempt 1 of owner uid-a")
+                    && e.contains(FENCE)
+                    && e.contains(&format!("save step {step}")),
+                "{e}"
+            );
+        }
+        assert!(!ckpt.join("job/step-20").exists());
+        assert_eq!(
+            std::fs::read(ckpt.join("job/step-12/optimizer.safetensors")).unwrap(),
+            before
+        );
+        assert_eq!(
+            std::fs::read_to_string(ckpt.join(format!("job/{LATEST}"))).unwrap(),
+            "step-12\n"
+        );
+        // Nor can it start again over the new attempt's history.
+        let e = attempt(&ckpt, 1).claim().unwrap_err().to_string();
+        assert!(e.contains("may not start"), "{e}");
+        // The new attempt goes on.
+        save(&new, &mut r, 14).unwrap();
+        assert_eq!(new.latest().unwrap().unwrap().1.step, 14);
+    }
+
+    #[test]
+    fn resume_takes_the_newest_attempts_history_even_where_an_older_one_got_further() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = run(tmp.path());
+        let ckpt = tmp.path().join("ckpt");
+        let old = attempt(&ckpt, 1);
+        old.claim().unwrap();
+        save(&old, &mut r, 10).unwrap();
+        save(&old, &mut r, 20).unwrap();
+        // Attempt 2 resumed from step 10 (step 20's save of attempt 1 raced its start)
+        // and saved step 15.
+        let new = attempt(&ckpt, 2);
+        new.claim().unwrap();
+        save(&new, &mut r, 15).unwrap();
+        let (_, found) = attempt(&ckpt, 3).latest().unwrap().unwrap();
+        assert_eq!(found.step, 15);
+    }
+
+    #[test]
+    fn another_owner_taking_the_history_over_fences_the_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = run(tmp.path());
+        let ckpt = tmp.path().join("ckpt");
+        let a = attempt(&ckpt, 3);
+        a.claim().unwrap();
+        save(&a, &mut r, 10).unwrap();
+        // A job of the same name created again (resumeFrom this history): attempt 0 of
+        // another owner claims it; the first job's pod may no longer publish.
+        let b = CheckpointDir::new(&ckpt.display().to_string(), "job", Duration::from_secs(5))
+            .unwrap()
+            .fenced(Some(Writer {
+                owner: Some("uid-b".into()),
+                attempt: 0,
+            }));
+        b.claim().unwrap();
+        save(&b, &mut r, 8).unwrap();
+        let e = save(&a, &mut r, 14).unwrap_err().to_string();
+        assert!(e.contains("attempt 0 of owner uid-b"), "{e}");
+        // The second owner's history is the newer one although its attempt number is
+        // lower and the first owner's step is higher: resume takes its step 8.
+        assert_eq!(b.latest().unwrap().unwrap().1.step, 8);
+        // Runs outside the operator are not fenced, and write into the current epoch.
+        let local =
+            CheckpointDir::new(&ckpt.display().to_string(), "job", Duration::from_secs(5)).unwrap();
+        local.claim().unwrap();
+        save(&local, &mut r, 16).unwrap();
+        assert_eq!(b.latest().unwrap().unwrap().1.step, 16);
+    }
 }

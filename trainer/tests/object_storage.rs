@@ -333,3 +333,113 @@ fn data_is_read_from_s3_and_the_final_model_is_published_there() {
         "{err}"
     );
 }
+
+/// The complete steps of job `job`'s history in the S3 server, ascending.
+fn published_steps(s3: &S3Server, job: &str) -> Vec<u64> {
+    let dir = s3.object_path(&format!("ckpt/{job}"));
+    let mut steps: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let step = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()?;
+            e.path().join("manifest.json").exists().then_some(step)
+        })
+        .collect();
+    steps.sort();
+    steps
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {}", child.id());
+}
+
+/// Issue 30, item 2, on S3: rank 0 of attempt 1 saves, then freezes (its node NotReady,
+/// its container not killed); attempt 2 resumes from its checkpoint and saves further.
+/// When attempt 1 runs on, its next save is refused by the fence naming both attempts:
+/// attempt 2's checkpoint and `latest` are untouched, and attempt 3 resumes from it.
+#[test]
+fn an_old_attempt_still_running_beside_a_new_one_cannot_overwrite_its_checkpoints_on_s3() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    // Long enough that attempt 1 never finishes on its own.
+    let extra = [
+        "hyperparameters.max_steps=100000",
+        "checkpoint.every_steps=5",
+        "hyperparameters.micro_batch_size=2",
+        "checkpoint.owner=uid-a",
+    ];
+    let attempt = |n: u64| {
+        let mut cmd = train_cmd(&s3, dir, &model, &data, "fenced", &extra);
+        cmd.env("JANUS_ATTEMPT", n.to_string());
+        cmd
+    };
+    let (mut old, mut old_lines) = common::spawn_logged(attempt(1));
+    wait_for(&mut old_lines, "\"checkpoint saved\"");
+    signal(&old, "-STOP");
+    let old_newest = *published_steps(&s3, "fenced").last().unwrap();
+
+    // Attempt 2 resumes from attempt 1's newest checkpoint and saves 10 steps on.
+    let until = old_newest + 10;
+    let mut new = attempt(2);
+    new.args(["--stop-after-steps", &until.to_string()]);
+    let log = common::run_ok(new);
+    assert!(
+        log.contains("\"message\":\"resumed\"")
+            && log.contains(&format!("ckpt/fenced/step-{old_newest}")),
+        "{log}"
+    );
+    let manifest_key = format!("ckpt/fenced/step-{until}/manifest.json");
+    let manifest = common::read_bytes(&s3.object_path(&manifest_key));
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(m["attempt"], 2, "{m}");
+    let fence: serde_json::Value = serde_json::from_slice(&common::read_bytes(
+        &s3.object_path("ckpt/fenced/fence.json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        (&fence["owner"], &fence["attempt"]),
+        (&serde_json::json!("uid-a"), &serde_json::json!(2)),
+        "{fence}"
+    );
+
+    // Attempt 1 runs on: its next save (or the publish of the one it was in) is refused.
+    signal(&old, "-CONT");
+    let refused = wait_for(&mut old_lines, "fence.json names attempt 2 of owner uid-a");
+    assert!(
+        refused.contains("newer than this run (attempt 1 of owner uid-a)"),
+        "{refused}"
+    );
+    let status = old.wait().unwrap();
+    assert!(!status.success(), "the stale attempt exits failed");
+    assert_eq!(*published_steps(&s3, "fenced").last().unwrap(), until);
+    assert!(
+        common::read_bytes(&s3.object_path(&manifest_key)) == manifest,
+        "attempt 2's manifest was rewritten"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s3.object_path("ckpt/fenced/latest")).unwrap(),
+        format!("step-{until}\n")
+    );
+
+    let mut next = attempt(3);
+    next.args(["--stop-after-steps", &(until + 5).to_string()]);
+    let log = common::run_ok(next);
+    assert!(
+        log.contains("\"message\":\"resumed\"")
+            && log.contains(&format!("ckpt/fenced/step-{until}")),
+        "{log}"
+    );
+}

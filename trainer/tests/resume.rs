@@ -51,6 +51,7 @@ fn try_train(
             progress_bar: false,
             world: None,
             stop: None,
+            attempt: None,
         },
     )
 }

@@ -314,6 +314,7 @@ fn train_packed(dir: &Path, model: &Path, data: &Path, job: &str, stop: Option<u
             progress_bar: false,
             world: None,
             stop: None,
+            attempt: None,
         },
     )
     .unwrap()

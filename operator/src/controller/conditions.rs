@@ -3,10 +3,10 @@
 //! names (a new status, a new reason, or each distinct cause once), so a kind never
 //! sets a condition and forgets its Event, nor repeats a Warning for the same cause.
 
+use crate::events::{Event, EventType, Recorder};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::runtime::events::{Event, EventType, Recorder};
 
 use std::fmt::Debug;
 

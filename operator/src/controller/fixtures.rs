@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use crate::events::{Recorder, Reporter};
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -139,13 +139,21 @@ impl ApiServer {
             .collect()
     }
 
-    /// `(reason, type)` of the Events posted.
-    pub fn events(&self) -> Vec<(String, String)> {
+    /// The Events' requests (creates and series patches).
+    pub fn event_requests(&self) -> Vec<Req> {
         self.log
             .lock()
             .unwrap()
             .iter()
             .filter(|r| r.path.contains("/events"))
+            .cloned()
+            .collect()
+    }
+
+    /// `(reason, type)` of the Events posted.
+    pub fn events(&self) -> Vec<(String, String)> {
+        self.event_requests()
+            .iter()
             .map(|r| {
                 (
                     r.body["reason"].as_str().unwrap_or_default().to_string(),
@@ -210,7 +218,8 @@ pub fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-fn client(server: Arc<ApiServer>) -> Client {
+/// A client whose every request `server` answers and logs.
+pub fn client(server: Arc<ApiServer>) -> Client {
     let svc = tower::service_fn(move |req: Request<Body>| {
         let server = server.clone();
         async move {

@@ -9,8 +9,9 @@
 //!   a kubelet eviction; a lost node) restart without counting;
 //! - exit code 64 (bad input) -> Failed at once (NonRetryableExit);
 //! - `runPolicy.failurePolicy.rules` (exit codes, the `DisruptionTarget` condition)
-//!   override these three defaults per failed worker: FailJob, RestartJob,
-//!   RestartJobAndIgnoreBackoff;
+//!   override these three defaults: the first rule matching the gang's first failure
+//!   decides (FailJob, RestartJob, RestartJobAndIgnoreBackoff);
+//! - a restarted gang's pods wait out `runPolicy.restartBackoff` ([`restart_wait`]);
 //! - a worker's node NotReady or unreachable past `unreachableNodeTolerationSeconds`,
 //!   or out of service -> restart without counting; the pods on an unreachable or
 //!   out-of-service node are force-deleted (no kubelet will confirm their deletion, and
@@ -26,6 +27,7 @@ use std::time::Duration;
 use janus_crds::exit_code;
 use janus_crds::training::{
     reason, ExitCodeOperator, FailurePolicyAction, FailurePolicyRule, JobPhase, PodConditionType,
+    RestartBackoff,
 };
 use jiff::Timestamp;
 
@@ -52,6 +54,43 @@ pub struct JobFacts {
     pub restarts: i32,
     /// Of those, the ones `backoffLimit` counts (disruptions do not).
     pub counted_restarts: i32,
+    /// `runPolicy.restartBackoff` (its defaults when left out).
+    pub backoff: RestartBackoff,
+    /// Restarts in a row so far (`status.consecutiveRestarts`).
+    pub consecutive_restarts: i32,
+    /// The restarted gang's pods wait until then (`status.restartNotBefore`).
+    pub restart_not_before: Option<Timestamp>,
+    /// Since when every worker has been running (the `Running` condition's last
+    /// transition, while it is True).
+    pub running_since: Option<Timestamp>,
+}
+
+/// The restart `job` makes now (`counted`: towards `backoffLimit`): which one in a
+/// row it is, and how long its new gang waits. The first after a healthy run (every
+/// worker running `resetAfterSeconds`), or the job's first, starts at once; in a row, a
+/// counted one waits `initialSeconds` doubled per restart before it (at most
+/// `maxSeconds`), an uncounted one `initialSeconds` (never hot, never doubled).
+pub fn restart_wait(job: &JobFacts, counted: bool, now: Timestamp) -> (i32, Duration) {
+    let b = &job.backoff;
+    let healthy = job
+        .running_since
+        .is_some_and(|t| now.duration_since(t).as_secs() >= b.reset_after_seconds);
+    let streak = if healthy {
+        1
+    } else {
+        job.consecutive_restarts + 1
+    };
+    let secs = match streak {
+        ..=1 => 0,
+        _ if !counted => b.initial_seconds,
+        n => {
+            let doublings = u32::try_from(n - 2).unwrap_or(u32::MAX).min(30);
+            b.initial_seconds
+                .saturating_mul(1i64 << doublings)
+                .min(b.max_seconds.max(b.initial_seconds))
+        }
+    };
+    (streak, Duration::from_secs(secs.max(0) as u64))
 }
 
 /// What the decision needs from one worker pod; its role is its rank.
@@ -370,15 +409,12 @@ fn gang_failure(
             disruption: false,
         });
     }
-    let judged: Vec<(&Failure, Judgement)> = failures
-        .iter()
-        .map(|f| (f, judge(&job.failure_rules, f)))
-        .collect();
-    // `FailJob` of any failed worker fails the job (as in a Job's podFailurePolicy).
-    if let Some((f, j)) = judged
-        .iter()
-        .find(|(_, j)| j.action == FailurePolicyAction::FailJob)
-    {
+    // The gang's first failure is judged, by the first rule matching it (as JobSet
+    // judges its first failed child): the peers that lose it exit too, and their exits
+    // say nothing of the cause.
+    let f = failures.first()?;
+    let j = judge(&job.failure_rules, f);
+    if j.action == FailurePolicyAction::FailJob {
         let (reason, message) = match j.rule {
             Some(i) => (
                 reason::POD_FAILURE_POLICY,
@@ -416,7 +452,6 @@ fn gang_failure(
             delete: job.run.cleanup(pods),
         });
     }
-    let (f, j) = judged.first()?;
     let counted = j.action == FailurePolicyAction::RestartJob;
     let message = match j.rule {
         Some(i) => format!(
@@ -456,7 +491,16 @@ fn progress(
     now: Timestamp,
 ) -> Decision {
     let delete = names(stale.iter().copied());
-    let create = if stale.is_empty() { missing } else { vec![] };
+    let mut create = if stale.is_empty() { missing } else { vec![] };
+    // A restarted gang waits out its backoff before any pod is made.
+    if let Some(left) = job
+        .restart_not_before
+        .map(|t| t.duration_since(now).as_secs_f64())
+        .filter(|l| *l > 0.0 && !create.is_empty())
+    {
+        create.clear();
+        requeue_after = earliest(requeue_after, Duration::from_secs_f64(left));
+    }
     let all_running = current.len() as i32 == job.replicas
         && current
             .iter()

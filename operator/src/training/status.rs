@@ -35,6 +35,14 @@ pub fn job_facts(job: &JanusTrainingJob) -> JobFacts {
         phase: s.phase.unwrap_or_default(),
         restarts: s.restarts,
         counted_restarts: s.restarts_counted_towards_backoff,
+        backoff: rp.restart_backoff.clone().unwrap_or_default(),
+        consecutive_restarts: s.consecutive_restarts,
+        restart_not_before: s.restart_not_before.as_ref().map(|t| t.0),
+        running_since: s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::RUNNING && c.status == "True")
+            .map(|c| c.last_transition_time.0),
     }
 }
 
@@ -236,7 +244,18 @@ fn transition(
             s.restarts_counted_towards_backoff =
                 old.restarts_counted_towards_backoff + i32::from(*counted);
             s.phase = Some(JobPhase::Restarting);
-            let msg = format!("{message}; restarting all workers (attempt {})", s.restarts);
+            let (streak, wait) = super::gang::restart_wait(&job_facts(job), *counted, t.now());
+            s.consecutive_restarts = streak;
+            let mut msg = format!("{message}; restarting all workers (attempt {})", s.restarts);
+            if wait.is_zero() {
+                s.restart_not_before = None;
+            } else {
+                s.restart_not_before = Some(Time(t.now() + wait));
+                msg += &format!(
+                    "; the new gang starts in {}s (restart {streak} in a row, runPolicy.restartBackoff)",
+                    wait.as_secs()
+                );
+            }
             t.announce(
                 conds,
                 Cond::new(condition::RESTARTING, true, why, &msg),

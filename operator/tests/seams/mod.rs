@@ -303,3 +303,71 @@ async fn a_flood_of_bogus_reports_is_answered_401_or_429_in_bounded_memory() {
         "a job's pods as fast during the flood: {figure}"
     );
 }
+
+/// Restart backoff (issue 30, item 4): the first restart starts the new gang at once,
+/// the second in a row waits `runPolicy.restartBackoff.initialSeconds` (3 s here)
+/// before any pod of it is made, and the `Restarting` condition and its Event say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_in_a_row_back_off_and_the_condition_says_how_long() {
+    let c = client().await;
+    let ns = namespace(&c, "restartbackoff").await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let mut spec = job_spec(2);
+    spec.run_policy.backoff_limit = 5;
+    spec.run_policy.restart_backoff = Some(janus_crds::training::RestartBackoff {
+        initial_seconds: 3,
+        max_seconds: 10,
+        reset_after_seconds: 600,
+    });
+    create_job(&c, &ns, "r", spec).await;
+    wait_gang_running(&c, &ns, "r", 2, 0).await;
+    finish_pod(&c, &ns, "r-worker-0", 1).await;
+    let first = wait_gang_running(&c, &ns, "r", 2, 1).await;
+    let j = get_job(&c, &ns, "r").await.unwrap();
+    let s = j.status.as_ref().unwrap();
+    assert_eq!(s.consecutive_restarts, 1);
+    assert!(
+        s.restart_not_before.is_none(),
+        "the first restart waits for nothing"
+    );
+    drop(first);
+
+    finish_pod(&c, &ns, "r-worker-1", 1).await;
+    let j = wait_for("the second restart", T, || async {
+        let j = get_job(&c, &ns, "r").await?;
+        (j.status.as_ref()?.restarts == 2).then_some(j)
+    })
+    .await;
+    let s = j.status.as_ref().unwrap();
+    assert_eq!(s.consecutive_restarts, 2);
+    let not_before = s.restart_not_before.clone().expect("a wait").0;
+    let r = condition(&j, "Restarting").unwrap();
+    assert!(
+        r.message
+            .contains("the new gang starts in 3s (restart 2 in a row, runPolicy.restartBackoff)"),
+        "{}",
+        r.message
+    );
+    let second = wait_gang_running(&c, &ns, "r", 2, 2).await;
+    for p in &second {
+        let created = p.metadata.creation_timestamp.clone().unwrap().0;
+        // Creation times are whole seconds.
+        assert!(
+            created >= not_before - jiff::SignedDuration::from_secs(1),
+            "{} created at {created}, before the backoff ended at {not_before}",
+            p.name_any()
+        );
+    }
+    let events = Api::<Event>::namespaced(c.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events.iter().any(|e| e
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("starts in 3s"))),
+        "an Event says how long"
+    );
+}

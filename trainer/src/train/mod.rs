@@ -30,7 +30,7 @@ pub use record::{RunOptions, Summary};
 pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 pub use stop::{Decision, StopRequest, Stopper};
 
-use crate::checkpoint::CheckpointDir;
+use crate::checkpoint::{CheckpointDir, Writer};
 use crate::config::{Method, ReduceDtype, TrainConfig};
 use crate::dist::fabric;
 use crate::error::Result;
@@ -53,7 +53,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let device = crate::device::select(cfg.model.device, local_rank)?;
     tch::manual_seed(h.seed as i64);
     let retry = Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
-    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?;
+    // Under the operator every gang attempt has a number: a rank 0 that outlived a
+    // restart (its node NotReady, its kubelet still running it) is fenced off the
+    // history the new attempt writes.
+    let writer = opts.attempt.map(|attempt| Writer {
+        owner: cfg.checkpoint.owner.clone(),
+        attempt,
+    });
+    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?.fenced(writer);
     // Wrong credentials or an unreachable endpoint fail here, before any other work.
     ckpt.check_access()?;
     // The model (or tokenizer) given by URL is downloaded once; the copy lives as long
@@ -69,6 +76,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     // The checkpoint to resume from comes first: its global batch decides how many
     // micro-batches each of this run's ranks accumulates.
     let resume = resume::find(cfg, &ckpt, retry)?;
+    // Claimed once the history is known to be this job's (find refuses another
+    // owner's), so a refused run leaves the other owner's fence alone.
+    if rank == 0 {
+        ckpt.claim()?;
+    }
     let accumulation = resume::accumulation_steps(cfg, world, resume.as_ref())?;
     // Each rank takes `per_rank` units of every step.
     let share = Share {

@@ -23,6 +23,9 @@ pub struct RunOptions {
     /// Stop at the next step boundary once set (SIGTERM), with a checkpoint when one
     /// fits in the grace period.
     pub stop: Option<StopRequest>,
+    /// The operator's gang attempt (`JANUS_ATTEMPT`): checkpoints are fenced by it
+    /// (None: a run outside the operator, unfenced).
+    pub attempt: Option<u64>,
 }
 
 /// What a run did, printed at the end and written as `summary.json`.

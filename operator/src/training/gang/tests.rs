@@ -14,6 +14,10 @@ fn job(replicas: i32) -> JobFacts {
         phase: JobPhase::Pending,
         restarts: 0,
         counted_restarts: 0,
+        backoff: RestartBackoff::default(),
+        consecutive_restarts: 0,
+        restart_not_before: None,
+        running_since: None,
     }
 }
 
@@ -518,7 +522,10 @@ fn a_rule_on_the_disruption_target_condition_can_count_disruptions() {
 }
 
 #[test]
-fn fail_job_of_any_failed_worker_wins_over_a_restart() {
+fn the_first_failure_by_time_is_judged_and_a_later_fail_job_match_does_not_fail_the_job() {
+    // Issue 30: rules are JobSet's, in order for the gang's first failure; a peer
+    // failing later with a FailJob code does not fail the job (this replaces the
+    // earlier "FailJob of any failed worker wins" rule).
     let mut j = job(3);
     j.failure_rules = vec![rule(
         "FailJob",
@@ -532,9 +539,126 @@ fn fail_job_of_any_failed_worker_wins_over_a_restart() {
     pods[2].phase = PodPhase::Failed;
     pods[2].exit_code = Some(3);
     pods[2].finished_at = at("2026-01-01T11:59:30Z");
+    match decide(&j, &pods, now()) {
+        Decision::Step(Gang::Restart {
+            message, counted, ..
+        }) => {
+            assert!(counted);
+            assert!(
+                message.contains("j-worker-0") && message.contains("137"),
+                "{message}"
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    // The FailJob code first: the job fails, naming the rule.
+    pods[2].finished_at = at("2026-01-01T11:58:00Z");
     let (reason, message, _) = testing::failure(decide(&j, &pods, now()));
     assert_eq!(reason, "PodFailurePolicy");
     assert!(message.contains("j-worker-2"), "{message}");
+}
+
+#[test]
+fn a_peer_exiting_after_a_disruption_does_not_turn_a_restart_into_fail_job() {
+    // Rank 0 is preempted; rank 1 then loses it (an NCCL error, exit 1) and exits
+    // before rank 0 has finished terminating. A FailJob rule on exit code 1 is not
+    // the judge of a disruption.
+    let mut j = job(2);
+    j.run.backoff_limit = 0;
+    j.failure_rules = vec![rule(
+        "FailJob",
+        serde_json::json!({"onExitCodes": {"operator": "In", "values": [1]}}),
+    )];
+    let mut pods = gang(2, 0, PodPhase::Running);
+    pods[0].disrupted = Some(("PreemptionByScheduler".into(), "preempted".into()));
+    pods[0].terminating = true;
+    pods[1].phase = PodPhase::Failed;
+    pods[1].exit_code = Some(1);
+    pods[1].finished_at = Some(now() - jiff::SignedDuration::from_secs(5));
+    match decide(&j, &pods, now()) {
+        Decision::Step(Gang::Restart {
+            reason, counted, ..
+        }) => {
+            assert_eq!(reason, "WorkerDisrupted");
+            assert!(!counted, "a disruption, uncounted even at backoffLimit 0");
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn restarts_in_a_row_back_off_exponentially_to_the_cap_and_reset_after_a_healthy_run() {
+    let mut j = job(2);
+    let waits: Vec<(i32, u64)> = (0..8)
+        .map(|n| {
+            j.consecutive_restarts = n;
+            let (streak, wait) = restart_wait(&j, true, now());
+            (streak, wait.as_secs())
+        })
+        .collect();
+    assert_eq!(
+        waits,
+        [
+            (1, 0),
+            (2, 10),
+            (3, 20),
+            (4, 40),
+            (5, 80),
+            (6, 160),
+            (7, 300),
+            (8, 300)
+        ]
+    );
+    // Uncounted (RestartJobAndIgnoreBackoff, disruptions): never doubled, never hot.
+    j.consecutive_restarts = 5;
+    assert_eq!(restart_wait(&j, false, now()), (6, Duration::from_secs(10)));
+    j.consecutive_restarts = 0;
+    assert_eq!(restart_wait(&j, false, now()), (1, Duration::ZERO));
+    // Every worker running 600 s: the streak starts again.
+    j.consecutive_restarts = 6;
+    j.running_since = Some(now() - jiff::SignedDuration::from_secs(599));
+    assert_eq!(restart_wait(&j, true, now()).0, 7);
+    j.running_since = Some(now() - jiff::SignedDuration::from_secs(600));
+    assert_eq!(restart_wait(&j, true, now()), (1, Duration::ZERO));
+    // Its own numbers.
+    j.running_since = None;
+    j.backoff = RestartBackoff {
+        initial_seconds: 2,
+        max_seconds: 5,
+        reset_after_seconds: 60,
+    };
+    j.consecutive_restarts = 3;
+    assert_eq!(restart_wait(&j, true, now()), (4, Duration::from_secs(5)));
+}
+
+#[test]
+fn a_restarted_gang_waits_out_its_backoff_before_any_pod_is_made() {
+    let mut j = job(2);
+    j.restarts = 2;
+    j.phase = JobPhase::Restarting;
+    j.restart_not_before = Some(now() + jiff::SignedDuration::from_secs(20));
+    match decide(&j, &[], now()) {
+        Decision::Step(Gang::Progress {
+            phase,
+            create,
+            requeue_after,
+            ..
+        }) => {
+            assert_eq!(phase, JobPhase::Restarting);
+            assert!(create.is_empty());
+            assert_eq!(requeue_after, Some(Duration::from_secs(20)));
+        }
+        d => panic!("{d:?}"),
+    }
+    j.restart_not_before = Some(now() - jiff::SignedDuration::from_secs(1));
+    assert_eq!(testing_created(&decide(&j, &[], now())), 2);
+}
+
+fn testing_created(d: &Decision) -> usize {
+    match d {
+        Decision::Step(Gang::Progress { create, .. }) => create.len(),
+        d => panic!("{d:?}"),
+    }
 }
 
 #[test]

@@ -54,6 +54,7 @@ pub fn run(dir: &Path, terminal: bool) -> Result<()> {
         progress_bar: terminal,
         world: None,
         stop: None,
+        attempt: None,
     };
     let s1 = train::run(&sft, &opts)?;
     let orpo = TrainConfig::resolve(

@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// Stop right after the checkpoint of this step, as an interruption would.
     #[arg(long)]
     stop_after_steps: Option<u64>,
+    /// The gang attempt this run belongs to (set by the operator): checkpoints of an
+    /// older attempt are refused once a newer one has started.
+    #[arg(long, env = "JANUS_ATTEMPT")]
+    attempt: Option<u64>,
     /// Print the resolved config and exit.
     #[arg(long)]
     print_config: bool,
@@ -68,6 +72,7 @@ pub fn run(a: TrainArgs, terminal: bool) -> Result<()> {
         progress_bar: terminal,
         world: Some(world.clone()),
         stop: Some(stop_on_signals()?),
+        attempt: a.attempt,
     };
     let s = train::run(&cfg, &opts)?;
     if world.rank == 0 {
