@@ -53,16 +53,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let device = crate::device::select(cfg.model.device, local_rank)?;
     tch::manual_seed(h.seed as i64);
     let retry = Duration::from_secs(cfg.checkpoint.retry_timeout_seconds);
-    // Under the operator every gang attempt has a number: a rank 0 that outlived a
-    // restart (its node NotReady, its kubelet still running it) is fenced off the
-    // history the new attempt writes.
-    let writer = opts.attempt.map(|attempt| Writer {
-        owner: cfg.checkpoint.owner.clone(),
-        attempt,
-    });
-    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?.fenced(writer);
-    // Wrong credentials or an unreachable endpoint fail here, before any other work.
-    ckpt.check_access()?;
+    let ckpt = open_checkpoints(cfg, opts, retry)?;
     // The model (or tokenizer) given by URL is downloaded once; the copy lives as long
     // as the run (checkpoints and the published model copy its tokenizer).
     let tokenizer = cfg.model.tokenizer.as_ref().map(|t| t.to_string_lossy());
@@ -164,6 +155,25 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         fabric,
     }
     .run()
+}
+
+/// The job's checkpoint directory, fenced for this attempt and checked for access.
+fn open_checkpoints(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    retry: Duration,
+) -> Result<CheckpointDir> {
+    // Under the operator every gang attempt has a number: a rank 0 that outlived a
+    // restart (its node NotReady, its kubelet still running it) is fenced off the
+    // history the new attempt writes.
+    let writer = opts.attempt.map(|attempt| Writer {
+        owner: cfg.checkpoint.owner.clone(),
+        attempt,
+    });
+    let ckpt = CheckpointDir::new(&cfg.checkpoint.dir, &cfg.job, retry)?.fenced(writer);
+    // Wrong credentials or an unreachable endpoint fail here, before any other work.
+    ckpt.check_access()?;
+    Ok(ckpt)
 }
 
 /// The fabric check before the first step (`distributed.fabric_check`, with more than
