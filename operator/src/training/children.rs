@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::controller::children::{self as layer, *};
 pub use crate::controller::children::{CONFIG_KEY, GPU_RESOURCE};
-pub use crate::controller::template::apply_template_override;
+use crate::controller::template::apply_template_override;
 use crate::error::{Error, Result};
 use crate::security;
 /// Name of the trainer's `/metrics` container port.
