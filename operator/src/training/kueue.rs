@@ -1275,7 +1275,7 @@ mod tests {
         let mut job = queued_job();
         job.spec.workers.replicas = 2;
         let (a, b) = (ready_pod(&job, 0, 0, true), ready_pod(&job, 1, 0, false));
-        assert!(!gang_ready(&job, &[a.clone()]), "one of two");
+        assert!(!gang_ready(&job, std::slice::from_ref(&a)), "one of two");
         assert!(!gang_ready(&job, &[a.clone(), b]), "one not Ready");
         let b = ready_pod(&job, 1, 0, true);
         assert!(gang_ready(&job, &[a.clone(), b.clone()]));
