@@ -1,269 +1,23 @@
-//! The operator with real Kueue (sigs.k8s.io/kueue, built by
-//! tests/controlplane/build-kueue.sh at the pinned release) on the real control plane:
-//! Kueue's controller manager runs as a local process against the test API server, with
-//! its own CRDs, `JanusTrainingJob` declared an external framework, and the real
-//! operator binary.
-//!
-//! Kueue's webhooks are served (tests/controlplane/kueue-run.sh: a self-signed
-//! certificate) but not registered with the API server, which would reach them through
-//! a Service in an in-cluster install; the objects below are written complete, as its
-//! defaulting webhooks would leave them.
+//! The operator with real Kueue (see `kueue_common`) on the real control plane, Kueue
+//! configured without `waitForPodsReady` (kueue_pods_ready.rs has it): admission and
+//! quota, eviction, preemption by priority, admission checks' `podSetUpdates`, and the
+//! Workload refreshed when a waiting job changes.
 
+mod kueue_common;
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use janus_crds::JanusTrainingJob;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
+use kueue_common::*;
 use serde_json::json;
 use support::*;
 
-const T: Duration = Duration::from_secs(90);
-
-/// Kueue's build: `$JANUS_KUEUE` (the Makefile's), else build-kueue.sh's (cached).
-fn kueue_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("JANUS_KUEUE") {
-        return PathBuf::from(d);
-    }
-    let script = controlplane_dir().join("build-kueue.sh");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
-/// Kueue's controller manager, once per test binary (killed with the test process: the
-/// watchdog of `support` tears the cluster down, and the pid file kills it).
-struct Kueue {
-    _child: Child,
-}
-
-fn kubectl(args: &[&str]) -> std::process::Output {
-    let c = cluster();
-    Command::new(c.bin.join("kubectl"))
-        .arg(format!("--kubeconfig={}", c.kubeconfig.display()))
-        .args(args)
-        .output()
-        .expect("run kubectl")
-}
-
 fn kueue() -> &'static Kueue {
-    static KUEUE: OnceLock<Kueue> = OnceLock::new();
-    KUEUE.get_or_init(|| {
-        let c = cluster();
-        let dir = kueue_dir();
-        let crds = dir.join("crds");
-        let out = kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "kubectl apply Kueue's CRDs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut ok = false;
-        for _ in 0..10 {
-            let out = kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/workloads.kueue.x-k8s.io",
-                "crd/clusterqueues.kueue.x-k8s.io",
-                "crd/localqueues.kueue.x-k8s.io",
-                "crd/resourceflavors.kueue.x-k8s.io",
-            ]);
-            if out.status.success() {
-                ok = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        assert!(ok, "Kueue's CRDs did not become Established");
-
-        let work = c.dir.join("kueue");
-        let certs = work.join("certs");
-        std::fs::create_dir_all(&work).unwrap();
-        let health = free_port();
-        let config = work.join("config.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"apiVersion: config.kueue.x-k8s.io/v1beta2
-kind: Configuration
-namespace: kueue-system
-health:
-  healthProbeBindAddress: 127.0.0.1:{health}
-metrics:
-  bindAddress: "0"
-webhook:
-  host: 127.0.0.1
-  port: {webhook}
-  certDir: {certs}
-leaderElection:
-  leaderElect: false
-internalCertManagement:
-  enable: false
-manageJobsWithoutQueueName: false
-integrations:
-  frameworks: ["batch/job"]
-  externalFrameworks: ["{external}"]
-featureGates:
-  VisibilityOnDemand: false
-"#,
-                webhook = free_port(),
-                certs = certs.display(),
-                external = janus_operator::training::kueue::EXTERNAL_FRAMEWORK,
-            ),
-        )
-        .unwrap();
-        let log = c.dir.join("kueue.log");
-        // kueue-run.sh gives it self-signed certificates (see there).
-        let child = Command::new(controlplane_dir().join("kueue-run.sh"))
-            .arg(&dir)
-            .arg(&work)
-            .arg(&c.kubeconfig)
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(c.dir.join("kueue.err")).unwrap())
-            .spawn()
-            .expect("start Kueue");
-        c.kill_at_teardown(child.id());
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = Command::new("curl")
-                .args(["-sf", &format!("http://127.0.0.1:{health}/readyz")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ready {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Kueue did not become ready; see {} and kueue.err",
-                log.display()
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        Kueue { _child: child }
-    })
-}
-
-fn ar(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("kueue.x-k8s.io", "v1beta2", kind),
-        plural,
-    )
-}
-
-async fn create(c: &Client, ns: Option<&str>, kind: &str, plural: &str, body: serde_json::Value) {
-    let ar = ar(kind, plural);
-    let api: Api<DynamicObject> = match ns {
-        Some(ns) => Api::namespaced_with(c.clone(), ns, &ar),
-        None => Api::all_with(c.clone(), &ar),
-    };
-    let obj: DynamicObject = serde_json::from_value(body).unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
-
-/// A ResourceFlavor that places pods on the kwok nodes (node label + the toleration of
-/// their taint: the jobs below do not tolerate it themselves), a ClusterQueue with
-/// `gpus` GPUs and a LocalQueue `lq` in `ns`.
-async fn queues(c: &Client, ns: &str, gpus: u32) {
-    create(
-        c,
-        None,
-        "ResourceFlavor",
-        "resourceflavors",
-        json!({
-            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
-            "metadata": {"name": format!("{ns}-kwok")},
-            "spec": {
-                "nodeLabels": {"type": "kwok"},
-                "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
-            }
-        }),
-    )
-    .await;
-    create(
-        c,
-        None,
-        "ClusterQueue",
-        "clusterqueues",
-        json!({
-            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
-            "metadata": {"name": format!("{ns}-cq")},
-            "spec": {
-                "namespaceSelector": {},
-                "queueingStrategy": "BestEffortFIFO",
-                "resourceGroups": [{
-                    "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                    "flavors": [{"name": format!("{ns}-kwok"), "resources": [
-                        {"name": "cpu", "nominalQuota": "256"},
-                        {"name": "memory", "nominalQuota": "2Ti"},
-                        {"name": "nvidia.com/gpu", "nominalQuota": gpus.to_string()}
-                    ]}]
-                }]
-            }
-        }),
-    )
-    .await;
-    create(
-        c,
-        Some(ns),
-        "LocalQueue",
-        "localqueues",
-        json!({
-            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-            "metadata": {"name": "lq", "namespace": ns},
-            "spec": {"clusterQueue": format!("{ns}-cq")}
-        }),
-    )
-    .await;
-}
-
-/// A 2-worker job (1 GPU each) in LocalQueue `lq`, without the kwok toleration.
-async fn queued_job(c: &Client, ns: &str, name: &str) -> JanusTrainingJob {
-    let mut spec = job_spec(2);
-    spec.workers.tolerations = None;
-    let mut job = JanusTrainingJob::new(name, spec);
-    job.metadata.labels =
-        Some([("kueue.x-k8s.io/queue-name".to_string(), "lq".to_string())].into());
-    Api::<JanusTrainingJob>::namespaced(c.clone(), ns)
-        .create(&PostParams::default(), &job)
-        .await
-        .unwrap()
-}
-
-async fn workload(c: &Client, ns: &str, job: &str) -> Option<DynamicObject> {
-    Api::<DynamicObject>::namespaced_with(c.clone(), ns, &ar("Workload", "workloads"))
-        .get_opt(&format!("janustrainingjob-{job}"))
-        .await
-        .unwrap()
-}
-
-fn admitted(job: &JanusTrainingJob) -> Option<(String, String, String)> {
-    condition(job, "Admitted").map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_admitted_reason(c: &Client, ns: &str, name: &str, reason: &str) -> JanusTrainingJob {
-    wait_for(&format!("{name}: Admitted reason {reason}"), T, || async {
-        let j = get_job(c, ns, name).await?;
-        (admitted(&j)?.1 == reason).then_some(j)
-    })
-    .await
+    kueue_with("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,4 +165,273 @@ async fn an_evicted_job_stops_its_gang_and_runs_again_when_readmitted() {
     wait_admitted_reason(&c, &ns, "evicted", "Admitted").await;
     wait_phase(&c, &ns, "evicted", "Running", T).await;
     wait_gang_running(&c, &ns, "evicted", 2, 0).await;
+}
+
+/// A queued job (as `queued_job`) with more labels and a patch of its spec.
+async fn queued_job_with(
+    c: &Client,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    spec_patch: serde_json::Value,
+) -> JanusTrainingJob {
+    let mut spec = job_spec(2);
+    spec.workers.tolerations = None;
+    let mut v = serde_json::to_value(&spec).unwrap();
+    json_merge(&mut v, &spec_patch);
+    let mut job = JanusTrainingJob::new(name, serde_json::from_value(v).unwrap());
+    let mut l: std::collections::BTreeMap<String, String> =
+        [("kueue.x-k8s.io/queue-name".to_string(), "lq".to_string())].into();
+    l.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    job.metadata.labels = Some(l);
+    Api::<JanusTrainingJob>::namespaced(c.clone(), ns)
+        .create(&Default::default(), &job)
+        .await
+        .unwrap()
+}
+
+fn json_merge(into: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                json_merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+fn workload_condition(wl: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    wl.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("status"), s("reason"), s("message"))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_job_preempts_a_running_low_priority_one_which_runs_again_once_quota_frees()
+{
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-preempt").await;
+    queues_with(
+        &c,
+        &ns,
+        2,
+        json!({"preemption": {"withinClusterQueue": "LowerPriority"}}),
+    )
+    .await;
+    for (class, value) in [("low", 100), ("high", 1000)] {
+        create(
+            &c,
+            None,
+            "WorkloadPriorityClass",
+            "workloadpriorityclasses",
+            json!({
+                "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+                "metadata": {"name": format!("{ns}-{class}")},
+                "value": value
+            }),
+        )
+        .await;
+    }
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    let low_class = format!("{ns}-low");
+    queued_job_with(
+        &c,
+        &ns,
+        "low",
+        &[("kueue.x-k8s.io/priority-class", low_class.as_str())],
+        json!({}),
+    )
+    .await;
+    wait_phase(&c, &ns, "low", "Running", T).await;
+    wait_gang_running(&c, &ns, "low", 2, 0).await;
+    // The priority is Kueue's own: the class reference and its value.
+    let wl = workload(&c, &ns, "low").await.unwrap();
+    assert_eq!(wl.data["spec"]["priority"], 100);
+    assert_eq!(
+        wl.data["spec"]["priorityClassRef"],
+        json!({"group": "kueue.x-k8s.io", "kind": "WorkloadPriorityClass", "name": low_class})
+    );
+
+    let high_class = format!("{ns}-high");
+    queued_job_with(
+        &c,
+        &ns,
+        "high",
+        &[("kueue.x-k8s.io/priority-class", high_class.as_str())],
+        json!({}),
+    )
+    .await;
+    // Kueue preempts the low job: its gang is stopped, it says so, and it waits.
+    let j = wait_admitted_reason(&c, &ns, "low", "Evicted").await;
+    let msg = admitted(&j).unwrap().2;
+    assert!(msg.contains("Preempted"), "{msg}");
+    wait_for("the low gang stopped", T, || async {
+        pods(&c, &ns, "low").await.is_empty().then_some(())
+    })
+    .await;
+    let j = wait_phase(&c, &ns, "low", "Suspended", T).await;
+    assert_eq!(
+        j.status.unwrap().restarts,
+        0,
+        "a preemption is not a failure"
+    );
+    wait_phase(&c, &ns, "high", "Running", T).await;
+    let high_pods = wait_gang_running(&c, &ns, "high", 2, 0).await;
+    let wl = workload(&c, &ns, "high").await.unwrap();
+    assert_eq!(wl.data["spec"]["priority"], 1000);
+    let wl = workload(&c, &ns, "low").await.unwrap();
+    let (requeued, why, _) = workload_condition(&wl, "Requeued").unwrap();
+    assert_eq!((requeued.as_str(), why.as_str()), ("True", "Preempted"));
+
+    // The high job finishes: the quota frees and the low job runs again, from the
+    // same attempt (its trainer resumes from its latest checkpoint).
+    for p in &high_pods {
+        finish_pod(&c, &ns, &p.name_any(), 0).await;
+    }
+    wait_phase(&c, &ns, "high", "Succeeded", T).await;
+    wait_admitted_reason(&c, &ns, "low", "Admitted").await;
+    wait_phase(&c, &ns, "low", "Running", T).await;
+    wait_gang_running(&c, &ns, "low", 2, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_checks_pod_set_updates_go_on_the_pods() {
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-check").await;
+    let check = format!("{ns}-manual");
+    create(
+        &c,
+        None,
+        "AdmissionCheck",
+        "admissionchecks",
+        json!({
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "AdmissionCheck",
+            "metadata": {"name": check},
+            "spec": {"controllerName": "test.janus.dev/manual"}
+        }),
+    )
+    .await;
+    // No controller of ours runs the check: its state is set here, by hand.
+    let checks: Api<DynamicObject> =
+        Api::all_with(c.clone(), &ar("AdmissionCheck", "admissionchecks"));
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    checks
+        .patch_status(
+            &check,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{
+                "type": "Active", "status": "True", "reason": "Active",
+                "message": "set by the test", "lastTransitionTime": now}]}})),
+        )
+        .await
+        .unwrap();
+    queues_with(
+        &c,
+        &ns,
+        2,
+        json!({"admissionChecksStrategy": {"admissionChecks": [{"name": check}]}}),
+    )
+    .await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    queued_job(&c, &ns, "checked").await;
+    // Quota is reserved, but the check is pending: not admitted, no pods.
+    let wls: Api<DynamicObject> =
+        Api::namespaced_with(c.clone(), &ns, &ar("Workload", "workloads"));
+    let name = "janustrainingjob-checked";
+    wait_for("the check pending on the Workload", T, || async {
+        let wl = wls.get(name).await.ok()?;
+        (wl.data["status"]["admissionChecks"][0]["state"] == "Pending").then_some(())
+    })
+    .await;
+    assert!(pods(&c, &ns, "checked").await.is_empty());
+    wls.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"admissionChecks": [{
+            "name": check, "state": "Ready", "message": "provisioned",
+            "lastTransitionTime": now,
+            "podSetUpdates": [{
+                "name": "workers",
+                "labels": {"test.janus.dev/provisioned": "yes"},
+                "annotations": {"test.janus.dev/request": "r-1"},
+                "nodeSelector": {"type": "kwok"},
+                "tolerations": [{"key": "test.janus.dev/reserved", "operator": "Exists", "effect": "NoSchedule"}]
+            }]
+        }]}})),
+    )
+    .await
+    .unwrap();
+    wait_phase(&c, &ns, "checked", "Running", T).await;
+    let ps: Vec<Pod> = wait_gang_running(&c, &ns, "checked", 2, 0).await;
+    for p in &ps {
+        assert_eq!(p.labels()["test.janus.dev/provisioned"], "yes");
+        assert_eq!(p.labels()["kueue.x-k8s.io/podset"], "workers");
+        assert_eq!(p.annotations()["test.janus.dev/request"], "r-1");
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_selector.as_ref().unwrap()["type"], "kwok");
+        let tols = spec.tolerations.as_ref().unwrap();
+        assert!(tols
+            .iter()
+            .any(|t| t.key.as_deref() == Some("test.janus.dev/reserved")));
+        assert!(tols
+            .iter()
+            .any(|t| t.key.as_deref() == Some("kwok.x-k8s.io/node")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_changed_while_it_waits_gets_its_workload_updated_and_runs() {
+    kueue();
+    let c = client().await;
+    let ns = namespace(&c, "kueue-update").await;
+    queues(&c, &ns, 2).await;
+    let _op = Operator::start(&ns, "a", &["--no-leader-election"]);
+    // 300 CPUs a worker: more than the ClusterQueue's 256, so it waits.
+    queued_job_with(
+        &c,
+        &ns,
+        "big",
+        &[],
+        json!({"workers": {"resources": {"requests": {"cpu": "300"}}}}),
+    )
+    .await;
+    let j = wait_admitted_reason(&c, &ns, "big", "WaitingForAdmission").await;
+    assert!(
+        admitted(&j).unwrap().2.contains("cpu"),
+        "{:?}",
+        admitted(&j)
+    );
+    Api::<JanusTrainingJob>::namespaced(c.clone(), &ns)
+        .patch(
+            "big",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"workers": {"resources": {"requests": {"cpu": "1"}}}}})),
+        )
+        .await
+        .unwrap();
+    // The Workload asks for what the pods will be, and Kueue admits it.
+    wait_for("the Workload updated to 1 CPU a worker", T, || async {
+        let wl = workload(&c, &ns, "big").await?;
+        let cpu = &wl.data["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"]
+            ["requests"]["cpu"];
+        (cpu == "1").then_some(())
+    })
+    .await;
+    wait_phase(&c, &ns, "big", "Running", T).await;
+    let ps = wait_gang_running(&c, &ns, "big", 2, 0).await;
+    let req = &ps[0].spec.as_ref().unwrap().containers[0].resources;
+    assert_eq!(
+        req.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+        "1"
+    );
 }

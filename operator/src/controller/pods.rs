@@ -266,9 +266,13 @@ pub fn slim_pod(p: &mut Pod, annotation: &str, containers: Containers) {
     }
     if let Some(st) = p.status.as_mut() {
         if let Some(c) = st.conditions.as_mut() {
+            // Ready is what Kueue's PodsReady reads (a gang is started once every
+            // pod is Ready); the cache keeps it so that a pod turning Ready (or not)
+            // reconciles its job with the fact in hand.
             c.retain(|c| {
                 (c.type_ == "PodScheduled" && c.status == "False")
                     || (c.type_ == "DisruptionTarget" && c.status == "True")
+                    || c.type_ == "Ready"
             });
         }
         st.pod_ips = None;

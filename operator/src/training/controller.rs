@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use janus_crds::training::reason;
 use janus_crds::{annotations, labels, JanusTrainingJob, JanusTrainingJobStatus, Progress};
 use jiff::Timestamp;
@@ -14,7 +15,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
 use kube::ResourceExt;
 
 use super::gang::{self, Decision, Gang};
@@ -22,7 +24,7 @@ use super::kueue::{self, KueueFacts};
 use super::{children, pod_group, status};
 use crate::controller::apply::apply_child;
 use crate::controller::pods::owned_by;
-use crate::controller::run::{AddWatches, Watch, WatchNames};
+use crate::controller::run::{watch_health, AddWatches, Watch, WatchNames};
 use crate::controller::{Context, Kind, Plan, Policy};
 use crate::error::{Error, Result};
 use crate::watch::resource_api;
@@ -35,6 +37,9 @@ crate::job_status!(JanusTrainingJobStatus);
 /// against 1.6 s with 4, for pods created 12 s sooner out of 40 (`bench-operator`);
 /// `--concurrency` raises it where the API server has the cores.
 const CONCURRENCY: u16 = 4;
+
+/// The Workload watch's name in `/readyz` and `janus_operator_watch_errors_total`.
+const WORKLOADS_WATCH: &str = "workloads";
 
 impl Kind for JanusTrainingJob {
     type Step = Gang;
@@ -62,16 +67,21 @@ impl Kind for JanusTrainingJob {
         status::rank(pod)
     }
 
-    /// Workload changes (admission, eviction) trigger the owning job, when Kueue is there.
+    /// Workload changes (admission, eviction) trigger the owning job. The watch starts
+    /// once the cluster serves the Workload API: at once, or when Kueue is installed
+    /// after the operator (no restart; the operator is ready meanwhile, and the watch's
+    /// health counts from its start).
     async fn watches(w: Watch<'_>, _jobs: Store<Self>) -> ((), AddWatches<Self>) {
-        if !kueue::installed(w.client).await {
-            return ((), Box::new(|c| c));
-        }
         let api = resource_api(w.client, w.namespace, &kueue::workload_resource());
-        tracing::info!("Kueue's Workload API is installed: watching Workloads");
-        let add: AddWatches<Self> = Box::new(move |c| {
-            c.owns_with(api, kueue::workload_resource(), watcher::Config::default())
+        let (client, health, metrics) = (w.client.clone(), w.health.clone(), w.metrics.clone());
+        let stream = futures::stream::once(kueue::wait_installed(client)).flat_map(move |()| {
+            watcher(api.clone(), watcher::Config::default())
+                .default_backoff()
+                .inspect(watch_health(&health, &metrics, WORKLOADS_WATCH))
+                .touched_objects()
         });
+        let add: AddWatches<Self> =
+            Box::new(move |c| c.owns_stream_with(stream, kueue::workload_resource()));
         ((), add)
     }
 

@@ -200,6 +200,27 @@ fn helm_installed_operator_runs_under_its_own_service_account_with_leader_electi
             "the operator may not {verb} {what}"
         );
     }
+    // Kueue: the Workload's PodsReady (status by patch) and its priority, read from a
+    // WorkloadPriorityClass or a PriorityClass (list: the cluster's globalDefault one);
+    // never a write to either class.
+    assert!(can(&[
+        "patch",
+        "workloads.kueue.x-k8s.io",
+        "--subresource=status",
+        "-n",
+        "default"
+    ]));
+    for what in [
+        "workloadpriorityclasses.kueue.x-k8s.io",
+        "priorityclasses.scheduling.k8s.io",
+    ] {
+        assert!(can(&["get", what]), "get {what}");
+        assert!(
+            !can(&["create", what]),
+            "the operator may not create {what}"
+        );
+    }
+    assert!(can(&["list", "priorityclasses.scheduling.k8s.io"]));
     // Which pod sent a progress report (pods themselves hold no API permission).
     assert!(can(&["create", "tokenreviews.authentication.k8s.io"]));
     // Its own Lease only: RBAC names it.

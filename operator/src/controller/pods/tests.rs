@@ -181,3 +181,23 @@ fn a_refused_create_quotes_the_api_server_in_the_kinds_words() {
         "creating pod e-generate-0 was refused: forbidden"
     );
 }
+
+#[test]
+fn the_slim_pod_cache_keeps_the_ready_condition_kueues_pods_ready_reads() {
+    let mut p = pending_pod(serde_json::json!({"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True"},
+        {"type": "ContainersReady", "status": "True"},
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True"}
+    ]}));
+    slim_pod(&mut p, "janus.dev/progress", TRAINER);
+    let kept: Vec<(String, String)> = p
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.type_, c.status))
+        .collect();
+    assert_eq!(kept, vec![("Ready".to_string(), "True".to_string())]);
+}
