@@ -14,7 +14,7 @@
 //! door (the rest are answered 429 before their body is read), a TokenReview slot is
 //! waited for [`REVIEW_WAIT`] at most (then 429 with `Retry-After`), a refused token is
 //! answered 401 from memory for [`REFUSED_TTL`], a body is read only once its token is
-//! accepted and the sender's turn is free, one pod's reports are written at most once
+//! accepted, one pod's reports are written at most once
 //! per [`publish::MIN_REPORT_INTERVAL_SECONDS`], and only the typed document is
 //! stored, re-serialised (unknown fields dropped) and at most
 //! [`publish::MAX_VALUE_BYTES`].
@@ -365,8 +365,8 @@ impl Reports {
                 "the API server refused this token a moment ago".into(),
             ));
         }
-        // The sender before its body: a token the API server refuses, a pod outside
-        // the namespace or one that reported a moment ago never has its body read (a
+        // The sender before its body: a token the API server refuses or a pod outside
+        // the namespace never has its body read (a
         // flood of bogus tokens costs a review each, and no 64 KiB buffer).
         let sender = self.review(token).await?;
         if let Some(ns) = self.namespace.as_deref() {
@@ -377,7 +377,8 @@ impl Reports {
                 )));
             }
         }
-        self.turn_free(&sender, Instant::now())?;
+        // The sender's turn is taken only once the report is valid (a malformed or
+        // forbidden report is answered so, not 429, and does not spend it).
         let report = read_report(body).await?;
         // Who may set what comes before what the value is: a pod asking for another
         // kind's annotation is told it may not (403), whatever it sent.
@@ -412,12 +413,7 @@ impl Reports {
         refused.insert(h, now);
     }
 
-    /// Whether the sender's turn is free (checked before its body is read, taken once
-    /// the report is valid: a malformed report does not spend it).
-    fn turn_free(&self, sender: &Sender, now: Instant) -> Result<(), ReportError> {
-        Self::free_in(&self.written.lock().expect("lock"), sender, now)
-    }
-
+    /// Whether the sender's turn is free: none of its reports written within the interval.
     fn free_in(
         written: &HashMap<String, Instant>,
         sender: &Sender,
