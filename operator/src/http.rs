@@ -180,9 +180,8 @@ async fn accept_loop(listener: TcpListener, app: Router, limits: Limits) {
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(MAX_BUF_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.connection_max, conn).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "an HTTP connection ended"),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(e)) = tokio::time::timeout(limits.connection_max, conn).await {
+                tracing::debug!(error = %e, "an HTTP connection ended");
             }
         });
     }
