@@ -9,12 +9,15 @@
 //! not: it is a pod patch, not a status write, so no hand-off is needed.
 //!
 //! Any pod in the cluster can reach this port, so what a caller can cost is bounded:
-//! at most [`IN_FLIGHT`] requests are past the door at once (the rest are answered 429
-//! before their body is read), a TokenReview slot is waited for [`REVIEW_WAIT`] at
-//! most (then 429 with `Retry-After`), a refused token is answered 401 from memory for
-//! [`REFUSED_TTL`], one pod's reports are written at most once per
-//! [`publish::MIN_REPORT_INTERVAL_SECONDS`], and only the typed document is stored,
-//! re-serialised (unknown fields dropped) and at most [`publish::MAX_VALUE_BYTES`].
+//! at most [`crate::http::MAX_CONNECTIONS`] connections are served at once (the rest
+//! wait in the kernel's accept queue), at most [`IN_FLIGHT`] requests are past the
+//! door (the rest are answered 429 before their body is read), a TokenReview slot is
+//! waited for [`REVIEW_WAIT`] at most (then 429 with `Retry-After`), a refused token is
+//! answered 401 from memory for [`REFUSED_TTL`], a body is read only once its token is
+//! accepted, one pod's reports are written at most once
+//! per [`publish::MIN_REPORT_INTERVAL_SECONDS`], and only the typed document is
+//! stored, re-serialised (unknown fields dropped) and at most
+//! [`publish::MAX_VALUE_BYTES`].
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -213,6 +216,24 @@ pub fn typed(report: Report) -> Result<Report, ReportError> {
     })
 }
 
+/// The report a body holds, read with a hard limit ([`publish::MAX_BODY_BYTES`]) and
+/// a deadline.
+async fn read_report(body: Body) -> Result<Report, ReportError> {
+    let body = tokio::time::timeout(
+        BODY_WAIT,
+        axum::body::to_bytes(body, publish::MAX_BODY_BYTES),
+    )
+    .await
+    .map_err(|_| ReportError::Malformed(format!("the body took over {BODY_WAIT:?}")))?
+    .map_err(|e| {
+        ReportError::Malformed(format!(
+            "the body could not be read (at most {} bytes): {e}",
+            publish::MAX_BODY_BYTES
+        ))
+    })?;
+    serde_json::from_slice(&body).map_err(|e| ReportError::Malformed(e.to_string()))
+}
+
 /// The bearer token of a request (the scheme is case-insensitive).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers
@@ -333,7 +354,7 @@ impl Reports {
 
     async fn accept(&self, headers: &HeaderMap, body: Body) -> Result<(), ReportError> {
         // What costs nothing first: no place at the door, no token, or a token refused
-        // a moment ago is answered before the body is read.
+        // a moment ago is answered before anything is read.
         let _place = self
             .door
             .try_acquire()
@@ -344,22 +365,9 @@ impl Reports {
                 "the API server refused this token a moment ago".into(),
             ));
         }
-        let body = tokio::time::timeout(
-            BODY_WAIT,
-            axum::body::to_bytes(body, publish::MAX_BODY_BYTES),
-        )
-        .await
-        .map_err(|_| ReportError::Malformed(format!("the body took over {BODY_WAIT:?}")))?
-        .map_err(|e| {
-            ReportError::Malformed(format!(
-                "the body could not be read (at most {} bytes): {e}",
-                publish::MAX_BODY_BYTES
-            ))
-        })?;
-        // A malformed report never reaches the API server.
-        let report: Report =
-            serde_json::from_slice(&body).map_err(|e| ReportError::Malformed(e.to_string()))?;
-        drop(body);
+        // The sender before its body: a token the API server refuses or a pod outside
+        // the namespace never has its body read (a
+        // flood of bogus tokens costs a review each, and no 64 KiB buffer).
         let sender = self.review(token).await?;
         if let Some(ns) = self.namespace.as_deref() {
             if ns != sender.namespace {
@@ -369,6 +377,9 @@ impl Reports {
                 )));
             }
         }
+        // The sender's turn is taken only once the report is valid (a malformed or
+        // forbidden report is answered so, not 429, and does not spend it).
+        let report = read_report(body).await?;
         // Who may set what comes before what the value is: a pod asking for another
         // kind's annotation is told it may not (403), whatever it sent.
         authorize(&sender, &report)?;
@@ -402,18 +413,26 @@ impl Reports {
         refused.insert(h, now);
     }
 
+    /// Whether the sender's turn is free: none of its reports written within the interval.
+    fn free_in(
+        written: &HashMap<String, Instant>,
+        sender: &Sender,
+        now: Instant,
+    ) -> Result<(), ReportError> {
+        let interval = Duration::from_secs(publish::MIN_REPORT_INTERVAL_SECONDS);
+        match written.get(&sender.pod_uid) {
+            Some(at) if now.duration_since(*at) < interval => Err(ReportError::TooFrequent(
+                format!("{}/{}", sender.namespace, sender.pod),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The sender's turn to have a report written: none within the interval before.
     fn take_turn(&self, sender: &Sender, now: Instant) -> Result<(), ReportError> {
         let interval = Duration::from_secs(publish::MIN_REPORT_INTERVAL_SECONDS);
         let mut written = self.written.lock().expect("lock");
-        if let Some(at) = written.get(&sender.pod_uid) {
-            if now.duration_since(*at) < interval {
-                return Err(ReportError::TooFrequent(format!(
-                    "{}/{}",
-                    sender.namespace, sender.pod
-                )));
-            }
-        }
+        Self::free_in(&written, sender, now)?;
         if written.len() >= REVIEW_CACHE_MAX {
             written.retain(|_, at| now.duration_since(*at) < interval);
         }
@@ -738,6 +757,27 @@ mod tests {
             .await
             .expect("answered without reading");
         assert_eq!((code, retry), (StatusCode::TOO_MANY_REQUESTS, Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_refused_tokens_body_is_never_read() {
+        let (client, reviews) = api(false);
+        let r = Reports::new(client, Metrics::new(), None);
+        for _ in 0..2 {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                "Bearer bogus".parse().unwrap(),
+            );
+            // A body that never ends: an answer shows it was not waited for.
+            let body =
+                Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+            let (code, _, text) = tokio::time::timeout(Duration::from_secs(1), r.handle(&h, body))
+                .await
+                .expect("answered without reading the body");
+            assert_eq!(code, StatusCode::UNAUTHORIZED, "{text}");
+        }
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

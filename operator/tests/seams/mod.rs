@@ -228,7 +228,6 @@ async fn seconds_to_pods(c: &Client, ns: &str, name: &str, n: usize) -> f64 {
 /// `JANUS_FLOOD_MEASURE_ONLY=1` prints the figures without asserting them (with
 /// `JANUS_OPERATOR_BIN`, of another build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "figure not met yet (2026-12-07: 294 MiB peak, p99 1.9 s); run with --ignored"]
 async fn a_flood_of_bogus_reports_is_answered_401_or_429_in_bounded_memory() {
     const CONNECTIONS: usize = 1500;
     const PER_CONNECTION: usize = 4;
