@@ -4,6 +4,12 @@ loopback), side by side in one run with a raw copy of the same bytes: `cp -r` fo
 local disk, and for S3 an upload and a download of the same files with the same client
 (parallel multipart parts / parallel ranges, no hashing or checks).
 
+Then the step loop's stall per save, to both targets: a synchronous save against a
+background one (`checkpoint.async`: a copy into reusable host buffers, then the
+write on a thread) of the same state, and how fast compute runs while the background
+save is in flight (the loop's own work shares the cores with it). `--stall-only` skips
+the save/load table.
+
   JANUS_VERSITYGW=~/.cache/janus/versitygw-v1.8.0/versitygw \\
     python bench/checkpoint_bench.py --janus target/release/janus --reps 3
 """
@@ -25,6 +31,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--janus", default="target/release/janus")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--stall-only", action="store_true")
     a = p.parse_args()
     janus = os.path.abspath(a.janus)
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,6 +44,16 @@ def main():
         run(janus, "init-model", "--config", f"{tmp}/config.json", "--train-tokenizer-on", f"{tmp}/data/sft.jsonl",
             "--out", f"{tmp}/model")
         with versitygw(f"{tmp}/s3") as s3env:
+            stalls = []
+            for name, target in [("local disk", f"{tmp}/stall"), ("S3 (versitygw, loopback)", "s3://bench/stall")]:
+                r = subprocess.run([janus, "bench-checkpoint", "--model", f"{tmp}/model", "--dir", target,
+                                    "--reps", str(a.reps), "--stall"], env=s3env, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise SystemExit(f"bench-checkpoint --stall {target} failed:\n{r.stderr[-3000:]}")
+                stalls.append((name, json.loads(r.stdout.strip().splitlines()[-1])))
+            if a.stall_only:
+                print_stalls(stalls, a.reps)
+                return
             rows = []
             for name, target, extra in [("local disk", f"{tmp}/disk", []),
                                         ("S3 (versitygw, loopback)", "s3://bench/ckpt", ["--raw"])]:
@@ -77,7 +94,22 @@ def main():
           f"| raw upload / download (same client, parallel parts, no checks) "
           f"| {s3['raw_save_seconds']:.2f} / {s3['raw_load_seconds']:.2f} "
           f"| {s3['save_seconds'] / s3['raw_save_seconds']:.2f}x | {s3['load_seconds'] / s3['raw_load_seconds']:.2f}x |")
+    print_stalls(stalls, a.reps)
     print(json.dumps({"rows": rows, "cp_seconds": cp, "cp_sync_seconds": cp_sync}))
+
+
+def print_stalls(stalls, reps):
+    first = stalls[0][1]
+    print(f"\nStep-loop stall per checkpoint of the same model ({first['checkpoint_bytes'] / 1e9:.2f} GB of "
+          f"weights and AdamW state), median of {reps} after a first save; goal: stall <= 10% of the synchronous save\n")
+    print("| target | synchronous save s | async stall s | stall / sync | background save s "
+          "| compute rate during it | first async stall s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in stalls:
+        print(f"| {name} | {r['sync_save_seconds']:.2f} | {r['async_stall_seconds']:.2f} | "
+              f"{100 * r['stall_over_sync']:.1f}% | {r['async_total_seconds']:.2f} | "
+              f"{100 * r['compute_rate_during_background']:.0f}% | {r['first_async_stall_seconds']:.2f} |")
+    print(json.dumps({"stalls": stalls}))
 
 
 if __name__ == "__main__":

@@ -140,6 +140,49 @@ fn reward_model_resume_is_bitwise_identical() {
     );
 }
 
+/// `checkpoint.async`: a run whose checkpoints are written in the background (from host
+/// copies, while it trains on) stops, resumes and ends on the weights of a straight run
+/// that saved synchronously, and its last checkpoint's files are the same bytes.
+#[test]
+fn background_checkpoints_resume_bitwise_identical_to_synchronous_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 24);
+    let data = data.join("sft.parquet");
+    let sync = [
+        "data.packing=true",
+        "hyperparameters.micro_batch_size=2",
+        "hyperparameters.gradient_accumulation_steps=2",
+    ];
+    let background = [sync.as_slice(), &["checkpoint.async=true"]].concat();
+    let straight = train(dir, &model, &data, "straight", &sync, None);
+    let first = train(dir, &model, &data, "resumed", &background, Some(10));
+    assert_eq!(first.steps_completed, 10);
+    // A stop waits for the save in flight: step 10 is complete when the run returns.
+    assert!(dir.join("ckpt/resumed/step-10/manifest.json").exists());
+    let second = train(dir, &model, &data, "resumed", &background, None);
+    assert_eq!(second.resumed_from_step, Some(10));
+    assert!(second.finished);
+    assert!(
+        weights(dir, "straight") == weights(dir, "resumed"),
+        "resumed weights differ from the straight run"
+    );
+    assert_eq!(straight.last_loss, second.last_loss);
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+        "manifest.json",
+    ] {
+        let a = common::read_bytes(&dir.join(format!("ckpt/straight/step-20/{f}")));
+        let b = common::read_bytes(&dir.join(format!("ckpt/resumed/step-20/{f}")));
+        assert!(
+            a == b,
+            "{f} of step 20 differs between the two kinds of save"
+        );
+    }
+}
+
 #[test]
 fn incomplete_and_corrupt_checkpoints_are_skipped() {
     let tmp = tempfile::tempdir().unwrap();

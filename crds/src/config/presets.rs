@@ -112,6 +112,7 @@ pub fn janus_7b_sft() -> TrainConfig {
             retry_timeout_seconds: 180,
             owner: None,
             resume_from: None,
+            asynchronous: false,
         },
         distributed: DistributedSection {
             backend: Backend::Auto,

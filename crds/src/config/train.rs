@@ -400,6 +400,15 @@ pub struct CheckpointSection {
     /// when this job has no checkpoint of its own: the way to take over another run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<String>,
+    /// Write checkpoints in the background: the step loop stops only to copy the state
+    /// into host buffers allocated once (on rank 0, the size of the checkpoint: weights
+    /// and the whole optimizer state), then goes on while a thread hashes, writes and
+    /// uploads the copy, manifest last. One save is in flight at a time; the next save,
+    /// the end of training and a stop on SIGTERM wait for it, and its failure fails the
+    /// run there. Off by default: the memory plan does not count that host copy yet
+    /// (about 100 GiB on rank 0 for the 7B recipe).
+    #[serde(rename = "async", default, skip_serializing_if = "std::ops::Not::not")]
+    pub asynchronous: bool,
 }
 
 /// Data parallelism: the collective backend, bucketing, ZeRO-1 and timeouts.
@@ -769,6 +778,7 @@ impl TrainConfig {
                 c.remove("resume");
                 c.remove("dir");
                 c.remove("owner");
+                c.remove("async");
                 c.remove("resume_from");
             }
         }

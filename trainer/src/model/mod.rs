@@ -17,6 +17,7 @@ pub use segments::Segments;
 pub use transformer::{masks_built, AttentionLayout, LayerContext, Transformer};
 pub use varlen::{attention_kernel, fallback_calls, flash_varlen, AttentionKernel};
 pub use weights::{
-    load_model_dir, load_reward_init, save_model, save_model_dir, tensors_to_safetensors,
-    SafetensorsFile, SafetensorsWriter, TensorSpec, SHARD_INDEX,
+    load_model_dir, load_reward_init, model_files, safetensors_header, save_model, save_model_dir,
+    tensors_to_safetensors, ModelFiles, SafetensorsFile, SafetensorsWriter, TensorSpec,
+    SHARD_INDEX,
 };

@@ -184,6 +184,32 @@ fn kind_of(dtype: &str) -> Option<Kind> {
     })
 }
 
+/// The bytes before the data of a safetensors file of `specs`, in their order: the
+/// header's length, then the header (with HF's `{"format": "pt"}` metadata). The
+/// streaming writer and a checkpoint's host snapshot share it, so both give the same
+/// file.
+pub fn safetensors_header(specs: &[TensorSpec]) -> Result<Vec<u8>> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for s in specs {
+        let end = offset + s.bytes();
+        header.insert(
+            s.name.clone(),
+            serde_json::json!({"dtype": dtype_name(s.kind)?, "shape": s.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut text = serde_json::to_string(&header).expect("header serializes");
+    // The format pads the header with spaces to a multiple of 8 bytes.
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut head = (text.len() as u64).to_le_bytes().to_vec();
+    head.extend_from_slice(text.as_bytes());
+    Ok(head)
+}
+
 /// Writes a safetensors file one tensor at a time: the header first (from the specs,
 /// with HF's `{"format": "pt"}` metadata), then each tensor's bytes straight from its
 /// storage (never copied into a buffer: a file gets them by `write`, an upload sends
@@ -212,25 +238,7 @@ impl SafetensorsWriter {
 
     /// Write to `out` (a file, or an object being uploaded).
     pub fn new(mut out: ObjectWriter, specs: Vec<TensorSpec>) -> Result<Self> {
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
-        let mut offset = 0usize;
-        for s in &specs {
-            let end = offset + s.bytes();
-            header.insert(
-                s.name.clone(),
-                serde_json::json!({"dtype": dtype_name(s.kind)?, "shape": s.shape, "data_offsets": [offset, end]}),
-            );
-            offset = end;
-        }
-        let mut text = serde_json::to_string(&header).expect("header serializes");
-        // The format pads the header with spaces to a multiple of 8 bytes.
-        while !text.len().is_multiple_of(8) {
-            text.push(' ');
-        }
-        let mut head = (text.len() as u64).to_le_bytes().to_vec();
-        head.extend_from_slice(text.as_bytes());
-        out.write(&head)?;
+        out.write(&safetensors_header(&specs)?)?;
         Ok(Self {
             out,
             specs,
@@ -448,14 +456,19 @@ pub fn save_model_dir(
     Ok(names)
 }
 
-/// `save_model_dir` into any store: every file is hashed as it is written, and
-/// uploads complete in the background (`Written::wait`).
-pub fn save_model(
-    store: &Store,
-    vs: &VarStore,
-    config: &ModelConfig,
-    max_shard_bytes: usize,
-) -> Result<Vec<(String, Written)>> {
+/// The files of an HF model directory, in the order they are written: `config.json`
+/// (with `torch_dtype`), the weight files with their tensors (shallow references to
+/// the variables), and the shard index when there are several.
+pub struct ModelFiles {
+    pub config_json: Vec<u8>,
+    pub shards: Vec<(String, Vec<(String, Tensor)>)>,
+    pub index_json: Option<Vec<u8>>,
+}
+
+/// Lay out the variables of `vs` as `save_model` writes them (one file, or shards of at
+/// most `max_shard_bytes` with an index): one definition for the streaming save and a
+/// checkpoint's host snapshot.
+pub fn model_files(vs: &VarStore, config: &ModelConfig, max_shard_bytes: usize) -> ModelFiles {
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let kind = vars
         .values()
@@ -480,39 +493,60 @@ pub fn save_model(
         "torch_dtype".into(),
         serde_json::Value::from(kind_name(kind)),
     );
+    let config_json = serde_json::to_string_pretty(&cfg)
+        .expect("config serializes")
+        .into_bytes();
+    if shards.len() == 1 {
+        let only = shards.pop().expect("one shard");
+        return ModelFiles {
+            config_json,
+            shards: vec![(SINGLE_FILE.into(), only)],
+            index_json: None,
+        };
+    }
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    let mut named = Vec::with_capacity(n);
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
+        for (name, _) in &shard {
+            weight_map.insert(name.clone(), file.clone());
+        }
+        named.push((file, shard));
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    ModelFiles {
+        config_json,
+        shards: named,
+        index_json: Some(
+            serde_json::to_string_pretty(&index)
+                .expect("json")
+                .into_bytes(),
+        ),
+    }
+}
+
+/// `save_model_dir` into any store: every file is hashed as it is written, and
+/// uploads complete in the background (`Written::wait`).
+pub fn save_model(
+    store: &Store,
+    vs: &VarStore,
+    config: &ModelConfig,
+    max_shard_bytes: usize,
+) -> Result<Vec<(String, Written)>> {
+    let files = model_files(vs, config, max_shard_bytes);
     let put = |name: &str, bytes: &[u8]| -> Result<(String, Written)> {
         let mut w = store.writer(name)?;
         w.write(bytes)?;
         Ok((name.to_string(), w.finish()?))
     };
-    let mut written = vec![put(
-        "config.json",
-        serde_json::to_string_pretty(&cfg)
-            .expect("config serializes")
-            .as_bytes(),
-    )?];
-    if shards.len() == 1 {
-        let w = write_tensors(&shards[0], store.writer(SINGLE_FILE)?)?;
-        written.push((SINGLE_FILE.into(), w));
-        return Ok(written);
+    let mut written = vec![put("config.json", &files.config_json)?];
+    for (file, shard) in &files.shards {
+        written.push((file.clone(), write_tensors(shard, store.writer(file)?)?));
     }
-    let n = shards.len();
-    let mut weight_map = BTreeMap::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, n);
-        let w = write_tensors(shard, store.writer(&file)?)?;
-        for (name, _) in shard {
-            weight_map.insert(name.clone(), file.clone());
-        }
-        written.push((file, w));
+    if let Some(index) = &files.index_json {
+        written.push(put(SHARD_INDEX, index)?);
     }
-    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    written.push(put(
-        SHARD_INDEX,
-        serde_json::to_string_pretty(&index)
-            .expect("json")
-            .as_bytes(),
-    )?);
     Ok(written)
 }
 

@@ -30,6 +30,7 @@ pub use record::{RunOptions, Summary};
 pub use step::{PhaseTimes, StepResult, Trainer, DEFAULT_BUCKET_BYTES};
 pub use stop::{Decision, StopRequest, Stopper};
 
+use crate::checkpoint::background::Background;
 use crate::checkpoint::{CheckpointDir, Writer};
 use crate::config::{Method, ReduceDtype, TrainConfig};
 use crate::dist::fabric;
@@ -153,6 +154,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         run: record,
         reporter,
         fabric,
+        background: (share.rank == 0 && cfg.checkpoint.asynchronous)
+            .then(|| Background::new(&ckpt, cfg.checkpoint.keep)),
     }
     .run()
 }

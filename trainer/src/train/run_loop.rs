@@ -12,8 +12,10 @@ use super::publish::publish;
 use super::record::{RunOptions, RunRecord, Summary};
 use super::step::Trainer;
 use super::stop::{self, Decision, Stopper};
+use crate::checkpoint::background::{Background, Finished};
 use crate::checkpoint::{CheckpointDir, TrainerState};
 use crate::config::TrainConfig;
+use crate::dist::all_reduce_f64;
 use crate::error::{Error, Result};
 use crate::metrics::TrainMetrics;
 use crate::model::ModelConfig;
@@ -41,6 +43,8 @@ pub struct RunLoop<'a> {
     pub reporter: Option<Reporter>,
     /// The fabric check of this run, carried by every report.
     pub fabric: Option<janus_crds::progress::Fabric>,
+    /// Rank 0's checkpoints written in the background (`checkpoint.async`).
+    pub background: Option<Background>,
 }
 
 impl RunLoop<'_> {
@@ -67,18 +71,32 @@ impl RunLoop<'_> {
             let due = (every > 0 && self.state.step.is_multiple_of(every))
                 || self.state.step == total_steps
                 || stop_here;
-            if due {
-                let seconds = self.save()?;
-                if let Some(s) = &mut stopper {
-                    s.saved(seconds);
-                }
+            let mut saved = if due { self.save()? } else { self.poll_saves() };
+            // The final checkpoint, and one asked for before stopping, are complete
+            // before the run says it is done.
+            if due && (stop_here || self.state.step == total_steps) {
+                saved = self.finish_saves()?.or(saved);
+            }
+            if let (Some(s), Some(seconds)) = (&mut stopper, saved) {
+                s.saved(seconds);
             }
             if let Some(s) = &mut stopper {
-                if let Decision::Stop { save: first, why } =
-                    s.check(self.trainer.comm.as_mut(), rank, due)?
-                {
+                let in_flight = self.background.as_ref().and_then(Background::running);
+                if let Decision::Stop { save: first, why } = s.check(
+                    self.trainer.comm.as_mut(),
+                    rank,
+                    due,
+                    in_flight.map(|(_, secs)| secs),
+                )? {
                     if first {
                         self.save()?;
+                    }
+                    // Within the grace period: the save in flight (or just started)
+                    // completes, and no rank exits before (the launcher would stop
+                    // rank 0); a kill meanwhile leaves the previous one as `latest`.
+                    self.finish_saves()?;
+                    if self.cfg.checkpoint.asynchronous {
+                        self.trainer.comm.barrier()?;
                     }
                     self.report(reporter.as_ref());
                     progress.finish();
@@ -164,21 +182,91 @@ impl RunLoop<'_> {
         Ok(())
     }
 
-    /// Save the checkpoint of this step; its seconds.
-    fn save(&mut self) -> Result<f64> {
+    /// Save the checkpoint of this step, or with `checkpoint.async` start saving it in
+    /// the background. The seconds of a save known complete now (this one, or the
+    /// background save before it), for the estimate of a save on SIGTERM.
+    fn save(&mut self) -> Result<Option<f64>> {
         let held = Instant::now(); // metrics
-        save_checkpoint(
-            self.ckpt,
-            &mut self.trainer,
-            self.model_config,
-            self.tokenizer,
-            &self.state,
-            self.cfg,
-            self.share.rank,
-        )?;
+        let done = if self.cfg.checkpoint.asynchronous {
+            self.start_save()?
+        } else {
+            save_checkpoint(
+                self.ckpt,
+                &mut self.trainer,
+                self.model_config,
+                self.tokenizer,
+                &self.state,
+                self.cfg,
+                self.share.rank,
+            )?;
+            Some(Finished {
+                step: self.state.step,
+                url: self.ckpt.step_url(self.state.step),
+                seconds: held.elapsed().as_secs_f64(),
+            })
+        };
+        // With `checkpoint.async`, only the snapshot (and any wait for the save before).
         self.metrics.checkpoint(held.elapsed()); // metrics
-        self.run.last_checkpoint = Some(self.ckpt.step_url(self.state.step));
-        Ok(held.elapsed().as_secs_f64())
+        Ok(self.completed(done))
+    }
+
+    /// With `checkpoint.async`: wait for the save in flight (rank 0), agree on every
+    /// rank whether it failed (all stop together, before any gather), then copy this
+    /// step's state to host memory (the other ranks help gather a sharded optimizer
+    /// state) and let rank 0's thread write it.
+    fn start_save(&mut self) -> Result<Option<Finished>> {
+        let waited = self.background.as_mut().map_or(Ok(None), Background::wait);
+        let comm = self.trainer.comm.as_mut();
+        let failed = all_reduce_f64(comm, &[f64::from(u8::from(waited.is_err()))])?;
+        let before = waited?;
+        if failed[0] > 0.0 {
+            return Err(Error::Checkpoint(
+                "rank 0's background checkpoint failed (its log says why)".into(),
+            ));
+        }
+        let t = Instant::now();
+        if let Some(bg) = &mut self.background {
+            bg.start(
+                &self.trainer.vs,
+                self.model_config,
+                self.tokenizer,
+                &self.trainer.opt,
+                self.trainer.comm.as_mut(),
+                &self.state,
+            )?;
+            tracing::info!(
+                step = self.state.step,
+                seconds = t.elapsed().as_secs_f64(),
+                "checkpoint snapshot taken; writing it in the background"
+            );
+        } else if self.trainer.opt.is_sharded() {
+            let opt = &self.trainer.opt;
+            opt.gather_state(self.trainer.comm.as_mut(), &mut |_, _| Ok(()))?;
+        }
+        Ok(before)
+    }
+
+    /// The background save in flight, if it has completed: its seconds.
+    fn poll_saves(&mut self) -> Option<f64> {
+        let done = self.background.as_mut().and_then(Background::poll);
+        self.completed(done)
+    }
+
+    /// Wait for the background save in flight (rank 0): its seconds; its error fails
+    /// the run.
+    fn finish_saves(&mut self) -> Result<Option<f64>> {
+        let done = self
+            .background
+            .as_mut()
+            .map_or(Ok(None), Background::wait)?;
+        Ok(self.completed(done))
+    }
+
+    /// A checkpoint is complete: the reports name it from now on.
+    fn completed(&mut self, done: Option<Finished>) -> Option<f64> {
+        let done = done?;
+        self.run.last_checkpoint = Some(done.url);
+        Some(done.seconds)
     }
 
     /// Publish where the run stands for the operator (rank 0 in a pod).

@@ -113,23 +113,27 @@ impl Stopper {
 
     /// At a step boundary, on every rank (a collective when there are several):
     /// whether to stop, and whether to save first. `saved_here`: this step's
-    /// checkpoint is already written.
+    /// checkpoint is already written (or being written in the background). `in_flight`:
+    /// the seconds a background save has run; a save of this step would wait for the
+    /// rest of it first, so that rest counts against the grace period too.
     pub fn check(
         &mut self,
         comm: &mut dyn Collective,
         rank: usize,
         saved_here: bool,
+        in_flight: Option<f64>,
     ) -> Result<Decision> {
         let signalled = self.request.flag.load(Ordering::SeqCst);
         // The signal came during the step just ended at the earliest: its whole
         // length counts as gone.
         let gone = self.boundary.elapsed().as_secs_f64();
         let own = |v: f64| if rank == 0 { v } else { 0.0 };
+        let rest = in_flight.map_or(0.0, |ran| (self.save_seconds - ran).max(0.0));
         let agreed = all_reduce_f64(
             comm,
             &[
                 f64::from(u8::from(signalled)),
-                own(self.save_seconds),
+                own(self.save_seconds + rest),
                 own(gone),
             ],
         )?;
@@ -214,17 +218,20 @@ mod tests {
         s.saved(20.0);
         assert_eq!(s.save_seconds(), 30.0);
         assert!(s.fits_grace());
-        assert_eq!(s.check(&mut Single, 0, false).unwrap(), Decision::Continue);
+        assert_eq!(
+            s.check(&mut Single, 0, false, None).unwrap(),
+            Decision::Continue
+        );
         flag.store(true, Ordering::SeqCst);
         assert!(matches!(
-            s.check(&mut Single, 0, false).unwrap(),
+            s.check(&mut Single, 0, false, None).unwrap(),
             Decision::Stop { save: true, .. }
         ));
         // 1.5 x 50 s no longer fits in 60 s.
         s.saved(50.0);
         assert!(!s.fits_grace());
         assert!(matches!(
-            s.check(&mut Single, 0, false).unwrap(),
+            s.check(&mut Single, 0, false, None).unwrap(),
             Decision::Stop { save: false, .. }
         ));
     }

@@ -98,6 +98,11 @@ pub struct BenchCheckpointArgs {
     /// parallel ranged downloads, no hashing or checks (the peer of a remote save/load).
     #[arg(long)]
     raw: bool,
+    /// Instead: how long a save holds the step loop, synchronous against
+    /// `checkpoint.async`, for the same state (and how fast the loop's compute runs
+    /// while the background save is in flight).
+    #[arg(long)]
+    stall: bool,
 }
 
 pub fn train(a: BenchTrainArgs) -> Result<()> {
@@ -151,6 +156,9 @@ pub fn allreduce(a: BenchAllreduceArgs) -> Result<()> {
 }
 
 pub fn checkpoint(a: BenchCheckpointArgs) -> Result<()> {
+    if a.stall {
+        return crate::checkpoint_stall::run(&a.model, &a.dir, a.reps);
+    }
     bench_checkpoint(&a.model, &a.dir, a.reps, a.raw)
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod args;
 mod bench;
+mod checkpoint_stall;
 mod data;
 mod demo;
 mod eval;

@@ -4,9 +4,18 @@
 //! complete step. `<dir>/<job>/fence.json` names the newest attempt of the job (the
 //! operator's gang restarts): a writer of an older attempt publishes nothing once a
 //! newer one has started.
+//!
+//! A save is either synchronous (`CheckpointDir::save`: the tensors stream to their
+//! files while the step loop waits) or in the background (`background`: a copy into
+//! reusable host buffers, then the same writes, manifest last, on a thread of its own).
+//! The children import from here, never the other way (no import cycle).
+
+pub mod background;
+mod snapshot;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +33,7 @@ pub const LATEST: &str = "latest";
 pub const FENCE: &str = "fence.json";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const TRAINER_STATE: &str = "trainer_state.json";
+const TOKENIZER: &str = "tokenizer.json";
 /// v2 adds fp32 master weights to the optimizer state (`master.<name>`) and the
 /// global batch to the trainer state; v1 checkpoints still load.
 const FORMAT: &str = "janus-checkpoint/v2";
@@ -135,12 +145,18 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
 /// object storage (multipart, parts in parallel, no staging copy) and hashed as they
 /// are written; then the manifest, then `latest`. Resuming downloads a complete
 /// checkpoint to a local cache in parallel ranges, hashing as it arrives, and checks it.
+/// A clone is the same history (a background save holds one).
+#[derive(Clone)]
 pub struct CheckpointDir {
     store: Store,
     /// Set for a run of the operator: saves are fenced by attempt.
     writer: Option<Writer>,
-    /// Unique per instance (and removed with it): runs in one process never share it.
-    staging: tempfile::TempDir,
+    /// Unique per instance (and removed with its last clone): runs in one process never
+    /// share it.
+    staging: Arc<tempfile::TempDir>,
+    /// Tests only: the background write of this file fails.
+    #[cfg(test)]
+    fail_file: Option<String>,
 }
 
 /// libtorch on one thread while a checkpoint moves bytes: its copies are bound by
@@ -174,7 +190,9 @@ impl CheckpointDir {
         Ok(Self {
             store,
             writer: None,
-            staging,
+            staging: Arc::new(staging),
+            #[cfg(test)]
+            fail_file: None,
         })
     }
 
@@ -300,9 +318,33 @@ impl CheckpointDir {
         keep: usize,
     ) -> Result<String> {
         let _threads = OneTorchThread::new();
-        let name = step_name(state.step);
+        let step = self.begin_step(state.step)?;
+        let started = std::time::Instant::now();
+        let mut writer = SafetensorsWriter::new(step.writer(OPTIMIZER)?, optimizer.state_specs())?;
+        optimizer.gather_state(comm, &mut |name, t| writer.write(name, t))?;
+        let mut files: Vec<(String, Written)> = vec![(OPTIMIZER.into(), writer.finish()?)];
+        files.extend(save_model(&step, vs, model_config, MAX_SHARD_BYTES)?);
+        let tokenizer =
+            std::fs::read(tokenizer_json).ctx(|| tokenizer_json.display().to_string())?;
+        let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
+        for (f, bytes) in [(TOKENIZER, tokenizer), (TRAINER_STATE, state_json)] {
+            let mut w = step.writer(f)?;
+            w.write(&bytes)?;
+            files.push((f.into(), w.finish()?));
+        }
+        tracing::debug!(
+            written = started.elapsed().as_secs_f64(),
+            "checkpoint files written (seconds)"
+        );
+        self.publish_step(state.step, files, keep)
+    }
+
+    /// Start writing the checkpoint of `step`: refused when fenced out, and whatever
+    /// an earlier try left of this step is deleted. The store to write its files to.
+    fn begin_step(&self, step: u64) -> Result<Store> {
+        let name = step_name(step);
         // A stale attempt would delete the newer one's step of this number first.
-        self.check_fence(&format!("save step {}", state.step))?;
+        self.check_fence(&format!("save step {step}"))?;
         // A leftover of this step (a crash mid-save, or an older run) goes first.
         self.store.delete_prefix(&name)?;
         if let Some(dir) = self.store.local_dir().map(|root| root.join(&name)) {
@@ -312,24 +354,22 @@ impl CheckpointDir {
         }
         // Every file goes straight to its place (a local file, or an upload whose parts
         // leave while the next bytes are produced), hashed as it is written.
-        let step = self.store.child(&name);
         if self.store.local_dir().is_none() {
-            tracing::info!(checkpoint = %self.step_url(state.step), "uploading checkpoint");
+            tracing::info!(checkpoint = %self.step_url(step), "uploading checkpoint");
         }
-        let started = std::time::Instant::now();
-        let mut writer = SafetensorsWriter::new(step.writer(OPTIMIZER)?, optimizer.state_specs())?;
-        optimizer.gather_state(comm, &mut |name, t| writer.write(name, t))?;
-        let mut files: Vec<(String, Written)> = vec![(OPTIMIZER.into(), writer.finish()?)];
-        files.extend(save_model(&step, vs, model_config, MAX_SHARD_BYTES)?);
-        let tokenizer =
-            std::fs::read(tokenizer_json).ctx(|| tokenizer_json.display().to_string())?;
-        let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
-        for (f, bytes) in [("tokenizer.json", tokenizer), (TRAINER_STATE, state_json)] {
-            let mut w = step.writer(f)?;
-            w.write(&bytes)?;
-            files.push((f.into(), w.finish()?));
-        }
-        let written = started.elapsed().as_secs_f64();
+        Ok(self.store.child(&name))
+    }
+
+    /// Finish the checkpoint of `step` once its `files` are written: wait for their
+    /// uploads, publish the manifest (last, and only while the fence still names this
+    /// writer), move `latest`, prune. Returns its URL.
+    fn publish_step(
+        &self,
+        step: u64,
+        files: Vec<(String, Written)>,
+        keep: usize,
+    ) -> Result<String> {
+        let name = step_name(step);
         let mut entries = Vec::with_capacity(files.len());
         for (path, w) in files {
             let (bytes, sha256) = w.wait()?;
@@ -339,18 +379,13 @@ impl CheckpointDir {
                 sha256,
             });
         }
-        tracing::debug!(
-            written,
-            uploaded = started.elapsed().as_secs_f64(),
-            "checkpoint phases (cumulative seconds)"
-        );
         let manifest = Manifest {
             format: FORMAT.into(),
-            step: state.step,
+            step,
             files: entries,
             attempt: self.writer.as_ref().map(|w| w.attempt),
             // A newer attempt may have started while this one wrote the files.
-            epoch: self.check_fence(&format!("publish step {}", state.step))?,
+            epoch: self.check_fence(&format!("publish step {step}"))?,
         };
         self.store.put_bytes(
             &format!("{name}/{MANIFEST}"),
@@ -360,9 +395,9 @@ impl CheckpointDir {
             .put_bytes(LATEST, format!("{name}\n").into_bytes())?;
         // A stale attempt that got its manifest in just before the newer one claimed
         // deletes nothing of the newer one's.
-        self.check_fence(&format!("prune after step {}", state.step))?;
-        self.prune(keep, state.step)?;
-        Ok(self.step_url(state.step))
+        self.check_fence(&format!("prune after step {step}"))?;
+        self.prune(keep, step)?;
+        Ok(self.step_url(step))
     }
 
     /// Delete complete checkpoints beyond the newest `keep` (0 keeps all), and
@@ -549,19 +584,20 @@ pub fn restore(
     optimizer.load_state(&file, state.step)
 }
 
+/// What the tests of both kinds of save share: a small model's run and its states.
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::optim::AdamWConfig;
     use crate::train::Trainer;
 
-    struct Run {
-        trainer: Trainer,
-        config: ModelConfig,
-        tokenizer: PathBuf,
+    pub struct Run {
+        pub trainer: Trainer,
+        pub config: ModelConfig,
+        pub tokenizer: PathBuf,
     }
 
-    fn run(dir: &Path) -> Run {
+    pub fn run(dir: &Path) -> Run {
         let config = ModelConfig::small("mistral", 64, 16, 32, 1, 2, 1);
         let adam = AdamWConfig {
             beta1: 0.9,
@@ -579,7 +615,7 @@ mod tests {
         }
     }
 
-    fn state(step: u64) -> TrainerState {
+    pub fn state(step: u64) -> TrainerState {
         TrainerState {
             step,
             total_steps: 100,
@@ -599,7 +635,7 @@ mod tests {
         }
     }
 
-    fn attempt(dir: &Path, n: u64) -> CheckpointDir {
+    pub fn attempt(dir: &Path, n: u64) -> CheckpointDir {
         CheckpointDir::new(&dir.display().to_string(), "job", Duration::from_secs(5))
             .unwrap()
             .fenced(Some(Writer {
@@ -608,7 +644,7 @@ mod tests {
             }))
     }
 
-    fn save(c: &CheckpointDir, r: &mut Run, step: u64) -> Result<String> {
+    pub fn save(c: &CheckpointDir, r: &mut Run, step: u64) -> Result<String> {
         c.save(
             &r.trainer.vs,
             &r.config,
@@ -619,6 +655,12 @@ mod tests {
             0,
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     #[test]
     fn an_old_attempt_still_running_beside_a_new_one_cannot_overwrite_its_checkpoints() {
@@ -719,5 +761,159 @@ mod tests {
         local.claim().unwrap();
         save(&local, &mut r, 16).unwrap();
         assert_eq!(b.latest().unwrap().unwrap().1.step, 16);
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    use super::background::{Background, Finished};
+    use super::tests_support::*;
+    use super::*;
+
+    fn start(bg: &mut Background, r: &mut Run, step: u64) -> Result<Option<Finished>> {
+        bg.start(
+            &r.trainer.vs,
+            &r.config,
+            &r.tokenizer,
+            &r.trainer.opt,
+            r.trainer.comm.as_mut(),
+            &state(step),
+        )
+    }
+
+    /// Every file below `dir`, relative path and bytes, sorted.
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in walk(dir) {
+            let rel = e.strip_prefix(dir).unwrap().display().to_string();
+            out.push((rel, std::fs::read(&e).unwrap()));
+        }
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    fn zero_weights(r: &Run) {
+        tch::no_grad(|| {
+            for (_, mut t) in r.trainer.vs.variables() {
+                let _ = t.zero_();
+            }
+        });
+    }
+
+    #[test]
+    fn a_background_save_writes_the_files_a_save_of_the_same_state_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = run(tmp.path());
+        let sync = attempt(&tmp.path().join("sync"), 1);
+        sync.claim().unwrap();
+        save(&sync, &mut r, 10).unwrap();
+
+        let background = attempt(&tmp.path().join("async"), 1);
+        background.claim().unwrap();
+        let mut bg = Background::new(&background, 0);
+        assert_eq!(start(&mut bg, &mut r, 10).unwrap(), None);
+        // The step loop goes on at once and changes the weights in place: the save
+        // writes the state of its step, copied before.
+        zero_weights(&r);
+        let done = bg.wait().unwrap().expect("a save was in flight");
+        assert_eq!(done.step, 10);
+        assert_eq!(done.url, background.step_url(10));
+        let (a, b) = (
+            files(&tmp.path().join("sync/job")),
+            files(&tmp.path().join("async/job")),
+        );
+        assert_eq!(
+            a.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            b.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                x == y,
+                "{name} differs between the save and the background save"
+            );
+        }
+        // Later saves reuse the host buffers (one per tensor file: the optimizer
+        // state and the weights) and resume from the newest.
+        let allocated = bg.buffers().allocations();
+        assert_eq!(allocated, 2);
+        for step in [12, 14] {
+            start(&mut bg, &mut r, step).unwrap();
+        }
+        assert_eq!(bg.wait().unwrap().unwrap().step, 14);
+        assert_eq!(bg.buffers().allocations(), allocated);
+        assert_eq!(background.latest().unwrap().unwrap().1.step, 14);
+    }
+
+    #[test]
+    fn a_failed_background_save_fails_the_next_save_and_the_end_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = run(tmp.path());
+        let ckpt = tmp.path().join("ckpt");
+        let good = attempt(&ckpt, 1);
+        good.claim().unwrap();
+        save(&good, &mut r, 8).unwrap();
+        let mut failing = attempt(&ckpt, 1);
+        failing.fail_file = Some("model.safetensors".into());
+        let mut bg = Background::new(&failing, 0);
+        start(&mut bg, &mut r, 10).unwrap();
+        // The next save returns the error instead of starting.
+        let e = start(&mut bg, &mut r, 12).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("step-10/model.safetensors")
+                && text.contains("injected fault")
+                && text.contains("checkpoint of step 10 (written in the background)"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), janus_crds::exit_code::RETRYABLE);
+        assert!(
+            bg.running().is_none(),
+            "step 12 was started after a failure"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ckpt.join(format!("job/{LATEST}"))).unwrap(),
+            "step-8\n"
+        );
+        // At the end of a run: the wait for the last save returns it (also when a
+        // poll saw it first).
+        start(&mut bg, &mut r, 14).unwrap();
+        while bg.running().is_some() && bg.poll().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let e = bg.wait().unwrap_err().to_string();
+        assert!(e.contains("step-14/model.safetensors"), "{e}");
+        assert_eq!(good.latest().unwrap().unwrap().1.step, 8);
+    }
+
+    #[test]
+    fn a_background_save_of_a_fenced_out_attempt_publishes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = run(tmp.path());
+        let ckpt = tmp.path().join("ckpt");
+        let old = attempt(&ckpt, 1);
+        old.claim().unwrap();
+        save(&old, &mut r, 10).unwrap();
+        let mut bg = Background::new(&old, 0);
+        attempt(&ckpt, 2).claim().unwrap();
+        start(&mut bg, &mut r, 12).unwrap();
+        let e = bg.wait().unwrap_err().to_string();
+        assert!(
+            e.contains("attempt 2 of owner uid-a") && e.contains("may not save step 12"),
+            "{e}"
+        );
+        assert!(!ckpt.join("job/step-12").exists());
     }
 }
