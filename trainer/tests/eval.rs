@@ -16,7 +16,7 @@ use janus::config::EvalConfig;
 use janus::eval::answers::Answer;
 use janus::eval::bench;
 use janus::eval::judge::{self, Grade};
-use janus::eval::log::JsonlLog;
+use janus::stage_log::JsonlLog;
 use janus::eval::progress::StageProgress;
 use janus::eval::score::{self, Baseline, JudgeInfo};
 use serde_json::{json, Value};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use janus::config::EvalConfig;
 use janus::eval::answers::Answer;
-use janus::eval::log::JsonlLog;
+use janus::stage_log::JsonlLog;
 use janus::eval::progress::StageProgress;
 use serde_json::{json, Value};
 

@@ -22,10 +22,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::client::{field_str, CallError, JudgeClient};
+use crate::openai::{field_str, CallError, JudgeClient};
 use super::grades::CallKey;
 use super::judging::{call_error, grade_of, seed, Judging};
-use super::log::JsonlLog;
+use crate::stage_log::JsonlLog;
 use super::progress::StageProgress;
 use crate::config::EvalConfig;
 use crate::error::{Error, Result};
@@ -134,7 +134,7 @@ fn answer_of(line: &Value) -> Answer {
     let status = line["response"]["status_code"].as_u64();
     let body = &line["response"]["body"];
     match status {
-        Some(200) => match super::client::answer_text(body) {
+        Some(200) => match crate::openai::answer_text(body) {
             Some(t) => Answer::Text(t),
             None => Answer::Failed(format!("HTTP 200 without a chat completion: {body}")),
         },

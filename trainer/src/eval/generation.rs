@@ -19,7 +19,7 @@ use tch::Tensor;
 
 use super::answers::Answer;
 use super::bench::{self, BenchItem};
-use super::log::JsonlLog;
+use crate::stage_log::JsonlLog;
 use super::progress::StageProgress;
 use crate::config::EvalConfig;
 use crate::data::{reward_input, PromptFormat};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::client::{CallError, ClientOptions, JudgeClient};
+use crate::openai::{CallError, ClientOptions, JudgeClient};
 pub use super::grades::{grades_of, CallKey, Grade};
 use super::judging::call_error;
 pub use super::judging::{grade_of, read_score, seed, template, JudgeSummary, Judging};

@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::answers::Answers;
 use super::bench::{self, Bench, BenchItem};
-use super::client::CallError;
+use crate::openai::CallError;
 use super::grades::{grades_of, CallKey, Grade};
-use super::log::JsonlLog;
+use crate::stage_log::JsonlLog;
 use super::parse::{parse_original, parse_score};
 use super::progress::StageProgress;
 use super::template::Template;
