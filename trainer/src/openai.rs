@@ -2,8 +2,8 @@
 //! of calls (the evaluation's judge, `janus data synthesize`): calls start no faster
 //! than the requests-per-minute limit (evenly spaced, retries included), a call that
 //! meets a 429, a 5xx, a timeout or a broken connection is retried with exponential
-//! backoff (or after the server's `Retry-After`), and a refusal that retrying cannot change (400, 401, 403, 404) is
-//! reported as such.
+//! backoff (or after the server's `Retry-After`), and a refusal that retrying cannot
+//! change (400, 401, 403, 404) is reported as such.
 //!
 //! Besides chat completions, the subset of OpenAI's Batch API the judge's batch mode
 //! uses: upload a JSONL file (`POST /files`, `purpose=batch`), create a batch
