@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod model_dir;
 pub mod openai;
+pub mod openai_batch;
 pub mod optim;
 pub mod plan;
 pub mod progress;
@@ -22,6 +23,7 @@ pub mod scratch;
 pub mod serve;
 pub mod stage_log;
 pub mod storage;
+pub mod synth;
 pub mod tokenizer;
 pub mod train;
 

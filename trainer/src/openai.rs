@@ -97,6 +97,19 @@ pub struct ClientOptions {
     pub max_tokens: usize,
 }
 
+/// The API key in the environment variable `var` names; None (with a warning) when it
+/// is unset or empty, or when there is no variable.
+pub fn api_key_from_env(var: Option<&str>) -> Option<String> {
+    let var = var?;
+    match std::env::var(var) {
+        Ok(k) if !k.is_empty() => Some(k),
+        _ => {
+            tracing::warn!(variable = %var, "API key variable is not set; calling without a key");
+            None
+        }
+    }
+}
+
 /// `Retry-After` (seconds) or OpenAI's `retry-after-ms`.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::trim);

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::bench::Bench;
-use crate::stage_log::{list_logs, JsonlLog};
 use super::ANSWERS_DIR;
 use crate::error::{Error, Result};
+use crate::stage_log::{list_logs, JsonlLog};
 
 /// A line of an answers shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ mod launch;
 mod make;
 mod plan;
 mod serve;
+mod synthesize;
 mod train;
 
 #[derive(Parser)]
