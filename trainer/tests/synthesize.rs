@@ -246,6 +246,18 @@ fn repo_prompt(name: &str) -> String {
         .to_string()
 }
 
+/// Runs a command that must succeed and returns its stdout (`common::run_ok` returns
+/// stderr, the JSON log; the summary is on stdout).
+fn stdout_of(mut cmd: std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The summary: the last line the command printed (log lines may come before it).
 fn last_line(stdout: &str) -> &str {
     stdout.trim().lines().last().unwrap_or_default()
@@ -472,7 +484,7 @@ fn a_killed_run_asks_only_what_has_no_record() {
     let total = 3 * 4 * 3;
     assert!(recorded < total, "killed too late");
     let before = server.requests().len();
-    let stdout = common::run_ok(cmd());
+    let stdout = stdout_of(cmd());
     let second = server.requests().len() - before;
     assert_eq!(
         second,
@@ -588,7 +600,7 @@ fn the_pipeline_runs_end_to_end_against_janus_serve() {
     let run = |o: &[String]| -> Value {
         let mut c = common::janus();
         c.args(["data", "synthesize"]).args(o);
-        serde_json::from_str(last_line(&common::run_ok(c))).unwrap()
+        serde_json::from_str(last_line(&stdout_of(c))).unwrap()
     };
     // From scratch: the tiny model writes no preference set, every call is counted.
     let out = dir.path().join("out");
