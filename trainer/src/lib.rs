@@ -12,6 +12,8 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod model_dir;
+pub mod openai;
+pub mod openai_batch;
 pub mod optim;
 pub mod plan;
 pub mod progress;
@@ -19,7 +21,9 @@ pub mod report;
 pub mod sample;
 pub mod scratch;
 pub mod serve;
+pub mod stage_log;
 pub mod storage;
+pub mod synth;
 pub mod tokenizer;
 pub mod train;
 

@@ -16,9 +16,9 @@ use janus::config::EvalConfig;
 use janus::eval::answers::Answer;
 use janus::eval::bench;
 use janus::eval::judge::{self, Grade};
-use janus::eval::log::JsonlLog;
 use janus::eval::progress::StageProgress;
 use janus::eval::score::{self, Baseline, JudgeInfo};
+use janus::stage_log::JsonlLog;
 use serde_json::{json, Value};
 
 /// The scripted judge, killed with the test.

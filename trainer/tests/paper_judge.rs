@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use janus::config::EvalConfig;
 use janus::eval::answers::Answer;
-use janus::eval::log::JsonlLog;
 use janus::eval::progress::StageProgress;
+use janus::stage_log::JsonlLog;
 use serde_json::{json, Value};
 
 /// The original's rendering: what `prepare_inputs` sends for each (record, rubric).

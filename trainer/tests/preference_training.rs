@@ -279,7 +279,7 @@ fn best_of_n_keeps_the_sample_the_trained_reward_model_ranks_highest() {
     )
     .unwrap();
     let (_, answers) =
-        janus::eval::log::JsonlLog::open(out.to_str().unwrap(), "answers/shard-00000.jsonl")
+        janus::stage_log::JsonlLog::open(out.to_str().unwrap(), "answers/shard-00000.jsonl")
             .unwrap();
     assert_eq!(answers.len(), 3);
     let seen = seen.borrow();

@@ -18,6 +18,7 @@ pub mod eval;
 mod overrides;
 pub mod presets;
 mod prompt;
+pub mod synth;
 mod train;
 
 pub use bytes::ByteSize;
@@ -27,6 +28,7 @@ pub use eval::EvalConfig;
 pub use overrides::{merge, parse_override};
 pub use presets::{preset, PRESETS};
 pub use prompt::PromptFormat;
+pub use synth::SynthConfig;
 pub use train::*;
 
 impl TrainConfig {

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::bench::Bench;
-use super::log::{list_logs, JsonlLog};
 use super::ANSWERS_DIR;
 use crate::error::{Error, Result};
+use crate::stage_log::{list_logs, JsonlLog};
 
 /// A line of an answers shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ impl Answers {
         }
         Ok(Self {
             by_item,
-            origin: super::log::output_url(output_dir, ANSWERS_DIR),
+            origin: crate::stage_log::output_url(output_dir, ANSWERS_DIR),
         })
     }
 

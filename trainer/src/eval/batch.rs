@@ -4,7 +4,7 @@
 //!
 //! A round writes every call still to ask as one JSONL line (`custom_id`, `POST`,
 //! `/v1/chat/completions`, the online request's body with the same seed), uploads it
-//! (`/v1/files`, at most [`MAX_LINES`] lines or [`MAX_BYTES`] bytes a batch), creates
+//! (`/v1/files`; several files past the API's limits, `crate::openai_batch`), creates
 //! the batch (`/v1/batches`), polls it every `judge.batch_poll_seconds`, downloads its
 //! output and error files, and maps each `custom_id` back to (item, rubric, run) and
 //! try. Readable answers are recorded in `grades.jsonl` as online; unreadable ones go
@@ -22,20 +22,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::client::{field_str, CallError, JudgeClient};
 use super::grades::CallKey;
 use super::judging::{call_error, grade_of, seed, Judging};
-use super::log::JsonlLog;
 use super::progress::StageProgress;
 use crate::config::EvalConfig;
 use crate::error::{Error, Result};
+use crate::openai::{field_str, CallError, JudgeClient};
+use crate::openai_batch::{self, answer_of, LineAnswer, WaitError};
+use crate::stage_log::JsonlLog;
 
 /// The batch log under the output directory.
 pub const BATCHES: &str = "judge-batches.jsonl";
-/// Most requests in one batch (the Batch API's limit).
-pub const MAX_LINES: usize = 50_000;
-/// Most bytes of one batch input file (the API takes 200 MB).
-pub const MAX_BYTES: usize = 190 << 20;
 
 /// One call of a batch: its key, which try of it this is (the seed), and how many
 /// times it failed to come back before.
@@ -121,56 +118,16 @@ fn state_of(records: &[Value], origin: &str) -> Result<State> {
     Ok(State { open, next, rounds })
 }
 
-/// What came back for one line.
-enum Answer {
-    Text(String),
-    /// Worth another try (429, 5xx, expired, no line at all).
-    Failed(String),
-    /// A refusal no retry changes.
-    Refused(String),
-}
-
-fn answer_of(line: &Value) -> Answer {
-    let status = line["response"]["status_code"].as_u64();
-    let body = &line["response"]["body"];
-    match status {
-        Some(200) => match super::client::answer_text(body) {
-            Some(t) => Answer::Text(t),
-            None => Answer::Failed(format!("HTTP 200 without a chat completion: {body}")),
-        },
-        Some(s) if matches!(s, 408 | 409 | 429) || s >= 500 => {
-            Answer::Failed(format!("HTTP {s}: {body}"))
-        }
-        Some(s) => Answer::Refused(format!("HTTP {s}: {body}")),
-        None => Answer::Failed(format!("no response: {}", line["error"])),
-    }
-}
-
 /// The JSONL input files of `calls` (more than one past the API's limits).
 fn input_files(
     j: &Judging,
     client: &JudgeClient,
     calls: &[BatchCall],
 ) -> Vec<(Vec<u8>, Vec<BatchCall>)> {
-    let mut files: Vec<(Vec<u8>, Vec<BatchCall>)> = vec![];
-    for c in calls {
-        let line = json!({
-            "custom_id": c.custom_id(), "method": "POST", "url": "/v1/chat/completions",
-            "body": client.request_body(&j.messages(c.key()), seed(c.key(), c.attempt)),
-        })
-        .to_string();
-        let full = files
-            .last()
-            .is_none_or(|(b, cs)| cs.len() >= MAX_LINES || b.len() + line.len() + 1 > MAX_BYTES);
-        if full {
-            files.push((vec![], vec![]));
-        }
-        let (bytes, cs) = files.last_mut().expect("pushed");
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        cs.push(*c);
-    }
-    files
+    openai_batch::input_files(calls.iter().map(|c| {
+        let body = client.request_body(&j.messages(c.key()), seed(c.key(), c.attempt));
+        (openai_batch::input_line(&c.custom_id(), body), *c)
+    }))
 }
 
 /// Create the batches of one round, each recorded in [`BATCHES`] once created.
@@ -214,41 +171,14 @@ fn create_round(
 fn wait(cfg: &EvalConfig, client: &JudgeClient, id: &str) -> Result<HashMap<String, Value>> {
     let rt = crate::storage::runtime()?;
     let poll = Duration::from_secs_f64(cfg.judge.batch_poll_seconds);
-    let gave_up = |e: CallError| call_error(e, 0, 0);
-    let batch = loop {
-        let b = rt.block_on(client.batch(id)).map_err(gave_up)?;
-        let status = b["status"].as_str().unwrap_or_default().to_string();
-        tracing::info!(batch = %id, %status, counts = %b["request_counts"], "judge batch");
-        match status.as_str() {
-            "completed" | "expired" | "cancelled" => break b,
-            "failed" => {
-                return Err(Error::Config(format!(
-                    "judge batch {id} failed (check judge.model and the requests): {}",
-                    b["errors"]
-                )))
-            }
-            _ => std::thread::sleep(poll),
-        }
-    };
-    let mut lines = HashMap::new();
-    for key in ["output_file_id", "error_file_id"] {
-        let Some(file) = batch[key].as_str().filter(|f| !f.is_empty()) else {
-            continue;
-        };
-        let bytes = rt.block_on(client.file_content(file)).map_err(gave_up)?;
-        for (n, l) in String::from_utf8_lossy(&bytes).lines().enumerate() {
-            if l.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(l).map_err(|e| {
-                Error::Data(format!("judge batch {id}: file {file} line {}: {e}", n + 1))
-            })?;
-            if let Some(c) = v["custom_id"].as_str() {
-                lines.insert(c.to_string(), v);
-            }
-        }
-    }
-    Ok(lines)
+    rt.block_on(openai_batch::wait(client, id, poll, "judge"))
+        .map_err(|e| match e {
+            WaitError::Call(e) => call_error(e, 0, 0),
+            WaitError::Failed(errors) => Error::Config(format!(
+                "judge batch {id} failed (check judge.model and the requests): {errors}"
+            )),
+            WaitError::Data(m) => Error::Data(format!("judge {m}")),
+        })
 }
 
 /// Record the answers of one finished batch; the calls of the next round.
@@ -266,9 +196,9 @@ fn take_answers(
         let answer = lines
             .get(&c.custom_id())
             .map(answer_of)
-            .unwrap_or_else(|| Answer::Failed("not answered in the batch".into()));
+            .unwrap_or_else(|| LineAnswer::Failed("not answered in the batch".into()));
         match answer {
-            Answer::Text(text) => {
+            LineAnswer::Text(text) => {
                 j.summary.calls_made += 1;
                 match grade_of(parser, c.key(), c.attempt, max_parse, text) {
                     Some(g) => j.record(g, progress)?,
@@ -279,14 +209,14 @@ fn take_answers(
                     }),
                 }
             }
-            Answer::Failed(why) if c.failures < cfg.judge.max_retries => {
+            LineAnswer::Failed(why) if c.failures < cfg.judge.max_retries => {
                 tracing::debug!(custom_id = %c.custom_id(), %why, "judge batch line asked again");
                 next.push(BatchCall {
                     failures: c.failures + 1,
                     ..*c
                 });
             }
-            Answer::Failed(why) => {
+            LineAnswer::Failed(why) => {
                 return Err(call_error(
                     CallError::GaveUp(format!(
                         "{}: {why} (gave up after {} tries)",
@@ -297,7 +227,7 @@ fn take_answers(
                     j.summary.calls_total,
                 ))
             }
-            Answer::Refused(why) => {
+            LineAnswer::Refused(why) => {
                 return Err(call_error(
                     CallError::Refused(format!("{}: {why}", c.custom_id())),
                     j.grades.len(),

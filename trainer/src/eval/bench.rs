@@ -209,7 +209,7 @@ pub fn parse_record(
 
 /// Load the bench at `path` (a file path or a URL), its first `limit` items when set.
 pub fn load(path: &str, limit: Option<usize>) -> Result<Bench> {
-    let (local, _staging) = local_file(path)?;
+    let (local, _staging) = local_file(path, "bench")?;
     let bytes = std::fs::read(&local).ctx(|| local.display().to_string())?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let rows = crate::data::read_rows_with_text(&local).map_err(|e| rename(e, &local, path))?;
@@ -246,24 +246,25 @@ fn rename(e: Error, local: &std::path::Path, path: &str) -> Error {
     }
 }
 
-/// A local copy of `path` (downloaded when it is a URL).
-fn local_file(path: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+/// `path` on local disk: itself, or (a URL) a downloaded copy in a staging directory
+/// that lives as long as the returned guard. `what` names the file in errors.
+pub fn local_file(path: &str, what: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     if !storage::is_url(path) || path.starts_with("file://") {
         let p = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
         if !p.exists() {
-            return Err(Error::Data(format!("{path}: no such bench file")));
+            return Err(Error::Data(format!("{path}: no such {what} file")));
         }
         return Ok((p, None));
     }
     let (parent, name) = path
         .rsplit_once('/')
-        .ok_or_else(|| Error::Config(format!("bench URL `{path}` names no object")))?;
-    let staging = crate::checkpoint::staging_dir("janus-bench-")?;
+        .ok_or_else(|| Error::Config(format!("{what} URL `{path}` names no object")))?;
+    let staging = crate::checkpoint::staging_dir("janus-input-")?;
     let local = staging.path().join(name);
     let store = Store::open(parent, std::time::Duration::from_secs(120))?;
     store.get_file(name, &local).map_err(|e| {
         if e.is_not_found() {
-            Error::Data(format!("{path}: no such bench object"))
+            Error::Data(format!("{path}: no such {what} object"))
         } else {
             e
         }

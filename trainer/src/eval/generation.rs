@@ -19,13 +19,13 @@ use tch::Tensor;
 
 use super::answers::Answer;
 use super::bench::{self, BenchItem};
-use super::log::JsonlLog;
 use super::progress::StageProgress;
 use crate::config::EvalConfig;
 use crate::data::{reward_input, PromptFormat};
 use crate::error::{Error, Result};
 use crate::generate::chat::{self, Message, Role};
 use crate::generate::{Completion, Engine, EngineOptions, LoadedModel, Request, SamplingParams};
+use crate::stage_log::JsonlLog;
 
 /// Scores candidate answers to a prompt (higher is better): the slot of best-of-N.
 pub trait Reranker {

@@ -14,27 +14,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::client::{CallError, ClientOptions, JudgeClient};
 pub use super::grades::{grades_of, CallKey, Grade};
 use super::judging::call_error;
 pub use super::judging::{grade_of, read_score, seed, template, JudgeSummary, Judging};
 use super::progress::StageProgress;
 use crate::config::EvalConfig;
 use crate::error::{Error, Result};
+use crate::openai::{CallError, ClientOptions, JudgeClient};
 use janus_crds::config::eval::{JudgeMode, JudgeParser};
 
 fn client(cfg: &EvalConfig) -> Result<JudgeClient> {
     let j = &cfg.judge;
-    let api_key = match &j.api_key_env {
-        Some(var) => match std::env::var(var) {
-            Ok(k) if !k.is_empty() => Some(k),
-            _ => {
-                tracing::warn!(variable = %var, "judge API key variable is not set; calling without a key");
-                None
-            }
-        },
-        None => None,
-    };
+    let api_key = crate::openai::api_key_from_env(j.api_key_env.as_deref());
     JudgeClient::new(ClientOptions {
         url: j.url.clone(),
         model: j.model.clone(),

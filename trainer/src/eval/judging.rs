@@ -10,15 +10,15 @@ use serde_json::Value;
 
 use super::answers::Answers;
 use super::bench::{self, Bench, BenchItem};
-use super::client::CallError;
 use super::grades::{grades_of, CallKey, Grade};
-use super::log::JsonlLog;
 use super::parse::{parse_original, parse_score};
 use super::progress::StageProgress;
 use super::template::Template;
 use super::GRADES;
 use crate::config::EvalConfig;
 use crate::error::{Error, Result};
+use crate::openai::CallError;
+use crate::stage_log::JsonlLog;
 use janus_crds::config::eval::{JudgeParser, JudgeTemplate};
 
 #[derive(Debug, Clone, Serialize)]

@@ -13,12 +13,10 @@
 pub mod answers;
 pub mod batch;
 pub mod bench;
-pub mod client;
 pub mod generation;
 pub mod grades;
 pub mod judge;
 pub mod judging;
-pub mod log;
 pub mod parse;
 pub mod progress;
 pub mod pyjson;

@@ -224,7 +224,7 @@ fn read_baseline(url: &str) -> Result<Baseline> {
         Some((d, n)) if !d.is_empty() => (d.to_string(), n.to_string()),
         _ => (".".to_string(), url.to_string()),
     };
-    let v = super::log::read_json(&dir, &name)?
+    let v = crate::stage_log::read_json(&dir, &name)?
         .ok_or_else(|| Error::Data(format!("baseline `{url}`: no such results file")))?;
     Baseline::from_results(&v, url)
 }
@@ -235,7 +235,7 @@ pub fn run(
     cfg: &crate::config::EvalConfig,
     progress: &mut super::progress::StageProgress,
 ) -> Result<Results> {
-    use super::log::{write_file, JsonlLog};
+    use crate::stage_log::{write_file, JsonlLog};
     let bench = super::bench::load(&cfg.bench.path, cfg.bench.limit)?;
     let (log, records) = JsonlLog::open(&cfg.output_dir, super::GRADES)?;
     let grades = super::grades::grades_of(&records, &log.url())?;

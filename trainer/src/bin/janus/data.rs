@@ -1,4 +1,5 @@
-//! `janus data shard` and `janus data stream`.
+//! `janus data shard`, `janus data stream` and `janus data inspect`; `janus data
+//! synthesize` lives in its own module.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -23,6 +24,10 @@ pub enum DataCommand {
     /// Stream one rank's records of a sharded dataset in training order: JSON lines on
     /// stdout, or with --stats only a throughput line (samples/s, MB/s, peak RSS).
     Stream(StreamArgs),
+    /// Synthesize Multifaceted-Collection-style data from instructions through an
+    /// OpenAI-compatible endpoint: preference sets, system messages, gold answers,
+    /// rubrics and preference pairs, each stage resumable (`--stage` picks some).
+    Synthesize(crate::synthesize::SynthesizeArgs),
     /// Show how a training config formats and tokenises its first records: the token
     /// ids and pieces, and which take loss (a `|` marks where the response starts).
     Inspect {
@@ -224,6 +229,7 @@ pub fn run(cmd: DataCommand, terminal: bool) -> Result<()> {
         } => inspect(config, preset, overrides, records, json),
         DataCommand::Shard(a) => shard(a, terminal),
         DataCommand::Stream(a) => stream(a),
+        DataCommand::Synthesize(a) => crate::synthesize::run(a, terminal),
     }
 }
 

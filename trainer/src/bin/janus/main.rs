@@ -15,6 +15,7 @@ mod launch;
 mod make;
 mod plan;
 mod serve;
+mod synthesize;
 mod train;
 
 #[derive(Parser)]

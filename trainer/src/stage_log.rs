@@ -1,4 +1,4 @@
-//! Append-only JSON-lines files under the evaluation's output directory (a path or an
+//! Append-only JSON-lines files under a stage's output directory (a path or an
 //! object-store URL): what a stage has finished survives a kill, so a restart redoes
 //! nothing that was recorded.
 //!

@@ -1,9 +1,9 @@
 //! A client for any OpenAI-compatible chat completions endpoint, made for thousands
-//! of judge calls: calls start no faster than the requests-per-minute limit (evenly
-//! spaced, retries included), a call that meets a 429, a 5xx, a timeout or a broken
-//! connection is retried with exponential backoff (or after the server's
-//! `Retry-After`), and a refusal that retrying cannot change (400, 401, 403, 404) is
-//! reported as such.
+//! of calls (the evaluation's judge, `janus data synthesize`): calls start no faster
+//! than the requests-per-minute limit (evenly spaced, retries included), a call that
+//! meets a 429, a 5xx, a timeout or a broken connection is retried with exponential
+//! backoff (or after the server's `Retry-After`), and a refusal that retrying cannot
+//! change (400, 401, 403, 404) is reported as such.
 //!
 //! Besides chat completions, the subset of OpenAI's Batch API the judge's batch mode
 //! uses: upload a JSONL file (`POST /files`, `purpose=batch`), create a batch
@@ -95,6 +95,19 @@ pub struct ClientOptions {
     pub temperature: f64,
     pub top_p: f64,
     pub max_tokens: usize,
+}
+
+/// The API key in the environment variable `var` names; None (with a warning) when it
+/// is unset or empty, or when there is no variable.
+pub fn api_key_from_env(var: Option<&str>) -> Option<String> {
+    let var = var?;
+    match std::env::var(var) {
+        Ok(k) if !k.is_empty() => Some(k),
+        _ => {
+            tracing::warn!(variable = %var, "API key variable is not set; calling without a key");
+            None
+        }
+    }
 }
 
 /// `Retry-After` (seconds) or OpenAI's `retry-after-ms`.
