@@ -1115,6 +1115,58 @@ fn sigterm_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint() {
     );
 }
 
+/// `checkpoint.async` with ZeRO-1 on 2 ranks: both ranks gather the optimizer state into
+/// rank 0's host copy and train on while rank 0 writes it. A SIGTERM to rank 1 stops
+/// both once the checkpoint in flight (or the one of the stopping step) is complete, and
+/// the resumed run ends on the weights of a straight run with synchronous saves.
+#[test]
+fn background_checkpoints_with_zero1_survive_sigterm_and_resume_bitwise_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.jsonl");
+    let sync = [
+        "hyperparameters.max_steps=40",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep=0",
+        "hyperparameters.micro_batch_size=2",
+        "log_every_steps=1",
+    ];
+    let background = [sync.as_slice(), &["checkpoint.async=true"]].concat();
+    let launch = |job: &str, extra: &[&str]| {
+        let mut cmd = common::janus();
+        cmd.args(["launch", "--nproc", "2", "--"])
+            .args(train_args(dir, &model, &data, job, extra));
+        cmd
+    };
+    let log = common::run_ok(launch("straight", &sync));
+    assert!(log.contains("(ZeRO-1)"), "{log}");
+    let (code, log) = sigterm_at_step(launch("resumed", &background), 5, Some(1));
+    assert_eq!(code, Some(janus_crds::exit_code::TERMINATED), "{log}");
+    assert!(
+        log.contains("writing it in the background"),
+        "no background save:\n{log}"
+    );
+    // Every checkpoint started was completed (none is left without its manifest).
+    let saved = checkpoint_steps(dir, "resumed");
+    assert!(!saved.is_empty(), "{log}");
+    for step in &saved {
+        let m = dir.join(format!("ckpt/resumed/step-{step}/manifest.json"));
+        assert!(m.exists(), "step {step} has no manifest:\n{log}");
+    }
+    let log = common::run_ok(launch("resumed", &background));
+    assert!(
+        log.contains("\"message\":\"resumed\"") && log.contains("training finished"),
+        "{log}"
+    );
+    let a = common::read_bytes(&dir.join("out-straight/model.safetensors"));
+    let b = common::read_bytes(&dir.join("out-resumed/model.safetensors"));
+    assert!(
+        a == b,
+        "resume from background checkpoints is not bitwise identical"
+    );
+}
+
 #[test]
 fn sigterm_without_time_for_a_checkpoint_stops_without_one_and_says_why() {
     let tmp = tempfile::tempdir().unwrap();

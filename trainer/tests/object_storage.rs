@@ -144,6 +144,137 @@ fn a_crash_during_checkpoint_upload_leaves_no_usable_partial_checkpoint() {
     );
 }
 
+/// `checkpoint.async`: the same kill, while the background thread uploads step 4 and
+/// the step loop trains on: step 2 stays `latest`, step 4 has no manifest, and the next
+/// run resumes from step 2.
+#[test]
+fn a_kill_during_a_background_upload_leaves_the_previous_checkpoint_latest() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, _) = common::tiny_setup(dir, 8);
+    let model = dir.join("big-model");
+    let cfg = janus::model::ModelConfig::small("mistral", 16000, 384, 1024, 4, 6, 2);
+    let tok = janus::sample::TokenizerSource::File(dir.join("model/tokenizer.json"));
+    janus::sample::init_model(&model, cfg, tok, tch::Kind::Float, 0).unwrap();
+    let data = data.join("sft.jsonl");
+    let extra = [
+        "hyperparameters.max_steps=8",
+        "checkpoint.every_steps=2",
+        "hyperparameters.micro_batch_size=1",
+        "checkpoint.async=true",
+    ];
+    let (mut child, mut lines) =
+        common::spawn_logged(train_cmd(&s3, dir, &model, &data, "bgcrash", &extra));
+    let saved = wait_for(&mut lines, "\"checkpoint saved\"");
+    assert!(saved.contains("\"background\":true"), "{saved}");
+    let uploading = wait_for(&mut lines, "\"uploading checkpoint\"");
+    assert!(uploading.contains("step-4"), "{uploading}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(s3.object_path("ckpt/bgcrash/step-2/manifest.json").exists());
+    assert!(
+        !s3.object_path("ckpt/bgcrash/step-4/manifest.json").exists(),
+        "the upload finished before the kill: test inconclusive"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s3.object_path("ckpt/bgcrash/latest")).unwrap(),
+        "step-2\n"
+    );
+    let log = common::run_ok(train_cmd(&s3, dir, &model, &data, "bgcrash", &extra));
+    assert!(
+        log.contains("\"message\":\"resumed\"") && log.contains("ckpt/bgcrash/step-2"),
+        "{log}"
+    );
+    assert!(s3.object_path("ckpt/bgcrash/step-8/manifest.json").exists());
+}
+
+/// `checkpoint.async` to S3: a run stopped after its background save of step 6 and
+/// resumed ends on the weights of a straight run with synchronous saves.
+#[test]
+fn background_checkpoints_to_s3_resume_bitwise_identical() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let data = data.join("sft.parquet");
+    let sync = [
+        "hyperparameters.max_steps=12",
+        "checkpoint.every_steps=3",
+        "hyperparameters.micro_batch_size=2",
+    ];
+    let background = [sync.as_slice(), &["checkpoint.async=true"]].concat();
+    common::run_ok(train_cmd(&s3, dir, &model, &data, "straight", &sync));
+    let mut first = train_cmd(&s3, dir, &model, &data, "resumed", &background);
+    first.args(["--stop-after-steps", "6"]);
+    common::run_ok(first);
+    assert!(s3.object_path("ckpt/resumed/step-6/manifest.json").exists());
+    let log = common::run_ok(train_cmd(&s3, dir, &model, &data, "resumed", &background));
+    assert!(log.contains("s3://janus-test/ckpt/resumed/step-6"), "{log}");
+    let a = common::read_bytes(&dir.join("out-straight/model.safetensors"));
+    let b = common::read_bytes(&dir.join("out-resumed/model.safetensors"));
+    assert!(a == b, "resume from background S3 checkpoints differs");
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "manifest.json",
+    ] {
+        let key = |job: &str| s3.object_path(&format!("ckpt/{job}/step-12/{f}"));
+        assert!(
+            common::read_bytes(&key("straight")) == common::read_bytes(&key("resumed")),
+            "{f} of step 12 differs between the two kinds of save"
+        );
+    }
+}
+
+/// `checkpoint.async`: a background save that fails (the store went away) fails the run
+/// at its next save with the retryable exit code, naming the step and the store; the
+/// checkpoint before it is kept.
+#[test]
+fn a_failed_background_save_fails_the_run_at_the_next_save() {
+    let mut s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, model) = common::tiny_setup(dir, 16);
+    let extra = [
+        "hyperparameters.max_steps=100000",
+        "checkpoint.every_steps=10",
+        "hyperparameters.micro_batch_size=2",
+        "checkpoint.retry_timeout_seconds=3",
+        "checkpoint.async=true",
+    ];
+    let (mut child, mut lines) = common::spawn_logged(train_cmd(
+        &s3,
+        dir,
+        &model,
+        &data.join("sft.jsonl"),
+        "downbg",
+        &extra,
+    ));
+    let saved = wait_for(&mut lines, "\"checkpoint saved\"");
+    s3.stop();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let text = rest.join("\n");
+    assert_eq!(
+        status.code(),
+        Some(janus_crds::exit_code::RETRYABLE),
+        "{text}"
+    );
+    assert!(
+        text.contains("(written in the background)")
+            && text.contains("s3://janus-test/ckpt/downbg"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let step = v["step"].as_u64().unwrap();
+    assert!(
+        s3.object_path(&format!("ckpt/downbg/step-{step}/manifest.json"))
+            .exists(),
+        "a completed checkpoint was lost"
+    );
+}
+
 #[test]
 fn a_short_outage_is_retried_and_the_run_finishes() {
     let mut s3 = S3Server::start();
