@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ConfigError;
-use super::overrides::{merge, parse_override};
+use super::overrides::{deserialize_at, resolve_layered};
 use super::prompt::PromptFormat;
 use super::train::{DeviceChoice, Dtype};
 
@@ -311,36 +311,20 @@ impl EvalConfig {
 
     /// Resolve: the protocol's defaults, then the file, then `key=value` overrides.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut value = serde_json::to_value(Self::janus_bench()).expect("serializes");
-        let mut origin = "the resolved eval config".to_string();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            let doc: Value = serde_yaml::from_str(&text)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            if !doc.is_object() {
-                return Err(ConfigError(format!(
-                    "{}: expected a mapping at the top level",
-                    path.display()
-                )));
-            }
-            merge(&mut value, doc);
-            origin = path.display().to_string();
-        }
-        for o in overrides {
-            merge(&mut value, parse_override(o)?);
-        }
-        Self::from_value(value, &origin)
+        let defaults = serde_json::to_value(Self::janus_bench()).expect("serializes");
+        let (cfg, origin): (Self, String) =
+            resolve_layered(defaults, file, overrides, "the resolved eval config")?;
+        cfg.validated(&origin)
     }
 
     pub fn from_value(value: Value, origin: &str) -> Result<Self> {
-        let cfg: EvalConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError(format!("{origin}: `{path}`: {}", e.into_inner()))
-        })?;
-        cfg.validate()
+        deserialize_at::<Self>(value, origin)?.validated(origin)
+    }
+
+    fn validated(self, origin: &str) -> Result<Self> {
+        self.validate()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
-        Ok(cfg)
+        Ok(self)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {

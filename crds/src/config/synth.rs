@@ -12,12 +12,11 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::bytes::ByteSize;
 use super::error::ConfigError;
 use super::eval::JudgeMode;
-use super::overrides::{merge, parse_override};
+use super::overrides::resolve_layered;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -210,29 +209,9 @@ impl SynthConfig {
 
     /// Resolve: the defaults, then the file, then `key=value` overrides.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut value = serde_json::to_value(Self::defaults()).expect("serializes");
-        let mut origin = "the resolved synthesis config".to_string();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            let doc: Value = serde_yaml::from_str(&text)
-                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-            if !doc.is_object() {
-                return Err(ConfigError(format!(
-                    "{}: expected a mapping at the top level",
-                    path.display()
-                )));
-            }
-            merge(&mut value, doc);
-            origin = path.display().to_string();
-        }
-        for o in overrides {
-            merge(&mut value, parse_override(o)?);
-        }
-        let cfg: SynthConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError(format!("{origin}: `{path}`: {}", e.into_inner()))
-        })?;
+        let defaults = serde_json::to_value(Self::defaults()).expect("serializes");
+        let (cfg, origin): (Self, String) =
+            resolve_layered(defaults, file, overrides, "the resolved synthesis config")?;
         cfg.validate()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         Ok(cfg)
