@@ -499,7 +499,7 @@ fn bench_allreduce(sizes_mib: &[usize], iters: usize, warmup: usize, use_nccl: b
 }
 
 fn bench_checkpoint(model: &Path, dir: &str, reps: usize, raw: bool) -> Result<()> {
-    use janus::checkpoint::{restore, CheckpointDir, DataCursor, TrainerState};
+    use janus::checkpoint::{restore, CheckpointDir};
     let cfg = ModelConfig::from_file(&model.join("config.json"))?;
     let adam = AdamWConfig {
         beta1: 0.9,
@@ -516,23 +516,7 @@ fn bench_checkpoint(model: &Path, dir: &str, reps: usize, raw: bool) -> Result<(
     let store = janus::storage::Store::open(dir, std::time::Duration::from_secs(60))?;
     let mut bytes = 0u64;
     for rep in 0..reps {
-        let state = TrainerState {
-            step: rep as u64 + 1,
-            total_steps: reps as u64,
-            cursor: DataCursor {
-                epoch: 0,
-                position: 0,
-                seed: 0,
-            },
-            learning_rate: 0.0,
-            config_hash: "bench".into(),
-            tokenizer: "bench".into(),
-            world_size: 1,
-            global_batch: None,
-            tokens_seen: 0,
-            losses: vec![],
-            owner: None,
-        };
+        let state = super::checkpoint_stall::bench_state(rep as u64 + 1, reps as u64);
         let t = Instant::now();
         ckpt.save(
             &trainer.vs,

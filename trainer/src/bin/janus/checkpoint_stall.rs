@@ -13,10 +13,11 @@ use janus::train::Trainer;
 use janus::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
-fn state(step: u64) -> TrainerState {
+/// A checkpoint's trainer state for a bench: only the step matters to a save.
+pub(crate) fn bench_state(step: u64, total_steps: u64) -> TrainerState {
     TrainerState {
         step,
-        total_steps: 1000,
+        total_steps,
         cursor: DataCursor {
             epoch: 0,
             position: 0,
@@ -70,7 +71,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn rep(&mut self, step: u64) -> Result<Rep> {
-        let st = state(step);
+        let st = bench_state(step, 1000);
         let t = Instant::now();
         self.sync.save(
             &self.trainer.vs,
@@ -144,7 +145,7 @@ pub fn run(model: &Path, dir: &str, reps: usize) -> Result<()> {
         &tokenizer,
         &trainer.opt,
         trainer.comm.as_mut(),
-        &state(0),
+        &bench_state(0, 1000),
         1,
     )?;
     let (local, found) = sync
